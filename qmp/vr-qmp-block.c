@@ -381,8 +381,7 @@ vr_qmp_bitmap_add(VrQmpClient *client, const char *node, const char *name, bool 
                   bool disabled, uint32_t granularity, GError **error)
 {
     return vr_qmp_run(client, "block-dirty-bitmap-add",
-                      vr_qmp_args_bitmap_add(node, name, persistent, disabled, granularity),
-                      error);
+                      vr_qmp_args_bitmap_add(node, name, persistent, disabled, granularity), error);
 }
 
 bool
@@ -479,8 +478,8 @@ vr_qmp_block_export_del(VrQmpClient *client, const char *id, bool hard, GError *
 }
 
 static bool
-vr_qmp_nbd_server_start(VrQmpClient *client, const char *type, const char *key,
-                        const char *value, GError **error)
+vr_qmp_nbd_server_start(VrQmpClient *client, const char *type, const char *key, const char *value,
+                        GError **error)
 {
     json_object *args = json_object_new_object();
     json_object *addr = json_object_new_object();

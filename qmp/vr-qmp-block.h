@@ -94,8 +94,8 @@ json_object *vr_qmp_args_bitmap_remove(const char *node, const char *name);
 json_object *vr_qmp_args_bitmap_merge(const char *node, const char *target,
                                       const VrQmpBitmapRef *sources, guint n_sources);
 /* auto-finalize on, auto-dismiss off: the caller dismisses, so failures stay visible. */
-json_object *vr_qmp_args_blockdev_backup(const char *job_id, const char *device,
-                                         const char *target, const char *sync);
+json_object *vr_qmp_args_blockdev_backup(const char *job_id, const char *device, const char *target,
+                                         const char *sync);
 
 /* ---- queries ------------------------------------------------------------------------ */
 
@@ -120,8 +120,7 @@ VrQmpBitmapInfo *vr_qmp_query_bitmap(VrQmpClient *client, const char *node, cons
 
 bool vr_qmp_bitmap_add(VrQmpClient *client, const char *node, const char *name, bool persistent,
                        bool disabled, uint32_t granularity, GError **error);
-bool vr_qmp_bitmap_remove(VrQmpClient *client, const char *node, const char *name,
-                          GError **error);
+bool vr_qmp_bitmap_remove(VrQmpClient *client, const char *node, const char *name, GError **error);
 bool vr_qmp_bitmap_merge(VrQmpClient *client, const char *node, const char *target,
                          const VrQmpBitmapRef *sources, guint n_sources, GError **error);
 
@@ -141,8 +140,8 @@ bool vr_qmp_blockdev_backup(VrQmpClient *client, const char *job_id, const char 
 
 /* block-export-add of an NBD export; @bitmaps: NULL-terminated names on @node_name, or NULL. */
 bool vr_qmp_block_export_add_nbd(VrQmpClient *client, const char *id, const char *node_name,
-                                 const char *export_name, bool writable,
-                                 const char *const *bitmaps, GError **error);
+                                 const char *export_name, bool writable, const char *const *bitmaps,
+                                 GError **error);
 /* @hard: drop connected clients instead of failing while any is connected. */
 bool vr_qmp_block_export_del(VrQmpClient *client, const char *id, bool hard, GError **error);
 
@@ -152,8 +151,7 @@ bool vr_qmp_nbd_server_start_unix(VrQmpClient *client, const char *path, GError 
 bool vr_qmp_nbd_server_start_fd(VrQmpClient *client, const char *fdname, GError **error);
 bool vr_qmp_nbd_server_stop(VrQmpClient *client, GError **error);
 
-bool vr_qmp_block_job_cancel(VrQmpClient *client, const char *device, bool force,
-                             GError **error);
+bool vr_qmp_block_job_cancel(VrQmpClient *client, const char *device, bool force, GError **error);
 bool vr_qmp_job_dismiss(VrQmpClient *client, const char *id, GError **error);
 
 /* BLOCK_WRITE_THRESHOLD fires once @threshold bytes of @node_name are allocated; 0 disarms. */
@@ -161,8 +159,7 @@ bool vr_qmp_block_set_write_threshold(VrQmpClient *client, const char *node_name
                                       uint64_t threshold, GError **error);
 
 /* The text HMP printed. HMP reports its own errors in that text. (transfer full) */
-char *vr_qmp_human_monitor_command(VrQmpClient *client, const char *command_line,
-                                   GError **error);
+char *vr_qmp_human_monitor_command(VrQmpClient *client, const char *command_line, GError **error);
 
 /* Pass @fd to QEMU under @fdname (getfd). @fd stays the caller's. */
 bool vr_qmp_getfd(VrQmpClient *client, int fd, const char *fdname, GError **error);

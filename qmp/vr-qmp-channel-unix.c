@@ -103,6 +103,16 @@ vr_qmp_unix_report_closed(VrQmpChannelUnix *chan, GError *error)
     g_error_free(error);
 }
 
+/* The peer went away (reset, broken pipe) rather than the socket failing. */
+static VrQmpErrorCode
+vr_qmp_unix_error_code(const GError *error)
+{
+    if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CONNECTION_CLOSED) ||
+        g_error_matches(error, G_IO_ERROR, G_IO_ERROR_BROKEN_PIPE))
+        return VR_QMP_ERROR_CLOSED;
+    return VR_QMP_ERROR_CHANNEL;
+}
+
 static void
 vr_qmp_unix_deliver(json_object *message, gpointer user_data)
 {
@@ -127,10 +137,9 @@ vr_qmp_unix_read_cb(GSocket *socket, GIOCondition condition, gpointer user_data)
     n = g_socket_receive(socket, buf, sizeof(buf), NULL, &error);
     if (n < 0) {
         if (!g_error_matches(error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
-            g_prefix_error(&error, "cannot read from QMP socket '%s': ", chan->path);
-            vr_qmp_unix_report_closed(chan, g_error_new_literal(VR_QMP_ERROR,
-                                                                VR_QMP_ERROR_CHANNEL,
-                                                                error->message));
+            vr_qmp_unix_report_closed(chan, g_error_new(VR_QMP_ERROR, vr_qmp_unix_error_code(error),
+                                                        "cannot read from QMP socket '%s': %s",
+                                                        chan->path, error->message));
         }
     } else if (n == 0) {
         if (!vr_qmp_parser_finish(chan->parser, &error)) {
@@ -149,8 +158,7 @@ vr_qmp_unix_read_cb(GSocket *socket, GIOCondition condition, gpointer user_data)
     return G_SOURCE_CONTINUE; /* when closed, the source is already destroyed */
 }
 
-static gboolean vr_qmp_unix_write_cb(GSocket *socket, GIOCondition condition,
-                                     gpointer user_data);
+static gboolean vr_qmp_unix_write_cb(GSocket *socket, GIOCondition condition, gpointer user_data);
 
 /* Write as much of the queue as the socket takes now. */
 static bool
@@ -167,8 +175,8 @@ vr_qmp_unix_flush(VrQmpChannelUnix *chan, GError **error)
             GOutputVector vec = { data + out->offset, size - out->offset };
             GSocketControlMessage *msg = g_unix_fd_message_new_with_fd_list(out->fds);
 
-            n = g_socket_send_message(chan->socket, NULL, &vec, 1, &msg, 1, G_SOCKET_MSG_NONE,
-                                      NULL, &local);
+            n = g_socket_send_message(chan->socket, NULL, &vec, 1, &msg, 1, G_SOCKET_MSG_NONE, NULL,
+                                      &local);
             g_object_unref(msg);
             if (n > 0)
                 g_clear_object(&out->fds);
@@ -178,7 +186,7 @@ vr_qmp_unix_flush(VrQmpChannelUnix *chan, GError **error)
         if (n < 0) {
             if (g_error_matches(local, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
                 break;
-            g_set_error(error, VR_QMP_ERROR, VR_QMP_ERROR_CHANNEL,
+            g_set_error(error, VR_QMP_ERROR, vr_qmp_unix_error_code(local),
                         "cannot write to QMP socket '%s': %s", chan->path, local->message);
             return false;
         }
@@ -194,8 +202,7 @@ vr_qmp_unix_flush(VrQmpChannelUnix *chan, GError **error)
         }
     } else if (chan->write_source == NULL) {
         chan->write_source = g_socket_create_source(chan->socket, G_IO_OUT, NULL);
-        g_source_set_callback(chan->write_source, G_SOURCE_FUNC(vr_qmp_unix_write_cb), chan,
-                              NULL);
+        g_source_set_callback(chan->write_source, G_SOURCE_FUNC(vr_qmp_unix_write_cb), chan, NULL);
         g_source_attach(chan->write_source, chan->parent.context);
     }
     return true;
@@ -223,12 +230,11 @@ vr_qmp_unix_open_async(VrQmpChannel *channel, GCancellable *cancellable,
     g_autoptr(GError) error = NULL;
 
     g_task_set_source_tag(task, vr_qmp_unix_open_async);
-    chan->socket = g_socket_new(G_SOCKET_FAMILY_UNIX, G_SOCKET_TYPE_STREAM,
-                                G_SOCKET_PROTOCOL_DEFAULT, &error);
+    chan->socket =
+        g_socket_new(G_SOCKET_FAMILY_UNIX, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_DEFAULT, &error);
     if (chan->socket == NULL) {
         g_task_return_new_error(task, VR_QMP_ERROR, VR_QMP_ERROR_CHANNEL,
-                                "cannot create a socket for '%s': %s", chan->path,
-                                error->message);
+                                "cannot create a socket for '%s': %s", chan->path, error->message);
         return;
     }
     /*
@@ -268,8 +274,7 @@ vr_qmp_unix_send(VrQmpChannel *channel, json_object *command, const char *id, GU
                     chan->path);
         return false;
     }
-    text = g_strconcat(json_object_to_json_string_ext(command, JSON_C_TO_STRING_PLAIN), "\n",
-                       NULL);
+    text = g_strconcat(json_object_to_json_string_ext(command, JSON_C_TO_STRING_PLAIN), "\n", NULL);
     len = strlen(text);
     out = g_new0(VrQmpUnixOut, 1);
     out->data = g_bytes_new_take(g_steal_pointer(&text), len);

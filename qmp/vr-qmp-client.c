@@ -244,10 +244,10 @@ vr_qmp_client_sink_message(json_object *message, gpointer user_data)
         json_object *err = vr_json_get_object(message, "error");
         const char *desc = vr_json_get_string(err, "desc");
 
-        vr_qmp_client_fail(client, g_error_new(VR_QMP_ERROR, VR_QMP_ERROR_PROTOCOL,
-                                               "reply without id from '%s': %s",
-                                               client->channel->peer,
-                                               desc != NULL ? desc : "no description"));
+        vr_qmp_client_fail(client,
+                           g_error_new(VR_QMP_ERROR, VR_QMP_ERROR_PROTOCOL,
+                                       "reply without id from '%s': %s", client->channel->peer,
+                                       desc != NULL ? desc : "no description"));
         return;
     }
 
@@ -342,8 +342,8 @@ vr_qmp_client_dispose(GObject *object)
 
     /* Pending commands hold no reference on the client: fail them before it goes. */
     if (client->state != VR_QMP_CLIENT_CLOSED && client->state != VR_QMP_CLIENT_NEW) {
-        vr_qmp_client_fail(client, g_error_new_literal(VR_QMP_ERROR, VR_QMP_ERROR_CLOSED,
-                                                       "QMP client disposed"));
+        vr_qmp_client_fail(
+            client, g_error_new_literal(VR_QMP_ERROR, VR_QMP_ERROR_CLOSED, "QMP client disposed"));
     }
     G_OBJECT_CLASS(vr_qmp_client_parent_class)->dispose(object);
 }
@@ -362,8 +362,8 @@ vr_qmp_client_class_init(VrQmpClientClass *klass)
      *
      * The channel closed, or the client was closed. Emitted once.
      */
-    signals[SIGNAL_CLOSED] = g_signal_new("closed", G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST,
-                                          0, NULL, NULL, NULL, G_TYPE_NONE, 1, G_TYPE_ERROR);
+    signals[SIGNAL_CLOSED] = g_signal_new("closed", G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST, 0,
+                                          NULL, NULL, NULL, G_TYPE_NONE, 1, G_TYPE_ERROR);
 }
 
 static void
@@ -648,10 +648,9 @@ vr_qmp_client_connect_timeout_cb(gpointer user_data)
     VrQmpClient *client = user_data;
 
     g_clear_pointer(&client->connect_timeout, g_source_unref);
-    vr_qmp_client_fail(client,
-                       g_error_new(VR_QMP_ERROR, VR_QMP_ERROR_TIMEOUT,
-                                   "no QMP greeting from '%s' within the timeout",
-                                   client->channel->peer));
+    vr_qmp_client_fail(client, g_error_new(VR_QMP_ERROR, VR_QMP_ERROR_TIMEOUT,
+                                           "no QMP greeting from '%s' within the timeout",
+                                           client->channel->peer));
     return G_SOURCE_REMOVE;
 }
 
@@ -667,16 +666,14 @@ vr_qmp_client_connect_async(VrQmpClient *client, GCancellable *cancellable,
     g_task_set_source_tag(task, vr_qmp_client_connect_async);
     if (client->state != VR_QMP_CLIENT_NEW) {
         g_task_return_new_error(task, G_IO_ERROR, G_IO_ERROR_FAILED,
-                                "QMP client of '%s' was already connected",
-                                client->channel->peer);
+                                "QMP client of '%s' was already connected", client->channel->peer);
         g_object_unref(task);
         return;
     }
     client->state = VR_QMP_CLIENT_OPENING;
     client->connect_task = task;
     client->connect_timeout = g_timeout_source_new(client->default_timeout_ms);
-    g_source_set_callback(client->connect_timeout, vr_qmp_client_connect_timeout_cb, client,
-                          NULL);
+    g_source_set_callback(client->connect_timeout, vr_qmp_client_connect_timeout_cb, client, NULL);
     g_source_attach(client->connect_timeout, client->context);
     client->channel->ops->open_async(client->channel, cancellable, vr_qmp_client_open_cb,
                                      g_object_ref(client));
@@ -785,8 +782,7 @@ vr_qmp_event_watch_closed_cb(VrQmpClient *client, GError *error, gpointer user_d
 }
 
 VrQmpEventWatch *
-vr_qmp_event_watch_new(VrQmpClient *client, const char *event, const char *key,
-                       const char *value)
+vr_qmp_event_watch_new(VrQmpClient *client, const char *event, const char *key, const char *value)
 {
     VrQmpEventWatch *watch;
 
@@ -812,9 +808,9 @@ vr_qmp_event_watch_free(VrQmpEventWatch *watch)
     if (watch == NULL)
         return;
     if (watch->waiter != NULL) {
-        vr_qmp_event_watch_finish_wait(watch, NULL,
-                                       g_error_new_literal(G_IO_ERROR, G_IO_ERROR_CANCELLED,
-                                                           "event watch freed"));
+        vr_qmp_event_watch_finish_wait(
+            watch, NULL,
+            g_error_new_literal(G_IO_ERROR, G_IO_ERROR_CANCELLED, "event watch freed"));
     }
     vr_qmp_client_unsubscribe(watch->client, watch->subscription);
     g_signal_handlers_disconnect_by_data(watch->client, watch);
@@ -866,9 +862,8 @@ vr_qmp_event_watch_cancelled_cb(GCancellable *cancellable, gpointer user_data)
 }
 
 void
-vr_qmp_event_watch_wait_async(VrQmpEventWatch *watch, guint timeout_ms,
-                              GCancellable *cancellable, GAsyncReadyCallback callback,
-                              gpointer user_data)
+vr_qmp_event_watch_wait_async(VrQmpEventWatch *watch, guint timeout_ms, GCancellable *cancellable,
+                              GAsyncReadyCallback callback, gpointer user_data)
 {
     VrQmpClient *client;
     GTask *task;
@@ -881,8 +876,7 @@ vr_qmp_event_watch_wait_async(VrQmpEventWatch *watch, guint timeout_ms,
     g_task_set_source_tag(task, vr_qmp_event_watch_wait_async);
 
     if (!g_queue_is_empty(&watch->events)) {
-        g_task_return_pointer(task, g_queue_pop_head(&watch->events),
-                              vr_json_free);
+        g_task_return_pointer(task, g_queue_pop_head(&watch->events), vr_json_free);
         g_object_unref(task);
         return;
     }
@@ -898,8 +892,8 @@ vr_qmp_event_watch_wait_async(VrQmpEventWatch *watch, guint timeout_ms,
     g_source_attach(watch->timeout_source, client->context);
     if (cancellable != NULL) {
         watch->cancel_source = g_cancellable_source_new(cancellable);
-        g_source_set_callback(watch->cancel_source,
-                              G_SOURCE_FUNC(vr_qmp_event_watch_cancelled_cb), watch, NULL);
+        g_source_set_callback(watch->cancel_source, G_SOURCE_FUNC(vr_qmp_event_watch_cancelled_cb),
+                              watch, NULL);
         g_source_attach(watch->cancel_source, client->context);
     }
 }

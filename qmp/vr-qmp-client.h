@@ -28,7 +28,7 @@ G_BEGIN_DECLS
 
 #define VR_QMP_DEFAULT_TIMEOUT_MS 30000
 
-#define VR_QMP_TYPE_CLIENT (vr_qmp_client_get_type())
+#define VR_QMP_TYPE_CLIENT        (vr_qmp_client_get_type())
 G_DECLARE_FINAL_TYPE(VrQmpClient, vr_qmp_client, VR_QMP, CLIENT, GObject)
 
 /*
@@ -77,12 +77,11 @@ json_object *vr_qmp_client_execute_finish(VrQmpClient *client, GAsyncResult *res
                                           GError **error);
 
 /* Synchronous forms; see the threading note above. (transfer full) */
-json_object *vr_qmp_client_execute(VrQmpClient *client, const char *command,
-                                   json_object *arguments, GError **error);
+json_object *vr_qmp_client_execute(VrQmpClient *client, const char *command, json_object *arguments,
+                                   GError **error);
 json_object *vr_qmp_client_execute_full(VrQmpClient *client, const char *command,
-                                        json_object *arguments, GUnixFDList *fds,
-                                        guint timeout_ms, GCancellable *cancellable,
-                                        GError **error);
+                                        json_object *arguments, GUnixFDList *fds, guint timeout_ms,
+                                        GCancellable *cancellable, GError **error);
 
 /*
  * Called for every event named @event (any event when NULL). @data is the event's "data"

@@ -26,8 +26,13 @@ vr_qmp_parser_new(gsize max_message_size)
     VrQmpParser *parser = g_new0(VrQmpParser, 1);
 
     parser->tok = json_tokener_new_ex(VR_QMP_PARSER_MAX_DEPTH);
-    /* Strict RFC 8259 and valid UTF-8: QEMU emits nothing else. */
-    json_tokener_set_flags(parser->tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    /*
+     * Strict RFC 8259 and valid UTF-8: QEMU emits nothing else. Strict mode alone rejects
+     * bytes after a complete object, which is the next message when several arrive in one
+     * read, hence ALLOW_TRAILING_CHARS: the loop in feed() parses them.
+     */
+    json_tokener_set_flags(parser->tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS |
+                                            JSON_TOKENER_VALIDATE_UTF8);
     parser->max_message_size = max_message_size;
     return parser;
 }
@@ -42,8 +47,7 @@ vr_qmp_parser_free(VrQmpParser *parser)
     g_free(parser);
 }
 
-static bool
-vr_qmp_parser_fail(VrQmpParser *parser, GError **error, const char *format, ...)
+static bool vr_qmp_parser_fail(VrQmpParser *parser, GError **error, const char *format, ...)
     G_GNUC_PRINTF(3, 4);
 
 static bool
@@ -106,10 +110,9 @@ vr_qmp_parser_feed(VrQmpParser *parser, const char *data, gsize len, VrQmpParser
             parser->pending += used;
             pos += used;
             if (parser->pending > parser->max_message_size) {
-                return vr_qmp_parser_fail(parser, error,
-                                          "QMP message exceeds the limit of %" G_GSIZE_FORMAT
-                                          " bytes",
-                                          parser->max_message_size);
+                return vr_qmp_parser_fail(
+                    parser, error, "QMP message exceeds the limit of %" G_GSIZE_FORMAT " bytes",
+                    parser->max_message_size);
             }
             continue;
         }

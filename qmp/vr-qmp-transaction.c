@@ -48,9 +48,8 @@ vr_qmp_transaction_add_blockdev_backup(VrQmpTransaction *transaction, const char
 }
 
 void
-vr_qmp_transaction_add_bitmap_add(VrQmpTransaction *transaction, const char *node,
-                                  const char *name, bool persistent, bool disabled,
-                                  uint32_t granularity)
+vr_qmp_transaction_add_bitmap_add(VrQmpTransaction *transaction, const char *node, const char *name,
+                                  bool persistent, bool disabled, uint32_t granularity)
 {
     vr_qmp_transaction_add(transaction, "block-dirty-bitmap-add",
                            vr_qmp_args_bitmap_add(node, name, persistent, disabled, granularity));
@@ -101,7 +100,7 @@ vr_qmp_transaction_execute(VrQmpClient *client, VrQmpTransaction *transaction, G
                             "empty QMP transaction");
         return false;
     }
-    ret = vr_qmp_client_execute(client, "transaction",
-                                vr_qmp_transaction_to_arguments(transaction), error);
+    ret = vr_qmp_client_execute(client, "transaction", vr_qmp_transaction_to_arguments(transaction),
+                                error);
     return ret != NULL;
 }

@@ -39,7 +39,6 @@ guint vr_qmp_transaction_get_length(VrQmpTransaction *transaction);
 /* The arguments of the command: {"actions": [...]}. (transfer full) */
 json_object *vr_qmp_transaction_to_arguments(VrQmpTransaction *transaction);
 
-bool vr_qmp_transaction_execute(VrQmpClient *client, VrQmpTransaction *transaction,
-                                GError **error);
+bool vr_qmp_transaction_execute(VrQmpClient *client, VrQmpTransaction *transaction, GError **error);
 
 G_END_DECLS

@@ -1,0 +1,198 @@
+/*
+ * vr-test-util.c: what the integration tests share
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gio/gio.h>
+
+#include "vr-test-util.h"
+
+static char *tmpdir;
+
+static void
+vr_test_tmpdir_remove(void)
+{
+    g_autofree char *argv0 = NULL;
+
+    if (tmpdir == NULL || g_getenv("VR_TEST_KEEP") != NULL)
+        return;
+    /* Only what we made ourselves; the wrapper removes its own directory. */
+    if (g_getenv("VR_TEST_TMPDIR") == NULL) {
+        const char *argv[] = { "rm", "-rf", tmpdir, NULL };
+
+        g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, NULL,
+                     NULL);
+    }
+}
+
+const char *
+vr_test_tmpdir(void)
+{
+    if (tmpdir == NULL) {
+        const char *base = g_getenv("VR_TEST_TMPDIR");
+        g_autoptr(GError) error = NULL;
+
+        if (base != NULL) {
+            tmpdir = g_build_filename(base, "t", NULL);
+            g_assert_no_errno(g_mkdir_with_parents(tmpdir, 0755));
+        } else {
+            tmpdir = g_dir_make_tmp("vrtest-XXXXXX", &error);
+            g_assert_no_error(error);
+            atexit(vr_test_tmpdir_remove);
+        }
+        /* QEMU under libvirt runs as libvirt-qemu: it must traverse to its images. */
+        g_assert_no_errno(chmod(tmpdir, 0755));
+    }
+    return tmpdir;
+}
+
+char *
+vr_test_path(const char *name)
+{
+    return g_build_filename(vr_test_tmpdir(), name, NULL);
+}
+
+const char *
+vr_test_prefix(void)
+{
+    static char *prefix;
+
+    if (prefix == NULL) {
+        const char *env = g_getenv("VR_TEST_PREFIX");
+
+        prefix = env != NULL ? g_strdup(env) : g_strdup_printf("vrtest-%d", (int)getpid());
+    }
+    return prefix;
+}
+
+bool
+vr_test_skip_without(const char *program)
+{
+    g_autofree char *path = g_find_program_in_path(program);
+    g_autofree char *msg = NULL;
+
+    if (path != NULL)
+        return false;
+    msg = g_strdup_printf("'%s' is not installed", program);
+    g_test_skip(msg);
+    return true;
+}
+
+const char *
+vr_test_accel(void)
+{
+    if (g_strcmp0(g_getenv("VR_TEST_ACCEL"), "tcg") != 0 && access("/dev/kvm", R_OK | W_OK) == 0)
+        return "kvm";
+    return "tcg";
+}
+
+static void
+vr_test_child_setup(gpointer user_data)
+{
+    /* The child dies with the test, even when an assertion aborts it. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+VrTestProcess *
+vr_test_process_start(const char *const *argv, const char *qmp_path)
+{
+    g_autoptr(GError) error = NULL;
+    VrTestProcess *proc = g_new0(VrTestProcess, 1);
+    g_autofree char *log = vr_test_path("process.log");
+    gint64 deadline;
+    int log_fd;
+
+    /* Its output goes to a log, shown when the test fails to start it. */
+    log_fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    g_assert_no_errno(log_fd);
+    g_spawn_async_with_fds(NULL, (char **)argv, NULL,
+                           G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD, vr_test_child_setup,
+                           NULL, &proc->pid, -1, log_fd, log_fd, &error);
+    close(log_fd);
+    g_assert_no_error(error);
+    proc->qmp_path = g_strdup(qmp_path);
+
+    /* Probing connects would take QEMU's one QMP client slot; wait for the socket file. */
+    deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    while (!g_file_test(qmp_path, G_FILE_TEST_EXISTS)) {
+        int status;
+
+        if (waitpid(proc->pid, &status, WNOHANG) == proc->pid) {
+            g_autofree char *text = NULL;
+
+            proc->reaped = true;
+            g_file_get_contents(log, &text, NULL, NULL);
+            g_error("'%s' exited before creating '%s': %s", argv[0], qmp_path,
+                    text != NULL ? text : "");
+        }
+        if (g_get_monotonic_time() > deadline)
+            g_error("'%s' did not create '%s' within 20 s", argv[0], qmp_path);
+        g_usleep(20 * 1000);
+    }
+    return proc;
+}
+
+void
+vr_test_process_signal(VrTestProcess *proc, int signum)
+{
+    g_assert_false(proc->reaped);
+    g_assert_no_errno(kill(proc->pid, signum));
+}
+
+void
+vr_test_process_free(VrTestProcess *proc)
+{
+    if (proc == NULL)
+        return;
+    if (!proc->reaped) {
+        kill(proc->pid, SIGKILL);
+        while (waitpid(proc->pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    g_spawn_close_pid(proc->pid);
+    g_free(proc->qmp_path);
+    g_free(proc);
+}
+
+char *
+vr_test_run(const char *const *argv)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *out = NULL;
+    g_autofree char *err = NULL;
+    int status = 0;
+
+    g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &err, &status,
+                 &error);
+    g_assert_no_error(error);
+    if (!g_spawn_check_wait_status(status, &error))
+        g_error("'%s' failed: %s\n%s", argv[0], error->message, err);
+    return g_steal_pointer(&out);
+}
+
+void
+vr_test_qcow2_create(const char *path, const char *size)
+{
+    const char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2", path, size, NULL };
+    g_autofree char *out = vr_test_run(argv);
+}
+
+VrQmpClient *
+vr_test_connect_unix(const char *path)
+{
+    g_autoptr(VrQmpClient) client = vr_qmp_client_new(vr_qmp_channel_unix_new(path));
+    g_autoptr(GError) error = NULL;
+
+    vr_qmp_client_connect(client, NULL, &error);
+    g_assert_no_error(error);
+    g_assert_true(vr_qmp_client_is_connected(client));
+    return g_steal_pointer(&client);
+}

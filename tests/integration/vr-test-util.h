@@ -1,0 +1,61 @@
+/*
+ * vr-test-util.h: what the integration tests share: a scratch directory, QEMU processes
+ * that die with the test, and qemu-img.
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include <glib.h>
+
+#include "vr-qmp-client.h"
+
+G_BEGIN_DECLS
+
+/* A scratch directory for this test process, under $VR_TEST_TMPDIR when the wrapper set it. */
+const char *vr_test_tmpdir(void);
+
+/* A path in the scratch directory. (transfer full) */
+char *vr_test_path(const char *name);
+
+/* Prefix for libvirt object names, so the wrapper can remove leftovers: "vrtest-<pid>". */
+const char *vr_test_prefix(void);
+
+/* Skip the current test (and return true) when @program is not on PATH. */
+bool vr_test_skip_without(const char *program);
+
+/* "kvm" when /dev/kvm is usable and VR_TEST_ACCEL is not "tcg", else "tcg". */
+const char *vr_test_accel(void);
+
+typedef struct {
+    GPid pid;
+    char *qmp_path;
+    bool reaped;
+} VrTestProcess;
+
+/*
+ * Start @argv (NULL-terminated) with SIGKILL as its parent-death signal, then wait until
+ * @qmp_path accepts connections (at most 20 s). Fails the test when it does not.
+ */
+VrTestProcess *vr_test_process_start(const char *const *argv, const char *qmp_path);
+
+/* Send @signum to the process. */
+void vr_test_process_signal(VrTestProcess *proc, int signum);
+
+/* SIGKILL (unless already reaped), reap, free. NULL-safe. */
+void vr_test_process_free(VrTestProcess *proc);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrTestProcess, vr_test_process_free)
+
+/* Run a command line to completion; fail the test if it fails. Returns its stdout. */
+char *vr_test_run(const char *const *argv);
+
+/* qemu-img create -f qcow2 @path @size. */
+void vr_test_qcow2_create(const char *path, const char *size);
+
+/* Connect a client over a unix QMP socket; fails the test on error. (transfer full) */
+VrQmpClient *vr_test_connect_unix(const char *path);
+
+G_END_DECLS
