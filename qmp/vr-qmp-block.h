@@ -158,7 +158,10 @@ bool vr_qmp_job_dismiss(VrQmpClient *client, const char *id, GError **error);
 bool vr_qmp_block_set_write_threshold(VrQmpClient *client, const char *node_name,
                                       uint64_t threshold, GError **error);
 
-/* The text HMP printed. HMP reports its own errors in that text. (transfer full) */
+/*
+ * The text HMP printed. (transfer full) Beware: HMP qemu-io prints its result, errors
+ * included, on QEMU's stdout, not here: check the effect (a bitmap count), not this text.
+ */
 char *vr_qmp_human_monitor_command(VrQmpClient *client, const char *command_line, GError **error);
 
 /* Pass @fd to QEMU under @fdname (getfd). @fd stays the caller's. */

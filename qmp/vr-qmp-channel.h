@@ -90,6 +90,12 @@ VrQmpChannel *vr_qmp_channel_libvirt_new(virDomainPtr domain);
  * Register libvirt's default event implementation and run it in a thread of its own, once
  * per process; later calls only report the result of the first. libvirt's event loop is
  * process-wide by libvirt's design, so this is the one global of the library.
+ *
+ * libvirt 9.0 implements that loop on GLib: the thread iterates the global default
+ * GMainContext. Clients must then be created under a thread-default context of their own
+ * (g_main_context_push_thread_default()), never the global default one. A program that
+ * runs the global default context itself may instead call virEventRegisterDefaultImpl()
+ * and skip this function: its own loop then dispatches libvirt's events.
  */
 bool vr_qmp_libvirt_event_loop_start(GError **error);
 

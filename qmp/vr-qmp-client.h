@@ -10,7 +10,8 @@
  * created. Every function must be called from the thread that runs that context. The
  * synchronous variants iterate that context until they finish, so they are meant for a
  * worker thread that owns a context of its own (a capture cycle, a test), not for a daemon's
- * main loop.
+ * main loop. With the libvirt channel's event thread running, the global default context
+ * belongs to that thread: use a context of your own (see vr_qmp_libvirt_event_loop_start()).
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */

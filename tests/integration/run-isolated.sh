@@ -36,6 +36,9 @@ cleanup() {
     [ -n "${VR_TEST_KEEP:-}" ] || rm -rf "$scratch"
 }
 trap cleanup EXIT
+# meson stops a test that runs over its timeout with SIGTERM: stop the child, then clean up.
+child=
+trap '[ -n "$child" ] && kill -KILL "$child" 2>/dev/null; exit 143' TERM INT
 
 # Starts daemon $1 (with -d) unless running; records its pid to stop it at the end.
 ensure_daemon() {
@@ -53,6 +56,7 @@ ensure_daemon() {
 }
 
 if [ "$need_libvirt" = 1 ] && [ "$(id -u)" = 0 ]; then
+    "$(dirname "$0")/../setup/kvm-device.sh"
     ensure_daemon virtlogd
     ensure_daemon libvirtd
     for _ in $(seq 100); do
@@ -61,6 +65,8 @@ if [ "$need_libvirt" = 1 ] && [ "$(id -u)" = 0 ]; then
     done
 fi
 
-"$@"
+"$@" &
+child=$!
+wait "$child"
 status=$?
 exit $status
