@@ -5,6 +5,8 @@
 #
 #   run-isolated.sh [--libvirt] TEST-BINARY [ARGS...]
 #
+# $VR_TEST_WRAPPER, when set, is put in front of TEST-BINARY (e.g. valgrind).
+#
 # With --libvirt, libvirtd and virtlogd are started when they are not running, and stopped
 # again at the end when this script started them.
 set -u
@@ -65,7 +67,10 @@ if [ "$need_libvirt" = 1 ] && [ "$(id -u)" = 0 ]; then
     done
 fi
 
-"$@" &
+# VR_TEST_WRAPPER (meson test --setup valgrind) goes in front of the binary only. It is a
+# command line: split on spaces on purpose.
+# shellcheck disable=SC2086
+${VR_TEST_WRAPPER:-} "$@" &
 child=$!
 wait "$child"
 status=$?
