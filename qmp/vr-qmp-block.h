@@ -154,7 +154,11 @@ bool vr_qmp_nbd_server_stop(VrQmpClient *client, GError **error);
 bool vr_qmp_block_job_cancel(VrQmpClient *client, const char *device, bool force, GError **error);
 bool vr_qmp_job_dismiss(VrQmpClient *client, const char *id, GError **error);
 
-/* BLOCK_WRITE_THRESHOLD fires once @threshold bytes of @node_name are allocated; 0 disarms. */
+/*
+ * BLOCK_WRITE_THRESHOLD fires once a write reaches past offset @threshold of @node_name; 0
+ * disarms. On a protocol (file) node that offset tracks the image's growth, which is what
+ * bounds a fleece; on a format node it is a guest offset.
+ */
 bool vr_qmp_block_set_write_threshold(VrQmpClient *client, const char *node_name,
                                       uint64_t threshold, GError **error);
 

@@ -52,6 +52,7 @@ typedef struct {
 typedef struct {
     VrQmpChannelLibvirt *chan; /* a reference */
     json_object *message;      /* or */
+    char *failed_id;           /* with error: this command failed, or without: */
     GError *error;             /* the channel died */
 } VrQmpLibvirtDelivery;
 
@@ -111,7 +112,9 @@ vr_qmp_libvirt_deliver_cb(gpointer data)
 
     if (vr_qmp_libvirt_is_closed(chan))
         return G_SOURCE_REMOVE;
-    if (delivery->error != NULL) {
+    if (delivery->failed_id != NULL) {
+        chan->parent.sink.failed(delivery->failed_id, delivery->error, chan->parent.sink_data);
+    } else if (delivery->error != NULL) {
         g_atomic_int_set(&chan->closed, 1);
         chan->parent.sink.closed(delivery->error, chan->parent.sink_data);
     } else {
@@ -128,19 +131,25 @@ vr_qmp_libvirt_delivery_free(gpointer data)
     if (delivery->message != NULL)
         json_object_put(delivery->message);
     g_clear_error(&delivery->error);
+    g_free(delivery->failed_id);
     vr_qmp_libvirt_unref(delivery->chan);
     g_free(delivery);
 }
 
-/* From any thread: hand @message or @error (transfer full) to the client's context. */
+/*
+ * From any thread: hand @message, or @error (transfer full) to the client's context: the
+ * failure of command @failed_id when it is non-NULL, else the death of the channel.
+ */
 static void
-vr_qmp_libvirt_deliver(VrQmpChannelLibvirt *chan, json_object *message, GError *error)
+vr_qmp_libvirt_deliver(VrQmpChannelLibvirt *chan, json_object *message, const char *failed_id,
+                       GError *error)
 {
     VrQmpLibvirtDelivery *delivery = g_new0(VrQmpLibvirtDelivery, 1);
     GSource *source = g_idle_source_new();
 
     delivery->chan = vr_qmp_libvirt_ref(chan);
     delivery->message = message;
+    delivery->failed_id = g_strdup(failed_id);
     delivery->error = error;
     g_source_set_priority(source, G_PRIORITY_DEFAULT);
     g_source_set_callback(source, vr_qmp_libvirt_deliver_cb, delivery,
@@ -149,9 +158,12 @@ vr_qmp_libvirt_deliver(VrQmpChannelLibvirt *chan, json_object *message, GError *
     g_source_unref(source);
 }
 
-/* The error libvirt left in this thread, as a GError; CLOSED when the domain is gone. */
+/*
+ * The error libvirt left in this thread, as a GError: CLOSED when the domain or the
+ * connection is gone, CHANNEL otherwise (then @alive is set, if non-NULL).
+ */
 static GError *
-vr_qmp_libvirt_last_error(VrQmpChannelLibvirt *chan, const char *what)
+vr_qmp_libvirt_last_error(VrQmpChannelLibvirt *chan, const char *what, bool *alive)
 {
     virError err = { 0 };
     g_autofree char *message = NULL;
@@ -161,8 +173,10 @@ vr_qmp_libvirt_last_error(VrQmpChannelLibvirt *chan, const char *what)
     if (virCopyLastError(&err) >= 0 && err.message != NULL)
         message = g_strdup(err.message);
     virResetError(&err);
-    if (virDomainIsActive(chan->domain) == 0)
+    if (virConnectIsAlive(chan->conn) != 1 || virDomainIsActive(chan->domain) != 1)
         code = VR_QMP_ERROR_CLOSED;
+    if (alive != NULL)
+        *alive = code != VR_QMP_ERROR_CLOSED;
     return g_error_new(VR_QMP_ERROR, code, "%s for domain '%s': %s", what, chan->parent.peer,
                        message != NULL ? message : "unknown error");
 }
@@ -192,7 +206,7 @@ vr_qmp_libvirt_event_cb(virConnectPtr conn, virDomainPtr domain, const char *eve
     json_object_object_add(timestamp, "seconds", json_object_new_int64(seconds));
     json_object_object_add(timestamp, "microseconds", json_object_new_int64(micros));
     json_object_object_add(message, "timestamp", timestamp);
-    vr_qmp_libvirt_deliver(chan, message, NULL);
+    vr_qmp_libvirt_deliver(chan, message, NULL, NULL);
 }
 
 static void
@@ -201,7 +215,7 @@ vr_qmp_libvirt_run_open(VrQmpChannelLibvirt *chan, GTask *task)
     int active = virDomainIsActive(chan->domain);
 
     if (active < 0) {
-        g_task_return_error(task, vr_qmp_libvirt_last_error(chan, "cannot query state"));
+        g_task_return_error(task, vr_qmp_libvirt_last_error(chan, "cannot query state", NULL));
         return;
     }
     if (active == 0) {
@@ -214,8 +228,8 @@ vr_qmp_libvirt_run_open(VrQmpChannelLibvirt *chan, GTask *task)
         vr_qmp_libvirt_unref, 0);
     if (chan->event_callback < 0) {
         vr_qmp_libvirt_unref(chan);
-        g_task_return_error(task,
-                            vr_qmp_libvirt_last_error(chan, "cannot subscribe to QMP events"));
+        g_task_return_error(
+            task, vr_qmp_libvirt_last_error(chan, "cannot subscribe to QMP events", NULL));
         return;
     }
     g_task_return_boolean(task, TRUE);
@@ -232,13 +246,17 @@ vr_qmp_libvirt_run_command(VrQmpChannelLibvirt *chan, VrQmpLibvirtWork *work)
 
     if (virDomainQemuMonitorCommandWithFiles(chan->domain, work->text, n_fds, fds, NULL, NULL,
                                              &reply, 0) < 0) {
-        vr_qmp_libvirt_deliver(chan, NULL, vr_qmp_libvirt_last_error(chan, "QMP passthrough"));
+        bool alive = false;
+        GError *error = vr_qmp_libvirt_last_error(chan, "QMP passthrough", &alive);
+
+        /* A refusal of this call (a libvirt job timeout, say) fails the command only. */
+        vr_qmp_libvirt_deliver(chan, NULL, alive ? work->id : NULL, error);
         return;
     }
     /* A QEMU error reply is a successful call: it comes back as {"error": ...}. */
     message = json_tokener_parse_verbose(reply, &jerr);
     if (message == NULL || !json_object_is_type(message, json_type_object)) {
-        vr_qmp_libvirt_deliver(chan, NULL,
+        vr_qmp_libvirt_deliver(chan, NULL, NULL,
                                g_error_new(VR_QMP_ERROR, VR_QMP_ERROR_PROTOCOL,
                                            "libvirt passed a reply that is not a JSON object "
                                            "for domain '%s'",
@@ -247,7 +265,7 @@ vr_qmp_libvirt_run_command(VrQmpChannelLibvirt *chan, VrQmpLibvirtWork *work)
     }
     json_object_object_del(message, "id");
     json_object_object_add(message, "id", json_object_new_string(work->id));
-    vr_qmp_libvirt_deliver(chan, g_steal_pointer(&message), NULL);
+    vr_qmp_libvirt_deliver(chan, g_steal_pointer(&message), NULL, NULL);
 }
 
 static gpointer

@@ -266,6 +266,7 @@ vr_qmp_unix_send(VrQmpChannel *channel, json_object *command, const char *id, GU
 {
     VrQmpChannelUnix *chan = (VrQmpChannelUnix *)channel;
     g_autofree char *text = NULL;
+    GError *local = NULL;
     VrQmpUnixOut *out;
     gsize len;
 
@@ -294,7 +295,13 @@ vr_qmp_unix_send(VrQmpChannel *channel, json_object *command, const char *id, GU
         }
     }
     g_queue_push_tail(&chan->out, out);
-    return vr_qmp_unix_flush(chan, error);
+    if (!vr_qmp_unix_flush(chan, &local)) {
+        /* Half a command may be out: nothing after it can be framed. Close, as elsewhere. */
+        vr_qmp_unix_report_closed(chan, g_error_copy(local));
+        g_propagate_error(error, local);
+        return false;
+    }
+    return true;
 }
 
 static void

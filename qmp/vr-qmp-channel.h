@@ -31,6 +31,8 @@ typedef struct _VrQmpChannel VrQmpChannel;
 typedef struct {
     /* One reply, event or greeting. (transfer full) */
     void (*message)(json_object *message, gpointer user_data);
+    /* Command @id could not be sent, but the channel lives on. (transfer none) */
+    void (*failed)(const char *id, const GError *error, gpointer user_data);
     /* The channel is dead; nothing more will be delivered. (transfer none) */
     void (*closed)(const GError *error, gpointer user_data);
 } VrQmpChannelSink;

@@ -63,6 +63,7 @@ struct _VrQmpClient {
     /* The connect in progress. */
     GTask *connect_task;
     GSource *connect_timeout;
+    GSource *connect_cancel;
 };
 
 G_DEFINE_TYPE(VrQmpClient, vr_qmp_client, G_TYPE_OBJECT)
@@ -199,6 +200,16 @@ vr_qmp_client_dispatch_event(VrQmpClient *client, json_object *message)
 
 static void vr_qmp_client_start_negotiation(VrQmpClient *client);
 
+/* For work started after the client closed: always VR_QMP_ERROR_CLOSED, with the cause. */
+static GError *
+vr_qmp_client_closed_error(VrQmpClient *client)
+{
+    if (g_error_matches(client->close_error, VR_QMP_ERROR, VR_QMP_ERROR_CLOSED))
+        return g_error_copy(client->close_error);
+    return g_error_new(VR_QMP_ERROR, VR_QMP_ERROR_CLOSED, "QMP client of '%s' is closed: %s",
+                       client->channel->peer, client->close_error->message);
+}
+
 static void
 vr_qmp_client_sink_message(json_object *message, gpointer user_data)
 {
@@ -277,8 +288,17 @@ vr_qmp_client_sink_closed(const GError *error, gpointer user_data)
     vr_qmp_client_fail(client, g_error_copy(error));
 }
 
+static void
+vr_qmp_client_sink_failed(const char *id, const GError *error, gpointer user_data)
+{
+    VrQmpClient *client = VR_QMP_CLIENT(user_data);
+
+    vr_qmp_pending_complete(client, id, NULL, g_error_copy(error));
+}
+
 static const VrQmpChannelSink vr_qmp_client_sink = {
     .message = vr_qmp_client_sink_message,
+    .failed = vr_qmp_client_sink_failed,
     .closed = vr_qmp_client_sink_closed,
 };
 
@@ -310,6 +330,7 @@ vr_qmp_client_fail(VrQmpClient *client, GError *error)
     }
 
     vr_qmp_source_destroy(&client->connect_timeout);
+    vr_qmp_source_destroy(&client->connect_cancel);
     connect_task = g_steal_pointer(&client->connect_task);
     if (connect_task != NULL)
         g_task_return_error(connect_task, g_error_copy(client->close_error));
@@ -429,10 +450,11 @@ vr_qmp_client_send(VrQmpClient *client, const char *command, json_object *argume
     g_autoptr(json_object) owned_args = arguments;
     g_autoptr(json_object) msg = NULL;
     g_autoptr(GError) error = NULL;
+    g_autofree char *id = NULL;
     VrQmpPending *pending;
 
     if (client->state == VR_QMP_CLIENT_CLOSED) {
-        g_task_return_error(task, g_error_copy(client->close_error));
+        g_task_return_error(task, vr_qmp_client_closed_error(client));
         g_object_unref(task);
         return;
     }
@@ -469,9 +491,9 @@ vr_qmp_client_send(VrQmpClient *client, const char *command, json_object *argume
     }
 
     g_debug("-> %s %s", client->channel->peer, json_object_to_json_string(msg));
-    if (!client->channel->ops->send(client->channel, msg, pending->id, fds, &error)) {
-        g_autofree char *id = g_strdup(pending->id);
-
+    /* A failing send may close the client, which completes and frees @pending: keep its id. */
+    id = g_strdup(pending->id);
+    if (!client->channel->ops->send(client->channel, msg, id, fds, &error)) {
         g_prefix_error(&error, "cannot send '%s' to '%s': ", command, client->channel->peer);
         vr_qmp_pending_complete(client, id, NULL, g_steal_pointer(&error));
     }
@@ -522,14 +544,26 @@ vr_qmp_sync_done_cb(GObject *source, GAsyncResult *result, gpointer user_data)
     sync->result = g_object_ref(result);
 }
 
-/* Iterate @context until @sync has its result. */
+/*
+ * Take @context for a synchronous call, before anything is started: a call from a thread
+ * that does not own the client's context is a programming error, refused cleanly.
+ */
+static bool
+vr_qmp_sync_begin(GMainContext *context, GError **error)
+{
+    if (g_main_context_acquire(context))
+        return true;
+    g_critical("synchronous QMP call from a thread that does not own the client's context");
+    g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                        "synchronous QMP call from a thread that does not own the client's "
+                        "context");
+    return false;
+}
+
+/* Iterate @context until @sync has its result, then give the context back. */
 static void
 vr_qmp_sync_wait(GMainContext *context, VrQmpSync *sync)
 {
-    if (!g_main_context_acquire(context)) {
-        g_critical("synchronous QMP call from a thread that does not own the client's context");
-        return;
-    }
     while (sync->result == NULL)
         g_main_context_iteration(context, TRUE);
     g_main_context_release(context);
@@ -545,6 +579,11 @@ vr_qmp_client_execute_full(VrQmpClient *client, const char *command, json_object
 
     g_return_val_if_fail(VR_QMP_IS_CLIENT(client), NULL);
 
+    if (!vr_qmp_sync_begin(client->context, error)) {
+        if (arguments != NULL)
+            json_object_put(arguments);
+        return NULL;
+    }
     vr_qmp_client_execute_async(client, command, arguments, fds, timeout_ms, cancellable,
                                 vr_qmp_sync_done_cb, &sync);
     vr_qmp_sync_wait(client->context, &sync);
@@ -568,6 +607,7 @@ vr_qmp_client_connect_complete(VrQmpClient *client)
     g_autoptr(GTask) task = g_steal_pointer(&client->connect_task);
 
     vr_qmp_source_destroy(&client->connect_timeout);
+    vr_qmp_source_destroy(&client->connect_cancel);
     client->state = VR_QMP_CLIENT_READY;
     g_task_return_boolean(task, TRUE);
 }
@@ -654,6 +694,18 @@ vr_qmp_client_connect_timeout_cb(gpointer user_data)
     return G_SOURCE_REMOVE;
 }
 
+static gboolean
+vr_qmp_client_connect_cancelled_cb(GCancellable *cancellable, gpointer user_data)
+{
+    VrQmpClient *client = user_data;
+    GError *error = NULL;
+
+    g_clear_pointer(&client->connect_cancel, g_source_unref);
+    g_cancellable_set_error_if_cancelled(cancellable, &error);
+    vr_qmp_client_fail(client, error);
+    return G_SOURCE_REMOVE;
+}
+
 void
 vr_qmp_client_connect_async(VrQmpClient *client, GCancellable *cancellable,
                             GAsyncReadyCallback callback, gpointer user_data)
@@ -675,6 +727,12 @@ vr_qmp_client_connect_async(VrQmpClient *client, GCancellable *cancellable,
     client->connect_timeout = g_timeout_source_new(client->default_timeout_ms);
     g_source_set_callback(client->connect_timeout, vr_qmp_client_connect_timeout_cb, client, NULL);
     g_source_attach(client->connect_timeout, client->context);
+    if (cancellable != NULL) {
+        client->connect_cancel = g_cancellable_source_new(cancellable);
+        g_source_set_callback(client->connect_cancel,
+                              G_SOURCE_FUNC(vr_qmp_client_connect_cancelled_cb), client, NULL);
+        g_source_attach(client->connect_cancel, client->context);
+    }
     client->channel->ops->open_async(client->channel, cancellable, vr_qmp_client_open_cb,
                                      g_object_ref(client));
 }
@@ -695,6 +753,8 @@ vr_qmp_client_connect(VrQmpClient *client, GCancellable *cancellable, GError **e
 
     g_return_val_if_fail(VR_QMP_IS_CLIENT(client), false);
 
+    if (!vr_qmp_sync_begin(client->context, error))
+        return false;
     vr_qmp_client_connect_async(client, cancellable, vr_qmp_sync_done_cb, &sync);
     vr_qmp_sync_wait(client->context, &sync);
     ok = vr_qmp_client_connect_finish(client, sync.result, error);
@@ -881,7 +941,7 @@ vr_qmp_event_watch_wait_async(VrQmpEventWatch *watch, guint timeout_ms, GCancell
         return;
     }
     if (client->state == VR_QMP_CLIENT_CLOSED) {
-        g_task_return_error(task, g_error_copy(client->close_error));
+        g_task_return_error(task, vr_qmp_client_closed_error(client));
         g_object_unref(task);
         return;
     }
@@ -915,6 +975,8 @@ vr_qmp_event_watch_wait(VrQmpEventWatch *watch, guint timeout_ms, GCancellable *
 
     g_return_val_if_fail(watch != NULL, NULL);
 
+    if (!vr_qmp_sync_begin(watch->client->context, error))
+        return NULL;
     vr_qmp_event_watch_wait_async(watch, timeout_ms, cancellable, vr_qmp_sync_done_cb, &sync);
     vr_qmp_sync_wait(watch->client->context, &sync);
     message = vr_qmp_event_watch_wait_finish(watch, sync.result, error);

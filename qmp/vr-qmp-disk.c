@@ -9,6 +9,7 @@
 #include "vr-qmp-block.h"
 #include "vr-qmp-disk.h"
 #include "vr-qmp-error.h"
+#include "vr-qmp-json.h"
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathContext, xmlXPathFreeContext)
@@ -114,6 +115,48 @@ vr_qmp_is_filter(const char *drv)
     return g_strv_contains(vr_qmp_filter_drivers, drv);
 }
 
+/* The innermost "filename" of a blockdev spec: {"driver": ..., "file": {... "filename"}}. */
+static const char *
+vr_qmp_spec_filename(json_object *spec)
+{
+    for (int depth = 0; spec != NULL && depth < 8; depth++) {
+        json_object *file = NULL;
+
+        if (vr_json_get_string(spec, "filename") != NULL)
+            return vr_json_get_string(spec, "filename");
+        if (!json_object_object_get_ex(spec, "file", &file))
+            return NULL;
+        if (json_object_is_type(file, json_type_string))
+            return json_object_get_string(file);
+        spec = file;
+    }
+    return NULL;
+}
+
+/*
+ * Whether filter node @filter sits directly on @node. A filter that passes its child's
+ * name through (copy-before-write) reports the child's file name; one that does not
+ * (libvirt's copy-on-read) reports "json:{...}" with the child's spec under "file".
+ */
+static bool
+vr_qmp_filter_is_over(VrQmpBlockNode *filter, VrQmpBlockNode *node)
+{
+    g_autoptr(json_object) spec = NULL;
+    json_object *child = NULL;
+
+    if (!vr_qmp_is_filter(filter->drv) || filter->filename == NULL)
+        return false;
+    if (!g_str_has_prefix(filter->filename, "json:"))
+        return g_strcmp0(filter->filename, node->filename) == 0;
+    spec = json_tokener_parse(filter->filename + strlen("json:"));
+    if (spec == NULL || !json_object_object_get_ex(spec, "file", &child))
+        return false;
+    if (json_object_is_type(child, json_type_string))
+        return g_strcmp0(json_object_get_string(child), node->node_name) == 0;
+    return g_strcmp0(vr_json_get_string(child, "driver"), node->drv) == 0 &&
+           g_strcmp0(vr_qmp_spec_filename(child), node->filename) == 0;
+}
+
 VrQmpDiskNode *
 vr_qmp_disk_resolve(VrQmpClient *client, const char *domain_xml, const char *target, GError **error)
 {
@@ -172,9 +215,8 @@ vr_qmp_disk_resolve(VrQmpClient *client, const char *domain_xml, const char *tar
     disk->top_node = g_strdup(device->inserted->node_name);
 
     /*
-     * Between the device and the format node there may only be filters. A filter reports
-     * the file name of what it filters, which ties it to the format node without
-     * x-debug-query-block-graph.
+     * Between the device and the format node there may only be a filter, tied to the format
+     * node through the name it reports (no x-debug-query-block-graph: unstable).
      */
     top = vr_qmp_block_nodes_find(nodes, disk->top_node);
     if (top == NULL) {
@@ -182,7 +224,7 @@ vr_qmp_disk_resolve(VrQmpClient *client, const char *domain_xml, const char *tar
                          disk->top_node);
         return NULL;
     }
-    if (top != node && (!vr_qmp_is_filter(top->drv) || g_strcmp0(top->filename, node->filename))) {
+    if (top != node && !vr_qmp_filter_is_over(top, node)) {
         vr_qmp_disk_fail(error, target,
                          "the device writes through node '%s' (%s), not '%s' of the live XML: "
                          "a snapshot or block job may have moved the active layer",

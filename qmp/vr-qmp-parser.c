@@ -12,7 +12,7 @@
 struct _VrQmpParser {
     json_tokener *tok;
     gsize max_message_size;
-    /* Bytes consumed by the message being assembled, whitespace before it included. */
+    /* Bytes consumed by the message being assembled (separators before it are not). */
     gsize pending;
     /* True once a non-whitespace byte of the current message has been fed. */
     bool in_message;

@@ -63,14 +63,14 @@ fixture_setup(Fixture *fx, gconstpointer data)
                           "  <os><type arch='x86_64' machine='q35'>hvm</type></os>"
                           "  <devices>"
                           "    <disk type='file' device='disk'>"
-                          "      <driver name='qemu' type='qcow2'/>"
+                          "      <driver name='qemu' type='qcow2'%s/>"
                           "      <source file='%s'/>"
                           "      <target dev='vda' bus='virtio'/>"
                           "    </disk>"
                           "    <memballoon model='none'/>"
                           "  </devices>"
                           "</domain>",
-                          name, fx->image);
+                          name, data != NULL ? " copy_on_read='on'" : "", fx->image);
     fx->domain = virDomainDefineXML(fx->conn, xml);
     g_assert_nonnull(fx->domain);
     g_assert_cmpint(virDomainCreateWithFlags(fx->domain, VIR_DOMAIN_START_PAUSED), ==, 0);
@@ -161,6 +161,19 @@ test_resolve(Fixture *fx, gconstpointer data)
     g_assert_null(missing);
     g_assert_error(error, VR_QMP_ERROR, VR_QMP_ERROR_NOT_FOUND);
     g_assert_nonnull(strstr(error->message, "vdz"));
+}
+
+/* With copy_on_read='on', libvirt puts a copy-on-read filter above the format node. */
+static void
+test_resolve_copy_on_read(Fixture *fx, gconstpointer data)
+{
+    g_autofree char *expected = NULL;
+
+    if (fx->client == NULL)
+        return;
+    expected = g_strdup_printf("libvirt-%u-format", fx->vda->index);
+    g_assert_cmpstr(fx->vda->node_name, ==, expected);
+    g_assert_cmpstr(fx->vda->top_node, ==, "libvirt-CoR-vda");
 }
 
 static void
@@ -303,6 +316,8 @@ main(int argc, char **argv)
 
 #define ADD(path, func) g_test_add(path, Fixture, NULL, fixture_setup, func, fixture_teardown)
     ADD("/qmp/libvirt/resolve", test_resolve);
+    g_test_add("/qmp/libvirt/resolve-copy-on-read", Fixture, "cor", fixture_setup,
+               test_resolve_copy_on_read, fixture_teardown);
     ADD("/qmp/libvirt/bitmap-hmp-write", test_bitmap_hmp_write);
     ADD("/qmp/libvirt/command-error", test_command_error);
     ADD("/qmp/libvirt/fd-passing", test_fd_passing);

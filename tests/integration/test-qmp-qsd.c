@@ -339,6 +339,52 @@ test_cancel(Fixture *fx, gconstpointer data)
 }
 
 static void
+connect_cancelled_cb(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    GError **error = user_data;
+
+    g_assert_false(vr_qmp_client_connect_finish(VR_QMP_CLIENT(source), result, error));
+}
+
+static gboolean
+cancel_cb(gpointer user_data)
+{
+    g_cancellable_cancel(user_data);
+    return G_SOURCE_REMOVE;
+}
+
+static void
+test_connect_cancelled(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(VrQmpClient) client = NULL;
+    g_autoptr(GCancellable) cancellable = g_cancellable_new();
+    g_autoptr(GError) later = NULL;
+    g_autoptr(json_object) ret = NULL;
+    GError *error = NULL;
+
+    if (fx->client == NULL)
+        return;
+    /* The fixture's client holds QEMU's one monitor connection: free it, stop QEMU. */
+    vr_qmp_client_close(fx->client);
+    g_clear_object(&fx->client);
+    vr_test_process_signal(fx->qsd, SIGSTOP);
+
+    /* No greeting comes; the cancellable ends the wait, and the client is closed. */
+    client = vr_qmp_client_new(vr_qmp_channel_unix_new(fx->qmp));
+    vr_qmp_client_connect_async(client, cancellable, connect_cancelled_cb, &error);
+    g_timeout_add(100, cancel_cb, cancellable);
+    while (error == NULL)
+        g_main_context_iteration(NULL, TRUE);
+    g_assert_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+    g_clear_error(&error);
+    g_assert_false(vr_qmp_client_is_connected(client));
+    ret = vr_qmp_client_execute(client, "query-jobs", NULL, &later);
+    g_assert_null(ret);
+    g_assert_error(later, VR_QMP_ERROR, VR_QMP_ERROR_CLOSED);
+    vr_test_process_signal(fx->qsd, SIGCONT);
+}
+
+static void
 killed_cb(GObject *source, GAsyncResult *result, gpointer user_data)
 {
     GError **error = user_data;
@@ -399,6 +445,7 @@ main(int argc, char **argv)
     ADD("/qmp/qsd/timeout", test_timeout);
     ADD("/qmp/qsd/cancel", test_cancel);
     ADD("/qmp/qsd/killed", test_killed);
+    ADD("/qmp/qsd/connect-cancelled", test_connect_cancelled);
 #undef ADD
 
     return g_test_run();
