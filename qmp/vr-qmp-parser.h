@@ -32,9 +32,10 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrQmpParser, vr_qmp_parser_free)
 
 /*
  * Parse @len bytes of @data, calling @func for every object that completes. On malformed
- * JSON, a top-level value that is not an object, a NUL byte or a message over the size
- * limit, fails with VR_QMP_ERROR_PROTOCOL. Objects completed before the fault are still
- * delivered. Once failed, the parser stays failed: the stream cannot be resynchronised.
+ * JSON, a top-level value that is not an object, a string that is not UTF-8, a NUL byte or
+ * a message over the size limit (the separators between messages do not count), fails with
+ * VR_QMP_ERROR_PROTOCOL. Objects completed before the fault are still delivered. Once
+ * failed, the parser stays failed: the stream cannot be resynchronised.
  */
 bool vr_qmp_parser_feed(VrQmpParser *parser, const char *data, gsize len, VrQmpParserFunc func,
                         gpointer user_data, GError **error);
