@@ -115,27 +115,11 @@ fixture_teardown(Fixture *fx, gconstpointer data)
     g_free(fx->image);
 }
 
-/* A guest write through the virtio-blk device's BlockBackend (§5.3). */
+/* A guest write through the virtio-blk device's BlockBackend. */
 static void
 guest_write(Fixture *fx, const char *io)
 {
-    g_autoptr(GError) error = NULL;
-    g_autofree char *cmd = g_strdup_printf(
-        "qemu-io -d /machine/peripheral/%s/virtio-backend \"%s\"", fx->vda->alias, io);
-    g_autofree char *out = vr_qmp_human_monitor_command(fx->client, cmd, &error);
-
-    g_assert_no_error(error);
-    g_assert_nonnull(out);
-}
-
-static uint64_t
-bitmap_count(Fixture *fx, const char *node, const char *name)
-{
-    g_autoptr(GError) error = NULL;
-    g_autoptr(VrQmpBitmapInfo) info = vr_qmp_query_bitmap(fx->client, node, name, &error);
-
-    g_assert_no_error(error);
-    return info->count;
+    vr_test_hmp_qemu_io(fx->client, fx->vda->qdev, io);
 }
 
 static void
@@ -196,12 +180,14 @@ test_bitmap_hmp_write(Fixture *fx, gconstpointer data)
     g_assert_cmpuint(info->count, ==, 0);
 
     guest_write(fx, "write -P 0xab 1M 64k");
-    g_assert_cmpuint(bitmap_count(fx, fx->vda->node_name, "vr-test-1"), ==, 65536);
+    g_assert_cmpuint(vr_test_bitmap_count(fx->client, fx->vda->node_name, "vr-test-1"), ==, 65536);
     guest_write(fx, "write -P 0xcd 8M 4k");
-    g_assert_cmpuint(bitmap_count(fx, fx->vda->node_name, "vr-test-1"), ==, 2 * 65536);
+    g_assert_cmpuint(vr_test_bitmap_count(fx->client, fx->vda->node_name, "vr-test-1"), ==,
+                     2 * 65536);
     /* The same granule again: no growth. */
     guest_write(fx, "write -P 0xef 1M 4k");
-    g_assert_cmpuint(bitmap_count(fx, fx->vda->node_name, "vr-test-1"), ==, 2 * 65536);
+    g_assert_cmpuint(vr_test_bitmap_count(fx->client, fx->vda->node_name, "vr-test-1"), ==,
+                     2 * 65536);
 }
 
 static void
@@ -272,7 +258,7 @@ test_fd_passing(Fixture *fx, gconstpointer data)
     g_assert_true(ok);
     /* A guest write after the cut copies the old cluster into our fd-passed image. */
     guest_write(fx, "write -P 0x11 4M 64k");
-    g_assert_cmpuint(bitmap_count(fx, fx->vda->node_name, "vr-2"), ==, 65536);
+    g_assert_cmpuint(vr_test_bitmap_count(fx->client, fx->vda->node_name, "vr-2"), ==, 65536);
 
     watch = vr_qmp_event_watch_new(fx->client, "BLOCK_JOB_CANCELLED", "device", "vr-job");
     ok = vr_qmp_block_job_cancel(fx->client, "vr-job", false, &error);

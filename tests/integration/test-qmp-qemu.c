@@ -89,12 +89,7 @@ fixture_teardown(Fixture *fx, gconstpointer data)
 static void
 hmp_write(Fixture *fx, const char *io)
 {
-    g_autoptr(GError) error = NULL;
-    g_autofree char *cmd = g_strdup_printf("qemu-io -d " BACKEND " \"%s\"", io);
-    g_autofree char *out = vr_qmp_human_monitor_command(fx->client, cmd, &error);
-
-    g_assert_no_error(error);
-    g_assert_nonnull(out);
+    vr_test_hmp_qemu_io(fx->client, BACKEND, io);
 }
 
 static void
@@ -123,7 +118,6 @@ static void
 test_hmp_write_dirty(Fixture *fx, gconstpointer data)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(VrQmpBitmapInfo) info = NULL;
     bool ok;
 
     if (fx->client == NULL)
@@ -133,21 +127,12 @@ test_hmp_write_dirty(Fixture *fx, gconstpointer data)
     g_assert_true(ok);
 
     hmp_write(fx, "write -P 0xab 1M 64k");
-    info = vr_qmp_query_bitmap(fx->client, "disk0", "vr-test", &error);
-    g_assert_no_error(error);
-    g_assert_cmpuint(info->count, ==, 65536);
-    g_clear_pointer(&info, vr_qmp_bitmap_info_free);
-
+    g_assert_cmpuint(vr_test_bitmap_count(fx->client, "disk0", "vr-test"), ==, 65536);
     /* Write-zeroes and discard are recorded too (§7 item 13). */
     hmp_write(fx, "write -z 16M 64k");
-    info = vr_qmp_query_bitmap(fx->client, "disk0", "vr-test", &error);
-    g_assert_no_error(error);
-    g_assert_cmpuint(info->count, ==, 2 * 65536);
-    g_clear_pointer(&info, vr_qmp_bitmap_info_free);
+    g_assert_cmpuint(vr_test_bitmap_count(fx->client, "disk0", "vr-test"), ==, 2 * 65536);
     hmp_write(fx, "discard 32M 64k");
-    info = vr_qmp_query_bitmap(fx->client, "disk0", "vr-test", &error);
-    g_assert_no_error(error);
-    g_assert_cmpuint(info->count, ==, 3 * 65536);
+    g_assert_cmpuint(vr_test_bitmap_count(fx->client, "disk0", "vr-test"), ==, 3 * 65536);
 }
 
 static void

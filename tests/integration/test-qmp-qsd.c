@@ -88,16 +88,6 @@ guest_write(Fixture *fx, const char *command)
     g_autofree char *out = vr_test_run(argv);
 }
 
-static uint64_t
-bitmap_count(Fixture *fx, const char *node, const char *name)
-{
-    g_autoptr(GError) error = NULL;
-    g_autoptr(VrQmpBitmapInfo) info = vr_qmp_query_bitmap(fx->client, node, name, &error);
-
-    g_assert_no_error(error);
-    return info->count;
-}
-
 static void
 test_capabilities(Fixture *fx, gconstpointer data)
 {
@@ -154,9 +144,9 @@ test_bitmap_roundtrip(Fixture *fx, gconstpointer data)
 
     /* 4 KiB written dirties one 64 KiB granule; a write across a boundary dirties two. */
     guest_write(fx, "write -P 0x22 1M 4k");
-    g_assert_cmpuint(bitmap_count(fx, "disk0", "vr-test-1"), ==, 65536);
+    g_assert_cmpuint(vr_test_bitmap_count(fx->client, "disk0", "vr-test-1"), ==, 65536);
     guest_write(fx, "write -P 0x33 8160k 128k"); /* granules 127, 128, 129 */
-    g_assert_cmpuint(bitmap_count(fx, "disk0", "vr-test-1"), ==, 65536 + 3 * 65536);
+    g_assert_cmpuint(vr_test_bitmap_count(fx->client, "disk0", "vr-test-1"), ==, 65536 + 3 * 65536);
 
     ok = vr_qmp_bitmap_remove(fx->client, "disk0", "vr-test-1", &error);
     g_assert_no_error(error);
@@ -245,7 +235,7 @@ test_events(Fixture *fx, gconstpointer data)
     ok = vr_qmp_transaction_execute(fx->client, tx, &error);
     g_assert_no_error(error);
     g_assert_true(ok);
-    g_assert_cmpuint(bitmap_count(fx, "vr-fleece", "vr-frozen"), ==, 65536);
+    g_assert_cmpuint(vr_test_bitmap_count(fx->client, "vr-fleece", "vr-frozen"), ==, 65536);
 
     /* An export of the fleece with the frozen bitmap, then its deletion, awaited. */
     ok = vr_qmp_block_export_add_nbd(fx->client, "vr-exp", "vr-fleece", "fleece", false, bitmaps,

@@ -13,6 +13,7 @@
 
 #include <gio/gio.h>
 
+#include "vr-qmp-block.h"
 #include "vr-test-util.h"
 
 static char *tmpdir;
@@ -195,4 +196,25 @@ vr_test_connect_unix(const char *path)
     g_assert_no_error(error);
     g_assert_true(vr_qmp_client_is_connected(client));
     return g_steal_pointer(&client);
+}
+
+uint64_t
+vr_test_bitmap_count(VrQmpClient *client, const char *node, const char *name)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrQmpBitmapInfo) info = vr_qmp_query_bitmap(client, node, name, &error);
+
+    g_assert_no_error(error);
+    return info->count;
+}
+
+void
+vr_test_hmp_qemu_io(VrQmpClient *client, const char *qdev, const char *io)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *cmd = g_strdup_printf("qemu-io -d %s \"%s\"", qdev, io);
+    g_autofree char *out = vr_qmp_human_monitor_command(client, cmd, &error);
+
+    g_assert_no_error(error);
+    g_assert_nonnull(out);
 }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include <glib.h>
@@ -54,6 +55,16 @@ char *vr_test_run(const char *const *argv);
 
 /* qemu-img create -f qcow2 @path @size. */
 void vr_test_qcow2_create(const char *path, const char *size);
+
+/* The dirty byte count of bitmap @name on @node; fails the test when it is missing. */
+uint64_t vr_test_bitmap_count(VrQmpClient *client, const char *node, const char *name);
+
+/*
+ * A guest write: HMP "qemu-io -d @qdev" running @io (e.g. "write -P 0xab 1M 64k") on a
+ * device's BlockBackend (research/qemu-bitmaps.md §5.3). HMP qemu-io reports its own
+ * failures on QEMU's stdout only, so check the effect, not this call.
+ */
+void vr_test_hmp_qemu_io(VrQmpClient *client, const char *qdev, const char *io);
 
 /* Connect a client over a unix QMP socket; fails the test on error. (transfer full) */
 VrQmpClient *vr_test_connect_unix(const char *path);
