@@ -16,7 +16,11 @@
 
 #include "vr-spool.h"
 
-G_DEFINE_QUARK(vr - spool - error - quark, vr_spool_error)
+GQuark
+vr_spool_error_quark(void)
+{
+    return g_quark_from_static_string("vr-spool-error-quark");
+}
 
 #define VR_SPOOL_MAGIC       "VRSPOOL\n"
 #define VR_SPOOL_HEADER_SIZE 128

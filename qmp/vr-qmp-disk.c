@@ -134,12 +134,12 @@ vr_qmp_spec_filename(json_object *spec)
 }
 
 /*
- * Whether filter node @filter sits directly on @node. A filter that passes its child's
- * name through (copy-before-write) reports the child's file name; one that does not
- * (libvirt's copy-on-read) reports "json:{...}" with the child's spec under "file".
+ * A filter that passes its child's name through (copy-before-write) reports the child's
+ * file name; one that does not (libvirt's copy-on-read) reports "json:{...}" with the
+ * child's spec under "file".
  */
-static bool
-vr_qmp_filter_is_over(VrQmpBlockNode *filter, VrQmpBlockNode *node)
+bool
+vr_qmp_block_node_is_filter_over(VrQmpBlockNode *filter, VrQmpBlockNode *node)
 {
     g_autoptr(json_object) spec = NULL;
     json_object *child = NULL;
@@ -224,7 +224,7 @@ vr_qmp_disk_resolve(VrQmpClient *client, const char *domain_xml, const char *tar
                          disk->top_node);
         return NULL;
     }
-    if (top != node && !vr_qmp_filter_is_over(top, node)) {
+    if (top != node && !vr_qmp_block_node_is_filter_over(top, node)) {
         vr_qmp_disk_fail(error, target,
                          "the device writes through node '%s' (%s), not '%s' of the live XML: "
                          "a snapshot or block job may have moved the active layer",

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "vr-qmp-block.h"
 #include "vr-qmp-client.h"
 
 G_BEGIN_DECLS
@@ -46,5 +47,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrQmpDiskNode, vr_qmp_disk_node_free)
  */
 VrQmpDiskNode *vr_qmp_disk_resolve(VrQmpClient *client, const char *domain_xml, const char *target,
                                    GError **error);
+
+/*
+ * Whether @filter is a filter node (copy-on-read, copy-before-write, throttle, preallocate)
+ * sitting directly on @node, judged from query-named-block-nodes entries alone.
+ */
+bool vr_qmp_block_node_is_filter_over(VrQmpBlockNode *filter, VrQmpBlockNode *node);
 
 G_END_DECLS

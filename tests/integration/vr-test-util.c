@@ -175,7 +175,7 @@ vr_test_run(const char *const *argv)
                  &error);
     g_assert_no_error(error);
     if (!g_spawn_check_wait_status(status, &error))
-        g_error("'%s' failed: %s\n%s", argv[0], error->message, err);
+        g_error("'%s' failed: %s\n%s%s", argv[0], error->message, out, err);
     return g_steal_pointer(&out);
 }
 

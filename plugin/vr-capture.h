@@ -1,0 +1,137 @@
+/*
+ * vr-capture.h: change capture on the primary
+ *
+ * One replication cycle of a domain, on top of a connected VrQmpClient
+ * (research/qemu-bitmaps.md §1.3, docs/capture.md):
+ *
+ *   begin   health check; for every disk a fleece qcow2 backed by the live node; an NBD
+ *           server; ONE transaction across all disks: blockdev-backup sync=none first, then
+ *           the new persistent bitmap B(k), and (incremental) a frozen disabled copy of
+ *           B(a) on the fleece node; an export of each fleece with that copy
+ *   spool   for each disk, read the changed extents of the point-in-time view over NBD
+ *           (libnbd, several requests in flight) into a spool file (vr-spool.h)
+ *   end     tear everything down: exports, NBD server, jobs, fleece nodes, fd sets, files.
+ *           Runs on success and on every failure path (vr_capture_cycle_free() calls it).
+ *
+ * Bitmaps are never cleared or disabled. B(a) stays until the replica acknowledges a later
+ * cycle: vr_capture_ack() then removes every older bitmap in one transaction.
+ *
+ * Names: bitmaps "vr-<rel>-<cycle, 10 digits>"; everything else of a cycle starts with
+ * "vr-<rel>-" too (fleece nodes, jobs, exports, fd sets), so a crashed agent's leftovers
+ * are found by prefix (vr_capture_reconcile()).
+ *
+ * Threading: synchronous, on the thread that owns the client's context (vr-qmp-client.h).
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "vr-qmp-client.h"
+#include "vr-spool.h"
+
+G_BEGIN_DECLS
+
+#define VR_CAPTURE_ERROR (vr_capture_error_quark())
+GQuark vr_capture_error_quark(void);
+
+typedef enum {
+    /* Tracking is broken: missing or inconsistent bitmap, moved active layer, new size. */
+    VR_CAPTURE_ERROR_RESYNC_REQUIRED,
+    /* Not now: libvirt's own NBD server runs (backup, migration). Retry later. */
+    VR_CAPTURE_ERROR_DEFERRED,
+    /* The disk cannot be tracked (not qcow2: persistent bitmaps need qcow2 v3). */
+    VR_CAPTURE_ERROR_UNSUPPORTED,
+    /* Anything else; the cycle is torn down and can be retried from the same base. */
+    VR_CAPTURE_ERROR_FAILED,
+} VrCaptureErrorCode;
+
+/* One disk of a domain, as the caller resolved it (vr_qmp_disk_resolve() under libvirt). */
+typedef struct {
+    const char *target;    /* "vda": [a-z0-9]{1,31}, the export and spool name */
+    const char *node_name; /* the tracked format node: "libvirt-1-format" */
+    const char *qdev;      /* the device's query-block qdev, or NULL to skip that check */
+    uint64_t virtual_size; /* what the replica has; a change needs a resync */
+} VrCaptureDisk;
+
+typedef enum {
+    /* Pass the fleece image and the NBD socket as file descriptors (add-fd, getfd): for
+     * QEMU under libvirt, where DAC and AppArmor labels would block paths. Without it,
+     * QEMU opens them by path (qemu-storage-daemon has neither command). */
+    VR_CAPTURE_PASS_FDS = 1 << 0,
+} VrCaptureFlags;
+
+typedef struct _VrCapture VrCapture;
+
+/*
+ * Capture for relationship @relationship ([a-z0-9]{1,16}) of the domain with
+ * @domain_uuid, through @client (a reference is taken). Fleece images and the NBD socket go
+ * into @workdir, which must exist on local storage. (transfer full)
+ */
+VrCapture *vr_capture_new(VrQmpClient *client, const char *relationship,
+                          const uint8_t domain_uuid[16], const char *workdir, VrCaptureFlags flags,
+                          GError **error);
+void vr_capture_free(VrCapture *capture);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrCapture, vr_capture_free)
+
+/* Requests in flight while reading a disk (default 8), and the size of each (1 MiB). */
+void vr_capture_set_read_queue(VrCapture *capture, guint depth, guint request_size);
+
+/* The bitmap name of @cycle. (transfer full) */
+char *vr_capture_bitmap_name(VrCapture *capture, uint64_t cycle);
+
+/*
+ * The health check a cycle starts with, for cycle @base of every disk: B(@base) exists, is
+ * persistent, recording and consistent; the node is qcow2 with the expected virtual size;
+ * the device (qdev) writes through the node. Fails with VR_CAPTURE_ERROR_RESYNC_REQUIRED
+ * naming the disk and the reason, or VR_CAPTURE_ERROR_UNSUPPORTED.
+ */
+bool vr_capture_check(VrCapture *capture, const VrCaptureDisk *disks, guint n_disks, uint64_t base,
+                      GError **error);
+
+typedef struct _VrCaptureCycle VrCaptureCycle;
+
+/*
+ * Cut cycle @cycle of @n_disks disks: incremental from @base (its bitmap B(@base) is the
+ * delta), or full when @base is 0 (allocated extents only; this also starts tracking).
+ * On failure everything begun is torn down. (transfer full)
+ */
+VrCaptureCycle *vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks,
+                                       guint n_disks, uint64_t base, uint64_t cycle,
+                                       GError **error);
+
+/*
+ * Read disk @index of the cycle into a spool at @path (see vr-spool.h); @totals may be
+ * NULL. All-zero blocks become ZERO records.
+ */
+bool vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path,
+                            VrSpoolTotals *totals, GError **error);
+
+/* The unix socket of the cycle's NBD server: each disk is exported under its target name,
+ * read-only, until the cycle ends. (transfer none) */
+const char *vr_capture_cycle_get_nbd_socket(VrCaptureCycle *cycle);
+
+/* Tear the cycle down now. Idempotent; errors are logged at debug level and skipped. */
+void vr_capture_cycle_end(VrCaptureCycle *cycle);
+
+/* End (if not yet) and free. NULL-safe. */
+void vr_capture_cycle_free(VrCaptureCycle *cycle);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrCaptureCycle, vr_capture_cycle_free)
+
+/*
+ * The replica has durably applied @cycle: remove every bitmap of this relationship older
+ * than B(@cycle) from every disk, in one transaction.
+ */
+bool vr_capture_ack(VrCapture *capture, const VrCaptureDisk *disks, guint n_disks, uint64_t cycle,
+                    GError **error);
+
+/*
+ * Remove what a crashed agent left of this relationship: exports, the NBD server when only
+ * our exports use it, jobs, fleece nodes, fd sets and files in the work directory. Our
+ * bitmaps stay: which one is B(a) is the caller's knowledge (vr_capture_ack()).
+ */
+bool vr_capture_reconcile(VrCapture *capture, GError **error);
+
+G_END_DECLS

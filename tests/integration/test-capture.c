@@ -1,0 +1,729 @@
+/*
+ * test-capture.c: change capture against a real qemu-system-x86_64 (no guest OS)
+ *
+ * Guest writes go through HMP qemu-io on the virtio-blk devices; a byte array per disk is
+ * the naive model of what the guest sees, and a set of granules the model of what changed.
+ * Each cycle's spool is applied to a raw replica file, which must then equal the model as
+ * it was at the cut.
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <glib/gstdio.h>
+
+#include "vr-capture.h"
+#include "vr-qmp-block.h"
+#include "vr-qmp-error.h"
+#include "vr-qmp-json.h"
+#include "vr-spool.h"
+#include "vr-test-util.h"
+
+#define DISK_SIZE   (64 * 1024 * 1024)
+#define GRANULARITY 65536
+#define N_GRANULES  (DISK_SIZE / GRANULARITY)
+#define MAX_DISKS   2
+
+static const uint8_t uuid[16] = { 0x7f, 0x3a, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14 };
+
+typedef struct {
+    char target[8];
+    char node[16];
+    char qdev[64];
+    char *image;
+    char *replica;  /* raw file the spools are applied to */
+    uint8_t *model; /* what the guest sees now */
+    uint8_t *at_cut;
+    bool dirty[N_GRANULES]; /* written since the last successful cut */
+    bool dirty_at_cut[N_GRANULES];
+} Disk;
+
+typedef struct {
+    char *dir;
+    char *qmp;
+    char *workdir;
+    guint n_disks;
+    Disk disks[MAX_DISKS];
+    VrTestProcess *qemu;
+    VrQmpClient *client;
+    VrCapture *capture;
+} Fixture;
+
+static void
+start_qemu(Fixture *fx)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+    g_autofree char *qmp_arg = g_strdup_printf("unix:%s,server=on,wait=off", fx->qmp);
+
+    g_ptr_array_add(argv, g_strdup("qemu-system-x86_64"));
+    /*
+     * The VM runs (no -S), as replicated VMs do: QEMU closes a removed fd set only while
+     * the VM runs. With no bootable disk the firmware only waits, and reads nothing.
+     */
+    for (const char *const *a = (const char *const[]){ "-M", "q35", "-nodefaults", "-display",
+                                                       "none", "-m", "64", "-qmp", NULL };
+         *a != NULL; a++)
+        g_ptr_array_add(argv, g_strdup(*a));
+    g_ptr_array_add(argv, g_strdup(qmp_arg));
+    g_ptr_array_add(argv, g_strdup("-accel"));
+    g_ptr_array_add(argv, g_strdup(vr_test_accel()));
+    for (guint i = 0; i < fx->n_disks; i++) {
+        Disk *d = &fx->disks[i];
+
+        g_ptr_array_add(argv, g_strdup("-blockdev"));
+        g_ptr_array_add(argv, g_strdup_printf("{\"driver\":\"qcow2\",\"node-name\":\"%s\","
+                                              "\"discard\":\"unmap\",\"file\":{\"driver\":"
+                                              "\"file\",\"filename\":\"%s\"}}",
+                                              d->node, d->image));
+        g_ptr_array_add(argv, g_strdup("-device"));
+        g_ptr_array_add(argv, g_strdup_printf("virtio-blk-pci,drive=%s,id=%s", d->node, d->target));
+    }
+    g_ptr_array_add(argv, NULL);
+    g_unlink(fx->qmp);
+    fx->qemu = vr_test_process_start((const char *const *)argv->pdata, fx->qmp);
+    fx->client = vr_test_connect_unix(fx->qmp);
+}
+
+static void
+new_capture(Fixture *fx)
+{
+    g_autoptr(GError) error = NULL;
+
+    fx->capture = vr_capture_new(fx->client, "t1", uuid, fx->workdir, VR_CAPTURE_PASS_FDS, &error);
+    g_assert_no_error(error);
+}
+
+static void
+fixture_setup(Fixture *fx, gconstpointer data)
+{
+    static guint serial;
+    g_autofree char *name = g_strdup_printf("cap%u", serial++);
+
+    if (vr_test_skip_without("qemu-system-x86_64") || vr_test_skip_without("qemu-img"))
+        return;
+    fx->n_disks = data != NULL ? GPOINTER_TO_UINT(data) : 1;
+    fx->dir = vr_test_path(name);
+    fx->workdir = g_build_filename(fx->dir, "work", NULL);
+    fx->qmp = g_build_filename(fx->dir, "qmp.sock", NULL);
+    g_assert_no_errno(g_mkdir_with_parents(fx->workdir, 0755));
+    for (guint i = 0; i < fx->n_disks; i++) {
+        Disk *d = &fx->disks[i];
+        g_autofree char *image = g_strdup_printf("vd%c.qcow2", 'a' + i);
+        g_autofree char *replica = g_strdup_printf("vd%c.replica", 'a' + i);
+        int fd;
+
+        g_snprintf(d->target, sizeof(d->target), "vd%c", 'a' + i);
+        g_snprintf(d->node, sizeof(d->node), "disk%u", i);
+        g_snprintf(d->qdev, sizeof(d->qdev), "/machine/peripheral/%s/virtio-backend", d->target);
+        d->image = g_build_filename(fx->dir, image, NULL);
+        d->replica = g_build_filename(fx->dir, replica, NULL);
+        vr_test_qcow2_create(d->image, "64M");
+        fd = open(d->replica, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        g_assert_no_errno(fd);
+        g_assert_no_errno(ftruncate(fd, DISK_SIZE));
+        close(fd);
+        d->model = g_malloc0(DISK_SIZE);
+        d->at_cut = g_malloc0(DISK_SIZE);
+    }
+    start_qemu(fx);
+    new_capture(fx);
+}
+
+static void
+fixture_teardown(Fixture *fx, gconstpointer data)
+{
+    g_clear_pointer(&fx->capture, vr_capture_free);
+    if (fx->client != NULL)
+        vr_qmp_client_close(fx->client);
+    g_clear_object(&fx->client);
+    g_clear_pointer(&fx->qemu, vr_test_process_free);
+    for (guint i = 0; i < fx->n_disks; i++) {
+        g_free(fx->disks[i].image);
+        g_free(fx->disks[i].replica);
+        g_free(fx->disks[i].model);
+        g_free(fx->disks[i].at_cut);
+    }
+    g_free(fx->dir);
+    g_free(fx->workdir);
+    g_free(fx->qmp);
+}
+
+static GArray *
+capture_disks(Fixture *fx)
+{
+    GArray *disks = g_array_new(FALSE, TRUE, sizeof(VrCaptureDisk));
+
+    for (guint i = 0; i < fx->n_disks; i++) {
+        VrCaptureDisk cd = { fx->disks[i].target, fx->disks[i].node, fx->disks[i].qdev, DISK_SIZE };
+
+        g_array_append_val(disks, cd);
+    }
+    return disks;
+}
+
+/* ---- the guest and its model ------------------------------------------------------- */
+
+typedef enum {
+    OP_WRITE,
+    OP_ZERO,
+    OP_DISCARD,
+} Op;
+
+static void
+guest_op(Fixture *fx, guint disk, Op op, uint64_t offset, uint64_t len, uint8_t pattern)
+{
+    Disk *d = &fx->disks[disk];
+    g_autofree char *io = NULL;
+
+    switch (op) {
+    case OP_WRITE:
+        io = g_strdup_printf("write -P 0x%02x %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT, pattern,
+                             offset, len);
+        memset(d->model + offset, pattern, len);
+        break;
+    case OP_ZERO:
+        io = g_strdup_printf("write -z %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT, offset, len);
+        memset(d->model + offset, 0, len);
+        break;
+    case OP_DISCARD: {
+        /*
+         * Discard is advisory: qcow2 drops the partial clusters at either end (QEMU 7.2
+         * qcow2_co_pdiscard), so only whole clusters read back as zeroes. They are still
+         * marked dirty, whole range.
+         */
+        uint64_t first = (offset + GRANULARITY - 1) / GRANULARITY * GRANULARITY;
+        uint64_t end = (offset + len) / GRANULARITY * GRANULARITY;
+
+        io = g_strdup_printf("discard %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT, offset, len);
+        if (end > first)
+            memset(d->model + first, 0, end - first);
+        break;
+    }
+    }
+    vr_test_hmp_qemu_io(fx->client, d->qdev, io);
+    for (uint64_t g = offset / GRANULARITY; g <= (offset + len - 1) / GRANULARITY; g++)
+        d->dirty[g] = true;
+}
+
+/* The model at the instant of a cut: what each spool must reproduce. */
+static void
+model_cut(Fixture *fx)
+{
+    for (guint i = 0; i < fx->n_disks; i++) {
+        Disk *d = &fx->disks[i];
+
+        memcpy(d->at_cut, d->model, DISK_SIZE);
+        memcpy(d->dirty_at_cut, d->dirty, sizeof(d->dirty));
+        memset(d->dirty, 0, sizeof(d->dirty));
+    }
+}
+
+/* A cut that did not reach the replica: what it took is dirty again. */
+static void
+model_cut_failed(Fixture *fx)
+{
+    for (guint i = 0; i < fx->n_disks; i++) {
+        Disk *d = &fx->disks[i];
+
+        for (guint g = 0; g < N_GRANULES; g++)
+            d->dirty[g] = d->dirty[g] || d->dirty_at_cut[g];
+    }
+}
+
+/* Apply @spool to disk @disk's replica; returns the bytes the spool covers. */
+static uint64_t
+apply_spool(Fixture *fx, guint disk, const char *spool, uint64_t base, uint64_t cycle)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrSpoolReader) reader = vr_spool_reader_open(spool, &error);
+    g_autofree uint8_t *zero = g_malloc0(VR_SPOOL_MAX_RECORD);
+    VrSpoolTotals totals = { 0 };
+    VrSpoolRecord rec;
+    int fd;
+
+    g_assert_no_error(error);
+    g_assert_cmpstr(vr_spool_reader_get_header(reader)->disk, ==, fx->disks[disk].target);
+    g_assert_cmpuint(vr_spool_reader_get_header(reader)->base_cycle, ==, base);
+    g_assert_cmpuint(vr_spool_reader_get_header(reader)->cycle, ==, cycle);
+    fd = open(fx->disks[disk].replica, O_WRONLY | O_CLOEXEC);
+    g_assert_no_errno(fd);
+    while (vr_spool_reader_next(reader, &rec, &totals, &error)) {
+        for (uint64_t done = 0; done < rec.length;) {
+            uint64_t n = MIN(rec.length - done, (uint64_t)VR_SPOOL_MAX_RECORD);
+            const void *src = rec.data != NULL ? rec.data + done : zero;
+
+            g_assert_cmpint(pwrite(fd, src, n, rec.offset + done), ==, (gssize)n);
+            done += n;
+        }
+    }
+    g_assert_no_error(error);
+    close(fd);
+    return totals.data_bytes + totals.zero_bytes;
+}
+
+static void
+assert_replica_is(Fixture *fx, guint disk, const uint8_t *expected)
+{
+    g_autofree char *contents = NULL;
+    gsize len = 0;
+
+    g_assert_true(g_file_get_contents(fx->disks[disk].replica, &contents, &len, NULL));
+    g_assert_cmpuint(len, ==, DISK_SIZE);
+    for (gsize i = 0; i < len; i++) {
+        if ((uint8_t)contents[i] != expected[i]) {
+            g_error("disk %s: replica differs at byte %" G_GSIZE_FORMAT ": 0x%02x, expected "
+                    "0x%02x",
+                    fx->disks[disk].target, i, (uint8_t)contents[i], expected[i]);
+        }
+    }
+}
+
+static uint64_t
+dirty_bytes_at_cut(Fixture *fx, guint disk)
+{
+    uint64_t n = 0;
+
+    for (guint g = 0; g < N_GRANULES; g++)
+        n += fx->disks[disk].dirty_at_cut[g] ? GRANULARITY : 0;
+    return n;
+}
+
+/* Cut, let @during write after the cut, spool every disk, apply each spool to its replica
+ * and compare the replica with QEMU's point-in-time view (the fleece export, over NBD),
+ * end. Returns the spool paths and, in @covered (if non-NULL), the bytes each covered. */
+typedef void (*DuringFunc)(Fixture *fx, gpointer data);
+
+static GPtrArray *
+run_cycle_full(Fixture *fx, uint64_t base, uint64_t cycle, DuringFunc during, gpointer data,
+               uint64_t *covered)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) disks = capture_disks(fx);
+    g_autoptr(VrCaptureCycle) c = NULL;
+    GPtrArray *spools = g_ptr_array_new_with_free_func(g_free);
+
+    c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, disks->len, base, cycle,
+                               &error);
+    g_assert_no_error(error);
+    model_cut(fx);
+    if (during != NULL)
+        during(fx, data);
+    for (guint i = 0; i < fx->n_disks; i++) {
+        char *spool = g_strdup_printf("%s/%s-%" G_GUINT64_FORMAT ".spool", fx->dir,
+                                      fx->disks[i].target, cycle);
+        bool ok = vr_capture_cycle_spool(c, i, spool, NULL, &error);
+
+        g_assert_no_error(error);
+        g_assert_true(ok);
+        g_ptr_array_add(spools, spool);
+    }
+    for (guint i = 0; i < fx->n_disks; i++) {
+        g_autofree char *uri = g_strdup_printf("nbd+unix:///%s?socket=%s", fx->disks[i].target,
+                                               vr_capture_cycle_get_nbd_socket(c));
+        const char *argv[] = { "qemu-img",           "compare", "-f", "raw", "-F", "raw",
+                               fx->disks[i].replica, uri,       NULL };
+        uint64_t n = apply_spool(fx, i, spools->pdata[i], base, cycle);
+        g_autofree char *out = NULL;
+
+        if (covered != NULL)
+            covered[i] = n;
+        out = vr_test_run(argv);
+        assert_replica_is(fx, i, fx->disks[i].at_cut);
+    }
+    vr_capture_cycle_end(c);
+    return spools;
+}
+
+static GPtrArray *
+run_cycle(Fixture *fx, uint64_t base, uint64_t cycle, DuringFunc during, gpointer data)
+{
+    return run_cycle_full(fx, base, cycle, during, data, NULL);
+}
+
+static void
+ack(Fixture *fx, uint64_t cycle)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) disks = capture_disks(fx);
+    bool ok = vr_capture_ack(fx->capture, (VrCaptureDisk *)disks->data, disks->len, cycle, &error);
+
+    g_assert_no_error(error);
+    g_assert_true(ok);
+}
+
+/* Nothing of ours in QEMU: exports, jobs, nodes, fd sets; nothing but spools on disk. */
+static void
+assert_clean(Fixture *fx)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GPtrArray) exports = vr_qmp_query_block_exports(fx->client, &error);
+    g_autoptr(GPtrArray) jobs = vr_qmp_query_jobs(fx->client, &error);
+    g_autoptr(GPtrArray) nodes = vr_qmp_query_named_block_nodes(fx->client, &error);
+    g_autoptr(json_object) fdsets = vr_qmp_client_execute(fx->client, "query-fdsets", NULL, &error);
+    g_autoptr(GDir) dir = g_dir_open(fx->workdir, 0, NULL);
+
+    g_assert_no_error(error);
+    g_assert_cmpuint(exports->len, ==, 0);
+    g_assert_cmpuint(jobs->len, ==, 0);
+    for (guint i = 0; i < nodes->len; i++) {
+        const char *n = ((VrQmpBlockNode *)g_ptr_array_index(nodes, i))->node_name;
+
+        if (g_str_has_prefix(n, "vr-"))
+            g_error("node '%s' left behind", n);
+    }
+    g_assert_cmpuint(json_object_array_length(fdsets), ==, 0);
+    g_assert_null(g_dir_read_name(dir));
+}
+
+/* ---- tests -------------------------------------------------------------------------- */
+
+static void
+write_over_cut(Fixture *fx, gpointer data)
+{
+    /* P2 over the very blocks P1 wrote, while the fleece is exported. */
+    guest_op(fx, 0, OP_WRITE, 1024 * 1024, 128 * 1024, 0x22);
+}
+
+static void
+test_point_in_time(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GPtrArray) s1 = NULL;
+    g_autoptr(GPtrArray) s2 = NULL;
+    g_autoptr(GPtrArray) s3 = NULL;
+    uint64_t covered[MAX_DISKS];
+
+    if (fx->capture == NULL)
+        return;
+    /* Cycle 1: the full copy of what is allocated. */
+    guest_op(fx, 0, OP_WRITE, 0, 64 * 1024, 0x10);
+    s1 = run_cycle(fx, 0, 1, NULL, NULL);
+
+    /* Cycle 2: P1 before the cut, P2 over it during the export: the spool holds P1. */
+    guest_op(fx, 0, OP_WRITE, 1024 * 1024, 128 * 1024, 0x11);
+    s2 = run_cycle_full(fx, 1, 2, write_over_cut, NULL, covered);
+    g_assert_cmpuint(covered[0], ==, dirty_bytes_at_cut(fx, 0));
+    g_assert_cmpint(fx->disks[0].at_cut[1024 * 1024], ==, 0x11);
+    ack(fx, 2);
+
+    /* Cycle 3: the next one holds P2. */
+    s3 = run_cycle_full(fx, 2, 3, NULL, NULL, covered);
+    g_assert_cmpuint(covered[0], ==, 2 * GRANULARITY);
+    g_assert_cmpint(fx->disks[0].at_cut[1024 * 1024], ==, 0x22);
+    assert_clean(fx);
+}
+
+static void
+test_random_cycles(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GRand) rand = g_rand_new_with_seed(g_test_rand_int());
+    static const uint64_t sizes[] = { 512, 4096, 65536, 65536 + 4096, 192 * 1024, 1024 * 1024 };
+    uint64_t acked = 0;
+
+    if (fx->capture == NULL)
+        return;
+    for (uint64_t cycle = 1; cycle <= 8; cycle++) {
+        g_autoptr(GPtrArray) spools = NULL;
+        guint ops = g_rand_int_range(rand, 1, 12);
+        uint64_t covered[MAX_DISKS];
+
+        for (guint i = 0; i < ops; i++) {
+            uint64_t len = sizes[g_rand_int_range(rand, 0, G_N_ELEMENTS(sizes))];
+            uint64_t offset = (uint64_t)g_rand_int_range(rand, 0, (DISK_SIZE - len) / 512) * 512;
+            int kind = g_rand_int_range(rand, 0, 10);
+
+            guest_op(fx, 0,
+                     kind < 7   ? OP_WRITE
+                     : kind < 9 ? OP_ZERO
+                                : OP_DISCARD,
+                     offset, len, (uint8_t)g_rand_int_range(rand, 1, 256));
+        }
+        spools = run_cycle_full(fx, acked, cycle, NULL, NULL, covered);
+        /* An incremental spool covers exactly the dirty granules, none more (cost follows
+         * the dirty bytes); a full one the allocated extents. */
+        if (acked != 0)
+            g_assert_cmpuint(covered[0], ==, dirty_bytes_at_cut(fx, 0));
+        ack(fx, cycle);
+        acked = cycle;
+    }
+    assert_clean(fx);
+}
+
+static void
+test_failed_cycle(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) disks = capture_disks(fx);
+    g_autoptr(GPtrArray) s1 = NULL;
+    g_autoptr(GPtrArray) s3 = NULL;
+    uint64_t covered[MAX_DISKS];
+    g_autofree char *half = g_build_filename(fx->dir, "half.spool", NULL);
+    g_autofree char *part = g_strconcat(half, ".part", NULL);
+    VrCaptureCycle *c;
+
+    if (fx->capture == NULL)
+        return;
+    s1 = run_cycle(fx, 0, 1, NULL, NULL);
+    ack(fx, 1);
+
+    /* Cycle 2 is cut, then dies while reading: its spool never appears. */
+    guest_op(fx, 0, OP_WRITE, 4 * 1024 * 1024, 256 * 1024, 0x31);
+    c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, disks->len, 1, 2, &error);
+    g_assert_no_error(error);
+    model_cut(fx);
+    g_assert_no_errno(g_mkdir(part, 0755)); /* the spool cannot be created */
+    g_assert_false(vr_capture_cycle_spool(c, 0, half, NULL, &error));
+    g_assert_error(error, VR_SPOOL_ERROR, VR_SPOOL_ERROR_IO);
+    g_clear_error(&error);
+    g_rmdir(part);
+    vr_capture_cycle_free(c);
+    model_cut_failed(fx);
+    assert_clean(fx);
+
+    /* More writes; cycle 3 from the same base 1 holds both sets. */
+    guest_op(fx, 0, OP_WRITE, 32 * 1024 * 1024, 64 * 1024, 0x32);
+    s3 = run_cycle_full(fx, 1, 3, NULL, NULL, covered);
+    g_assert_cmpuint(covered[0], ==, dirty_bytes_at_cut(fx, 0));
+    g_assert_cmpuint(dirty_bytes_at_cut(fx, 0), ==, 5 * GRANULARITY);
+}
+
+static void
+two_disk_writes(Fixture *fx, gpointer data)
+{
+    guest_op(fx, 0, OP_WRITE, 0, 65536, 0xb0);
+    guest_op(fx, 1, OP_WRITE, 0, 65536, 0xb1);
+}
+
+static void
+test_two_disks(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GPtrArray) s1 = NULL;
+    g_autoptr(GPtrArray) s2 = NULL;
+
+    if (fx->capture == NULL)
+        return;
+    s1 = run_cycle(fx, 0, 1, NULL, NULL);
+    ack(fx, 1);
+    /* Both disks written before the cut, both overwritten right after: one instant. */
+    guest_op(fx, 0, OP_WRITE, 0, 65536, 0xa0);
+    guest_op(fx, 1, OP_WRITE, 0, 65536, 0xa1);
+    s2 = run_cycle(fx, 1, 2, two_disk_writes, NULL);
+    for (guint i = 0; i < 2; i++)
+        g_assert_cmpint(fx->disks[i].at_cut[0], ==, 0xa0 + i);
+    assert_clean(fx);
+}
+
+static void
+test_health(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) disks = capture_disks(fx);
+    g_autoptr(GPtrArray) s1 = NULL;
+    g_autoptr(json_object) ret = NULL;
+    g_autofree char *overlay = g_build_filename(fx->dir, "overlay.qcow2", NULL);
+    g_autofree char *bitmap = NULL;
+    VrCaptureDisk *d = &g_array_index(disks, VrCaptureDisk, 0);
+    json_object *args;
+    bool ok;
+
+    if (fx->capture == NULL)
+        return;
+    s1 = run_cycle(fx, 0, 1, NULL, NULL);
+    ok = vr_capture_check(fx->capture, d, 1, 1, &error);
+    g_assert_no_error(error);
+    g_assert_true(ok);
+
+    /* A base that does not exist. */
+    g_assert_false(vr_capture_check(fx->capture, d, 1, 7, &error));
+    g_assert_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_RESYNC_REQUIRED);
+    g_assert_nonnull(strstr(error->message, "missing"));
+    g_clear_error(&error);
+
+    /* A resize. */
+    args = json_object_new_object();
+    json_object_object_add(args, "node-name", json_object_new_string(d->node_name));
+    json_object_object_add(args, "size", json_object_new_int64(2 * DISK_SIZE));
+    ret = vr_qmp_client_execute(fx->client, "block_resize", args, &error);
+    g_assert_no_error(error);
+    g_assert_false(vr_capture_check(fx->capture, d, 1, 1, &error));
+    g_assert_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_RESYNC_REQUIRED);
+    g_assert_nonnull(strstr(error->message, "size changed"));
+    g_clear_error(&error);
+    d->virtual_size = 2 * DISK_SIZE;
+
+    /* An external snapshot moves the device to a new top node. */
+    vr_test_qcow2_create(overlay, "128M");
+    ok = vr_qmp_blockdev_add_qcow2(fx->client, "snap", overlay, NULL, false, &error);
+    g_assert_no_error(error);
+    g_assert_true(ok);
+    args = json_object_new_object();
+    json_object_object_add(args, "node", json_object_new_string(d->node_name));
+    json_object_object_add(args, "overlay", json_object_new_string("snap"));
+    g_clear_pointer(&ret, json_object_put);
+    ret = vr_qmp_client_execute(fx->client, "blockdev-snapshot", args, &error);
+    g_assert_no_error(error);
+    g_assert_false(vr_capture_check(fx->capture, d, 1, 1, &error));
+    g_assert_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_RESYNC_REQUIRED);
+    g_assert_nonnull(strstr(error->message, "writes through 'snap'"));
+    g_clear_error(&error);
+
+    /* Bitmap names: prefix, relationship, cycle. */
+    bitmap = vr_capture_bitmap_name(fx->capture, 1);
+    g_assert_cmpstr(bitmap, ==, "vr-t1-0000000001");
+}
+
+static void
+test_not_qcow2(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *raw = g_build_filename(fx->dir, "raw.img", NULL);
+    VrCaptureDisk d = { "vdz", "rawdisk", NULL, 1024 * 1024 };
+    json_object *options = json_object_new_object();
+    json_object *file = json_object_new_object();
+    g_autoptr(VrCaptureCycle) c = NULL;
+    bool ok;
+    int fd;
+
+    if (fx->capture == NULL) {
+        json_object_put(options);
+        json_object_put(file);
+        return;
+    }
+    fd = open(raw, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    g_assert_no_errno(fd);
+    g_assert_no_errno(ftruncate(fd, 1024 * 1024));
+    close(fd);
+    json_object_object_add(file, "driver", json_object_new_string("file"));
+    json_object_object_add(file, "filename", json_object_new_string(raw));
+    json_object_object_add(options, "driver", json_object_new_string("raw"));
+    json_object_object_add(options, "node-name", json_object_new_string("rawdisk"));
+    json_object_object_add(options, "file", file);
+    ok = vr_qmp_blockdev_add(fx->client, options, &error);
+    g_assert_no_error(error);
+    g_assert_true(ok);
+    c = vr_capture_cycle_begin(fx->capture, &d, 1, 0, 1, &error);
+    g_assert_null(c);
+    g_assert_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_UNSUPPORTED);
+    g_assert_nonnull(strstr(error->message, "not qcow2"));
+    assert_clean(fx);
+}
+
+static void
+test_reconcile(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) disks = capture_disks(fx);
+    g_autoptr(GPtrArray) s2 = NULL;
+    VrCaptureCycle *c;
+    bool ok;
+
+    if (fx->capture == NULL)
+        return;
+    /* An agent cuts a cycle and dies: its client goes, its cleanup never runs. */
+    c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, disks->len, 0, 1, &error);
+    g_assert_no_error(error);
+    vr_qmp_client_close(fx->client);
+    vr_capture_cycle_free(c); /* teardown fails on the closed client: nothing is removed */
+    g_clear_pointer(&fx->capture, vr_capture_free);
+    g_clear_object(&fx->client);
+
+    /* The next agent: the leftovers block a cycle until reconciliation removes them. */
+    fx->client = vr_test_connect_unix(fx->qmp);
+    new_capture(fx);
+    c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, disks->len, 0, 1, &error);
+    g_assert_null(c);
+    g_assert_nonnull(error);
+    g_clear_error(&error);
+    ok = vr_capture_reconcile(fx->capture, &error);
+    g_assert_no_error(error);
+    g_assert_true(ok);
+    {
+        g_autoptr(GError) query = NULL;
+        g_autoptr(GPtrArray) exports = vr_qmp_query_block_exports(fx->client, &query);
+        g_autoptr(GPtrArray) jobs = vr_qmp_query_jobs(fx->client, &query);
+
+        g_assert_no_error(query);
+        g_assert_cmpuint(exports->len, ==, 0);
+        g_assert_cmpuint(jobs->len, ==, 0);
+    }
+    /* B(1) of the dead agent's cut stays (the caller decides): a full cycle 2 works. */
+    guest_op(fx, 0, OP_WRITE, 0, 65536, 0x5a);
+    s2 = run_cycle(fx, 0, 2, NULL, NULL);
+    assert_clean(fx);
+}
+
+static void
+restart_qemu(Fixture *fx, bool kill)
+{
+    g_autoptr(GError) error = NULL;
+
+    g_clear_pointer(&fx->capture, vr_capture_free);
+    if (kill) {
+        vr_test_process_signal(fx->qemu, SIGKILL);
+        vr_qmp_client_close(fx->client);
+    } else {
+        g_autoptr(json_object) ret = vr_qmp_client_execute(fx->client, "quit", NULL, &error);
+
+        g_assert_no_error(error);
+        while (vr_qmp_client_is_connected(fx->client))
+            g_main_context_iteration(NULL, TRUE);
+    }
+    g_clear_object(&fx->client);
+    g_clear_pointer(&fx->qemu, vr_test_process_free);
+    start_qemu(fx);
+    new_capture(fx);
+}
+
+static void
+test_qemu_killed(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) disks = capture_disks(fx);
+    g_autoptr(GPtrArray) s1 = NULL;
+    VrCaptureDisk *d = &g_array_index(disks, VrCaptureDisk, 0);
+    bool ok;
+
+    if (fx->capture == NULL)
+        return;
+    /* A bitmap created in a run that is killed never reaches the image: missing. */
+    s1 = run_cycle(fx, 0, 1, NULL, NULL);
+    restart_qemu(fx, true);
+    g_assert_false(vr_capture_check(fx->capture, d, 1, 1, &error));
+    g_assert_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_RESYNC_REQUIRED);
+    g_assert_nonnull(strstr(error->message, "missing"));
+    g_clear_error(&error);
+
+    /* Stored by a clean quit, loaded by the next run, then that run is killed: inconsistent. */
+    g_clear_pointer(&s1, g_ptr_array_unref);
+    s1 = run_cycle(fx, 0, 1, NULL, NULL);
+    restart_qemu(fx, false);
+    ok = vr_capture_check(fx->capture, d, 1, 1, &error);
+    g_assert_no_error(error);
+    g_assert_true(ok);
+    guest_op(fx, 0, OP_WRITE, 0, 65536, 0x77);
+    restart_qemu(fx, true);
+    g_assert_false(vr_capture_check(fx->capture, d, 1, 1, &error));
+    g_assert_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_RESYNC_REQUIRED);
+    g_assert_nonnull(strstr(error->message, "inconsistent"));
+}
+
+int
+main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+
+#define ADD(path, func, disks) \
+    g_test_add(path, Fixture, GUINT_TO_POINTER(disks), fixture_setup, func, fixture_teardown)
+    ADD("/capture/point-in-time", test_point_in_time, 1);
+    ADD("/capture/random-cycles", test_random_cycles, 1);
+    ADD("/capture/failed-cycle", test_failed_cycle, 1);
+    ADD("/capture/two-disks", test_two_disks, 2);
+    ADD("/capture/health", test_health, 1);
+    ADD("/capture/not-qcow2", test_not_qcow2, 1);
+    ADD("/capture/reconcile", test_reconcile, 1);
+    ADD("/capture/qemu-killed", test_qemu_killed, 1);
+#undef ADD
+
+    return g_test_run();
+}
