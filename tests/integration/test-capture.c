@@ -10,12 +10,15 @@
  */
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <glib/gstdio.h>
+#include <libvirt/libvirt.h>
 
 #include "vr-capture.h"
 #include "vr-qmp-block.h"
+#include "vr-qmp-disk.h"
 #include "vr-qmp-error.h"
 #include "vr-qmp-json.h"
 #include "vr-spool.h"
@@ -30,8 +33,8 @@ static const uint8_t uuid[16] = { 0x7f, 0x3a, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
 
 typedef struct {
     char target[8];
-    char node[16];
-    char qdev[64];
+    char node[32];
+    char qdev[96];
     char *image;
     char *replica;  /* raw file the spools are applied to */
     uint8_t *model; /* what the guest sees now */
@@ -49,6 +52,10 @@ typedef struct {
     VrTestProcess *qemu;
     VrQmpClient *client;
     VrCapture *capture;
+    /* libvirt fixtures */
+    GMainContext *context;
+    virConnectPtr conn;
+    virDomainPtr domain;
 } Fixture;
 
 static void
@@ -148,6 +155,100 @@ fixture_teardown(Fixture *fx, gconstpointer data)
     g_free(fx->dir);
     g_free(fx->workdir);
     g_free(fx->qmp);
+}
+
+/*
+ * The same, with a running (TCG, no OS) libvirt domain and the libvirt channel: fd passing
+ * into a QEMU that runs as libvirt-qemu, exactly as in production.
+ */
+static void
+fixture_setup_libvirt(Fixture *fx, gconstpointer data)
+{
+    static guint serial;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *name = g_strdup_printf("%s-cap%u", vr_test_prefix(), serial++);
+    g_autofree char *xml = NULL;
+    g_autofree char *live = NULL;
+    g_autoptr(VrQmpDiskNode) vda = NULL;
+    Disk *d = &fx->disks[0];
+    int fd;
+
+    if (getuid() != 0) {
+        g_test_skip("needs root for qemu:///system");
+        return;
+    }
+    if (vr_test_skip_without("qemu-img"))
+        return;
+    g_assert_true(vr_qmp_libvirt_event_loop_start(&error));
+    g_assert_no_error(error);
+    fx->conn = virConnectOpen("qemu:///system");
+    if (fx->conn == NULL) {
+        g_test_skip("libvirtd is not reachable at qemu:///system");
+        return;
+    }
+    fx->n_disks = 1;
+    fx->dir = vr_test_path(name);
+    fx->workdir = g_build_filename(fx->dir, "work", NULL);
+    g_assert_no_errno(g_mkdir_with_parents(fx->workdir, 0755));
+    g_assert_no_errno(chmod(fx->dir, 0755));
+    g_strlcpy(d->target, "vda", sizeof(d->target));
+    d->image = g_build_filename(fx->dir, "vda.qcow2", NULL);
+    d->replica = g_build_filename(fx->dir, "vda.replica", NULL);
+    vr_test_qcow2_create(d->image, "64M");
+    fd = open(d->replica, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    g_assert_no_errno(fd);
+    g_assert_no_errno(ftruncate(fd, DISK_SIZE));
+    close(fd);
+    d->model = g_malloc0(DISK_SIZE);
+    d->at_cut = g_malloc0(DISK_SIZE);
+
+    xml = g_strdup_printf("<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory>"
+                          "<os><type arch='x86_64' machine='q35'>hvm</type></os><devices>"
+                          "<disk type='file' device='disk'>"
+                          "<driver name='qemu' type='qcow2' discard='unmap'/>"
+                          "<source file='%s'/><target dev='vda' bus='virtio'/></disk>"
+                          "<memballoon model='none'/></devices></domain>",
+                          name, d->image);
+    fx->domain = virDomainDefineXML(fx->conn, xml);
+    g_assert_nonnull(fx->domain);
+    /* Running, as replicated domains do (QEMU closes removed fd sets only then). */
+    g_assert_cmpint(virDomainCreate(fx->domain), ==, 0);
+
+    fx->context = g_main_context_new();
+    g_main_context_push_thread_default(fx->context);
+    fx->client = vr_qmp_client_new(vr_qmp_channel_libvirt_new(fx->domain));
+    vr_qmp_client_connect(fx->client, NULL, &error);
+    g_assert_no_error(error);
+    live = virDomainGetXMLDesc(fx->domain, 0);
+    vda = vr_qmp_disk_resolve(fx->client, live, "vda", &error);
+    g_assert_no_error(error);
+    g_strlcpy(d->node, vda->node_name, sizeof(d->node));
+    g_strlcpy(d->qdev, vda->qdev, sizeof(d->qdev));
+    new_capture(fx);
+}
+
+static void
+fixture_teardown_libvirt(Fixture *fx, gconstpointer data)
+{
+    g_clear_pointer(&fx->capture, vr_capture_free);
+    if (fx->client != NULL)
+        vr_qmp_client_close(fx->client);
+    g_clear_object(&fx->client);
+    if (fx->context != NULL) {
+        while (g_main_context_iteration(fx->context, FALSE))
+            ;
+        g_main_context_pop_thread_default(fx->context);
+        g_main_context_unref(fx->context);
+    }
+    if (fx->domain != NULL) {
+        if (virDomainIsActive(fx->domain) == 1)
+            virDomainDestroy(fx->domain);
+        virDomainUndefineFlags(fx->domain, VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA);
+        virDomainFree(fx->domain);
+    }
+    if (fx->conn != NULL)
+        virConnectClose(fx->conn);
+    fixture_teardown(fx, data);
 }
 
 static GArray *
@@ -708,6 +809,65 @@ test_qemu_killed(Fixture *fx, gconstpointer data)
     g_assert_nonnull(strstr(error->message, "inconsistent"));
 }
 
+static void
+test_libvirt_cycles(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GPtrArray) s1 = NULL;
+    g_autoptr(GPtrArray) s2 = NULL;
+    g_autoptr(GPtrArray) s3 = NULL;
+    uint64_t covered[MAX_DISKS];
+
+    if (fx->capture == NULL)
+        return;
+    guest_op(fx, 0, OP_WRITE, 0, 256 * 1024, 0x41);
+    s1 = run_cycle(fx, 0, 1, NULL, NULL);
+    ack(fx, 1);
+    guest_op(fx, 0, OP_WRITE, 1024 * 1024, 128 * 1024, 0x11);
+    guest_op(fx, 0, OP_ZERO, 0, 64 * 1024, 0);
+    s2 = run_cycle_full(fx, 1, 2, write_over_cut, NULL, covered);
+    g_assert_cmpuint(covered[0], ==, dirty_bytes_at_cut(fx, 0));
+    ack(fx, 2);
+    s3 = run_cycle_full(fx, 2, 3, NULL, NULL, covered);
+    g_assert_cmpuint(covered[0], ==, 2 * GRANULARITY);
+    assert_clean(fx);
+}
+
+/* libvirt's pull backup owns QEMU's one NBD server: the cycle waits its turn. */
+static void
+test_libvirt_backup_defers(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) disks = capture_disks(fx);
+    g_autoptr(GPtrArray) s1 = NULL;
+    g_autofree char *bdir = g_build_filename(fx->dir, "backup", NULL);
+    g_autofree char *sock = g_build_filename(bdir, "backup.sock", NULL);
+    g_autofree char *scratch = g_build_filename(bdir, "backup.scratch", NULL);
+    g_autofree char *xml = NULL;
+    VrCaptureCycle *c;
+
+    if (fx->capture == NULL)
+        return;
+    /* libvirt's QEMU (libvirt-qemu) binds the backup socket by path: a directory it may
+     * write. (Our own cycles pass descriptors instead.) */
+    g_assert_no_errno(g_mkdir(bdir, 0755));
+    g_assert_no_errno(chmod(bdir, 01777));
+    xml = g_strdup_printf("<domainbackup mode='pull'><server transport='unix' socket='%s'/>"
+                          "<disks><disk name='vda' backup='yes' type='file'>"
+                          "<scratch file='%s'/></disk></disks></domainbackup>",
+                          sock, scratch);
+    g_assert_cmpint(virDomainBackupBegin(fx->domain, xml, NULL, 0), ==, 0);
+    c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, disks->len, 0, 1, &error);
+    g_assert_null(c);
+    g_assert_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_DEFERRED);
+    g_test_message("deferred: %s", error->message);
+    g_assert_nonnull(strstr(error->message, "'libvirt-nbd-"));
+    g_clear_error(&error);
+    /* The backup went on untouched, and ends; then the cycle runs. */
+    g_assert_cmpint(virDomainAbortJob(fx->domain), ==, 0);
+    s1 = run_cycle(fx, 0, 1, NULL, NULL);
+    assert_clean(fx);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -715,15 +875,20 @@ main(int argc, char **argv)
 
 #define ADD(path, func, disks) \
     g_test_add(path, Fixture, GUINT_TO_POINTER(disks), fixture_setup, func, fixture_teardown)
-    ADD("/capture/point-in-time", test_point_in_time, 1);
-    ADD("/capture/random-cycles", test_random_cycles, 1);
-    ADD("/capture/failed-cycle", test_failed_cycle, 1);
-    ADD("/capture/two-disks", test_two_disks, 2);
-    ADD("/capture/health", test_health, 1);
-    ADD("/capture/not-qcow2", test_not_qcow2, 1);
-    ADD("/capture/reconcile", test_reconcile, 1);
-    ADD("/capture/qemu-killed", test_qemu_killed, 1);
+    ADD("/capture/qemu/point-in-time", test_point_in_time, 1);
+    ADD("/capture/qemu/random-cycles", test_random_cycles, 1);
+    ADD("/capture/qemu/failed-cycle", test_failed_cycle, 1);
+    ADD("/capture/qemu/two-disks", test_two_disks, 2);
+    ADD("/capture/qemu/health", test_health, 1);
+    ADD("/capture/qemu/not-qcow2", test_not_qcow2, 1);
+    ADD("/capture/qemu/reconcile", test_reconcile, 1);
+    ADD("/capture/qemu/qemu-killed", test_qemu_killed, 1);
 #undef ADD
+#define ADD_LIBVIRT(path, func) \
+    g_test_add(path, Fixture, NULL, fixture_setup_libvirt, func, fixture_teardown_libvirt)
+    ADD_LIBVIRT("/capture/libvirt/cycles", test_libvirt_cycles);
+    ADD_LIBVIRT("/capture/libvirt/backup-defers", test_libvirt_backup_defers);
+#undef ADD_LIBVIRT
 
     return g_test_run();
 }
