@@ -44,6 +44,7 @@ struct _VrCapture {
     VrCaptureFlags flags;
     guint depth;
     guint chunk;
+    uint64_t budget;
 };
 
 /* What one disk of a cycle has set up, so that teardown undoes exactly that. */
@@ -70,7 +71,8 @@ struct _VrCaptureCycle {
     bool socket_created;
     bool server_started;
     bool ended;
-    GPtrArray *disks; /* VrCaptureCycleDisk */
+    GPtrArray *disks;           /* VrCaptureCycleDisk */
+    VrQmpEventWatch *threshold; /* BLOCK_WRITE_THRESHOLD, when there is a budget */
 };
 
 /* ---- names -------------------------------------------------------------------------- */
@@ -147,6 +149,12 @@ vr_capture_free(VrCapture *capture)
     g_free(capture->prefix);
     g_free(capture->workdir);
     g_free(capture);
+}
+
+void
+vr_capture_set_fleece_budget(VrCapture *capture, uint64_t bytes)
+{
+    capture->budget = bytes;
 }
 
 void
@@ -392,6 +400,7 @@ vr_capture_cycle_free(VrCaptureCycle *cycle)
     if (cycle == NULL)
         return;
     vr_capture_cycle_end(cycle);
+    g_clear_pointer(&cycle->threshold, vr_qmp_event_watch_free);
     g_ptr_array_unref(cycle->disks);
     g_free(cycle->socket_path);
     g_free(cycle);
@@ -448,7 +457,37 @@ vr_capture_add_fleece(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, GError **err
                                    error))
         return false;
     d->fleece_added = true;
+    if (capture->budget != 0) {
+        /* On the protocol node: its write offsets follow the image file's growth. */
+        g_autofree char *file_node = g_strconcat(d->fleece_node, "-file", NULL);
+
+        if (!vr_qmp_block_set_write_threshold(capture->client, file_node,
+                                              capture->budget / cycle->disks->len, error))
+            return false;
+    }
     return true;
+}
+
+/* Whether a fleece of @cycle crossed its share of the budget (checked between reads). */
+static bool
+vr_capture_cycle_within_budget(VrCaptureCycle *cycle, GError **error)
+{
+    g_autoptr(json_object) event = NULL;
+    json_object *data;
+    uint64_t threshold = 0;
+
+    if (cycle->threshold == NULL)
+        return true;
+    event = vr_qmp_event_watch_poll(cycle->threshold);
+    if (event == NULL)
+        return true;
+    data = vr_json_get_object(event, "data");
+    vr_json_get_uint64(data, "write-threshold", &threshold);
+    g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_BUDGET,
+                "cycle %" PRIu64 " aborted: fleece node '%s' reached its budget of %" PRIu64
+                " bytes (the guest overwrote more during the cycle than the fleece may hold)",
+                cycle->cycle, vr_json_get_string(data, "node-name"), threshold);
+    return false;
 }
 
 static int
@@ -590,6 +629,10 @@ vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks, guint n_d
         g_ptr_array_add(cycle->disks, d);
     }
 
+    if (capture->budget != 0) {
+        cycle->threshold =
+            vr_qmp_event_watch_new(capture->client, "BLOCK_WRITE_THRESHOLD", NULL, NULL);
+    }
     for (guint i = 0; i < n_disks; i++) {
         if (!vr_capture_add_fleece(cycle, g_ptr_array_index(cycle->disks, i), error))
             goto fail;
@@ -762,9 +805,11 @@ typedef struct {
  * any order, but the spool takes them in order, so the oldest is waited for first.
  */
 static bool
-vr_capture_read_extents(VrCapture *capture, struct nbd_handle *nbd, GArray *extents,
-                        VrSpoolWriter *writer, uint32_t block, GError **error)
+vr_capture_read_extents(VrCaptureCycle *cycle, struct nbd_handle *nbd, GArray *extents,
+                        VrSpoolWriter *writer, GError **error)
 {
+    VrCapture *capture = cycle->capture;
+    uint32_t block = cycle->granularity;
     g_autofree VrCaptureSlot *slots = g_new0(VrCaptureSlot, capture->depth);
     guint head = 0;
     guint tail = 0;
@@ -822,6 +867,8 @@ vr_capture_read_extents(VrCapture *capture, struct nbd_handle *nbd, GArray *exte
             head = (head + 1) % capture->depth;
             used--;
         }
+        if (ok)
+            ok = vr_capture_cycle_within_budget(cycle, error);
     }
     /* On failure, let the requests still in flight finish before their buffers go. */
     while (nbd_aio_in_flight(nbd) > 0) {
@@ -909,9 +956,12 @@ vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path, VrS
     writer = vr_spool_writer_new(path, &header, error);
     if (writer == NULL)
         return false;
-    if (!vr_capture_read_extents(capture, nbd, extents, writer, cycle->granularity, error))
+    if (!vr_capture_read_extents(cycle, nbd, extents, writer, error))
         return false;
     nbd_shutdown(nbd, 0);
+    /* Also after the last read: a spool taken while the fleece overflowed is not trusted. */
+    if (!vr_capture_cycle_within_budget(cycle, error))
+        return false;
     return vr_spool_writer_finish(writer, totals, error);
 }
 

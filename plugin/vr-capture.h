@@ -44,6 +44,9 @@ typedef enum {
     VR_CAPTURE_ERROR_DEFERRED,
     /* The disk cannot be tracked (not qcow2: persistent bitmaps need qcow2 v3). */
     VR_CAPTURE_ERROR_UNSUPPORTED,
+    /* The fleece reached its budget: the guest overwrote more than it may hold; the cycle is
+     * torn down and can be retried from the same base. */
+    VR_CAPTURE_ERROR_BUDGET,
     /* Anything else; the cycle is torn down and can be retried from the same base. */
     VR_CAPTURE_ERROR_FAILED,
 } VrCaptureErrorCode;
@@ -75,6 +78,15 @@ VrCapture *vr_capture_new(VrQmpClient *client, const char *relationship,
                           GError **error);
 void vr_capture_free(VrCapture *capture);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrCapture, vr_capture_free)
+
+/*
+ * The space the fleece images of one cycle may take on local storage, shared evenly among
+ * its disks (0: no limit, the default). Copy-before-write copies every cluster the guest
+ * overwrites during the cycle into the fleece, and a full fleece fails the guest's writes:
+ * a write threshold on each fleece aborts the cycle cleanly before that. Each fleece needs
+ * at least 1 MiB (its own metadata takes some).
+ */
+void vr_capture_set_fleece_budget(VrCapture *capture, uint64_t bytes);
 
 /* Requests in flight while reading a disk (default 8), and the size of each (1 MiB). */
 void vr_capture_set_read_queue(VrCapture *capture, guint depth, guint request_size);

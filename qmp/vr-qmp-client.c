@@ -983,3 +983,19 @@ vr_qmp_event_watch_wait(VrQmpEventWatch *watch, guint timeout_ms, GCancellable *
     g_object_unref(sync.result);
     return message;
 }
+
+json_object *
+vr_qmp_event_watch_poll(VrQmpEventWatch *watch)
+{
+    GMainContext *context;
+
+    g_return_val_if_fail(watch != NULL, NULL);
+
+    context = watch->client->context;
+    if (g_main_context_acquire(context)) {
+        while (g_main_context_iteration(context, FALSE))
+            ;
+        g_main_context_release(context);
+    }
+    return g_queue_pop_head(&watch->events);
+}

@@ -121,4 +121,11 @@ json_object *vr_qmp_event_watch_wait_finish(VrQmpEventWatch *watch, GAsyncResult
 json_object *vr_qmp_event_watch_wait(VrQmpEventWatch *watch, guint timeout_ms,
                                      GCancellable *cancellable, GError **error);
 
+/*
+ * Without waiting: dispatch what the client's context has ready, then return the first
+ * collected event not yet returned, or NULL. For a loop that does blocking work of its own
+ * (reading NBD) and checks for an event between steps. (transfer full)
+ */
+json_object *vr_qmp_event_watch_poll(VrQmpEventWatch *watch);
+
 G_END_DECLS

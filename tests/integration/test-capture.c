@@ -590,6 +590,45 @@ test_failed_cycle(Fixture *fx, gconstpointer data)
 }
 
 static void
+test_fleece_budget(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) disks = capture_disks(fx);
+    g_autoptr(GPtrArray) s1 = NULL;
+    g_autoptr(GPtrArray) s3 = NULL;
+    g_autofree char *spool = g_build_filename(fx->dir, "over.spool", NULL);
+    uint64_t covered[MAX_DISKS];
+    VrCaptureCycle *c;
+
+    if (fx->capture == NULL)
+        return;
+    vr_capture_set_fleece_budget(fx->capture, 2 * 1024 * 1024);
+    guest_op(fx, 0, OP_WRITE, 8 * 1024 * 1024, 4 * 1024 * 1024, 0x61);
+    s1 = run_cycle(fx, 0, 1, NULL, NULL);
+    ack(fx, 1);
+
+    /* After the cut the guest overwrites 4 MiB: copy-before-write pushes 4 MiB of old data
+     * into a fleece allowed 2 MiB. The cycle stops, cleanly, before the fleece fills. */
+    guest_op(fx, 0, OP_WRITE, 40 * 1024 * 1024, 65536, 0x62);
+    c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, disks->len, 1, 2, &error);
+    g_assert_no_error(error);
+    model_cut(fx);
+    guest_op(fx, 0, OP_WRITE, 8 * 1024 * 1024, 4 * 1024 * 1024, 0x63);
+    g_assert_false(vr_capture_cycle_spool(c, 0, spool, NULL, &error));
+    g_assert_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_BUDGET);
+    g_assert_nonnull(strstr(error->message, "budget of 2097152 bytes"));
+    g_assert_false(g_file_test(spool, G_FILE_TEST_EXISTS));
+    vr_capture_cycle_free(c);
+    model_cut_failed(fx);
+    assert_clean(fx);
+
+    /* The next cycle from the same base holds both sets. */
+    s3 = run_cycle_full(fx, 1, 3, NULL, NULL, covered);
+    g_assert_cmpuint(covered[0], ==, dirty_bytes_at_cut(fx, 0));
+    g_assert_cmpuint(covered[0], ==, 65536 + 4 * 1024 * 1024);
+}
+
+static void
 two_disk_writes(Fixture *fx, gpointer data)
 {
     guest_op(fx, 0, OP_WRITE, 0, 65536, 0xb0);
@@ -879,6 +918,7 @@ main(int argc, char **argv)
     ADD("/capture/qemu/random-cycles", test_random_cycles, 1);
     ADD("/capture/qemu/failed-cycle", test_failed_cycle, 1);
     ADD("/capture/qemu/two-disks", test_two_disks, 2);
+    ADD("/capture/qemu/fleece-budget", test_fleece_budget, 1);
     ADD("/capture/qemu/health", test_health, 1);
     ADD("/capture/qemu/not-qcow2", test_not_qcow2, 1);
     ADD("/capture/qemu/reconcile", test_reconcile, 1);
