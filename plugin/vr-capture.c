@@ -15,6 +15,7 @@
 #include <libnbd.h>
 
 #include "vr-capture.h"
+#include "vr-hashlist.h"
 #include "vr-qmp-block.h"
 #include "vr-qmp-disk.h"
 #include "vr-qmp-error.h"
@@ -161,7 +162,10 @@ void
 vr_capture_set_read_queue(VrCapture *capture, guint depth, guint request_size)
 {
     g_return_if_fail(depth > 0 && depth <= 64);
-    g_return_if_fail(request_size >= 4096 && request_size <= VR_SPOOL_MAX_RECORD);
+    /* Whole hash-list blocks per request (resync hashes each block whole). */
+    g_return_if_fail(request_size >= VR_HASHLIST_BLOCK_SIZE &&
+                     request_size <= VR_SPOOL_MAX_RECORD &&
+                     request_size % VR_HASHLIST_BLOCK_SIZE == 0);
 
     capture->depth = depth;
     capture->chunk = request_size;
@@ -695,29 +699,34 @@ fail:
 typedef struct {
     uint64_t offset;
     uint64_t length;
-    bool zero; /* known to read as zeroes (base:allocation ZERO): no need to read */
+    bool zero; /* reads as zeroes (a hole, or base:allocation ZERO): no need to read */
 } VrCaptureExtent;
+
+typedef enum {
+    VR_CAPTURE_MAP_DIRTY,     /* the frozen bitmap's dirty extents */
+    VR_CAPTURE_MAP_ALLOCATED, /* allocated extents; holes left out (a fresh replica image) */
+    VR_CAPTURE_MAP_ALL,       /* every extent; holes as zero extents (resync) */
+} VrCaptureMapMode;
 
 typedef struct {
     GArray *extents; /* VrCaptureExtent, in order, merged */
     uint64_t next;   /* where the last reply ended */
-    bool full;
+    VrCaptureMapMode mode;
     const char *context;
 } VrCaptureMap;
 
 static void
-vr_capture_map_push(VrCaptureMap *map, uint64_t offset, uint64_t length, bool zero)
+vr_capture_extents_push(GArray *extents, uint64_t offset, uint64_t length, bool zero)
 {
-    if (map->extents->len > 0) {
-        VrCaptureExtent *last =
-            &g_array_index(map->extents, VrCaptureExtent, map->extents->len - 1);
+    if (extents->len > 0) {
+        VrCaptureExtent *last = &g_array_index(extents, VrCaptureExtent, extents->len - 1);
 
         if (last->offset + last->length == offset && last->zero == zero) {
             last->length += length;
             return;
         }
     }
-    g_array_append_val(map->extents, ((VrCaptureExtent){ offset, length, zero }));
+    g_array_append_val(extents, ((VrCaptureExtent){ offset, length, zero }));
 }
 
 static int
@@ -732,18 +741,58 @@ vr_capture_extent_cb(void *user_data, const char *context, uint64_t offset, uint
         uint32_t length = entries[i];
         uint32_t flags = entries[i + 1];
 
-        if (map->full) {
-            /* Holes are skipped: the replica starts from an empty image. */
+        switch (map->mode) {
+        case VR_CAPTURE_MAP_DIRTY:
+            if (flags & 1) /* NBD_STATE_DIRTY */
+                vr_capture_extents_push(map->extents, offset, length, false);
+            break;
+        case VR_CAPTURE_MAP_ALLOCATED:
             if (!(flags & LIBNBD_STATE_HOLE))
-                vr_capture_map_push(map, offset, length, (flags & LIBNBD_STATE_ZERO) != 0);
-        } else if (flags & 1) { /* NBD_STATE_DIRTY */
-            vr_capture_map_push(map, offset, length, false);
+                vr_capture_extents_push(map->extents, offset, length,
+                                        (flags & LIBNBD_STATE_ZERO) != 0);
+            break;
+        case VR_CAPTURE_MAP_ALL:
+            vr_capture_extents_push(map->extents, offset, length,
+                                    (flags & (LIBNBD_STATE_HOLE | LIBNBD_STATE_ZERO)) != 0);
+            break;
         }
         offset += length;
     }
     /* A reply may cover less than was asked: the caller goes on from here. */
     map->next = offset;
     return 0;
+}
+
+/*
+ * Whole blocks of @block bytes: a block with any data in it is read whole, the rest are
+ * zero extents. Covers [0, @size). (transfer full)
+ */
+static GArray *
+vr_capture_extents_align(GArray *in, uint64_t size, uint32_t block)
+{
+    GArray *out = g_array_new(FALSE, FALSE, sizeof(VrCaptureExtent));
+    uint64_t done = 0;
+
+    for (guint i = 0; i < in->len; i++) {
+        VrCaptureExtent *e = &g_array_index(in, VrCaptureExtent, i);
+        uint64_t first;
+        uint64_t end;
+
+        if (e->zero)
+            continue;
+        first = e->offset / block * block;
+        end = MIN((e->offset + e->length + block - 1) / block * block, size);
+        first = MAX(first, done);
+        if (end <= first)
+            continue;
+        if (first > done)
+            vr_capture_extents_push(out, done, first - done, true);
+        vr_capture_extents_push(out, first, end - first, false);
+        done = end;
+    }
+    if (done < size)
+        vr_capture_extents_push(out, done, size - done, true);
+    return out;
 }
 
 static bool
@@ -765,13 +814,29 @@ vr_capture_is_zero(const uint8_t *buf, size_t len)
     return memcmp(buf, zero, 16) == 0 && memcmp(buf, buf + 16, len - 16) == 0;
 }
 
-/* Spool @len bytes read at @offset: runs of all-zero blocks become ZERO records. */
+/*
+ * Takes the disk in order, a chunk at a time: @len bytes at @offset, read into @buf, or
+ * known to be zeroes when @buf is NULL.
+ */
+typedef bool (*VrCaptureChunkFunc)(uint64_t offset, const uint8_t *buf, size_t len, gpointer data,
+                                   GError **error);
+
+typedef struct {
+    VrSpoolWriter *writer;
+    uint32_t block;
+} VrCaptureSpoolSink;
+
+/* Spool a chunk: runs of all-zero blocks become ZERO records. */
 static bool
-vr_capture_spool_chunk(VrSpoolWriter *writer, uint64_t offset, const uint8_t *buf, size_t len,
-                       uint32_t block, GError **error)
+vr_capture_spool_chunk(uint64_t offset, const uint8_t *buf, size_t len, gpointer data,
+                       GError **error)
 {
+    VrCaptureSpoolSink *sink = data;
+    uint32_t block = sink->block;
     size_t start = 0;
 
+    if (buf == NULL)
+        return vr_spool_writer_add_zero(sink->writer, offset, len, error);
     while (start < len) {
         size_t first = MIN(block - (offset + start) % block, len - start);
         bool zero = vr_capture_is_zero(buf + start, first);
@@ -784,8 +849,8 @@ vr_capture_spool_chunk(VrSpoolWriter *writer, uint64_t offset, const uint8_t *bu
                 break;
             end += n;
         }
-        if (zero ? !vr_spool_writer_add_zero(writer, offset + start, end - start, error)
-                 : !vr_spool_writer_add_data(writer, offset + start, buf + start, end - start,
+        if (zero ? !vr_spool_writer_add_zero(sink->writer, offset + start, end - start, error)
+                 : !vr_spool_writer_add_data(sink->writer, offset + start, buf + start, end - start,
                                              error))
             return false;
         start = end;
@@ -794,22 +859,58 @@ vr_capture_spool_chunk(VrSpoolWriter *writer, uint64_t offset, const uint8_t *bu
 }
 
 typedef struct {
+    VrSpoolWriter *writer;
+    VrHashlistReader *remote;
+    uint8_t zero_digest[VR_HASHLIST_DIGEST_SIZE]; /* of a whole zero block */
+    uint8_t *zeroes;                              /* a zero block, for a short last one */
+} VrCaptureResyncSink;
+
+/* Compare a chunk block by block with the replica's hashes; spool the blocks that differ. */
+static bool
+vr_capture_resync_chunk(uint64_t offset, const uint8_t *buf, size_t len, gpointer data,
+                        GError **error)
+{
+    VrCaptureResyncSink *sink = data;
+
+    /* Chunks are whole blocks (vr_capture_extents_align), bar the end of the disk. */
+    for (size_t at = 0; at < len; at += VR_HASHLIST_BLOCK_SIZE) {
+        size_t n = MIN((size_t)VR_HASHLIST_BLOCK_SIZE, len - at);
+        uint8_t local[VR_HASHLIST_DIGEST_SIZE];
+        uint8_t remote[VR_HASHLIST_DIGEST_SIZE];
+        bool zero = buf == NULL || vr_capture_is_zero(buf + at, n);
+
+        if (!vr_hashlist_reader_get(sink->remote, (offset + at) / VR_HASHLIST_BLOCK_SIZE, remote,
+                                    error))
+            return false;
+        if (zero && n == VR_HASHLIST_BLOCK_SIZE)
+            memcpy(local, sink->zero_digest, sizeof(local));
+        else
+            vr_hashlist_digest(zero ? sink->zeroes : buf + at, n, local);
+        if (memcmp(local, remote, sizeof(local)) == 0)
+            continue;
+        if (zero ? !vr_spool_writer_add_zero(sink->writer, offset + at, n, error)
+                 : !vr_spool_writer_add_data(sink->writer, offset + at, buf + at, n, error))
+            return false;
+    }
+    return true;
+}
+
+typedef struct {
     uint8_t *buf;
     uint64_t offset;
     size_t length;
-    int64_t cookie; /* 0: free */
+    int64_t cookie; /* -1: a zero extent, nothing read */
 } VrCaptureSlot;
 
 /*
- * Read the data extents in order with up to depth requests in flight: requests complete in
- * any order, but the spool takes them in order, so the oldest is waited for first.
+ * Read the extents in order with up to depth requests in flight: requests complete in any
+ * order, but @func takes them in order, so the oldest is waited for first.
  */
 static bool
 vr_capture_read_extents(VrCaptureCycle *cycle, struct nbd_handle *nbd, GArray *extents,
-                        VrSpoolWriter *writer, GError **error)
+                        VrCaptureChunkFunc func, gpointer data, GError **error)
 {
     VrCapture *capture = cycle->capture;
-    uint32_t block = cycle->granularity;
     g_autofree VrCaptureSlot *slots = g_new0(VrCaptureSlot, capture->depth);
     guint head = 0;
     guint tail = 0;
@@ -851,7 +952,7 @@ vr_capture_read_extents(VrCaptureCycle *cycle, struct nbd_handle *nbd, GArray *e
             VrCaptureSlot *s = &slots[head];
 
             if (s->cookie < 0) {
-                ok = vr_spool_writer_add_zero(writer, s->offset, s->length, error);
+                ok = func(s->offset, NULL, s->length, data, error);
             } else {
                 int done;
 
@@ -862,7 +963,7 @@ vr_capture_read_extents(VrCaptureCycle *cycle, struct nbd_handle *nbd, GArray *e
                 if (done != 1)
                     ok = vr_capture_nbd_error(error, "NBD read failed");
                 else
-                    ok = vr_capture_spool_chunk(writer, s->offset, s->buf, s->length, block, error);
+                    ok = func(s->offset, s->buf, s->length, data, error);
             }
             head = (head + 1) % capture->depth;
             used--;
@@ -880,54 +981,43 @@ vr_capture_read_extents(VrCaptureCycle *cycle, struct nbd_handle *nbd, GArray *e
     return ok;
 }
 
-bool
-vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path, VrSpoolTotals *totals,
-                       GError **error)
+/* Connect to the fleece export of @d with meta context @context; map it per @mode. */
+static struct nbd_handle *
+vr_capture_open_export(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, const char *context,
+                       VrCaptureMapMode mode, GArray *extents, GError **error)
 {
-    VrCapture *capture = cycle->capture;
-    VrCaptureCycleDisk *d;
     g_autoptr(VrNbdHandle) nbd = NULL;
-    g_autoptr(VrSpoolWriter) writer = NULL;
-    g_autoptr(GArray) extents = g_array_new(FALSE, FALSE, sizeof(VrCaptureExtent));
-    g_autofree char *context = NULL;
-    VrSpoolHeader header = { 0 };
-    VrCaptureMap map = { 0 };
+    VrCaptureMap map = { extents, 0, mode, context };
     int64_t size;
 
-    g_return_val_if_fail(index < cycle->disks->len, false);
-    d = g_ptr_array_index(cycle->disks, index);
     if (cycle->ended) {
         g_set_error_literal(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
                             "the cycle has ended");
-        return false;
+        return NULL;
     }
-
-    context = cycle->base == 0
-                  ? g_strdup(LIBNBD_CONTEXT_BASE_ALLOCATION)
-                  : g_strdup_printf("qemu:dirty-bitmap:%s%s", capture->prefix, VR_CAPTURE_FROZEN);
     nbd = nbd_create();
-    if (nbd == NULL)
-        return vr_capture_nbd_error(error, "cannot create an NBD handle");
+    if (nbd == NULL) {
+        vr_capture_nbd_error(error, "cannot create an NBD handle");
+        return NULL;
+    }
     if (nbd_set_export_name(nbd, d->target) < 0 || nbd_add_meta_context(nbd, context) < 0 ||
-        nbd_connect_unix(nbd, cycle->socket_path) < 0)
-        return vr_capture_nbd_error(error, "cannot connect to the fleece export");
+        nbd_connect_unix(nbd, cycle->socket_path) < 0) {
+        vr_capture_nbd_error(error, "cannot connect to the fleece export");
+        return NULL;
+    }
     if (nbd_can_meta_context(nbd, context) != 1) {
         g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
                     "the export of disk '%s' does not offer '%s'", d->target, context);
-        return false;
+        return NULL;
     }
     size = nbd_get_size(nbd);
     if (size < 0 || (uint64_t)size != d->disk.virtual_size) {
         g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
                     "the export of disk '%s' has size %" PRId64 ", not %" PRIu64, d->target, size,
                     d->disk.virtual_size);
-        return false;
+        return NULL;
     }
-
-    /* The map first: it is small (dirty extents are granularity-sized runs). */
-    map.extents = extents;
-    map.full = cycle->base == 0;
-    map.context = context;
+    /* The map first: it is small next to the data (extents are granule-sized runs). */
     for (uint64_t off = 0; off < (uint64_t)size;) {
         /* 32-bit NBD lengths: ask for at most 1 GiB at a time. */
         uint64_t count = MIN((uint64_t)size - off, (uint64_t)1 << 30);
@@ -936,33 +1026,124 @@ vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path, VrS
         if (nbd_block_status(
                 nbd, count, off,
                 (nbd_extent_callback){ .callback = vr_capture_extent_cb, .user_data = &map },
-                0) < 0)
-            return vr_capture_nbd_error(error, "cannot read the block status");
+                0) < 0) {
+            vr_capture_nbd_error(error, "cannot read the block status");
+            return NULL;
+        }
         if (map.next <= off) {
             g_set_error_literal(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
                                 "the NBD server answered a block status without progress");
-            return false;
+            return NULL;
         }
         off = map.next;
     }
+    return g_steal_pointer(&nbd);
+}
 
-    memcpy(header.domain_uuid, capture->uuid, 16);
+static VrSpoolWriter *
+vr_capture_spool_new(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, uint32_t flags, const char *path,
+                     GError **error)
+{
+    VrSpoolHeader header = { 0 };
+
+    memcpy(header.domain_uuid, cycle->capture->uuid, 16);
     g_strlcpy(header.disk, d->target, sizeof(header.disk));
     header.virtual_size = d->disk.virtual_size;
     header.granularity = cycle->granularity;
-    header.flags = cycle->base == 0 ? VR_SPOOL_FLAG_FULL : 0;
+    header.flags = flags;
     header.base_cycle = cycle->base;
     header.cycle = cycle->cycle;
-    writer = vr_spool_writer_new(path, &header, error);
-    if (writer == NULL)
-        return false;
-    if (!vr_capture_read_extents(cycle, nbd, extents, writer, error))
-        return false;
+    return vr_spool_writer_new(path, &header, error);
+}
+
+/* After the reads: the budget once more (a spool taken while the fleece overflowed is not
+ * trusted), then the spool is made durable. */
+static bool
+vr_capture_spool_finish(VrCaptureCycle *cycle, struct nbd_handle *nbd, VrSpoolWriter *writer,
+                        VrSpoolTotals *totals, GError **error)
+{
     nbd_shutdown(nbd, 0);
-    /* Also after the last read: a spool taken while the fleece overflowed is not trusted. */
     if (!vr_capture_cycle_within_budget(cycle, error))
         return false;
     return vr_spool_writer_finish(writer, totals, error);
+}
+
+bool
+vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path, VrSpoolTotals *totals,
+                       GError **error)
+{
+    VrCaptureCycleDisk *d;
+    g_autoptr(VrNbdHandle) nbd = NULL;
+    g_autoptr(VrSpoolWriter) writer = NULL;
+    g_autoptr(GArray) extents = g_array_new(FALSE, FALSE, sizeof(VrCaptureExtent));
+    g_autofree char *context = NULL;
+    VrCaptureSpoolSink sink = { NULL, cycle->granularity };
+
+    g_return_val_if_fail(index < cycle->disks->len, false);
+    d = g_ptr_array_index(cycle->disks, index);
+    context = cycle->base == 0 ? g_strdup(LIBNBD_CONTEXT_BASE_ALLOCATION)
+                               : g_strdup_printf("qemu:dirty-bitmap:%s%s", cycle->capture->prefix,
+                                                 VR_CAPTURE_FROZEN);
+    nbd = vr_capture_open_export(cycle, d, context,
+                                 cycle->base == 0 ? VR_CAPTURE_MAP_ALLOCATED : VR_CAPTURE_MAP_DIRTY,
+                                 extents, error);
+    if (nbd == NULL)
+        return false;
+    writer = vr_capture_spool_new(cycle, d, cycle->base == 0 ? VR_SPOOL_FLAG_FULL : 0, path, error);
+    if (writer == NULL)
+        return false;
+    sink.writer = writer;
+    if (!vr_capture_read_extents(cycle, nbd, extents, vr_capture_spool_chunk, &sink, error))
+        return false;
+    return vr_capture_spool_finish(cycle, nbd, writer, totals, error);
+}
+
+bool
+vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const char *hashes,
+                              const char *path, VrSpoolTotals *totals, GError **error)
+{
+    VrCaptureCycleDisk *d;
+    g_autoptr(VrNbdHandle) nbd = NULL;
+    g_autoptr(VrSpoolWriter) writer = NULL;
+    g_autoptr(VrHashlistReader) remote = NULL;
+    g_autoptr(GArray) extents = g_array_new(FALSE, FALSE, sizeof(VrCaptureExtent));
+    g_autoptr(GArray) blocks = NULL;
+    g_autofree uint8_t *zeroes = NULL;
+    VrCaptureResyncSink sink = { 0 };
+
+    g_return_val_if_fail(index < cycle->disks->len, false);
+    d = g_ptr_array_index(cycle->disks, index);
+    if (cycle->base != 0) {
+        g_set_error_literal(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
+                            "a resync reads a cycle begun without a base");
+        return false;
+    }
+    remote = vr_hashlist_reader_open(hashes, error);
+    if (remote == NULL)
+        return false;
+    if (vr_hashlist_reader_get_virtual_size(remote) != d->disk.virtual_size) {
+        g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
+                    "the replica's hash list of disk '%s' is for %" PRIu64 " bytes, not %" PRIu64,
+                    d->target, vr_hashlist_reader_get_virtual_size(remote), d->disk.virtual_size);
+        return false;
+    }
+    nbd = vr_capture_open_export(cycle, d, LIBNBD_CONTEXT_BASE_ALLOCATION, VR_CAPTURE_MAP_ALL,
+                                 extents, error);
+    if (nbd == NULL)
+        return false;
+    /* Whole blocks, so that each is hashed whole; holes are compared without a read. */
+    blocks = vr_capture_extents_align(extents, d->disk.virtual_size, VR_HASHLIST_BLOCK_SIZE);
+    writer = vr_capture_spool_new(cycle, d, VR_SPOOL_FLAG_RESYNC, path, error);
+    if (writer == NULL)
+        return false;
+    zeroes = g_malloc0(VR_HASHLIST_BLOCK_SIZE);
+    sink.writer = writer;
+    sink.remote = remote;
+    sink.zeroes = zeroes;
+    vr_hashlist_digest(zeroes, VR_HASHLIST_BLOCK_SIZE, sink.zero_digest);
+    if (!vr_capture_read_extents(cycle, nbd, blocks, vr_capture_resync_chunk, &sink, error))
+        return false;
+    return vr_capture_spool_finish(cycle, nbd, writer, totals, error);
 }
 
 /* ---- after the cycle ---------------------------------------------------------------- */

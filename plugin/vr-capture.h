@@ -88,7 +88,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrCapture, vr_capture_free)
  */
 void vr_capture_set_fleece_budget(VrCapture *capture, uint64_t bytes);
 
-/* Requests in flight while reading a disk (default 8), and the size of each (1 MiB). */
+/* Requests in flight while reading a disk (default 8), and the size of each (1 MiB; a
+ * multiple of 64 KiB). */
 void vr_capture_set_read_queue(VrCapture *capture, guint depth, guint request_size);
 
 /* The bitmap name of @cycle. (transfer full) */
@@ -120,6 +121,15 @@ VrCaptureCycle *vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *
  */
 bool vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path,
                             VrSpoolTotals *totals, GError **error);
+
+/*
+ * Resynchronization without a full copy, for a cycle begun without a base: compare the
+ * 64 KiB blocks of the point-in-time view of disk @index with the replica's hash list at
+ * @hashes (vr-hashlist.h), and spool only the blocks that differ (VR_SPOOL_FLAG_RESYNC).
+ * Holes are compared without reading them.
+ */
+bool vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const char *hashes,
+                                   const char *path, VrSpoolTotals *totals, GError **error);
 
 /* The unix socket of the cycle's NBD server: each disk is exported under its target name,
  * read-only, until the cycle ends. (transfer none) */

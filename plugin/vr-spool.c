@@ -89,8 +89,11 @@ vr_spool_header_check(const VrSpoolHeader *h, VrSpoolErrorCode code, GError **er
     else if ((h->flags & ~(uint32_t)(VR_SPOOL_FLAG_FULL | VR_SPOOL_FLAG_RESYNC |
                                      VR_SPOOL_FLAG_APP_CONSISTENT)) != 0)
         why = "unknown flags";
-    else if (((h->flags & VR_SPOOL_FLAG_FULL) != 0) != (h->base_cycle == 0))
-        why = "a full spool has base cycle 0, and only a full one";
+    else if ((h->flags & VR_SPOOL_FLAG_FULL) && (h->flags & VR_SPOOL_FLAG_RESYNC))
+        why = "a spool is full or a resync, not both";
+    else if (((h->flags & (VR_SPOOL_FLAG_FULL | VR_SPOOL_FLAG_RESYNC)) != 0) !=
+             (h->base_cycle == 0))
+        why = "a full or resync spool has base cycle 0, and only those";
     else if (h->cycle <= h->base_cycle)
         why = "cycle is not after its base cycle";
     if (why == NULL)

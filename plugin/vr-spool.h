@@ -52,7 +52,7 @@ typedef struct {
     uint64_t virtual_size;
     uint32_t granularity;
     uint32_t flags;
-    uint64_t base_cycle; /* 0 with VR_SPOOL_FLAG_FULL */
+    uint64_t base_cycle; /* 0 with VR_SPOOL_FLAG_FULL or VR_SPOOL_FLAG_RESYNC, only then */
     uint64_t cycle;
 } VrSpoolHeader;
 

@@ -17,6 +17,7 @@
 #include <libvirt/libvirt.h>
 
 #include "vr-capture.h"
+#include "vr-hashlist.h"
 #include "vr-qmp-block.h"
 #include "vr-qmp-disk.h"
 #include "vr-qmp-error.h"
@@ -907,6 +908,97 @@ test_libvirt_backup_defers(Fixture *fx, gconstpointer data)
     assert_clean(fx);
 }
 
+/* The replica's side of a resync: the hash list of its image (here the raw replica file). */
+static void
+write_hashlist(const char *image, const char *path)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrHashlistWriter) writer = vr_hashlist_writer_new(path, DISK_SIZE, &error);
+    g_autofree uint8_t *buf = g_malloc(VR_HASHLIST_BLOCK_SIZE);
+    int fd = open(image, O_RDONLY | O_CLOEXEC);
+    bool ok;
+
+    g_assert_no_error(error);
+    g_assert_no_errno(fd);
+    for (uint64_t off = 0; off < DISK_SIZE; off += VR_HASHLIST_BLOCK_SIZE) {
+        uint8_t digest[VR_HASHLIST_DIGEST_SIZE];
+
+        g_assert_cmpint(pread(fd, buf, VR_HASHLIST_BLOCK_SIZE, off), ==, VR_HASHLIST_BLOCK_SIZE);
+        vr_hashlist_digest(buf, VR_HASHLIST_BLOCK_SIZE, digest);
+        ok = vr_hashlist_writer_add(writer, digest, &error);
+        g_assert_no_error(error);
+        g_assert_true(ok);
+    }
+    close(fd);
+    ok = vr_hashlist_writer_finish(writer, &error);
+    g_assert_no_error(error);
+    g_assert_true(ok);
+}
+
+static void
+test_resync_after_kill(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) disks = capture_disks(fx);
+    g_autoptr(GPtrArray) s1 = NULL;
+    g_autoptr(VrCaptureCycle) c = NULL;
+    g_autofree char *hashes = g_build_filename(fx->dir, "replica.hashes", NULL);
+    g_autofree char *spool = g_build_filename(fx->dir, "resync.spool", NULL);
+    g_autofree char *uri = NULL;
+    VrSpoolTotals totals = { 0 };
+    bool ok;
+
+    if (fx->capture == NULL)
+        return;
+    guest_op(fx, 0, OP_WRITE, 0, 1024 * 1024, 0x21);
+    guest_op(fx, 0, OP_WRITE, 20 * 1024 * 1024, 512 * 1024, 0x22);
+    s1 = run_cycle(fx, 0, 1, NULL, NULL);
+    ack(fx, 1);
+
+    /* The guest changes 4 blocks (one of them to zeroes) and syncs; then QEMU is killed. */
+    guest_op(fx, 0, OP_WRITE, 65536, 65536, 0x23);
+    guest_op(fx, 0, OP_WRITE, 10 * 1024 * 1024 + 4096, 4096, 0x24);
+    guest_op(fx, 0, OP_ZERO, 20 * 1024 * 1024, 65536, 0);
+    guest_op(fx, 0, OP_WRITE, DISK_SIZE - 65536, 65536, 0x25);
+    vr_test_hmp_qemu_io(fx->client, fx->disks[0].qdev, "flush");
+    restart_qemu(fx, true);
+    g_assert_false(vr_capture_check(fx->capture, (VrCaptureDisk *)disks->data, 1, 1, &error));
+    g_assert_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_RESYNC_REQUIRED);
+    g_clear_error(&error);
+
+    /* Resync: the replica's hashes against a fresh cut; only the 4 blocks travel. */
+    write_hashlist(fx->disks[0].replica, hashes);
+    c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, 1, 0, 2, &error);
+    g_assert_no_error(error);
+    ok = vr_capture_cycle_spool_resync(c, 0, hashes, spool, &totals, &error);
+    g_assert_no_error(error);
+    g_assert_true(ok);
+    g_assert_cmpuint(totals.records, ==, 4);
+    g_assert_cmpuint(totals.data_bytes, ==, 3 * 65536);
+    g_assert_cmpuint(totals.zero_bytes, ==, 65536);
+    {
+        g_autoptr(VrSpoolReader) reader = vr_spool_reader_open(spool, &error);
+
+        g_assert_no_error(error);
+        g_assert_cmpuint(vr_spool_reader_get_header(reader)->flags, ==, VR_SPOOL_FLAG_RESYNC);
+        g_assert_cmpuint(vr_spool_reader_get_header(reader)->base_cycle, ==, 0);
+    }
+    apply_spool(fx, 0, spool, 0, 2);
+    uri = g_strdup_printf("nbd+unix:///vda?socket=%s", vr_capture_cycle_get_nbd_socket(c));
+    {
+        const char *argv[] = { "qemu-img",           "compare", "-f", "raw", "-F", "raw",
+                               fx->disks[0].replica, uri,       NULL };
+        g_autofree char *out = vr_test_run(argv);
+    }
+    model_cut(fx);
+    assert_replica_is(fx, 0, fx->disks[0].at_cut);
+    vr_capture_cycle_end(c);
+    /* Tracking goes on from the resync cycle's bitmap. */
+    ok = vr_capture_check(fx->capture, (VrCaptureDisk *)disks->data, 1, 2, &error);
+    g_assert_no_error(error);
+    g_assert_true(ok);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -918,6 +1010,7 @@ main(int argc, char **argv)
     ADD("/capture/qemu/random-cycles", test_random_cycles, 1);
     ADD("/capture/qemu/failed-cycle", test_failed_cycle, 1);
     ADD("/capture/qemu/two-disks", test_two_disks, 2);
+    ADD("/capture/qemu/resync-after-kill", test_resync_after_kill, 1);
     ADD("/capture/qemu/fleece-budget", test_fleece_budget, 1);
     ADD("/capture/qemu/health", test_health, 1);
     ADD("/capture/qemu/not-qcow2", test_not_qcow2, 1);
