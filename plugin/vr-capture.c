@@ -46,6 +46,9 @@ struct _VrCapture {
     guint depth;
     guint chunk;
     uint64_t budget;
+    const VrCaptureFreezer *freezer;
+    gpointer freezer_data;
+    guint freeze_timeout_ms;
 };
 
 /* What one disk of a cycle has set up, so that teardown undoes exactly that. */
@@ -74,6 +77,8 @@ struct _VrCaptureCycle {
     bool ended;
     GPtrArray *disks;           /* VrCaptureCycleDisk */
     VrQmpEventWatch *threshold; /* BLOCK_WRITE_THRESHOLD, when there is a budget */
+    bool app_consistent;
+    GError *freeze_error;
 };
 
 /* ---- names -------------------------------------------------------------------------- */
@@ -150,6 +155,17 @@ vr_capture_free(VrCapture *capture)
     g_free(capture->prefix);
     g_free(capture->workdir);
     g_free(capture);
+}
+
+void
+vr_capture_set_freezer(VrCapture *capture, const VrCaptureFreezer *freezer, gpointer data,
+                       guint timeout_ms)
+{
+    g_return_if_fail(freezer == NULL || (freezer->freeze != NULL && freezer->thaw != NULL));
+
+    capture->freezer = freezer;
+    capture->freezer_data = data;
+    capture->freeze_timeout_ms = timeout_ms;
 }
 
 void
@@ -352,6 +368,18 @@ vr_capture_remove_node(VrCapture *capture, const char *node_name)
         vr_capture_skip(&error, node_name);
 }
 
+bool
+vr_capture_cycle_is_app_consistent(VrCaptureCycle *cycle)
+{
+    return cycle->app_consistent;
+}
+
+const GError *
+vr_capture_cycle_get_freeze_error(VrCaptureCycle *cycle)
+{
+    return cycle->freeze_error;
+}
+
 const char *
 vr_capture_cycle_get_nbd_socket(VrCaptureCycle *cycle)
 {
@@ -405,6 +433,7 @@ vr_capture_cycle_free(VrCaptureCycle *cycle)
         return;
     vr_capture_cycle_end(cycle);
     g_clear_pointer(&cycle->threshold, vr_qmp_event_watch_free);
+    g_clear_error(&cycle->freeze_error);
     g_ptr_array_unref(cycle->disks);
     g_free(cycle->socket_path);
     g_free(cycle);
@@ -591,7 +620,9 @@ vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks, guint n_d
     g_autoptr(VrQmpTransaction) tx = vr_qmp_transaction_new();
     g_autofree char *new_bitmap = vr_capture_bitmap_name(capture, cycle_number);
     g_autofree char *base_bitmap = base != 0 ? vr_capture_bitmap_name(capture, base) : NULL;
-    g_autofree char *frozen = g_strconcat(capture->prefix, VR_CAPTURE_FROZEN, NULL);
+    g_autofree char *frozen_bitmap = g_strconcat(capture->prefix, VR_CAPTURE_FROZEN, NULL);
+    bool frozen = false;
+    bool cut;
 
     if (n_disks == 0 || cycle_number <= base) {
         g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
@@ -661,18 +692,43 @@ vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks, guint n_d
         if (base != 0) {
             VrQmpBitmapRef src = { d->node_name, base_bitmap };
 
-            vr_qmp_transaction_add_bitmap_add(tx, d->fleece_node, frozen, false, true,
+            vr_qmp_transaction_add_bitmap_add(tx, d->fleece_node, frozen_bitmap, false, true,
                                               cycle->granularity);
-            vr_qmp_transaction_add_bitmap_merge(tx, d->fleece_node, frozen, &src, 1);
+            vr_qmp_transaction_add_bitmap_merge(tx, d->fleece_node, frozen_bitmap, &src, 1);
         }
     }
-    if (!vr_qmp_transaction_execute(capture->client, tx, error)) {
+    /* Freeze as late as possible: only the transaction runs while the guest is frozen. */
+    if (capture->freezer != NULL) {
+        frozen = capture->freezer->freeze(capture->freezer_data, capture->freeze_timeout_ms,
+                                          &cycle->freeze_error);
+        if (!frozen && cycle->freeze_error == NULL) {
+            cycle->freeze_error = g_error_new_literal(VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
+                                                      "the guest did not freeze");
+        }
+    }
+    cut = vr_qmp_transaction_execute(capture->client, tx, error);
+    if (capture->freezer != NULL) {
+        g_autoptr(GError) thaw_error = NULL;
+
+        /* After every attempt: a freeze that timed out may still complete in the guest. */
+        if (!capture->freezer->thaw(capture->freezer_data, &thaw_error) && frozen) {
+            g_debug("thaw after cycle %" PRIu64 ": %s", cycle_number, thaw_error->message);
+            if (cut) {
+                g_propagate_prefixed_error(
+                    error, g_steal_pointer(&thaw_error),
+                    "cycle %" PRIu64 ": the guest may still be frozen: ", cycle_number);
+                goto fail;
+            }
+        }
+    }
+    if (!cut) {
         g_prefix_error(error, "cut of cycle %" PRIu64 ": ", cycle_number);
         goto fail;
     }
+    cycle->app_consistent = frozen;
     for (guint i = 0; i < n_disks; i++) {
         VrCaptureCycleDisk *d = g_ptr_array_index(cycle->disks, i);
-        const char *bitmaps[] = { frozen, NULL };
+        const char *bitmaps[] = { frozen_bitmap, NULL };
 
         d->job_started = true;
         if (!vr_qmp_block_export_add_nbd(capture->client, d->export_id, d->fleece_node, d->target,
@@ -1050,7 +1106,7 @@ vr_capture_spool_new(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, uint32_t flag
     g_strlcpy(header.disk, d->target, sizeof(header.disk));
     header.virtual_size = d->disk.virtual_size;
     header.granularity = cycle->granularity;
-    header.flags = flags;
+    header.flags = flags | (cycle->app_consistent ? VR_SPOOL_FLAG_APP_CONSISTENT : 0);
     header.base_cycle = cycle->base;
     header.cycle = cycle->cycle;
     return vr_spool_writer_new(path, &header, error);

@@ -104,6 +104,26 @@ char *vr_capture_bitmap_name(VrCapture *capture, uint64_t cycle);
 bool vr_capture_check(VrCapture *capture, const VrCaptureDisk *disks, guint n_disks, uint64_t base,
                       GError **error);
 
+/*
+ * Application consistency: the guest's file systems frozen around the cut, through its
+ * guest agent (vr-guest-agent.h under libvirt). Both members are required.
+ */
+typedef struct {
+    /* Freeze within @timeout_ms; true when the guest reports its file systems frozen. */
+    bool (*freeze)(gpointer data, guint timeout_ms, GError **error);
+    /* Thaw. Called after every freeze attempt, also a failed or timed-out one: a freeze that
+     * completes late must not leave the guest frozen. */
+    bool (*thaw)(gpointer data, GError **error);
+} VrCaptureFreezer;
+
+/*
+ * Freeze the guest around each cut with @freezer (NULL: crash-consistent cuts only). A
+ * freeze that fails or times out does not fail the cycle: the cut is then crash-consistent
+ * and vr_capture_cycle_get_freeze_error() says why.
+ */
+void vr_capture_set_freezer(VrCapture *capture, const VrCaptureFreezer *freezer, gpointer data,
+                            guint timeout_ms);
+
 typedef struct _VrCaptureCycle VrCaptureCycle;
 
 /*
@@ -130,6 +150,13 @@ bool vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path
  */
 bool vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const char *hashes,
                                    const char *path, VrSpoolTotals *totals, GError **error);
+
+/* Whether the cut was taken with the guest's file systems frozen (its spools carry
+ * VR_SPOOL_FLAG_APP_CONSISTENT). */
+bool vr_capture_cycle_is_app_consistent(VrCaptureCycle *cycle);
+
+/* Why a freeze was tried and failed, or NULL. (transfer none) */
+const GError *vr_capture_cycle_get_freeze_error(VrCaptureCycle *cycle);
 
 /* The unix socket of the cycle's NBD server: each disk is exported under its target name,
  * read-only, until the cycle ends. (transfer none) */

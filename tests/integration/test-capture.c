@@ -17,6 +17,7 @@
 #include <libvirt/libvirt.h>
 
 #include "vr-capture.h"
+#include "vr-guest-agent.h"
 #include "vr-hashlist.h"
 #include "vr-qmp-block.h"
 #include "vr-qmp-disk.h"
@@ -208,8 +209,11 @@ fixture_setup_libvirt(Fixture *fx, gconstpointer data)
                           "<disk type='file' device='disk'>"
                           "<driver name='qemu' type='qcow2' discard='unmap'/>"
                           "<source file='%s'/><target dev='vda' bus='virtio'/></disk>"
-                          "<memballoon model='none'/></devices></domain>",
-                          name, d->image);
+                          "%s<memballoon model='none'/></devices></domain>",
+                          name, d->image,
+                          data != NULL ? "<channel type='unix'><target type='virtio' "
+                                         "name='org.qemu.guest_agent.0'/></channel>"
+                                       : "");
     fx->domain = virDomainDefineXML(fx->conn, xml);
     g_assert_nonnull(fx->domain);
     /* Running, as replicated domains do (QEMU closes removed fd sets only then). */
@@ -908,6 +912,121 @@ test_libvirt_backup_defers(Fixture *fx, gconstpointer data)
     assert_clean(fx);
 }
 
+/* A freezer that records its calls; at thaw, it checks the cut happened while frozen. */
+typedef struct {
+    Fixture *fx;
+    bool succeed;
+    guint freezes;
+    guint thaws;
+    bool cut_seen_at_thaw;
+    uint64_t cycle;
+} FakeFreezer;
+
+static bool
+fake_freeze(gpointer data, guint timeout_ms, GError **error)
+{
+    FakeFreezer *f = data;
+
+    f->freezes++;
+    g_assert_cmpuint(f->thaws, ==, f->freezes - 1);
+    if (!f->succeed) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                    "guest agent did not answer within %u ms", timeout_ms);
+        return false;
+    }
+    return true;
+}
+
+static bool
+fake_thaw(gpointer data, GError **error)
+{
+    FakeFreezer *f = data;
+    g_autofree char *name = vr_capture_bitmap_name(f->fx->capture, f->cycle);
+    g_autoptr(GError) local = NULL;
+    g_autoptr(VrQmpBitmapInfo) info =
+        vr_qmp_query_bitmap(f->fx->client, f->fx->disks[0].node, name, &local);
+
+    f->thaws++;
+    f->cut_seen_at_thaw = info != NULL;
+    return true;
+}
+
+static const VrCaptureFreezer fake_freezer = { fake_freeze, fake_thaw };
+
+static uint32_t
+spool_flags(const char *spool)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrSpoolReader) reader = vr_spool_reader_open(spool, &error);
+
+    g_assert_no_error(error);
+    return vr_spool_reader_get_header(reader)->flags;
+}
+
+static void
+test_freeze(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) disks = capture_disks(fx);
+    g_autoptr(GPtrArray) s1 = NULL;
+    g_autoptr(GPtrArray) s2 = NULL;
+    FakeFreezer f = { fx, true, 0, 0, false, 1 };
+    VrCaptureCycle *c;
+
+    if (fx->capture == NULL)
+        return;
+    vr_capture_set_freezer(fx->capture, &fake_freezer, &f, 2000);
+    s1 = run_cycle(fx, 0, 1, NULL, NULL);
+    g_assert_cmpuint(f.freezes, ==, 1);
+    g_assert_cmpuint(f.thaws, ==, 1);
+    g_assert_true(f.cut_seen_at_thaw);
+    g_assert_cmpuint(spool_flags(s1->pdata[0]), ==,
+                     VR_SPOOL_FLAG_FULL | VR_SPOOL_FLAG_APP_CONSISTENT);
+    ack(fx, 1);
+
+    /* A freeze that times out: the guest is still thawed, the cut is crash-consistent. */
+    f.succeed = false;
+    f.cycle = 2;
+    c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, 1, 1, 2, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(f.thaws, ==, 2);
+    g_assert_true(f.cut_seen_at_thaw);
+    g_assert_false(vr_capture_cycle_is_app_consistent(c));
+    g_assert_error(vr_capture_cycle_get_freeze_error(c), G_IO_ERROR, G_IO_ERROR_TIMED_OUT);
+    vr_capture_cycle_free(c);
+    s2 = run_cycle(fx, 1, 3, NULL, NULL);
+    g_assert_cmpuint(spool_flags(s2->pdata[0]), ==, 0);
+    assert_clean(fx);
+}
+
+/* Through libvirt, for real: the domain has an agent channel, but no guest runs an agent. */
+static void
+test_libvirt_freeze_without_agent(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GPtrArray) s1 = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GArray) disks = capture_disks(fx);
+    VrCaptureCycle *c;
+    gint64 start;
+
+    if (fx->capture == NULL)
+        return;
+    vr_capture_set_freezer(fx->capture, &vr_guest_agent_freezer, fx->domain, 2000);
+    start = g_get_monotonic_time();
+    c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, 1, 0, 1, &error);
+    g_assert_no_error(error);
+    g_assert_cmpint(g_get_monotonic_time() - start, <, 15 * G_USEC_PER_SEC);
+    g_assert_false(vr_capture_cycle_is_app_consistent(c));
+    g_assert_nonnull(vr_capture_cycle_get_freeze_error(c));
+    g_test_message("freeze: %s", vr_capture_cycle_get_freeze_error(c)->message);
+    g_assert_nonnull(strstr(vr_capture_cycle_get_freeze_error(c)->message, "agent"));
+    vr_capture_cycle_free(c);
+    /* The domain is not frozen: the next cycle goes on as usual. */
+    s1 = run_cycle(fx, 0, 2, NULL, NULL);
+    g_assert_cmpuint(spool_flags(s1->pdata[0]), ==, VR_SPOOL_FLAG_FULL);
+    assert_clean(fx);
+}
+
 /* The replica's side of a resync: the hash list of its image (here the raw replica file). */
 static void
 write_hashlist(const char *image, const char *path)
@@ -1011,6 +1130,7 @@ main(int argc, char **argv)
     ADD("/capture/qemu/failed-cycle", test_failed_cycle, 1);
     ADD("/capture/qemu/two-disks", test_two_disks, 2);
     ADD("/capture/qemu/resync-after-kill", test_resync_after_kill, 1);
+    ADD("/capture/qemu/freeze", test_freeze, 1);
     ADD("/capture/qemu/fleece-budget", test_fleece_budget, 1);
     ADD("/capture/qemu/health", test_health, 1);
     ADD("/capture/qemu/not-qcow2", test_not_qcow2, 1);
@@ -1021,6 +1141,8 @@ main(int argc, char **argv)
     g_test_add(path, Fixture, NULL, fixture_setup_libvirt, func, fixture_teardown_libvirt)
     ADD_LIBVIRT("/capture/libvirt/cycles", test_libvirt_cycles);
     ADD_LIBVIRT("/capture/libvirt/backup-defers", test_libvirt_backup_defers);
+    g_test_add("/capture/libvirt/freeze-without-agent", Fixture, "agent", fixture_setup_libvirt,
+               test_libvirt_freeze_without_agent, fixture_teardown_libvirt);
 #undef ADD_LIBVIRT
 
     return g_test_run();
