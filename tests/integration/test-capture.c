@@ -10,6 +10,8 @@
  */
 #include <fcntl.h>
 #include <signal.h>
+#include <errno.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -566,23 +568,36 @@ test_failed_cycle(Fixture *fx, gconstpointer data)
     uint64_t covered[MAX_DISKS];
     g_autofree char *half = g_build_filename(fx->dir, "half.spool", NULL);
     g_autofree char *part = g_strconcat(half, ".part", NULL);
+    struct rlimit saved;
+    struct rlimit limit;
     VrCaptureCycle *c;
+    bool ok;
 
     if (fx->capture == NULL)
         return;
     s1 = run_cycle(fx, 0, 1, NULL, NULL);
     ack(fx, 1);
 
-    /* Cycle 2 is cut, then dies while reading: its spool never appears. */
+    /* Cycle 2 is cut, then fails while reading: its spool never appears. */
     guest_op(fx, 0, OP_WRITE, 4 * 1024 * 1024, 256 * 1024, 0x31);
     c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, disks->len, 1, 2, &error);
     g_assert_no_error(error);
     model_cut(fx);
-    g_assert_no_errno(g_mkdir(part, 0755)); /* the spool cannot be created */
-    g_assert_false(vr_capture_cycle_spool(c, 0, half, NULL, &error));
+    /* The spool's file system fills up halfway through the data (a file size limit stands
+     * in for a full disk): the write fails with EFBIG in the middle of the read. */
+    g_assert_no_errno(getrlimit(RLIMIT_FSIZE, &saved));
+    limit.rlim_cur = 128 * 1024;
+    limit.rlim_max = saved.rlim_max;
+    signal(SIGXFSZ, SIG_IGN);
+    g_assert_no_errno(setrlimit(RLIMIT_FSIZE, &limit));
+    ok = vr_capture_cycle_spool(c, 0, half, NULL, &error);
+    g_assert_no_errno(setrlimit(RLIMIT_FSIZE, &saved));
+    g_assert_false(ok);
     g_assert_error(error, VR_SPOOL_ERROR, VR_SPOOL_ERROR_IO);
+    g_assert_nonnull(strstr(error->message, g_strerror(EFBIG)));
     g_clear_error(&error);
-    g_rmdir(part);
+    g_assert_false(g_file_test(part, G_FILE_TEST_EXISTS));
+    g_assert_false(g_file_test(half, G_FILE_TEST_EXISTS));
     vr_capture_cycle_free(c);
     model_cut_failed(fx);
     assert_clean(fx);
