@@ -106,6 +106,29 @@ new_capture(Fixture *fx)
     g_assert_no_error(error);
 }
 
+/* Disk @i: a fresh 64 MiB qcow2 image, an all-zero raw replica, an all-zero model. */
+static void
+disk_init(Fixture *fx, guint i)
+{
+    Disk *d = &fx->disks[i];
+    g_autofree char *image = NULL;
+    g_autofree char *replica = NULL;
+    int fd;
+
+    g_snprintf(d->target, sizeof(d->target), "vd%c", 'a' + i);
+    image = g_strdup_printf("%s.qcow2", d->target);
+    replica = g_strdup_printf("%s.replica", d->target);
+    d->image = g_build_filename(fx->dir, image, NULL);
+    d->replica = g_build_filename(fx->dir, replica, NULL);
+    vr_test_qcow2_create(d->image, "64M");
+    fd = open(d->replica, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    g_assert_no_errno(fd);
+    g_assert_no_errno(ftruncate(fd, DISK_SIZE));
+    close(fd);
+    d->model = g_malloc0(DISK_SIZE);
+    d->at_cut = g_malloc0(DISK_SIZE);
+}
+
 static void
 fixture_setup(Fixture *fx, gconstpointer data)
 {
@@ -121,22 +144,10 @@ fixture_setup(Fixture *fx, gconstpointer data)
     g_assert_no_errno(g_mkdir_with_parents(fx->workdir, 0755));
     for (guint i = 0; i < fx->n_disks; i++) {
         Disk *d = &fx->disks[i];
-        g_autofree char *image = g_strdup_printf("vd%c.qcow2", 'a' + i);
-        g_autofree char *replica = g_strdup_printf("vd%c.replica", 'a' + i);
-        int fd;
 
-        g_snprintf(d->target, sizeof(d->target), "vd%c", 'a' + i);
+        disk_init(fx, i);
         g_snprintf(d->node, sizeof(d->node), "disk%u", i);
         g_snprintf(d->qdev, sizeof(d->qdev), "/machine/peripheral/%s/virtio-backend", d->target);
-        d->image = g_build_filename(fx->dir, image, NULL);
-        d->replica = g_build_filename(fx->dir, replica, NULL);
-        vr_test_qcow2_create(d->image, "64M");
-        fd = open(d->replica, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        g_assert_no_errno(fd);
-        g_assert_no_errno(ftruncate(fd, DISK_SIZE));
-        close(fd);
-        d->model = g_malloc0(DISK_SIZE);
-        d->at_cut = g_malloc0(DISK_SIZE);
     }
     start_qemu(fx);
     new_capture(fx);
@@ -175,36 +186,18 @@ fixture_setup_libvirt(Fixture *fx, gconstpointer data)
     g_autofree char *live = NULL;
     g_autoptr(VrQmpDiskNode) vda = NULL;
     Disk *d = &fx->disks[0];
-    int fd;
 
-    if (getuid() != 0) {
-        g_test_skip("needs root for qemu:///system");
-        return;
-    }
     if (vr_test_skip_without("qemu-img"))
         return;
-    g_assert_true(vr_qmp_libvirt_event_loop_start(&error));
-    g_assert_no_error(error);
-    fx->conn = virConnectOpen("qemu:///system");
-    if (fx->conn == NULL) {
-        g_test_skip("libvirtd is not reachable at qemu:///system");
+    fx->conn = vr_test_libvirt_connect();
+    if (fx->conn == NULL)
         return;
-    }
     fx->n_disks = 1;
     fx->dir = vr_test_path(name);
     fx->workdir = g_build_filename(fx->dir, "work", NULL);
     g_assert_no_errno(g_mkdir_with_parents(fx->workdir, 0755));
     g_assert_no_errno(chmod(fx->dir, 0755));
-    g_strlcpy(d->target, "vda", sizeof(d->target));
-    d->image = g_build_filename(fx->dir, "vda.qcow2", NULL);
-    d->replica = g_build_filename(fx->dir, "vda.replica", NULL);
-    vr_test_qcow2_create(d->image, "64M");
-    fd = open(d->replica, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    g_assert_no_errno(fd);
-    g_assert_no_errno(ftruncate(fd, DISK_SIZE));
-    close(fd);
-    d->model = g_malloc0(DISK_SIZE);
-    d->at_cut = g_malloc0(DISK_SIZE);
+    disk_init(fx, 0);
 
     xml = g_strdup_printf("<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory>"
                           "<os><type arch='x86_64' machine='q35'>hvm</type></os><devices>"
@@ -494,32 +487,38 @@ write_over_cut(Fixture *fx, gpointer data)
     guest_op(fx, 0, OP_WRITE, 1024 * 1024, 128 * 1024, 0x22);
 }
 
+/*
+ * Three cycles: full; P1 before the cut and P2 over it during the export (the spool holds
+ * P1); then the next cycle holds P2.
+ */
 static void
-test_point_in_time(Fixture *fx, gconstpointer data)
+point_in_time_sequence(Fixture *fx)
 {
     g_autoptr(GPtrArray) s1 = NULL;
     g_autoptr(GPtrArray) s2 = NULL;
     g_autoptr(GPtrArray) s3 = NULL;
     uint64_t covered[MAX_DISKS];
 
-    if (fx->capture == NULL)
-        return;
-    /* Cycle 1: the full copy of what is allocated. */
     guest_op(fx, 0, OP_WRITE, 0, 64 * 1024, 0x10);
     s1 = run_cycle(fx, 0, 1, NULL, NULL);
-
-    /* Cycle 2: P1 before the cut, P2 over it during the export: the spool holds P1. */
+    ack(fx, 1);
     guest_op(fx, 0, OP_WRITE, 1024 * 1024, 128 * 1024, 0x11);
+    guest_op(fx, 0, OP_ZERO, 0, 64 * 1024, 0);
     s2 = run_cycle_full(fx, 1, 2, write_over_cut, NULL, covered);
     g_assert_cmpuint(covered[0], ==, dirty_bytes_at_cut(fx, 0));
     g_assert_cmpint(fx->disks[0].at_cut[1024 * 1024], ==, 0x11);
     ack(fx, 2);
-
-    /* Cycle 3: the next one holds P2. */
     s3 = run_cycle_full(fx, 2, 3, NULL, NULL, covered);
     g_assert_cmpuint(covered[0], ==, 2 * GRANULARITY);
     g_assert_cmpint(fx->disks[0].at_cut[1024 * 1024], ==, 0x22);
     assert_clean(fx);
+}
+
+static void
+test_point_in_time(Fixture *fx, gconstpointer data)
+{
+    if (fx->capture != NULL)
+        point_in_time_sequence(fx);
 }
 
 static void
@@ -871,24 +870,8 @@ test_qemu_killed(Fixture *fx, gconstpointer data)
 static void
 test_libvirt_cycles(Fixture *fx, gconstpointer data)
 {
-    g_autoptr(GPtrArray) s1 = NULL;
-    g_autoptr(GPtrArray) s2 = NULL;
-    g_autoptr(GPtrArray) s3 = NULL;
-    uint64_t covered[MAX_DISKS];
-
-    if (fx->capture == NULL)
-        return;
-    guest_op(fx, 0, OP_WRITE, 0, 256 * 1024, 0x41);
-    s1 = run_cycle(fx, 0, 1, NULL, NULL);
-    ack(fx, 1);
-    guest_op(fx, 0, OP_WRITE, 1024 * 1024, 128 * 1024, 0x11);
-    guest_op(fx, 0, OP_ZERO, 0, 64 * 1024, 0);
-    s2 = run_cycle_full(fx, 1, 2, write_over_cut, NULL, covered);
-    g_assert_cmpuint(covered[0], ==, dirty_bytes_at_cut(fx, 0));
-    ack(fx, 2);
-    s3 = run_cycle_full(fx, 2, 3, NULL, NULL, covered);
-    g_assert_cmpuint(covered[0], ==, 2 * GRANULARITY);
-    assert_clean(fx);
+    if (fx->capture != NULL)
+        point_in_time_sequence(fx);
 }
 
 /* libvirt's pull backup owns QEMU's one NBD server: the cycle waits its turn. */

@@ -40,19 +40,11 @@ fixture_setup(Fixture *fx, gconstpointer data)
     g_autofree char *xml = NULL;
     g_autofree char *live = NULL;
 
-    if (getuid() != 0) {
-        g_test_skip("needs root for qemu:///system");
-        return;
-    }
     if (vr_test_skip_without("qemu-img"))
         return;
-    g_assert_true(vr_qmp_libvirt_event_loop_start(&error));
-    g_assert_no_error(error);
-    fx->conn = virConnectOpen("qemu:///system");
-    if (fx->conn == NULL) {
-        g_test_skip("libvirtd is not reachable at qemu:///system");
+    fx->conn = vr_test_libvirt_connect();
+    if (fx->conn == NULL)
         return;
-    }
 
     fx->image = vr_test_path(image_name);
     vr_test_qcow2_create(fx->image, "64M");

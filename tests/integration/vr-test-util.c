@@ -218,3 +218,21 @@ vr_test_hmp_qemu_io(VrQmpClient *client, const char *qdev, const char *io)
     g_assert_no_error(error);
     g_assert_nonnull(out);
 }
+
+virConnectPtr
+vr_test_libvirt_connect(void)
+{
+    g_autoptr(GError) error = NULL;
+    virConnectPtr conn;
+
+    if (getuid() != 0) {
+        g_test_skip("needs root for qemu:///system");
+        return NULL;
+    }
+    g_assert_true(vr_qmp_libvirt_event_loop_start(&error));
+    g_assert_no_error(error);
+    conn = virConnectOpen("qemu:///system");
+    if (conn == NULL)
+        g_test_skip("libvirtd is not reachable at qemu:///system");
+    return conn;
+}

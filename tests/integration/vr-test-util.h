@@ -12,6 +12,8 @@
 
 #include <glib.h>
 
+#include <libvirt/libvirt.h>
+
 #include "vr-qmp-client.h"
 
 G_BEGIN_DECLS
@@ -65,6 +67,12 @@ uint64_t vr_test_bitmap_count(VrQmpClient *client, const char *node, const char 
  * failures on QEMU's stdout only, so check the effect, not this call.
  */
 void vr_test_hmp_qemu_io(VrQmpClient *client, const char *qdev, const char *io);
+
+/*
+ * qemu:///system with libvirt's event loop running (vr_qmp_libvirt_event_loop_start()), or
+ * NULL after g_test_skip() with the reason: not root, or libvirtd not reachable.
+ */
+virConnectPtr vr_test_libvirt_connect(void);
 
 /* Connect a client over a unix QMP socket; fails the test on error. (transfer full) */
 VrQmpClient *vr_test_connect_unix(const char *path);
