@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -33,6 +34,10 @@ vr_capture_error_quark(void)
 #define VR_CAPTURE_DEFAULT_CHUNK (1024 * 1024)
 #define VR_CAPTURE_EVENT_TIMEOUT 10000 /* ms, for job and export teardown events */
 #define VR_CAPTURE_FROZEN        "frozen"
+/* QEMU node names have at most 31 characters; the longest of ours is the fleece's protocol
+ * node "vr-<rel>-fl-<target>-file". */
+#define VR_CAPTURE_NODE_NAME_MAX 31
+#define VR_CAPTURE_MIN_FLEECE    (1024 * 1024)
 
 typedef struct nbd_handle VrNbdHandle;
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrNbdHandle, nbd_close)
@@ -61,9 +66,6 @@ typedef struct {
     char *job_id;
     char *export_id;
     int64_t fdset; /* -1: none */
-    bool fleece_added;
-    bool job_started;
-    bool exported;
 } VrCaptureCycleDisk;
 
 struct _VrCaptureCycle {
@@ -74,9 +76,11 @@ struct _VrCaptureCycle {
     char *socket_path;
     bool socket_created;
     bool server_started;
+    bool server_maybe_started; /* the start's answer was lost (timeout, closed) */
     bool ended;
     GPtrArray *disks;           /* VrCaptureCycleDisk */
     VrQmpEventWatch *threshold; /* BLOCK_WRITE_THRESHOLD, when there is a budget */
+    VrQmpEventWatch *jobs;      /* JOB_STATUS_CHANGE */
     bool app_consistent;
     GError *freeze_error;
 };
@@ -125,9 +129,10 @@ vr_capture_new(VrQmpClient *client, const char *relationship, const uint8_t doma
 {
     VrCapture *capture;
 
-    if (!vr_capture_name_valid(relationship, 16)) {
+    if (!vr_capture_name_valid(relationship, VR_CAPTURE_RELATIONSHIP_MAX)) {
         g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
-                    "relationship id '%s' is not [a-z0-9]{1,16}", relationship);
+                    "relationship id '%s' is not [a-z0-9]{1,%d}", relationship,
+                    VR_CAPTURE_RELATIONSHIP_MAX);
         return NULL;
     }
     if (!g_file_test(workdir, G_FILE_TEST_IS_DIR)) {
@@ -278,6 +283,13 @@ vr_capture_check(VrCapture *capture, const VrCaptureDisk *disks, guint n_disks, 
                                      "the image was replaced)",
                                      name);
         }
+        if (bitmap->busy) {
+            g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_DEFERRED,
+                        "cycle deferred: bitmap '%s' of disk '%s' is in use by another "
+                        "operation (an export or a migration)",
+                        name, disks[i].target);
+            return false;
+        }
         if (bitmap->inconsistent) {
             return vr_capture_resync(error, disks[i].target,
                                      "bitmap '%s' is inconsistent (QEMU did not close the "
@@ -396,33 +408,39 @@ vr_capture_cycle_end(VrCaptureCycle *cycle)
         return;
     cycle->ended = true;
 
-    /* Exports first: they hold the fleece nodes and the NBD server busy. */
+    /*
+     * Everything this cycle's names stand for, whatever QMP confirmed: a command that timed
+     * out may still have run in QEMU, and "not found" is skipped anyway. Exports first: they
+     * hold the fleece nodes and the NBD server busy.
+     */
     for (guint i = 0; i < cycle->disks->len; i++) {
         VrCaptureCycleDisk *d = g_ptr_array_index(cycle->disks, i);
 
-        if (d->exported)
-            vr_capture_remove_export(capture, d->export_id);
+        vr_capture_remove_export(capture, d->export_id);
     }
-    if (cycle->server_started && !vr_qmp_nbd_server_stop(capture->client, &error))
-        vr_capture_skip(&error, "nbd-server-stop");
+    if (cycle->server_started || cycle->server_maybe_started) {
+        if (vr_qmp_nbd_server_stop(capture->client, &error))
+            cycle->server_started = cycle->server_maybe_started = false;
+        else
+            vr_capture_skip(&error, "nbd-server-stop");
+    }
     /* Then the jobs (ending the copy-before-write), then the nodes. */
     for (guint i = 0; i < cycle->disks->len; i++) {
         VrCaptureCycleDisk *d = g_ptr_array_index(cycle->disks, i);
 
-        if (d->job_started)
-            vr_capture_remove_job(capture, d->job_id);
+        vr_capture_remove_job(capture, d->job_id);
     }
     for (guint i = 0; i < cycle->disks->len; i++) {
         VrCaptureCycleDisk *d = g_ptr_array_index(cycle->disks, i);
 
-        if (d->fleece_added)
-            vr_capture_remove_node(capture, d->fleece_node);
+        vr_capture_remove_node(capture, d->fleece_node);
         if (d->fdset >= 0 && !vr_qmp_remove_fd(capture->client, d->fdset, &error))
             vr_capture_skip(&error, "remove-fd");
         if (d->fleece_path != NULL)
             g_unlink(d->fleece_path);
     }
-    if (cycle->socket_created)
+    /* A server that would not stop keeps its socket: reconciliation finds it by it. */
+    if (cycle->socket_created && !cycle->server_started && !cycle->server_maybe_started)
         g_unlink(cycle->socket_path);
 }
 
@@ -433,6 +451,7 @@ vr_capture_cycle_free(VrCaptureCycle *cycle)
         return;
     vr_capture_cycle_end(cycle);
     g_clear_pointer(&cycle->threshold, vr_qmp_event_watch_free);
+    g_clear_pointer(&cycle->jobs, vr_qmp_event_watch_free);
     g_clear_error(&cycle->freeze_error);
     g_ptr_array_unref(cycle->disks);
     g_free(cycle->socket_path);
@@ -455,6 +474,12 @@ vr_capture_create_image(const char *path, uint64_t size, GError **error)
                       NULL, NULL, NULL, &err, &status, error) ||
         !g_spawn_check_wait_status(status, error)) {
         g_prefix_error(error, "cannot create fleece image '%s': %s ", path, err != NULL ? err : "");
+        return false;
+    }
+    /* It receives the guest's old blocks: nobody else may read it. */
+    if (chmod(path, 0600) < 0) {
+        g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
+                    "cannot restrict fleece image '%s': %s", path, g_strerror(errno));
         return false;
     }
     return true;
@@ -489,7 +514,6 @@ vr_capture_add_fleece(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, GError **err
     if (!vr_qmp_blockdev_add_qcow2(capture->client, d->fleece_node, filename, d->node_name, false,
                                    error))
         return false;
-    d->fleece_added = true;
     if (capture->budget != 0) {
         /* On the protocol node: its write offsets follow the image file's growth. */
         g_autofree char *file_node = g_strconcat(d->fleece_node, "-file", NULL);
@@ -501,26 +525,76 @@ vr_capture_add_fleece(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, GError **err
     return true;
 }
 
-/* Whether a fleece of @cycle crossed its share of the budget (checked between reads). */
+/*
+ * Checked between reads: a fleece of @cycle that crossed its share of the budget, or a
+ * fleece job that ended (cancelled or failed by someone else) while its export is read,
+ * which would turn the point-in-time view into the live disk.
+ */
 static bool
-vr_capture_cycle_within_budget(VrCaptureCycle *cycle, GError **error)
+vr_capture_cycle_events_ok(VrCaptureCycle *cycle, GError **error)
 {
-    g_autoptr(json_object) event = NULL;
-    json_object *data;
-    uint64_t threshold = 0;
+    json_object *event;
 
-    if (cycle->threshold == NULL)
-        return true;
-    event = vr_qmp_event_watch_poll(cycle->threshold);
-    if (event == NULL)
-        return true;
-    data = vr_json_get_object(event, "data");
-    vr_json_get_uint64(data, "write-threshold", &threshold);
-    g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_BUDGET,
-                "cycle %" PRIu64 " aborted: fleece node '%s' reached its budget of %" PRIu64
-                " bytes (the guest overwrote more during the cycle than the fleece may hold)",
-                cycle->cycle, vr_json_get_string(data, "node-name"), threshold);
-    return false;
+    while (cycle->threshold != NULL && (event = vr_qmp_event_watch_poll(cycle->threshold))) {
+        g_autoptr(json_object) owned = event;
+        json_object *data = vr_json_get_object(event, "data");
+        const char *node = vr_json_get_string(data, "node-name");
+        uint64_t threshold = 0;
+        bool ours = false;
+
+        /* Someone else's threshold (libvirt's domblkthreshold, say) is not our budget. */
+        for (guint i = 0; i < cycle->disks->len && node != NULL; i++) {
+            VrCaptureCycleDisk *d = g_ptr_array_index(cycle->disks, i);
+
+            ours = ours || (g_str_has_prefix(node, d->fleece_node) &&
+                            g_str_equal(node + strlen(d->fleece_node), "-file"));
+        }
+        if (!ours)
+            continue;
+        vr_json_get_uint64(data, "write-threshold", &threshold);
+        g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_BUDGET,
+                    "cycle %" PRIu64 " aborted: fleece node '%s' reached its budget of %" PRIu64
+                    " bytes (the guest overwrote more during the cycle than the fleece may hold)",
+                    cycle->cycle, node, threshold);
+        return false;
+    }
+    while (cycle->jobs != NULL && (event = vr_qmp_event_watch_poll(cycle->jobs))) {
+        g_autoptr(json_object) owned = event;
+        json_object *data = vr_json_get_object(event, "data");
+        const char *id = vr_json_get_string(data, "id");
+        const char *status = vr_json_get_string(data, "status");
+
+        if (id == NULL || status == NULL || !g_str_has_prefix(id, cycle->capture->prefix))
+            continue;
+        if (g_str_equal(status, "aborting") || g_str_equal(status, "concluded") ||
+            g_str_equal(status, "null")) {
+            g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
+                        "cycle %" PRIu64 " aborted: fleece job '%s' ended during the read "
+                        "(status '%s'): the point-in-time view is gone",
+                        cycle->cycle, id, status);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Whether something (QEMU, after a crash of ours) still listens on our socket at @path. */
+static bool
+vr_capture_socket_accepts(const char *path)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    bool accepts;
+    int fd;
+
+    if (strlen(path) >= sizeof(addr.sun_path) || !g_file_test(path, G_FILE_TEST_EXISTS))
+        return false;
+    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    accepts = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+    close(fd);
+    return accepts;
 }
 
 static int
@@ -566,9 +640,9 @@ vr_capture_server_busy(VrCapture *capture, GError **error)
             g_string_append_printf(others, "%s'%s'", others->len > 0 ? ", " : "", e->id);
     }
     g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_DEFERRED,
-                "cycle deferred: QEMU's NBD server is in use by someone else (exports: %s): "
-                "libvirt runs a backup or a storage migration",
-                others->len > 0 ? others->str : "none");
+                "cycle deferred: QEMU's NBD server is in use by someone else (exports: %s), "
+                "such as a libvirt backup job",
+                others->len > 0 ? others->str : "none yet");
     return false;
 }
 
@@ -579,6 +653,14 @@ vr_capture_start_server(VrCaptureCycle *cycle, GError **error)
     g_autoptr(GError) local = NULL;
     bool ok;
 
+    /*
+     * QEMU still listening on our socket is our own server, left by a cycle whose teardown
+     * could not stop it: stop it now (only then is the socket file removed).
+     */
+    if (vr_capture_socket_accepts(cycle->socket_path)) {
+        if (!vr_qmp_nbd_server_stop(capture->client, &local))
+            vr_capture_skip(&local, "nbd-server-stop of our leftover server");
+    }
     if (capture->flags & VR_CAPTURE_PASS_FDS) {
         g_autofree char *fdname = g_strconcat(capture->prefix, "nbd", NULL);
         int fd = vr_capture_listen(cycle->socket_path, error);
@@ -603,6 +685,9 @@ vr_capture_start_server(VrCaptureCycle *cycle, GError **error)
     if (!ok) {
         const char *desc = vr_qmp_error_get_desc(local);
 
+        /* No answer: it may run. Teardown stops it, and keeps the socket until it did. */
+        if (!g_error_matches(local, VR_QMP_ERROR, VR_QMP_ERROR_COMMAND))
+            cycle->server_maybe_started = true;
         if (desc != NULL && strstr(desc, "already running") != NULL)
             return vr_capture_server_busy(capture, error);
         g_propagate_error(error, g_steal_pointer(&local));
@@ -621,6 +706,7 @@ vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks, guint n_d
     g_autofree char *new_bitmap = vr_capture_bitmap_name(capture, cycle_number);
     g_autofree char *base_bitmap = base != 0 ? vr_capture_bitmap_name(capture, base) : NULL;
     g_autofree char *frozen_bitmap = g_strconcat(capture->prefix, VR_CAPTURE_FROZEN, NULL);
+    g_autoptr(GPtrArray) nodes = NULL;
     bool frozen = false;
     bool cut;
 
@@ -630,11 +716,29 @@ vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks, guint n_d
         return NULL;
     }
     for (guint i = 0; i < n_disks; i++) {
-        if (!vr_capture_name_valid(disks[i].target, VR_SPOOL_DISK_MAX)) {
+        gsize other = strlen(capture->prefix) + strlen("fl-") + strlen("-file");
+
+        if (!vr_capture_name_valid(disks[i].target, VR_CAPTURE_NODE_NAME_MAX - other)) {
             g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
-                        "disk target '%s' is not [a-z0-9]{1,31}", disks[i].target);
+                        "disk target '%s' is not [a-z0-9]{1,%" G_GSIZE_FORMAT "}: QEMU node "
+                        "names are made of it and the relationship id",
+                        disks[i].target, (gsize)(VR_CAPTURE_NODE_NAME_MAX - other));
             return NULL;
         }
+        for (guint j = 0; j < i; j++) {
+            if (g_str_equal(disks[i].target, disks[j].target)) {
+                g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
+                            "disk '%s' is listed twice", disks[i].target);
+                return NULL;
+            }
+        }
+    }
+    if (capture->budget != 0 && capture->budget / n_disks < VR_CAPTURE_MIN_FLEECE) {
+        g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
+                    "a fleece budget of %" PRIu64 " bytes leaves less than 1 MiB to each of "
+                    "the %u fleeces",
+                    capture->budget, n_disks);
+        return NULL;
     }
     if (!vr_capture_check(capture, disks, n_disks, base, error))
         return NULL;
@@ -657,7 +761,7 @@ vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks, guint n_d
         d->disk.qdev = NULL;
         d->fleece_path =
             g_strdup_printf("%s/%sfleece-%s.qcow2", capture->workdir, capture->prefix, d->target);
-        d->fleece_node = g_strdup_printf("%sfleece-%s", capture->prefix, d->target);
+        d->fleece_node = g_strdup_printf("%sfl-%s", capture->prefix, d->target);
         d->job_id = g_strdup_printf("%sjob-%s", capture->prefix, d->target);
         d->export_id = g_strdup_printf("%sexp-%s", capture->prefix, d->target);
         d->fdset = -1;
@@ -668,12 +772,30 @@ vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks, guint n_d
         cycle->threshold =
             vr_qmp_event_watch_new(capture->client, "BLOCK_WRITE_THRESHOLD", NULL, NULL);
     }
+    cycle->jobs = vr_qmp_event_watch_new(capture->client, "JOB_STATUS_CHANGE", NULL, NULL);
     for (guint i = 0; i < n_disks; i++) {
         if (!vr_capture_add_fleece(cycle, g_ptr_array_index(cycle->disks, i), error))
             goto fail;
     }
     if (!vr_capture_start_server(cycle, error))
         goto fail;
+
+    /*
+     * A failed earlier try of this same cycle left B(k): remove it first (QEMU checks a
+     * transaction's additions against the state before its removals). k > a, so this is
+     * never B(a).
+     */
+    nodes = vr_qmp_query_named_block_nodes(capture->client, error);
+    if (nodes == NULL)
+        goto fail;
+    for (guint i = 0; i < n_disks; i++) {
+        VrCaptureCycleDisk *d = g_ptr_array_index(cycle->disks, i);
+        VrQmpBlockNode *node = vr_qmp_block_nodes_find(nodes, d->node_name);
+
+        if (node != NULL && vr_qmp_block_node_find_bitmap(node, new_bitmap) != NULL &&
+            !vr_qmp_bitmap_remove(capture->client, d->node_name, new_bitmap, error))
+            goto fail;
+    }
 
     /*
      * The cut: every blockdev-backup first, so the sources stay drained while the bitmap
@@ -730,11 +852,9 @@ vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks, guint n_d
         VrCaptureCycleDisk *d = g_ptr_array_index(cycle->disks, i);
         const char *bitmaps[] = { frozen_bitmap, NULL };
 
-        d->job_started = true;
         if (!vr_qmp_block_export_add_nbd(capture->client, d->export_id, d->fleece_node, d->target,
                                          false, base != 0 ? bitmaps : NULL, error))
             goto fail;
-        d->exported = true;
     }
     return g_steal_pointer(&cycle);
 
@@ -1025,7 +1145,7 @@ vr_capture_read_extents(VrCaptureCycle *cycle, struct nbd_handle *nbd, GArray *e
             used--;
         }
         if (ok)
-            ok = vr_capture_cycle_within_budget(cycle, error);
+            ok = vr_capture_cycle_events_ok(cycle, error);
     }
     /* On failure, let the requests still in flight finish before their buffers go. */
     while (nbd_aio_in_flight(nbd) > 0) {
@@ -1119,7 +1239,7 @@ vr_capture_spool_finish(VrCaptureCycle *cycle, struct nbd_handle *nbd, VrSpoolWr
                         VrSpoolTotals *totals, GError **error)
 {
     nbd_shutdown(nbd, 0);
-    if (!vr_capture_cycle_within_budget(cycle, error))
+    if (!vr_capture_cycle_events_ok(cycle, error))
         return false;
     return vr_spool_writer_finish(writer, totals, error);
 }
@@ -1277,6 +1397,7 @@ vr_capture_reconcile(VrCapture *capture, GError **error)
     g_autoptr(GError) local = NULL;
     bool others = false;
     bool ours = false;
+    bool listening;
     const char *name;
 
     if (exports == NULL)
@@ -1296,11 +1417,15 @@ vr_capture_reconcile(VrCapture *capture, GError **error)
      * (we remove it at every teardown); never when it serves someone else's.
      */
     socket_path = g_strdup_printf("%s/%snbd.sock", capture->workdir, capture->prefix);
-    if (!others && (ours || g_file_test(socket_path, G_FILE_TEST_EXISTS))) {
-        if (!vr_qmp_nbd_server_stop(capture->client, &local))
+    listening = vr_capture_socket_accepts(socket_path);
+    if (!others && (ours || listening)) {
+        if (vr_qmp_nbd_server_stop(capture->client, &local))
+            listening = false;
+        else
             vr_capture_skip(&local, "nbd-server-stop");
     }
-    g_unlink(socket_path);
+    if (!listening)
+        g_unlink(socket_path);
 
     jobs = vr_qmp_query_jobs(capture->client, error);
     if (jobs == NULL)

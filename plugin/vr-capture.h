@@ -68,8 +68,12 @@ typedef enum {
 
 typedef struct _VrCapture VrCapture;
 
+/* A relationship id has at most this many characters; with the disk target it makes QEMU
+ * node names, which QEMU limits to 31 characters. */
+#define VR_CAPTURE_RELATIONSHIP_MAX 12
+
 /*
- * Capture for relationship @relationship ([a-z0-9]{1,16}) of the domain with
+ * Capture for relationship @relationship ([a-z0-9]{1,12}) of the domain with
  * @domain_uuid, through @client (a reference is taken). Fleece images and the NBD socket go
  * into @workdir, which must exist on local storage. (transfer full)
  */

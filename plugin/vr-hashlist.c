@@ -37,10 +37,12 @@ vr_hashlist_digest(const void *data, size_t len, uint8_t out[VR_HASHLIST_DIGEST_
     g_assert(rc == 0);
 }
 
+/* Without overflow, whatever the size. */
 static uint64_t
 vr_hashlist_count(uint64_t virtual_size)
 {
-    return (virtual_size + VR_HASHLIST_BLOCK_SIZE - 1) / VR_HASHLIST_BLOCK_SIZE;
+    return virtual_size / VR_HASHLIST_BLOCK_SIZE +
+           (virtual_size % VR_HASHLIST_BLOCK_SIZE != 0 ? 1 : 0);
 }
 
 static bool
@@ -78,6 +80,7 @@ struct _VrHashlistWriter {
     uint8_t *buf;
     size_t used;
     bool created; /* the file is ours to remove */
+    bool failed;  /* a write failed: the buffer's state is unknown, refuse the rest */
     bool finished;
 };
 
@@ -125,6 +128,11 @@ vr_hashlist_writer_new(const char *path, uint64_t virtual_size, GError **error)
 bool
 vr_hashlist_writer_add(VrHashlistWriter *writer, const uint8_t digest[32], GError **error)
 {
+    if (writer->failed || writer->finished) {
+        g_set_error(error, VR_HASHLIST_ERROR, VR_HASHLIST_ERROR_INVALID, "hash list '%s' is %s",
+                    writer->path, writer->failed ? "broken by an earlier error" : "finished");
+        return false;
+    }
     if (writer->written == writer->count) {
         g_set_error(error, VR_HASHLIST_ERROR, VR_HASHLIST_ERROR_INVALID,
                     "hash list '%s' already has its %" G_GUINT64_FORMAT " entries", writer->path,
@@ -135,8 +143,10 @@ vr_hashlist_writer_add(VrHashlistWriter *writer, const uint8_t digest[32], GErro
     writer->used += VR_HASHLIST_DIGEST_SIZE;
     writer->written++;
     if (writer->used == VR_HASHLIST_BUFFER) {
-        if (!vr_hashlist_write_all(writer->fd, writer->buf, writer->used, writer->path, error))
+        if (!vr_hashlist_write_all(writer->fd, writer->buf, writer->used, writer->path, error)) {
+            writer->failed = true;
             return false;
+        }
         writer->used = 0;
     }
     return true;
@@ -145,16 +155,22 @@ vr_hashlist_writer_add(VrHashlistWriter *writer, const uint8_t digest[32], GErro
 bool
 vr_hashlist_writer_finish(VrHashlistWriter *writer, GError **error)
 {
+    if (writer->failed || writer->finished) {
+        g_set_error(error, VR_HASHLIST_ERROR, VR_HASHLIST_ERROR_INVALID, "hash list '%s' is %s",
+                    writer->path, writer->failed ? "broken by an earlier error" : "finished");
+        return false;
+    }
     if (writer->written != writer->count) {
         g_set_error(error, VR_HASHLIST_ERROR, VR_HASHLIST_ERROR_INVALID,
                     "hash list '%s' has %" G_GUINT64_FORMAT " of its %" G_GUINT64_FORMAT " entries",
                     writer->path, writer->written, writer->count);
         return false;
     }
-    if (!vr_hashlist_write_all(writer->fd, writer->buf, writer->used, writer->path, error))
+    if (!vr_hashlist_write_all(writer->fd, writer->buf, writer->used, writer->path, error) ||
+        (fdatasync(writer->fd) < 0 && !vr_hashlist_io_error(error, errno, "sync", writer->path))) {
+        writer->failed = true;
         return false;
-    if (fdatasync(writer->fd) < 0)
-        return vr_hashlist_io_error(error, errno, "sync", writer->path);
+    }
     if (close(writer->fd) < 0) {
         writer->fd = -1;
         return vr_hashlist_io_error(error, errno, "close", writer->path);
@@ -219,6 +235,7 @@ vr_hashlist_reader_open(const char *path, GError **error)
         GUINT32_FROM_LE(u32[1]) != VR_HASHLIST_HEADER_SIZE ||
         GUINT32_FROM_LE(u32[2]) != VR_HASHLIST_BLOCK_SIZE ||
         GUINT32_FROM_LE(u32[3]) != VR_HASHLIST_SHA256 || reader->virtual_size == 0 ||
+        reader->virtual_size > (uint64_t)G_MAXINT64 ||
         reader->count != vr_hashlist_count(reader->virtual_size)) {
         g_set_error(error, VR_HASHLIST_ERROR, VR_HASHLIST_ERROR_CORRUPT,
                     "hash list '%s' has a header this version does not take", path);
