@@ -231,13 +231,23 @@ vr_spool_read_all(int fd, void *buf, size_t len, bool *eof, const char *path, GE
     return true;
 }
 
+/*
+ * A record's checksum: SHA-256 over its header's first 24 bytes (type, offset, length) and
+ * its payload, so that a reader can trust a record, ZERO ones included, before the END.
+ */
 static void
-vr_sha256(const void *data, size_t len, uint8_t out[VR_SPOOL_DIGEST_SIZE])
+vr_spool_record_digest(const uint8_t head[VR_SPOOL_RECORD_SIZE], const void *data, size_t len,
+                       uint8_t out[VR_SPOOL_DIGEST_SIZE])
 {
-    /* Only fails for an unknown algorithm; SHA-256 is always there. */
-    int rc = gnutls_hash_fast(GNUTLS_DIG_SHA256, data, len, out);
+    gnutls_hash_hd_t hash;
 
-    g_assert(rc == 0);
+    /* Fails only for an unknown algorithm or no memory; SHA-256 is always there. */
+    if (gnutls_hash_init(&hash, GNUTLS_DIG_SHA256) < 0)
+        g_assert_not_reached();
+    gnutls_hash(hash, head, 24);
+    if (len > 0)
+        gnutls_hash(hash, data, len);
+    gnutls_hash_deinit(hash, out);
 }
 
 /* ---- writer ----------------------------------------------------------------------- */
@@ -311,9 +321,9 @@ vr_spool_writer_append(VrSpoolWriter *writer, VrSpoolRecordType type, uint64_t o
     uint8_t digest[VR_SPOOL_DIGEST_SIZE];
     struct iovec iov[2] = { { head, sizeof(head) }, { (void *)data, data != NULL ? len : 0 } };
 
-    if (data != NULL)
-        vr_sha256(data, len, digest);
-    vr_spool_record_encode(head, type, offset, len, data != NULL ? digest : NULL);
+    vr_spool_record_encode(head, type, offset, len, NULL);
+    vr_spool_record_digest(head, data, data != NULL ? len : 0, digest);
+    memcpy(head + 24, digest, VR_SPOOL_DIGEST_SIZE);
     if (!vr_spool_writev_all(writer->fd, iov, data != NULL ? 2 : 1, writer->part_path, error))
         return false;
     gnutls_hash(writer->chain, head, sizeof(head));
@@ -530,9 +540,11 @@ vr_spool_reader_next(VrSpoolReader *reader, VrSpoolRecord *record, VrSpoolTotals
                                 offset, length);
     }
     if (type == VR_SPOOL_RECORD_ZERO) {
-        for (int i = 24; i < VR_SPOOL_RECORD_SIZE; i++) {
-            if (head[i] != 0)
-                return vr_spool_corrupt(reader, error, "ZERO record with a checksum");
+        vr_spool_record_digest(head, NULL, 0, digest);
+        if (memcmp(digest, head + 24, sizeof(digest)) != 0) {
+            return vr_spool_corrupt(
+                reader, error,
+                "checksum of the zero record at %" G_GUINT64_FORMAT " does not match", offset);
         }
         record->data = NULL;
         reader->totals.zero_bytes += length;
@@ -545,7 +557,7 @@ vr_spool_reader_next(VrSpoolReader *reader, VrSpoolRecord *record, VrSpoolTotals
             reader->done = true;
             return false;
         }
-        vr_sha256(reader->buf, length, digest);
+        vr_spool_record_digest(head, reader->buf, length, digest);
         if (memcmp(digest, head + 24, sizeof(digest)) != 0) {
             return vr_spool_corrupt(
                 reader, error, "checksum of data at %" G_GUINT64_FORMAT " does not match", offset);

@@ -7,8 +7,9 @@
  *
  *   header (128 bytes)  magic, version, domain uuid, disk, virtual size, granularity,
  *                       flags, base cycle, cycle
- *   records             DATA (offset, length, SHA-256 of the payload, payload) and
- *                       ZERO (offset, length), in increasing, non-overlapping offsets
+ *   records             DATA (offset, length, SHA-256 of them and the payload, payload)
+ *                       and ZERO (offset, length, SHA-256 of them), in increasing,
+ *                       non-overlapping offsets
  *   END record          record count, data bytes, SHA-256 over the header and every
  *                       record header before it
  *
