@@ -79,8 +79,8 @@ record_cb(const VrWireRecord *rec, gpointer user_data, GError **error)
     case VR_WIRE_RECORD_HASHES:
         CHECK(id->kind == VR_WIRE_KIND_HASH_LIST);
         CHECK(rec->data != NULL && rec->data_size == rec->length * VR_WIRE_DIGEST_SIZE);
-        CHECK(vr_wire_encoder_add_hashes(st->encoder, rec->offset, rec->data, rec->length,
-                                         st->out, &local));
+        CHECK(vr_wire_encoder_add_hashes(st->encoder, rec->offset, rec->data, rec->length, st->out,
+                                         &local));
         break;
     case VR_WIRE_RECORD_END:
         CHECK(rec->data != NULL && rec->data_size == VR_WIRE_DIGEST_SIZE);

@@ -1017,7 +1017,8 @@ le64(uint8_t *p, uint64_t v)
 }
 
 /*
- * Append one record: header (with @reserved in both reserved fields), checksum over the
+ * Append one record: header (@reserved: 1 sets the 16-bit reserved field, 2 the 32-bit one),
+ * checksum over the
  * header's first 32 bytes and @decoded, then @payload_size bytes of @payload (none when
  * @payload is NULL: for records refused by their header alone).
  */
@@ -1031,11 +1032,11 @@ forge_raw(Forge *f, uint8_t type, uint8_t encoding, uint32_t payload_size, uint6
 
     head[4] = type;
     head[5] = encoding;
-    head[6] = reserved;
+    head[6] = reserved & 1;
     le32(head + 8, payload_size);
     le64(head + 12, offset);
     le64(head + 20, length);
-    head[28] = reserved;
+    head[28] = (reserved & 2) >> 1;
     g_assert_cmpint(gnutls_hash_init(&hash, GNUTLS_DIG_SHA256), ==, 0);
     gnutls_hash(hash, head, 32);
     if (decoded_size > 0)
@@ -1169,7 +1170,8 @@ typedef enum {
     FORGE_GOOD_CYCLE,
     FORGE_GOOD_HASH_LIST,
     FORGE_BAD_MAGIC,
-    FORGE_RESERVED_HEADER,
+    FORGE_RESERVED_HEADER16,
+    FORGE_RESERVED_HEADER32,
     FORGE_RESERVED_IDENTITY,
     FORGE_NAME_PADDING,
     FORGE_DISK_UNTERMINATED,
@@ -1256,8 +1258,11 @@ forge_case(Forge *f, ForgeCase which)
         forge_begin(f, &cycle);
         f->out->data[3] = '2';
         return;
-    case FORGE_RESERVED_HEADER:
+    case FORGE_RESERVED_HEADER16:
         forge_raw(f, VR_WIRE_RECORD_BEGIN, 0, 128, 0, 128, identity, identity, 128, 1);
+        return;
+    case FORGE_RESERVED_HEADER32:
+        forge_raw(f, VR_WIRE_RECORD_BEGIN, 0, 128, 0, 128, identity, identity, 128, 2);
         return;
     case FORGE_RESERVED_IDENTITY:
         identity[127] = 1;
@@ -1458,7 +1463,8 @@ static const struct {
     { FORGE_GOOD_CYCLE, ACCEPTED, NULL },
     { FORGE_GOOD_HASH_LIST, ACCEPTED, NULL },
     { FORGE_BAD_MAGIC, VR_WIRE_ERROR_CORRUPT, "record 0 (BEGIN): bad magic" },
-    { FORGE_RESERVED_HEADER, VR_WIRE_ERROR_CORRUPT, "reserved header bytes" },
+    { FORGE_RESERVED_HEADER16, VR_WIRE_ERROR_CORRUPT, "reserved header bytes" },
+    { FORGE_RESERVED_HEADER32, VR_WIRE_ERROR_CORRUPT, "reserved header bytes" },
     { FORGE_RESERVED_IDENTITY, VR_WIRE_ERROR_CORRUPT, "reserved identity bytes" },
     { FORGE_NAME_PADDING, VR_WIRE_ERROR_CORRUPT, "relationship id has padding" },
     { FORGE_DISK_UNTERMINATED, VR_WIRE_ERROR_PROTOCOL, "disk name is not terminated" },
