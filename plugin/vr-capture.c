@@ -707,6 +707,8 @@ vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks, guint n_d
     g_autofree char *base_bitmap = base != 0 ? vr_capture_bitmap_name(capture, base) : NULL;
     g_autofree char *frozen_bitmap = g_strconcat(capture->prefix, VR_CAPTURE_FROZEN, NULL);
     g_autoptr(GPtrArray) nodes = NULL;
+    g_autoptr(GError) cut_error = NULL;
+    bool maybe_frozen = false;
     bool frozen = false;
     bool cut;
 
@@ -822,29 +824,27 @@ vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks, guint n_d
     /* Freeze as late as possible: only the transaction runs while the guest is frozen. */
     if (capture->freezer != NULL) {
         frozen = capture->freezer->freeze(capture->freezer_data, capture->freeze_timeout_ms,
-                                          &cycle->freeze_error);
+                                          &maybe_frozen, &cycle->freeze_error);
         if (!frozen && cycle->freeze_error == NULL) {
             cycle->freeze_error = g_error_new_literal(VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
                                                       "the guest did not freeze");
         }
     }
-    cut = vr_qmp_transaction_execute(capture->client, tx, error);
-    if (capture->freezer != NULL) {
+    cut = vr_qmp_transaction_execute(capture->client, tx, &cut_error);
+    if (frozen || maybe_frozen) {
         g_autoptr(GError) thaw_error = NULL;
 
-        /* After every attempt: a freeze that timed out may still complete in the guest. */
-        if (!capture->freezer->thaw(capture->freezer_data, &thaw_error) && frozen) {
-            g_debug("thaw after cycle %" PRIu64 ": %s", cycle_number, thaw_error->message);
-            if (cut) {
-                g_propagate_prefixed_error(
-                    error, g_steal_pointer(&thaw_error),
-                    "cycle %" PRIu64 ": the guest may still be frozen: ", cycle_number);
-                goto fail;
-            }
+        /* Also after a failed freeze that may have taken effect late in the guest. */
+        if (!capture->freezer->thaw(capture->freezer_data, &thaw_error)) {
+            g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_GUEST_FROZEN,
+                        "cycle %" PRIu64 ": the guest may still be frozen: %s", cycle_number,
+                        thaw_error->message);
+            goto fail;
         }
     }
     if (!cut) {
-        g_prefix_error(error, "cut of cycle %" PRIu64 ": ", cycle_number);
+        g_propagate_prefixed_error(error, g_steal_pointer(&cut_error), "cut of cycle %" PRIu64 ": ",
+                                   cycle_number);
         goto fail;
     }
     cycle->app_consistent = frozen;

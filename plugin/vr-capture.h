@@ -47,6 +47,9 @@ typedef enum {
     /* The fleece reached its budget: the guest overwrote more than it may hold; the cycle is
      * torn down and can be retried from the same base. */
     VR_CAPTURE_ERROR_BUDGET,
+    /* A freeze may have taken effect and no thaw could be confirmed: the guest may still be
+     * frozen. Alert an administrator; the cycle is torn down. */
+    VR_CAPTURE_ERROR_GUEST_FROZEN,
     /* Anything else; the cycle is torn down and can be retried from the same base. */
     VR_CAPTURE_ERROR_FAILED,
 } VrCaptureErrorCode;
@@ -113,10 +116,16 @@ bool vr_capture_check(VrCapture *capture, const VrCaptureDisk *disks, guint n_di
  * guest agent (vr-guest-agent.h under libvirt). Both members are required.
  */
 typedef struct {
-    /* Freeze within @timeout_ms; true when the guest reports its file systems frozen. */
-    bool (*freeze)(gpointer data, guint timeout_ms, GError **error);
-    /* Thaw. Called after every freeze attempt, also a failed or timed-out one: a freeze that
-     * completes late must not leave the guest frozen. */
+    /*
+     * Freeze within @timeout_ms; true when the guest reports its file systems frozen. On
+     * failure, *@maybe_frozen says whether the guest may freeze anyway (a timeout: the
+     * agent may still be at it) or certainly did not (no agent connected).
+     */
+    bool (*freeze)(gpointer data, guint timeout_ms, bool *maybe_frozen, GError **error);
+    /*
+     * Thaw, retrying until the guest confirms it is thawed. Called after every freeze that
+     * succeeded or may have: a freeze that completes late must not leave the guest frozen.
+     */
     bool (*thaw)(gpointer data, GError **error);
 } VrCaptureFreezer;
 

@@ -551,8 +551,11 @@ vr_qmp_sync_done_cb(GObject *source, GAsyncResult *result, gpointer user_data)
 static bool
 vr_qmp_sync_begin(GMainContext *context, GError **error)
 {
-    if (g_main_context_acquire(context))
+    if (g_main_context_acquire(context)) {
+        /* GTask completes in the thread-default context of its creation: make it ours. */
+        g_main_context_push_thread_default(context);
         return true;
+    }
     g_critical("synchronous QMP call from a thread that does not own the client's context");
     g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_FAILED,
                         "synchronous QMP call from a thread that does not own the client's "
@@ -566,6 +569,7 @@ vr_qmp_sync_wait(GMainContext *context, VrQmpSync *sync)
 {
     while (sync->result == NULL)
         g_main_context_iteration(context, TRUE);
+    g_main_context_pop_thread_default(context);
     g_main_context_release(context);
 }
 

@@ -915,6 +915,8 @@ test_libvirt_backup_defers(Fixture *fx, gconstpointer data)
 typedef struct {
     Fixture *fx;
     bool succeed;
+    bool maybe_frozen; /* when the freeze fails: may the guest freeze anyway? */
+    bool thaw_succeeds;
     guint freezes;
     guint thaws;
     bool cut_seen_at_thaw;
@@ -922,12 +924,12 @@ typedef struct {
 } FakeFreezer;
 
 static bool
-fake_freeze(gpointer data, guint timeout_ms, GError **error)
+fake_freeze(gpointer data, guint timeout_ms, bool *maybe_frozen, GError **error)
 {
     FakeFreezer *f = data;
 
     f->freezes++;
-    g_assert_cmpuint(f->thaws, ==, f->freezes - 1);
+    *maybe_frozen = f->maybe_frozen;
     if (!f->succeed) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
                     "guest agent did not answer within %u ms", timeout_ms);
@@ -947,6 +949,10 @@ fake_thaw(gpointer data, GError **error)
 
     f->thaws++;
     f->cut_seen_at_thaw = info != NULL;
+    if (!f->thaw_succeeds) {
+        g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "guest agent is busy");
+        return false;
+    }
     return true;
 }
 
@@ -969,7 +975,7 @@ test_freeze(Fixture *fx, gconstpointer data)
     g_autoptr(GArray) disks = capture_disks(fx);
     g_autoptr(GPtrArray) s1 = NULL;
     g_autoptr(GPtrArray) s2 = NULL;
-    FakeFreezer f = { fx, true, 0, 0, false, 1 };
+    FakeFreezer f = { fx, true, false, true, 0, 0, false, 1 };
     VrCaptureCycle *c;
 
     if (fx->capture == NULL)
@@ -983,8 +989,9 @@ test_freeze(Fixture *fx, gconstpointer data)
                      VR_SPOOL_FLAG_FULL | VR_SPOOL_FLAG_APP_CONSISTENT);
     ack(fx, 1);
 
-    /* A freeze that times out: the guest is still thawed, the cut is crash-consistent. */
+    /* A freeze that times out may still take effect: thawed all the same, crash-consistent. */
     f.succeed = false;
+    f.maybe_frozen = true;
     f.cycle = 2;
     c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, 1, 1, 2, &error);
     g_assert_no_error(error);
@@ -993,7 +1000,24 @@ test_freeze(Fixture *fx, gconstpointer data)
     g_assert_false(vr_capture_cycle_is_app_consistent(c));
     g_assert_error(vr_capture_cycle_get_freeze_error(c), G_IO_ERROR, G_IO_ERROR_TIMED_OUT);
     vr_capture_cycle_free(c);
-    s2 = run_cycle(fx, 1, 3, NULL, NULL);
+
+    /* ... and when no thaw can be confirmed, the cycle says the guest may be frozen. */
+    f.thaw_succeeds = false;
+    f.cycle = 3;
+    c = vr_capture_cycle_begin(fx->capture, (VrCaptureDisk *)disks->data, 1, 1, 3, &error);
+    g_assert_null(c);
+    g_assert_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_GUEST_FROZEN);
+    g_assert_nonnull(strstr(error->message, "guest agent is busy"));
+    g_clear_error(&error);
+    g_assert_cmpuint(f.thaws, ==, 3);
+    assert_clean(fx);
+
+    /* No agent at all: certainly not frozen, so nothing to thaw. */
+    f.maybe_frozen = false;
+    f.cycle = 4;
+    s2 = run_cycle(fx, 1, 4, NULL, NULL);
+    g_assert_cmpuint(f.freezes, ==, 4);
+    g_assert_cmpuint(f.thaws, ==, 3);
     g_assert_cmpuint(spool_flags(s2->pdata[0]), ==, 0);
     assert_clean(fx);
 }
@@ -1018,7 +1042,7 @@ test_libvirt_freeze_without_agent(Fixture *fx, gconstpointer data)
     g_assert_false(vr_capture_cycle_is_app_consistent(c));
     g_assert_nonnull(vr_capture_cycle_get_freeze_error(c));
     g_test_message("freeze: %s", vr_capture_cycle_get_freeze_error(c)->message);
-    g_assert_nonnull(strstr(vr_capture_cycle_get_freeze_error(c)->message, "agent"));
+    g_assert_nonnull(strstr(vr_capture_cycle_get_freeze_error(c)->message, "no guest agent"));
     vr_capture_cycle_free(c);
     /* The domain is not frozen: the next cycle goes on as usual. */
     s1 = run_cycle(fx, 0, 2, NULL, NULL);
