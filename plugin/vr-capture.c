@@ -38,6 +38,8 @@ vr_capture_error_quark(void)
  * node "vr-<rel>-fl-<target>-file". */
 #define VR_CAPTURE_NODE_NAME_MAX 31
 #define VR_CAPTURE_MIN_FLEECE    (1024 * 1024)
+/* The extent map is read a window at a time (a multiple of every block size used). */
+#define VR_CAPTURE_WINDOW ((uint64_t)1 << 30)
 
 typedef struct nbd_handle VrNbdHandle;
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrNbdHandle, nbd_close)
@@ -887,6 +889,7 @@ typedef enum {
 typedef struct {
     GArray *extents; /* VrCaptureExtent, in order, merged */
     uint64_t next;   /* where the last reply ended */
+    uint64_t end;    /* the end of the window being mapped: extents are clipped to it */
     VrCaptureMapMode mode;
     const char *context;
 } VrCaptureMap;
@@ -913,8 +916,9 @@ vr_capture_extent_cb(void *user_data, const char *context, uint64_t offset, uint
 
     if (strcmp(context, map->context) != 0)
         return 0;
-    for (size_t i = 0; i + 1 < n_entries; i += 2) {
-        uint32_t length = entries[i];
+    for (size_t i = 0; i + 1 < n_entries && offset < map->end; i += 2) {
+        /* A server may answer past the range asked: keep to the window. */
+        uint64_t length = MIN((uint64_t)entries[i], map->end - offset);
         uint32_t flags = entries[i + 1];
 
         switch (map->mode) {
@@ -941,13 +945,13 @@ vr_capture_extent_cb(void *user_data, const char *context, uint64_t offset, uint
 
 /*
  * Whole blocks of @block bytes: a block with any data in it is read whole, the rest are
- * zero extents. Covers [0, @size). (transfer full)
+ * zero extents. Covers [@start, @size) (@start a multiple of @block). (transfer full)
  */
 static GArray *
-vr_capture_extents_align(GArray *in, uint64_t size, uint32_t block)
+vr_capture_extents_align(GArray *in, uint64_t start, uint64_t size, uint32_t block)
 {
     GArray *out = g_array_new(FALSE, FALSE, sizeof(VrCaptureExtent));
-    uint64_t done = 0;
+    uint64_t done = start;
 
     for (guint i = 0; i < in->len; i++) {
         VrCaptureExtent *e = &g_array_index(in, VrCaptureExtent, i);
@@ -1157,13 +1161,12 @@ vr_capture_read_extents(VrCaptureCycle *cycle, struct nbd_handle *nbd, GArray *e
     return ok;
 }
 
-/* Connect to the fleece export of @d with meta context @context; map it per @mode. */
+/* Connect to the fleece export of @d with meta context @context. */
 static struct nbd_handle *
-vr_capture_open_export(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, const char *context,
-                       VrCaptureMapMode mode, GArray *extents, GError **error)
+vr_capture_connect_export(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, const char *context,
+                          GError **error)
 {
     g_autoptr(VrNbdHandle) nbd = NULL;
-    VrCaptureMap map = { extents, 0, mode, context };
     int64_t size;
 
     if (cycle->ended) {
@@ -1193,27 +1196,36 @@ vr_capture_open_export(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, const char 
                     d->disk.virtual_size);
         return NULL;
     }
-    /* The map first: it is small next to the data (extents are granule-sized runs). */
-    for (uint64_t off = 0; off < (uint64_t)size;) {
-        /* 32-bit NBD lengths: ask for at most 1 GiB at a time. */
-        uint64_t count = MIN((uint64_t)size - off, (uint64_t)1 << 30);
+    return g_steal_pointer(&nbd);
+}
 
+/*
+ * Map [@start, @end) of the export into @extents (emptied first) per @mode. Windows keep
+ * the map's memory bounded whatever the disk size: one window at most 1 GiB (NBD's 32-bit
+ * lengths), so at most 16 Ki extents of 64 KiB.
+ */
+static bool
+vr_capture_map_window(struct nbd_handle *nbd, const char *context, VrCaptureMapMode mode,
+                      uint64_t start, uint64_t end, GArray *extents, GError **error)
+{
+    VrCaptureMap map = { extents, start, end, mode, context };
+
+    g_array_set_size(extents, 0);
+    for (uint64_t off = start; off < end;) {
         map.next = off;
         if (nbd_block_status(
-                nbd, count, off,
+                nbd, end - off, off,
                 (nbd_extent_callback){ .callback = vr_capture_extent_cb, .user_data = &map },
-                0) < 0) {
-            vr_capture_nbd_error(error, "cannot read the block status");
-            return NULL;
-        }
+                0) < 0)
+            return vr_capture_nbd_error(error, "cannot read the block status");
         if (map.next <= off) {
             g_set_error_literal(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
                                 "the NBD server answered a block status without progress");
-            return NULL;
+            return false;
         }
         off = map.next;
     }
-    return g_steal_pointer(&nbd);
+    return true;
 }
 
 static VrSpoolWriter *
@@ -1260,17 +1272,22 @@ vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path, VrS
     context = cycle->base == 0 ? g_strdup(LIBNBD_CONTEXT_BASE_ALLOCATION)
                                : g_strdup_printf("qemu:dirty-bitmap:%s%s", cycle->capture->prefix,
                                                  VR_CAPTURE_FROZEN);
-    nbd = vr_capture_open_export(cycle, d, context,
-                                 cycle->base == 0 ? VR_CAPTURE_MAP_ALLOCATED : VR_CAPTURE_MAP_DIRTY,
-                                 extents, error);
+    nbd = vr_capture_connect_export(cycle, d, context, error);
     if (nbd == NULL)
         return false;
     writer = vr_capture_spool_new(cycle, d, cycle->base == 0 ? VR_SPOOL_FLAG_FULL : 0, path, error);
     if (writer == NULL)
         return false;
     sink.writer = writer;
-    if (!vr_capture_read_extents(cycle, nbd, extents, vr_capture_spool_chunk, &sink, error))
-        return false;
+    for (uint64_t w = 0; w < d->disk.virtual_size; w += VR_CAPTURE_WINDOW) {
+        uint64_t end = MIN(d->disk.virtual_size, w + VR_CAPTURE_WINDOW);
+
+        if (!vr_capture_map_window(
+                nbd, context, cycle->base == 0 ? VR_CAPTURE_MAP_ALLOCATED : VR_CAPTURE_MAP_DIRTY, w,
+                end, extents, error) ||
+            !vr_capture_read_extents(cycle, nbd, extents, vr_capture_spool_chunk, &sink, error))
+            return false;
+    }
     return vr_capture_spool_finish(cycle, nbd, writer, totals, error);
 }
 
@@ -1283,7 +1300,6 @@ vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const char *ha
     g_autoptr(VrSpoolWriter) writer = NULL;
     g_autoptr(VrHashlistReader) remote = NULL;
     g_autoptr(GArray) extents = g_array_new(FALSE, FALSE, sizeof(VrCaptureExtent));
-    g_autoptr(GArray) blocks = NULL;
     g_autofree uint8_t *zeroes = NULL;
     VrCaptureResyncSink sink = { 0 };
 
@@ -1303,12 +1319,9 @@ vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const char *ha
                     d->target, vr_hashlist_reader_get_virtual_size(remote), d->disk.virtual_size);
         return false;
     }
-    nbd = vr_capture_open_export(cycle, d, LIBNBD_CONTEXT_BASE_ALLOCATION, VR_CAPTURE_MAP_ALL,
-                                 extents, error);
+    nbd = vr_capture_connect_export(cycle, d, LIBNBD_CONTEXT_BASE_ALLOCATION, error);
     if (nbd == NULL)
         return false;
-    /* Whole blocks, so that each is hashed whole; holes are compared without a read. */
-    blocks = vr_capture_extents_align(extents, d->disk.virtual_size, VR_HASHLIST_BLOCK_SIZE);
     writer = vr_capture_spool_new(cycle, d, VR_SPOOL_FLAG_RESYNC, path, error);
     if (writer == NULL)
         return false;
@@ -1317,8 +1330,18 @@ vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const char *ha
     sink.remote = remote;
     sink.zeroes = zeroes;
     vr_hashlist_digest(zeroes, VR_HASHLIST_BLOCK_SIZE, sink.zero_digest);
-    if (!vr_capture_read_extents(cycle, nbd, blocks, vr_capture_resync_chunk, &sink, error))
-        return false;
+    for (uint64_t w = 0; w < d->disk.virtual_size; w += VR_CAPTURE_WINDOW) {
+        uint64_t end = MIN(d->disk.virtual_size, w + VR_CAPTURE_WINDOW);
+        g_autoptr(GArray) blocks = NULL;
+
+        if (!vr_capture_map_window(nbd, LIBNBD_CONTEXT_BASE_ALLOCATION, VR_CAPTURE_MAP_ALL, w, end,
+                                   extents, error))
+            return false;
+        /* Whole blocks, so that each is hashed whole; holes are compared without a read. */
+        blocks = vr_capture_extents_align(extents, w, end, VR_HASHLIST_BLOCK_SIZE);
+        if (!vr_capture_read_extents(cycle, nbd, blocks, vr_capture_resync_chunk, &sink, error))
+            return false;
+    }
     return vr_capture_spool_finish(cycle, nbd, writer, totals, error);
 }
 
