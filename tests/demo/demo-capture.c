@@ -152,8 +152,6 @@ main(int argc, char **argv)
     g_autofree char *work = vr_test_path("work");
     g_autofree char *spool1 = vr_test_path("cycle1.spool");
     g_autofree char *spool2 = vr_test_path("cycle2.spool");
-    g_autofree char *qmp_arg = g_strdup_printf("unix:%s,server=on,wait=off", qmp);
-    g_autofree char *blockdev = NULL;
     g_autofree char *version = NULL;
     g_autoptr(VrTestProcess) qemu = NULL;
     g_autoptr(VrQmpClient) client = NULL;
@@ -168,29 +166,10 @@ main(int argc, char **argv)
     check(fd >= 0 && ftruncate(fd, SIZE) == 0, NULL);
     close(fd);
     g_mkdir_with_parents(work, 0755);
-    blockdev = g_strdup_printf("{\"driver\":\"qcow2\",\"node-name\":\"disk0\",\"discard\":"
-                               "\"unmap\",\"file\":{\"driver\":\"file\",\"filename\":\"%s\"}}",
-                               image);
     {
-        const char *qemu_argv[] = { "qemu-system-x86_64",
-                                    "-M",
-                                    "q35",
-                                    "-accel",
-                                    vr_test_accel(),
-                                    "-nodefaults",
-                                    "-display",
-                                    "none",
-                                    "-m",
-                                    "64",
-                                    "-qmp",
-                                    qmp_arg,
-                                    "-blockdev",
-                                    blockdev,
-                                    "-device",
-                                    "virtio-blk-pci,drive=disk0,id=vda",
-                                    NULL };
+        const char *images[] = { image, NULL };
 
-        qemu = vr_test_process_start(qemu_argv, qmp);
+        qemu = vr_test_qemu_start(qmp, images, false);
     }
     client = vr_test_connect_unix(qmp);
     version = vr_json_to_string(vr_json_get_object(vr_qmp_client_get_version(client), "qemu"));

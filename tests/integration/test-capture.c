@@ -62,38 +62,18 @@ typedef struct {
     virDomainPtr domain;
 } Fixture;
 
+/*
+ * The VM runs (no -S), as replicated VMs do: QEMU closes a removed fd set only while the VM
+ * runs.
+ */
 static void
 start_qemu(Fixture *fx)
 {
-    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
-    g_autofree char *qmp_arg = g_strdup_printf("unix:%s,server=on,wait=off", fx->qmp);
+    const char *images[MAX_DISKS + 1] = { NULL };
 
-    g_ptr_array_add(argv, g_strdup("qemu-system-x86_64"));
-    /*
-     * The VM runs (no -S), as replicated VMs do: QEMU closes a removed fd set only while
-     * the VM runs. With no bootable disk the firmware only waits, and reads nothing.
-     */
-    for (const char *const *a = (const char *const[]){ "-M", "q35", "-nodefaults", "-display",
-                                                       "none", "-m", "64", "-qmp", NULL };
-         *a != NULL; a++)
-        g_ptr_array_add(argv, g_strdup(*a));
-    g_ptr_array_add(argv, g_strdup(qmp_arg));
-    g_ptr_array_add(argv, g_strdup("-accel"));
-    g_ptr_array_add(argv, g_strdup(vr_test_accel()));
-    for (guint i = 0; i < fx->n_disks; i++) {
-        Disk *d = &fx->disks[i];
-
-        g_ptr_array_add(argv, g_strdup("-blockdev"));
-        g_ptr_array_add(argv, g_strdup_printf("{\"driver\":\"qcow2\",\"node-name\":\"%s\","
-                                              "\"discard\":\"unmap\",\"file\":{\"driver\":"
-                                              "\"file\",\"filename\":\"%s\"}}",
-                                              d->node, d->image));
-        g_ptr_array_add(argv, g_strdup("-device"));
-        g_ptr_array_add(argv, g_strdup_printf("virtio-blk-pci,drive=%s,id=%s", d->node, d->target));
-    }
-    g_ptr_array_add(argv, NULL);
-    g_unlink(fx->qmp);
-    fx->qemu = vr_test_process_start((const char *const *)argv->pdata, fx->qmp);
+    for (guint i = 0; i < fx->n_disks; i++)
+        images[i] = fx->disks[i].image;
+    fx->qemu = vr_test_qemu_start(fx->qmp, images, false);
     fx->client = vr_test_connect_unix(fx->qmp);
 }
 

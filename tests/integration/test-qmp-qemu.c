@@ -32,9 +32,6 @@ fixture_setup(Fixture *fx, gconstpointer data)
     g_autofree char *name = g_strdup_printf("qemu%u", serial++);
     g_autofree char *image = NULL;
     g_autofree char *qmp = NULL;
-    g_autofree char *qmp_arg = NULL;
-    g_autofree char *accel = NULL;
-    g_autofree char *blockdev = NULL;
 
     if (vr_test_skip_without("qemu-system-x86_64") || vr_test_skip_without("qemu-img"))
         return;
@@ -44,34 +41,10 @@ fixture_setup(Fixture *fx, gconstpointer data)
     qmp = g_build_filename(fx->dir, "qmp.sock", NULL);
     vr_test_qcow2_create(image, "64M");
 
-    qmp_arg = g_strdup_printf("unix:%s,server=on,wait=off", qmp);
-    accel = g_strdup(vr_test_accel());
-    /* discard=unmap, as libvirt's <driver discard='unmap'>: discards reach the image. */
-    blockdev = g_strdup_printf("{\"driver\":\"qcow2\",\"node-name\":\"disk0\","
-                               "\"discard\":\"unmap\","
-                               "\"file\":{\"driver\":\"file\",\"filename\":\"%s\"}}",
-                               image);
     {
-        const char *argv[] = { "qemu-system-x86_64",
-                               "-M",
-                               "q35",
-                               "-accel",
-                               accel,
-                               "-S",
-                               "-nodefaults",
-                               "-display",
-                               "none",
-                               "-m",
-                               "64",
-                               "-qmp",
-                               qmp_arg,
-                               "-blockdev",
-                               blockdev,
-                               "-device",
-                               "virtio-blk-pci,drive=disk0,id=vda",
-                               NULL };
+        const char *images[] = { image, NULL };
 
-        fx->qemu = vr_test_process_start(argv, qmp);
+        fx->qemu = vr_test_qemu_start(qmp, images, true);
     }
     fx->client = vr_test_connect_unix(qmp);
 }

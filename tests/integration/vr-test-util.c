@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <gio/gio.h>
+#include <glib/gstdio.h>
 
 #include "vr-qmp-block.h"
 #include "vr-test-util.h"
@@ -139,6 +140,36 @@ vr_test_process_start(const char *const *argv, const char *qmp_path)
         g_usleep(20 * 1000);
     }
     return proc;
+}
+
+VrTestProcess *
+vr_test_qemu_start(const char *qmp_path, const char *const *images, bool paused)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+    static const char *const fixed[] = {
+        "qemu-system-x86_64", "-M", "q35", "-nodefaults", "-display", "none", "-m", "64", NULL
+    };
+
+    for (guint i = 0; fixed[i] != NULL; i++)
+        g_ptr_array_add(argv, g_strdup(fixed[i]));
+    g_ptr_array_add(argv, g_strdup("-accel"));
+    g_ptr_array_add(argv, g_strdup(vr_test_accel()));
+    g_ptr_array_add(argv, g_strdup("-qmp"));
+    g_ptr_array_add(argv, g_strdup_printf("unix:%s,server=on,wait=off", qmp_path));
+    if (paused)
+        g_ptr_array_add(argv, g_strdup("-S"));
+    for (guint i = 0; images[i] != NULL; i++) {
+        g_ptr_array_add(argv, g_strdup("-blockdev"));
+        g_ptr_array_add(argv, g_strdup_printf("{\"driver\":\"qcow2\",\"node-name\":\"disk%u\","
+                                              "\"discard\":\"unmap\",\"file\":{\"driver\":"
+                                              "\"file\",\"filename\":\"%s\"}}",
+                                              i, images[i]));
+        g_ptr_array_add(argv, g_strdup("-device"));
+        g_ptr_array_add(argv, g_strdup_printf("virtio-blk-pci,drive=disk%u,id=vd%c", i, 'a' + i));
+    }
+    g_ptr_array_add(argv, NULL);
+    g_unlink(qmp_path);
+    return vr_test_process_start((const char *const *)argv->pdata, qmp_path);
 }
 
 void

@@ -45,6 +45,14 @@ typedef struct {
  */
 VrTestProcess *vr_test_process_start(const char *const *argv, const char *qmp_path);
 
+/*
+ * qemu-system-x86_64 (q35, no guest OS, accelerator of vr_test_accel()) with QMP on
+ * @qmp_path and one virtio-blk device per qcow2 image of @images (NULL-terminated): node
+ * "disk<i>" (discard=unmap, as libvirt's discard='unmap'), device id "vd<a+i>". @paused
+ * adds -S; otherwise the firmware runs and waits, finding nothing to boot.
+ */
+VrTestProcess *vr_test_qemu_start(const char *qmp_path, const char *const *images, bool paused);
+
 /* Send @signum to the process. */
 void vr_test_process_signal(VrTestProcess *proc, int signum);
 
