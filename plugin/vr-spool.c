@@ -14,6 +14,7 @@
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 
+#include "vr-endian.h"
 #include "vr-spool.h"
 
 GQuark
@@ -29,38 +30,6 @@ vr_spool_error_quark(void)
 G_STATIC_ASSERT(sizeof(VR_SPOOL_MAGIC) - 1 == 8);
 
 /* ---- encoding --------------------------------------------------------------------- */
-
-static void
-vr_put_u32(uint8_t *p, uint32_t v)
-{
-    v = GUINT32_TO_LE(v);
-    memcpy(p, &v, sizeof(v));
-}
-
-static void
-vr_put_u64(uint8_t *p, uint64_t v)
-{
-    v = GUINT64_TO_LE(v);
-    memcpy(p, &v, sizeof(v));
-}
-
-static uint32_t
-vr_get_u32(const uint8_t *p)
-{
-    uint32_t v;
-
-    memcpy(&v, p, sizeof(v));
-    return GUINT32_FROM_LE(v);
-}
-
-static uint64_t
-vr_get_u64(const uint8_t *p)
-{
-    uint64_t v;
-
-    memcpy(&v, p, sizeof(v));
-    return GUINT64_FROM_LE(v);
-}
 
 static bool
 vr_spool_disk_valid(const char *disk)

@@ -10,6 +10,7 @@
 #include <gnutls/gnutls.h>
 #include <zstd.h>
 
+#include "vr-endian.h"
 #include "vr-wire.h"
 
 GQuark
@@ -52,38 +53,6 @@ G_STATIC_ASSERT(VR_WIRE_RELATIONSHIP_MAX == VR_WIRE_ID_DOMAIN - VR_WIRE_ID_RELAT
 G_STATIC_ASSERT(VR_WIRE_DISK_MAX + 1 == VR_WIRE_ID_EPOCH - VR_WIRE_ID_DISK);
 
 /* ---- helpers ---------------------------------------------------------------------- */
-
-static void
-vr_put_u32(uint8_t *p, uint32_t v)
-{
-    v = GUINT32_TO_LE(v);
-    memcpy(p, &v, sizeof(v));
-}
-
-static void
-vr_put_u64(uint8_t *p, uint64_t v)
-{
-    v = GUINT64_TO_LE(v);
-    memcpy(p, &v, sizeof(v));
-}
-
-static uint32_t
-vr_get_u32(const uint8_t *p)
-{
-    uint32_t v;
-
-    memcpy(&v, p, sizeof(v));
-    return GUINT32_FROM_LE(v);
-}
-
-static uint64_t
-vr_get_u64(const uint8_t *p)
-{
-    uint64_t v;
-
-    memcpy(&v, p, sizeof(v));
-    return GUINT64_FROM_LE(v);
-}
 
 static gnutls_hash_hd_t
 vr_wire_sha256_new(void)
@@ -788,9 +757,13 @@ vr_wire_decoder_inflate(VrWireDecoder *decoder, GError **error)
     }
     if (decoder->dctx == NULL) {
         decoder->dctx = ZSTD_createDCtx();
-        /* Out of memory: what g_malloc() does too. */
-        if (decoder->dctx == NULL)
-            g_error("cannot allocate a zstd decompression context");
+        if (decoder->dctx == NULL) {
+            return vr_wire_decoder_fail_with(
+                decoder,
+                g_error_new_literal(G_FILE_ERROR, G_FILE_ERROR_NOMEM,
+                                    "cannot allocate a zstd decompression context"),
+                error);
+        }
     }
     vr_wire_buffer_reserve(&decoder->decoded, &decoder->decoded_alloc, decoder->length);
     /* The output buffer is exactly length bytes: a frame cannot write more. */

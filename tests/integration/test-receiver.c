@@ -895,30 +895,6 @@ test_streaming(Fixture *fx, gconstpointer data)
 
 /* ---- main ----------------------------------------------------------------------------- */
 
-/* Run make-pki.sh into the scratch directory once; without certtool every test skips. */
-static void
-make_pki(void)
-{
-    g_autofree char *script = g_test_build_filename(G_TEST_DIST, "make-pki.sh", NULL);
-    g_autofree char *dir = vr_test_path("pki");
-    g_autofree char *err = NULL;
-    g_autoptr(GError) error = NULL;
-    const char *argv[] = { "sh", script, dir, NULL };
-    int status = 0;
-
-    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL,
-                               G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
-                               &err, &status, &error));
-    g_assert_no_error(error);
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
-        pki_skip_why = g_strdup_printf("no PKI: %s", g_strstrip(err));
-        return;
-    }
-    if (!g_spawn_check_wait_status(status, &error))
-        g_error("make-pki.sh failed: %s\n%s", error->message, err);
-    pki = g_steal_pointer(&dir);
-}
-
 #define ADD(path, limit, func)                                                           \
     g_test_add("/receiver/" path, Fixture, GSIZE_TO_POINTER(limit), fixture_setup, func, \
                fixture_teardown)
@@ -929,7 +905,7 @@ main(int argc, char **argv)
     int rc;
 
     g_test_init(&argc, &argv, NULL);
-    make_pki();
+    pki = vr_test_make_pki(&pki_skip_why);
 
     ADD("valid", 0, test_valid);
     ADD("corrupt", 0, test_corrupt);

@@ -588,37 +588,13 @@ test_key_file_owner(void)
 
 /* ---- main ----------------------------------------------------------------------------- */
 
-/* Run make-pki.sh into the scratch directory once; on failure every test skips or fails. */
-static void
-make_pki(void)
-{
-    g_autofree char *script = g_test_build_filename(G_TEST_DIST, "make-pki.sh", NULL);
-    g_autofree char *dir = vr_test_path("pki");
-    g_autofree char *err = NULL;
-    g_autoptr(GError) error = NULL;
-    const char *argv[] = { "sh", script, dir, NULL };
-    int status = 0;
-
-    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL,
-                               G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
-                               &err, &status, &error));
-    g_assert_no_error(error);
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
-        pki_skip_why = g_strdup_printf("no PKI: %s", g_strstrip(err));
-        return;
-    }
-    if (!g_spawn_check_wait_status(status, &error))
-        g_error("make-pki.sh failed: %s\n%s", error->message, err);
-    pki = g_steal_pointer(&dir);
-}
-
 int
 main(int argc, char **argv)
 {
     int rc;
 
     g_test_init(&argc, &argv, NULL);
-    make_pki();
+    pki = vr_test_make_pki(&pki_skip_why);
 
     for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autofree char *path = g_strdup_printf("/tls-policy/check/%s", cases[i].path);

@@ -267,3 +267,26 @@ vr_test_libvirt_connect(void)
         g_test_skip("libvirtd is not reachable at qemu:///system");
     return conn;
 }
+
+char *
+vr_test_make_pki(char **skip_why)
+{
+    g_autofree char *script = g_test_build_filename(G_TEST_DIST, "make-pki.sh", NULL);
+    g_autofree char *dir = vr_test_path("pki");
+    g_autofree char *err = NULL;
+    g_autoptr(GError) error = NULL;
+    const char *argv[] = { "sh", script, dir, NULL };
+    int status = 0;
+
+    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL,
+                               G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
+                               &err, &status, &error));
+    g_assert_no_error(error);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+        *skip_why = g_strdup_printf("no PKI: %s", g_strstrip(err));
+        return NULL;
+    }
+    if (!g_spawn_check_wait_status(status, &error))
+        g_error("make-pki.sh failed: %s\n%s", error->message, err);
+    return g_steal_pointer(&dir);
+}

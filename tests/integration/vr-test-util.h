@@ -82,6 +82,13 @@ void vr_test_hmp_qemu_io(VrQmpClient *client, const char *qdev, const char *io);
  */
 virConnectPtr vr_test_libvirt_connect(void);
 
+/*
+ * Run tests/integration/make-pki.sh (the test PKI made with certtool) into the scratch
+ * directory: its path (transfer full), or NULL with the reason in @skip_why when certtool
+ * is missing. Fails the test on any other failure.
+ */
+char *vr_test_make_pki(char **skip_why);
+
 /* Connect a client over a unix QMP socket; fails the test on error. (transfer full) */
 VrQmpClient *vr_test_connect_unix(const char *path);
 
