@@ -37,7 +37,7 @@ typedef struct {
     char disk[VR_WIRE_DISK_MAX + 1];
     char *peer_name;
     VrWireDecoder *decoder;
-    gpointer handle; /* the sink's, between begin() and commit() or abort() */
+    gpointer handle; /* the sink's, from begin until commit or the abort callback */
     GError *error;   /* the first failure; nothing more is fed after it */
     guint status;    /* the reply for @error */
 } VrReceiverTransfer;
