@@ -91,30 +91,6 @@ message_cb(json_object *message, gpointer user_data)
     json_object_put(message);
 }
 
-static gsize
-next_chunk(guint8 mode, guint8 control, guint32 *state, gsize left)
-{
-    gsize n;
-
-    switch (mode) {
-    case 0:
-        return left;
-    case 1:
-        return 1;
-    case 2:
-        n = (control >> 2) + 1;
-        break;
-    default:
-        /* xorshift32: cheap, and deterministic for a given input. */
-        *state ^= *state << 13;
-        *state ^= *state >> 17;
-        *state ^= *state << 5;
-        n = *state % 65;
-        break;
-    }
-    return MIN(n, left);
-}
-
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -137,7 +113,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     len = size - 2;
 
     while (pos < len) {
-        gsize n = next_chunk(control & 3, control, &state, len - pos);
+        gsize n = vr_fuzz_next_chunk(control & 3, control, &state, len - pos);
 
         if (!vr_qmp_parser_feed(parser, stream + pos, n, message_cb, &count, &error)) {
             CHECK(g_error_matches(error, VR_QMP_ERROR, VR_QMP_ERROR_PROTOCOL));

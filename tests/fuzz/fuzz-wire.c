@@ -96,30 +96,6 @@ record_cb(const VrWireRecord *rec, gpointer user_data, GError **error)
     return true;
 }
 
-static gsize
-next_chunk(guint8 mode, guint8 control, guint32 *state, gsize left)
-{
-    gsize n;
-
-    switch (mode) {
-    case 0:
-        return left;
-    case 1:
-        return 1;
-    case 2:
-        n = (control >> 2) + 1;
-        break;
-    default:
-        /* xorshift32: cheap, and deterministic for a given input. */
-        *state ^= *state << 13;
-        *state ^= *state >> 17;
-        *state ^= *state << 5;
-        n = *state % 65;
-        break;
-    }
-    return MIN(n, left);
-}
-
 static bool
 stream_error(const GError *error)
 {
@@ -152,7 +128,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     st.out = out;
 
     while (pos < len) {
-        gsize n = next_chunk(control & 3, control, &state, len - pos);
+        gsize n = vr_fuzz_next_chunk(control & 3, control, &state, len - pos);
 
         if (!vr_wire_decoder_feed(decoder, stream + pos, n, record_cb, &st, &error)) {
             CHECK(stream_error(error));

@@ -214,20 +214,7 @@ fixture_teardown_libvirt(Fixture *fx, gconstpointer data)
     if (fx->client != NULL)
         vr_qmp_client_close(fx->client);
     g_clear_object(&fx->client);
-    if (fx->context != NULL) {
-        while (g_main_context_iteration(fx->context, FALSE))
-            ;
-        g_main_context_pop_thread_default(fx->context);
-        g_main_context_unref(fx->context);
-    }
-    if (fx->domain != NULL) {
-        if (virDomainIsActive(fx->domain) == 1)
-            virDomainDestroy(fx->domain);
-        virDomainUndefineFlags(fx->domain, VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA);
-        virDomainFree(fx->domain);
-    }
-    if (fx->conn != NULL)
-        virConnectClose(fx->conn);
+    vr_test_libvirt_teardown(&fx->context, &fx->domain, &fx->conn);
     fixture_teardown(fx, data);
 }
 

@@ -86,22 +86,8 @@ fixture_teardown(Fixture *fx, gconstpointer data)
     if (fx->client != NULL)
         vr_qmp_client_close(fx->client);
     g_clear_object(&fx->client);
-    if (fx->context != NULL) {
-        /* Deliveries from the channel's threads still queued hold memory: run them out. */
-        while (g_main_context_iteration(fx->context, FALSE))
-            ;
-        g_main_context_pop_thread_default(fx->context);
-        g_main_context_unref(fx->context);
-    }
     g_clear_pointer(&fx->vda, vr_qmp_disk_node_free);
-    if (fx->domain != NULL) {
-        if (virDomainIsActive(fx->domain) == 1)
-            virDomainDestroy(fx->domain);
-        virDomainUndefineFlags(fx->domain, VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA);
-        virDomainFree(fx->domain);
-    }
-    if (fx->conn != NULL)
-        virConnectClose(fx->conn);
+    vr_test_libvirt_teardown(&fx->context, &fx->domain, &fx->conn);
     if (fx->image != NULL)
         unlink(fx->image);
     g_free(fx->image);

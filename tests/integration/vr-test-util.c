@@ -290,3 +290,23 @@ vr_test_make_pki(char **skip_why)
         g_error("make-pki.sh failed: %s\n%s", error->message, err);
     return g_steal_pointer(&dir);
 }
+
+void
+vr_test_libvirt_teardown(GMainContext **context, virDomainPtr *domain, virConnectPtr *conn)
+{
+    if (*context != NULL) {
+        /* Deliveries from the channel's threads still queued hold memory: run them out. */
+        while (g_main_context_iteration(*context, FALSE))
+            ;
+        g_main_context_pop_thread_default(*context);
+        g_clear_pointer(context, g_main_context_unref);
+    }
+    if (*domain != NULL) {
+        if (virDomainIsActive(*domain) == 1)
+            virDomainDestroy(*domain);
+        virDomainUndefineFlags(*domain, VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA);
+        g_clear_pointer(domain, virDomainFree);
+    }
+    if (*conn != NULL)
+        g_clear_pointer(conn, virConnectClose);
+}

@@ -89,6 +89,13 @@ virConnectPtr vr_test_libvirt_connect(void);
  */
 char *vr_test_make_pki(char **skip_why);
 
+/*
+ * The end of a libvirt fixture, after its client was closed: run out the deliveries still
+ * queued in @context and pop it, destroy and undefine @domain, close @conn. Each may be
+ * NULL; each is cleared.
+ */
+void vr_test_libvirt_teardown(GMainContext **context, virDomainPtr *domain, virConnectPtr *conn);
+
 /* Connect a client over a unix QMP socket; fails the test on error. (transfer full) */
 VrQmpClient *vr_test_connect_unix(const char *path);
 
