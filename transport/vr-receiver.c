@@ -3,77 +3,112 @@
  *
  * libsoup 3.2 calls, per request: request-started (the first request of a connection comes
  * before the TLS handshake, so its accept-certificate handler runs the policy in the
- * handshake), the early handler once the headers are read (route, policy again, sizes), then
- * got-chunk for every piece of the body (fed to the decoder; accumulation is off, so no
- * chunk outlives its signal), then the handler once the body is complete (finish, commit,
- * reply). A status set in the early handler is sent at once only to a client that sent
- * "Expect: 100-continue"; otherwise libsoup reads (here: drains) the declared body first.
+ * handshake), the early handler once the headers are read (route, policy again,
+ * authorization, sizes, offsets, the sink's begin(), a turn among max_active), then
+ * got-chunk for every piece of the body (fed to the upload's decoder; accumulation is off,
+ * so no chunk outlives its signal), then the handler once the body is complete (finish,
+ * commit, reply). A status set in the early handler is sent at once only to a client that
+ * sent "Expect: 100-continue"; otherwise libsoup reads (here: drains) the declared body
+ * first.
+ *
+ * An upload (one stream, keyed by the URL) outlives its requests: a request that ends early
+ * (the connection dropped) leaves it open for resume_timeout_s, and the next PUT that starts
+ * at the offset it reached continues it with the same decoder and sink handle. A committed
+ * upload is remembered as long, so a repeated request gets its 204 again.
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
 #include "vr-receiver.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <libsoup/soup.h>
 
-#define VR_RECEIVER_PREFIX "/v1/cycles/"
+#define VR_RECEIVER_PREFIX        "/v1/cycles/"
+#define VR_RECEIVER_HEADER_OFFSET "VR-Offset"
+#define VR_RECEIVER_HEADER_LENGTH "VR-Length"
+#define VR_RECEIVER_HEADER_STATE  "VR-State"
+
+G_DEFINE_QUARK(vr - receiver - error - quark, vr_receiver_error)
+
+typedef struct _VrReceiverUpload VrReceiverUpload;
+typedef struct _VrReceiverTransfer VrReceiverTransfer;
 
 struct _VrReceiver {
     SoupServer *server;
     VrTlsPolicy *policy; /* borrowed */
+    VrAuthz *authz;      /* borrowed */
     uint64_t max_body_size;
     const VrReceiverSink *sink; /* borrowed */
     gpointer sink_data;
+    guint max_active;
+    guint io_timeout_s;
+    guint resume_timeout_s;
+    VrReceiverRefusedFunc refused;
+    gpointer refused_data;
+    GMainContext *context;
+    GHashTable *uploads; /* "rel/disk/epoch/base/target" -> VrReceiverUpload (owned) */
+    guint active;        /* transfers holding a turn */
+    GQueue waiting;      /* VrReceiverTransfer, paused until a turn frees */
+    bool closed;         /* vr_receiver_free() ran; transfers still hold a reference */
 };
 
-/* One PUT request: attached to its SoupServerMessage, freed with it. */
-typedef struct {
+/* One stream, across the requests that upload it. */
+struct _VrReceiverUpload {
     VrReceiver *receiver;
-    /* the receiver's sink, kept here: a message can outlive a freed receiver */
-    const VrReceiverSink *sink;
-    gpointer sink_data;
-    char relationship[VR_WIRE_RELATIONSHIP_MAX + 1];
-    char disk[VR_WIRE_DISK_MAX + 1];
-    char *peer_name;
+    char *id; /* the key in receiver->uploads */
+    VrReceiverKey key;
+    uint64_t length; /* the stream's size (VR-Length) */
+    uint64_t offset; /* stream bytes fed to the decoder so far */
     VrWireDecoder *decoder;
-    gpointer handle; /* the sink's, from begin until commit or the abort callback */
-    GError *error;   /* the first failure; nothing more is fed after it */
-    guint status;    /* the reply for @error */
-} VrReceiverTransfer;
+    gpointer handle; /* the sink's, from begin until commit or abort */
+    bool committed;
+    VrReceiverTransfer *owner; /* the request feeding it now, or NULL */
+    GSource *expiry;           /* while no request owns it */
+};
 
-static void
-vr_receiver_transfer_abort(VrReceiverTransfer *transfer)
-{
-    if (transfer->handle == NULL)
-        return;
-    transfer->sink->abort(g_steal_pointer(&transfer->handle));
-}
+/* One request: attached to its SoupServerMessage, freed with it. */
+struct _VrReceiverTransfer {
+    VrReceiver *receiver; /* a reference: a message can outlive vr_receiver_free() */
+    SoupServerMessage *msg;
+    VrReceiverUpload *upload; /* NULL when it ended, failed or another request took over */
+    bool has_turn;
+    bool waiting;
+    GError *error; /* the first failure; nothing more is fed after it */
+    guint status;  /* the reply for @error */
+};
 
-static void
-vr_receiver_transfer_free(VrReceiverTransfer *transfer)
-{
-    if (transfer == NULL)
-        return;
-    /* A client that went away mid-body: its transfer never reached the handler. */
-    vr_receiver_transfer_abort(transfer);
-    g_free(transfer->peer_name);
-    vr_wire_decoder_free(transfer->decoder);
-    g_clear_error(&transfer->error);
-    g_free(transfer);
-}
+static void vr_receiver_next_turn(VrReceiver *receiver);
+static void vr_receiver_unref(VrReceiver *receiver);
 
-/* Record the first failure of @transfer and drop what the sink received. */
-static void
-vr_receiver_transfer_fail(VrReceiverTransfer *transfer, guint status, GError *error)
+/* ---- errors and replies ----------------------------------------------------------------- */
+
+/* The HTTP status for a failure of the sink or of the stream. */
+static guint
+vr_receiver_status_for(const GError *error)
 {
-    if (transfer->error != NULL) {
-        g_error_free(error);
-        return;
+    if (error->domain == VR_RECEIVER_ERROR) {
+        switch ((VrReceiverErrorCode)error->code) {
+        case VR_RECEIVER_ERROR_FORBIDDEN:
+            return SOUP_STATUS_FORBIDDEN;
+        case VR_RECEIVER_ERROR_CONFLICT:
+            return SOUP_STATUS_CONFLICT;
+        case VR_RECEIVER_ERROR_NO_SPACE:
+            return SOUP_STATUS_INSUFFICIENT_STORAGE;
+        case VR_RECEIVER_ERROR_COMMITTED:
+            return SOUP_STATUS_NO_CONTENT;
+        }
     }
-    transfer->error = error;
-    transfer->status = status;
-    vr_receiver_transfer_abort(transfer);
+    if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE))
+        return SOUP_STATUS_INSUFFICIENT_STORAGE;
+    if (g_error_matches(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_FORBIDDEN))
+        return SOUP_STATUS_FORBIDDEN;
+    if (g_error_matches(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_INVALID) ||
+        error->domain == VR_WIRE_ERROR)
+        return SOUP_STATUS_BAD_REQUEST;
+    return SOUP_STATUS_INTERNAL_SERVER_ERROR;
 }
 
 /* Reply @status with a one-line text/plain body. */
@@ -87,6 +122,154 @@ vr_receiver_reply(SoupServerMessage *msg, guint status, const char *message)
     soup_server_message_set_response(msg, "text/plain; charset=utf-8", SOUP_MEMORY_COPY, line,
                                      strlen(line));
 }
+
+static void
+vr_receiver_set_header_u64(SoupServerMessage *msg, const char *name, uint64_t value)
+{
+    char text[24];
+
+    g_snprintf(text, sizeof(text), "%" G_GUINT64_FORMAT, value);
+    soup_message_headers_replace(soup_server_message_get_response_headers(msg), name, text);
+}
+
+/* Where an upload stands: VR-Offset, VR-Length and VR-State on @msg's reply. */
+static void
+vr_receiver_set_upload_headers(SoupServerMessage *msg, const VrReceiverUpload *upload)
+{
+    vr_receiver_set_header_u64(msg, VR_RECEIVER_HEADER_OFFSET, upload->offset);
+    vr_receiver_set_header_u64(msg, VR_RECEIVER_HEADER_LENGTH, upload->length);
+    soup_message_headers_replace(soup_server_message_get_response_headers(msg),
+                                 VR_RECEIVER_HEADER_STATE,
+                                 upload->committed ? "committed" : "receiving");
+}
+
+/* ---- uploads ---------------------------------------------------------------------------- */
+
+static void
+vr_receiver_upload_abort(VrReceiverUpload *upload)
+{
+    if (upload->handle != NULL)
+        upload->receiver->sink->abort(g_steal_pointer(&upload->handle));
+}
+
+/* Abort what @upload holds, detach its request, forget it. */
+static void
+vr_receiver_upload_drop(VrReceiverUpload *upload)
+{
+    VrReceiver *receiver = upload->receiver;
+
+    g_debug("upload %s dropped at %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " bytes%s",
+            upload->id, upload->offset, upload->length, upload->committed ? " (committed)" : "");
+    if (upload->owner != NULL)
+        upload->owner->upload = NULL;
+    vr_receiver_upload_abort(upload);
+    if (upload->expiry != NULL) {
+        g_source_destroy(upload->expiry);
+        g_source_unref(upload->expiry);
+    }
+    vr_wire_decoder_free(upload->decoder);
+    g_hash_table_remove(receiver->uploads, upload->id); /* frees the id */
+    g_free(upload);
+}
+
+static gboolean
+vr_receiver_upload_expired(gpointer data)
+{
+    VrReceiverUpload *upload = data;
+
+    g_clear_pointer(&upload->expiry, g_source_unref);
+    vr_receiver_upload_drop(upload);
+    return G_SOURCE_REMOVE;
+}
+
+/* No request owns @upload any more: keep it for resume_timeout_s. */
+static void
+vr_receiver_upload_release(VrReceiverUpload *upload)
+{
+    upload->owner = NULL;
+    g_assert(upload->expiry == NULL);
+    upload->expiry = g_timeout_source_new_seconds(upload->receiver->resume_timeout_s);
+    g_source_set_callback(upload->expiry, vr_receiver_upload_expired, upload, NULL);
+    g_source_attach(upload->expiry, upload->receiver->context);
+}
+
+/* @transfer's request now feeds @upload. */
+static void
+vr_receiver_upload_take(VrReceiverUpload *upload, VrReceiverTransfer *transfer)
+{
+    if (upload->owner != NULL) {
+        /* A connection that died unnoticed, or a resent request: the newer one wins. */
+        g_debug("upload %s: an older request is detached", upload->id);
+        upload->owner->upload = NULL;
+    }
+    if (upload->expiry != NULL) {
+        g_source_destroy(upload->expiry);
+        g_clear_pointer(&upload->expiry, g_source_unref);
+    }
+    upload->owner = transfer;
+    transfer->upload = upload;
+}
+
+/* ---- transfers (requests) --------------------------------------------------------------- */
+
+static void
+vr_receiver_transfer_free(VrReceiverTransfer *transfer)
+{
+    VrReceiver *receiver = transfer->receiver;
+
+    /* A request that ended before its body did (the client went away): keep the upload. */
+    if (transfer->upload != NULL) {
+        if (!receiver->closed)
+            vr_receiver_upload_release(transfer->upload);
+        else
+            transfer->upload->owner = NULL;
+    }
+    if (transfer->waiting)
+        g_queue_remove(&receiver->waiting, transfer);
+    if (transfer->has_turn) {
+        receiver->active--;
+        if (!receiver->closed)
+            vr_receiver_next_turn(receiver);
+    }
+    g_clear_error(&transfer->error);
+    vr_receiver_unref(receiver);
+    g_free(transfer);
+}
+
+/* Record the first failure of @transfer; its upload is dropped (nothing is committed). */
+static void
+vr_receiver_transfer_fail(VrReceiverTransfer *transfer, guint status, GError *error)
+{
+    if (transfer->error != NULL) {
+        g_error_free(error);
+        return;
+    }
+    transfer->error = error;
+    transfer->status = status;
+    if (transfer->upload != NULL)
+        vr_receiver_upload_drop(transfer->upload);
+}
+
+/* A turn to read a body frees: wake the oldest waiting request. */
+static void
+vr_receiver_next_turn(VrReceiver *receiver)
+{
+    VrReceiverTransfer *next;
+
+    if (receiver->active >= receiver->max_active)
+        return;
+    next = g_queue_pop_head(&receiver->waiting);
+    if (next == NULL)
+        return;
+    next->waiting = false;
+    next->has_turn = true;
+    receiver->active++;
+    g_debug("a waiting request gets its turn (%u active, %u waiting)", receiver->active,
+            receiver->waiting.length);
+    soup_server_message_unpause(next->msg);
+}
+
+/* ---- the path --------------------------------------------------------------------------- */
 
 /* [a-z0-9]{1,max} ending at '/' or NUL: the length, or 0. */
 static size_t
@@ -102,87 +285,181 @@ vr_receiver_component(const char *s, size_t max)
     return n <= max ? n : 0;
 }
 
-/* Split "/v1/cycles/{relationship}/{disk}"; nothing is built from the parts but names. */
-static bool
-vr_receiver_parse_path(const char *path, VrReceiverTransfer *transfer, GError **error)
+/* A decimal uint64 without sign, leading zero (but "0") or excess, ending at '/' or NUL. */
+static size_t
+vr_receiver_number(const char *s, uint64_t *value)
 {
-    size_t rel_len, disk_len;
-    const char *rel, *disk;
+    uint64_t v = 0;
+    size_t n = 0;
 
+    while (g_ascii_isdigit(s[n])) {
+        unsigned digit = (unsigned)(s[n] - '0');
+
+        if (n == 1 && s[0] == '0')
+            return 0;
+        if (v > (G_MAXUINT64 - digit) / 10)
+            return 0;
+        v = v * 10 + digit;
+        n++;
+    }
+    if (n == 0 || (s[n] != '\0' && s[n] != '/'))
+        return 0;
+    *value = v;
+    return n;
+}
+
+/*
+ * Split "/v1/cycles/{relationship}/{disk}/{epoch}/{base}/{target}"; nothing is built from
+ * the parts but the upload's key.
+ */
+static bool
+vr_receiver_parse_path(const char *path, VrReceiverKey *key, GError **error)
+{
+    static const char *const numbers[] = { "epoch", "base cycle", "target cycle" };
+    uint64_t *values[] = { &key->epoch, &key->base_cycle, &key->target_cycle };
+    const char *p;
+    size_t n;
+
+    memset(key, 0, sizeof(*key));
     if (!g_str_has_prefix(path, VR_RECEIVER_PREFIX)) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                    "no such resource: the path is not /v1/cycles/{relationship}/{disk}");
+                    "no such resource: the path is not "
+                    "/v1/cycles/{relationship}/{disk}/{epoch}/{base}/{target}");
         return false;
     }
-    rel = path + strlen(VR_RECEIVER_PREFIX);
-    rel_len = vr_receiver_component(rel, VR_WIRE_RELATIONSHIP_MAX);
-    if (rel_len == 0 || rel[rel_len] != '/') {
+    p = path + strlen(VR_RECEIVER_PREFIX);
+    n = vr_receiver_component(p, VR_WIRE_RELATIONSHIP_MAX);
+    if (n == 0 || p[n] != '/') {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
                     "invalid relationship in the path: [a-z0-9]{1,16} expected");
         return false;
     }
-    disk = rel + rel_len + 1;
-    disk_len = vr_receiver_component(disk, VR_WIRE_DISK_MAX);
-    if (disk_len == 0 || disk[disk_len] != '\0') {
+    memcpy(key->relationship, p, n);
+    p += n + 1;
+    n = vr_receiver_component(p, VR_WIRE_DISK_MAX);
+    if (n == 0 || p[n] != '/') {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
                     "invalid disk in the path: [a-z0-9]{1,31} expected");
         return false;
     }
-    memcpy(transfer->relationship, rel, rel_len);
-    transfer->relationship[rel_len] = '\0';
-    memcpy(transfer->disk, disk, disk_len);
-    transfer->disk[disk_len] = '\0';
-    return true;
-}
-
-/* The decoder's callback: BEGIN opens the sink's transfer, the rest goes to record(). */
-static bool
-vr_receiver_on_record(const VrWireRecord *record, gpointer user_data, GError **error)
-{
-    VrReceiverTransfer *transfer = user_data;
-    const VrReceiverSink *sink = transfer->sink;
-
-    if (record->type == VR_WIRE_RECORD_BEGIN) {
-        if (strcmp(record->identity->relationship, transfer->relationship) != 0 ||
-            strcmp(record->identity->disk, transfer->disk) != 0) {
-            g_set_error(error, VR_WIRE_ERROR, VR_WIRE_ERROR_PROTOCOL,
-                        "the stream is for relationship '%s' disk '%s', the URL for '%s' '%s'",
-                        record->identity->relationship, record->identity->disk,
-                        transfer->relationship, transfer->disk);
+    memcpy(key->disk, p, n);
+    p += n + 1;
+    for (size_t i = 0; i < G_N_ELEMENTS(numbers); i++) {
+        n = vr_receiver_number(p, values[i]);
+        if (n == 0 || p[n] != (i + 1 < G_N_ELEMENTS(numbers) ? '/' : '\0')) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                        "invalid %s in the path: a decimal number expected", numbers[i]);
             return false;
         }
-        transfer->handle =
-            sink->begin(record->identity, transfer->peer_name, transfer->sink_data, error);
-        if (transfer->handle == NULL) {
-            transfer->status = SOUP_STATUS_INTERNAL_SERVER_ERROR;
-            return false;
-        }
-        return true;
+        p += n + 1;
     }
-    g_assert(transfer->handle != NULL);
-    if (!sink->record(transfer->handle, record, error)) {
-        transfer->status = SOUP_STATUS_INTERNAL_SERVER_ERROR;
+    if (key->target_cycle <= key->base_cycle) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "the target cycle %" G_GUINT64_FORMAT
+                    " in the path is not after the base cycle %" G_GUINT64_FORMAT,
+                    key->target_cycle, key->base_cycle);
         return false;
     }
     return true;
+}
+
+static char *
+vr_receiver_key_id(const VrReceiverKey *key)
+{
+    return g_strdup_printf("%s/%s/%" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT,
+                           key->relationship, key->disk, key->epoch, key->base_cycle,
+                           key->target_cycle);
+}
+
+/* An optional (absent: @fallback) or required decimal header. */
+static bool
+vr_receiver_header_u64(SoupMessageHeaders *headers, const char *name, bool required,
+                       uint64_t fallback, uint64_t *value, GError **error)
+{
+    const char *text = soup_message_headers_get_one(headers, name);
+
+    if (text == NULL) {
+        if (required) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "a %s header is required",
+                        name);
+            return false;
+        }
+        *value = fallback;
+        return true;
+    }
+    if (vr_receiver_number(text, value) == 0 || strchr(text, '/') != NULL) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "the %s header is not a decimal number", name);
+        return false;
+    }
+    return true;
+}
+
+/* ---- the stream ------------------------------------------------------------------------- */
+
+/* The decoder's callback: BEGIN must match the URL's key; every record goes to the sink. */
+static bool
+vr_receiver_on_record(const VrWireRecord *record, gpointer user_data, GError **error)
+{
+    VrReceiverUpload *upload = user_data;
+    const VrReceiverKey *key = &upload->key;
+
+    if (record->type == VR_WIRE_RECORD_BEGIN) {
+        const VrWireIdentity *identity = record->identity;
+
+        if (strcmp(identity->relationship, key->relationship) != 0 ||
+            strcmp(identity->disk, key->disk) != 0 || identity->epoch != key->epoch ||
+            identity->base_cycle != key->base_cycle ||
+            identity->target_cycle != key->target_cycle) {
+            g_set_error(error, VR_WIRE_ERROR, VR_WIRE_ERROR_PROTOCOL,
+                        "the stream is relationship '%s' disk '%s' epoch %" G_GUINT64_FORMAT
+                        " cycles %" G_GUINT64_FORMAT "..%" G_GUINT64_FORMAT
+                        ", the URL names '%s' '%s' epoch %" G_GUINT64_FORMAT
+                        " cycles %" G_GUINT64_FORMAT "..%" G_GUINT64_FORMAT,
+                        identity->relationship, identity->disk, identity->epoch,
+                        identity->base_cycle, identity->target_cycle, key->relationship, key->disk,
+                        key->epoch, key->base_cycle, key->target_cycle);
+            return false;
+        }
+    }
+    return upload->receiver->sink->record(upload->handle, record, error);
 }
 
 static void
 vr_receiver_on_got_chunk(SoupServerMessage *msg, GBytes *chunk, gpointer user_data)
 {
     VrReceiverTransfer *transfer = user_data;
+    VrReceiverUpload *upload = transfer->upload;
     GError *error = NULL;
     gsize len = 0;
     const void *data = g_bytes_get_data(chunk, &len);
 
-    if (transfer->error != NULL)
-        return; /* the rest of a failed body is read and dropped */
-    if (!vr_wire_decoder_feed(transfer->decoder, data, len, vr_receiver_on_record, transfer,
-                              &error)) {
-        /* status: 500 when the sink failed (set in the callback), else the stream is bad */
-        vr_receiver_transfer_fail(
-            transfer, transfer->status != 0 ? transfer->status : SOUP_STATUS_BAD_REQUEST, error);
+    if (transfer->error != NULL || upload == NULL)
+        return; /* the rest of a failed or superseded body is read and dropped */
+    if (!vr_wire_decoder_feed(upload->decoder, data, len, vr_receiver_on_record, upload, &error)) {
+        vr_receiver_transfer_fail(transfer, vr_receiver_status_for(error), error);
+        return;
     }
+    upload->offset += len;
+}
+
+/* ---- TLS -------------------------------------------------------------------------------- */
+
+/* Tell the refused callback about a client of @msg refused for @reason. */
+static void
+vr_receiver_refused(VrReceiver *receiver, SoupServerMessage *msg, const char *reason)
+{
+    GSocketAddress *remote = soup_server_message_get_remote_address(msg);
+    g_autofree char *address = NULL;
+
+    g_debug("client refused: %s", reason);
+    if (receiver->refused == NULL)
+        return;
+    if (remote != NULL && G_IS_INET_SOCKET_ADDRESS(remote)) {
+        address = g_inet_address_to_string(
+            g_inet_socket_address_get_address(G_INET_SOCKET_ADDRESS(remote)));
+    }
+    receiver->refused(address != NULL ? address : "unknown", reason, receiver->refused_data);
 }
 
 /*
@@ -214,7 +491,10 @@ vr_receiver_on_accept_certificate(SoupServerMessage *msg, GTlsCertificate *peer,
 
     /* @errors come from glib-networking without a CA database: the policy decides alone. */
     if (!vr_tls_policy_check_gtls(receiver->policy, peer, &error)) {
-        g_debug("client certificate refused in the handshake: %s", error->message);
+        g_autofree char *reason =
+            g_strdup_printf("client certificate refused in the handshake: %s", error->message);
+
+        vr_receiver_refused(receiver, msg, reason);
         return FALSE;
     }
     socket = soup_server_message_get_socket(msg);
@@ -228,23 +508,160 @@ vr_receiver_on_accept_certificate(SoupServerMessage *msg, GTlsCertificate *peer,
 static void
 vr_receiver_on_request_started(SoupServer *server, SoupServerMessage *msg, gpointer user_data)
 {
+    VrReceiver *receiver = user_data;
+    GSocket *socket = soup_server_message_get_socket(msg);
+
+    /* A connection silent for io_timeout_s fails its pending read or write, and closes. */
+    if (socket != NULL)
+        g_socket_set_timeout(socket, receiver->io_timeout_s);
     g_signal_connect(msg, "accept-certificate", G_CALLBACK(vr_receiver_on_accept_certificate),
                      user_data);
 }
 
-/* Headers are in: route, policy, size; then stream the body into a decoder. */
+/* ---- handlers --------------------------------------------------------------------------- */
+
+/* HEAD: how much of the stream the receiver holds. */
+static void
+vr_receiver_head(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKey *key)
+{
+    g_autofree char *id = vr_receiver_key_id(key);
+    VrReceiverUpload *upload = g_hash_table_lookup(receiver->uploads, id);
+
+    if (upload == NULL) {
+        vr_receiver_reply(msg, SOUP_STATUS_NOT_FOUND, "no upload of this stream is open");
+        return;
+    }
+    vr_receiver_set_upload_headers(msg, upload);
+    soup_server_message_set_status(msg, SOUP_STATUS_OK, NULL);
+}
+
+/*
+ * PUT, headers in: find or start the upload, check the offset, then read the body now or
+ * when a turn frees. Returns the transfer, or NULL when @msg got its reply.
+ */
+static VrReceiverTransfer *
+vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKey *key,
+                const VrReceiverPeer *peer)
+{
+    SoupMessageHeaders *headers = soup_server_message_get_request_headers(msg);
+    g_autoptr(GError) error = NULL;
+    g_autofree char *id = vr_receiver_key_id(key);
+    g_autofree char *reason = NULL;
+    VrReceiverUpload *upload = g_hash_table_lookup(receiver->uploads, id);
+    VrReceiverTransfer *transfer;
+    uint64_t offset, length;
+    goffset body;
+    gpointer handle;
+
+    if (soup_message_headers_get_encoding(headers) != SOUP_ENCODING_CONTENT_LENGTH) {
+        vr_receiver_reply(msg, SOUP_STATUS_LENGTH_REQUIRED, "a Content-Length is required");
+        return NULL;
+    }
+    body = soup_message_headers_get_content_length(headers);
+    if (!vr_receiver_header_u64(headers, VR_RECEIVER_HEADER_LENGTH, true, 0, &length, &error) ||
+        !vr_receiver_header_u64(headers, VR_RECEIVER_HEADER_OFFSET, false, 0, &offset, &error)) {
+        vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, error->message);
+        return NULL;
+    }
+    if (length > receiver->max_body_size) {
+        reason = g_strdup_printf("the stream of %" G_GUINT64_FORMAT
+                                 " bytes is larger than the limit of %" G_GUINT64_FORMAT,
+                                 length, receiver->max_body_size);
+        vr_receiver_reply(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, reason);
+        return NULL;
+    }
+    if (body < 0 || offset > length || (uint64_t)body > length - offset) {
+        reason = g_strdup_printf("a body of %" G_GINT64_FORMAT " bytes at offset %" G_GUINT64_FORMAT
+                                 " does not fit in a stream of %" G_GUINT64_FORMAT " bytes",
+                                 (gint64)body, offset, length);
+        vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, reason);
+        return NULL;
+    }
+
+    if (upload != NULL && upload->committed) {
+        /* A repeated request of a committed stream: done already (idempotent). */
+        vr_receiver_set_upload_headers(msg, upload);
+        soup_server_message_set_status(msg, SOUP_STATUS_NO_CONTENT, NULL);
+        return NULL;
+    }
+    if (offset == 0) {
+        /* A stream starts (again): whatever an older upload of it held goes. */
+        if (upload != NULL)
+            vr_receiver_upload_drop(upload);
+        handle = receiver->sink->begin(key, peer, receiver->sink_data, &error);
+        if (handle == NULL) {
+            guint status = vr_receiver_status_for(error);
+
+            if (status == SOUP_STATUS_NO_CONTENT) {
+                soup_message_headers_replace(soup_server_message_get_response_headers(msg),
+                                             VR_RECEIVER_HEADER_STATE, "committed");
+                soup_server_message_set_status(msg, status, NULL);
+            } else {
+                vr_receiver_reply(msg, status, error->message);
+            }
+            return NULL;
+        }
+        upload = g_new0(VrReceiverUpload, 1);
+        upload->receiver = receiver;
+        upload->id = g_steal_pointer(&id);
+        upload->key = *key;
+        upload->length = length;
+        upload->decoder = vr_wire_decoder_new();
+        upload->handle = handle;
+        g_hash_table_insert(receiver->uploads, upload->id, upload);
+    } else if (upload == NULL || upload->offset != offset || upload->length != length) {
+        if (upload == NULL) {
+            reason = g_strdup_printf("no upload of this stream is open: start at offset 0");
+            soup_message_headers_replace(soup_server_message_get_response_headers(msg),
+                                         VR_RECEIVER_HEADER_OFFSET, "0");
+        } else if (upload->length != length) {
+            reason = g_strdup_printf("the open upload of this stream is %" G_GUINT64_FORMAT
+                                     " bytes long, not %" G_GUINT64_FORMAT ": start at offset 0",
+                                     upload->length, length);
+            vr_receiver_set_header_u64(msg, VR_RECEIVER_HEADER_OFFSET, 0);
+        } else {
+            reason = g_strdup_printf("the upload of this stream is at offset %" G_GUINT64_FORMAT
+                                     ", not %" G_GUINT64_FORMAT,
+                                     upload->offset, offset);
+            vr_receiver_set_upload_headers(msg, upload);
+        }
+        vr_receiver_reply(msg, SOUP_STATUS_CONFLICT, reason);
+        return NULL;
+    }
+
+    transfer = g_new0(VrReceiverTransfer, 1);
+    transfer->receiver = g_rc_box_acquire(receiver);
+    transfer->msg = msg;
+    vr_receiver_upload_take(upload, transfer);
+    g_object_set_data_full(G_OBJECT(msg), "vr-receiver-transfer", transfer,
+                           (GDestroyNotify)vr_receiver_transfer_free);
+    if (receiver->active < receiver->max_active) {
+        transfer->has_turn = true;
+        receiver->active++;
+    } else {
+        /* Wait unread (and unanswered: a client sending "Expect: 100-continue" waits too). */
+        g_debug("upload %s waits for a turn (%u active)", upload->id, receiver->active);
+        transfer->waiting = true;
+        g_queue_push_tail(&receiver->waiting, transfer);
+        soup_server_message_pause(msg);
+    }
+    return transfer;
+}
+
+/* Headers are in: method, policy, authorization, route; then the method's work. */
 static void
 vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char *path,
                           GHashTable *query, gpointer user_data)
 {
     VrReceiver *receiver = user_data;
-    SoupMessageHeaders *headers = soup_server_message_get_request_headers(msg);
     g_autoptr(GError) error = NULL;
     g_autofree char *peer_name = NULL;
     g_autofree char *reason = NULL;
-    VrReceiverTransfer *transfer = NULL;
     GTlsCertificate *peer = vr_receiver_peer_certificate(msg);
-    goffset length;
+    const char *method = soup_server_message_get_method(msg);
+    VrReceiverPeer who = { 0 };
+    VrReceiverKey key;
+    VrReceiverTransfer *transfer;
 
     /*
      * Before any decision: libsoup 3.2 reads the whole declared body even after an early
@@ -252,89 +669,105 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
      * must be drained, never buffered.
      */
     soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), FALSE);
-    if (strcmp(soup_server_message_get_method(msg), SOUP_METHOD_PUT) != 0) {
-        soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow", "PUT");
-        vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED, "only PUT is allowed");
+    if (strcmp(method, SOUP_METHOD_PUT) != 0 && strcmp(method, SOUP_METHOD_HEAD) != 0) {
+        soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow",
+                                     "PUT, HEAD");
+        vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED, "only PUT and HEAD are allowed");
         return;
     }
     /* Per request: a CRL reloaded since the handshake cuts off a live connection. */
-    if (!vr_tls_policy_check_gtls(receiver->policy, peer, &error)) {
+    if (!vr_tls_policy_check_gtls(receiver->policy, peer, &error) ||
+        (peer_name = vr_tls_policy_peer_name_gtls(peer, &error)) == NULL) {
         reason = g_strdup_printf("client certificate refused: %s", error->message);
+        vr_receiver_refused(receiver, msg, reason);
         vr_receiver_reply(msg, SOUP_STATUS_FORBIDDEN, reason);
         return;
     }
-    peer_name = vr_tls_policy_peer_name_gtls(peer, &error);
-    if (peer_name == NULL) {
-        reason = g_strdup_printf("client certificate refused: %s", error->message);
-        vr_receiver_reply(msg, SOUP_STATUS_FORBIDDEN, reason);
+    who.name = peer_name;
+    if (!vr_authz_lookup(receiver->authz, peer_name, &who.storage_root, &who.group, &error)) {
+        vr_receiver_refused(receiver, msg, error->message);
+        vr_receiver_reply(msg, SOUP_STATUS_FORBIDDEN, error->message);
         return;
     }
-
     if (g_uri_get_query(soup_server_message_get_uri(msg)) != NULL) {
         vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, "a query is not allowed");
         return;
     }
-    transfer = g_new0(VrReceiverTransfer, 1);
-    transfer->receiver = receiver;
-    transfer->sink = receiver->sink;
-    transfer->sink_data = receiver->sink_data;
-    if (!vr_receiver_parse_path(path, transfer, &error)) {
-        vr_receiver_transfer_free(transfer);
+    if (!vr_receiver_parse_path(path, &key, &error)) {
         vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, error->message);
         return;
     }
-    if (soup_message_headers_get_encoding(headers) != SOUP_ENCODING_CONTENT_LENGTH) {
-        vr_receiver_transfer_free(transfer);
-        vr_receiver_reply(msg, SOUP_STATUS_LENGTH_REQUIRED, "a Content-Length is required");
+    if (strcmp(method, SOUP_METHOD_HEAD) == 0) {
+        vr_receiver_head(receiver, msg, &key);
         return;
     }
-    length = soup_message_headers_get_content_length(headers);
-    if (length < 0 || (guint64)length > receiver->max_body_size) {
-        vr_receiver_transfer_free(transfer);
-        reason = g_strdup_printf("the body of %" G_GINT64_FORMAT
-                                 " bytes is larger than the limit of %" G_GUINT64_FORMAT,
-                                 (gint64)length, receiver->max_body_size);
-        vr_receiver_reply(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, reason);
-        return;
-    }
-
-    transfer->peer_name = g_steal_pointer(&peer_name);
-    transfer->decoder = vr_wire_decoder_new();
-    g_object_set_data_full(G_OBJECT(msg), "vr-receiver-transfer", transfer,
-                           (GDestroyNotify)vr_receiver_transfer_free);
-    g_signal_connect(msg, "got-chunk", G_CALLBACK(vr_receiver_on_got_chunk), transfer);
+    transfer = vr_receiver_put(receiver, msg, &key, &who);
+    if (transfer != NULL)
+        g_signal_connect(msg, "got-chunk", G_CALLBACK(vr_receiver_on_got_chunk), transfer);
 }
 
-/* The body is complete: finish, commit, reply. */
+/* The body is complete: finish and commit the upload, or say where it stands. */
 static void
 vr_receiver_handler(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
                     gpointer user_data)
 {
     VrReceiverTransfer *transfer = g_object_get_data(G_OBJECT(msg), "vr-receiver-transfer");
-    const VrReceiverSink *sink;
+    VrReceiverUpload *upload;
     GError *error = NULL;
 
     if (soup_server_message_get_status(msg) != 0)
         return; /* replied by the early handler */
     g_assert(transfer != NULL);
-    sink = transfer->sink;
-
-    if (transfer->error == NULL) {
-        if (!vr_wire_decoder_finish(transfer->decoder, &error))
-            vr_receiver_transfer_fail(transfer, SOUP_STATUS_BAD_REQUEST, error);
-    }
-    if (transfer->error == NULL) {
-        g_assert(transfer->handle != NULL);
-        if (!sink->commit(transfer->handle, &error))
-            vr_receiver_transfer_fail(transfer, SOUP_STATUS_INTERNAL_SERVER_ERROR, error);
-        else
-            transfer->handle = NULL; /* committed: ended */
+    if (transfer->has_turn) {
+        /* The body is read: the turn goes to the next request now. */
+        transfer->has_turn = false;
+        transfer->receiver->active--;
+        vr_receiver_next_turn(transfer->receiver);
     }
     if (transfer->error != NULL) {
         vr_receiver_reply(msg, transfer->status, transfer->error->message);
         return;
     }
+    upload = transfer->upload;
+    if (upload == NULL) {
+        vr_receiver_reply(msg, SOUP_STATUS_CONFLICT,
+                          "a later request took this upload over: this one was dropped");
+        return;
+    }
+    if (upload->offset < upload->length) {
+        /* A part of the stream: the next request continues from here. */
+        transfer->upload = NULL;
+        vr_receiver_upload_release(upload);
+        vr_receiver_set_upload_headers(msg, upload);
+        soup_server_message_set_status(msg, SOUP_STATUS_ACCEPTED, NULL);
+        return;
+    }
+    if (!vr_wire_decoder_finish(upload->decoder, &error) ||
+        !upload->receiver->sink->commit(upload->handle, &error)) {
+        vr_receiver_transfer_fail(transfer, vr_receiver_status_for(error), error);
+        vr_receiver_reply(msg, transfer->status, transfer->error->message);
+        return;
+    }
+    upload->handle = NULL; /* committed: ended */
+    upload->committed = true;
+    g_clear_pointer(&upload->decoder, vr_wire_decoder_free);
+    transfer->upload = NULL;
+    vr_receiver_upload_release(upload); /* remembered a while, for repeated requests */
+    vr_receiver_set_upload_headers(msg, upload);
     soup_server_message_set_status(msg, SOUP_STATUS_NO_CONTENT, NULL);
+}
+
+static void
+vr_receiver_clear(VrReceiver *receiver)
+{
+    g_hash_table_unref(receiver->uploads);
+    g_main_context_unref(receiver->context);
+}
+
+static void
+vr_receiver_unref(VrReceiver *receiver)
+{
+    g_rc_box_release_full(receiver, (GDestroyNotify)vr_receiver_clear);
 }
 
 VrReceiver *
@@ -344,7 +777,8 @@ vr_receiver_new(const VrReceiverConfig *config, GError **error)
     g_autoptr(SoupServer) server = NULL;
     VrReceiver *receiver;
 
-    g_assert(config->policy != NULL && config->sink != NULL && config->address != NULL);
+    g_assert(config->policy != NULL && config->authz != NULL && config->sink != NULL &&
+             config->address != NULL);
     g_assert(config->sink->begin != NULL && config->sink->record != NULL &&
              config->sink->commit != NULL && config->sink->abort != NULL);
 
@@ -357,16 +791,29 @@ vr_receiver_new(const VrReceiverConfig *config, GError **error)
                              G_TLS_AUTHENTICATION_REQUIRED, "server-header", NULL, NULL);
     if (!soup_server_listen(server, G_SOCKET_ADDRESS(config->address), SOUP_SERVER_LISTEN_HTTPS,
                             error)) {
-        g_prefix_error(error, "failed to listen: ");
+        g_autofree char *where =
+            g_inet_address_to_string(g_inet_socket_address_get_address(config->address));
+
+        g_prefix_error(error, "failed to listen on %s port %u: ", where,
+                       g_inet_socket_address_get_port(config->address));
         return NULL;
     }
 
-    receiver = g_new0(VrReceiver, 1);
+    receiver = g_rc_box_new0(VrReceiver);
     receiver->server = g_steal_pointer(&server);
     receiver->policy = config->policy;
+    receiver->authz = config->authz;
     receiver->max_body_size = config->max_body_size;
     receiver->sink = config->sink;
     receiver->sink_data = config->sink_data;
+    receiver->max_active = config->max_active != 0 ? config->max_active : 4;
+    receiver->io_timeout_s = config->io_timeout_s != 0 ? config->io_timeout_s : 60;
+    receiver->resume_timeout_s = config->resume_timeout_s != 0 ? config->resume_timeout_s : 600;
+    receiver->refused = config->refused;
+    receiver->refused_data = config->refused_data;
+    receiver->context = g_main_context_ref_thread_default();
+    receiver->uploads = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_queue_init(&receiver->waiting);
     g_signal_connect(receiver->server, "request-started",
                      G_CALLBACK(vr_receiver_on_request_started), receiver);
     soup_server_add_early_handler(receiver->server, NULL, vr_receiver_early_handler, receiver,
@@ -382,11 +829,29 @@ vr_receiver_get_uris(VrReceiver *receiver)
 }
 
 void
+vr_receiver_get_load(VrReceiver *receiver, guint *active, guint *queued)
+{
+    *active = receiver->active;
+    *queued = receiver->waiting.length;
+}
+
+void
 vr_receiver_free(VrReceiver *receiver)
 {
+    GHashTableIter iter;
+    gpointer value;
+
     if (receiver == NULL)
         return;
+    receiver->closed = true;
+    /* Every upload, open or interrupted, is aborted; requests still alive drop their part. */
+    while (g_hash_table_size(receiver->uploads) > 0) {
+        g_hash_table_iter_init(&iter, receiver->uploads);
+        g_hash_table_iter_next(&iter, NULL, &value);
+        vr_receiver_upload_drop(value);
+    }
+    g_signal_handlers_disconnect_by_data(receiver->server, receiver);
     soup_server_disconnect(receiver->server);
-    g_object_unref(receiver->server);
-    g_free(receiver);
+    g_clear_object(&receiver->server);
+    vr_receiver_unref(receiver);
 }

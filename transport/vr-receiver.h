@@ -1,11 +1,18 @@
 /*
  * vr-receiver.h: the replica's HTTPS receive endpoint (libsoup 3, mutual TLS only)
  *
- * One route, PUT /v1/cycles/{relationship}/{disk}: the request body is one wire stream
- * (vr-wire.h), streamed into the decoder chunk by chunk (never accumulated) and handed to a
- * sink record by record. The client's certificate goes through the certificate policy
- * (vr-tls-policy.h) in the TLS handshake and again on every request. The protocol, status
- * codes and error rules are in docs/protocol.md ("HTTPS receive endpoint").
+ * One resource per stream, /v1/cycles/{relationship}/{disk}/{epoch}/{base}/{target}: PUT
+ * uploads the wire stream (vr-wire.h), or the rest of it from an offset; HEAD tells how
+ * much of it the receiver holds. The body is streamed into the decoder chunk by chunk
+ * (never accumulated) and handed to a sink record by record. An upload cut by a dropped
+ * connection stays open for a while and resumes at the offset the receiver reached; a
+ * request that sends bytes the receiver already has (libsoup resending a PUT) is harmless.
+ *
+ * The client's certificate goes through the certificate policy (vr-tls-policy.h) in the
+ * TLS handshake and again on every request, then through authorization (vr-authz.h). At
+ * most max_active bodies are read at once; later requests wait, unread, until one ends.
+ * The protocol, status codes and error rules are in docs/protocol.md ("HTTPS receive
+ * endpoint").
  *
  * Called from the thread-default main context the receiver was created in, only.
  *
@@ -19,26 +26,60 @@
 #include <gio/gio.h>
 #include <glib.h>
 
+#include "vr-authz.h"
 #include "vr-tls-policy.h"
 #include "vr-wire.h"
 
 G_BEGIN_DECLS
 
+#define VR_RECEIVER_ERROR (vr_receiver_error_quark())
+GQuark vr_receiver_error_quark(void);
+
 /*
- * Where the verified records of one transfer go. Every member is required. The receiver
- * calls begin() once BEGIN verified and matched the URL; then record() for every later
- * record in stream order (DATA, ZERO, HASHES and END); then, once the decoder finished
- * (END verified, nothing after it), commit() once. A handle ends with a successful commit()
- * or with abort(), never both: after any failure, including a failed commit() and a client
- * that goes away, abort() is called and nothing is committed.
+ * What a sink may answer to steer the HTTP status. Other errors: G_IO_ERROR_NO_SPACE is
+ * 507, VR_AUTHZ_ERROR_FORBIDDEN 403, VR_AUTHZ_ERROR_INVALID and VR_WIRE_ERROR 400, the rest
+ * 500.
+ */
+typedef enum {
+    VR_RECEIVER_ERROR_FORBIDDEN, /* 403: this primary may not write this relationship */
+    VR_RECEIVER_ERROR_CONFLICT,  /* 409: a stale epoch, a base the replica does not hold */
+    VR_RECEIVER_ERROR_NO_SPACE,  /* 507: the replica's storage is full */
+    VR_RECEIVER_ERROR_COMMITTED, /* begin(): this very stream is already committed (204) */
+} VrReceiverErrorCode;
+
+/* What names a stream: the URL, checked against the stream's BEGIN record. */
+typedef struct {
+    char relationship[VR_WIRE_RELATIONSHIP_MAX + 1];
+    char disk[VR_WIRE_DISK_MAX + 1];
+    uint64_t epoch;
+    uint64_t base_cycle;
+    uint64_t target_cycle;
+} VrReceiverKey;
+
+/* The authenticated, authorized primary. */
+typedef struct {
+    const char *name;         /* its certificate identity */
+    const char *storage_root; /* from the authorization entry that matched */
+    const char *group;        /* its trust group */
+} VrReceiverPeer;
+
+/*
+ * Where the verified records of one stream go. Every member is required. begin() is called
+ * once per stream, when its first request (offset 0) has its headers and before any of its
+ * body is read; then record() for every record in stream order (BEGIN, whose identity the
+ * receiver already matched against the key, then DATA, ZERO, HASHES and END), possibly
+ * across several requests when an upload resumes; then, once END is verified and nothing
+ * followed it, commit() once. A handle ends with a successful commit() or with abort(),
+ * never both: after any failure, including a failed commit() and an interrupted upload
+ * that was not resumed in time, abort() is called and nothing is committed.
  */
 typedef struct {
     /*
-     * A transfer of @identity from the client whose certificate names @peer_name (the
-     * policy already accepted it) starts: a handle for it (non-NULL), or NULL and @error
-     * (the request fails with 500). Authorization and storage decisions belong here.
+     * A stream @key from @peer starts: a handle for it (non-NULL), or NULL and @error, whose
+     * code gives the status (above). Authorization of the relationship, epoch and replay
+     * decisions belong here.
      */
-    gpointer (*begin)(const VrWireIdentity *identity, const char *peer_name, gpointer user_data,
+    gpointer (*begin)(const VrReceiverKey *key, const VrReceiverPeer *peer, gpointer user_data,
                       GError **error);
     /* One verified record (transfer none, valid during the call). */
     bool (*record)(gpointer handle, const VrWireRecord *record, GError **error);
@@ -48,15 +89,28 @@ typedef struct {
     void (*abort)(gpointer handle);
 } VrReceiverSink;
 
+/*
+ * A client was refused before reaching the sink: in the TLS handshake (its certificate
+ * failed the policy) or with 403 (the per-request policy check, or authorization).
+ * @address is the client's address, @reason names the exact problem. For the audit log.
+ */
+typedef void (*VrReceiverRefusedFunc)(const char *address, const char *reason, gpointer user_data);
+
 typedef struct {
     const char *cert_file; /* PEM: the server certificate (and its chain) */
     const char *key_file;  /* PEM: its private key */
     /* The policy for clients (peer role VR_TLS_PEER_CLIENT); borrowed, outlives the receiver */
     VrTlsPolicy *policy;
-    GInetSocketAddress *address; /* where to listen; port 0 picks one (see get_uris) */
-    uint64_t max_body_size;      /* a larger Content-Length is refused with 413 */
-    const VrReceiverSink *sink;  /* borrowed, outlives the receiver */
-    gpointer sink_data;          /* the sink's begin() user_data */
+    VrAuthz *authz;                /* which primaries may write; borrowed, outlives the receiver */
+    GInetSocketAddress *address;   /* where to listen; port 0 picks one (see get_uris) */
+    uint64_t max_body_size;        /* a larger stream (VR-Length) is refused with 413 */
+    const VrReceiverSink *sink;    /* borrowed, outlives the receiver */
+    gpointer sink_data;            /* the sink's begin() user_data */
+    guint max_active;              /* bodies read at once; 0: 4 */
+    guint io_timeout_s;            /* a connection silent for this long is closed; 0: 60 */
+    guint resume_timeout_s;        /* an interrupted upload waits this long; 0: 600 */
+    VrReceiverRefusedFunc refused; /* optional */
+    gpointer refused_data;
 } VrReceiverConfig;
 
 typedef struct _VrReceiver VrReceiver;
@@ -67,7 +121,10 @@ VrReceiver *vr_receiver_new(const VrReceiverConfig *config, GError **error);
 /* The URIs it listens on, with the bound port. (transfer full: g_slist_free_full g_uri_unref) */
 GSList *vr_receiver_get_uris(VrReceiver *receiver);
 
-/* Stop listening; transfers in flight are aborted. NULL-safe. */
+/* Requests whose body is being read, and requests waiting for a turn. */
+void vr_receiver_get_load(VrReceiver *receiver, guint *active, guint *queued);
+
+/* Stop listening; transfers in flight and interrupted uploads are aborted. NULL-safe. */
 void vr_receiver_free(VrReceiver *receiver);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrReceiver, vr_receiver_free)
 

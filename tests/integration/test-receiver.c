@@ -16,14 +16,19 @@
 #include <unistd.h>
 
 #include <gio/gunixinputstream.h>
+#include <glib/gstdio.h>
 #include <libsoup/soup.h>
 
 #include "vr-receiver.h"
+#include "vr-sender.h"
 #include "vr-test-util.h"
 #include "vr-tls-policy.h"
 #include "vr-wire.h"
 
 #define MiB (1024 * 1024)
+
+/* the stream of identity_init(): relationship r1, epoch 1, cycles 0..1 */
+#define PATH_VDA "/v1/cycles/r1/vda/1/0/1"
 
 static char *pki;          /* where make-pki.sh wrote the PKI, or NULL */
 static char *pki_skip_why; /* why every test skips */
@@ -38,9 +43,11 @@ pki_path(const char *name)
 
 typedef struct {
     int begins;
+    GError *begin_error; /* begin() fails with a copy of this */
     int commits;
     int aborts;
-    bool open; /* between begin() and commit() or abort() */
+    int open;   /* handles between begin() and commit() or abort() */
+    bool multi; /* several streams may be open at once */
     bool fail_begin;
     bool fail_record;
     bool fail_commit;
@@ -50,6 +57,8 @@ typedef struct {
     uint64_t data_bytes;
     uint64_t zero_bytes;
     char *peer_name;
+    char *peer_group;
+    VrReceiverKey key;
     VrWireIdentity identity;
     /* streaming: the bytes the client's producer wrote so far (another thread), or NULL */
     _Atomic uint64_t *produced;
@@ -59,23 +68,29 @@ typedef struct {
 } TestSink;
 
 static gpointer
-sink_begin(const VrWireIdentity *identity, const char *peer_name, gpointer user_data,
-           GError **error)
+sink_begin(const VrReceiverKey *key, const VrReceiverPeer *peer, gpointer user_data, GError **error)
 {
     TestSink *sink = user_data;
 
-    g_assert_false(sink->open);
+    if (!sink->multi)
+        g_assert_cmpint(sink->open, ==, 0);
     sink->begins++;
-    if (sink->fail_begin) {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED, "no storage for '%s'",
-                    identity->disk);
+    if (sink->begin_error != NULL) {
+        *error = g_error_copy(sink->begin_error);
         return NULL;
     }
-    sink->open = true;
+    if (sink->fail_begin) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED, "no storage for '%s'",
+                    key->disk);
+        return NULL;
+    }
+    sink->open++;
     g_free(sink->peer_name);
-    sink->peer_name = g_strdup(peer_name);
-    sink->identity = *identity;
-    sink->delivered = VR_WIRE_HEADER_SIZE + VR_WIRE_IDENTITY_SIZE;
+    sink->peer_name = g_strdup(peer->name);
+    g_free(sink->peer_group);
+    sink->peer_group = g_strdup(peer->group);
+    sink->key = *key;
+    sink->delivered = 0;
     return sink;
 }
 
@@ -84,7 +99,7 @@ sink_record(gpointer handle, const VrWireRecord *record, GError **error)
 {
     TestSink *sink = handle;
 
-    g_assert_true(sink->open);
+    g_assert_cmpint(sink->open, >, 0);
     if (sink->fail_record) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE, "disk full");
         return false;
@@ -99,6 +114,9 @@ sink_record(gpointer handle, const VrWireRecord *record, GError **error)
             sink->max_lag = MAX(sink->max_lag, produced - sink->delivered);
     }
     switch (record->type) {
+    case VR_WIRE_RECORD_BEGIN:
+        sink->identity = *record->identity;
+        break;
     case VR_WIRE_RECORD_DATA:
         sink->data_records++;
         sink->data_bytes += record->length;
@@ -121,12 +139,12 @@ sink_commit(gpointer handle, GError **error)
 {
     TestSink *sink = handle;
 
-    g_assert_true(sink->open);
+    g_assert_cmpint(sink->open, >, 0);
     if (sink->fail_commit) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "fsync failed");
         return false;
     }
-    sink->open = false;
+    sink->open--;
     sink->commits++;
     return true;
 }
@@ -136,8 +154,8 @@ sink_abort(gpointer handle)
 {
     TestSink *sink = handle;
 
-    g_assert_true(sink->open);
-    sink->open = false;
+    g_assert_cmpint(sink->open, >, 0);
+    sink->open--;
     sink->aborts++;
 }
 
@@ -153,10 +171,16 @@ static const VrReceiverSink test_sink = {
 typedef struct {
     VrTlsPolicy *client_policy; /* the receiver's, for primaries */
     VrTlsPolicy *server_policy; /* the client's, for the replica */
+    VrAuthz *authz;
     VrReceiver *receiver;
     char *base; /* "https://127.0.0.1:PORT" */
-    char *crl;  /* the receiver's CRL file: a copy, so a test can replace it */
+    guint16 port;
+    char *refused; /* the last reason the receiver's refused callback gave */
+    char *crl;     /* the receiver's CRL file: a copy, so a test can replace it */
     TestSink sink;
+    guint max_active;   /* set before fixture_start() */
+    guint io_timeout_s; /* set before fixture_start() */
+    bool no_revocation; /* set before fixture_start(): check-revocation = false for clients */
 } Fixture;
 
 static bool
@@ -174,6 +198,17 @@ skip_without_pki(void)
 }
 
 static void
+fixture_on_refused(const char *address, const char *reason, gpointer user_data)
+{
+    Fixture *fx = user_data;
+
+    g_test_message("refused %s: %s", address, reason);
+    g_assert_cmpstr(address, ==, "127.0.0.1");
+    g_free(fx->refused);
+    fx->refused = g_strdup(reason);
+}
+
+static void
 fixture_start(Fixture *fx, uint64_t max_body_size)
 {
     g_autofree char *ca = pki_path("ca.pem");
@@ -187,7 +222,14 @@ fixture_start(Fixture *fx, uint64_t max_body_size)
     GSList *uris;
     gsize len = 0;
 
+    g_autofree char *storage = vr_test_path("storage");
+
     fx->sink.first_data_at = -1;
+    g_assert_cmpint(g_mkdir_with_parents(storage, 0700), ==, 0);
+    if (fx->authz == NULL) {
+        fx->authz = vr_authz_new_allow_any(storage, "default", &error);
+        g_assert_no_error(error);
+    }
     fx->crl = vr_test_path("crl-live.pem");
     g_assert_true(g_file_get_contents(crl_src, &contents, &len, NULL));
     g_assert_true(g_file_set_contents(fx->crl, contents, len, NULL));
@@ -196,7 +238,7 @@ fixture_start(Fixture *fx, uint64_t max_body_size)
         &(VrTlsPolicyConfig){
             .ca_file = ca,
             .crl_file = fx->crl,
-            .check_revocation = true,
+            .check_revocation = !fx->no_revocation,
             .peer_role = VR_TLS_PEER_CLIENT,
         },
         &error);
@@ -217,10 +259,15 @@ fixture_start(Fixture *fx, uint64_t max_body_size)
             .cert_file = cert,
             .key_file = key,
             .policy = fx->client_policy,
+            .authz = fx->authz,
             .address = G_INET_SOCKET_ADDRESS(address),
             .max_body_size = max_body_size,
             .sink = &test_sink,
             .sink_data = &fx->sink,
+            .max_active = fx->max_active,
+            .io_timeout_s = fx->io_timeout_s,
+            .refused = fixture_on_refused,
+            .refused_data = fx,
         },
         &error);
     g_assert_no_error(error);
@@ -228,8 +275,21 @@ fixture_start(Fixture *fx, uint64_t max_body_size)
     g_assert_nonnull(uris);
     g_assert_cmpstr(g_uri_get_scheme(uris->data), ==, "https");
     g_assert_cmpint(g_uri_get_port(uris->data), >, 0);
+    fx->port = (guint16)g_uri_get_port(uris->data);
     fx->base = g_strdup_printf("https://127.0.0.1:%d", g_uri_get_port(uris->data));
     g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
+}
+
+/* Start the receiver again, with the fixture's settings as a test changed them. */
+static void
+fixture_restart(Fixture *fx)
+{
+    vr_receiver_free(g_steal_pointer(&fx->receiver));
+    vr_tls_policy_free(fx->client_policy);
+    vr_tls_policy_free(fx->server_policy);
+    g_clear_pointer(&fx->base, g_free);
+    g_clear_pointer(&fx->crl, g_free);
+    fixture_start(fx, 256 * MiB);
 }
 
 static void
@@ -244,6 +304,10 @@ static void
 fixture_teardown(Fixture *fx, gconstpointer data)
 {
     vr_receiver_free(fx->receiver);
+    vr_authz_free(fx->authz);
+    g_free(fx->refused);
+    g_clear_error(&fx->sink.begin_error);
+    g_free(fx->sink.peer_group);
     vr_tls_policy_free(fx->client_policy);
     vr_tls_policy_free(fx->server_policy);
     g_free(fx->base);
@@ -327,6 +391,12 @@ client_put(Fixture *fx, SoupSession *session, const char *path, GBytes *body, GI
         soup_message_set_request_body_from_bytes(msg, "application/octet-stream", body);
     else
         soup_message_set_request_body(msg, "application/octet-stream", stream, length);
+    {
+        g_autofree char *total = g_strdup_printf(
+            "%" G_GSIZE_FORMAT, body != NULL ? g_bytes_get_size(body) : (gsize)length);
+
+        soup_message_headers_replace(soup_message_get_request_headers(msg), "VR-Length", total);
+    }
 
     soup_session_send_and_read_async(session, msg, G_PRIORITY_DEFAULT, NULL, client_sent, &reply);
     while (!reply.done)
@@ -412,8 +482,10 @@ raw_put_run(gpointer data)
     conn = g_socket_client_connect_to_uri(client, raw->fx->base, 443, NULL, &error);
     g_assert_no_error(error);
     head = g_strdup_printf("PUT %s HTTP/1.1\r\nHost: replica.example\r\n"
-                           "Content-Length: %" G_GUINT64_FORMAT "\r\nConnection: close\r\n%s\r\n",
+                           "Content-Length: %" G_GUINT64_FORMAT "\r\nVR-Length: %" G_GUINT64_FORMAT
+                           "\r\nConnection: close\r\n%s\r\n",
                            raw->path, raw->claimed != 0 ? raw->claimed : (uint64_t)size,
+                           raw->claimed != 0 ? raw->claimed : (uint64_t)size,
                            raw->claimed != 0 ? "Expect: 100-continue\r\n" : "");
     g_assert_true(g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)), head,
                                             strlen(head), NULL, NULL, &error));
@@ -511,9 +583,8 @@ test_valid(Fixture *fx, gconstpointer data)
         return;
     session = client_session_new();
     body = stream_small("vda");
-    g_assert_cmpuint(
-        client_put(fx, session, "/v1/cycles/r1/vda", body, NULL, 0, "client-ok", NULL, NULL), ==,
-        SOUP_STATUS_NO_CONTENT);
+    g_assert_cmpuint(client_put(fx, session, PATH_VDA, body, NULL, 0, "client-ok", NULL, NULL), ==,
+                     SOUP_STATUS_NO_CONTENT);
     g_assert_cmpint(fx->sink.begins, ==, 1);
     g_assert_cmpstr(fx->sink.peer_name, ==, "primary1");
     g_assert_cmpstr(fx->sink.identity.disk, ==, "vda");
@@ -525,11 +596,16 @@ test_valid(Fixture *fx, gconstpointer data)
     g_assert_cmpint(fx->sink.commits, ==, 1);
     g_assert_cmpint(fx->sink.aborts, ==, 0);
 
-    /* a second cycle on the same connection */
-    g_assert_cmpuint(
-        client_put(fx, session, "/v1/cycles/r1/vda", body, NULL, 0, "client-ok", NULL, NULL), ==,
-        SOUP_STATUS_NO_CONTENT);
-    g_assert_cmpint(fx->sink.commits, ==, 2);
+    g_assert_cmpstr(fx->sink.peer_group, ==, "default");
+    g_assert_cmpstr(fx->sink.key.relationship, ==, "r1");
+    g_assert_cmpuint(fx->sink.key.epoch, ==, 1);
+    g_assert_cmpuint(fx->sink.key.target_cycle, ==, 1);
+
+    /* the same stream again on the same connection (a resent PUT): 204, not applied twice */
+    g_assert_cmpuint(client_put(fx, session, PATH_VDA, body, NULL, 0, "client-ok", NULL, NULL), ==,
+                     SOUP_STATUS_NO_CONTENT);
+    g_assert_cmpint(fx->sink.begins, ==, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 1);
 }
 
 static void
@@ -550,9 +626,8 @@ test_corrupt(Fixture *fx, gconstpointer data)
     /* a byte of the first DATA record's payload */
     bytes[VR_WIRE_HEADER_SIZE + VR_WIRE_IDENTITY_SIZE + VR_WIRE_HEADER_SIZE + 100] ^= 0x01;
     body = g_bytes_new_take(bytes, len);
-    g_assert_cmpuint(
-        client_put(fx, session, "/v1/cycles/r1/vda", body, NULL, 0, "client-ok", &text, NULL), ==,
-        SOUP_STATUS_BAD_REQUEST);
+    g_assert_cmpuint(client_put(fx, session, PATH_VDA, body, NULL, 0, "client-ok", &text, NULL), ==,
+                     SOUP_STATUS_BAD_REQUEST);
     g_assert_nonnull(strstr(text, "checksum") != NULL ? text : strstr(text, "record"));
     g_assert_cmpint(fx->sink.begins, ==, 1);
     g_assert_cmpuint(fx->sink.data_records, ==, 0);
@@ -570,11 +645,11 @@ test_other_disk(Fixture *fx, gconstpointer data)
         return;
     session = client_session_new();
     body = stream_small("vdb");
-    g_assert_cmpuint(
-        client_put(fx, session, "/v1/cycles/r1/vda", body, NULL, 0, "client-ok", &text, NULL), ==,
-        SOUP_STATUS_BAD_REQUEST);
+    g_assert_cmpuint(client_put(fx, session, PATH_VDA, body, NULL, 0, "client-ok", &text, NULL), ==,
+                     SOUP_STATUS_BAD_REQUEST);
     g_assert_nonnull(strstr(text, "'vdb'"));
-    g_assert_cmpint(fx->sink.begins, ==, 0);
+    /* begin() ran on the URL's key before the body; the BEGIN record then failed it */
+    g_assert_cmpint(fx->sink.begins, ==, 1);
     assert_nothing_committed(&fx->sink);
 }
 
@@ -598,6 +673,15 @@ test_bad_path(Fixture *fx, gconstpointer data)
         "/v1/cycles/r12345678901234567/vda",
         "/v1/cycles/r1/d12345678901234567890123456789012",
         "/v2/cycles/r1/vda",
+        "/v1/cycles/r1/vda",
+        "/v1/cycles/r1/vda/1/0",
+        "/v1/cycles/r1/vda/1/0/1/",
+        "/v1/cycles/r1/vda/1/0/01",
+        "/v1/cycles/r1/vda/1/1/1",
+        "/v1/cycles/r1/vda/1/2/1",
+        "/v1/cycles/r1/vda/-1/0/1",
+        "/v1/cycles/r1/vda/1/0/18446744073709551616",
+        "/v1/cycles/r1/vda/1/0/1x",
     };
     g_autoptr(SoupSession) session = NULL;
     g_autoptr(GBytes) body = NULL;
@@ -636,9 +720,8 @@ test_too_large(Fixture *fx, gconstpointer data)
     session = client_session_new();
     body = stream_small("vda");
     g_assert_cmpuint(g_bytes_get_size(body), >, 1024);
-    g_assert_cmpuint(
-        client_put(fx, session, "/v1/cycles/r1/vda", body, NULL, 0, "client-ok", NULL, NULL), ==,
-        SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE);
+    g_assert_cmpuint(client_put(fx, session, PATH_VDA, body, NULL, 0, "client-ok", NULL, NULL), ==,
+                     SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE);
     /*
      * a 1 TiB Content-Length with "Expect: 100-continue" is answered at once, without the
      * body (libsoup 3.2 drains the body of a client that does not ask)
@@ -646,7 +729,7 @@ test_too_large(Fixture *fx, gconstpointer data)
     {
         g_autofree char *text = NULL;
 
-        g_assert_cmpuint(raw_put(fx, "/v1/cycles/r1/vda", body, 1ull << 40, &text), ==,
+        g_assert_cmpuint(raw_put(fx, PATH_VDA, body, 1ull << 40, &text), ==,
                          SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE);
     }
     g_assert_cmpint(fx->sink.begins, ==, 0);
@@ -662,10 +745,11 @@ test_sink_failure(Fixture *fx, gconstpointer data)
         bool begin, record, commit;
         const char *message;
         int aborts;
+        guint status;
     } rows[] = {
-        { true, false, false, "no storage for 'vda'", 0 },
-        { false, true, false, "disk full", 1 },
-        { false, false, true, "fsync failed", 1 },
+        { true, false, false, "no storage for 'vda'", 0, SOUP_STATUS_INTERNAL_SERVER_ERROR },
+        { false, true, false, "disk full", 1, SOUP_STATUS_INSUFFICIENT_STORAGE },
+        { false, false, true, "fsync failed", 1, SOUP_STATUS_INTERNAL_SERVER_ERROR },
     };
     g_autoptr(SoupSession) session = NULL;
     g_autoptr(GBytes) body = NULL;
@@ -678,18 +762,18 @@ test_sink_failure(Fixture *fx, gconstpointer data)
         g_autofree char *text = NULL;
 
         g_free(fx->sink.peer_name);
+        g_free(fx->sink.peer_group);
         fx->sink = (TestSink){ .first_data_at = -1 };
         fx->sink.fail_begin = rows[i].begin;
         fx->sink.fail_record = rows[i].record;
         fx->sink.fail_commit = rows[i].commit;
-        g_assert_cmpuint(
-            client_put(fx, session, "/v1/cycles/r1/vda", body, NULL, 0, "client-ok", &text, NULL),
-            ==, SOUP_STATUS_INTERNAL_SERVER_ERROR);
+        g_assert_cmpuint(client_put(fx, session, PATH_VDA, body, NULL, 0, "client-ok", &text, NULL),
+                         ==, rows[i].status);
         g_assert_cmpstr(g_strchomp(text), ==, rows[i].message);
         g_assert_cmpint(fx->sink.begins, ==, 1);
         g_assert_cmpint(fx->sink.commits, ==, 0);
         g_assert_cmpint(fx->sink.aborts, ==, rows[i].aborts);
-        g_assert_false(fx->sink.open);
+        g_assert_cmpint(fx->sink.open, ==, 0);
     }
 }
 
@@ -712,8 +796,8 @@ test_revoked(Fixture *fx, gconstpointer data)
         return;
     session = client_session_new();
     body = stream_small("vda");
-    assert_refused(fx, client_put(fx, session, "/v1/cycles/r1/vda", body, NULL, 0, "client-revoked",
-                                  NULL, NULL));
+    assert_refused(fx,
+                   client_put(fx, session, PATH_VDA, body, NULL, 0, "client-revoked", NULL, NULL));
 }
 
 static void
@@ -726,8 +810,7 @@ test_no_certificate(Fixture *fx, gconstpointer data)
         return;
     session = client_session_new();
     body = stream_small("vda");
-    assert_refused(fx,
-                   client_put(fx, session, "/v1/cycles/r1/vda", body, NULL, 0, NULL, NULL, NULL));
+    assert_refused(fx, client_put(fx, session, PATH_VDA, body, NULL, 0, NULL, NULL, NULL));
 }
 
 /* A CRL reloaded while the client's connection stays open cuts it off at its next request. */
@@ -761,8 +844,7 @@ test_revoked_live(Fixture *fx, gconstpointer data)
     g_assert_true(vr_tls_policy_reload(fx->client_policy, &error));
     g_assert_no_error(error);
 
-    status = client_put(fx, session, "/v1/cycles/r1/vda", body, NULL, 0, "client-later-revoked",
-                        &text, NULL);
+    status = client_put(fx, session, PATH_VDA, body, NULL, 0, "client-later-revoked", &text, NULL);
     /* the kept-alive connection is reused: the per-request check answers */
     g_assert_cmpuint(status, ==, SOUP_STATUS_FORBIDDEN);
     g_assert_nonnull(strstr(text, "revoked"));
@@ -869,9 +951,9 @@ test_streaming(Fixture *fx, gconstpointer data)
     thread = g_thread_new("producer", producer_run, &p);
 
     session = client_session_new();
-    g_assert_cmpuint(client_put(fx, session, "/v1/cycles/r1/vda", NULL, stream, dry.total,
-                                "client-ok", NULL, NULL),
-                     ==, SOUP_STATUS_NO_CONTENT);
+    g_assert_cmpuint(
+        client_put(fx, session, PATH_VDA, NULL, stream, dry.total, "client-ok", NULL, NULL), ==,
+        SOUP_STATUS_NO_CONTENT);
     g_thread_join(g_steal_pointer(&thread));
     g_assert_true(p.ok);
     g_assert_cmpuint(p.total, ==, dry.total);
@@ -891,6 +973,751 @@ test_streaming(Fixture *fx, gconstpointer data)
     g_assert_cmpint(fx->sink.first_data_at, >=, 0);
     g_assert_cmpuint((uint64_t)fx->sink.first_data_at, <, dry.total / 2);
     g_assert_cmpuint(fx->sink.max_lag, <, 24 * MiB);
+}
+
+/* ---- the sink's answers steer the status ------------------------------------------------ */
+
+static void
+test_sink_status(Fixture *fx, gconstpointer data)
+{
+    static const struct {
+        GQuark (*domain)(void);
+        int code;
+        const char *message;
+        guint status;
+    } rows[] = {
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_CONFLICT,
+          "epoch 1 is stale: the replica is at 2", SOUP_STATUS_CONFLICT },
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_NO_SPACE, "no space left in /srv/replica",
+          SOUP_STATUS_INSUFFICIENT_STORAGE },
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_FORBIDDEN, "r1 belongs to trust group b",
+          SOUP_STATUS_FORBIDDEN },
+        { vr_authz_error_quark, VR_AUTHZ_ERROR_FORBIDDEN, "primary1 may not",
+          SOUP_STATUS_FORBIDDEN },
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_COMMITTED, "", SOUP_STATUS_NO_CONTENT },
+    };
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(GBytes) body = NULL;
+
+    if (skip_without_pki())
+        return;
+    session = client_session_new();
+    body = stream_small("vda");
+    for (unsigned i = 0; i < G_N_ELEMENTS(rows); i++) {
+        g_autofree char *text = NULL;
+
+        g_clear_error(&fx->sink.begin_error);
+        fx->sink.begin_error = g_error_new_literal(rows[i].domain(), rows[i].code, rows[i].message);
+        g_assert_cmpuint(client_put(fx, session, PATH_VDA, body, NULL, 0, "client-ok", &text, NULL),
+                         ==, rows[i].status);
+        g_assert_cmpstr(g_strchomp(text), ==, rows[i].message);
+        g_assert_cmpint(fx->sink.begins, ==, (int)i + 1);
+        g_assert_cmpuint(fx->sink.data_records + fx->sink.zero_records, ==, 0);
+        g_assert_cmpint(fx->sink.commits, ==, 0);
+    }
+}
+
+/* ---- authorization -------------------------------------------------------------------- */
+
+/* A table without an entry for primary1: 403 naming it, the sink never called. */
+static void
+test_authz_unknown(Fixture *fx, gconstpointer data)
+{
+    g_autofree char *storage = vr_test_path("storage-other");
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(GBytes) body = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *text = NULL;
+
+    if (skip_without_pki())
+        return;
+    g_assert_cmpint(g_mkdir_with_parents(storage, 0700), ==, 0);
+    vr_receiver_free(g_steal_pointer(&fx->receiver));
+    vr_authz_free(fx->authz);
+    fx->authz = vr_authz_new_table();
+    g_assert_true(vr_authz_add(fx->authz, "*.dc2.example", storage, "dc2", &error));
+    g_assert_no_error(error);
+    fixture_restart(fx);
+
+    session = client_session_new();
+    body = stream_small("vda");
+    g_assert_cmpuint(client_put(fx, session, PATH_VDA, body, NULL, 0, "client-ok", &text, NULL), ==,
+                     SOUP_STATUS_FORBIDDEN);
+    g_assert_nonnull(strstr(text, "primary1"));
+    g_assert_cmpstr(fx->refused, ==, g_strchomp(text));
+    g_assert_cmpint(fx->sink.begins, ==, 0);
+    assert_nothing_committed(&fx->sink);
+}
+
+/* ---- the upload client ---------------------------------------------------------------- */
+
+/* Write @bytes to a file of the scratch directory: its path. (transfer full) */
+static char *
+stream_file(const char *name, GBytes *bytes)
+{
+    char *path = vr_test_path(name);
+    g_autoptr(GError) error = NULL;
+
+    g_file_set_contents(path, g_bytes_get_data(bytes, NULL), (gssize)g_bytes_get_size(bytes),
+                        &error);
+    g_assert_no_error(error);
+    return path;
+}
+
+/* A stream of @records incompressible 4 MiB DATA records, in a file. (transfer full) */
+static char *
+stream_file_big(const char *name, unsigned records, uint64_t *size)
+{
+    char *path = vr_test_path(name);
+    VrWireIdentity identity;
+    g_autoptr(VrWireEncoder) encoder = NULL;
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    g_autofree uint8_t *buf = g_malloc(BIG_RECORD);
+    g_autoptr(GError) error = NULL;
+    FILE *f = fopen(path, "wb");
+
+    g_assert_nonnull(f);
+    identity_init(&identity, "vda");
+    encoder = vr_wire_encoder_new(&identity, &error);
+    g_assert_no_error(error);
+    g_assert_true(vr_wire_encoder_begin(encoder, out, &error));
+    for (unsigned i = 0; i < records; i++) {
+        big_fill(buf, i);
+        g_assert_true(vr_wire_encoder_add_data(encoder, (uint64_t)i * BIG_RECORD, buf, BIG_RECORD,
+                                               out, &error));
+        g_assert_cmpuint(fwrite(out->data, 1, out->len, f), ==, out->len);
+        g_byte_array_set_size(out, 0);
+    }
+    g_assert_true(vr_wire_encoder_end(encoder, out, &error));
+    g_assert_cmpuint(fwrite(out->data, 1, out->len, f), ==, out->len);
+    g_assert_cmpint(fclose(f), ==, 0);
+    *size = 0;
+    {
+        GStatBuf st;
+
+        g_assert_cmpint(g_stat(path, &st), ==, 0);
+        *size = (uint64_t)st.st_size;
+    }
+    return path;
+}
+
+typedef struct {
+    const char *client_cert; /* a PKI name */
+    VrTlsPolicy *policy;     /* the replica's; NULL: the fixture's server policy */
+    GInetAddress *connect;   /* NULL: 127.0.0.1 through the URL's name */
+    guint16 port;            /* 0: the receiver's */
+    VrRateLimit *limit;      /* or NULL */
+    guint max_attempts;      /* 0: 3 */
+    guint io_timeout_s;      /* 0: 10 */
+} SendOptions;
+
+typedef struct {
+    Fixture *fx;
+    const SendOptions *options;
+    const char *path;
+    VrSenderStats stats;
+    GError *error;
+    bool ok;
+    gint done;
+} Send;
+
+static gpointer
+send_run(gpointer data)
+{
+    Send *send = data;
+    const SendOptions *o = send->options;
+    g_autofree char *cert = g_strdup_printf("%s/%s.pem", pki, o->client_cert);
+    g_autofree char *key = g_strdup_printf("%s/%s-key.pem", pki, o->client_cert);
+    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
+    g_autoptr(VrSender) sender = NULL;
+    VrRateLimit *limits[1] = { o->limit };
+
+    sender = vr_sender_new(
+        &(VrSenderConfig){
+            .server_name = "replica.example",
+            .port = o->port != 0 ? o->port : send->fx->port,
+            .connect_address = o->connect != NULL ? o->connect : loopback,
+            .cert_file = cert,
+            .key_file = key,
+            .policy = o->policy != NULL ? o->policy : send->fx->server_policy,
+            .limits = limits,
+            .n_limits = 1,
+            .max_attempts = o->max_attempts != 0 ? o->max_attempts : 3,
+            .backoff_min_ms = 20,
+            .backoff_max_ms = 200,
+            .io_timeout_s = o->io_timeout_s != 0 ? o->io_timeout_s : 10,
+        },
+        &send->error);
+    if (sender != NULL) {
+        send->ok =
+            vr_sender_upload_file(sender, send->path, NULL, NULL, &send->stats, NULL, &send->error);
+    }
+    g_atomic_int_set(&send->done, 1);
+    g_main_context_wakeup(NULL);
+    return NULL;
+}
+
+/* Upload @path with a VrSender in a thread while the receiver runs here. */
+static bool
+send_file(Fixture *fx, const SendOptions *options, const char *path, VrSenderStats *stats,
+          GError **error)
+{
+    Send send = { .fx = fx, .options = options, .path = path };
+    GThread *thread = g_thread_new("sender", send_run, &send);
+
+    while (!g_atomic_int_get(&send.done))
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(thread);
+    if (stats != NULL)
+        *stats = send.stats;
+    g_test_message("upload of %s: %s; %u requests, %u resumes (last at %" G_GUINT64_FORMAT
+                   "), %" G_GUINT64_FORMAT " body bytes for a stream of %" G_GUINT64_FORMAT,
+                   path, send.ok ? "ok" : send.error->message, send.stats.requests,
+                   send.stats.resumes, send.stats.resumed_at, send.stats.body_bytes,
+                   send.stats.stream_bytes);
+    if (!send.ok)
+        g_propagate_error(error, send.error);
+    return send.ok;
+}
+
+static void
+test_sender_upload(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GBytes) body = NULL;
+    g_autofree char *path = NULL;
+    g_autoptr(GError) error = NULL;
+    VrSenderStats stats;
+
+    if (skip_without_pki())
+        return;
+    body = stream_small("vda");
+    path = stream_file("small.vrw", body);
+    g_assert_true(
+        send_file(fx, &(SendOptions){ .client_cert = "client-ok" }, path, &stats, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+    g_assert_cmpuint(fx->sink.data_bytes, ==, 104 * 1024);
+    g_assert_cmpuint(stats.requests, ==, 1);
+    g_assert_cmpuint(stats.resumes, ==, 0);
+    g_assert_cmpuint(stats.stream_bytes, ==, g_bytes_get_size(body));
+    g_assert_cmpuint(stats.body_bytes, ==, g_bytes_get_size(body));
+    g_assert_false(stats.already_committed);
+
+    /* again: the receiver answers before the body, and nothing is applied twice */
+    g_assert_true(
+        send_file(fx, &(SendOptions){ .client_cert = "client-ok" }, path, &stats, &error));
+    g_assert_true(stats.already_committed);
+    g_assert_cmpuint(stats.body_bytes, ==, 0);
+    g_assert_cmpint(fx->sink.begins, ==, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+}
+
+/* Final refusals are not retried, and name the reason. */
+static void
+test_sender_refused(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GBytes) body = stream_small("vda");
+    g_autofree char *path = NULL;
+    VrSenderStats stats;
+
+    if (skip_without_pki())
+        return;
+    path = stream_file("small.vrw", body);
+    {
+        g_autoptr(GError) error = NULL;
+
+        fx->sink.begin_error = g_error_new_literal(VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
+                                                   "epoch 1 is stale: the replica is at 2");
+        g_assert_false(
+            send_file(fx, &(SendOptions){ .client_cert = "client-ok" }, path, &stats, &error));
+        g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT);
+        g_assert_nonnull(strstr(error->message, "epoch 1 is stale"));
+        g_assert_cmpuint(stats.requests, ==, 1);
+        g_assert_cmpuint(stats.body_bytes, ==, 0); /* 100-continue: the body never left */
+    }
+    {
+        g_autoptr(GError) error = NULL;
+
+        g_clear_error(&fx->sink.begin_error);
+        fx->sink.begin_error =
+            g_error_new_literal(G_IO_ERROR, G_IO_ERROR_NO_SPACE, "no space left on /srv/replica");
+        g_assert_false(
+            send_file(fx, &(SendOptions){ .client_cert = "client-ok" }, path, &stats, &error));
+        g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NO_SPACE);
+        g_assert_nonnull(strstr(error->message, "no space left on /srv/replica"));
+        g_assert_cmpuint(stats.requests, ==, 1);
+    }
+    g_assert_cmpint(fx->sink.commits, ==, 0);
+}
+
+/* Nothing listens: every attempt fails, with backoff, then UNREACHABLE. */
+static void
+test_sender_unreachable(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GBytes) body = stream_small("vda");
+    g_autofree char *path = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GSocket) socket = NULL;
+    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
+    g_autoptr(GSocketAddress) any = g_inet_socket_address_new(loopback, 0);
+    g_autoptr(GSocketAddress) bound = NULL;
+    VrSenderStats stats;
+    guint16 port;
+
+    if (skip_without_pki())
+        return;
+    path = stream_file("small.vrw", body);
+    /* a port that refuses: bound, never listening */
+    socket = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+    g_assert_true(g_socket_bind(socket, any, FALSE, &error));
+    bound = g_socket_get_local_address(socket, &error);
+    port = g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound));
+    g_assert_false(
+        send_file(fx, &(SendOptions){ .client_cert = "client-ok", .port = port, .max_attempts = 3 },
+                  path, &stats, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE);
+    g_assert_nonnull(strstr(error->message, "after 3 failed attempts"));
+    g_assert_cmpint(fx->sink.begins, ==, 0);
+}
+
+/* ---- a connection cut mid-transfer: resume from the receiver's offset ----------------- */
+
+typedef struct {
+    GSocketListener *listener;
+    guint16 port;
+    guint16 target;
+    uint64_t cut_after; /* client-to-server bytes of the first connection before the cut */
+    _Atomic uint64_t forwarded;
+    gint cuts;
+    GThread *thread;
+} Proxy;
+
+typedef struct {
+    GSocket *from;
+    GSocket *to;
+    Proxy *proxy;
+    bool upstream; /* client to server */
+    bool cut;      /* this connection is cut */
+} Pipe;
+
+static gpointer
+proxy_pump(gpointer data)
+{
+    Pipe *p = data;
+    char buf[16384];
+
+    for (;;) {
+        gssize n = g_socket_receive(p->from, buf, sizeof(buf), NULL, NULL);
+
+        if (n <= 0)
+            break;
+        if (p->cut) {
+            uint64_t total = atomic_fetch_add(&p->proxy->forwarded, (uint64_t)n) + (uint64_t)n;
+
+            if (total >= p->proxy->cut_after) {
+                g_atomic_int_inc(&p->proxy->cuts);
+                break;
+            }
+        }
+        if (g_socket_send(p->to, buf, n, NULL, NULL) != n)
+            break;
+    }
+    /* both ways down: the peers see a dead connection */
+    g_socket_shutdown(p->from, TRUE, TRUE, NULL);
+    g_socket_shutdown(p->to, TRUE, TRUE, NULL);
+    return NULL;
+}
+
+static gpointer
+proxy_run(gpointer data)
+{
+    Proxy *proxy = data;
+
+    for (unsigned n = 0;; n++) {
+        g_autoptr(GSocketConnection) client = NULL;
+        g_autoptr(GSocketClient) connector = g_socket_client_new();
+        g_autoptr(GSocketConnection) server = NULL;
+        Pipe up, down;
+        GThread *a, *b;
+
+        client = g_socket_listener_accept(proxy->listener, NULL, NULL, NULL);
+        if (client == NULL)
+            return NULL;
+        server = g_socket_client_connect_to_host(connector, "127.0.0.1", proxy->target, NULL, NULL);
+        if (server == NULL)
+            continue;
+        up = (Pipe){ g_socket_connection_get_socket(client), g_socket_connection_get_socket(server),
+                     proxy, true, n == 0 };
+        down = (Pipe){ g_socket_connection_get_socket(server),
+                       g_socket_connection_get_socket(client), proxy, false, false };
+        a = g_thread_new("up", proxy_pump, &up);
+        b = g_thread_new("down", proxy_pump, &down);
+        g_thread_join(a);
+        g_thread_join(b);
+    }
+}
+
+static void
+test_sender_resume(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
+    Proxy proxy = { 0 };
+    VrSenderStats stats;
+    uint64_t size;
+
+    if (skip_without_pki())
+        return;
+    path = stream_file_big("big.vrw", 8, &size); /* 32 MiB */
+    proxy.listener = g_socket_listener_new();
+    proxy.port = g_socket_listener_add_any_inet_port(proxy.listener, NULL, &error);
+    g_assert_no_error(error);
+    proxy.target = fx->port;
+    proxy.cut_after = 10 * MiB;
+    proxy.thread = g_thread_new("proxy", proxy_run, &proxy);
+
+    g_assert_true(send_file(
+        fx, &(SendOptions){ .client_cert = "client-ok", .connect = loopback, .port = proxy.port },
+        path, &stats, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(g_atomic_int_get(&proxy.cuts), ==, 1);
+    /* resumed from where the receiver stood, not from 0: */
+    g_assert_cmpuint(stats.resumes, ==, 1);
+    g_assert_cmpuint(stats.resumed_at, >, 4 * MiB);
+    g_assert_cmpuint(stats.resumed_at, <=, 10 * MiB);
+    /* what went out twice is what was in flight at the cut, not the stream */
+    g_assert_cmpuint(stats.body_bytes, <, size + 8 * MiB);
+    g_assert_cmpuint(stats.body_bytes, >=, size);
+    /* the receiver decoded every record exactly once, and committed once */
+    g_assert_cmpint(fx->sink.begins, ==, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+    g_assert_cmpint(fx->sink.aborts, ==, 0);
+    g_assert_cmpuint(fx->sink.data_records, ==, 8);
+    g_assert_cmpuint(fx->sink.data_bytes, ==, 8ull * BIG_RECORD);
+
+    g_socket_listener_close(proxy.listener);
+    g_object_unref(proxy.listener);
+    g_thread_unref(proxy.thread); /* blocked in accept on a closed listener: it returns */
+}
+
+/* ---- the queue of active transfers -------------------------------------------------------- */
+
+typedef struct {
+    Fixture *fx;
+    guint max_active_seen;
+    guint max_queued_seen;
+} LoadWatch;
+
+static gboolean
+load_watch_tick(gpointer data)
+{
+    LoadWatch *w = data;
+    guint active, queued;
+
+    vr_receiver_get_load(w->fx->receiver, &active, &queued);
+    w->max_active_seen = MAX(w->max_active_seen, active);
+    w->max_queued_seen = MAX(w->max_queued_seen, queued);
+    return G_SOURCE_CONTINUE;
+}
+
+/* Three uploads at once with max_active 2: never more than two bodies read at once. */
+static void
+test_queue(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(VrRateLimit) limit = vr_rate_limit_new(24 * MiB, 256 * 1024);
+    g_autofree char *paths[3] = { NULL };
+    Send sends[3];
+    GThread *threads[3];
+    LoadWatch watch = { .fx = fx };
+    guint tick;
+    uint64_t size;
+
+    if (skip_without_pki())
+        return;
+    fx->max_active = 2;
+    fixture_restart(fx);
+
+    for (unsigned i = 0; i < 3; i++) {
+        g_autofree char *name = g_strdup_printf("queue-%u.vrw", i);
+        VrWireIdentity identity;
+        g_autoptr(VrWireEncoder) encoder = NULL;
+        g_autoptr(GByteArray) out = g_byte_array_new();
+        g_autofree uint8_t *buf = g_malloc(BIG_RECORD);
+        g_autoptr(GBytes) bytes = NULL;
+
+        /* a stream of its own disk: vd0, vd1, vd2 (8 MiB each) */
+        identity_init(&identity, "vda");
+        g_snprintf(identity.disk, sizeof(identity.disk), "vd%u", i);
+        encoder = vr_wire_encoder_new(&identity, NULL);
+        g_assert_true(vr_wire_encoder_begin(encoder, out, NULL));
+        for (unsigned r = 0; r < 2; r++) {
+            big_fill(buf, r + 10 * i);
+            g_assert_true(vr_wire_encoder_add_data(encoder, (uint64_t)r * BIG_RECORD, buf,
+                                                   BIG_RECORD, out, NULL));
+        }
+        g_assert_true(vr_wire_encoder_end(encoder, out, NULL));
+        bytes = g_byte_array_free_to_bytes(g_steal_pointer(&out));
+        paths[i] = stream_file(name, bytes);
+        size = g_bytes_get_size(bytes);
+    }
+    g_assert_cmpuint(size, >, 8 * MiB);
+    /* the test sink allows one open handle: count per-stream in this test instead */
+    fx->sink.multi = true;
+
+    tick = g_timeout_add(5, load_watch_tick, &watch);
+    for (unsigned i = 0; i < 3; i++) {
+        sends[i] = (Send){ .fx = fx,
+                           .options = &(SendOptions){ .client_cert = "client-ok", .limit = limit },
+                           .path = paths[i] };
+        threads[i] = g_thread_new("sender", send_run, &sends[i]);
+    }
+    for (unsigned i = 0; i < 3; i++) {
+        while (!g_atomic_int_get(&sends[i].done))
+            g_main_context_iteration(NULL, TRUE);
+        g_thread_join(threads[i]);
+        g_assert_no_error(sends[i].error);
+        g_assert_true(sends[i].ok);
+    }
+    g_source_remove(tick);
+    g_test_message("at most %u active and %u waiting", watch.max_active_seen,
+                   watch.max_queued_seen);
+    g_assert_cmpuint(watch.max_active_seen, ==, 2);
+    g_assert_cmpuint(watch.max_queued_seen, ==, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 3);
+    g_assert_cmpuint(fx->sink.data_bytes, ==, 3 * 2ull * BIG_RECORD);
+}
+
+/* ---- limits on the connection: a silent client is cut off; huge headers refused ----------- */
+
+typedef struct {
+    Fixture *fx;
+    const char *head; /* sent, then nothing */
+    gint64 closed_after_us;
+    char *reply;
+    gint done;
+} Stall;
+
+static gpointer
+stall_run(gpointer data)
+{
+    Stall *stall = data;
+    g_autoptr(GSocketClient) client = g_socket_client_new();
+    g_autoptr(GSocketConnection) conn = NULL;
+    g_autoptr(GByteArray) reply = g_byte_array_new();
+    g_autoptr(GError) error = NULL;
+    guint8 buf[4096];
+    gssize n;
+    gint64 start;
+
+    g_socket_client_set_tls(client, TRUE);
+    g_signal_connect(client, "event", G_CALLBACK(raw_event), stall->fx);
+    conn = g_socket_client_connect_to_uri(client, stall->fx->base, 443, NULL, &error);
+    g_assert_no_error(error);
+    g_assert_true(g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)),
+                                            stall->head, strlen(stall->head), NULL, NULL, &error));
+    start = g_get_monotonic_time();
+    while ((n = g_input_stream_read(g_io_stream_get_input_stream(G_IO_STREAM(conn)), buf,
+                                    sizeof(buf), NULL, NULL)) > 0)
+        g_byte_array_append(reply, buf, n);
+    stall->closed_after_us = g_get_monotonic_time() - start;
+    g_byte_array_append(reply, (const guint8 *)"", 1);
+    stall->reply = g_strdup((const char *)reply->data);
+    g_atomic_int_set(&stall->done, 1);
+    g_main_context_wakeup(NULL);
+    return NULL;
+}
+
+static void
+stall(Fixture *fx, Stall *s)
+{
+    GThread *thread = g_thread_new("stall", stall_run, s);
+
+    s->fx = fx;
+    while (!g_atomic_int_get(&s->done))
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(thread);
+    g_test_message("closed after %.1f s, reply: %s", s->closed_after_us / 1e6, s->reply);
+}
+
+static void
+test_limits(Fixture *fx, gconstpointer data)
+{
+    g_autofree char *huge = NULL;
+    g_autofree char *filler = NULL;
+
+    if (skip_without_pki())
+        return;
+    fx->io_timeout_s = 1;
+    fixture_restart(fx);
+
+    /* half a request line, then silence: closed after the I/O timeout, without an answer */
+    {
+        Stall s = { .head = "PUT /v1/cycles/r1/vda/1/0/1 HT" };
+
+        stall(fx, &s);
+        g_assert_cmpint(s.closed_after_us, >=, 900 * 1000);
+        g_assert_cmpint(s.closed_after_us, <, 10 * G_USEC_PER_SEC);
+        g_free(s.reply);
+    }
+    /* headers, then a body that never comes: the upload is left to resume, nothing committed */
+    {
+        Stall s = { .head = "PUT " PATH_VDA " HTTP/1.1\r\nHost: replica.example\r\n"
+                            "Content-Length: 1000\r\nVR-Length: 1000\r\n\r\nVRW1" };
+
+        stall(fx, &s);
+        g_assert_cmpint(s.closed_after_us, >=, 900 * 1000);
+        g_assert_cmpint(s.closed_after_us, <, 10 * G_USEC_PER_SEC);
+        g_assert_cmpint(fx->sink.begins, ==, 1);
+        g_assert_cmpint(fx->sink.commits, ==, 0);
+        g_free(s.reply);
+    }
+    /* 80 KiB of headers: refused by libsoup's 64 KiB limit before any handler */
+    filler = g_strnfill(80 * 1024, 'a');
+    huge = g_strdup_printf("PUT " PATH_VDA " HTTP/1.1\r\nHost: replica.example\r\nX-Filler: %s\r\n"
+                           "Content-Length: 10\r\nVR-Length: 10\r\n\r\n",
+                           filler);
+    {
+        Stall s = { .head = huge };
+
+        stall(fx, &s);
+        g_assert_false(g_str_has_prefix(s.reply, "HTTP/1.1 2"));
+        g_assert_cmpint(s.closed_after_us, <, 10 * G_USEC_PER_SEC);
+        g_free(s.reply);
+    }
+    g_assert_cmpint(fx->sink.commits, ==, 0);
+}
+
+/* ---- the certificate matrix through a live handshake -------------------------------------- */
+
+/* Clients the receiver must refuse in the handshake, with the reason it gives. */
+static void
+test_matrix_clients(Fixture *fx, gconstpointer data)
+{
+    static const struct {
+        const char *cert;
+        const char *reason;
+    } rows[] = {
+        { "client-expired", "expired on 2021-01-01" },
+        { "client-notyet", "is not valid before 2099-01-01" },
+        { "client-untrusted", "is not signed by the configured CA" },
+        { "client-selfsigned", "is self-signed, not signed by the configured CA" },
+        { "ca-leaf", "is a CA certificate" },
+        { "client-revoked", "'revoked1' is revoked" },
+        { "client-sha1", "weak signature" },
+        /* GnuTLS cannot sign a TLS 1.3 handshake with P-192: refused below the policy */
+        { "client-weak-p192", NULL },
+        { "client-serverauth-only", "clientAuth" },
+        { "client-noeku", "clientAuth" },
+        { "client-weak-rsa", "weak key" },
+    };
+    g_autoptr(GBytes) body = stream_small("vda");
+    g_autofree char *path = NULL;
+
+    if (skip_without_pki())
+        return;
+    path = stream_file("small.vrw", body);
+    for (unsigned i = 0; i < G_N_ELEMENTS(rows); i++) {
+        g_autoptr(GError) error = NULL;
+        g_autofree char *cert = g_strdup_printf("%s/%s.pem", pki, rows[i].cert);
+
+        if (!g_file_test(cert, G_FILE_TEST_EXISTS)) {
+            g_test_message("%s: not made by this certtool", rows[i].cert);
+            continue;
+        }
+        g_clear_pointer(&fx->refused, g_free);
+        g_assert_false(send_file(fx,
+                                 &(SendOptions){ .client_cert = rows[i].cert, .max_attempts = 1 },
+                                 path, NULL, &error));
+        g_assert_nonnull(error);
+        g_test_message("%s: %s / %s", rows[i].cert, error->message, fx->refused);
+        if (rows[i].reason != NULL) {
+            g_assert_nonnull(fx->refused);
+            g_assert_nonnull(strstr(fx->refused, rows[i].reason));
+        }
+        g_assert_cmpint(fx->sink.begins, ==, 0);
+    }
+    g_assert_cmpint(fx->sink.commits, ==, 0);
+}
+
+/* Replicas the client must refuse, with the reason in its error; no byte reaches the sink. */
+static void
+test_matrix_servers(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GBytes) body = stream_small("vda");
+    g_autofree char *path = NULL;
+    g_autofree char *ca = pki_path("ca.pem");
+    g_autofree char *crl = pki_path("crl.pem");
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrTlsPolicy) other_name = NULL;
+
+    if (skip_without_pki())
+        return;
+    path = stream_file("small.vrw", body);
+
+    /* a replica whose certificate names another host */
+    other_name = vr_tls_policy_new(
+        &(VrTlsPolicyConfig){
+            .ca_file = ca,
+            .crl_file = crl,
+            .check_revocation = true,
+            .peer_role = VR_TLS_PEER_SERVER,
+            .server_name = "replica2.example",
+        },
+        &error);
+    g_assert_no_error(error);
+    g_assert_false(send_file(fx, &(SendOptions){ .client_cert = "client-ok", .policy = other_name },
+                             path, NULL, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CERTIFICATE);
+    g_assert_nonnull(strstr(error->message, "replica2.example"));
+    g_clear_error(&error);
+
+    /* a replica with a clientAuth-only certificate */
+    vr_receiver_free(g_steal_pointer(&fx->receiver));
+    {
+        g_autofree char *cert = pki_path("server-clientauth-only.pem");
+        g_autofree char *key = pki_path("server-clientauth-only-key.pem");
+        g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
+        g_autoptr(GSocketAddress) address = g_inet_socket_address_new(loopback, fx->port);
+
+        fx->receiver = vr_receiver_new(
+            &(VrReceiverConfig){
+                .cert_file = cert,
+                .key_file = key,
+                .policy = fx->client_policy,
+                .authz = fx->authz,
+                .address = G_INET_SOCKET_ADDRESS(address),
+                .max_body_size = MiB,
+                .sink = &test_sink,
+                .sink_data = &fx->sink,
+            },
+            &error);
+        g_assert_no_error(error);
+    }
+    g_assert_false(send_file(fx, &(SendOptions){ .client_cert = "client-ok" }, path, NULL, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CERTIFICATE);
+    g_assert_nonnull(strstr(error->message, "serverAuth"));
+    g_assert_cmpint(fx->sink.begins, ==, 0);
+}
+
+/* check-revocation = false: a revoked client is accepted (the caller warns; Hyper-V's switch) */
+static void
+test_matrix_no_revocation(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GBytes) body = stream_small("vda");
+    g_autofree char *path = NULL;
+    g_autoptr(GError) error = NULL;
+
+    if (skip_without_pki())
+        return;
+    path = stream_file("small.vrw", body);
+    fx->no_revocation = true;
+    fixture_restart(fx);
+    g_assert_true(
+        send_file(fx, &(SendOptions){ .client_cert = "client-revoked" }, path, NULL, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+    g_assert_cmpstr(fx->sink.peer_name, ==, "revoked1");
 }
 
 /* ---- main ----------------------------------------------------------------------------- */
@@ -917,6 +1744,17 @@ main(int argc, char **argv)
     ADD("tls/no-certificate", 0, test_no_certificate);
     ADD("tls/revoked-live", 0, test_revoked_live);
     ADD("streaming", 0, test_streaming);
+    ADD("sink-status", 0, test_sink_status);
+    ADD("authz/unknown-primary", 0, test_authz_unknown);
+    ADD("queue", 0, test_queue);
+    ADD("limits", 0, test_limits);
+    ADD("sender/upload", 0, test_sender_upload);
+    ADD("sender/refused", 0, test_sender_refused);
+    ADD("sender/unreachable", 0, test_sender_unreachable);
+    ADD("sender/resume", 0, test_sender_resume);
+    ADD("tls/matrix-clients", 0, test_matrix_clients);
+    ADD("tls/matrix-servers", 0, test_matrix_servers);
+    ADD("tls/no-revocation", 0, test_matrix_no_revocation);
 
     rc = g_test_run();
     g_free(pki);

@@ -1,0 +1,614 @@
+/*
+ * vr-sender.c: the primary's HTTPS upload client
+ *
+ * One upload is a loop of attempts, each on a SoupSession of its own main context (pushed
+ * as the thread's default for the call): PUT the stream from the offset the receiver
+ * holds, and after a failure that may pass (a dropped connection, a timeout, 5xx) wait,
+ * HEAD for the offset, and PUT the rest. The body is a GInputStream over the file that
+ * reads at most VR_SENDER_BLOCK bytes per call at the offset it stands at, taking tokens
+ * from the bandwidth limits first: memory stays a few blocks, whatever the stream's size.
+ *
+ * Never through a proxy: the replication network is direct (and libproxy's lookup can stall
+ * a thread on WPAD).
+ *
+ * The replica's certificate: the connection gets no CA database, so glib-networking reports
+ * every certificate as unknown and our policy decides in accept-certificate; and after the
+ * handshake the policy runs again on the peer certificate (a resumed TLS session skips
+ * accept-certificate in glib-networking).
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include "vr-sender.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <libsoup/soup.h>
+
+#include "vr-wire.h"
+
+#define VR_SENDER_BLOCK      (256 * 1024)
+#define VR_SENDER_REASON_MAX 512
+
+G_DEFINE_QUARK(vr - sender - error - quark, vr_sender_error)
+
+struct _VrSender {
+    char *server_name;
+    guint16 port;
+    GSocketConnectable *remote; /* the replica's replication address, or NULL */
+    GSocketAddress *local;      /* the source address, or NULL */
+    GTlsCertificate *cert;
+    VrTlsPolicy *policy;
+    VrRateLimit **limits;
+    guint n_limits;
+    guint max_attempts;
+    guint backoff_min_ms;
+    guint backoff_max_ms;
+    guint io_timeout_s;
+};
+
+/* ---- the request body: a file from an offset, throttled --------------------------------- */
+
+typedef struct {
+    GInputStream parent;
+    int fd;           /* borrowed */
+    uint64_t pos;     /* the next byte of the file to send */
+    uint64_t length;  /* the file's size */
+    VrSender *sender; /* for the limits */
+    VrSenderProgress progress;
+    gpointer progress_data;
+    uint64_t *sent; /* counts every byte handed out */
+} VrSenderBody;
+
+typedef struct {
+    GInputStreamClass parent_class;
+} VrSenderBodyClass;
+
+static GType vr_sender_body_get_type(void);
+G_DEFINE_TYPE(VrSenderBody, vr_sender_body, G_TYPE_INPUT_STREAM)
+
+/* Sleep @us microseconds, or less when @cancellable fires: false then. */
+static bool
+vr_sender_sleep(int64_t us, GCancellable *cancellable, GError **error)
+{
+    int64_t until = g_get_monotonic_time() + us;
+    int64_t now;
+
+    while ((now = g_get_monotonic_time()) < until) {
+        if (g_cancellable_set_error_if_cancelled(cancellable, error))
+            return false;
+        g_usleep(MIN(until - now, 50000));
+    }
+    return !g_cancellable_set_error_if_cancelled(cancellable, error);
+}
+
+static gssize
+vr_sender_body_read(GInputStream *stream, void *buffer, gsize count, GCancellable *cancellable,
+                    GError **error)
+{
+    VrSenderBody *body = (VrSenderBody *)stream;
+    VrSender *sender = body->sender;
+    size_t n = MIN(count, VR_SENDER_BLOCK);
+    int64_t wait;
+    ssize_t got;
+
+    if (body->pos >= body->length)
+        return 0;
+    n = MIN(n, body->length - body->pos);
+    wait = vr_rate_limit_reserve(sender->limits, sender->n_limits, n, g_get_monotonic_time());
+    if (wait > 0 && !vr_sender_sleep(wait, cancellable, error))
+        return -1;
+    do {
+        got = pread(body->fd, buffer, n, (off_t)body->pos);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) {
+        int errsv = errno;
+
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv),
+                    "failed to read the stream at offset %" G_GUINT64_FORMAT ": %s", body->pos,
+                    g_strerror(errsv));
+        return -1;
+    }
+    if (got == 0) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                    "the stream file shrank: it ends at %" G_GUINT64_FORMAT
+                    ", not %" G_GUINT64_FORMAT,
+                    body->pos, body->length);
+        return -1;
+    }
+    body->pos += (uint64_t)got;
+    *body->sent += (uint64_t)got;
+    if (body->progress != NULL)
+        body->progress(body->pos, body->length, body->progress_data);
+    return got;
+}
+
+static gboolean
+vr_sender_body_close(GInputStream *stream, GCancellable *cancellable, GError **error)
+{
+    return TRUE; /* the fd belongs to the upload */
+}
+
+static void
+vr_sender_body_class_init(VrSenderBodyClass *klass)
+{
+    GInputStreamClass *stream_class = G_INPUT_STREAM_CLASS(klass);
+
+    stream_class->read_fn = vr_sender_body_read;
+    stream_class->close_fn = vr_sender_body_close;
+}
+
+static void
+vr_sender_body_init(VrSenderBody *body)
+{
+}
+
+/* ---- one upload ------------------------------------------------------------------------- */
+
+typedef struct {
+    VrSender *sender;
+    int fd;
+    uint64_t length;
+    char *uri;
+    VrSenderProgress progress;
+    gpointer progress_data;
+    VrSenderStats *stats;
+    GCancellable *cancellable;
+    GError *tls_error; /* why the policy refused the replica in this attempt */
+} VrSenderUpload;
+
+/* The policy on the replica's certificate: in the handshake, and after it. */
+static gboolean
+vr_sender_on_accept_certificate(GTlsConnection *conn, GTlsCertificate *peer,
+                                GTlsCertificateFlags errors, gpointer user_data)
+{
+    VrSenderUpload *upload = user_data;
+    g_autoptr(GError) error = NULL;
+
+    if (vr_tls_policy_check_gtls(upload->sender->policy, peer, &error))
+        return TRUE;
+    if (upload->tls_error == NULL)
+        upload->tls_error = g_steal_pointer(&error);
+    return FALSE;
+}
+
+static void
+vr_sender_on_network_event(SoupMessage *msg, GSocketClientEvent event, GIOStream *connection,
+                           gpointer user_data)
+{
+    VrSenderUpload *upload = user_data;
+    g_autoptr(GError) error = NULL;
+    GTlsCertificate *peer;
+
+    if (!G_IS_TLS_CONNECTION(connection))
+        return;
+    switch (event) {
+    case G_SOCKET_CLIENT_TLS_HANDSHAKING:
+        /* No CA database: every certificate reaches accept-certificate, the policy decides. */
+        g_tls_connection_set_database(G_TLS_CONNECTION(connection), NULL);
+        g_signal_connect(connection, "accept-certificate",
+                         G_CALLBACK(vr_sender_on_accept_certificate), upload);
+        break;
+    case G_SOCKET_CLIENT_TLS_HANDSHAKED:
+        peer = g_tls_connection_get_peer_certificate(G_TLS_CONNECTION(connection));
+        if (peer == NULL) {
+            g_set_error(&error, G_TLS_ERROR, G_TLS_ERROR_BAD_CERTIFICATE,
+                        "the replica sent no certificate");
+        } else if (vr_tls_policy_check_gtls(upload->sender->policy, peer, &error)) {
+            break;
+        }
+        if (upload->tls_error == NULL)
+            upload->tls_error = g_steal_pointer(&error);
+        /* fails the request; the upload stops because tls_error is set */
+        g_io_stream_close(connection, NULL, NULL);
+        break;
+    default:
+        break;
+    }
+}
+
+static SoupMessage *
+vr_sender_message_new(VrSenderUpload *upload, const char *method)
+{
+    SoupMessage *msg = soup_message_new(method, upload->uri);
+
+    soup_message_set_tls_client_certificate(msg, upload->sender->cert);
+    /* Never resent behind our back: every attempt is ours, with the offset it is for. */
+    soup_message_add_flags(msg, SOUP_MESSAGE_NO_REDIRECT);
+    g_signal_connect(msg, "network-event", G_CALLBACK(vr_sender_on_network_event), upload);
+    return msg;
+}
+
+/* A decimal header of the reply; false when absent or not a number. */
+static bool
+vr_sender_reply_u64(SoupMessage *msg, const char *name, uint64_t *value)
+{
+    const char *text = soup_message_headers_get_one(soup_message_get_response_headers(msg), name);
+    char *end = NULL;
+
+    if (text == NULL || !g_ascii_isdigit(text[0]))
+        return false;
+    errno = 0;
+    *value = g_ascii_strtoull(text, &end, 10);
+    return errno == 0 && *end == '\0';
+}
+
+typedef struct {
+    GAsyncResult *result;
+} VrSenderWait;
+
+static void
+vr_sender_done(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    VrSenderWait *wait = user_data;
+
+    wait->result = g_object_ref(result);
+}
+
+/* Iterate the upload's context (the thread default) until @wait has its result. */
+static void
+vr_sender_wait(VrSenderWait *wait)
+{
+    while (wait->result == NULL)
+        g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
+}
+
+/*
+ * Send @msg and read at most VR_SENDER_REASON_MAX bytes of the reply: its first line.
+ * Asynchronous calls on this thread's own context: libsoup 3.2's synchronous send deadlocks
+ * in glib-networking's handshake when the certificate is verified by accept-certificate.
+ */
+static char *
+vr_sender_send(VrSenderUpload *upload, SoupSession *session, SoupMessage *msg, GError **error)
+{
+    g_autoptr(GInputStream) reply = NULL;
+    VrSenderWait wait = { 0 };
+    char buf[VR_SENDER_REASON_MAX + 1];
+    gsize got = 0;
+    bool ok;
+    char *nl;
+
+    soup_session_send_async(session, msg, G_PRIORITY_DEFAULT, upload->cancellable, vr_sender_done,
+                            &wait);
+    vr_sender_wait(&wait);
+    reply = soup_session_send_finish(session, wait.result, error);
+    g_clear_object(&wait.result);
+    if (reply == NULL)
+        return NULL;
+    g_input_stream_read_all_async(reply, buf, VR_SENDER_REASON_MAX, G_PRIORITY_DEFAULT,
+                                  upload->cancellable, vr_sender_done, &wait);
+    vr_sender_wait(&wait);
+    ok = g_input_stream_read_all_finish(reply, wait.result, &got, error);
+    g_clear_object(&wait.result);
+    if (!ok)
+        return NULL;
+    buf[got] = '\0';
+    nl = strchr(buf, '\n');
+    if (nl != NULL)
+        *nl = '\0';
+    return g_strdup(buf);
+}
+
+typedef enum {
+    VR_SENDER_DONE,   /* committed */
+    VR_SENDER_AGAIN,  /* go on from the offset now known, at once */
+    VR_SENDER_RETRY,  /* a failure that may pass: wait, ask for the offset, go on */
+    VR_SENDER_FAILED, /* final: @error */
+} VrSenderOutcome;
+
+/* Where the receiver stands: the offset to go on from (0: start over). */
+static VrSenderOutcome
+vr_sender_probe(VrSenderUpload *upload, SoupSession *session, uint64_t *offset, GError **error)
+{
+    g_autoptr(SoupMessage) msg = vr_sender_message_new(upload, SOUP_METHOD_HEAD);
+    g_autofree char *reason = vr_sender_send(upload, session, msg, error);
+    const char *state;
+    guint status;
+
+    if (reason == NULL)
+        return VR_SENDER_RETRY;
+    status = soup_message_get_status(msg);
+    if (status == SOUP_STATUS_NOT_FOUND) {
+        *offset = 0;
+        return VR_SENDER_AGAIN;
+    }
+    if (status != SOUP_STATUS_OK) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE, "HEAD %s: %u %s",
+                    upload->uri, status, soup_message_get_reason_phrase(msg));
+        return SOUP_STATUS_IS_SERVER_ERROR(status) ? VR_SENDER_RETRY : VR_SENDER_FAILED;
+    }
+    state = soup_message_headers_get_one(soup_message_get_response_headers(msg), "VR-State");
+    if (g_strcmp0(state, "committed") == 0) {
+        upload->stats->already_committed = true;
+        return VR_SENDER_DONE;
+    }
+    if (!vr_sender_reply_u64(msg, "VR-Offset", offset) || *offset > upload->length)
+        *offset = 0;
+    return VR_SENDER_AGAIN;
+}
+
+/* PUT the stream from @offset; on a conflict about the offset, @offset becomes the right one. */
+static VrSenderOutcome
+vr_sender_put(VrSenderUpload *upload, SoupSession *session, uint64_t *offset, GError **error)
+{
+    g_autoptr(SoupMessage) msg = vr_sender_message_new(upload, SOUP_METHOD_PUT);
+    g_autoptr(GInputStream) stream = g_object_new(vr_sender_body_get_type(), NULL);
+    VrSenderBody *body = (VrSenderBody *)stream;
+    SoupMessageHeaders *headers = soup_message_get_request_headers(msg);
+    g_autofree char *reason = NULL;
+    char text[24];
+    uint64_t at;
+    guint status;
+
+    body->fd = upload->fd;
+    body->pos = *offset;
+    body->length = upload->length;
+    body->sender = upload->sender;
+    body->progress = upload->progress;
+    body->progress_data = upload->progress_data;
+    body->sent = &upload->stats->body_bytes;
+    g_snprintf(text, sizeof(text), "%" G_GUINT64_FORMAT, *offset);
+    soup_message_headers_replace(headers, "VR-Offset", text);
+    g_snprintf(text, sizeof(text), "%" G_GUINT64_FORMAT, upload->length);
+    soup_message_headers_replace(headers, "VR-Length", text);
+    soup_message_headers_set_expectations(headers, SOUP_EXPECTATION_CONTINUE);
+    soup_message_set_request_body(msg, "application/vnd.virt-replica.stream", stream,
+                                  (gssize)(upload->length - *offset));
+    upload->stats->requests++;
+    if (*offset > 0) {
+        upload->stats->resumes++;
+        upload->stats->resumed_at = *offset;
+    }
+    g_debug("PUT %s from offset %" G_GUINT64_FORMAT, upload->uri, *offset);
+
+    reason = vr_sender_send(upload, session, msg, error);
+    if (reason == NULL)
+        return VR_SENDER_RETRY;
+    status = soup_message_get_status(msg);
+    switch (status) {
+    case SOUP_STATUS_NO_CONTENT:
+        if (*offset == 0 && body->pos == *offset && upload->length > 0)
+            upload->stats->already_committed = true; /* answered before the body */
+        return VR_SENDER_DONE;
+    case SOUP_STATUS_ACCEPTED:
+        if (!vr_sender_reply_u64(msg, "VR-Offset", &at) || at > upload->length)
+            break;
+        *offset = at;
+        return VR_SENDER_AGAIN;
+    case SOUP_STATUS_CONFLICT:
+        if (vr_sender_reply_u64(msg, "VR-Offset", &at) && at <= upload->length) {
+            g_debug("the receiver holds %" G_GUINT64_FORMAT " bytes: %s", at, reason);
+            *offset = at;
+            return VR_SENDER_AGAIN;
+        }
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT, "the replica refused %s: %s",
+                    upload->uri, reason);
+        return VR_SENDER_FAILED;
+    case SOUP_STATUS_INSUFFICIENT_STORAGE:
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NO_SPACE,
+                    "the replica is out of space: %s", reason);
+        return VR_SENDER_FAILED;
+    default:
+        break;
+    }
+    if (SOUP_STATUS_IS_SERVER_ERROR(status)) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
+                    "the replica failed: %u %s", status, reason);
+        return VR_SENDER_RETRY;
+    }
+    g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED, "the replica refused %s: %u %s",
+                upload->uri, status,
+                reason[0] != '\0' ? reason : soup_message_get_reason_phrase(msg));
+    return VR_SENDER_FAILED;
+}
+
+/* The wait before retry @n (1, 2, ...): exponential, capped, with half of it random. */
+static int64_t
+vr_sender_backoff_us(VrSender *sender, guint n)
+{
+    uint64_t ms = sender->backoff_min_ms;
+
+    for (guint i = 1; i < n && ms < sender->backoff_max_ms; i++)
+        ms *= 2;
+    ms = MIN(ms, sender->backoff_max_ms);
+    return (int64_t)(ms * 500) + g_random_int_range(0, (gint32)MAX(ms * 500, 1));
+}
+
+static bool
+vr_sender_ignore_record(const VrWireRecord *record, gpointer user_data, GError **error)
+{
+    return true;
+}
+
+/* The BEGIN record of the stream in @fd: the identity, for the URL. */
+static bool
+vr_sender_read_identity(int fd, uint64_t length, VrWireIdentity *identity, GError **error)
+{
+    uint8_t head[VR_WIRE_HEADER_SIZE + VR_WIRE_IDENTITY_SIZE];
+    g_autoptr(VrWireDecoder) decoder = vr_wire_decoder_new();
+    g_autoptr(GError) local = NULL;
+    const VrWireIdentity *begin;
+    ssize_t got;
+
+    if (length < sizeof(head)) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID,
+                    "%" G_GUINT64_FORMAT " bytes are too short for a stream", length);
+        return false;
+    }
+    got = pread(fd, head, sizeof(head), 0);
+    if (got != (ssize_t)sizeof(head)) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID,
+                    "failed to read the stream's BEGIN record: %s",
+                    got < 0 ? g_strerror(errno) : "short read");
+        return false;
+    }
+    if (!vr_wire_decoder_feed(decoder, head, sizeof(head), vr_sender_ignore_record, NULL, &local) ||
+        (begin = vr_wire_decoder_get_identity(decoder)) == NULL) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID, "not a stream: %s",
+                    local != NULL ? local->message : "no BEGIN record");
+        return false;
+    }
+    *identity = *begin;
+    return true;
+}
+
+bool
+vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progress,
+                      gpointer progress_data, VrSenderStats *stats, GCancellable *cancellable,
+                      GError **error)
+{
+    g_autoptr(GMainContext) context = g_main_context_new();
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(GError) last = NULL;
+    VrSenderStats local_stats;
+    VrWireIdentity identity;
+    VrSenderUpload upload = { 0 };
+    struct stat st;
+    uint64_t offset = 0;
+    guint failures = 0;
+    bool probe = false;
+    bool ok = false;
+
+    if (stats == NULL)
+        stats = &local_stats;
+    memset(stats, 0, sizeof(*stats));
+    upload.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (upload.fd < 0 || fstat(upload.fd, &st) < 0) {
+        int errsv = errno;
+
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "failed to open '%s': %s",
+                    path, g_strerror(errsv));
+        if (upload.fd >= 0)
+            close(upload.fd);
+        return false;
+    }
+    upload.length = (uint64_t)st.st_size;
+    stats->stream_bytes = upload.length;
+    if (!vr_sender_read_identity(upload.fd, upload.length, &identity, error)) {
+        g_prefix_error(error, "'%s': ", path);
+        close(upload.fd);
+        return false;
+    }
+    upload.sender = sender;
+    upload.uri =
+        g_strdup_printf("https://%s:%u/v1/cycles/%s/%s/%" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT
+                        "/%" G_GUINT64_FORMAT,
+                        sender->server_name, sender->port, identity.relationship, identity.disk,
+                        identity.epoch, identity.base_cycle, identity.target_cycle);
+    upload.progress = progress;
+    upload.progress_data = progress_data;
+    upload.stats = stats;
+    upload.cancellable = cancellable;
+
+    g_main_context_push_thread_default(context);
+    session = soup_session_new_with_options(
+        "timeout", sender->io_timeout_s, "idle-timeout", sender->io_timeout_s, "remote-connectable",
+        sender->remote, "local-address", sender->local, "user-agent", "virt-replica",
+        "max-conns-per-host", 1, "proxy-resolver", NULL, NULL);
+    for (guint requests = 0; requests < sender->max_attempts * 2;) {
+        VrSenderOutcome outcome;
+
+        g_clear_error(&last);
+        requests++;
+        if (probe)
+            outcome = vr_sender_probe(&upload, session, &offset, &last);
+        else
+            outcome = vr_sender_put(&upload, session, &offset, &last);
+        if (upload.tls_error != NULL) {
+            g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CERTIFICATE,
+                        "the certificate of replica %s was refused: %s", sender->server_name,
+                        upload.tls_error->message);
+            goto out;
+        }
+        if (g_cancellable_set_error_if_cancelled(cancellable, error))
+            goto out;
+        switch (outcome) {
+        case VR_SENDER_DONE:
+            ok = true;
+            goto out;
+        case VR_SENDER_AGAIN:
+            probe = false;
+            continue;
+        case VR_SENDER_FAILED:
+            g_propagate_error(error, g_steal_pointer(&last));
+            goto out;
+        case VR_SENDER_RETRY:
+            break;
+        }
+        failures++;
+        g_debug("attempt %u of %s failed: %s", failures, upload.uri, last->message);
+        if (failures >= sender->max_attempts)
+            break;
+        if (!vr_sender_sleep(vr_sender_backoff_us(sender, failures), cancellable, error))
+            goto out;
+        probe = true;
+        /* a fresh connection: the old one may be half dead */
+        soup_session_abort(session);
+    }
+    g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
+                "failed to upload to %s after %u failed attempts; the last: %s", upload.uri,
+                failures, last != NULL ? last->message : "too many conflicting offsets");
+
+out:
+    g_clear_object(&session);
+    g_main_context_pop_thread_default(context);
+    g_clear_error(&upload.tls_error);
+    g_free(upload.uri);
+    close(upload.fd);
+    return ok;
+}
+
+/* ---- the sender ------------------------------------------------------------------------- */
+
+VrSender *
+vr_sender_new(const VrSenderConfig *config, GError **error)
+{
+    g_autoptr(VrSender) sender = g_new0(VrSender, 1);
+
+    g_assert(config->policy != NULL);
+    if (config->server_name == NULL || config->server_name[0] == '\0' || config->port == 0) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID,
+                    "the replica's server name and port are required");
+        return NULL;
+    }
+    if (!vr_tls_check_key_file(config->key_file, error))
+        return NULL;
+    sender->cert = g_tls_certificate_new_from_files(config->cert_file, config->key_file, error);
+    if (sender->cert == NULL) {
+        g_prefix_error(error, "failed to load the client certificate '%s': ", config->cert_file);
+        return NULL;
+    }
+    sender->server_name = g_strdup(config->server_name);
+    sender->port = config->port;
+    if (config->connect_address != NULL) {
+        sender->remote =
+            G_SOCKET_CONNECTABLE(g_inet_socket_address_new(config->connect_address, config->port));
+    }
+    if (config->local_address != NULL)
+        sender->local = g_inet_socket_address_new(config->local_address, 0);
+    sender->policy = config->policy;
+    sender->n_limits = config->n_limits;
+    sender->limits = g_memdup2(config->limits, sizeof(VrRateLimit *) * config->n_limits);
+    sender->max_attempts = config->max_attempts != 0 ? config->max_attempts : 8;
+    sender->backoff_min_ms = config->backoff_min_ms != 0 ? config->backoff_min_ms : 500;
+    sender->backoff_max_ms = config->backoff_max_ms != 0 ? config->backoff_max_ms : 30000;
+    sender->backoff_max_ms = MAX(sender->backoff_max_ms, sender->backoff_min_ms);
+    sender->io_timeout_s = config->io_timeout_s != 0 ? config->io_timeout_s : 60;
+    return g_steal_pointer(&sender);
+}
+
+void
+vr_sender_free(VrSender *sender)
+{
+    if (sender == NULL)
+        return;
+    g_free(sender->server_name);
+    g_clear_object(&sender->remote);
+    g_clear_object(&sender->local);
+    g_clear_object(&sender->cert);
+    g_free(sender->limits);
+    g_free(sender);
+}

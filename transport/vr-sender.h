@@ -1,0 +1,95 @@
+/*
+ * vr-sender.h: the primary's HTTPS upload client (libsoup 3, mutual TLS only)
+ *
+ * Uploads one wire stream (vr-wire.h), kept in a file, to the replica's receiver
+ * (vr-receiver.h): PUT with "Expect: 100-continue", the body streamed from the file in
+ * small pieces (memory does not grow with the stream), through the configured bandwidth
+ * limits. After a dropped connection, a timeout or a 5xx reply it waits (exponential
+ * backoff with jitter), asks the receiver how much it holds (HEAD), and sends the rest from
+ * there. A refusal (400, 403, 409, 413, 507) or a certificate the policy rejects is final
+ * and is not retried.
+ *
+ * The replica is named by its DNS name (the URL's host and the identity the certificate
+ * policy checks) and may be reached at another address, the replica's address on the
+ * replication network, with the source address bound to this host's address there.
+ *
+ * A VrSender is immutable after vr_sender_new(): uploads may run in several threads at
+ * once, each blocking the thread that called it (it runs its own main context).
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <gio/gio.h>
+#include <glib.h>
+
+#include "vr-rate-limit.h"
+#include "vr-tls-policy.h"
+
+G_BEGIN_DECLS
+
+#define VR_SENDER_ERROR (vr_sender_error_quark())
+GQuark vr_sender_error_quark(void);
+
+typedef enum {
+    VR_SENDER_ERROR_REFUSED,     /* the receiver refused the stream (4xx); names status, reason */
+    VR_SENDER_ERROR_CONFLICT,    /* 409: a stale epoch or a base the replica does not hold */
+    VR_SENDER_ERROR_NO_SPACE,    /* 507: the replica's storage is full; try again later */
+    VR_SENDER_ERROR_CERTIFICATE, /* the replica's certificate was refused; names the reason */
+    VR_SENDER_ERROR_UNREACHABLE, /* every attempt failed; the last failure is in the message */
+    VR_SENDER_ERROR_INVALID,     /* the file is not a wire stream */
+} VrSenderErrorCode;
+
+typedef struct {
+    const char *server_name; /* the replica's DNS name: URL host, and what its certificate names */
+    guint16 port;
+    /* Connect here instead of resolving @server_name (the replica on the replication
+     * network); NULL: resolve @server_name. */
+    GInetAddress *connect_address;
+    GInetAddress *local_address; /* bind the source address here; NULL: any */
+    const char *cert_file;       /* PEM: this primary's certificate (clientAuth) */
+    const char *key_file;        /* PEM: its private key (not readable by group or others) */
+    VrTlsPolicy *policy;         /* for the replica (VR_TLS_PEER_SERVER, server_name); borrowed */
+    /* Token buckets (per host, per relationship), borrowed; NULL entries are skipped. They
+     * may be shared by uploads in several threads. */
+    VrRateLimit *const *limits;
+    guint n_limits;
+    guint max_attempts;   /* requests per upload before giving up; 0: 8 */
+    guint backoff_min_ms; /* wait before the first retry; 0: 500 */
+    guint backoff_max_ms; /* the longest wait; 0: 30000 */
+    guint io_timeout_s;   /* a connection silent for this long fails; 0: 60 */
+} VrSenderConfig;
+
+typedef struct _VrSender VrSender;
+
+/* Check @config and load the client certificate. (transfer full) */
+VrSender *vr_sender_new(const VrSenderConfig *config, GError **error);
+void vr_sender_free(VrSender *sender);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrSender, vr_sender_free)
+
+typedef struct {
+    uint64_t stream_bytes;  /* the size of the stream */
+    uint64_t body_bytes;    /* request body bytes handed to the connection, all attempts */
+    guint requests;         /* PUT requests sent */
+    guint resumes;          /* PUTs that started past offset 0 */
+    uint64_t resumed_at;    /* the offset of the last resume */
+    bool already_committed; /* the receiver had committed this stream before */
+} VrSenderStats;
+
+/*
+ * Called from the uploading thread as the body goes out: @offset of @total bytes.
+ */
+typedef void (*VrSenderProgress)(uint64_t offset, uint64_t total, gpointer user_data);
+
+/*
+ * Upload the wire stream in @path: its BEGIN record names the resource. Blocks until the
+ * receiver committed it (true), or a final error. @stats (optional) is filled either way.
+ */
+bool vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progress,
+                           gpointer progress_data, VrSenderStats *stats, GCancellable *cancellable,
+                           GError **error);
+
+G_END_DECLS
