@@ -52,12 +52,21 @@ struct _VrSender {
 
 /* ---- the request body: a file from an offset, throttled --------------------------------- */
 
+/*
+ * A pollable GInputStream over the stream file from an offset: libsoup splices it into the
+ * connection on the upload's context, one read at a time, without a thread per read. The
+ * bandwidth limits are asked before each block; when they say wait, the stream is not
+ * readable until then (its source is a timer), and the block is read then without asking
+ * again.
+ */
 typedef struct {
     GInputStream parent;
     int fd;           /* borrowed */
     uint64_t pos;     /* the next byte of the file to send */
     uint64_t length;  /* the file's size */
     VrSender *sender; /* for the limits */
+    uint64_t granted; /* bytes the limits already granted */
+    int64_t ready_at; /* monotonic time they may go at */
     VrSenderProgress progress;
     gpointer progress_data;
     uint64_t *sent; /* counts every byte handed out */
@@ -68,7 +77,10 @@ typedef struct {
 } VrSenderBodyClass;
 
 static GType vr_sender_body_get_type(void);
-G_DEFINE_TYPE(VrSenderBody, vr_sender_body, G_TYPE_INPUT_STREAM)
+static void vr_sender_body_pollable_init(GPollableInputStreamInterface *iface);
+G_DEFINE_TYPE_WITH_CODE(VrSenderBody, vr_sender_body, G_TYPE_INPUT_STREAM,
+                        G_IMPLEMENT_INTERFACE(G_TYPE_POLLABLE_INPUT_STREAM,
+                                              vr_sender_body_pollable_init))
 
 /* Sleep @us microseconds, or less when @cancellable fires: false then. */
 static bool
@@ -85,22 +97,29 @@ vr_sender_sleep(int64_t us, GCancellable *cancellable, GError **error)
     return !g_cancellable_set_error_if_cancelled(cancellable, error);
 }
 
-static gssize
-vr_sender_body_read(GInputStream *stream, void *buffer, gsize count, GCancellable *cancellable,
-                    GError **error)
+/* Ask the limits for the next block unless granted: how long until it may go (0: now). */
+static int64_t
+vr_sender_body_grant(VrSenderBody *body, gsize count)
 {
-    VrSenderBody *body = (VrSenderBody *)stream;
-    VrSender *sender = body->sender;
-    size_t n = MIN(count, VR_SENDER_BLOCK);
-    int64_t wait;
+    int64_t now = g_get_monotonic_time();
+
+    if (body->granted == 0) {
+        uint64_t n = MIN(MIN(count, VR_SENDER_BLOCK), body->length - body->pos);
+
+        body->ready_at =
+            now + vr_rate_limit_reserve(body->sender->limits, body->sender->n_limits, n, now);
+        body->granted = n;
+    }
+    return MAX(body->ready_at - now, 0);
+}
+
+/* Read at most the granted bytes at the current position. */
+static gssize
+vr_sender_body_pread(VrSenderBody *body, void *buffer, gsize count, GError **error)
+{
+    size_t n = MIN(count, body->granted);
     ssize_t got;
 
-    if (body->pos >= body->length)
-        return 0;
-    n = MIN(n, body->length - body->pos);
-    wait = vr_rate_limit_reserve(sender->limits, sender->n_limits, n, g_get_monotonic_time());
-    if (wait > 0 && !vr_sender_sleep(wait, cancellable, error))
-        return -1;
     do {
         got = pread(body->fd, buffer, n, (off_t)body->pos);
     } while (got < 0 && errno == EINTR);
@@ -120,10 +139,75 @@ vr_sender_body_read(GInputStream *stream, void *buffer, gsize count, GCancellabl
         return -1;
     }
     body->pos += (uint64_t)got;
+    body->granted -= (uint64_t)got;
     *body->sent += (uint64_t)got;
     if (body->progress != NULL)
         body->progress(body->pos, body->length, body->progress_data);
     return got;
+}
+
+static gssize
+vr_sender_body_read(GInputStream *stream, void *buffer, gsize count, GCancellable *cancellable,
+                    GError **error)
+{
+    VrSenderBody *body = (VrSenderBody *)stream;
+    int64_t wait;
+
+    if (body->pos >= body->length || count == 0)
+        return 0;
+    wait = vr_sender_body_grant(body, count);
+    if (wait > 0 && !vr_sender_sleep(wait, cancellable, error))
+        return -1;
+    return vr_sender_body_pread(body, buffer, count, error);
+}
+
+static gssize
+vr_sender_body_read_nonblocking(GPollableInputStream *stream, void *buffer, gsize count,
+                                GError **error)
+{
+    VrSenderBody *body = (VrSenderBody *)stream;
+
+    if (body->pos >= body->length || count == 0)
+        return 0;
+    if (vr_sender_body_grant(body, count) > 0) {
+        g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK, "rate limited");
+        return -1;
+    }
+    return vr_sender_body_pread(body, buffer, count, error);
+}
+
+static gboolean
+vr_sender_body_is_readable(GPollableInputStream *stream)
+{
+    VrSenderBody *body = (VrSenderBody *)stream;
+
+    return body->granted == 0 || body->ready_at <= g_get_monotonic_time();
+}
+
+static GSource *
+vr_sender_body_create_source(GPollableInputStream *stream, GCancellable *cancellable)
+{
+    VrSenderBody *body = (VrSenderBody *)stream;
+    g_autoptr(GSource) base = g_pollable_source_new(G_OBJECT(stream));
+
+    /* A file is always readable: the source fires at once, or when the limits allow. */
+    g_source_set_ready_time(base, body->granted == 0 ? 0 : body->ready_at);
+    return g_pollable_source_new_full(stream, base, cancellable);
+}
+
+static gboolean
+vr_sender_body_can_poll(GPollableInputStream *stream)
+{
+    return TRUE;
+}
+
+static void
+vr_sender_body_pollable_init(GPollableInputStreamInterface *iface)
+{
+    iface->can_poll = vr_sender_body_can_poll;
+    iface->is_readable = vr_sender_body_is_readable;
+    iface->create_source = vr_sender_body_create_source;
+    iface->read_nonblocking = vr_sender_body_read_nonblocking;
 }
 
 static gboolean
