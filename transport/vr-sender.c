@@ -54,19 +54,22 @@ struct _VrSender {
 
 /*
  * A pollable GInputStream over the stream file from an offset: libsoup splices it into the
- * connection on the upload's context, one read at a time, without a thread per read. The
- * bandwidth limits are asked before each block; when they say wait, the stream is not
- * readable until then (its source is a timer), and the block is read then without asking
- * again.
+ * connection, 8 KiB per read, which come from a buffer of one block (VR_SENDER_BLOCK) read
+ * from the file at once. The bandwidth limits are asked before each block; when they say
+ * wait, a blocking read sleeps, and a non-blocking one says so (the stream's source is a
+ * timer); the block is read then without asking again.
  */
 typedef struct {
     GInputStream parent;
-    int fd;           /* borrowed */
-    uint64_t pos;     /* the next byte of the file to send */
-    uint64_t length;  /* the file's size */
-    VrSender *sender; /* for the limits */
-    uint64_t granted; /* bytes the limits already granted */
-    int64_t ready_at; /* monotonic time they may go at */
+    int fd;             /* borrowed */
+    uint64_t pos;       /* the next byte of the file to send */
+    uint64_t length;    /* the file's size */
+    VrSender *sender;   /* for the limits */
+    uint64_t granted;   /* bytes the limits already granted */
+    int64_t ready_at;   /* monotonic time they may go at */
+    uint8_t *buf;       /* VR_SENDER_BLOCK bytes */
+    uint64_t buf_start; /* the file offset of buf[0] */
+    size_t buf_len;     /* bytes in buf */
     VrSenderProgress progress;
     gpointer progress_data;
     uint64_t *sent; /* counts every byte handed out */
@@ -97,14 +100,28 @@ vr_sender_sleep(int64_t us, GCancellable *cancellable, GError **error)
     return !g_cancellable_set_error_if_cancelled(cancellable, error);
 }
 
-/* Ask the limits for the next block unless granted: how long until it may go (0: now). */
+/* Bytes of the buffer not handed out yet. */
+static size_t
+vr_sender_body_buffered(const VrSenderBody *body)
+{
+    uint64_t end = body->buf_start + body->buf_len;
+
+    return body->pos >= body->buf_start && body->pos < end ? (size_t)(end - body->pos) : 0;
+}
+
+/*
+ * Unless the buffer holds bytes, ask the limits for the next block (unless already
+ * granted): how long until it may be read (0: now).
+ */
 static int64_t
-vr_sender_body_grant(VrSenderBody *body, gsize count)
+vr_sender_body_grant(VrSenderBody *body)
 {
     int64_t now = g_get_monotonic_time();
 
+    if (vr_sender_body_buffered(body) > 0)
+        return 0;
     if (body->granted == 0) {
-        uint64_t n = MIN(MIN(count, VR_SENDER_BLOCK), body->length - body->pos);
+        uint64_t n = MIN(VR_SENDER_BLOCK, body->length - body->pos);
 
         body->ready_at =
             now + vr_rate_limit_reserve(body->sender->limits, body->sender->n_limits, n, now);
@@ -113,16 +130,25 @@ vr_sender_body_grant(VrSenderBody *body, gsize count)
     return MAX(body->ready_at - now, 0);
 }
 
-/* Read at most the granted bytes at the current position. */
+/* Hand out at most @count buffered bytes, reading the granted block first when empty. */
 static gssize
 vr_sender_body_pread(VrSenderBody *body, void *buffer, gsize count, GError **error)
 {
-    size_t n = MIN(count, body->granted);
-    ssize_t got;
+    ssize_t got = 0;
+    size_t n;
 
-    do {
-        got = pread(body->fd, buffer, n, (off_t)body->pos);
-    } while (got < 0 && errno == EINTR);
+    if (vr_sender_body_buffered(body) == 0) {
+        do {
+            got = pread(body->fd, body->buf, body->granted, (off_t)body->pos);
+        } while (got < 0 && errno == EINTR);
+        if (got > 0) {
+            body->buf_start = body->pos;
+            body->buf_len = (size_t)got;
+            body->granted = 0;
+        }
+    } else {
+        got = 1; /* bytes are buffered */
+    }
     if (got < 0) {
         int errsv = errno;
 
@@ -138,12 +164,13 @@ vr_sender_body_pread(VrSenderBody *body, void *buffer, gsize count, GError **err
                     body->pos, body->length);
         return -1;
     }
-    body->pos += (uint64_t)got;
-    body->granted -= (uint64_t)got;
-    *body->sent += (uint64_t)got;
+    n = MIN(count, vr_sender_body_buffered(body));
+    memcpy(buffer, body->buf + (body->pos - body->buf_start), n);
+    body->pos += n;
+    *body->sent += n;
     if (body->progress != NULL)
         body->progress(body->pos, body->length, body->progress_data);
-    return got;
+    return (gssize)n;
 }
 
 static gssize
@@ -155,7 +182,7 @@ vr_sender_body_read(GInputStream *stream, void *buffer, gsize count, GCancellabl
 
     if (body->pos >= body->length || count == 0)
         return 0;
-    wait = vr_sender_body_grant(body, count);
+    wait = vr_sender_body_grant(body);
     if (wait > 0 && !vr_sender_sleep(wait, cancellable, error))
         return -1;
     return vr_sender_body_pread(body, buffer, count, error);
@@ -169,7 +196,7 @@ vr_sender_body_read_nonblocking(GPollableInputStream *stream, void *buffer, gsiz
 
     if (body->pos >= body->length || count == 0)
         return 0;
-    if (vr_sender_body_grant(body, count) > 0) {
+    if (vr_sender_body_grant(body) > 0) {
         g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK, "rate limited");
         return -1;
     }
@@ -181,7 +208,8 @@ vr_sender_body_is_readable(GPollableInputStream *stream)
 {
     VrSenderBody *body = (VrSenderBody *)stream;
 
-    return body->granted == 0 || body->ready_at <= g_get_monotonic_time();
+    return vr_sender_body_buffered(body) > 0 || body->granted == 0 ||
+           body->ready_at <= g_get_monotonic_time();
 }
 
 static GSource *
@@ -191,7 +219,7 @@ vr_sender_body_create_source(GPollableInputStream *stream, GCancellable *cancell
     g_autoptr(GSource) base = g_pollable_source_new(G_OBJECT(stream));
 
     /* A file is always readable: the source fires at once, or when the limits allow. */
-    g_source_set_ready_time(base, body->granted == 0 ? 0 : body->ready_at);
+    g_source_set_ready_time(base, vr_sender_body_is_readable(stream) ? 0 : body->ready_at);
     return g_pollable_source_new_full(stream, base, cancellable);
 }
 
@@ -217,10 +245,18 @@ vr_sender_body_close(GInputStream *stream, GCancellable *cancellable, GError **e
 }
 
 static void
+vr_sender_body_finalize(GObject *object)
+{
+    g_free(((VrSenderBody *)object)->buf);
+    G_OBJECT_CLASS(vr_sender_body_parent_class)->finalize(object);
+}
+
+static void
 vr_sender_body_class_init(VrSenderBodyClass *klass)
 {
     GInputStreamClass *stream_class = G_INPUT_STREAM_CLASS(klass);
 
+    G_OBJECT_CLASS(klass)->finalize = vr_sender_body_finalize;
     stream_class->read_fn = vr_sender_body_read;
     stream_class->close_fn = vr_sender_body_close;
 }
@@ -228,6 +264,7 @@ vr_sender_body_class_init(VrSenderBodyClass *klass)
 static void
 vr_sender_body_init(VrSenderBody *body)
 {
+    body->buf = g_malloc(VR_SENDER_BLOCK);
 }
 
 /* ---- one upload ------------------------------------------------------------------------- */
@@ -273,6 +310,12 @@ vr_sender_on_network_event(SoupMessage *msg, GSocketClientEvent event, GIOStream
     case G_SOCKET_CLIENT_TLS_HANDSHAKING:
         /* No CA database: every certificate reaches accept-certificate, the policy decides. */
         g_tls_connection_set_database(G_TLS_CONNECTION(connection), NULL);
+        /*
+         * The client certificate up front: with none, glib-networking asks libsoup's
+         * GTlsInteraction, which answers on a context the synchronous handshake does not
+         * iterate (a deadlock in libsoup 3.2's soup_session_send()).
+         */
+        g_tls_connection_set_certificate(G_TLS_CONNECTION(connection), upload->sender->cert);
         g_signal_connect(connection, "accept-certificate",
                          G_CALLBACK(vr_sender_on_accept_certificate), upload);
         break;
@@ -299,7 +342,6 @@ vr_sender_message_new(VrSenderUpload *upload, const char *method)
 {
     SoupMessage *msg = soup_message_new(method, upload->uri);
 
-    soup_message_set_tls_client_certificate(msg, upload->sender->cert);
     /* Never resent behind our back: every attempt is ours, with the offset it is for. */
     soup_message_add_flags(msg, SOUP_MESSAGE_NO_REDIRECT);
     g_signal_connect(msg, "network-event", G_CALLBACK(vr_sender_on_network_event), upload);
@@ -320,55 +362,26 @@ vr_sender_reply_u64(SoupMessage *msg, const char *name, uint64_t *value)
     return errno == 0 && *end == '\0';
 }
 
-typedef struct {
-    GAsyncResult *result;
-} VrSenderWait;
-
-static void
-vr_sender_done(GObject *source, GAsyncResult *result, gpointer user_data)
-{
-    VrSenderWait *wait = user_data;
-
-    wait->result = g_object_ref(result);
-}
-
-/* Iterate the upload's context (the thread default) until @wait has its result. */
-static void
-vr_sender_wait(VrSenderWait *wait)
-{
-    while (wait->result == NULL)
-        g_main_context_iteration(g_main_context_get_thread_default(), TRUE);
-}
-
 /*
  * Send @msg and read at most VR_SENDER_REASON_MAX bytes of the reply: its first line.
- * Asynchronous calls on this thread's own context: libsoup 3.2's synchronous send deadlocks
- * in glib-networking's handshake when the certificate is verified by accept-certificate.
+ * Synchronous: libsoup then writes the body with a blocking splice in this thread, without
+ * a main loop iteration per 8 KiB piece.
  */
 static char *
 vr_sender_send(VrSenderUpload *upload, SoupSession *session, SoupMessage *msg, GError **error)
 {
     g_autoptr(GInputStream) reply = NULL;
-    VrSenderWait wait = { 0 };
     char buf[VR_SENDER_REASON_MAX + 1];
     gsize got = 0;
-    bool ok;
     char *nl;
 
-    soup_session_send_async(session, msg, G_PRIORITY_DEFAULT, upload->cancellable, vr_sender_done,
-                            &wait);
-    vr_sender_wait(&wait);
-    reply = soup_session_send_finish(session, wait.result, error);
-    g_clear_object(&wait.result);
+    reply = soup_session_send(session, msg, upload->cancellable, error);
     if (reply == NULL)
         return NULL;
-    g_input_stream_read_all_async(reply, buf, VR_SENDER_REASON_MAX, G_PRIORITY_DEFAULT,
-                                  upload->cancellable, vr_sender_done, &wait);
-    vr_sender_wait(&wait);
-    ok = g_input_stream_read_all_finish(reply, wait.result, &got, error);
-    g_clear_object(&wait.result);
-    if (!ok)
+    if (!g_input_stream_read_all(reply, buf, VR_SENDER_REASON_MAX, &got, upload->cancellable,
+                                 error))
         return NULL;
+    g_input_stream_close(reply, NULL, NULL);
     buf[got] = '\0';
     nl = strchr(buf, '\n');
     if (nl != NULL)

@@ -17,6 +17,7 @@
 
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
+#include <xxhash.h>
 #include <zstd.h>
 
 #include "vr-wire.h"
@@ -1028,7 +1029,8 @@ forge_raw(Forge *f, uint8_t type, uint8_t encoding, uint32_t payload_size, uint6
           uint8_t reserved)
 {
     uint8_t head[64] = { 'V', 'R', 'W', '1' };
-    gnutls_hash_hd_t hash;
+    XXH128_canonical_t canonical;
+    XXH3_state_t *state;
 
     head[4] = type;
     head[5] = encoding;
@@ -1037,11 +1039,16 @@ forge_raw(Forge *f, uint8_t type, uint8_t encoding, uint32_t payload_size, uint6
     le64(head + 12, offset);
     le64(head + 20, length);
     head[28] = (reserved & 2) >> 1;
-    g_assert_cmpint(gnutls_hash_init(&hash, GNUTLS_DIG_SHA256), ==, 0);
-    gnutls_hash(hash, head, 32);
+    /* XXH3-128 of the header's first 32 bytes and the decoded payload, big endian */
+    state = XXH3_createState();
+    g_assert_nonnull(state);
+    XXH3_128bits_reset(state);
+    XXH3_128bits_update(state, head, 32);
     if (decoded_size > 0)
-        gnutls_hash(hash, decoded, decoded_size);
-    gnutls_hash_deinit(hash, head + 32);
+        XXH3_128bits_update(state, decoded, decoded_size);
+    XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(state));
+    XXH3_freeState(state);
+    memcpy(head + 32, canonical.digest, 16); /* and 16 zero bytes */
     gnutls_hash(f->chain, head + 32, 32);
     g_byte_array_append(f->out, head, sizeof(head));
     if (payload != NULL)
