@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs one integration test binary in a scratch directory of its own, and removes whatever
 # the test leaves behind even when it dies on an assertion: processes started from the
-# scratch directory, libvirt domains named with the test's prefix, and the directory.
+# scratch directory, libvirt domains and networks named with the test's prefix, and the
+# directory.
 #
 #   run-isolated.sh [--libvirt] TEST-BINARY [ARGS...]
 #
@@ -28,6 +29,10 @@ cleanup() {
         for dom in $(virsh -q -c qemu:///system list --all --name 2>/dev/null | grep "^$VR_TEST_PREFIX" || true); do
             virsh -q -c qemu:///system destroy "$dom" >/dev/null 2>&1 || true
             virsh -q -c qemu:///system undefine "$dom" --checkpoints-metadata >/dev/null 2>&1 || true
+        done
+        for net in $(virsh -q -c qemu:///system net-list --all --name 2>/dev/null | grep "^$VR_TEST_PREFIX" || true); do
+            virsh -q -c qemu:///system net-destroy "$net" >/dev/null 2>&1 || true
+            virsh -q -c qemu:///system net-undefine "$net" >/dev/null 2>&1 || true
         done
     fi
     pkill -KILL -f -- "$scratch" >/dev/null 2>&1 || true
