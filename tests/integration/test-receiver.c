@@ -1064,9 +1064,14 @@ stream_file(const char *name, GBytes *bytes)
     return path;
 }
 
-/* A stream of @records incompressible 4 MiB DATA records, in a file. (transfer full) */
+/*
+ * A stream of disk @disk of @records incompressible 4 MiB DATA records (the patterns from
+ * @first on), in the file @name of the scratch directory: its path, and its @size.
+ * (transfer full)
+ */
 static char *
-stream_file_big(const char *name, unsigned records, uint64_t *size)
+stream_file_big(const char *name, const char *disk, unsigned records, unsigned first,
+                uint64_t *size)
 {
     char *path = vr_test_path(name);
     VrWireIdentity identity;
@@ -1077,27 +1082,24 @@ stream_file_big(const char *name, unsigned records, uint64_t *size)
     FILE *f = fopen(path, "wb");
 
     g_assert_nonnull(f);
-    identity_init(&identity, "vda");
+    identity_init(&identity, disk);
     encoder = vr_wire_encoder_new(&identity, &error);
     g_assert_no_error(error);
     g_assert_true(vr_wire_encoder_begin(encoder, out, &error));
-    for (unsigned i = 0; i < records; i++) {
-        big_fill(buf, i);
-        g_assert_true(vr_wire_encoder_add_data(encoder, (uint64_t)i * BIG_RECORD, buf, BIG_RECORD,
-                                               out, &error));
+    *size = 0;
+    for (unsigned i = 0; i <= records; i++) {
+        if (i < records) {
+            big_fill(buf, first + i);
+            g_assert_true(vr_wire_encoder_add_data(encoder, (uint64_t)i * BIG_RECORD, buf,
+                                                   BIG_RECORD, out, &error));
+        } else {
+            g_assert_true(vr_wire_encoder_end(encoder, out, &error));
+        }
         g_assert_cmpuint(fwrite(out->data, 1, out->len, f), ==, out->len);
+        *size += out->len;
         g_byte_array_set_size(out, 0);
     }
-    g_assert_true(vr_wire_encoder_end(encoder, out, &error));
-    g_assert_cmpuint(fwrite(out->data, 1, out->len, f), ==, out->len);
     g_assert_cmpint(fclose(f), ==, 0);
-    *size = 0;
-    {
-        GStatBuf st;
-
-        g_assert_cmpint(g_stat(path, &st), ==, 0);
-        *size = (uint64_t)st.st_size;
-    }
     return path;
 }
 
@@ -1397,7 +1399,7 @@ test_sender_resume(Fixture *fx, gconstpointer data)
 
     if (skip_without_pki())
         return;
-    path = stream_file_big("big.vrw", 8, &size); /* 32 MiB */
+    path = stream_file_big("big.vrw", "vda", 8, 0, &size); /* 32 MiB */
     proxy.listener = g_socket_listener_new();
     proxy.port = g_socket_listener_add_any_inet_port(proxy.listener, NULL, &error);
     g_assert_no_error(error);
@@ -1480,26 +1482,10 @@ test_queue(Fixture *fx, gconstpointer data)
 
     for (unsigned i = 0; i < 3; i++) {
         g_autofree char *name = g_strdup_printf("queue-%u.vrw", i);
-        VrWireIdentity identity;
-        g_autoptr(VrWireEncoder) encoder = NULL;
-        g_autoptr(GByteArray) out = g_byte_array_new();
-        g_autofree uint8_t *buf = g_malloc(BIG_RECORD);
-        g_autoptr(GBytes) bytes = NULL;
+        g_autofree char *disk = g_strdup_printf("vd%u", i);
 
         /* a stream of its own disk: vd0, vd1, vd2 (8 MiB each) */
-        identity_init(&identity, "vda");
-        g_snprintf(identity.disk, sizeof(identity.disk), "vd%u", i);
-        encoder = vr_wire_encoder_new(&identity, NULL);
-        g_assert_true(vr_wire_encoder_begin(encoder, out, NULL));
-        for (unsigned r = 0; r < 2; r++) {
-            big_fill(buf, r + 10 * i);
-            g_assert_true(vr_wire_encoder_add_data(encoder, (uint64_t)r * BIG_RECORD, buf,
-                                                   BIG_RECORD, out, NULL));
-        }
-        g_assert_true(vr_wire_encoder_end(encoder, out, NULL));
-        bytes = g_byte_array_free_to_bytes(g_steal_pointer(&out));
-        paths[i] = stream_file(name, bytes);
-        size = g_bytes_get_size(bytes);
+        paths[i] = stream_file_big(name, disk, 2, 10 * i, &size);
     }
     g_assert_cmpuint(size, >, 8 * MiB);
     /* the test sink allows one open handle: count per-stream in this test instead */
