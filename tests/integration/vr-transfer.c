@@ -16,7 +16,7 @@
  *       DATA of each stream goes to DIR/<relationship>-<disk>.img (opened beneath DIR).
  *
  *   vr-transfer send --cert F --key F --ca F (--crl F | --no-revocation) --server-name NAME
- *                    --port N [--connect SPEC] [--source SPEC] [--rate RATE]
+ *                    --port N [--connect IP] [--source SPEC] [--rate RATE]
  *                    [--io-timeout S] [--attempts N] FILE
  *       Upload FILE (a stream) and print one JSON line of statistics.
  *
@@ -64,7 +64,7 @@ static const GOptionEntry entries[] = {
     { "write", 0, 0, G_OPTION_ARG_FILENAME, &opt_write, "write DATA to images in DIR", "DIR" },
     { "server-name", 0, 0, G_OPTION_ARG_STRING, &opt_server_name, "the replica's DNS name",
       "NAME" },
-    { "connect", 0, 0, G_OPTION_ARG_STRING, &opt_connect, "the replica's address", "SPEC" },
+    { "connect", 0, 0, G_OPTION_ARG_STRING, &opt_connect, "the replica's address", "IP" },
     { "source", 0, 0, G_OPTION_ARG_STRING, &opt_source, "this host's source address", "SPEC" },
     { "rate", 0, 0, G_OPTION_ARG_STRING, &opt_rate, "bandwidth limit", "RATE" },
     { "attempts", 0, 0, G_OPTION_ARG_INT, &opt_attempts, "requests before giving up", "N" },
@@ -420,8 +420,17 @@ cmd_send(const char *path)
     need(opt_key, "key");
     need(opt_server_name, "server-name");
     policy = policy_new(VR_TLS_PEER_SERVER);
-    if (opt_connect != NULL)
-        connect = resolve(opt_connect);
+    if (opt_connect != NULL) {
+        /* the replica's address: remote, so not one of this host's (resolve() checks that) */
+        const char *literal =
+            g_str_has_prefix(opt_connect, "address:") ? opt_connect + 8 : opt_connect;
+
+        connect = g_inet_address_new_from_string(literal);
+        if (connect == NULL) {
+            fprintf(stderr, "vr-transfer: --connect %s: not an IP address\n", opt_connect);
+            return 2;
+        }
+    }
     if (opt_source != NULL)
         source = resolve(opt_source);
     if (opt_rate != NULL) {
