@@ -52,7 +52,10 @@ struct _VrReceiver {
     GHashTable *uploads; /* "rel/disk/epoch/base/target" -> VrReceiverUpload (owned) */
     guint active;        /* transfers holding a turn */
     GQueue waiting;      /* VrReceiverTransfer, paused until a turn frees */
-    bool closed;         /* vr_receiver_free() ran; transfers still hold a reference */
+    guint queue_timeout_s;
+    guint max_open_uploads;
+    guint open_uploads; /* uploads not committed yet, with or without a request */
+    bool closed;        /* vr_receiver_free() ran; transfers still hold a reference */
 };
 
 /* One stream, across the requests that upload it. */
@@ -60,6 +63,7 @@ struct _VrReceiverUpload {
     VrReceiver *receiver;
     char *id; /* the key in receiver->uploads */
     VrReceiverKey key;
+    char *peer;      /* the primary that started it: only it may continue it */
     uint64_t length; /* the stream's size (VR-Length) */
     uint64_t offset; /* stream bytes fed to the decoder so far */
     VrWireDecoder *decoder;
@@ -67,6 +71,7 @@ struct _VrReceiverUpload {
     bool committed;
     VrReceiverTransfer *owner; /* the request feeding it now, or NULL */
     GSource *expiry;           /* while no request owns it */
+    int64_t released;          /* monotonic time it lost its request (for eviction) */
 };
 
 /* One request: attached to its SoupServerMessage, freed with it. */
@@ -76,8 +81,9 @@ struct _VrReceiverTransfer {
     VrReceiverUpload *upload; /* NULL when it ended, failed or another request took over */
     bool has_turn;
     bool waiting;
-    GError *error; /* the first failure; nothing more is fed after it */
-    guint status;  /* the reply for @error */
+    GSource *wait_timeout; /* while waiting */
+    GError *error;         /* the first failure; nothing more is fed after it */
+    guint status;          /* the reply for @error */
 };
 
 static void vr_receiver_next_turn(VrReceiver *receiver);
@@ -168,7 +174,10 @@ vr_receiver_upload_drop(VrReceiverUpload *upload)
         g_source_unref(upload->expiry);
     }
     vr_wire_decoder_free(upload->decoder);
+    if (!upload->committed)
+        receiver->open_uploads--;
     g_hash_table_remove(receiver->uploads, upload->id); /* frees the id */
+    g_free(upload->peer);
     g_free(upload);
 }
 
@@ -187,6 +196,7 @@ static void
 vr_receiver_upload_release(VrReceiverUpload *upload)
 {
     upload->owner = NULL;
+    upload->released = g_get_monotonic_time();
     g_assert(upload->expiry == NULL);
     upload->expiry = g_timeout_source_new_seconds(upload->receiver->resume_timeout_s);
     g_source_set_callback(upload->expiry, vr_receiver_upload_expired, upload, NULL);
@@ -226,6 +236,10 @@ vr_receiver_transfer_free(VrReceiverTransfer *transfer)
     }
     if (transfer->waiting)
         g_queue_remove(&receiver->waiting, transfer);
+    if (transfer->wait_timeout != NULL) {
+        g_source_destroy(transfer->wait_timeout);
+        g_source_unref(transfer->wait_timeout);
+    }
     if (transfer->has_turn) {
         receiver->active--;
         if (!receiver->closed)
@@ -262,6 +276,10 @@ vr_receiver_next_turn(VrReceiver *receiver)
     if (next == NULL)
         return;
     next->waiting = false;
+    if (next->wait_timeout != NULL) {
+        g_source_destroy(next->wait_timeout);
+        g_clear_pointer(&next->wait_timeout, g_source_unref);
+    }
     next->has_turn = true;
     receiver->active++;
     g_debug("a waiting request gets its turn (%u active, %u waiting)", receiver->active,
@@ -511,6 +529,12 @@ vr_receiver_on_request_started(SoupServer *server, SoupServerMessage *msg, gpoin
     VrReceiver *receiver = user_data;
     GSocket *socket = soup_server_message_get_socket(msg);
 
+    /*
+     * Before anything can answer: libsoup refuses some requests itself (an absolute URI,
+     * for one) before any handler runs, and then reads their whole declared body; with
+     * accumulation on, into memory.
+     */
+    soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), FALSE);
     /* A connection silent for io_timeout_s fails its pending read or write, and closes. */
     if (socket != NULL)
         g_socket_set_timeout(socket, receiver->io_timeout_s);
@@ -522,17 +546,75 @@ vr_receiver_on_request_started(SoupServer *server, SoupServerMessage *msg, gpoin
 
 /* HEAD: how much of the stream the receiver holds. */
 static void
-vr_receiver_head(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKey *key)
+vr_receiver_head(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKey *key,
+                 const char *peer)
 {
     g_autofree char *id = vr_receiver_key_id(key);
     VrReceiverUpload *upload = g_hash_table_lookup(receiver->uploads, id);
 
-    if (upload == NULL) {
+    /* another primary's upload is none of this one's business */
+    if (upload == NULL || strcmp(upload->peer, peer) != 0) {
         vr_receiver_reply(msg, SOUP_STATUS_NOT_FOUND, "no upload of this stream is open");
         return;
     }
     vr_receiver_set_upload_headers(msg, upload);
     soup_server_message_set_status(msg, SOUP_STATUS_OK, NULL);
+}
+
+/* 503 with Retry-After: the client tries again later, without counting a failure. */
+static void
+vr_receiver_reply_busy(SoupServerMessage *msg, const char *reason)
+{
+    soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Retry-After", "5");
+    vr_receiver_reply(msg, SOUP_STATUS_SERVICE_UNAVAILABLE, reason);
+}
+
+/*
+ * Room for one more open upload of @peer: under max_open_uploads, or after dropping the
+ * peer's own interrupted upload that waited longest (another primary's are never touched).
+ */
+static bool
+vr_receiver_make_room(VrReceiver *receiver, const char *peer)
+{
+    VrReceiverUpload *oldest = NULL;
+    GHashTableIter iter;
+    gpointer value;
+
+    if (receiver->open_uploads < receiver->max_open_uploads)
+        return true;
+    g_hash_table_iter_init(&iter, receiver->uploads);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        VrReceiverUpload *upload = value;
+
+        if (upload->committed || upload->owner != NULL || strcmp(upload->peer, peer) != 0)
+            continue;
+        if (oldest == NULL || upload->released < oldest->released)
+            oldest = upload;
+    }
+    if (oldest == NULL)
+        return false;
+    vr_receiver_upload_drop(oldest);
+    return true;
+}
+
+/* A request waited queue_timeout_s for a turn: 503, and its upload waits for a resume. */
+static gboolean
+vr_receiver_wait_expired(gpointer data)
+{
+    VrReceiverTransfer *transfer = data;
+    VrReceiver *receiver = transfer->receiver;
+
+    g_clear_pointer(&transfer->wait_timeout, g_source_unref);
+    g_queue_remove(&receiver->waiting, transfer);
+    transfer->waiting = false;
+    if (transfer->upload != NULL) {
+        VrReceiverUpload *upload = g_steal_pointer(&transfer->upload);
+
+        vr_receiver_upload_release(upload);
+    }
+    vr_receiver_reply_busy(transfer->msg, "every transfer slot of this replica is busy");
+    soup_server_message_unpause(transfer->msg);
+    return G_SOURCE_REMOVE;
 }
 
 /*
@@ -578,6 +660,12 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
         return NULL;
     }
 
+    if (upload != NULL && strcmp(upload->peer, peer->name) != 0) {
+        /* Only the primary that started an upload continues it, or starts it again. */
+        vr_receiver_reply(msg, offset == 0 ? SOUP_STATUS_CONFLICT : SOUP_STATUS_FORBIDDEN,
+                          "another primary is uploading this stream");
+        return NULL;
+    }
     if (upload != NULL && upload->committed) {
         /* A repeated request of a committed stream: done already (idempotent). */
         vr_receiver_set_upload_headers(msg, upload);
@@ -588,6 +676,10 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
         /* A stream starts (again): whatever an older upload of it held goes. */
         if (upload != NULL)
             vr_receiver_upload_drop(upload);
+        if (!vr_receiver_make_room(receiver, peer->name)) {
+            vr_receiver_reply_busy(msg, "too many uploads are open on this replica");
+            return NULL;
+        }
         handle = receiver->sink->begin(key, peer, receiver->sink_data, &error);
         if (handle == NULL) {
             guint status = vr_receiver_status_for(error);
@@ -605,10 +697,12 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
         upload->receiver = receiver;
         upload->id = g_steal_pointer(&id);
         upload->key = *key;
+        upload->peer = g_strdup(peer->name);
         upload->length = length;
         upload->decoder = vr_wire_decoder_new();
         upload->handle = handle;
         g_hash_table_insert(receiver->uploads, upload->id, upload);
+        receiver->open_uploads++;
     } else if (upload == NULL || upload->offset != offset || upload->length != length) {
         if (upload == NULL) {
             reason = g_strdup_printf("no upload of this stream is open: start at offset 0");
@@ -639,10 +733,16 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
         transfer->has_turn = true;
         receiver->active++;
     } else {
-        /* Wait unread (and unanswered: a client sending "Expect: 100-continue" waits too). */
+        /*
+         * Wait unread (and unanswered: a client sending "Expect: 100-continue" waits too),
+         * for queue_timeout_s at most: then 503, before the client's own I/O timeout.
+         */
         g_debug("upload %s waits for a turn (%u active)", upload->id, receiver->active);
         transfer->waiting = true;
         g_queue_push_tail(&receiver->waiting, transfer);
+        transfer->wait_timeout = g_timeout_source_new_seconds(receiver->queue_timeout_s);
+        g_source_set_callback(transfer->wait_timeout, vr_receiver_wait_expired, transfer, NULL);
+        g_source_attach(transfer->wait_timeout, receiver->context);
         soup_server_message_pause(msg);
     }
     return transfer;
@@ -698,7 +798,7 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
         return;
     }
     if (strcmp(method, SOUP_METHOD_HEAD) == 0) {
-        vr_receiver_head(receiver, msg, &key);
+        vr_receiver_head(receiver, msg, &key, who.name);
         return;
     }
     transfer = vr_receiver_put(receiver, msg, &key, &who);
@@ -809,6 +909,9 @@ vr_receiver_new(const VrReceiverConfig *config, GError **error)
     receiver->max_active = config->max_active != 0 ? config->max_active : 4;
     receiver->io_timeout_s = config->io_timeout_s != 0 ? config->io_timeout_s : 60;
     receiver->resume_timeout_s = config->resume_timeout_s != 0 ? config->resume_timeout_s : 600;
+    receiver->queue_timeout_s = config->queue_timeout_s != 0 ? config->queue_timeout_s : 30;
+    receiver->max_open_uploads =
+        config->max_open_uploads != 0 ? config->max_open_uploads : 8 * receiver->max_active;
     receiver->refused = config->refused;
     receiver->refused_data = config->refused_data;
     receiver->context = g_main_context_ref_thread_default();

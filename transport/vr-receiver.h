@@ -101,14 +101,21 @@ typedef struct {
     const char *key_file;  /* PEM: its private key */
     /* The policy for clients (peer role VR_TLS_PEER_CLIENT); borrowed, outlives the receiver */
     VrTlsPolicy *policy;
-    VrAuthz *authz;                /* which primaries may write; borrowed, outlives the receiver */
-    GInetSocketAddress *address;   /* where to listen; port 0 picks one (see get_uris) */
-    uint64_t max_body_size;        /* a larger stream (VR-Length) is refused with 413 */
-    const VrReceiverSink *sink;    /* borrowed, outlives the receiver */
-    gpointer sink_data;            /* the sink's begin() user_data */
-    guint max_active;              /* bodies read at once; 0: 4 */
-    guint io_timeout_s;            /* a connection silent for this long is closed; 0: 60 */
-    guint resume_timeout_s;        /* an interrupted upload waits this long; 0: 600 */
+    VrAuthz *authz;              /* which primaries may write; borrowed, outlives the receiver */
+    GInetSocketAddress *address; /* where to listen; port 0 picks one (see get_uris) */
+    uint64_t max_body_size;      /* a larger stream (VR-Length) is refused with 413; required */
+    const VrReceiverSink *sink;  /* borrowed, outlives the receiver */
+    gpointer sink_data;          /* the sink's begin() user_data */
+    guint max_active;            /* bodies read at once; 0: 4 */
+    guint io_timeout_s;          /* a connection silent for this long is closed; 0: 60 */
+    guint resume_timeout_s;      /* an interrupted upload waits this long; 0: 600 */
+    /* A request waits this long for a turn, then gets 503 (below the clients' I/O timeout);
+     * 0: 30 */
+    guint queue_timeout_s;
+    /* Uploads open at once, interrupted ones included (each holds up to one record in
+     * memory); beyond it a primary's own oldest interrupted upload is dropped, else 503;
+     * 0: 8 * max_active */
+    guint max_open_uploads;
     VrReceiverRefusedFunc refused; /* optional */
     gpointer refused_data;
 } VrReceiverConfig;

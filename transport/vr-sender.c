@@ -32,6 +32,8 @@
 
 #define VR_SENDER_BLOCK      (256 * 1024)
 #define VR_SENDER_REASON_MAX 512
+/* 503 answers an upload waits through, Retry-After each (about an hour at 30 s) */
+#define VR_SENDER_MAX_BUSY 120
 
 G_DEFINE_QUARK(vr - sender - error - quark, vr_sender_error)
 
@@ -65,7 +67,7 @@ typedef struct {
     uint64_t pos;       /* the next byte of the file to send */
     uint64_t length;    /* the file's size */
     VrSender *sender;   /* for the limits */
-    uint64_t granted;   /* bytes the limits already granted */
+    uint64_t granted;   /* bytes the limits granted and not handed out yet */
     int64_t ready_at;   /* monotonic time they may go at */
     uint8_t *buf;       /* VR_SENDER_BLOCK bytes */
     uint64_t buf_start; /* the file offset of buf[0] */
@@ -110,18 +112,17 @@ vr_sender_body_buffered(const VrSenderBody *body)
 }
 
 /*
- * Unless the buffer holds bytes, ask the limits for the next block (unless already
- * granted): how long until it may be read (0: now).
+ * Ask the limits for the next @count bytes to hand out (unless granted already): how long
+ * until they may go (0: now). Per read, not per buffer: a slow rate spaces libsoup's small
+ * writes evenly instead of leaving the connection silent for a whole block.
  */
 static int64_t
-vr_sender_body_grant(VrSenderBody *body)
+vr_sender_body_grant(VrSenderBody *body, gsize count)
 {
     int64_t now = g_get_monotonic_time();
 
-    if (vr_sender_body_buffered(body) > 0)
-        return 0;
     if (body->granted == 0) {
-        uint64_t n = MIN(VR_SENDER_BLOCK, body->length - body->pos);
+        uint64_t n = MIN(count, body->length - body->pos);
 
         body->ready_at =
             now + vr_rate_limit_reserve(body->sender->limits, body->sender->n_limits, n, now);
@@ -130,7 +131,7 @@ vr_sender_body_grant(VrSenderBody *body)
     return MAX(body->ready_at - now, 0);
 }
 
-/* Hand out at most @count buffered bytes, reading the granted block first when empty. */
+/* Hand out at most @count granted bytes, reading the next block first when none is left. */
 static gssize
 vr_sender_body_pread(VrSenderBody *body, void *buffer, gsize count, GError **error)
 {
@@ -139,12 +140,12 @@ vr_sender_body_pread(VrSenderBody *body, void *buffer, gsize count, GError **err
 
     if (vr_sender_body_buffered(body) == 0) {
         do {
-            got = pread(body->fd, body->buf, body->granted, (off_t)body->pos);
+            got = pread(body->fd, body->buf, MIN(VR_SENDER_BLOCK, body->length - body->pos),
+                        (off_t)body->pos);
         } while (got < 0 && errno == EINTR);
         if (got > 0) {
             body->buf_start = body->pos;
             body->buf_len = (size_t)got;
-            body->granted = 0;
         }
     } else {
         got = 1; /* bytes are buffered */
@@ -164,8 +165,9 @@ vr_sender_body_pread(VrSenderBody *body, void *buffer, gsize count, GError **err
                     body->pos, body->length);
         return -1;
     }
-    n = MIN(count, vr_sender_body_buffered(body));
+    n = MIN(MIN(count, body->granted), vr_sender_body_buffered(body));
     memcpy(buffer, body->buf + (body->pos - body->buf_start), n);
+    body->granted -= n;
     body->pos += n;
     *body->sent += n;
     if (body->progress != NULL)
@@ -182,7 +184,7 @@ vr_sender_body_read(GInputStream *stream, void *buffer, gsize count, GCancellabl
 
     if (body->pos >= body->length || count == 0)
         return 0;
-    wait = vr_sender_body_grant(body);
+    wait = vr_sender_body_grant(body, count);
     if (wait > 0 && !vr_sender_sleep(wait, cancellable, error))
         return -1;
     return vr_sender_body_pread(body, buffer, count, error);
@@ -196,7 +198,7 @@ vr_sender_body_read_nonblocking(GPollableInputStream *stream, void *buffer, gsiz
 
     if (body->pos >= body->length || count == 0)
         return 0;
-    if (vr_sender_body_grant(body) > 0) {
+    if (vr_sender_body_grant(body, count) > 0) {
         g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK, "rate limited");
         return -1;
     }
@@ -208,8 +210,7 @@ vr_sender_body_is_readable(GPollableInputStream *stream)
 {
     VrSenderBody *body = (VrSenderBody *)stream;
 
-    return vr_sender_body_buffered(body) > 0 || body->granted == 0 ||
-           body->ready_at <= g_get_monotonic_time();
+    return body->granted == 0 || body->ready_at <= g_get_monotonic_time();
 }
 
 static GSource *
@@ -279,6 +280,7 @@ typedef struct {
     VrSenderStats *stats;
     GCancellable *cancellable;
     GError *tls_error; /* why the policy refused the replica in this attempt */
+    guint retry_after; /* the last reply's Retry-After, seconds (0: none) */
 } VrSenderUpload;
 
 /* The policy on the replica's certificate: in the handshake, and after it. */
@@ -378,6 +380,13 @@ vr_sender_send(VrSenderUpload *upload, SoupSession *session, SoupMessage *msg, G
     reply = soup_session_send(session, msg, upload->cancellable, error);
     if (reply == NULL)
         return NULL;
+    {
+        const char *after =
+            soup_message_headers_get_one(soup_message_get_response_headers(msg), "Retry-After");
+
+        upload->retry_after =
+            after != NULL ? (guint)MIN(g_ascii_strtoull(after, NULL, 10), 300) : 0;
+    }
     if (!g_input_stream_read_all(reply, buf, VR_SENDER_REASON_MAX, &got, upload->cancellable,
                                  error))
         return NULL;
@@ -393,6 +402,7 @@ typedef enum {
     VR_SENDER_DONE,   /* committed */
     VR_SENDER_AGAIN,  /* go on from the offset now known, at once */
     VR_SENDER_RETRY,  /* a failure that may pass: wait, ask for the offset, go on */
+    VR_SENDER_BUSY,   /* 503: the replica's transfer slots are busy; wait, try again */
     VR_SENDER_FAILED, /* final: @error */
 } VrSenderOutcome;
 
@@ -413,9 +423,15 @@ vr_sender_probe(VrSenderUpload *upload, SoupSession *session, uint64_t *offset, 
         return VR_SENDER_AGAIN;
     }
     if (status != SOUP_STATUS_OK) {
-        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE, "HEAD %s: %u %s",
-                    upload->uri, status, soup_message_get_reason_phrase(msg));
-        return SOUP_STATUS_IS_SERVER_ERROR(status) ? VR_SENDER_RETRY : VR_SENDER_FAILED;
+        bool later = SOUP_STATUS_IS_SERVER_ERROR(status);
+
+        g_set_error(error, VR_SENDER_ERROR,
+                    later ? VR_SENDER_ERROR_UNREACHABLE : VR_SENDER_ERROR_REFUSED, "HEAD %s: %u %s",
+                    upload->uri, status,
+                    reason[0] != '\0' ? reason : soup_message_get_reason_phrase(msg));
+        if (status == SOUP_STATUS_SERVICE_UNAVAILABLE)
+            return VR_SENDER_BUSY;
+        return later ? VR_SENDER_RETRY : VR_SENDER_FAILED;
     }
     state = soup_message_headers_get_one(soup_message_get_response_headers(msg), "VR-State");
     if (g_strcmp0(state, "committed") == 0) {
@@ -494,12 +510,21 @@ vr_sender_put(VrSenderUpload *upload, SoupSession *session, uint64_t *offset, GE
     if (SOUP_STATUS_IS_SERVER_ERROR(status)) {
         g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
                     "the replica failed: %u %s", status, reason);
-        return VR_SENDER_RETRY;
+        return status == SOUP_STATUS_SERVICE_UNAVAILABLE ? VR_SENDER_BUSY : VR_SENDER_RETRY;
     }
     g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED, "the replica refused %s: %u %s",
                 upload->uri, status,
                 reason[0] != '\0' ? reason : soup_message_get_reason_phrase(msg));
     return VR_SENDER_FAILED;
+}
+
+/* The wait after a 503 with Retry-After @seconds (none: 5 s), with a random quarter on top. */
+static int64_t
+vr_sender_retry_after_us(guint seconds)
+{
+    int64_t us = (int64_t)(seconds != 0 ? seconds : 5) * G_USEC_PER_SEC;
+
+    return us + (int64_t)(g_random_double() * (double)us / 4);
 }
 
 /* The wait before retry @n (1, 2, ...): exponential, capped, with half of it random. */
@@ -511,7 +536,7 @@ vr_sender_backoff_us(VrSender *sender, guint n)
     for (guint i = 1; i < n && ms < sender->backoff_max_ms; i++)
         ms *= 2;
     ms = MIN(ms, sender->backoff_max_ms);
-    return (int64_t)(ms * 500) + g_random_int_range(0, (gint32)MAX(ms * 500, 1));
+    return (int64_t)(ms * 500) + (int64_t)(g_random_double() * (double)(ms * 500));
 }
 
 static bool
@@ -566,6 +591,7 @@ vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progr
     struct stat st;
     uint64_t offset = 0;
     guint failures = 0;
+    guint busy = 0;
     bool probe = false;
     bool ok = false;
 
@@ -632,6 +658,16 @@ vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progr
         case VR_SENDER_FAILED:
             g_propagate_error(error, g_steal_pointer(&last));
             goto out;
+        case VR_SENDER_BUSY:
+            /* not a failure: the replica queues; wait as it says, a bounded number of times */
+            if (++busy > VR_SENDER_MAX_BUSY)
+                break;
+            stats->busy++;
+            requests--;
+            g_debug("the replica is busy (%u): %s", busy, last->message);
+            if (!vr_sender_sleep(vr_sender_retry_after_us(upload.retry_after), cancellable, error))
+                goto out;
+            continue;
         case VR_SENDER_RETRY:
             break;
         }

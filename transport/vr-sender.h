@@ -76,6 +76,7 @@ typedef struct {
     guint requests;         /* PUT requests sent */
     guint resumes;          /* PUTs that started past offset 0 */
     uint64_t resumed_at;    /* the offset of the last resume */
+    guint busy;             /* 503 answers waited through (the replica's slots were busy) */
     bool already_committed; /* the receiver had committed this stream before */
 } VrSenderStats;
 

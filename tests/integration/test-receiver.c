@@ -178,9 +178,11 @@ typedef struct {
     char *refused; /* the last reason the receiver's refused callback gave */
     char *crl;     /* the receiver's CRL file: a copy, so a test can replace it */
     TestSink sink;
-    guint max_active;   /* set before fixture_start() */
-    guint io_timeout_s; /* set before fixture_start() */
-    bool no_revocation; /* set before fixture_start(): check-revocation = false for clients */
+    guint max_active;       /* set before fixture_start() */
+    guint io_timeout_s;     /* set before fixture_start() */
+    bool no_revocation;     /* set before fixture_start(): check-revocation = false for clients */
+    guint queue_timeout_s;  /* set before fixture_start() */
+    guint max_open_uploads; /* set before fixture_start() */
 } Fixture;
 
 static bool
@@ -266,6 +268,8 @@ fixture_start(Fixture *fx, uint64_t max_body_size)
             .sink_data = &fx->sink,
             .max_active = fx->max_active,
             .io_timeout_s = fx->io_timeout_s,
+            .queue_timeout_s = fx->queue_timeout_s,
+            .max_open_uploads = fx->max_open_uploads,
             .refused = fixture_on_refused,
             .refused_data = fx,
         },
@@ -1292,6 +1296,7 @@ typedef struct {
     _Atomic uint64_t forwarded;
     gint cuts;
     GThread *thread;
+    GCancellable *cancel; /* stops the accept loop */
 } Proxy;
 
 typedef struct {
@@ -1365,7 +1370,8 @@ proxy_run(gpointer data)
     /* connections are served at once, each in its threads; the first one is cut */
     for (unsigned n = 0;; n++) {
         g_autoptr(GSocketClient) connector = g_socket_client_new();
-        GSocketConnection *client = g_socket_listener_accept(proxy->listener, NULL, NULL, NULL);
+        GSocketConnection *client =
+            g_socket_listener_accept(proxy->listener, NULL, proxy->cancel, NULL);
         GSocketConnection *server;
         ProxyConnection *c;
 
@@ -1404,6 +1410,7 @@ test_sender_resume(Fixture *fx, gconstpointer data)
     proxy.port = g_socket_listener_add_any_inet_port(proxy.listener, NULL, &error);
     g_assert_no_error(error);
     proxy.target = fx->port;
+    proxy.cancel = g_cancellable_new();
     proxy.cut_after = 10 * MiB;
     proxy.thread = g_thread_new("proxy", proxy_run, &proxy);
 
@@ -1438,9 +1445,11 @@ test_sender_resume(Fixture *fx, gconstpointer data)
     g_assert_cmpuint(fx->sink.data_records, ==, 8);
     g_assert_cmpuint(fx->sink.data_bytes, ==, 8ull * BIG_RECORD);
 
+    g_cancellable_cancel(proxy.cancel); /* its accept returns */
+    g_thread_join(proxy.thread);
     g_socket_listener_close(proxy.listener);
     g_object_unref(proxy.listener);
-    g_thread_unref(proxy.thread); /* blocked in accept on a closed listener: it returns */
+    g_object_unref(proxy.cancel);
 }
 
 /* ---- the queue of active transfers -------------------------------------------------------- */
@@ -1468,7 +1477,8 @@ static void
 test_queue(Fixture *fx, gconstpointer data)
 {
     g_autoptr(VrRateLimit) limit = vr_rate_limit_new(24 * MiB, 256 * 1024);
-    g_autofree char *paths[3] = { NULL };
+    char *paths[3] = { NULL };
+    SendOptions options = { .client_cert = "client-ok", .limit = limit };
     Send sends[3];
     GThread *threads[3];
     LoadWatch watch = { .fx = fx };
@@ -1493,9 +1503,7 @@ test_queue(Fixture *fx, gconstpointer data)
 
     tick = g_timeout_add(5, load_watch_tick, &watch);
     for (unsigned i = 0; i < 3; i++) {
-        sends[i] = (Send){ .fx = fx,
-                           .options = &(SendOptions){ .client_cert = "client-ok", .limit = limit },
-                           .path = paths[i] };
+        sends[i] = (Send){ .fx = fx, .options = &options, .path = paths[i] };
         threads[i] = g_thread_new("sender", send_run, &sends[i]);
     }
     for (unsigned i = 0; i < 3; i++) {
@@ -1512,6 +1520,8 @@ test_queue(Fixture *fx, gconstpointer data)
     g_assert_cmpuint(watch.max_queued_seen, ==, 1);
     g_assert_cmpint(fx->sink.commits, ==, 3);
     g_assert_cmpuint(fx->sink.data_bytes, ==, 3 * 2ull * BIG_RECORD);
+    for (unsigned i = 0; i < 3; i++)
+        g_free(paths[i]);
 }
 
 /* ---- limits on the connection: a silent client is cut off; huge headers refused ----------- */
@@ -1557,9 +1567,10 @@ stall_run(gpointer data)
 static void
 stall(Fixture *fx, Stall *s)
 {
-    GThread *thread = g_thread_new("stall", stall_run, s);
+    GThread *thread;
 
     s->fx = fx;
+    thread = g_thread_new("stall", stall_run, s);
     while (!g_atomic_int_get(&s->done))
         g_main_context_iteration(NULL, TRUE);
     g_thread_join(thread);
@@ -1746,6 +1757,256 @@ test_matrix_no_revocation(Fixture *fx, gconstpointer data)
     g_assert_cmpstr(fx->sink.peer_name, ==, "revoked1");
 }
 
+/* ---- one primary against another; the queue's timeout; slow rates; open uploads --------- */
+
+/* Iterate the main context until the receiver reads @active bodies. */
+static void
+wait_for_load(Fixture *fx, guint active)
+{
+    gint64 until = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    guint now, queued;
+
+    do {
+        g_main_context_iteration(NULL, FALSE);
+        vr_receiver_get_load(fx->receiver, &now, &queued);
+        if (now != active)
+            g_usleep(1000);
+    } while (now != active && g_get_monotonic_time() < until);
+    g_assert_cmpuint(now, ==, active);
+}
+
+/* A cycle of disk vda, cycles 0..@target (FULL), one 4 KiB DATA record, for a URL. */
+static GBytes *
+stream_target(uint64_t target)
+{
+    VrWireIdentity identity;
+    g_autoptr(VrWireEncoder) encoder = NULL;
+    GByteArray *out = g_byte_array_new();
+    uint8_t data[4096];
+
+    memset(data, (int)target, sizeof(data));
+    identity_init(&identity, "vda");
+    identity.target_cycle = target;
+    encoder = vr_wire_encoder_new(&identity, NULL);
+    g_assert_true(vr_wire_encoder_begin(encoder, out, NULL));
+    g_assert_true(vr_wire_encoder_add_data(encoder, 0, data, sizeof(data), out, NULL));
+    g_assert_true(vr_wire_encoder_end(encoder, out, NULL));
+    return g_byte_array_free_to_bytes(out);
+}
+
+/* Another primary can neither restart nor continue primary1's upload. */
+static void
+test_cross_peer(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(VrRateLimit) limit = vr_rate_limit_new(8 * MiB, 256 * 1024);
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(GBytes) body = NULL;
+    g_autofree char *path = NULL;
+    g_autofree char *text = NULL;
+    SendOptions options = { .client_cert = "client-ok", .limit = limit };
+    Send send = { .fx = fx, .options = &options };
+    GThread *thread;
+    uint64_t size;
+
+    if (skip_without_pki())
+        return;
+    path = stream_file_big("cross.vrw", "vda", 4, 0, &size); /* 16 MiB: 2 s at 8 MiB/s */
+    send.path = path;
+    thread = g_thread_new("sender", send_run, &send);
+    wait_for_load(fx, 1);
+
+    session = client_session_new();
+    body = stream_small("vda");
+    /* primary3 (client-later-revoked is valid under crl.pem) starts the same stream */
+    g_assert_cmpuint(
+        client_put(fx, session, PATH_VDA, body, NULL, 0, "client-later-revoked", &text, NULL), ==,
+        SOUP_STATUS_CONFLICT);
+    g_assert_cmpstr(g_strchomp(text), ==, "another primary is uploading this stream");
+
+    while (!g_atomic_int_get(&send.done))
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(thread);
+    g_assert_no_error(send.error);
+    g_assert_true(send.ok);
+    g_assert_cmpuint(send.stats.requests, ==, 1);
+    g_assert_cmpint(fx->sink.begins, ==, 1); /* primary3's request never reached the sink */
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+    g_assert_cmpint(fx->sink.aborts, ==, 0);
+    g_assert_cmpstr(fx->sink.peer_name, ==, "primary1");
+}
+
+/*
+ * One slot, a queue that waits one second: the second upload gets 503 (Retry-After)
+ * instead of timing out in the queue, waits, and gets through once the first one is done.
+ */
+static void
+test_queue_timeout(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(VrRateLimit) limit = vr_rate_limit_new(4 * MiB, 256 * 1024);
+    g_autofree char *first = NULL;
+    g_autofree char *second = NULL;
+    SendOptions slow = { .client_cert = "client-ok", .limit = limit };
+    SendOptions fast = { .client_cert = "client-ok" };
+    Send a = { .fx = fx, .options = &slow };
+    Send b = { .fx = fx, .options = &fast };
+    GThread *ta, *tb;
+    uint64_t size;
+
+    if (skip_without_pki())
+        return;
+    fx->max_active = 1;
+    fx->queue_timeout_s = 1;
+    fixture_restart(fx);
+    fx->sink.multi = true;
+    first = stream_file_big("first.vrw", "vd0", 2, 0, &size); /* 8 MiB: 2 s at 4 MiB/s */
+    second = stream_file_big("second.vrw", "vd1", 1, 5, &size);
+    a.path = first;
+    b.path = second;
+    ta = g_thread_new("sender-a", send_run, &a);
+    wait_for_load(fx, 1);
+    tb = g_thread_new("sender-b", send_run, &b);
+    while (!g_atomic_int_get(&a.done) || !g_atomic_int_get(&b.done))
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(ta);
+    g_thread_join(tb);
+    g_assert_no_error(a.error);
+    g_assert_no_error(b.error);
+    g_test_message("second upload: %u busy answers, %u requests", b.stats.busy, b.stats.requests);
+    g_assert_cmpuint(b.stats.busy, >=, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 2);
+}
+
+/*
+ * A slow rate (10 KiB/s) and a 2-second I/O timeout on the receiver: the client spaces its
+ * small writes, so the connection is never silent that long.
+ */
+static void
+test_slow_rate(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(VrRateLimit) limit = vr_rate_limit_new(10 * 1024, 8 * 1024);
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+    g_autofree uint8_t *buf = g_malloc(BIG_RECORD);
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    g_autoptr(GBytes) bytes = NULL;
+    g_autoptr(VrWireEncoder) encoder = NULL;
+    VrWireIdentity identity;
+    VrSenderStats stats;
+
+    if (skip_without_pki())
+        return;
+    fx->io_timeout_s = 2;
+    fixture_restart(fx);
+    /* 40 KiB of incompressible data: about 4 s at 10 KiB/s */
+    big_fill(buf, 3);
+    identity_init(&identity, "vda");
+    encoder = vr_wire_encoder_new(&identity, NULL);
+    g_assert_true(vr_wire_encoder_begin(encoder, out, NULL));
+    g_assert_true(vr_wire_encoder_add_data(encoder, 0, buf, 40 * 1024, out, NULL));
+    g_assert_true(vr_wire_encoder_end(encoder, out, NULL));
+    bytes = g_byte_array_free_to_bytes(g_steal_pointer(&out));
+    path = stream_file("slow.vrw", bytes);
+    g_assert_true(send_file(fx, &(SendOptions){ .client_cert = "client-ok", .limit = limit }, path,
+                            &stats, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(stats.requests, ==, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+}
+
+typedef struct {
+    Fixture *fx;
+    const char *path;
+    uint64_t target;
+    gint done;
+} Partial;
+
+/*
+ * As primary1: a PUT of the stream of stream_target(@target) whose body stops after its
+ * first 100 bytes (inside BEGIN: nothing to decode yet), then the connection goes.
+ */
+static gpointer
+partial_run(gpointer data)
+{
+    Partial *partial = data;
+    g_autoptr(GSocketClient) client = g_socket_client_new();
+    g_autoptr(GSocketConnection) conn = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *head = NULL;
+    g_autoptr(GBytes) stream = stream_target(partial->target);
+    GOutputStream *out;
+
+    g_socket_client_set_tls(client, TRUE);
+    g_signal_connect(client, "event", G_CALLBACK(raw_event), partial->fx);
+    conn = g_socket_client_connect_to_uri(client, partial->fx->base, 443, NULL, &error);
+    g_assert_no_error(error);
+    out = g_io_stream_get_output_stream(G_IO_STREAM(conn));
+    head = g_strdup_printf(
+        "PUT %s HTTP/1.1\r\nHost: replica.example\r\nContent-Length: %" G_GSIZE_FORMAT
+        "\r\nVR-Length: %" G_GSIZE_FORMAT "\r\n\r\n",
+        partial->path, g_bytes_get_size(stream), g_bytes_get_size(stream));
+    g_assert_true(g_output_stream_write_all(out, head, strlen(head), NULL, NULL, &error));
+    g_assert_true(
+        g_output_stream_write_all(out, g_bytes_get_data(stream, NULL), 100, NULL, NULL, &error));
+    g_io_stream_close(G_IO_STREAM(conn), NULL, NULL);
+    g_atomic_int_set(&partial->done, 1);
+    g_main_context_wakeup(NULL);
+    return NULL;
+}
+
+static void
+partial_put(Fixture *fx, const char *path, uint64_t target)
+{
+    Partial partial = { .fx = fx, .path = path, .target = target };
+    GThread *thread = g_thread_new("partial", partial_run, &partial);
+
+    int begins = fx->sink.begins;
+
+    while (!g_atomic_int_get(&partial.done) || fx->sink.begins == begins)
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(thread);
+    wait_for_load(fx, 0); /* the receiver noticed: the upload waits for a resume */
+}
+
+/*
+ * At most max_open_uploads (here 2) uploads open: a primary's new stream evicts its own
+ * oldest interrupted upload; another primary, which has none to evict, gets 503.
+ */
+static void
+test_open_uploads(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(GBytes) body = stream_target(3);
+    g_autofree char *text = NULL;
+
+    if (skip_without_pki())
+        return;
+    fx->max_open_uploads = 2;
+    fixture_restart(fx);
+    fx->sink.multi = true;
+    partial_put(fx, "/v1/cycles/r1/vda/1/0/1", 1);
+    partial_put(fx, "/v1/cycles/r1/vda/1/0/2", 2);
+    g_assert_cmpint(fx->sink.begins, ==, 2);
+    g_assert_cmpint(fx->sink.aborts, ==, 0);
+
+    session = client_session_new();
+    g_assert_cmpuint(client_put(fx, session, "/v1/cycles/r1/vda/1/0/3", body, NULL, 0,
+                                "client-later-revoked", &text, NULL),
+                     ==, SOUP_STATUS_SERVICE_UNAVAILABLE);
+    g_assert_cmpstr(g_strchomp(text), ==, "too many uploads are open on this replica");
+    g_assert_cmpint(fx->sink.begins, ==, 2);
+
+    /* a new session: libsoup would send it on primary3's kept-alive connection */
+    g_clear_object(&session);
+    session = client_session_new();
+    g_assert_cmpuint(
+        client_put(fx, session, "/v1/cycles/r1/vda/1/0/3", body, NULL, 0, "client-ok", NULL, NULL),
+        ==, SOUP_STATUS_NO_CONTENT);
+    g_assert_cmpint(fx->sink.begins, ==, 3);
+    g_assert_cmpint(fx->sink.aborts, ==, 1); /* the upload of cycle 1, the oldest */
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+    g_assert_cmpuint(fx->sink.key.target_cycle, ==, 3);
+}
+
 /* ---- main ----------------------------------------------------------------------------- */
 
 #define ADD(path, limit, func)                                                           \
@@ -1781,6 +2042,10 @@ main(int argc, char **argv)
     ADD("tls/matrix-clients", 0, test_matrix_clients);
     ADD("tls/matrix-servers", 0, test_matrix_servers);
     ADD("tls/no-revocation", 0, test_matrix_no_revocation);
+    ADD("cross-peer", 0, test_cross_peer);
+    ADD("queue-timeout", 0, test_queue_timeout);
+    ADD("slow-rate", 0, test_slow_rate);
+    ADD("open-uploads", 0, test_open_uploads);
 
     rc = g_test_run();
     g_free(pki);
