@@ -1,0 +1,1358 @@
+/*
+ * vr-replica-store.c: the recovery points of one replicated disk, on the replica
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <glib-unix.h>
+#include <libnbd.h>
+
+#include "vr-failpoint.h"
+#include "vr-qmp-json.h"
+#include "vr-replica-store.h"
+
+GQuark
+vr_replica_store_error_quark(void)
+{
+    return g_quark_from_static_string("vr-replica-store-error-quark");
+}
+
+#define VR_REPLICA_MANIFEST         "manifest.json"
+#define VR_REPLICA_MANIFEST_TMP     "manifest.json.tmp"
+#define VR_REPLICA_MANIFEST_VERSION 1
+#define VR_REPLICA_MANIFEST_MAX     (1024 * 1024) /* bytes; 24 points take 4 KiB */
+/* Writes in flight: enough to keep qemu-nbd busy; the copies of DATA bound the memory. */
+#define VR_REPLICA_DEPTH           16
+#define VR_REPLICA_BYTES_IN_FLIGHT (64 * 1024 * 1024)
+/* One write-zeroes request: NBD lengths are 32-bit; QEMU's 32 MiB cap is for payloads only. */
+#define VR_REPLICA_ZERO_CHUNK ((uint64_t)1 << 30)
+/* qcow2 holds virtual sizes in whole sectors (qemu-img create rounds up). */
+#define VR_REPLICA_SECTOR        512
+#define VR_REPLICA_START_TIMEOUT (30 * G_USEC_PER_SEC)
+#define VR_REPLICA_STOP_TIMEOUT  (120 * G_USEC_PER_SEC) /* SIGTERM: qcow2 metadata is written */
+#define VR_REPLICA_ABORT_TIMEOUT (10 * G_USEC_PER_SEC)
+#define VR_REPLICA_STDERR_MAX    2048
+#define VR_REPLICA_KNOWN_FLAGS \
+    (VR_WIRE_FLAG_FULL | VR_WIRE_FLAG_RESYNC | VR_WIRE_FLAG_APP_CONSISTENT)
+#define VR_REPLICA_NO_BASE_FLAGS (VR_WIRE_FLAG_FULL | VR_WIRE_FLAG_RESYNC)
+
+struct _VrReplicaStore {
+    char *dir;             /* absolute */
+    int dirfd;             /* holds the flock that makes this store the directory's only one */
+    GArray *points;        /* VrReplicaPoint, oldest first: what manifest.json says */
+    VrReplicaApply *apply; /* the running apply, or NULL */
+};
+
+struct _VrReplicaApply {
+    VrReplicaStore *store;
+    VrWireIdentity identity;
+    char *image_name; /* "rp-<cycle>.qcow2" */
+    char *image;      /* absolute */
+    char *socket_name;
+    char *socket;
+    char *pid_name;
+    char *pid_file;
+    bool created;   /* the image is ours to remove */
+    bool published; /* the manifest names the image: never remove it */
+    GPid pid;       /* qemu-nbd, 0 when not running */
+    int stderr_fd;  /* its stderr, a pipe */
+    struct nbd_handle *nbd;
+    /* Requests in flight, counted from issue to libnbd's free callback. */
+    guint in_flight;
+    uint64_t bytes_in_flight;
+    /* The first request that failed (its completion callback runs under libnbd's lock). */
+    int request_errno;
+    uint64_t request_offset;
+    uint64_t request_length;
+    bool request_zero;
+    GError *failure; /* once set, every later call fails with it */
+    bool wrote;      /* a record went out: the "after-write" failpoint is behind us */
+    uint64_t records;
+    uint64_t data_bytes;
+    uint64_t zero_bytes;
+    gint64 started; /* monotonic, for the debug summary */
+};
+
+/* ---- small helpers ---------------------------------------------------------------- */
+
+static bool
+vr_replica_errno_error(GError **error, int errsv, const char *what, const char *path)
+{
+    g_set_error(error, VR_REPLICA_STORE_ERROR,
+                errsv == ENOSPC || errsv == EDQUOT ? VR_REPLICA_STORE_ERROR_NO_SPACE
+                                                   : VR_REPLICA_STORE_ERROR_FAILED,
+                "cannot %s '%s': %s", what, path, g_strerror(errsv));
+    return false;
+}
+
+static bool vr_replica_corrupt(GError **error, VrReplicaStore *store, const char *format, ...)
+    G_GNUC_PRINTF(3, 4);
+
+static bool
+vr_replica_corrupt(GError **error, VrReplicaStore *store, const char *format, ...)
+{
+    g_autofree char *what = NULL;
+    va_list args;
+
+    va_start(args, format);
+    what = g_strdup_vprintf(format, args);
+    va_end(args);
+    g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CORRUPT,
+                "manifest '%s/" VR_REPLICA_MANIFEST "': %s", store->dir, what);
+    return false;
+}
+
+static char *
+vr_replica_image_name(uint64_t cycle)
+{
+    return g_strdup_printf("rp-%" PRIu64 ".qcow2", cycle);
+}
+
+/*
+ * True when @name is exactly @prefix, a cycle number in its canonical decimal form and
+ * @suffix: only names this file could have made match.
+ */
+static bool
+vr_replica_parse_name(const char *name, const char *prefix, const char *suffix, uint64_t *cycle)
+{
+    size_t plen = strlen(prefix);
+    size_t slen = strlen(suffix);
+    size_t len = strlen(name);
+    g_autofree char *digits = NULL;
+    g_autofree char *canonical = NULL;
+    guint64 n;
+
+    if (len <= plen + slen || strncmp(name, prefix, plen) != 0 ||
+        strcmp(name + len - slen, suffix) != 0)
+        return false;
+    digits = g_strndup(name + plen, len - plen - slen);
+    if (!g_ascii_string_to_unsigned(digits, 10, 1, G_MAXUINT64, &n, NULL))
+        return false;
+    canonical = g_strdup_printf("%" G_GUINT64_FORMAT, n);
+    if (strcmp(canonical, digits) != 0)
+        return false;
+    *cycle = n;
+    return true;
+}
+
+static bool
+vr_replica_write_all(int fd, const char *buf, size_t len, const char *path, GError **error)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return vr_replica_errno_error(error, errno, "write", path);
+        }
+        buf += n;
+        len -= n;
+    }
+    return true;
+}
+
+/* fsync the file @name of the store's directory (a directory too: "."). */
+static bool
+vr_replica_fsync_at(VrReplicaStore *store, const char *name, GError **error)
+{
+    g_autofree char *path = g_build_filename(store->dir, name, NULL);
+    int fd = openat(store->dirfd, name, O_RDONLY | O_CLOEXEC);
+    int errsv;
+
+    if (fd < 0)
+        return vr_replica_errno_error(error, errno, "open for sync", path);
+    if (fsync(fd) < 0) {
+        errsv = errno;
+        close(fd);
+        return vr_replica_errno_error(error, errsv, "sync", path);
+    }
+    close(fd);
+    return true;
+}
+
+/* Remove @name from the store's directory; a missing file is no error. */
+static bool
+vr_replica_unlink(VrReplicaStore *store, const char *name, GError **error)
+{
+    if (unlinkat(store->dirfd, name, 0) < 0 && errno != ENOENT) {
+        g_autofree char *path = g_build_filename(store->dir, name, NULL);
+
+        return vr_replica_errno_error(error, errno, "remove", path);
+    }
+    return true;
+}
+
+/*
+ * Runs in the child between fork and exec (one fork: g_spawn_sync, or g_spawn_async with
+ * G_SPAWN_DO_NOT_REAP_CHILD, so the parent is the caller). qemu-img and qemu-nbd die with
+ * the thread that started them, so an apply never outlives its owner: a crashed daemon
+ * leaves no server writing an image that the next open() removes.
+ */
+static void
+vr_replica_child_setup(gpointer user_data)
+{
+    pid_t parent = GPOINTER_TO_INT(user_data);
+
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* The parent died before prctl(): nobody would kill us. */
+    if (getppid() != parent)
+        _exit(127);
+}
+
+/* Its stderr as one line (the end of it, when long), for an error message. */
+static char *
+vr_replica_one_line(const char *text)
+{
+    g_autofree char *copy = g_strstrip(g_strdup(text != NULL ? text : ""));
+    size_t len = strlen(copy);
+    const char *start = len > VR_REPLICA_STDERR_MAX ? copy + len - VR_REPLICA_STDERR_MAX : copy;
+    g_auto(GStrv) lines = g_strsplit(start, "\n", -1);
+    g_autofree char *joined = g_strjoinv("; ", lines);
+
+    return g_strdup(joined[0] != '\0' ? joined : "no message");
+}
+
+/* Run @argv (qemu-img) to completion; its stderr becomes the error. */
+static bool
+vr_replica_run(const char *const *argv, const char *what, GError **error)
+{
+    g_autoptr(GError) local = NULL;
+    g_autofree char *err = NULL;
+    g_autofree char *line = NULL;
+    int status = 0;
+
+    if (!g_spawn_sync(
+            NULL, (char **)argv, NULL,
+            G_SPAWN_SEARCH_PATH | G_SPAWN_STDIN_FROM_DEV_NULL | G_SPAWN_STDOUT_TO_DEV_NULL,
+            vr_replica_child_setup, GINT_TO_POINTER(getpid()), NULL, &err, &status, &local)) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "cannot run '%s' to %s: %s", argv[0], what, local->message);
+        return false;
+    }
+    if (g_spawn_check_wait_status(status, &local))
+        return true;
+    line = vr_replica_one_line(err);
+    g_set_error(error, VR_REPLICA_STORE_ERROR,
+                strstr(line, g_strerror(ENOSPC)) != NULL ? VR_REPLICA_STORE_ERROR_NO_SPACE
+                                                         : VR_REPLICA_STORE_ERROR_FAILED,
+                "'%s' failed to %s (%s): %s", argv[0], what, local->message, line);
+    return false;
+}
+
+/* ---- the manifest ----------------------------------------------------------------- */
+
+static char *
+vr_replica_manifest_text(const VrReplicaPoint *points, guint n_points)
+{
+    g_autoptr(json_object) root = json_object_new_object();
+    json_object *list = json_object_new_array();
+
+    json_object_object_add(root, "version", json_object_new_int(VR_REPLICA_MANIFEST_VERSION));
+    json_object_object_add(root, "points", list);
+    for (guint i = 0; i < n_points; i++) {
+        const VrReplicaPoint *p = &points[i];
+        g_autofree char *image = vr_replica_image_name(p->cycle);
+        json_object *obj = json_object_new_object();
+
+        json_object_object_add(obj, "cycle", json_object_new_uint64(p->cycle));
+        json_object_object_add(obj, "epoch", json_object_new_uint64(p->epoch));
+        json_object_object_add(obj, "virtual_size", json_object_new_uint64(p->virtual_size));
+        json_object_object_add(obj, "flags", json_object_new_uint64(p->flags));
+        json_object_object_add(obj, "image", json_object_new_string(image));
+        json_object_object_add(obj, "published", json_object_new_int64(p->published));
+        json_object_array_add(list, obj);
+    }
+    return g_strconcat(json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
+                                                                JSON_C_TO_STRING_SPACED |
+                                                                JSON_C_TO_STRING_NOSLASHESCAPE),
+                       "\n", NULL);
+}
+
+/* Every member of @obj is one of @allowed; else CORRUPT naming the first other one. */
+static bool
+vr_replica_members_only(VrReplicaStore *store, json_object *obj, const char *const *allowed,
+                        const char *where, GError **error)
+{
+    json_object_object_foreach (obj, key, value) {
+        (void)value;
+        if (!g_strv_contains(allowed, key))
+            return vr_replica_corrupt(error, store, "%s has an unknown member '%s'", where, key);
+    }
+    return true;
+}
+
+static bool
+vr_replica_manifest_point(VrReplicaStore *store, json_object *obj, guint index,
+                          VrReplicaPoint *point, GError **error)
+{
+    static const char *const members[] = { "cycle",     "epoch", "virtual_size", "flags", "image",
+                                           "published", NULL };
+    g_autofree char *where = g_strdup_printf("point %u", index);
+    g_autofree char *expected = NULL;
+    const char *image;
+    uint64_t flags;
+    struct stat st;
+
+    if (!json_object_is_type(obj, json_type_object))
+        return vr_replica_corrupt(error, store, "%s is not an object", where);
+    if (!vr_replica_members_only(store, obj, members, where, error))
+        return false;
+    if (!vr_json_get_uint64(obj, "cycle", &point->cycle) || point->cycle == 0)
+        return vr_replica_corrupt(error, store, "%s has no cycle number above 0", where);
+    g_free(where);
+    where = g_strdup_printf("point %u (cycle %" PRIu64 ")", index, point->cycle);
+    if (!vr_json_get_uint64(obj, "epoch", &point->epoch))
+        return vr_replica_corrupt(error, store, "%s has no epoch", where);
+    if (!vr_json_get_uint64(obj, "virtual_size", &point->virtual_size) ||
+        point->virtual_size == 0 || point->virtual_size % VR_REPLICA_SECTOR != 0)
+        return vr_replica_corrupt(error, store,
+                                  "%s has no virtual size that is a positive multiple of %d", where,
+                                  VR_REPLICA_SECTOR);
+    if (!vr_json_get_uint64(obj, "flags", &flags) || (flags & ~(uint64_t)VR_REPLICA_KNOWN_FLAGS) ||
+        (flags & VR_REPLICA_NO_BASE_FLAGS) == VR_REPLICA_NO_BASE_FLAGS)
+        return vr_replica_corrupt(error, store, "%s has no valid flags", where);
+    point->flags = flags;
+    if (!vr_json_get_int64(obj, "published", &point->published))
+        return vr_replica_corrupt(error, store, "%s has no publication time", where);
+    image = vr_json_get_string(obj, "image");
+    expected = vr_replica_image_name(point->cycle);
+    if (image == NULL || strcmp(image, expected) != 0)
+        return vr_replica_corrupt(error, store, "%s names image '%s', not '%s'", where,
+                                  image != NULL ? image : "", expected);
+    if (fstatat(store->dirfd, image, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (errno == ENOENT)
+            return vr_replica_corrupt(error, store, "%s names '%s', which is missing", where,
+                                      image);
+        return vr_replica_errno_error(error, errno, "look at", image);
+    }
+    if (!S_ISREG(st.st_mode))
+        return vr_replica_corrupt(error, store, "%s names '%s', which is not a regular file", where,
+                                  image);
+    return true;
+}
+
+/* Parse @text strictly into @points: anything unexpected is CORRUPT, naming it. */
+static bool
+vr_replica_manifest_parse(VrReplicaStore *store, const char *text, size_t len, GArray *points,
+                          GError **error)
+{
+    static const char *const members[] = { "version", "points", NULL };
+    json_tokener *tok = json_tokener_new();
+    g_autoptr(json_object) root = NULL;
+    enum json_tokener_error jerr;
+    json_object *list;
+    int64_t version;
+    size_t end;
+
+    /* Trailing text is checked below, for a message that says so. */
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS);
+    root = json_tokener_parse_ex(tok, text, (int)len);
+    jerr = json_tokener_get_error(tok);
+    end = json_tokener_get_parse_end(tok);
+    json_tokener_free(tok);
+    if (root == NULL || jerr != json_tokener_success) {
+        return vr_replica_corrupt(error, store, "not JSON: %s",
+                                  jerr == json_tokener_continue ? "the text ends too soon"
+                                                                : json_tokener_error_desc(jerr));
+    }
+    for (; end < len; end++) {
+        if (!g_ascii_isspace(text[end]))
+            return vr_replica_corrupt(error, store, "text after the JSON object");
+    }
+    if (!json_object_is_type(root, json_type_object))
+        return vr_replica_corrupt(error, store, "not a JSON object");
+    if (!vr_replica_members_only(store, root, members, "the manifest", error))
+        return false;
+    if (!vr_json_get_int64(root, "version", &version))
+        return vr_replica_corrupt(error, store, "no version");
+    if (version != VR_REPLICA_MANIFEST_VERSION)
+        return vr_replica_corrupt(error, store, "version %" PRId64 " is not supported (only %d)",
+                                  version, VR_REPLICA_MANIFEST_VERSION);
+    list = vr_json_get_array(root, "points");
+    if (list == NULL)
+        return vr_replica_corrupt(error, store, "no array of points");
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        VrReplicaPoint point = { 0 };
+        const VrReplicaPoint *prev =
+            points->len > 0 ? &g_array_index(points, VrReplicaPoint, points->len - 1) : NULL;
+
+        if (!vr_replica_manifest_point(store, json_object_array_get_idx(list, i), (guint)i, &point,
+                                       error))
+            return false;
+        if (prev != NULL && point.cycle == prev->cycle)
+            return vr_replica_corrupt(error, store, "cycle %" PRIu64 " is listed twice",
+                                      point.cycle);
+        if (prev != NULL && point.cycle < prev->cycle)
+            return vr_replica_corrupt(error, store,
+                                      "cycle %" PRIu64 " follows cycle %" PRIu64
+                                      ": the points are not oldest first",
+                                      point.cycle, prev->cycle);
+        if (prev != NULL && point.epoch < prev->epoch)
+            return vr_replica_corrupt(error, store,
+                                      "cycle %" PRIu64 " has epoch %" PRIu64
+                                      ", below epoch %" PRIu64 " of cycle %" PRIu64,
+                                      point.cycle, point.epoch, prev->epoch, prev->cycle);
+        g_array_append_val(points, point);
+    }
+    return true;
+}
+
+/* Read manifest.json into the store's points; none is an empty store. */
+static bool
+vr_replica_store_load(VrReplicaStore *store, GError **error)
+{
+    g_autofree char *path = g_build_filename(store->dir, VR_REPLICA_MANIFEST, NULL);
+    g_autofree char *text = NULL;
+    struct stat st;
+    size_t done = 0;
+    int fd;
+    bool ok;
+
+    fd = openat(store->dirfd, VR_REPLICA_MANIFEST, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return true;
+        return vr_replica_errno_error(error, errno, "open", path);
+    }
+    if (fstat(fd, &st) < 0) {
+        int errsv = errno;
+
+        close(fd);
+        return vr_replica_errno_error(error, errsv, "look at", path);
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size > VR_REPLICA_MANIFEST_MAX) {
+        close(fd);
+        return vr_replica_corrupt(error, store, "not a regular file of at most %d bytes",
+                                  VR_REPLICA_MANIFEST_MAX);
+    }
+    text = g_malloc(st.st_size + 1);
+    while (done < (size_t)st.st_size) {
+        ssize_t n = read(fd, text + done, st.st_size - done);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int errsv = n < 0 ? errno : EIO;
+
+            close(fd);
+            return vr_replica_errno_error(error, errsv, "read", path);
+        }
+        done += n;
+    }
+    close(fd);
+    text[done] = '\0';
+    ok = vr_replica_manifest_parse(store, text, done, store->points, error);
+    if (!ok)
+        g_array_set_size(store->points, 0);
+    return ok;
+}
+
+/*
+ * Write the manifest of the store's points plus @point: manifest.json.tmp, fsync, rename
+ * over manifest.json (the commit point), fsync the directory. Once the rename is done the
+ * point is the store's (the manifest names it), even when the directory sync then fails.
+ */
+static bool
+vr_replica_store_publish(VrReplicaStore *store, const VrReplicaPoint *point, bool *renamed,
+                         GError **error)
+{
+    g_autofree char *tmp_path = g_build_filename(store->dir, VR_REPLICA_MANIFEST_TMP, NULL);
+    g_autofree char *path = g_build_filename(store->dir, VR_REPLICA_MANIFEST, NULL);
+    g_autoptr(GArray) points = g_array_copy(store->points);
+    g_autofree char *text = NULL;
+    int fd;
+
+    *renamed = false;
+    g_array_append_val(points, *point);
+    text = vr_replica_manifest_text((const VrReplicaPoint *)points->data, points->len);
+    fd = openat(store->dirfd, VR_REPLICA_MANIFEST_TMP,
+                O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0)
+        return vr_replica_errno_error(error, errno, "create", tmp_path);
+    if (!vr_replica_write_all(fd, text, strlen(text), tmp_path, error) ||
+        (fsync(fd) < 0 && !vr_replica_errno_error(error, errno, "sync", tmp_path))) {
+        close(fd);
+        vr_replica_unlink(store, VR_REPLICA_MANIFEST_TMP, NULL);
+        return false;
+    }
+    if (close(fd) < 0) {
+        vr_replica_errno_error(error, errno, "close", tmp_path);
+        vr_replica_unlink(store, VR_REPLICA_MANIFEST_TMP, NULL);
+        return false;
+    }
+    vr_failpoint("after-manifest-tmp");
+    if (renameat(store->dirfd, VR_REPLICA_MANIFEST_TMP, store->dirfd, VR_REPLICA_MANIFEST) < 0) {
+        vr_replica_errno_error(error, errno, "rename over", path);
+        vr_replica_unlink(store, VR_REPLICA_MANIFEST_TMP, NULL);
+        return false;
+    }
+    *renamed = true;
+    g_array_append_val(store->points, *point);
+    vr_failpoint("after-rename");
+    if (!vr_replica_fsync_at(store, ".", error)) {
+        g_prefix_error(error,
+                       "cycle %" PRIu64 " is in the manifest, but its rename may not be "
+                       "durable: ",
+                       point->cycle);
+        return false;
+    }
+    return true;
+}
+
+/* ---- opening ---------------------------------------------------------------------- */
+
+static const VrReplicaPoint *
+vr_replica_store_find(VrReplicaStore *store, uint64_t cycle)
+{
+    for (guint i = 0; i < store->points->len; i++) {
+        const VrReplicaPoint *p = &g_array_index(store->points, VrReplicaPoint, i);
+
+        if (p->cycle == cycle)
+            return p;
+    }
+    return NULL;
+}
+
+static const VrReplicaPoint *
+vr_replica_store_latest(VrReplicaStore *store)
+{
+    if (store->points->len == 0)
+        return NULL;
+    return &g_array_index(store->points, VrReplicaPoint, store->points->len - 1);
+}
+
+/* The state letter of /proc/<pid>/stat ('Z' for a zombie), or 0 when the process is gone. */
+static char
+vr_replica_proc_state(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/stat", (int)pid);
+    g_autofree char *text = NULL;
+    const char *paren;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL))
+        return 0;
+    /* "pid (comm) S ...": comm may hold anything, so look after the last ')'. */
+    paren = strrchr(text, ')');
+    return paren != NULL && paren[1] == ' ' ? paren[2] : 0;
+}
+
+/*
+ * A qemu-nbd of an apply whose owner died before it could stop it (its parent-death signal
+ * normally kills it; this covers the rest): kill it when the pid file @pid_name still names
+ * a live qemu-nbd serving this store's socket @socket_name. Never another process.
+ */
+static void
+vr_replica_store_kill_orphan(VrReplicaStore *store, const char *pid_name, const char *socket_name)
+{
+    g_autofree char *pid_path = g_build_filename(store->dir, pid_name, NULL);
+    g_autofree char *socket_arg = g_strdup_printf("--socket=%s/%s", store->dir, socket_name);
+    g_autofree char *text = NULL;
+    g_autofree char *cmdline_path = NULL;
+    g_autofree char *cmdline = NULL;
+    g_autofree char *argv0 = NULL;
+    bool ours = false;
+    size_t len = 0;
+    guint64 pid;
+    gint64 deadline;
+
+    if (!g_file_get_contents(pid_path, &text, NULL, NULL) ||
+        !g_ascii_string_to_unsigned(g_strstrip(text), 10, 2, G_MAXINT, &pid, NULL))
+        return;
+    cmdline_path = g_strdup_printf("/proc/%d/cmdline", (int)pid);
+    if (!g_file_get_contents(cmdline_path, &cmdline, &len, NULL) || len == 0)
+        return;
+    argv0 = g_path_get_basename(cmdline);
+    for (size_t at = 0; at < len; at += strlen(cmdline + at) + 1) {
+        if (strcmp(cmdline + at, socket_arg) == 0)
+            ours = true;
+    }
+    if (!ours || strcmp(argv0, "qemu-nbd") != 0)
+        return;
+    g_debug("killing qemu-nbd %d left behind on '%s'", (int)pid, socket_arg + 9);
+    kill((pid_t)pid, SIGKILL);
+    /* Not our child: wait until it is gone or a zombie (its image is removed next). */
+    deadline = g_get_monotonic_time() + VR_REPLICA_ABORT_TIMEOUT;
+    while (g_get_monotonic_time() < deadline) {
+        char state = vr_replica_proc_state((pid_t)pid);
+
+        if (state == 0 || state == 'Z' || state == 'X')
+            break;
+        g_usleep(5000);
+    }
+}
+
+/*
+ * Remove what no published point names: images of interrupted applies, manifest.json.tmp,
+ * the sockets and pid files of their qemu-nbd. Nothing else, whatever its name.
+ */
+static bool
+vr_replica_store_sweep(VrReplicaStore *store, GError **error)
+{
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    struct dirent *entry;
+    DIR *dir;
+    int fd;
+
+    fd = openat(store->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || (dir = fdopendir(fd)) == NULL) {
+        int errsv = errno;
+
+        if (fd >= 0)
+            close(fd);
+        return vr_replica_errno_error(error, errsv, "list", store->dir);
+    }
+    while ((entry = readdir(dir)) != NULL)
+        g_ptr_array_add(names, g_strdup(entry->d_name));
+    closedir(dir);
+
+    /* First the servers, so that none writes on while its files go. */
+    for (guint i = 0; i < names->len; i++) {
+        const char *name = names->pdata[i];
+        g_autofree char *socket_name = NULL;
+        uint64_t cycle;
+
+        if (!vr_replica_parse_name(name, ".apply-", ".pid", &cycle))
+            continue;
+        socket_name = g_strdup_printf(".apply-%" PRIu64 ".sock", cycle);
+        vr_replica_store_kill_orphan(store, name, socket_name);
+    }
+    for (guint i = 0; i < names->len; i++) {
+        const char *name = names->pdata[i];
+        uint64_t cycle;
+        bool remove = false;
+
+        if (strcmp(name, VR_REPLICA_MANIFEST_TMP) == 0)
+            remove = true;
+        else if (vr_replica_parse_name(name, "rp-", ".qcow2", &cycle))
+            remove = vr_replica_store_find(store, cycle) == NULL;
+        else if (vr_replica_parse_name(name, ".apply-", ".sock", &cycle) ||
+                 vr_replica_parse_name(name, ".apply-", ".pid", &cycle))
+            remove = true;
+        if (!remove)
+            continue;
+        g_debug("removing '%s/%s': no published point names it", store->dir, name);
+        if (!vr_replica_unlink(store, name, error))
+            return false;
+    }
+    return true;
+}
+
+VrReplicaStore *
+vr_replica_store_open(const char *dir, GError **error)
+{
+    g_autoptr(VrReplicaStore) store = g_new0(VrReplicaStore, 1);
+
+    store->dirfd = -1;
+    store->points = g_array_new(FALSE, FALSE, sizeof(VrReplicaPoint));
+    /* Absolute: qemu-img and qemu-nbd take it, and a ':' before the first '/' would make it
+     * a protocol for QEMU. */
+    if (g_path_is_absolute(dir)) {
+        store->dir = g_canonicalize_filename(dir, NULL);
+    } else {
+        g_autofree char *cwd = g_get_current_dir();
+
+        store->dir = g_canonicalize_filename(dir, cwd);
+    }
+    store->dirfd = open(store->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (store->dirfd < 0) {
+        vr_replica_errno_error(error, errno, "open the store directory", store->dir);
+        return NULL;
+    }
+    if (flock(store->dirfd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK) {
+            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY,
+                        "store '%s' is open in another store object or process", store->dir);
+        } else {
+            vr_replica_errno_error(error, errno, "lock the store directory", store->dir);
+        }
+        return NULL;
+    }
+    /* Only a manifest that parsed says what to keep: a corrupt one removes nothing. */
+    if (!vr_replica_store_load(store, error) || !vr_replica_store_sweep(store, error))
+        return NULL;
+    g_debug("opened store '%s' with %u points", store->dir, store->points->len);
+    return g_steal_pointer(&store);
+}
+
+void
+vr_replica_store_free(VrReplicaStore *store)
+{
+    if (store == NULL)
+        return;
+    /* An apply points to its store: end it first (a programming error otherwise). */
+    g_assert(store->apply == NULL);
+    if (store->dirfd >= 0)
+        close(store->dirfd);
+    g_array_unref(store->points);
+    g_free(store->dir);
+    g_free(store);
+}
+
+const VrReplicaPoint *
+vr_replica_store_points(VrReplicaStore *store, guint *n_points)
+{
+    *n_points = store->points->len;
+    return (const VrReplicaPoint *)store->points->data;
+}
+
+char *
+vr_replica_store_image_path(VrReplicaStore *store, uint64_t cycle)
+{
+    g_autofree char *name = NULL;
+
+    if (vr_replica_store_find(store, cycle) == NULL)
+        return NULL;
+    name = vr_replica_image_name(cycle);
+    return g_build_filename(store->dir, name, NULL);
+}
+
+bool
+vr_replica_store_check(VrReplicaStore *store, uint64_t epoch, uint64_t base_cycle,
+                       uint64_t target_cycle, GError **error)
+{
+    const VrReplicaPoint *latest = vr_replica_store_latest(store);
+
+    if (latest != NULL && epoch < latest->epoch) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                    "cycle %" PRIu64 " has stale epoch %" PRIu64
+                    ": the latest point, cycle %" PRIu64 ", has epoch %" PRIu64,
+                    target_cycle, epoch, latest->cycle, latest->epoch);
+        return false;
+    }
+    if (latest != NULL && target_cycle <= latest->cycle) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                    vr_replica_store_find(store, target_cycle) != NULL
+                        ? "cycle %" PRIu64
+                          " is already published (the latest point is cycle %" PRIu64 ")"
+                        : "cycle %" PRIu64 " is not after the latest point, cycle %" PRIu64,
+                    target_cycle, latest->cycle);
+        return false;
+    }
+    if (base_cycle != 0 && latest == NULL) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                    "cycle %" PRIu64 " needs base cycle %" PRIu64 ", but the store holds no point",
+                    target_cycle, base_cycle);
+        return false;
+    }
+    if (base_cycle != 0 && base_cycle != latest->cycle) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                    "cycle %" PRIu64 " needs base cycle %" PRIu64
+                    ", but the latest point is cycle %" PRIu64,
+                    target_cycle, base_cycle, latest->cycle);
+        return false;
+    }
+    return true;
+}
+
+/* ---- qemu-nbd --------------------------------------------------------------------- */
+
+/* What qemu-nbd wrote to its stderr so far (the end of it), as one line. */
+static char *
+vr_replica_nbd_stderr(VrReplicaApply *apply)
+{
+    g_autoptr(GString) text = g_string_new(NULL);
+    char buf[4096];
+
+    if (apply->stderr_fd < 0)
+        return g_strdup("no message");
+    /* Non-blocking: a server that still runs has not closed it. */
+    g_unix_set_fd_nonblocking(apply->stderr_fd, TRUE, NULL);
+    for (;;) {
+        ssize_t n = read(apply->stderr_fd, buf, sizeof(buf));
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        g_string_append_len(text, buf, n);
+        if (text->len > 4 * VR_REPLICA_STDERR_MAX)
+            g_string_erase(text, 0, text->len - VR_REPLICA_STDERR_MAX);
+    }
+    return vr_replica_one_line(text->str);
+}
+
+/* Wait until qemu-nbd exits, at most @timeout µs: its wait status, or -1 on timeout. */
+static int
+vr_replica_nbd_wait(VrReplicaApply *apply, gint64 timeout)
+{
+    gint64 deadline = g_get_monotonic_time() + timeout;
+    gulong delay = 1000;
+    int status;
+
+    for (;;) {
+        pid_t got = waitpid(apply->pid, &status, WNOHANG);
+
+        if (got == apply->pid) {
+            apply->pid = 0;
+            return status;
+        }
+        if (got < 0 && errno == ECHILD) {
+            /* Reaped elsewhere (no GLib child watch waits on it): its status is lost. */
+            g_debug("qemu-nbd %d was reaped elsewhere", (int)apply->pid);
+            apply->pid = 0;
+            return 0;
+        }
+        if (g_get_monotonic_time() >= deadline)
+            return -1;
+        g_usleep(delay);
+        delay = MIN(delay * 2, 20000);
+    }
+}
+
+/*
+ * Stop qemu-nbd with @signum and reap it: with SIGTERM it closes the image cleanly, qcow2
+ * metadata written. Its socket and pid file go too. @error may be NULL (abort).
+ */
+static bool
+vr_replica_nbd_stop(VrReplicaApply *apply, int signum, gint64 timeout, GError **error)
+{
+    VrReplicaStore *store = apply->store;
+    pid_t pid = apply->pid;
+    bool ok = true;
+    int status;
+
+    if (pid == 0)
+        return true;
+    kill(pid, signum);
+    status = vr_replica_nbd_wait(apply, timeout);
+    if (status == -1) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        apply->pid = 0;
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "qemu-nbd of '%s' did not exit within %d s of signal %d", apply->image_name,
+                    (int)(timeout / G_USEC_PER_SEC), signum);
+        ok = false;
+    } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        g_autofree char *line = vr_replica_nbd_stderr(apply);
+
+        if (WIFEXITED(status)) {
+            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                        "qemu-nbd of '%s' exited with status %d: %s", apply->image_name,
+                        WEXITSTATUS(status), line);
+        } else {
+            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                        "qemu-nbd of '%s' died of signal %d: %s", apply->image_name,
+                        WTERMSIG(status), line);
+        }
+        ok = false;
+    }
+    if (apply->stderr_fd >= 0) {
+        close(apply->stderr_fd);
+        apply->stderr_fd = -1;
+    }
+    /* qemu-nbd removes its socket on a clean exit but never its pid file. */
+    if (!vr_replica_unlink(store, apply->socket_name, ok ? error : NULL))
+        ok = false;
+    if (!vr_replica_unlink(store, apply->pid_name, ok ? error : NULL))
+        ok = false;
+    return ok;
+}
+
+/* O_DIRECT works on the image's file system (not on tmpfs, for one). */
+static bool
+vr_replica_direct_io_ok(VrReplicaApply *apply)
+{
+    int fd = openat(apply->store->dirfd, apply->image_name, O_RDONLY | O_DIRECT | O_CLOEXEC);
+
+    if (fd < 0) {
+        g_debug("no O_DIRECT for '%s' (%s): qemu-nbd uses the page cache", apply->image,
+                g_strerror(errno));
+        return false;
+    }
+    close(fd);
+    return true;
+}
+
+/*
+ * Export the new image writable on the store's socket, and wait until qemu-nbd writes its
+ * pid file: it does so only once it listens and the export exists.
+ */
+static bool
+vr_replica_nbd_start(VrReplicaApply *apply, GError **error)
+{
+    bool direct = vr_replica_direct_io_ok(apply);
+    g_autofree char *socket_arg = g_strdup_printf("--socket=%s", apply->socket);
+    g_autofree char *pid_arg = g_strdup_printf("--pid-file=%s", apply->pid_file);
+    /* cache=none: the writes skip the page cache (the image is read again only by a
+     * failover), and the flush before publishing has little left to do. */
+    const char *argv[] = { "qemu-nbd",
+                           socket_arg,
+                           pid_arg,
+                           "--format=qcow2",
+                           direct ? "--cache=none" : "--cache=writeback",
+                           direct ? "--aio=native" : "--aio=threads",
+                           "--discard=unmap",
+                           "--shared=1",
+                           apply->image,
+                           NULL };
+    g_autoptr(GError) local = NULL;
+    gint64 deadline;
+    gulong delay = 1000;
+
+    if (!g_spawn_async_with_pipes_and_fds(
+            NULL, argv, NULL,
+            G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDIN_FROM_DEV_NULL |
+                G_SPAWN_STDOUT_TO_DEV_NULL,
+            vr_replica_child_setup, GINT_TO_POINTER(getpid()), -1, -1, -1, NULL, NULL, 0,
+            &apply->pid, NULL, NULL, &apply->stderr_fd, &local)) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "cannot run qemu-nbd to export '%s': %s", apply->image_name, local->message);
+        return false;
+    }
+    deadline = g_get_monotonic_time() + VR_REPLICA_START_TIMEOUT;
+    for (;;) {
+        g_autofree char *text = NULL;
+        guint64 pid;
+        int status;
+
+        if (g_file_get_contents(apply->pid_file, &text, NULL, NULL) &&
+            g_ascii_string_to_unsigned(g_strstrip(text), 10, 1, G_MAXINT, &pid, NULL) &&
+            (GPid)pid == apply->pid)
+            return true;
+        if (waitpid(apply->pid, &status, WNOHANG) == apply->pid) {
+            g_autofree char *line = vr_replica_nbd_stderr(apply);
+
+            apply->pid = 0;
+            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                        "qemu-nbd exited before exporting '%s': %s", apply->image_name, line);
+            return false;
+        }
+        if (g_get_monotonic_time() >= deadline) {
+            g_autofree char *line = vr_replica_nbd_stderr(apply);
+
+            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                        "qemu-nbd did not export '%s' within %d s: %s", apply->image_name,
+                        (int)(VR_REPLICA_START_TIMEOUT / G_USEC_PER_SEC), line);
+            return false;
+        }
+        g_usleep(delay);
+        delay = MIN(delay * 2, 20000);
+    }
+}
+
+/* A libnbd failure: its message; ENOSPC (from the server too) is NO_SPACE. */
+static bool
+vr_replica_nbd_error(GError **error, const char *what, VrReplicaApply *apply)
+{
+    const char *msg = nbd_get_error();
+    int errsv = nbd_get_errno();
+
+    g_set_error(error, VR_REPLICA_STORE_ERROR,
+                errsv == ENOSPC || errsv == EDQUOT ? VR_REPLICA_STORE_ERROR_NO_SPACE
+                                                   : VR_REPLICA_STORE_ERROR_FAILED,
+                "%s '%s': %s", what, apply->image_name, msg != NULL ? msg : g_strerror(errsv));
+    return false;
+}
+
+static bool
+vr_replica_nbd_connect(VrReplicaApply *apply, GError **error)
+{
+    int64_t size;
+
+    apply->nbd = nbd_create();
+    if (apply->nbd == NULL)
+        return vr_replica_nbd_error(error, "cannot create an NBD handle for", apply);
+    if (nbd_connect_unix(apply->nbd, apply->socket) < 0)
+        return vr_replica_nbd_error(error, "cannot connect to the export of", apply);
+    size = nbd_get_size(apply->nbd);
+    if (size < 0)
+        return vr_replica_nbd_error(error, "cannot get the size of", apply);
+    if ((uint64_t)size != apply->identity.virtual_size) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "the export of '%s' has %" PRId64 " bytes, not the stream's %" PRIu64,
+                    apply->image_name, size, apply->identity.virtual_size);
+        return false;
+    }
+    if (nbd_can_zero(apply->nbd) != 1 || nbd_can_flush(apply->nbd) != 1) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "the export of '%s' cannot write zeroes or flush", apply->image_name);
+        return false;
+    }
+    return true;
+}
+
+/* ---- applying --------------------------------------------------------------------- */
+
+/* One request in flight; a DATA record's bytes are copied (they live only for the call). */
+typedef struct {
+    VrReplicaApply *apply;
+    uint8_t *buf; /* NULL for write-zeroes */
+    uint64_t offset;
+    uint64_t length;
+} VrReplicaRequest;
+
+/* Called by libnbd with its lock held: no nbd_* calls here. */
+static int
+vr_replica_request_done(void *user_data, int *err)
+{
+    VrReplicaRequest *req = user_data;
+    VrReplicaApply *apply = req->apply;
+
+    if (*err != 0 && apply->request_errno == 0) {
+        apply->request_errno = *err;
+        apply->request_offset = req->offset;
+        apply->request_length = req->length;
+        apply->request_zero = req->buf == NULL;
+    }
+    return 1; /* retire the command */
+}
+
+/* libnbd calls it exactly once per request, also when issuing it failed or on nbd_close(). */
+static void
+vr_replica_request_free(void *user_data)
+{
+    VrReplicaRequest *req = user_data;
+
+    req->apply->in_flight--;
+    if (req->buf != NULL)
+        req->apply->bytes_in_flight -= req->length;
+    g_free(req->buf);
+    g_free(req);
+}
+
+/* Fail @apply for good with @err (transfer full); the caller gets a copy. */
+static bool
+vr_replica_apply_fail(VrReplicaApply *apply, GError *err, GError **error)
+{
+    if (apply->failure == NULL)
+        apply->failure = err;
+    else
+        g_error_free(err);
+    if (error != NULL)
+        *error = g_error_copy(apply->failure);
+    return false;
+}
+
+/* A request that failed on the server fails the apply. */
+static bool
+vr_replica_apply_check_requests(VrReplicaApply *apply, GError **error)
+{
+    GError *err = NULL;
+
+    if (apply->request_errno == 0)
+        return true;
+    g_set_error(&err, VR_REPLICA_STORE_ERROR,
+                apply->request_errno == ENOSPC || apply->request_errno == EDQUOT
+                    ? VR_REPLICA_STORE_ERROR_NO_SPACE
+                    : VR_REPLICA_STORE_ERROR_FAILED,
+                "cannot %s %" PRIu64 " bytes at offset %" PRIu64 " of '%s': %s",
+                apply->request_zero ? "zero" : "write", apply->request_length,
+                apply->request_offset, apply->image_name, g_strerror(apply->request_errno));
+    return vr_replica_apply_fail(apply, err, error);
+}
+
+/* Run libnbd until at most @requests requests and @bytes bytes are in flight. */
+static bool
+vr_replica_apply_wait(VrReplicaApply *apply, guint requests, uint64_t bytes, GError **error)
+{
+    while (apply->in_flight > requests || apply->bytes_in_flight > bytes) {
+        if (nbd_poll(apply->nbd, -1) < 0) {
+            GError *err = NULL;
+
+            vr_replica_nbd_error(&err, "lost the export of", apply);
+            return vr_replica_apply_fail(apply, err, error);
+        }
+    }
+    return vr_replica_apply_check_requests(apply, error);
+}
+
+static bool
+vr_replica_apply_issue(VrReplicaApply *apply, const uint8_t *data, uint64_t offset, uint64_t length,
+                       GError **error)
+{
+    VrReplicaRequest *req;
+    nbd_completion_callback cb;
+    int64_t cookie;
+
+    if (!vr_replica_apply_wait(
+            apply, VR_REPLICA_DEPTH - 1,
+            data != NULL ? VR_REPLICA_BYTES_IN_FLIGHT - length : VR_REPLICA_BYTES_IN_FLIGHT, error))
+        return false;
+    req = g_new(VrReplicaRequest, 1);
+    req->apply = apply;
+    req->buf = data != NULL ? g_memdup2(data, length) : NULL;
+    req->offset = offset;
+    req->length = length;
+    apply->in_flight++;
+    if (data != NULL)
+        apply->bytes_in_flight += length;
+    cb = (nbd_completion_callback){ .callback = vr_replica_request_done,
+                                    .user_data = req,
+                                    .free = vr_replica_request_free };
+    /* Plain write-zeroes: QEMU may punch holes, and in an overlay a zeroed cluster still
+     * hides its backing (qcow2 zero flag). */
+    if (data != NULL)
+        cookie = nbd_aio_pwrite(apply->nbd, req->buf, length, offset, cb, 0);
+    else
+        cookie = nbd_aio_zero(apply->nbd, length, offset, cb, 0);
+    if (cookie < 0) {
+        GError *err = NULL;
+
+        vr_replica_nbd_error(
+            &err, data != NULL ? "cannot queue a write to" : "cannot queue zeroes to", apply);
+        return vr_replica_apply_fail(apply, err, error);
+    }
+    return true;
+}
+
+bool
+vr_replica_apply_record(VrReplicaApply *apply, const VrWireRecord *record, GError **error)
+{
+    const VrWireIdentity *id = &apply->identity;
+    GError *err = NULL;
+
+    if (apply->failure != NULL)
+        return vr_replica_apply_fail(apply, g_error_copy(apply->failure), error);
+    if (record->type == VR_WIRE_RECORD_BEGIN || record->type == VR_WIRE_RECORD_END)
+        return true;
+    if (record->type != VR_WIRE_RECORD_DATA && record->type != VR_WIRE_RECORD_ZERO) {
+        g_set_error(&err, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "record %" PRIu64 " of cycle %" PRIu64 ": a %s record has no place in a cycle",
+                    record->index, id->target_cycle, vr_wire_record_type_to_string(record->type));
+        return vr_replica_apply_fail(apply, err, error);
+    }
+    /* The decoder checked all this; a store never writes outside its image regardless. */
+    if (record->length == 0 || record->offset > id->virtual_size ||
+        record->length > id->virtual_size - record->offset ||
+        (record->type == VR_WIRE_RECORD_DATA &&
+         (record->length > VR_WIRE_MAX_DATA || record->data == NULL ||
+          record->data_size != record->length))) {
+        g_set_error(&err, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "record %" PRIu64 " of cycle %" PRIu64 " (%s of %" PRIu64 " bytes at %" PRIu64
+                    ") does not fit a disk of %" PRIu64 " bytes",
+                    record->index, id->target_cycle, vr_wire_record_type_to_string(record->type),
+                    record->length, record->offset, id->virtual_size);
+        return vr_replica_apply_fail(apply, err, error);
+    }
+    if (record->type == VR_WIRE_RECORD_DATA) {
+        if (!vr_replica_apply_issue(apply, record->data, record->offset, record->length, error))
+            return false;
+        apply->data_bytes += record->length;
+    } else {
+        for (uint64_t done = 0; done < record->length;) {
+            uint64_t n = MIN(record->length - done, VR_REPLICA_ZERO_CHUNK);
+
+            if (!vr_replica_apply_issue(apply, NULL, record->offset + done, n, error))
+                return false;
+            done += n;
+        }
+        apply->zero_bytes += record->length;
+    }
+    apply->records++;
+    if (!apply->wrote) {
+        apply->wrote = true;
+        /* Well-defined: the first record is in the image when the failpoint fires. */
+        if (vr_failpoint_armed("after-write") && !vr_replica_apply_wait(apply, 0, 0, error))
+            return false;
+        vr_failpoint("after-write");
+    }
+    return vr_replica_apply_check_requests(apply, error);
+}
+
+/* ---- begin, commit, abort --------------------------------------------------------- */
+
+VrReplicaApply *
+vr_replica_store_begin(VrReplicaStore *store, const VrWireIdentity *identity, GError **error)
+{
+    g_autoptr(VrReplicaApply) apply = NULL;
+    g_autoptr(GError) local = NULL;
+    const VrReplicaPoint *latest = vr_replica_store_latest(store);
+    const VrReplicaPoint *base = NULL;
+    g_autofree char *size_arg = NULL;
+    g_autofree char *what = NULL;
+
+    if (store->apply != NULL) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY,
+                    "cannot apply cycle %" PRIu64 ": cycle %" PRIu64 " is being applied in '%s'",
+                    identity->target_cycle, store->apply->identity.target_cycle, store->dir);
+        return NULL;
+    }
+    if (!vr_wire_identity_check(identity, &local) || identity->kind != VR_WIRE_KIND_CYCLE) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "cannot apply cycle %" PRIu64 ": %s", identity->target_cycle,
+                    local != NULL ? local->message : "a hash list is not a cycle");
+        return NULL;
+    }
+    if (!vr_replica_store_check(store, identity->epoch, identity->base_cycle,
+                                identity->target_cycle, error))
+        return NULL;
+    if (identity->virtual_size % VR_REPLICA_SECTOR != 0) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "cannot apply cycle %" PRIu64 ": its virtual size %" PRIu64
+                    " is not a multiple of %d bytes (qcow2 cannot hold it)",
+                    identity->target_cycle, identity->virtual_size, VR_REPLICA_SECTOR);
+        return NULL;
+    }
+    if (identity->flags & VR_WIRE_FLAG_RESYNC) {
+        /* The blocks that differ from the hashes of the latest point: on top of it. */
+        if (latest == NULL) {
+            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                        "resync cycle %" PRIu64 " needs the point its hash list came from, but "
+                        "the store holds no point",
+                        identity->target_cycle);
+            return NULL;
+        }
+        base = latest;
+    } else if (!(identity->flags & VR_WIRE_FLAG_FULL)) {
+        base = latest; /* vr_replica_store_check(): the base cycle is the latest point */
+        if (identity->virtual_size < base->virtual_size) {
+            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                        "cycle %" PRIu64 " shrinks the disk of cycle %" PRIu64 " from %" PRIu64
+                        " to %" PRIu64 " bytes: that needs a full or resync stream",
+                        identity->target_cycle, base->cycle, base->virtual_size,
+                        identity->virtual_size);
+            return NULL;
+        }
+    }
+
+    apply = g_new0(VrReplicaApply, 1);
+    apply->store = store;
+    apply->identity = *identity;
+    apply->stderr_fd = -1;
+    apply->started = g_get_monotonic_time();
+    apply->image_name = vr_replica_image_name(identity->target_cycle);
+    apply->image = g_build_filename(store->dir, apply->image_name, NULL);
+    apply->socket_name = g_strdup_printf(".apply-%" PRIu64 ".sock", identity->target_cycle);
+    apply->socket = g_build_filename(store->dir, apply->socket_name, NULL);
+    apply->pid_name = g_strdup_printf(".apply-%" PRIu64 ".pid", identity->target_cycle);
+    apply->pid_file = g_build_filename(store->dir, apply->pid_name, NULL);
+    if (strlen(apply->socket) >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "cannot apply cycle %" PRIu64 ": the socket path '%s' is longer than %zu "
+                    "bytes (use a shorter storage directory)",
+                    identity->target_cycle, apply->socket,
+                    sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
+        return NULL;
+    }
+    /* The target is after every published point: these names are leftovers, never points. */
+    if (!vr_replica_unlink(store, apply->image_name, error) ||
+        !vr_replica_unlink(store, apply->socket_name, error) ||
+        !vr_replica_unlink(store, apply->pid_name, error))
+        return NULL;
+
+    size_arg = g_strdup_printf("%" PRIu64, identity->virtual_size);
+    if (base != NULL) {
+        g_autofree char *base_name = vr_replica_image_name(base->cycle);
+        /* A relative backing name: the directory can move as a whole. A size above the
+         * backing's grows the disk (the new tail reads as zeroes). */
+        const char *argv[] = { "qemu-img", "create", "-q",    "-f",         "qcow2",  "-b",
+                               base_name,  "-F",     "qcow2", apply->image, size_arg, NULL };
+
+        what = g_strdup_printf("create '%s' over '%s'", apply->image_name, base_name);
+        apply->created = true;
+        if (!vr_replica_run(argv, what, error))
+            return NULL;
+    } else {
+        const char *argv[] = { "qemu-img", "create",     "-q",     "-f",
+                               "qcow2",    apply->image, size_arg, NULL };
+
+        what = g_strdup_printf("create '%s'", apply->image_name);
+        apply->created = true;
+        if (!vr_replica_run(argv, what, error))
+            return NULL;
+    }
+    vr_failpoint("after-create");
+    if (!vr_replica_nbd_start(apply, error) || !vr_replica_nbd_connect(apply, error))
+        return NULL;
+    store->apply = apply;
+    g_debug("applying cycle %" PRIu64 " (base %" PRIu64 ", epoch %" PRIu64 ", %" PRIu64
+            " bytes, flags %u) into '%s'",
+            identity->target_cycle, base != NULL ? base->cycle : 0, identity->epoch,
+            identity->virtual_size, identity->flags, apply->image);
+    return g_steal_pointer(&apply);
+}
+
+bool
+vr_replica_apply_commit(VrReplicaApply *apply, GError **error)
+{
+    /* Freed on every path; unless published, that removes the image. */
+    g_autoptr(VrReplicaApply) owned = apply;
+    VrReplicaStore *store = apply->store;
+    VrReplicaPoint point = { 0 };
+    gint64 applied = g_get_monotonic_time();
+    bool renamed = false;
+
+    if (apply->failure != NULL)
+        return vr_replica_apply_fail(apply, g_error_copy(apply->failure), error);
+    if (!vr_replica_apply_wait(apply, 0, 0, error))
+        return false;
+    if (nbd_flush(apply->nbd, 0) < 0)
+        return vr_replica_nbd_error(error, "cannot flush", apply);
+    vr_failpoint("after-flush");
+    nbd_shutdown(apply->nbd, 0);
+    g_clear_pointer(&apply->nbd, nbd_close);
+    if (!vr_replica_nbd_stop(apply, SIGTERM, VR_REPLICA_STOP_TIMEOUT, error))
+        return false;
+    vr_failpoint("after-nbd-stop");
+    /* The image and its name in the directory are durable before the manifest names it. */
+    if (!vr_replica_fsync_at(store, apply->image_name, error) ||
+        !vr_replica_fsync_at(store, ".", error))
+        return false;
+    vr_failpoint("after-image-fsync");
+
+    point.cycle = apply->identity.target_cycle;
+    point.epoch = apply->identity.epoch;
+    point.virtual_size = apply->identity.virtual_size;
+    point.flags = apply->identity.flags;
+    point.published = g_get_real_time() / G_USEC_PER_SEC;
+    if (!vr_replica_store_publish(store, &point, &renamed, error)) {
+        apply->published = renamed;
+        return false;
+    }
+    apply->published = true;
+    g_debug("published cycle %" PRIu64 " in '%s': %" PRIu64 " records, %" PRIu64
+            " data bytes, %" PRIu64 " zero bytes; applied in %" PRId64 " ms, committed in %" PRId64
+            " ms",
+            point.cycle, store->dir, apply->records, apply->data_bytes, apply->zero_bytes,
+            (applied - apply->started) / 1000, (g_get_monotonic_time() - applied) / 1000);
+    return true;
+}
+
+void
+vr_replica_apply_abort(VrReplicaApply *apply)
+{
+    VrReplicaStore *store;
+
+    if (apply == NULL)
+        return;
+    store = apply->store;
+    /* Closing runs the free callback of every request still in flight. */
+    g_clear_pointer(&apply->nbd, nbd_close);
+    vr_replica_nbd_stop(apply, SIGTERM, VR_REPLICA_ABORT_TIMEOUT, NULL);
+    if (!apply->published) {
+        if (apply->created) {
+            g_debug("removing '%s': cycle %" PRIu64 " was not published", apply->image,
+                    apply->identity.target_cycle);
+            vr_replica_unlink(store, apply->image_name, NULL);
+        }
+        vr_replica_unlink(store, apply->socket_name, NULL);
+        vr_replica_unlink(store, apply->pid_name, NULL);
+    }
+    if (apply->stderr_fd >= 0)
+        close(apply->stderr_fd);
+    if (store->apply == apply)
+        store->apply = NULL;
+    g_clear_error(&apply->failure);
+    g_free(apply->image_name);
+    g_free(apply->image);
+    g_free(apply->socket_name);
+    g_free(apply->socket);
+    g_free(apply->pid_name);
+    g_free(apply->pid_file);
+    g_free(apply);
+}

@@ -1,0 +1,130 @@
+/*
+ * vr-replica-store.h: the recovery points of one replicated disk, on the replica
+ *
+ * One directory per disk of a relationship (the caller opens it beneath the storage root:
+ * vr_authz_open_beneath()), holding:
+ *
+ *   rp-<cycle>.qcow2   one image per published recovery point: for a FULL stream a fresh
+ *                      image of its own, for any other an overlay backed by the point
+ *                      before it (by a relative name, so the directory can move); a
+ *                      published point is never written again
+ *   manifest.json      the commit point: the published points, oldest first, each with its
+ *                      cycle, epoch, virtual size, flags and publication time
+ *   .apply-<cycle>.sock, .apply-<cycle>.pid
+ *                      the socket and pid file of the qemu-nbd of a running apply
+ *
+ * A stream (vr-wire.h) is applied into a new image, created with qemu-img: a fresh image,
+ * never an old one, for FULL; an overlay of the latest point for an incremental cycle, and
+ * for RESYNC too (a resync carries only the blocks that differ from the hash list of the
+ * latest point, so it is applied on top of that point). A larger virtual size is given to
+ * the new image when it is created: the disk grows before anything is written. The image
+ * is exported writable by a qemu-nbd of its own on a unix socket in the directory and
+ * written with libnbd: DATA with several aio writes in flight, ZERO as write-zeroes.
+ * Commit: flush, stop qemu-nbd (SIGTERM, wait), fsync the image and the directory, then
+ * write manifest.json.tmp, fsync it, rename it over manifest.json and fsync the directory:
+ * that rename is the commit point. A crash before it leaves an image no manifest names:
+ * vr_replica_store_open() removes it (and any manifest.json.tmp), and the primary sends the
+ * cycle again. docs/replica-store.md has the whole sequence and its failpoints.
+ *
+ * Not thread-safe: one store, one caller thread. One apply at a time per store, and one
+ * store per directory (an flock on it). qemu-img and qemu-nbd get SIGKILL when the thread
+ * that started them exits (PR_SET_PDEATHSIG): the thread that begins an apply must live
+ * until the apply ends.
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <glib.h>
+
+#include "vr-wire.h"
+
+G_BEGIN_DECLS
+
+#define VR_REPLICA_STORE_ERROR (vr_replica_store_error_quark())
+GQuark vr_replica_store_error_quark(void);
+
+typedef enum {
+    VR_REPLICA_STORE_ERROR_CONFLICT, /* a base this store does not hold, a stale epoch, a
+                                      * cycle already published, a shrinking incremental
+                                      * cycle (names both cycles) */
+    VR_REPLICA_STORE_ERROR_CORRUPT,  /* the manifest does not parse or names missing files */
+    VR_REPLICA_STORE_ERROR_NO_SPACE, /* ENOSPC while applying or publishing */
+    VR_REPLICA_STORE_ERROR_BUSY,     /* an apply is already running on this store, or
+                                      * another store has the directory open */
+    VR_REPLICA_STORE_ERROR_FAILED,   /* qemu-img, qemu-nbd or libnbd failed (their message),
+                                      * a record outside the disk, any other I/O error */
+} VrReplicaStoreErrorCode;
+
+/* One published recovery point. */
+typedef struct {
+    uint64_t cycle;
+    uint64_t epoch;
+    uint64_t virtual_size;
+    uint32_t flags;    /* VrWireFlags of the stream that made it */
+    int64_t published; /* wall-clock seconds since the epoch */
+} VrReplicaPoint;
+
+typedef struct _VrReplicaStore VrReplicaStore;
+
+/*
+ * Open the store in the existing directory @dir: lock it, read the manifest (none: an empty
+ * store) and remove what no published point names (images of interrupted applies,
+ * manifest.json.tmp, sockets and pid files; a qemu-nbd left running is killed first).
+ * Nothing else is removed, and nothing at all when the manifest is CORRUPT. (transfer full)
+ */
+VrReplicaStore *vr_replica_store_open(const char *dir, GError **error);
+/* NULL-safe. End any apply of @store first. */
+void vr_replica_store_free(VrReplicaStore *store);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrReplicaStore, vr_replica_store_free)
+
+/* The published points, oldest first (transfer none; valid until the next commit). */
+const VrReplicaPoint *vr_replica_store_points(VrReplicaStore *store, guint *n_points);
+
+/* The image of published point @cycle, or NULL when there is none. (transfer full) */
+char *vr_replica_store_image_path(VrReplicaStore *store, uint64_t cycle);
+
+/*
+ * Would a stream of @epoch from @base_cycle (0: FULL or RESYNC) to @target_cycle fit? An
+ * epoch lower than the latest point's, a target cycle not after it, or a base cycle other
+ * than the latest point is a CONFLICT naming both cycles. For a receiver that decides
+ * before it has the stream's BEGIN record; vr_replica_store_begin() checks the same.
+ */
+bool vr_replica_store_check(VrReplicaStore *store, uint64_t epoch, uint64_t base_cycle,
+                            uint64_t target_cycle, GError **error);
+
+typedef struct _VrReplicaApply VrReplicaApply;
+
+/*
+ * Start applying the stream of @identity: create the image and start its qemu-nbd. FULL
+ * needs nothing before it; RESYNC needs a point (the latest, whose hashes it was compared
+ * with); an incremental cycle needs @identity->base_cycle to be the latest point and no
+ * smaller virtual size. Conflicts as in vr_replica_store_check(); BUSY while another apply
+ * runs. (transfer full: end it with _commit() or _abort())
+ */
+VrReplicaApply *vr_replica_store_begin(VrReplicaStore *store, const VrWireIdentity *identity,
+                                       GError **error);
+
+/*
+ * One verified record of the stream (DATA or ZERO; BEGIN and END are ignored), queued with
+ * others in flight: the record's bytes are copied. A failed write may show only at a later
+ * call or at commit; after any failure every call fails with the same error.
+ */
+bool vr_replica_apply_record(VrReplicaApply *apply, const VrWireRecord *record, GError **error);
+
+/*
+ * Make the new point durable and publish it (see above). On failure nothing is published
+ * and the apply is aborted; @apply is freed either way. The one exception: when only the
+ * directory sync after the rename fails, the manifest names the point (it is listed) and
+ * the error says so; the caller must not acknowledge the cycle.
+ */
+bool vr_replica_apply_commit(VrReplicaApply *apply, GError **error);
+
+/* Stop qemu-nbd, remove the unpublished image; @apply is freed. NULL-safe. */
+void vr_replica_apply_abort(VrReplicaApply *apply);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrReplicaApply, vr_replica_apply_abort)
+
+G_END_DECLS

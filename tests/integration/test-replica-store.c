@@ -1,0 +1,1100 @@
+/*
+ * test-replica-store.c: recovery points on the replica, with real qemu-img, qemu-nbd and
+ * libnbd
+ *
+ * Every cycle is encoded as a wire stream and decoded, its records applied to the store as
+ * a receiver does; the same records go with pwrite() (and holes punched for zeroes) into a
+ * raw model file per point, the naive model. After each commit the point's image must
+ * equal its model (qemu-img compare), and so must every earlier point. The crash matrix
+ * stops a forked child at each failpoint (VR_FAILPOINT=<name>:exit) and reopens the store
+ * in the parent.
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <glib/gstdio.h>
+
+#include "vr-failpoint.h"
+#include "vr-qmp-json.h"
+#include "vr-replica-store.h"
+#include "vr-test-util.h"
+#include "vr-wire.h"
+
+#define MiB         (1024 * 1024)
+#define DISK_SIZE   (64 * MiB)
+#define GRANULARITY 65536
+
+static const uint8_t uuid[16] = { 0x7f, 0x3a, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14 };
+
+typedef struct {
+    VrWireRecordType type; /* DATA or ZERO */
+    uint64_t offset;
+    uint64_t length;
+} Op;
+
+typedef struct {
+    uint64_t epoch;
+    uint64_t base; /* the identity's base cycle: 0 for FULL and RESYNC */
+    uint64_t target;
+    uint64_t size;
+    uint32_t flags;
+    uint64_t model_base; /* the point the model starts from: the base, the latest for RESYNC */
+    const Op *ops;
+    guint n_ops;
+} Cycle;
+
+#define CYCLE_OPS(ops) (ops), G_N_ELEMENTS(ops)
+
+typedef struct {
+    char *dir;    /* the store */
+    char *models; /* model-<cycle>.raw, outside the store */
+    GRand *rand;
+    VrReplicaStore *store;
+} Fixture;
+
+static void
+fixture_setup(Fixture *fx, gconstpointer data)
+{
+    static guint serial;
+    g_autofree char *name = g_strdup_printf("store%u", serial++);
+    g_autofree char *base = NULL;
+    guint32 seed = g_test_rand_int();
+
+    if (vr_test_skip_without("qemu-img") || vr_test_skip_without("qemu-nbd"))
+        return;
+    base = vr_test_path(name);
+    fx->dir = g_build_filename(base, "store", NULL);
+    fx->models = g_build_filename(base, "models", NULL);
+    g_assert_no_errno(g_mkdir_with_parents(fx->dir, 0755));
+    g_assert_no_errno(g_mkdir_with_parents(fx->models, 0755));
+    g_test_message("seed %u", seed);
+    fx->rand = g_rand_new_with_seed(seed);
+}
+
+static void
+fixture_teardown(Fixture *fx, gconstpointer data)
+{
+    g_clear_pointer(&fx->store, vr_replica_store_free);
+    g_clear_pointer(&fx->rand, g_rand_free);
+    g_free(fx->dir);
+    g_free(fx->models);
+}
+
+static VrReplicaStore *
+store_open(Fixture *fx)
+{
+    g_autoptr(GError) error = NULL;
+    VrReplicaStore *store = vr_replica_store_open(fx->dir, &error);
+
+    g_assert_no_error(error);
+    return store;
+}
+
+static void
+store_reopen(Fixture *fx)
+{
+    g_clear_pointer(&fx->store, vr_replica_store_free);
+    fx->store = store_open(fx);
+}
+
+static char *
+model_path(Fixture *fx, uint64_t cycle)
+{
+    g_autofree char *name = g_strdup_printf("model-%" G_GUINT64_FORMAT ".raw", cycle);
+
+    return g_build_filename(fx->models, name, NULL);
+}
+
+static VrWireIdentity
+cycle_identity(const Cycle *c)
+{
+    VrWireIdentity id = { 0 };
+
+    id.kind = VR_WIRE_KIND_CYCLE;
+    g_strlcpy(id.relationship, "r1", sizeof(id.relationship));
+    memcpy(id.domain_uuid, uuid, sizeof(uuid));
+    g_strlcpy(id.disk, "vda", sizeof(id.disk));
+    id.epoch = c->epoch;
+    id.base_cycle = c->base;
+    id.target_cycle = c->target;
+    id.virtual_size = c->size;
+    id.granularity = GRANULARITY;
+    id.flags = c->flags;
+    return id;
+}
+
+/* Random bytes, or a compressible pattern (so that zstd records are applied too). */
+static void
+fill(Fixture *fx, uint8_t *buf, size_t len, bool random)
+{
+    uint8_t byte = (uint8_t)g_rand_int_range(fx->rand, 1, 256);
+
+    for (size_t i = 0; i < len; i += 4) {
+        guint32 v = random ? g_rand_int(fx->rand) : byte * 0x01010101u;
+
+        memcpy(buf + i, &v, MIN(4, len - i));
+    }
+}
+
+/*
+ * Build model-<target>.raw (a copy of the model of @c->model_base, sized to @c->size) and
+ * the stream of @c; the same bytes go to both. (transfer full)
+ */
+static GByteArray *
+cycle_prepare(Fixture *fx, const Cycle *c)
+{
+    g_autoptr(GError) error = NULL;
+    VrWireIdentity id = cycle_identity(c);
+    g_autoptr(VrWireEncoder) encoder = vr_wire_encoder_new(&id, &error);
+    g_autofree char *model = model_path(fx, c->target);
+    g_autofree uint8_t *buf = g_malloc(VR_WIRE_MAX_DATA);
+    GByteArray *stream = g_byte_array_new();
+    int fd;
+
+    g_assert_no_error(error);
+    g_unlink(model);
+    if (c->model_base != 0) {
+        g_autofree char *from = model_path(fx, c->model_base);
+        const char *argv[] = { "cp", "--sparse=always", from, model, NULL };
+
+        g_free(vr_test_run(argv));
+    }
+    fd = open(model, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    g_assert_no_errno(fd);
+    g_assert_no_errno(ftruncate(fd, c->size));
+    g_assert_true(vr_wire_encoder_begin(encoder, stream, &error));
+    for (guint i = 0; i < c->n_ops; i++) {
+        const Op *op = &c->ops[i];
+
+        if (op->type == VR_WIRE_RECORD_DATA) {
+            g_assert_cmpuint(op->length, <=, VR_WIRE_MAX_DATA);
+            fill(fx, buf, op->length, i % 2 == 0);
+            g_assert_true(
+                vr_wire_encoder_add_data(encoder, op->offset, buf, op->length, stream, &error));
+            g_assert_cmpint(pwrite(fd, buf, op->length, op->offset), ==, (ssize_t)op->length);
+        } else {
+            g_assert_true(
+                vr_wire_encoder_add_zero(encoder, op->offset, op->length, stream, &error));
+            g_assert_no_errno(
+                fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, op->offset, op->length));
+        }
+        g_assert_no_error(error);
+    }
+    g_assert_true(vr_wire_encoder_end(encoder, stream, &error));
+    g_assert_no_error(error);
+    close(fd);
+    return stream;
+}
+
+typedef struct {
+    VrReplicaStore *store;
+    VrReplicaApply *apply;
+} Feed;
+
+/* As a receiver's sink: BEGIN starts the apply, the other records go to it. */
+static bool
+feed_record(const VrWireRecord *record, gpointer user_data, GError **error)
+{
+    Feed *feed = user_data;
+
+    if (record->type == VR_WIRE_RECORD_BEGIN) {
+        feed->apply = vr_replica_store_begin(feed->store, record->identity, error);
+        return feed->apply != NULL;
+    }
+    return vr_replica_apply_record(feed->apply, record, error);
+}
+
+/* Decode @stream in 1 MiB pieces into a new apply of @store, then commit it. */
+static bool
+apply_stream(VrReplicaStore *store, GByteArray *stream, GError **error)
+{
+    g_autoptr(VrWireDecoder) decoder = vr_wire_decoder_new();
+    Feed feed = { store, NULL };
+
+    for (guint at = 0; at < stream->len; at += MiB) {
+        if (!vr_wire_decoder_feed(decoder, stream->data + at, MIN(MiB, stream->len - at),
+                                  feed_record, &feed, error)) {
+            vr_replica_apply_abort(feed.apply);
+            return false;
+        }
+    }
+    if (!vr_wire_decoder_finish(decoder, error)) {
+        vr_replica_apply_abort(feed.apply);
+        return false;
+    }
+    return vr_replica_apply_commit(feed.apply, error);
+}
+
+static void
+apply_cycle(Fixture *fx, const Cycle *c)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GByteArray) stream = cycle_prepare(fx, c);
+    gint64 start = g_get_monotonic_time();
+    gint64 us;
+
+    g_assert_true(apply_stream(fx->store, stream, &error));
+    g_assert_no_error(error);
+    us = MAX(g_get_monotonic_time() - start, 1);
+    g_test_message("cycle %" G_GUINT64_FORMAT ": %u stream bytes applied and committed in %.1f ms",
+                   c->target, stream->len, us / 1000.0);
+}
+
+static json_object *
+qemu_img_info(const char *image)
+{
+    const char *argv[] = { "qemu-img", "info", "--output=json", image, NULL };
+    g_autofree char *out = vr_test_run(argv);
+    json_object *info = json_tokener_parse(out);
+
+    g_assert_nonnull(info);
+    return info;
+}
+
+/* Point @cycle is listed, has its model's size and contents, and the expected backing. */
+static void
+assert_point(Fixture *fx, uint64_t cycle, const char *backing)
+{
+    g_autofree char *image = vr_replica_store_image_path(fx->store, cycle);
+    g_autofree char *model = model_path(fx, cycle);
+    const char *argv[] = { "qemu-img", "compare", "-f", "qcow2", "-F", "raw", image, model, NULL };
+    g_autoptr(json_object) info = NULL;
+    const VrReplicaPoint *points;
+    const VrReplicaPoint *point = NULL;
+    uint64_t size = 0;
+    GStatBuf st;
+    guint n;
+
+    g_assert_nonnull(image);
+    points = vr_replica_store_points(fx->store, &n);
+    for (guint i = 0; i < n; i++) {
+        if (points[i].cycle == cycle)
+            point = &points[i];
+    }
+    g_assert_nonnull(point);
+    g_assert_no_errno(g_stat(model, &st));
+    info = qemu_img_info(image);
+    g_assert_true(vr_json_get_uint64(info, "virtual-size", &size));
+    g_assert_cmpuint(size, ==, (uint64_t)st.st_size);
+    g_assert_cmpuint(size, ==, point->virtual_size);
+    g_assert_cmpstr(vr_json_get_string(info, "backing-filename"), ==, backing);
+    /* Sizes are equal, so the non-strict compare compares every byte. */
+    g_free(vr_test_run(argv));
+}
+
+static int
+compare_names(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The names in @path, sorted, separated by spaces. (transfer full) */
+static char *
+list_dir(const char *path)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GDir) dir = g_dir_open(path, 0, &error);
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    const char *name;
+
+    g_assert_no_error(error);
+    while ((name = g_dir_read_name(dir)) != NULL)
+        g_ptr_array_add(names, g_strdup(name));
+    g_ptr_array_sort(names, compare_names);
+    g_ptr_array_add(names, NULL);
+    return g_strjoinv(" ", (char **)names->pdata);
+}
+
+/* qemu-nbd processes whose command line names @dir (zombies have none). */
+static guint
+count_qemu_nbd(const char *dir)
+{
+    g_autoptr(GDir) proc = g_dir_open("/proc", 0, NULL);
+    const char *name;
+    guint count = 0;
+
+    g_assert_nonnull(proc);
+    while ((name = g_dir_read_name(proc)) != NULL) {
+        g_autofree char *path = NULL;
+        g_autofree char *cmdline = NULL;
+        g_autofree char *argv0 = NULL;
+        bool names_dir = false;
+        size_t len = 0;
+
+        if (!g_ascii_isdigit(name[0]))
+            continue;
+        path = g_strdup_printf("/proc/%s/cmdline", name);
+        if (!g_file_get_contents(path, &cmdline, &len, NULL) || len == 0)
+            continue;
+        argv0 = g_path_get_basename(cmdline);
+        for (size_t at = 0; at < len; at += strlen(cmdline + at) + 1) {
+            if (strstr(cmdline + at, dir) != NULL)
+                names_dir = true;
+        }
+        if (names_dir && strcmp(argv0, "qemu-nbd") == 0)
+            count++;
+    }
+    return count;
+}
+
+/* Within 5 s no qemu-nbd of @dir runs (a parent-death signal takes a moment). */
+static void
+assert_no_qemu_nbd(const char *dir)
+{
+    gint64 deadline = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+
+    while (count_qemu_nbd(dir) > 0 && g_get_monotonic_time() < deadline)
+        g_usleep(10 * 1000);
+    g_assert_cmpuint(count_qemu_nbd(dir), ==, 0);
+}
+
+static char *
+read_manifest(Fixture *fx)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = g_build_filename(fx->dir, "manifest.json", NULL);
+    char *text = NULL;
+
+    g_file_get_contents(path, &text, NULL, &error);
+    g_assert_no_error(error);
+    return text;
+}
+
+static void
+assert_cycles(Fixture *fx, const char *expected)
+{
+    g_autoptr(GString) cycles = g_string_new(NULL);
+    const VrReplicaPoint *points;
+    guint n;
+
+    points = vr_replica_store_points(fx->store, &n);
+    for (guint i = 0; i < n; i++)
+        g_string_append_printf(cycles, "%s%" G_GUINT64_FORMAT, i > 0 ? " " : "", points[i].cycle);
+    g_assert_cmpstr(cycles->str, ==, expected);
+}
+
+/* The cycles every test starts from: a full one and an incremental one, 64 MiB. */
+static const Op full_ops[] = {
+    { VR_WIRE_RECORD_DATA, 0, MiB },
+    { VR_WIRE_RECORD_DATA, MiB + 4096, 70001 }, /* odd length */
+    { VR_WIRE_RECORD_ZERO, 2 * MiB, 6 * MiB },
+    { VR_WIRE_RECORD_DATA, 8 * MiB + 17, 4 * MiB }, /* the largest record, odd offset */
+    { VR_WIRE_RECORD_DATA, 20 * MiB, 3 * MiB },
+    { VR_WIRE_RECORD_DATA, 60 * MiB, 4 * MiB }, /* up to the end */
+};
+static const Op second_ops[] = {
+    { VR_WIRE_RECORD_ZERO, 0, 512 * 1024 }, /* zeroes over the base's data */
+    { VR_WIRE_RECORD_DATA, 600 * 1024, 100 * 1024 }, { VR_WIRE_RECORD_DATA, 8 * MiB, 65536 },
+    { VR_WIRE_RECORD_ZERO, 20 * MiB + 4096, MiB }, /* inside data, not cluster aligned */
+    { VR_WIRE_RECORD_DATA, 63 * MiB, MiB },
+};
+static const Op third_ops[] = {
+    { VR_WIRE_RECORD_DATA, 4096, 512 },
+    { VR_WIRE_RECORD_ZERO, 8 * MiB, 16 * MiB }, /* across data of both earlier points */
+    { VR_WIRE_RECORD_DATA, 30 * MiB, 4 * MiB },
+    { VR_WIRE_RECORD_DATA, 34 * MiB, 4 * MiB },
+};
+
+static const Cycle cycle1 = { 1, 0, 1, DISK_SIZE, VR_WIRE_FLAG_FULL, 0, CYCLE_OPS(full_ops) };
+static const Cycle cycle2 = { 1, 1, 2, DISK_SIZE, 0, 1, CYCLE_OPS(second_ops) };
+static const Cycle cycle3 = { 1, 2, 3, DISK_SIZE, 0, 2, CYCLE_OPS(third_ops) };
+
+static void
+setup_two_points(Fixture *fx)
+{
+    fx->store = store_open(fx);
+    apply_cycle(fx, &cycle1);
+    apply_cycle(fx, &cycle2);
+    assert_cycles(fx, "1 2");
+}
+
+/* ---- tests ------------------------------------------------------------------------ */
+
+static void
+test_chain(Fixture *fx, gconstpointer data)
+{
+    static const Op resync_ops[] = {
+        { VR_WIRE_RECORD_DATA, 5 * MiB, 65536 },
+        { VR_WIRE_RECORD_ZERO, 30 * MiB, 65536 },
+    };
+    static const Op full2_ops[] = {
+        { VR_WIRE_RECORD_DATA, 10 * MiB, 2 * MiB },
+    };
+    const Cycle app = { 1, 2, 3, DISK_SIZE, VR_WIRE_FLAG_APP_CONSISTENT, 2, CYCLE_OPS(third_ops) };
+    /* A resync carries the blocks that differ from the latest point: on top of it. */
+    const Cycle resync = { 2, 0, 4, DISK_SIZE, VR_WIRE_FLAG_RESYNC, 3, CYCLE_OPS(resync_ops) };
+    const Cycle full = { 3, 0, 5, DISK_SIZE, VR_WIRE_FLAG_FULL, 0, CYCLE_OPS(full2_ops) };
+    gint64 before = g_get_real_time() / G_USEC_PER_SEC;
+    g_autoptr(json_object) manifest = NULL;
+    g_autofree char *text = NULL;
+    g_autofree char *listing = NULL;
+    const VrReplicaPoint *points;
+    json_object *list;
+    guint n;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    fx->store = store_open(fx);
+    assert_cycles(fx, "");
+    apply_cycle(fx, &cycle1);
+    assert_point(fx, 1, NULL);
+    apply_cycle(fx, &cycle2);
+    assert_point(fx, 2, "rp-1.qcow2");
+    assert_point(fx, 1, NULL);
+    apply_cycle(fx, &app);
+    assert_point(fx, 3, "rp-2.qcow2");
+    assert_point(fx, 2, "rp-1.qcow2");
+    assert_point(fx, 1, NULL);
+
+    /* The manifest lists them, oldest first, as the store does. */
+    points = vr_replica_store_points(fx->store, &n);
+    g_assert_cmpuint(n, ==, 3);
+    g_assert_cmpuint(points[0].flags, ==, VR_WIRE_FLAG_FULL);
+    g_assert_cmpuint(points[1].flags, ==, 0);
+    g_assert_cmpuint(points[2].flags, ==, VR_WIRE_FLAG_APP_CONSISTENT);
+    for (guint i = 0; i < n; i++) {
+        g_assert_cmpuint(points[i].cycle, ==, i + 1);
+        g_assert_cmpuint(points[i].epoch, ==, 1);
+        g_assert_cmpint(points[i].published, >=, before);
+        g_assert_cmpint(points[i].published, <=, g_get_real_time() / G_USEC_PER_SEC);
+    }
+    text = read_manifest(fx);
+    manifest = json_tokener_parse(text);
+    g_assert_nonnull(manifest);
+    list = vr_json_get_array(manifest, "points");
+    g_assert_nonnull(list);
+    g_assert_cmpuint(json_object_array_length(list), ==, 3);
+    for (guint i = 0; i < n; i++) {
+        json_object *p = json_object_array_get_idx(list, i);
+        g_autofree char *image = g_strdup_printf("rp-%u.qcow2", i + 1);
+        uint64_t value = 0;
+
+        g_assert_cmpstr(vr_json_get_string(p, "image"), ==, image);
+        g_assert_true(vr_json_get_uint64(p, "flags", &value));
+        g_assert_cmpuint(value, ==, points[i].flags);
+        g_assert_true(vr_json_get_uint64(p, "virtual_size", &value));
+        g_assert_cmpuint(value, ==, DISK_SIZE);
+    }
+    listing = list_dir(fx->dir);
+    g_assert_cmpstr(listing, ==, "manifest.json rp-1.qcow2 rp-2.qcow2 rp-3.qcow2");
+
+    /* Read back from disk, the same. */
+    store_reopen(fx);
+    points = vr_replica_store_points(fx->store, &n);
+    g_assert_cmpuint(n, ==, 3);
+    g_assert_cmpuint(points[2].flags, ==, VR_WIRE_FLAG_APP_CONSISTENT);
+
+    apply_cycle(fx, &resync);
+    assert_point(fx, 4, "rp-3.qcow2");
+    /* A new epoch's full cycle: a fresh image; the earlier points stay until retention. */
+    apply_cycle(fx, &full);
+    assert_point(fx, 5, NULL);
+    for (uint64_t c = 1; c <= 4; c++) {
+        g_autofree char *backing = c > 1 ? g_strdup_printf("rp-%u.qcow2", (guint)c - 1) : NULL;
+
+        assert_point(fx, c, backing);
+    }
+    assert_cycles(fx, "1 2 3 4 5");
+    assert_no_qemu_nbd(fx->dir);
+}
+
+static void
+test_abort(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GByteArray) stream = NULL;
+    g_autofree char *manifest = NULL;
+    g_autofree char *listing = NULL;
+    g_autofree char *after = NULL;
+    VrWireIdentity id = cycle_identity(&cycle2);
+    VrWireRecord outside = { 0 };
+    VrReplicaApply *apply;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    fx->store = store_open(fx);
+
+    /* On an empty store: nothing is left at all. */
+    {
+        VrWireIdentity full = cycle_identity(&cycle1);
+        VrWireRecord zero = {
+            .index = 1, .type = VR_WIRE_RECORD_ZERO, .offset = 0, .length = MiB, .identity = &full
+        };
+
+        apply = vr_replica_store_begin(fx->store, &full, &error);
+        g_assert_no_error(error);
+        g_assert_true(vr_replica_apply_record(apply, &zero, &error));
+        g_assert_no_error(error);
+        vr_replica_apply_abort(apply);
+        listing = list_dir(fx->dir);
+        g_assert_cmpstr(listing, ==, "");
+        g_clear_pointer(&listing, g_free);
+    }
+
+    apply_cycle(fx, &cycle1);
+    manifest = read_manifest(fx);
+    listing = list_dir(fx->dir);
+
+    /* Records written, qemu-nbd running: abort removes it all. */
+    {
+        g_autoptr(VrWireDecoder) decoder = vr_wire_decoder_new();
+        Feed feed = { fx->store, NULL };
+
+        stream = cycle_prepare(fx, &cycle2);
+        g_assert_true(vr_wire_decoder_feed(decoder, stream->data, stream->len / 2, feed_record,
+                                           &feed, &error));
+        g_assert_no_error(error);
+        g_assert_nonnull(feed.apply);
+        g_assert_cmpuint(count_qemu_nbd(fx->dir), ==, 1);
+        after = list_dir(fx->dir);
+        g_assert_cmpstr(after, ==,
+                        ".apply-2.pid .apply-2.sock manifest.json rp-1.qcow2 rp-2.qcow2");
+        g_clear_pointer(&after, g_free);
+        vr_replica_apply_abort(feed.apply);
+    }
+    after = list_dir(fx->dir);
+    g_assert_cmpstr(after, ==, listing);
+    g_clear_pointer(&after, g_free);
+    after = read_manifest(fx);
+    g_assert_cmpstr(after, ==, manifest);
+    g_clear_pointer(&after, g_free);
+    assert_cycles(fx, "1");
+    assert_no_qemu_nbd(fx->dir);
+
+    /* Abort right after begin. */
+    apply = vr_replica_store_begin(fx->store, &id, &error);
+    g_assert_no_error(error);
+    vr_replica_apply_abort(apply);
+    after = list_dir(fx->dir);
+    g_assert_cmpstr(after, ==, listing);
+    g_clear_pointer(&after, g_free);
+
+    /* A record that does not fit fails the apply for good, and its commit publishes nothing. */
+    apply = vr_replica_store_begin(fx->store, &id, &error);
+    g_assert_no_error(error);
+    outside = (VrWireRecord){ .index = 1,
+                              .type = VR_WIRE_RECORD_ZERO,
+                              .offset = DISK_SIZE - 4096,
+                              .length = 8192,
+                              .identity = &id };
+    g_assert_false(vr_replica_apply_record(apply, &outside, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED);
+    g_assert_nonnull(strstr(error->message, "does not fit a disk of 67108864 bytes"));
+    g_clear_error(&error);
+    outside.offset = 0;
+    g_assert_false(vr_replica_apply_record(apply, &outside, &error));
+    g_assert_nonnull(strstr(error->message, "does not fit"));
+    g_clear_error(&error);
+    g_assert_false(vr_replica_apply_commit(apply, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED);
+    g_clear_error(&error);
+    after = list_dir(fx->dir);
+    g_assert_cmpstr(after, ==, listing);
+    g_clear_pointer(&after, g_free);
+    assert_cycles(fx, "1");
+
+    /* The primary sends the cycle again: it applies. */
+    g_assert_true(apply_stream(fx->store, stream, &error));
+    g_assert_no_error(error);
+    assert_point(fx, 2, "rp-1.qcow2");
+    assert_point(fx, 1, NULL);
+    assert_no_qemu_nbd(fx->dir);
+}
+
+/* begin() refuses @c with a CONFLICT whose message holds each of @words. */
+static void
+assert_conflict(Fixture *fx, VrReplicaStore *store, const Cycle *c, const char *const *words)
+{
+    g_autoptr(GError) error = NULL;
+    VrWireIdentity id = cycle_identity(c);
+    VrReplicaApply *apply = vr_replica_store_begin(store, &id, &error);
+
+    g_assert_null(apply);
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT);
+    g_test_message("refused: %s", error->message);
+    for (guint i = 0; words[i] != NULL; i++)
+        g_assert_nonnull(strstr(error->message, words[i]));
+}
+
+static void
+test_conflict(Fixture *fx, gconstpointer data)
+{
+    const Cycle wrong_base = { 1, 1, 3, DISK_SIZE, 0, 1, NULL, 0 };
+    const Cycle replay = { 1, 1, 2, DISK_SIZE, 0, 1, NULL, 0 };
+    const Cycle old_full = { 1, 0, 1, DISK_SIZE, VR_WIRE_FLAG_FULL, 0, NULL, 0 };
+    const Cycle stale = { 0, 2, 3, DISK_SIZE, 0, 2, NULL, 0 };
+    const Cycle shrink = { 1, 2, 3, DISK_SIZE / 2, 0, 2, NULL, 0 };
+    const Cycle next = { 1, 2, 3, DISK_SIZE, 0, 2, NULL, 0 };
+    const Cycle other = { 1, 2, 4, DISK_SIZE, 0, 2, NULL, 0 };
+    const Cycle resync = { 1, 0, 3, DISK_SIZE, VR_WIRE_FLAG_RESYNC, 0, NULL, 0 };
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrReplicaStore) empty = NULL;
+    g_autofree char *empty_dir = NULL;
+    g_autofree char *listing = NULL;
+    g_autofree char *after = NULL;
+    g_autofree char *manifest = NULL;
+    VrWireIdentity id = cycle_identity(&next);
+    VrWireIdentity id2 = cycle_identity(&other);
+    VrReplicaApply *apply;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    setup_two_points(fx);
+    listing = list_dir(fx->dir);
+    manifest = read_manifest(fx);
+
+    assert_conflict(fx, fx->store, &wrong_base,
+                    (const char *const[]){ "cycle 3", "base cycle 1", "cycle 2", NULL });
+    g_assert_false(vr_replica_store_check(fx->store, 1, 1, 3, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT);
+    g_clear_error(&error);
+    g_assert_true(vr_replica_store_check(fx->store, 1, 2, 3, &error));
+    g_assert_true(vr_replica_store_check(fx->store, 2, 0, 3, &error));
+    g_assert_no_error(error);
+    assert_conflict(fx, fx->store, &replay,
+                    (const char *const[]){ "cycle 2 is already published", NULL });
+    assert_conflict(fx, fx->store, &old_full,
+                    (const char *const[]){ "cycle 1 is already published", "cycle 2", NULL });
+    assert_conflict(fx, fx->store, &stale,
+                    (const char *const[]){ "stale epoch 0", "cycle 2", "epoch 1", NULL });
+    assert_conflict(fx, fx->store, &shrink,
+                    (const char *const[]){ "shrinks", "67108864", "33554432", NULL });
+
+    /* One apply at a time, and one store per directory. */
+    apply = vr_replica_store_begin(fx->store, &id, &error);
+    g_assert_no_error(error);
+    g_assert_null(vr_replica_store_begin(fx->store, &id2, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY);
+    g_assert_nonnull(strstr(error->message, "cycle 3 is being applied"));
+    g_clear_error(&error);
+    g_assert_null(vr_replica_store_open(fx->dir, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY);
+    g_clear_error(&error);
+    vr_replica_apply_abort(apply);
+
+    /* A hash list is not applied. */
+    id.kind = VR_WIRE_KIND_HASH_LIST;
+    id.base_cycle = 0;
+    id.flags = 0;
+    g_assert_null(vr_replica_store_begin(fx->store, &id, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED);
+    g_clear_error(&error);
+
+    /* Nothing changed. */
+    after = list_dir(fx->dir);
+    g_assert_cmpstr(after, ==, listing);
+    g_clear_pointer(&after, g_free);
+    after = read_manifest(fx);
+    g_assert_cmpstr(after, ==, manifest);
+    assert_cycles(fx, "1 2");
+
+    /* An empty store holds no base, and nothing a resync was compared with. */
+    empty_dir = g_strconcat(fx->dir, "-empty", NULL);
+    g_assert_no_errno(g_mkdir_with_parents(empty_dir, 0755));
+    empty = vr_replica_store_open(empty_dir, &error);
+    g_assert_no_error(error);
+    assert_conflict(fx, empty, &next,
+                    (const char *const[]){ "cycle 3", "base cycle 2", "holds no point", NULL });
+    assert_conflict(fx, empty, &resync, (const char *const[]){ "resync cycle 3", NULL });
+    g_clear_pointer(&listing, g_free);
+    listing = list_dir(empty_dir);
+    g_assert_cmpstr(listing, ==, "");
+    assert_no_qemu_nbd(fx->dir);
+}
+
+static void
+test_resize(Fixture *fx, gconstpointer data)
+{
+    static const Op first_ops[] = {
+        { VR_WIRE_RECORD_DATA, 0, MiB },
+        { VR_WIRE_RECORD_DATA, 63 * MiB, MiB },
+    };
+    /* The primary's disk grew to 3 GiB: zeroes over most of the new tail (3 write-zeroes
+     * requests of at most 1 GiB), data beyond the old end. */
+    static const Op grow_ops[] = {
+        { VR_WIRE_RECORD_DATA, 63 * MiB + 512 * 1024, 1536 * 1024 },
+        { VR_WIRE_RECORD_ZERO, 65 * MiB, 3072ULL * MiB - 66 * MiB },
+        { VR_WIRE_RECORD_DATA, 3072ULL * MiB - MiB, MiB },
+    };
+    const Cycle first = { 1, 0, 1, DISK_SIZE, VR_WIRE_FLAG_FULL, 0, CYCLE_OPS(first_ops) };
+    const Cycle grow = { 1, 1, 2, 3072ULL * MiB, 0, 1, CYCLE_OPS(grow_ops) };
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    fx->store = store_open(fx);
+    apply_cycle(fx, &first);
+    apply_cycle(fx, &grow);
+    assert_point(fx, 2, "rp-1.qcow2");
+    assert_point(fx, 1, NULL);
+    store_reopen(fx);
+    assert_point(fx, 2, "rp-1.qcow2");
+    assert_point(fx, 1, NULL);
+}
+
+/* Every persistence step of an apply, in order. */
+static const char *const failpoints[] = {
+    "after-create",      "after-write",        "after-flush",  "after-nbd-stop",
+    "after-image-fsync", "after-manifest-tmp", "after-rename",
+};
+
+static void
+test_crash(Fixture *fx, gconstpointer data)
+{
+    const char *failpoint = data;
+    bool published = strcmp(failpoint, "after-rename") == 0;
+    g_autoptr(GByteArray) stream = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *listing = NULL;
+    char spec[64]; /* on the stack: the child leaves by _exit(), nothing is freed */
+    int status = 0;
+    pid_t child;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    g_snprintf(spec, sizeof(spec), "%s:exit", failpoint);
+    setup_two_points(fx);
+    stream = cycle_prepare(fx, &cycle3);
+    /* The child opens the store itself: it is one process's at a time. */
+    g_clear_pointer(&fx->store, vr_replica_store_free);
+
+    fflush(stdout);
+    fflush(stderr);
+    child = fork();
+    g_assert_no_errno(child);
+    if (child == 0) {
+        g_autoptr(VrReplicaStore) store = NULL;
+        GError *err = NULL;
+
+        g_setenv("VR_FAILPOINT", spec, TRUE);
+        store = vr_replica_store_open(fx->dir, &err);
+        if (store == NULL || !apply_stream(store, stream, &err)) {
+            g_printerr("child: %s\n", err->message);
+            _exit(1);
+        }
+        _exit(0); /* the failpoint did not fire */
+    }
+    g_assert_cmpint(waitpid(child, &status, 0), ==, child);
+    g_assert_true(WIFEXITED(status));
+    g_assert_cmpint(WEXITSTATUS(status), ==, VR_FAILPOINT_EXIT_STATUS);
+
+    /* Its qemu-nbd died with it. */
+    assert_no_qemu_nbd(fx->dir);
+    fx->store = store_open(fx);
+    assert_cycles(fx, published ? "1 2 3" : "1 2");
+    listing = list_dir(fx->dir);
+    g_assert_cmpstr(listing, ==,
+                    published ? "manifest.json rp-1.qcow2 rp-2.qcow2 rp-3.qcow2"
+                              : "manifest.json rp-1.qcow2 rp-2.qcow2");
+    assert_point(fx, 1, NULL);
+    assert_point(fx, 2, "rp-1.qcow2");
+    if (published)
+        assert_point(fx, 3, "rp-2.qcow2");
+
+    /* One more clean cycle: the resent cycle 3, or cycle 4 after it. */
+    if (published) {
+        const Cycle cycle4 = { 1, 3, 4, DISK_SIZE, 0, 3, CYCLE_OPS(second_ops) };
+
+        apply_cycle(fx, &cycle4);
+        assert_point(fx, 4, "rp-3.qcow2");
+    } else {
+        g_assert_true(apply_stream(fx->store, stream, &error));
+        g_assert_no_error(error);
+        assert_point(fx, 3, "rp-2.qcow2");
+    }
+    assert_no_qemu_nbd(fx->dir);
+}
+
+static const struct {
+    const char *name;
+    const char *text;
+    const char *message;
+} corrupt_cases[] = {
+    { "garbage", "this is not a manifest", "not JSON" },
+    { "truncated", "{\"version\": 1, \"points\": [", "not JSON: the text ends too soon" },
+    { "trailing", "{\"version\": 1, \"points\": []} {}", "text after the JSON object" },
+    { "not-object", "[]", "not a JSON object" },
+    { "version", "{\"version\": 2, \"points\": []}", "version 2 is not supported" },
+    { "unknown-member", "{\"version\": 1, \"points\": [], \"retention\": 4}",
+      "unknown member 'retention'" },
+    { "no-points", "{\"version\": 1}", "no array of points" },
+    { "missing-file",
+      "{\"version\": 1, \"points\": [{\"cycle\": 9, \"epoch\": 1, \"virtual_size\": 1048576, "
+      "\"flags\": 1, \"image\": \"rp-9.qcow2\", \"published\": 1}]}",
+      "point 0 (cycle 9) names 'rp-9.qcow2', which is missing" },
+    { "duplicate",
+      "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1}, {\"cycle\": 1, \"epoch\": 1, "
+      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-1.qcow2\", \"published\": 1}]}",
+      "cycle 1 is listed twice" },
+    { "unsorted",
+      "{\"version\": 1, \"points\": [{\"cycle\": 2, \"epoch\": 1, \"virtual_size\": 1048576, "
+      "\"flags\": 1, \"image\": \"rp-2.qcow2\", \"published\": 1}, {\"cycle\": 1, \"epoch\": 1, "
+      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-1.qcow2\", \"published\": 1}]}",
+      "cycle 1 follows cycle 2" },
+    { "epoch",
+      "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 2, \"virtual_size\": 1048576, "
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1}, {\"cycle\": 2, \"epoch\": 1, "
+      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1}]}",
+      "cycle 2 has epoch 1, below epoch 2 of cycle 1" },
+    { "image-name",
+      "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
+      "\"flags\": 1, \"image\": \"../rp-2.qcow2\", \"published\": 1}]}",
+      "names image '../rp-2.qcow2', not 'rp-1.qcow2'" },
+    { "flags",
+      "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
+      "\"flags\": 3, \"image\": \"rp-1.qcow2\", \"published\": 1}]}",
+      "point 0 (cycle 1) has no valid flags" },
+    { "size",
+      "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": \"1M\", "
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1}]}",
+      "point 0 (cycle 1) has no virtual size" },
+    { "point-member",
+      "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, \"base\": 0}]}",
+      "point 0 has an unknown member 'base'" },
+};
+
+static void
+write_file(const char *dir, const char *name, const char *text)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = g_build_filename(dir, name, NULL);
+
+    g_file_set_contents(path, text, -1, &error);
+    g_assert_no_error(error);
+}
+
+/* A corrupt manifest fails open() naming the problem, and removes nothing. */
+static void
+test_corrupt(Fixture *fx, gconstpointer data)
+{
+    g_autofree char *listing = NULL;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    /* Files that a sweep would remove, were the manifest trusted. */
+    write_file(fx->dir, "rp-1.qcow2", "");
+    write_file(fx->dir, "rp-2.qcow2", "");
+    write_file(fx->dir, "rp-7.qcow2", "");
+    write_file(fx->dir, "manifest.json.tmp", "{}");
+    for (guint i = 0; i < G_N_ELEMENTS(corrupt_cases); i++) {
+        g_autoptr(GError) error = NULL;
+        g_autofree char *after = NULL;
+        g_autofree char *text = NULL;
+
+        g_test_message("case '%s'", corrupt_cases[i].name);
+        write_file(fx->dir, "manifest.json", corrupt_cases[i].text);
+        if (listing == NULL)
+            listing = list_dir(fx->dir);
+        g_assert_null(vr_replica_store_open(fx->dir, &error));
+        g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CORRUPT);
+        g_test_message("  %s", error->message);
+        g_assert_nonnull(strstr(error->message, fx->dir));
+        g_assert_nonnull(strstr(error->message, corrupt_cases[i].message));
+        after = list_dir(fx->dir);
+        g_assert_cmpstr(after, ==, listing);
+        text = read_manifest(fx);
+        g_assert_cmpstr(text, ==, corrupt_cases[i].text);
+    }
+}
+
+/*
+ * open() removes exactly what an interrupted apply leaves (and kills its qemu-nbd), nothing
+ * else, whatever the name looks like.
+ */
+static void
+test_sweep(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *listing = NULL;
+    g_autofree char *orphan_image = g_build_filename(fx->dir, "rp-9.qcow2", NULL);
+    g_autofree char *orphan_socket = NULL;
+    g_autofree char *socket_arg = NULL;
+    g_autofree char *pid_arg = NULL;
+    g_autofree char *own_pid = g_strdup_printf("%d\n", (int)getpid());
+    GPid orphan = 0;
+    int status = 0;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    fx->store = store_open(fx);
+    apply_cycle(fx, &cycle1);
+    g_clear_pointer(&fx->store, vr_replica_store_free);
+
+    /* An apply of cycle 9 whose owner died without its parent-death signal. */
+    orphan_socket = g_build_filename(fx->dir, ".apply-9.sock", NULL);
+    socket_arg = g_strdup_printf("--socket=%s", orphan_socket);
+    pid_arg = g_strdup_printf("--pid-file=%s/.apply-9.pid", fx->dir);
+    vr_test_qcow2_create(orphan_image, "1M");
+    {
+        const char *argv[] = { "qemu-nbd",   socket_arg,   pid_arg, "--format=qcow2",
+                               "--shared=1", orphan_image, NULL };
+        g_autofree char *pid_file = g_build_filename(fx->dir, ".apply-9.pid", NULL);
+        gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+
+        g_spawn_async(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD,
+                      NULL, NULL, &orphan, &error);
+        g_assert_no_error(error);
+        g_autofree char *expected = g_strdup_printf("%d\n", (int)orphan);
+
+        /* qemu-nbd writes its pid once it serves; the file exists a moment before that. */
+        for (;;) {
+            g_autofree char *text = NULL;
+
+            if (g_file_get_contents(pid_file, &text, NULL, NULL) && strcmp(text, expected) == 0)
+                break;
+            g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+            g_usleep(10 * 1000);
+        }
+        g_assert_cmpuint(count_qemu_nbd(fx->dir), ==, 1);
+    }
+    /* Leftovers, and lookalikes that are not ours to remove. */
+    write_file(fx->dir, "manifest.json.tmp", "{}");
+    write_file(fx->dir, "rp-5.qcow2", "");
+    write_file(fx->dir, ".apply-5.sock", "");
+    write_file(fx->dir, ".apply-5.pid", own_pid); /* names this test: never killed */
+    write_file(fx->dir, "rp-05.qcow2", "");
+    write_file(fx->dir, "rp-x.qcow2", "");
+    write_file(fx->dir, "rp-5.qcow2.bak", "");
+    write_file(fx->dir, "notes.txt", "");
+
+    fx->store = store_open(fx);
+    g_assert_cmpint(waitpid(orphan, &status, 0), ==, orphan);
+    g_assert_true(WIFSIGNALED(status));
+    g_assert_cmpint(WTERMSIG(status), ==, SIGKILL);
+    listing = list_dir(fx->dir);
+    g_assert_cmpstr(listing, ==,
+                    "manifest.json notes.txt rp-05.qcow2 rp-1.qcow2 rp-5.qcow2.bak rp-x.qcow2");
+    assert_cycles(fx, "1");
+    assert_point(fx, 1, NULL);
+}
+
+/*
+ * The store of @fx on a 24 MiB tmpfs of a private mount namespace (this process is a forked
+ * child: the namespace dies with it): the big cycle runs out of space. Its exit status: 0,
+ * or 77 when it cannot mount; assertions abort it.
+ */
+static int
+no_space_child(Fixture *fx, GByteArray *first, GByteArray *big, GByteArray *retry)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *listing = NULL;
+
+    /* Type "none": ignored for a propagation change, and never a NULL string. */
+    if (unshare(CLONE_NEWNS) < 0 || mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) < 0 ||
+        mount("tmpfs", fx->dir, "tmpfs", 0, "size=24m") < 0) {
+        g_printerr("child: cannot mount a tmpfs: %s\n", g_strerror(errno));
+        return 77;
+    }
+    fx->store = store_open(fx);
+    g_assert_true(apply_stream(fx->store, first, &error));
+    g_assert_no_error(error);
+    g_assert_false(apply_stream(fx->store, big, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_NO_SPACE);
+    g_printerr("child: refused: %s\n", error->message);
+    g_assert_nonnull(strstr(error->message, "rp-2.qcow2"));
+    g_clear_error(&error);
+    /* Nothing published is damaged, nothing is left. */
+    assert_cycles(fx, "1");
+    listing = list_dir(fx->dir);
+    g_assert_cmpstr(listing, ==, "manifest.json rp-1.qcow2");
+    assert_point(fx, 1, NULL);
+    assert_no_qemu_nbd(fx->dir);
+    /* Space is back (the failed image went): a cycle that fits applies. */
+    g_assert_true(apply_stream(fx->store, retry, &error));
+    g_assert_no_error(error);
+    assert_point(fx, 2, "rp-1.qcow2");
+    g_clear_pointer(&fx->store, vr_replica_store_free);
+    return 0;
+}
+
+/* ENOSPC while applying; also the page-cache path where tmpfs has no O_DIRECT. */
+static void
+test_no_space(Fixture *fx, gconstpointer data)
+{
+    static const Op small_ops[] = {
+        { VR_WIRE_RECORD_DATA, 0, 4 * MiB },
+    };
+    static const Op big_ops[] = {
+        { VR_WIRE_RECORD_DATA, 4 * MiB, 4 * MiB },  { VR_WIRE_RECORD_DATA, 8 * MiB, 4 * MiB },
+        { VR_WIRE_RECORD_DATA, 12 * MiB, 4 * MiB }, { VR_WIRE_RECORD_DATA, 16 * MiB, 4 * MiB },
+        { VR_WIRE_RECORD_DATA, 20 * MiB, 4 * MiB }, { VR_WIRE_RECORD_DATA, 24 * MiB, 4 * MiB },
+        { VR_WIRE_RECORD_DATA, 28 * MiB, 4 * MiB }, { VR_WIRE_RECORD_DATA, 32 * MiB, 4 * MiB },
+    };
+    const Cycle first = { 1, 0, 1, DISK_SIZE, VR_WIRE_FLAG_FULL, 0, CYCLE_OPS(small_ops) };
+    const Cycle big = { 1, 1, 2, DISK_SIZE, 0, 1, CYCLE_OPS(big_ops) };
+    const Cycle retry = { 1, 1, 2, DISK_SIZE, 0, 1, CYCLE_OPS(small_ops) };
+    GByteArray *first_stream;
+    GByteArray *big_stream;
+    GByteArray *retry_stream;
+    int status = 0;
+    pid_t child;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    if (geteuid() != 0) {
+        g_test_skip("mounting a small tmpfs needs root");
+        return;
+    }
+    first_stream = cycle_prepare(fx, &first);
+    big_stream = cycle_prepare(fx, &big);
+    retry_stream = cycle_prepare(fx, &retry); /* model-2.raw: the retried cycle */
+
+    fflush(stdout);
+    fflush(stderr);
+    child = fork();
+    g_assert_no_errno(child);
+    if (child == 0) {
+        int rc = no_space_child(fx, first_stream, big_stream, retry_stream);
+
+        g_byte_array_unref(first_stream);
+        g_byte_array_unref(big_stream);
+        g_byte_array_unref(retry_stream);
+        fixture_teardown(fx, data);
+        _exit(rc);
+    }
+    g_byte_array_unref(first_stream);
+    g_byte_array_unref(big_stream);
+    g_byte_array_unref(retry_stream);
+    g_assert_cmpint(waitpid(child, &status, 0), ==, child);
+    g_assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77) {
+        g_test_skip("cannot mount a tmpfs in a private mount namespace");
+        return;
+    }
+    g_assert_cmpint(WEXITSTATUS(status), ==, 0);
+}
+
+int
+main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    /* The child of a crash test must not inherit an armed failpoint from the caller. */
+    g_unsetenv("VR_FAILPOINT");
+
+#define ADD(path, func, data) g_test_add(path, Fixture, data, fixture_setup, func, fixture_teardown)
+    ADD("/replica-store/chain", test_chain, NULL);
+    ADD("/replica-store/abort", test_abort, NULL);
+    ADD("/replica-store/conflict", test_conflict, NULL);
+    ADD("/replica-store/resize", test_resize, NULL);
+    for (guint i = 0; i < G_N_ELEMENTS(failpoints); i++) {
+        g_autofree char *path = g_strdup_printf("/replica-store/crash/%s", failpoints[i]);
+
+        ADD(path, test_crash, failpoints[i]);
+    }
+    ADD("/replica-store/corrupt", test_corrupt, NULL);
+    ADD("/replica-store/sweep", test_sweep, NULL);
+    ADD("/replica-store/no-space", test_no_space, NULL);
+#undef ADD
+
+    return g_test_run();
+}
