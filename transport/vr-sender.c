@@ -370,7 +370,8 @@ vr_sender_reply_u64(SoupMessage *msg, const char *name, uint64_t *value)
  * a main loop iteration per 8 KiB piece.
  */
 static char *
-vr_sender_send(VrSenderUpload *upload, SoupSession *session, SoupMessage *msg, GError **error)
+vr_sender_send(VrSenderUpload *upload, SoupSession *session, SoupMessage *msg,
+               const VrSenderBody *body, GError **error)
 {
     g_autoptr(GInputStream) reply = NULL;
     char buf[VR_SENDER_REASON_MAX + 1];
@@ -390,7 +391,20 @@ vr_sender_send(VrSenderUpload *upload, SoupSession *session, SoupMessage *msg, G
     if (!g_input_stream_read_all(reply, buf, VR_SENDER_REASON_MAX, &got, upload->cancellable,
                                  error))
         return NULL;
-    g_input_stream_close(reply, NULL, NULL);
+    if (body != NULL && body->pos < body->length) {
+        /*
+         * Answered before (all of) the body: libsoup 3.2's close would read on, for the I/O
+         * timeout, from a connection that cannot carry another request. Close without
+         * waiting (a cancelled close still marks the stream closed), and drop the connection.
+         */
+        g_autoptr(GCancellable) now = g_cancellable_new();
+
+        g_cancellable_cancel(now);
+        g_input_stream_close(reply, now, NULL);
+        soup_session_abort(session);
+    } else {
+        g_input_stream_close(reply, NULL, NULL);
+    }
     buf[got] = '\0';
     nl = strchr(buf, '\n');
     if (nl != NULL)
@@ -411,7 +425,7 @@ static VrSenderOutcome
 vr_sender_probe(VrSenderUpload *upload, SoupSession *session, uint64_t *offset, GError **error)
 {
     g_autoptr(SoupMessage) msg = vr_sender_message_new(upload, SOUP_METHOD_HEAD);
-    g_autofree char *reason = vr_sender_send(upload, session, msg, error);
+    g_autofree char *reason = vr_sender_send(upload, session, msg, NULL, error);
     const char *state;
     guint status;
 
@@ -477,7 +491,7 @@ vr_sender_put(VrSenderUpload *upload, SoupSession *session, uint64_t *offset, GE
     }
     g_debug("PUT %s from offset %" G_GUINT64_FORMAT, upload->uri, *offset);
 
-    reason = vr_sender_send(upload, session, msg, error);
+    reason = vr_sender_send(upload, session, msg, body, error);
     if (reason == NULL)
         return VR_SENDER_RETRY;
     status = soup_message_get_status(msg);

@@ -1232,10 +1232,14 @@ test_sender_refused(Fixture *fx, gconstpointer data)
     {
         g_autoptr(GError) error = NULL;
 
+        gint64 start = g_get_monotonic_time();
+
         fx->sink.begin_error = g_error_new_literal(VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
                                                    "epoch 1 is stale: the replica is at 2");
         g_assert_false(
             send_file(fx, &(SendOptions){ .client_cert = "client-ok" }, path, &stats, &error));
+        /* at once: not after the client's 10 s I/O timeout on a connection left half-used */
+        g_assert_cmpint(g_get_monotonic_time() - start, <, 5 * G_USEC_PER_SEC);
         g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT);
         g_assert_nonnull(strstr(error->message, "epoch 1 is stale"));
         g_assert_cmpuint(stats.requests, ==, 1);
