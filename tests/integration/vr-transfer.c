@@ -9,11 +9,14 @@
  *
  *   vr-transfer serve --cert F --key F --ca F (--crl F | --no-revocation) --listen SPEC
  *                     [--port N] [--port-file F] [--max-active N] [--io-timeout S]
- *                     [--write DIR]
+ *                     [--write DIR [--store]]
  *       Run a receiver on SPEC (an address, or interface:NAME, network:NAME as in
  *       vr-net.h) until SIGTERM or SIGINT, allowing any authenticated primary. Every commit
  *       prints one JSON line; exit prints {"event":"exit","vmhwm_kib":N}. With --write, the
  *       DATA of each stream goes to DIR/<relationship>-<disk>.img (opened beneath DIR).
+ *       With --store as well, DIR is the storage root of the replica sink
+ *       (vr-replica-sink.h): each stream becomes a recovery point in
+ *       DIR/<relationship>/<disk>/ (qemu-img and qemu-nbd on PATH).
  *
  *   vr-transfer send --cert F --key F --ca F (--crl F | --no-revocation) --server-name NAME
  *                    --port N [--connect IP] [--source SPEC] [--rate RATE]
@@ -36,6 +39,7 @@
 #include "vr-net.h"
 #include "vr-rate-limit.h"
 #include "vr-receiver.h"
+#include "vr-replica-sink.h"
 #include "vr-sender.h"
 #include "vr-tls-policy.h"
 #include "vr-wire.h"
@@ -45,7 +49,7 @@
 static char *opt_cert, *opt_key, *opt_ca, *opt_crl, *opt_listen, *opt_port_file, *opt_write;
 static char *opt_server_name, *opt_connect, *opt_source, *opt_rate, *opt_out;
 static char *opt_relationship = "r1", *opt_disk = "vda";
-static gboolean opt_no_revocation;
+static gboolean opt_no_revocation, opt_store;
 static gint opt_port, opt_max_active, opt_io_timeout, opt_attempts, opt_compressible = 50;
 static gint64 opt_size, opt_seed = 1, opt_epoch = 1, opt_base, opt_target = 1;
 
@@ -62,6 +66,8 @@ static const GOptionEntry entries[] = {
     { "max-active", 0, 0, G_OPTION_ARG_INT, &opt_max_active, "max active transfers", "N" },
     { "io-timeout", 0, 0, G_OPTION_ARG_INT, &opt_io_timeout, "I/O timeout", "S" },
     { "write", 0, 0, G_OPTION_ARG_FILENAME, &opt_write, "write DATA to images in DIR", "DIR" },
+    { "store", 0, 0, G_OPTION_ARG_NONE, &opt_store, "apply into replica stores beneath --write",
+      NULL },
     { "server-name", 0, 0, G_OPTION_ARG_STRING, &opt_server_name, "the replica's DNS name",
       "NAME" },
     { "connect", 0, 0, G_OPTION_ARG_STRING, &opt_connect, "the replica's address", "IP" },
@@ -219,7 +225,8 @@ cmd_gen(void)
 
 typedef struct {
     VrReceiverKey key;
-    int fd; /* --write: the image, or -1 */
+    int fd;           /* --write: the image, or -1 */
+    gpointer replica; /* --store: the replica sink's handle, or NULL */
     uint64_t records;
     uint64_t data_bytes;
     uint64_t zero_bytes;
@@ -233,7 +240,14 @@ serve_begin(const VrReceiverKey *key, const VrReceiverPeer *peer, gpointer user_
 
     stream->key = *key;
     stream->fd = -1;
-    if (opt_write != NULL) {
+    if (opt_store) {
+        /* user_data is the replica sink; this one only counts and prints around it */
+        stream->replica = vr_replica_sink_get_sink()->begin(key, peer, user_data, error);
+        if (stream->replica == NULL) {
+            g_free(stream);
+            return NULL;
+        }
+    } else if (opt_write != NULL) {
         g_autofree char *name = g_strdup_printf("%s-%s.img", key->relationship, key->disk);
 
         stream->fd =
@@ -251,6 +265,9 @@ serve_record(gpointer handle, const VrWireRecord *record, GError **error)
 {
     ServeStream *stream = handle;
 
+    if (stream->replica != NULL &&
+        !vr_replica_sink_get_sink()->record(stream->replica, record, error))
+        return false;
     stream->records++;
     if (record->type == VR_WIRE_RECORD_ZERO)
         stream->zero_bytes += record->length;
@@ -271,6 +288,12 @@ serve_commit(gpointer handle, GError **error)
 {
     ServeStream *stream = handle;
 
+    if (stream->replica != NULL) {
+        /* On failure the receiver calls serve_abort(), which ends the replica's handle. */
+        if (!vr_replica_sink_get_sink()->commit(stream->replica, error))
+            return false;
+        stream->replica = NULL;
+    }
     if (stream->fd >= 0 && fsync(stream->fd) < 0) {
         g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "fsync failed: %s",
                     g_strerror(errno));
@@ -296,6 +319,8 @@ serve_abort(gpointer handle)
     printf("{\"event\":\"abort\",\"relationship\":\"%s\",\"disk\":\"%s\"}\n",
            stream->key.relationship, stream->key.disk);
     fflush(stdout);
+    if (stream->replica != NULL)
+        vr_replica_sink_get_sink()->abort(stream->replica);
     if (stream->fd >= 0)
         close(stream->fd);
     g_free(stream);
@@ -345,6 +370,7 @@ cmd_serve(void)
     g_autoptr(VrAuthz) authz = NULL;
     g_autoptr(GInetAddress) address = NULL;
     g_autoptr(GSocketAddress) socket_address = NULL;
+    g_autoptr(VrReplicaSink) replica = NULL; /* --store; freed after the receiver */
     g_autoptr(VrReceiver) receiver = NULL;
     g_autoptr(GMainLoop) loop = g_main_loop_new(NULL, FALSE);
     g_autofree char *storage = NULL;
@@ -358,6 +384,12 @@ cmd_serve(void)
     authz = vr_authz_new_allow_any(storage, "default", &error);
     if (authz == NULL)
         die("authorization", error);
+    if (opt_store) {
+        need(opt_write, "write");
+        replica = vr_replica_sink_new(authz, &error);
+        if (replica == NULL)
+            die("replica sink", error);
+    }
     address = resolve(opt_listen);
     socket_address = g_inet_socket_address_new(address, (guint16)opt_port);
     receiver = vr_receiver_new(
@@ -369,6 +401,7 @@ cmd_serve(void)
             .address = G_INET_SOCKET_ADDRESS(socket_address),
             .max_body_size = G_MAXUINT64,
             .sink = &serve_sink,
+            .sink_data = replica,
             .max_active = (guint)opt_max_active,
             .io_timeout_s = (guint)opt_io_timeout,
             .refused = serve_refused,

@@ -1,0 +1,621 @@
+/*
+ * vr-replica-sink.c: the replica role's receiver sink, over the replica store
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gio/gio.h>
+
+#include "vr-replica-sink.h"
+#include "vr-replica-store.h"
+
+#define VR_REPLICA_SINK_OWNER     "owner"
+#define VR_REPLICA_SINK_OWNER_TMP "owner.tmp"
+#define VR_REPLICA_SINK_GROUP_MAX 32 /* as vr-authz.c: [a-z0-9-]{1,32} */
+#define VR_REPLICA_SINK_SECTOR    512
+#define VR_REPLICA_SINK_NO_BASE   (VR_WIRE_FLAG_FULL | VR_WIRE_FLAG_RESYNC)
+#define VR_REPLICA_SINK_FLAGS \
+    (VR_WIRE_FLAG_FULL | VR_WIRE_FLAG_RESYNC | VR_WIRE_FLAG_APP_CONSISTENT)
+
+/* A file descriptor closed when it leaves scope (g_autofd is GLib 2.76). */
+typedef int VrReplicaSinkFd;
+
+static void
+vr_replica_sink_fd_close(VrReplicaSinkFd fd)
+{
+    close(fd);
+}
+G_DEFINE_AUTO_CLEANUP_FREE_FUNC(VrReplicaSinkFd, vr_replica_sink_fd_close, -1)
+
+typedef struct _VrReplicaSinkStream VrReplicaSinkStream;
+
+/* One disk directory and its store, open for the sink's lifetime. */
+typedef struct {
+    char *dir; /* <storage root>/<relationship>/<disk>: the key in the sink's table */
+    dev_t dev; /* the directory that was made beneath the root: the store must be that one */
+    ino_t ino;
+    VrReplicaStore *store;
+    VrReplicaSinkStream *stream; /* the stream being received, or NULL */
+} VrReplicaSinkDisk;
+
+struct _VrReplicaSink {
+    VrAuthz *authz;    /* borrowed */
+    GHashTable *disks; /* dir -> VrReplicaSinkDisk */
+};
+
+/* A receiver handle: one stream into one disk. */
+struct _VrReplicaSinkStream {
+    VrReplicaSinkDisk *disk;
+    VrReceiverKey key;
+    VrReplicaApply *apply; /* from the BEGIN record until commit or abort */
+};
+
+static void
+vr_replica_sink_disk_free(gpointer data)
+{
+    VrReplicaSinkDisk *disk = data;
+
+    /* The receiver ends its streams when it is freed, which must come first. */
+    g_assert(disk->stream == NULL);
+    vr_replica_store_free(disk->store);
+    g_free(disk->dir);
+    g_free(disk);
+}
+
+VrReplicaSink *
+vr_replica_sink_new(VrAuthz *authz, GError **error)
+{
+    static const char *const programs[] = { "qemu-img", "qemu-nbd" };
+    VrReplicaSink *sink;
+
+    for (guint i = 0; i < G_N_ELEMENTS(programs); i++) {
+        g_autofree char *path = g_find_program_in_path(programs[i]);
+
+        if (path == NULL) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
+                        "'%s' is not on PATH (Debian package qemu-utils)", programs[i]);
+            return NULL;
+        }
+    }
+    sink = g_new0(VrReplicaSink, 1);
+    sink->authz = authz;
+    sink->disks = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, vr_replica_sink_disk_free);
+    return sink;
+}
+
+void
+vr_replica_sink_free(VrReplicaSink *sink)
+{
+    if (sink == NULL)
+        return;
+    g_hash_table_unref(sink->disks);
+    g_free(sink);
+}
+
+/* ---- errors ------------------------------------------------------------------------- */
+
+/* A failed system call: G_IO_ERROR from errno (ENOSPC is 507 at the receiver). */
+static bool
+vr_replica_sink_errno(GError **error, int errsv, const char *what, const char *path)
+{
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "cannot %s '%s': %s", what, path,
+                g_strerror(errsv));
+    return false;
+}
+
+/*
+ * @local (taken) from the store, as the receiver's error whose code gives the status:
+ * CONFLICT and BUSY 409, NO_SPACE 507; the rest (CORRUPT, FAILED) stays 500. The message
+ * names the disk.
+ */
+static bool
+vr_replica_sink_store_error(GError **error, GError *local, const VrReceiverKey *key)
+{
+    int code = -1;
+
+    if (local->domain == VR_REPLICA_STORE_ERROR) {
+        switch ((VrReplicaStoreErrorCode)local->code) {
+        case VR_REPLICA_STORE_ERROR_CONFLICT:
+        case VR_REPLICA_STORE_ERROR_BUSY:
+            code = VR_RECEIVER_ERROR_CONFLICT;
+            break;
+        case VR_REPLICA_STORE_ERROR_NO_SPACE:
+            code = VR_RECEIVER_ERROR_NO_SPACE;
+            break;
+        case VR_REPLICA_STORE_ERROR_CORRUPT:
+        case VR_REPLICA_STORE_ERROR_FAILED:
+            break;
+        }
+    }
+    if (code < 0) {
+        g_propagate_prefixed_error(error, local, "disk '%s' of relationship '%s': ", key->disk,
+                                   key->relationship);
+        return false;
+    }
+    g_set_error(error, VR_RECEIVER_ERROR, code, "disk '%s' of relationship '%s'%s: %s", key->disk,
+                key->relationship,
+                g_error_matches(local, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY)
+                    ? " is busy"
+                    : "",
+                local->message);
+    g_error_free(local);
+    return false;
+}
+
+/* ---- directories and ownership ------------------------------------------------------ */
+
+/*
+ * The directory @name in @parent_fd (whose path is @parent, for messages): made with mode
+ * 0700 when missing (then @parent_fd is synced: the name is durable before anything in it),
+ * opened without following a symlink. Returns the fd, or -1 with @error: a symlink or
+ * anything but a directory there is VR_RECEIVER_ERROR_FORBIDDEN.
+ */
+static int
+vr_replica_sink_open_dir(int parent_fd, const char *parent, const char *name, GError **error)
+{
+    g_autofree char *path = g_build_filename(parent, name, NULL);
+    bool made = false;
+    struct stat st;
+    int fd;
+
+    if (mkdirat(parent_fd, name, 0700) == 0) {
+        made = true;
+    } else if (errno != EEXIST) {
+        vr_replica_sink_errno(error, errno, "make directory", path);
+        return -1;
+    }
+    fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && (errno == ENOTDIR || errno == ELOOP)) {
+        bool link = fstatat(parent_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
+
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_FORBIDDEN, "'%s' is %s", path,
+                    link ? "a symbolic link: nothing beneath the storage root is reached "
+                           "through a link"
+                         : "not a directory");
+        return -1;
+    }
+    if (fd < 0) {
+        vr_replica_sink_errno(error, errno, "open directory", path);
+        return -1;
+    }
+    if (made && fsync(parent_fd) < 0) {
+        int errsv = errno;
+
+        close(fd);
+        vr_replica_sink_errno(error, errsv, "sync directory", parent);
+        return -1;
+    }
+    return fd;
+}
+
+static bool
+vr_replica_sink_group_valid(const char *group, gsize len)
+{
+    if (len == 0 || len > VR_REPLICA_SINK_GROUP_MAX)
+        return false;
+    for (gsize i = 0; i < len; i++) {
+        if (!g_ascii_islower(group[i]) && !g_ascii_isdigit(group[i]) && group[i] != '-')
+            return false;
+    }
+    return true;
+}
+
+/*
+ * The trust group in <relationship>/owner, through @rel_fd (@rel_path for messages):
+ * *@group_out is NULL when there is no owner file yet. A symlink, anything but a regular
+ * file, or a line that is not a trust group fails.
+ */
+static bool
+vr_replica_sink_owner_read(int rel_fd, const char *rel_path, char **group_out, GError **error)
+{
+    g_autofree char *path = g_build_filename(rel_path, VR_REPLICA_SINK_OWNER, NULL);
+    g_auto(VrReplicaSinkFd) fd = -1;
+    char buf[VR_REPLICA_SINK_GROUP_MAX + 2];
+    struct stat st;
+    ssize_t n;
+
+    /* O_NONBLOCK: a FIFO planted there must not hang the receiver (refused below). */
+    fd = openat(rel_fd, VR_REPLICA_SINK_OWNER, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        *group_out = NULL;
+        return true;
+    }
+    if (fd < 0 && errno == ELOOP) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_FORBIDDEN,
+                    "'%s' is a symbolic link: nothing beneath the storage root is reached through "
+                    "a link",
+                    path);
+        return false;
+    }
+    if (fd < 0)
+        return vr_replica_sink_errno(error, errno, "open", path);
+    if (fstat(fd, &st) < 0)
+        return vr_replica_sink_errno(error, errno, "stat", path);
+    if (!S_ISREG(st.st_mode)) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "'%s' is not a regular file", path);
+        return false;
+    }
+    do {
+        n = pread(fd, buf, sizeof(buf), 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return vr_replica_sink_errno(error, errno, "read", path);
+    if (n < 2 || buf[n - 1] != '\n' || !vr_replica_sink_group_valid(buf, (gsize)n - 1)) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                    "'%s' does not hold one trust group ([a-z0-9-]{1,%d}) on one line", path,
+                    VR_REPLICA_SINK_GROUP_MAX);
+        return false;
+    }
+    *group_out = g_strndup(buf, (gsize)n - 1);
+    return true;
+}
+
+/*
+ * Record @group as the owner of the relationship: owner.tmp written and synced, renamed to
+ * owner unless one appeared meanwhile (*@raced, owner.tmp removed), the directory synced.
+ */
+static bool
+vr_replica_sink_owner_write(int rel_fd, const char *rel_path, const char *group, bool *raced,
+                            GError **error)
+{
+    g_autofree char *tmp = g_build_filename(rel_path, VR_REPLICA_SINK_OWNER_TMP, NULL);
+    g_autofree char *line = g_strdup_printf("%s\n", group);
+    gsize len = strlen(line);
+    ssize_t n;
+    int fd;
+    int errsv;
+
+    *raced = false;
+    fd = openat(rel_fd, VR_REPLICA_SINK_OWNER_TMP,
+                O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return vr_replica_sink_errno(error, errno, "create", tmp);
+    n = write(fd, line, len);
+    if (n != (ssize_t)len || fsync(fd) < 0) {
+        errsv = n >= 0 && n < (ssize_t)len ? EIO : errno; /* a short write sets no errno */
+        close(fd);
+        unlinkat(rel_fd, VR_REPLICA_SINK_OWNER_TMP, 0);
+        return vr_replica_sink_errno(error, errsv, "write", tmp);
+    }
+    close(fd);
+    /* NOREPLACE: of two first streams, the owner is the one that renamed first. */
+    if (renameat2(rel_fd, VR_REPLICA_SINK_OWNER_TMP, rel_fd, VR_REPLICA_SINK_OWNER,
+                  RENAME_NOREPLACE) < 0) {
+        errsv = errno;
+        unlinkat(rel_fd, VR_REPLICA_SINK_OWNER_TMP, 0);
+        if (errsv == EEXIST) {
+            *raced = true;
+            return true;
+        }
+        return vr_replica_sink_errno(error, errsv, "rename", tmp);
+    }
+    if (fsync(rel_fd) < 0)
+        return vr_replica_sink_errno(error, errno, "sync directory", rel_path);
+    return true;
+}
+
+/*
+ * May @peer write to the relationship of @rel_fd? Its owner group must be the peer's; a
+ * relationship without an owner becomes the peer's group's, durably, before any data.
+ */
+static bool
+vr_replica_sink_authorize(VrReplicaSink *sink, int rel_fd, const char *rel_path,
+                          const VrReceiverKey *key, const VrReceiverPeer *peer, GError **error)
+{
+    g_autofree char *owner = NULL;
+    g_autoptr(GError) local = NULL;
+    bool raced = false;
+
+    if (!vr_replica_sink_owner_read(rel_fd, rel_path, &owner, error))
+        return false;
+    if (owner == NULL) {
+        if (!vr_authz_may_write(sink->authz, peer->name, NULL, error) ||
+            !vr_replica_sink_owner_write(rel_fd, rel_path, peer->group, &raced, error))
+            return false;
+        if (!raced) {
+            g_debug("relationship '%s' belongs to trust group '%s' from now on (first stream, "
+                    "from '%s')",
+                    key->relationship, peer->group, peer->name);
+            return true;
+        }
+        if (!vr_replica_sink_owner_read(rel_fd, rel_path, &owner, error))
+            return false;
+        if (owner == NULL) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                        "the owner of relationship '%s' appeared and went again",
+                        key->relationship);
+            return false;
+        }
+    }
+    if (!vr_authz_may_write(sink->authz, peer->name, owner, &local)) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_FORBIDDEN,
+                    "relationship '%s' belongs to trust group '%s': %s", key->relationship, owner,
+                    local->message);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * The disk of @key for @peer: its directory made beneath the peer's storage root (never
+ * through a symlink), the relationship's trust group checked, its store opened once and
+ * kept. (transfer none)
+ */
+static VrReplicaSinkDisk *
+vr_replica_sink_disk_get(VrReplicaSink *sink, const VrReceiverKey *key, const VrReceiverPeer *peer,
+                         GError **error)
+{
+    const char *root = peer->storage_root;
+    g_autofree char *rel_path = g_build_filename(root, key->relationship, NULL);
+    g_autofree char *dir = g_build_filename(rel_path, key->disk, NULL);
+    g_auto(VrReplicaSinkFd) root_fd = -1;
+    g_auto(VrReplicaSinkFd) rel_fd = -1;
+    g_auto(VrReplicaSinkFd) disk_fd = -1;
+    g_autoptr(GError) local = NULL;
+    VrReplicaSinkDisk *disk;
+    struct stat made, opened;
+
+    root_fd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (root_fd < 0) {
+        int errsv = errno;
+        struct stat st;
+
+        if ((errsv == ENOTDIR || errsv == ELOOP) && lstat(root, &st) == 0 && S_ISLNK(st.st_mode)) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                        "storage root '%s' is a symbolic link: configure the directory itself",
+                        root);
+            return NULL;
+        }
+        vr_replica_sink_errno(error, errsv, "open the storage root", root);
+        return NULL;
+    }
+    rel_fd = vr_replica_sink_open_dir(root_fd, root, key->relationship, error);
+    if (rel_fd < 0 || !vr_replica_sink_authorize(sink, rel_fd, rel_path, key, peer, error))
+        return NULL;
+    disk_fd = vr_replica_sink_open_dir(rel_fd, rel_path, key->disk, error);
+    if (disk_fd < 0)
+        return NULL;
+    if (fstat(disk_fd, &made) < 0) {
+        vr_replica_sink_errno(error, errno, "stat", dir);
+        return NULL;
+    }
+
+    disk = g_hash_table_lookup(sink->disks, dir);
+    if (disk != NULL && (disk->dev != made.st_dev || disk->ino != made.st_ino)) {
+        /* The directory was replaced under the store: its flock and points are stale. */
+        if (disk->stream != NULL) {
+            g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
+                        "store '%s' was replaced while it receives cycle %" PRIu64, dir,
+                        disk->stream->key.target_cycle);
+            return NULL;
+        }
+        g_debug("store '%s' was replaced: opening it again", dir);
+        g_hash_table_remove(sink->disks, dir);
+        disk = NULL;
+    }
+    if (disk != NULL)
+        return disk;
+
+    disk = g_new0(VrReplicaSinkDisk, 1);
+    disk->store = vr_replica_store_open(dir, &local);
+    if (disk->store == NULL) {
+        g_free(disk);
+        vr_replica_sink_store_error(error, g_steal_pointer(&local), key);
+        return NULL;
+    }
+    /*
+     * The store works by path: the path must still lead to the directory walked to above
+     * (a symlink swapped in meanwhile would not).
+     */
+    if (stat(dir, &opened) < 0 || opened.st_dev != made.st_dev || opened.st_ino != made.st_ino) {
+        vr_replica_store_free(disk->store);
+        g_free(disk);
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_FORBIDDEN,
+                    "'%s' no longer leads to the directory made beneath the storage root", dir);
+        return NULL;
+    }
+    disk->dir = g_steal_pointer(&dir);
+    disk->dev = made.st_dev;
+    disk->ino = made.st_ino;
+    g_hash_table_insert(sink->disks, disk->dir, disk);
+    return disk;
+}
+
+/*
+ * Is the stream of @key already published: a point of its target cycle, epoch and base
+ * (the manifest has no base: a FULL or RESYNC point has none, any other one is backed by
+ * the point before it)?
+ */
+static bool
+vr_replica_sink_published(VrReplicaStore *store, const VrReceiverKey *key)
+{
+    const VrReplicaPoint *points;
+    guint n;
+
+    points = vr_replica_store_points(store, &n);
+    for (guint i = 0; i < n; i++) {
+        const VrReplicaPoint *p = &points[i];
+
+        if (p->cycle != key->target_cycle || p->epoch != key->epoch)
+            continue;
+        if (key->base_cycle == 0)
+            return (p->flags & VR_REPLICA_SINK_NO_BASE) != 0;
+        return (p->flags & VR_REPLICA_SINK_NO_BASE) == 0 && i > 0 &&
+               points[i - 1].cycle == key->base_cycle;
+    }
+    return false;
+}
+
+/* ---- the sink's callbacks ----------------------------------------------------------- */
+
+static void
+vr_replica_sink_stream_free(VrReplicaSinkStream *stream)
+{
+    if (stream->disk->stream == stream)
+        stream->disk->stream = NULL;
+    g_free(stream);
+}
+
+static gpointer
+vr_replica_sink_begin(const VrReceiverKey *key, const VrReceiverPeer *peer, gpointer user_data,
+                      GError **error)
+{
+    VrReplicaSink *sink = user_data;
+    g_autoptr(GError) local = NULL;
+    VrReplicaSinkStream *stream;
+    VrReplicaSinkDisk *disk;
+
+    if (!vr_authz_check_name("relationship", key->relationship, error) ||
+        !vr_authz_check_name("disk", key->disk, error))
+        return NULL;
+    disk = vr_replica_sink_disk_get(sink, key, peer, error);
+    if (disk == NULL)
+        return NULL;
+    if (disk->stream != NULL) {
+        /* The store applies one stream at a time (an older upload of this very stream was
+         * dropped by the receiver before this begin). */
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
+                    "disk '%s' of relationship '%s' is busy: it is receiving cycle %" PRIu64
+                    " (base %" PRIu64 ", epoch %" PRIu64 ")",
+                    key->disk, key->relationship, disk->stream->key.target_cycle,
+                    disk->stream->key.base_cycle, disk->stream->key.epoch);
+        return NULL;
+    }
+    if (vr_replica_sink_published(disk->store, key)) {
+        /* A replay, e.g. after a replica restart lost the 204: nothing to apply. */
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_COMMITTED,
+                    "cycle %" PRIu64 " of disk '%s' of relationship '%s' is already published",
+                    key->target_cycle, key->disk, key->relationship);
+        return NULL;
+    }
+    if (!vr_replica_store_check(disk->store, key->epoch, key->base_cycle, key->target_cycle,
+                                &local)) {
+        vr_replica_sink_store_error(error, g_steal_pointer(&local), key);
+        return NULL;
+    }
+    stream = g_new0(VrReplicaSinkStream, 1);
+    stream->disk = disk;
+    stream->key = *key;
+    disk->stream = stream;
+    g_debug("receiving cycle %" PRIu64 " (base %" PRIu64 ", epoch %" PRIu64
+            ") of '%s' from '%s' into '%s'",
+            key->target_cycle, key->base_cycle, key->epoch, key->disk, peer->name, disk->dir);
+    return stream;
+}
+
+/*
+ * The BEGIN record's identity: the receiver matched it against the key already; checked
+ * again here, with what the store needs (a cycle, coherent flags, a size in whole sectors),
+ * so a stream the store cannot take is the sender's error (400), not the replica's (500).
+ */
+static bool
+vr_replica_sink_check_identity(VrReplicaSinkStream *stream, const VrWireIdentity *id,
+                               GError **error)
+{
+    const VrReceiverKey *key = &stream->key;
+    const char *problem = NULL;
+
+    if (id->kind != VR_WIRE_KIND_CYCLE)
+        problem = "it is not a cycle";
+    else if (strcmp(id->relationship, key->relationship) != 0 || strcmp(id->disk, key->disk) != 0 ||
+             id->epoch != key->epoch || id->base_cycle != key->base_cycle ||
+             id->target_cycle != key->target_cycle)
+        problem = "it names another stream than the request";
+    else if ((id->flags & ~(uint32_t)VR_REPLICA_SINK_FLAGS) != 0 ||
+             (id->flags & VR_REPLICA_SINK_NO_BASE) == VR_REPLICA_SINK_NO_BASE ||
+             (key->base_cycle == 0) != ((id->flags & VR_REPLICA_SINK_NO_BASE) != 0))
+        problem = "its flags do not fit its base cycle";
+    else if (id->virtual_size == 0 || id->virtual_size % VR_REPLICA_SINK_SECTOR != 0)
+        problem = "its virtual size is not a positive multiple of 512 bytes";
+    if (problem == NULL)
+        return true;
+    g_set_error(error, VR_WIRE_ERROR, VR_WIRE_ERROR_PROTOCOL,
+                "the BEGIN record of cycle %" PRIu64 " of disk '%s' of relationship '%s' "
+                "cannot be applied: %s",
+                key->target_cycle, key->disk, key->relationship, problem);
+    return false;
+}
+
+static bool
+vr_replica_sink_record(gpointer handle, const VrWireRecord *record, GError **error)
+{
+    VrReplicaSinkStream *stream = handle;
+    g_autoptr(GError) local = NULL;
+
+    switch (record->type) {
+    case VR_WIRE_RECORD_BEGIN:
+        if (!vr_replica_sink_check_identity(stream, record->identity, error))
+            return false;
+        stream->apply = vr_replica_store_begin(stream->disk->store, record->identity, &local);
+        if (stream->apply == NULL)
+            return vr_replica_sink_store_error(error, g_steal_pointer(&local), &stream->key);
+        return true;
+    case VR_WIRE_RECORD_DATA:
+    case VR_WIRE_RECORD_ZERO:
+        if (stream->apply == NULL)
+            break;
+        if (!vr_replica_apply_record(stream->apply, record, &local))
+            return vr_replica_sink_store_error(error, g_steal_pointer(&local), &stream->key);
+        return true;
+    case VR_WIRE_RECORD_END:
+        return true; /* verified by the decoder; commit() follows */
+    case VR_WIRE_RECORD_HASHES:
+        break;
+    }
+    g_set_error(error, VR_WIRE_ERROR, VR_WIRE_ERROR_PROTOCOL,
+                "record %" PRIu64 " of cycle %" PRIu64 " cannot be applied: type %d after %s",
+                record->index, stream->key.target_cycle, (int)record->type,
+                stream->apply != NULL ? "a cycle's BEGIN" : "no BEGIN");
+    return false;
+}
+
+static bool
+vr_replica_sink_commit(gpointer handle, GError **error)
+{
+    VrReplicaSinkStream *stream = handle;
+    g_autoptr(GError) local = NULL;
+
+    if (stream->apply == NULL) {
+        g_set_error(error, VR_WIRE_ERROR, VR_WIRE_ERROR_PROTOCOL,
+                    "cycle %" PRIu64 " cannot be committed: it had no BEGIN record",
+                    stream->key.target_cycle);
+        return false;
+    }
+    /* The store frees the apply either way; on failure the receiver calls abort() next. */
+    if (!vr_replica_apply_commit(g_steal_pointer(&stream->apply), &local))
+        return vr_replica_sink_store_error(error, g_steal_pointer(&local), &stream->key);
+    g_debug("published cycle %" PRIu64 " of '%s'", stream->key.target_cycle, stream->disk->dir);
+    vr_replica_sink_stream_free(stream);
+    return true;
+}
+
+static void
+vr_replica_sink_abort(gpointer handle)
+{
+    VrReplicaSinkStream *stream = handle;
+
+    g_debug("cycle %" PRIu64 " of '%s' aborted%s", stream->key.target_cycle, stream->disk->dir,
+            stream->apply != NULL ? ": removing its image" : "");
+    vr_replica_apply_abort(g_steal_pointer(&stream->apply));
+    vr_replica_sink_stream_free(stream);
+}
+
+static const VrReceiverSink vr_replica_sink_callbacks = {
+    .begin = vr_replica_sink_begin,
+    .record = vr_replica_sink_record,
+    .commit = vr_replica_sink_commit,
+    .abort = vr_replica_sink_abort,
+};
+
+const VrReceiverSink *
+vr_replica_sink_get_sink(void)
+{
+    return &vr_replica_sink_callbacks;
+}

@@ -1,0 +1,55 @@
+/*
+ * vr-replica-sink.h: the replica role's receiver sink, over the replica store
+ *
+ * The VrReceiverSink (vr-receiver.h) that applies every verified stream into the recovery
+ * points of its disk (vr-replica-store.h). A disk lives in its own directory beneath the
+ * storage root of the primary that writes it (vr-authz.h):
+ *
+ *   <storage root>/<relationship>/owner        the relationship's trust group, one line,
+ *                                              written at its first stream
+ *   <storage root>/<relationship>/<disk>/      the disk's replica store (mode 0700)
+ *
+ * Directories are made and opened beneath the storage root one component at a time, never
+ * through a symlink. A primary writes only to relationships of its own trust group (else
+ * 403). One VrReplicaStore stays open per disk directory for the sink's lifetime, and one
+ * stream per disk is applied at a time (another one gets 409).
+ *
+ * begin() decides before any body byte: trust group, then the store's check, so a replay of
+ * a published cycle (same epoch, base and target) is answered 204 and a wrong base 409. The
+ * store's apply begins at the stream's BEGIN record, which brings the identity; store errors
+ * become receiver errors: CONFLICT and BUSY 409, NO_SPACE 507. docs/replica-store.md ("The
+ * replica sink") has the layout, the rules and the status of every error.
+ *
+ * Called from the receiver's thread only, which must live while an apply runs (qemu-nbd
+ * gets SIGKILL when the thread that started it exits). Not thread-safe.
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "vr-authz.h"
+#include "vr-receiver.h"
+
+G_BEGIN_DECLS
+
+typedef struct _VrReplicaSink VrReplicaSink;
+
+/*
+ * A sink storing beneath the storage roots @authz gives (borrowed: it outlives the sink).
+ * Fails when qemu-img or qemu-nbd is not on PATH. (transfer full)
+ */
+VrReplicaSink *vr_replica_sink_new(VrAuthz *authz, GError **error);
+
+/*
+ * Close every store. The receiver using the sink must be freed first (it aborts the streams
+ * still open). NULL-safe.
+ */
+void vr_replica_sink_free(VrReplicaSink *sink);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrReplicaSink, vr_replica_sink_free)
+
+/* The callbacks, for VrReceiverConfig.sink; sink_data is the VrReplicaSink. (transfer none) */
+const VrReceiverSink *vr_replica_sink_get_sink(void);
+
+G_END_DECLS

@@ -1,0 +1,855 @@
+/*
+ * test-replica-sink.c: the replica sink behind a real receiver, with real qemu-img and
+ * qemu-nbd
+ *
+ * Each test runs a VrReceiver on 127.0.0.1 (the test PKI of make-pki.sh) with the replica
+ * sink over a storage root of its own, and uploads streams with a VrSender in a thread
+ * while the receiver runs on the main context. Every cycle is written with the wire encoder
+ * into a stream file, and the same bytes into a raw model of the disk at that cycle (the
+ * naive model): a published point must equal its model (qemu-img compare).
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <glib/gstdio.h>
+
+#include "vr-qmp-json.h"
+#include "vr-receiver.h"
+#include "vr-replica-sink.h"
+#include "vr-replica-store.h"
+#include "vr-sender.h"
+#include "vr-test-util.h"
+#include "vr-wire.h"
+
+#define MiB       (1024 * 1024)
+#define DISK_SIZE (64 * MiB)
+
+static char *pki;          /* where make-pki.sh wrote the PKI, or NULL */
+static char *pki_skip_why; /* why every test skips */
+
+typedef struct {
+    VrWireRecordType type; /* DATA or ZERO */
+    uint64_t offset;
+    uint64_t length;
+} Op;
+
+typedef struct {
+    const char *relationship;
+    uint64_t epoch;
+    uint64_t base; /* 0: FULL */
+    uint64_t target;
+    const Op *ops;
+    guint n_ops;
+} Cycle;
+
+#define CYCLE_OPS(ops) (ops), G_N_ELEMENTS(ops)
+
+static const Op full_ops[] = {
+    { VR_WIRE_RECORD_DATA, 0, MiB },
+    { VR_WIRE_RECORD_DATA, MiB + 4096, 70001 }, /* odd length */
+    { VR_WIRE_RECORD_ZERO, 2 * MiB, 6 * MiB },
+    { VR_WIRE_RECORD_DATA, 8 * MiB + 17, 4 * MiB }, /* odd offset */
+    { VR_WIRE_RECORD_DATA, 60 * MiB, 4 * MiB },     /* up to the end */
+};
+static const Op second_ops[] = {
+    { VR_WIRE_RECORD_ZERO, 0, 512 * 1024 }, /* zeroes over the base's data */
+    { VR_WIRE_RECORD_DATA, 600 * 1024, 100 * 1024 },
+    { VR_WIRE_RECORD_DATA, 8 * MiB, 65536 },
+    { VR_WIRE_RECORD_DATA, 63 * MiB, MiB },
+};
+static const Op third_ops[] = {
+    { VR_WIRE_RECORD_DATA, 4096, 512 },
+    { VR_WIRE_RECORD_ZERO, 8 * MiB, 16 * MiB }, /* across data of both earlier points */
+    { VR_WIRE_RECORD_DATA, 30 * MiB, 4 * MiB },
+};
+/*
+ * 8 MiB of random data in 1 MiB records: 4 s at 2 MiB/s, slower than the receiver even
+ * under valgrind (a receiver that lags reads the whole rest of the body in one dispatch).
+ */
+static const Op slow_ops[] = {
+    { VR_WIRE_RECORD_DATA, 16 * MiB, MiB }, { VR_WIRE_RECORD_DATA, 18 * MiB, MiB },
+    { VR_WIRE_RECORD_DATA, 20 * MiB, MiB }, { VR_WIRE_RECORD_DATA, 22 * MiB, MiB },
+    { VR_WIRE_RECORD_DATA, 24 * MiB, MiB }, { VR_WIRE_RECORD_DATA, 26 * MiB, MiB },
+    { VR_WIRE_RECORD_DATA, 28 * MiB, MiB }, { VR_WIRE_RECORD_DATA, 30 * MiB, MiB },
+};
+
+static const Cycle cycle1 = { "r1", 1, 0, 1, CYCLE_OPS(full_ops) };
+static const Cycle cycle2 = { "r1", 1, 1, 2, CYCLE_OPS(second_ops) };
+static const Cycle cycle3 = { "r1", 1, 2, 3, CYCLE_OPS(third_ops) };
+
+typedef struct {
+    char *root; /* the storage root */
+    char *work; /* streams and models, outside the root */
+    VrTlsPolicy *client_policy;
+    VrTlsPolicy *server_policy;
+    VrAuthz *authz;
+    VrReplicaSink *sink;
+    VrReceiver *receiver;
+    guint16 port; /* kept across restarts, so a sender's retry finds the new receiver */
+    GRand *rand;
+} Fixture;
+
+static char *
+pki_path(const char *name)
+{
+    return g_build_filename(pki, name, NULL);
+}
+
+static void
+fixture_start(Fixture *fx)
+{
+    g_autofree char *cert = pki_path("server-ok.pem");
+    g_autofree char *key = pki_path("server-ok-key.pem");
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
+    g_autoptr(GSocketAddress) address = g_inet_socket_address_new(loopback, fx->port);
+    GSList *uris;
+
+    fx->sink = vr_replica_sink_new(fx->authz, &error);
+    g_assert_no_error(error);
+    fx->receiver = vr_receiver_new(
+        &(VrReceiverConfig){
+            .cert_file = cert,
+            .key_file = key,
+            .policy = fx->client_policy,
+            .authz = fx->authz,
+            .address = G_INET_SOCKET_ADDRESS(address),
+            .max_body_size = 1024 * MiB,
+            .sink = vr_replica_sink_get_sink(),
+            .sink_data = fx->sink,
+        },
+        &error);
+    g_assert_no_error(error);
+    uris = vr_receiver_get_uris(fx->receiver);
+    fx->port = (guint16)g_uri_get_port(uris->data);
+    g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
+}
+
+/* As a replica restart: the receiver aborts what it holds, then the sink closes its stores. */
+static void
+fixture_stop(Fixture *fx)
+{
+    g_clear_pointer(&fx->receiver, vr_receiver_free);
+    g_clear_pointer(&fx->sink, vr_replica_sink_free);
+}
+
+static void
+fixture_setup(Fixture *fx, gconstpointer data)
+{
+    static guint serial;
+    g_autofree char *ca = NULL;
+    g_autofree char *crl = NULL;
+    g_autofree char *name = NULL;
+    g_autoptr(GError) error = NULL;
+    guint32 seed = g_test_rand_int();
+
+    if (pki == NULL) {
+        g_test_skip(pki_skip_why);
+        return;
+    }
+    if (!g_tls_backend_supports_tls(g_tls_backend_get_default())) {
+        g_test_skip("no GIO TLS backend (glib-networking)");
+        return;
+    }
+    if (vr_test_skip_without("qemu-img") || vr_test_skip_without("qemu-nbd"))
+        return;
+    name = g_strdup_printf("root%u", serial);
+    fx->root = vr_test_path(name);
+    g_free(name);
+    name = g_strdup_printf("work%u", serial++);
+    fx->work = vr_test_path(name);
+    g_assert_no_errno(g_mkdir_with_parents(fx->root, 0700));
+    g_assert_no_errno(g_mkdir_with_parents(fx->work, 0755));
+    g_test_message("seed %u", seed);
+    fx->rand = g_rand_new_with_seed(seed);
+
+    ca = pki_path("ca.pem");
+    crl = pki_path("crl.pem"); /* primary3 (client-later-revoked) is valid under it */
+    fx->client_policy = vr_tls_policy_new(
+        &(VrTlsPolicyConfig){
+            .ca_file = ca,
+            .crl_file = crl,
+            .check_revocation = true,
+            .peer_role = VR_TLS_PEER_CLIENT,
+        },
+        &error);
+    g_assert_no_error(error);
+    fx->server_policy = vr_tls_policy_new(
+        &(VrTlsPolicyConfig){
+            .ca_file = ca,
+            .crl_file = crl,
+            .check_revocation = true,
+            .peer_role = VR_TLS_PEER_SERVER,
+            .server_name = "replica.example",
+        },
+        &error);
+    g_assert_no_error(error);
+    fx->authz = vr_authz_new_allow_any(fx->root, "a", &error);
+    g_assert_no_error(error);
+    fixture_start(fx);
+}
+
+static void
+fixture_teardown(Fixture *fx, gconstpointer data)
+{
+    fixture_stop(fx);
+    vr_authz_free(fx->authz);
+    vr_tls_policy_free(fx->client_policy);
+    vr_tls_policy_free(fx->server_policy);
+    g_clear_pointer(&fx->rand, g_rand_free);
+    g_free(fx->root);
+    g_free(fx->work);
+}
+
+/* ---- streams and models --------------------------------------------------------------- */
+
+static char *
+model_path(Fixture *fx, const char *relationship, uint64_t cycle)
+{
+    g_autofree char *name =
+        g_strdup_printf("model-%s-%" G_GUINT64_FORMAT ".raw", relationship, cycle);
+
+    return g_build_filename(fx->work, name, NULL);
+}
+
+/* Random bytes, or a repeated byte (zstd), so that both encodings are applied. */
+static void
+fill(Fixture *fx, uint8_t *buf, size_t len, bool random)
+{
+    uint8_t byte = (uint8_t)g_rand_int_range(fx->rand, 1, 256);
+
+    for (size_t i = 0; i < len; i += 4) {
+        guint32 v = random ? g_rand_int(fx->rand) : byte * 0x01010101u;
+
+        memcpy(buf + i, &v, MIN(4, len - i));
+    }
+}
+
+/*
+ * The stream file of @c (DATA of even ops random, of odd ones compressible; all random
+ * when @random) and model-<rel>-<target>.raw: the base's model with the same records
+ * applied. @offsets (optional) gets the file offset of each op's record. (transfer full)
+ */
+static char *
+stream_prepare(Fixture *fx, const Cycle *c, bool random, uint64_t *offsets)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *name =
+        g_strdup_printf("%s-%" G_GUINT64_FORMAT "-%" G_GUINT64_FORMAT "-%" G_GUINT64_FORMAT ".vrw",
+                        c->relationship, c->epoch, c->base, c->target);
+    g_autofree char *model = model_path(fx, c->relationship, c->target);
+    g_autofree uint8_t *buf = g_malloc(VR_WIRE_MAX_DATA);
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    g_autoptr(VrWireEncoder) encoder = NULL;
+    char *path = g_build_filename(fx->work, name, NULL);
+    VrWireIdentity id = { 0 };
+    uint64_t written = 0;
+    FILE *f;
+    int fd;
+
+    id.kind = VR_WIRE_KIND_CYCLE;
+    g_strlcpy(id.relationship, c->relationship, sizeof(id.relationship));
+    memset(id.domain_uuid, 0x7f, sizeof(id.domain_uuid));
+    g_strlcpy(id.disk, "vda", sizeof(id.disk));
+    id.epoch = c->epoch;
+    id.base_cycle = c->base;
+    id.target_cycle = c->target;
+    id.virtual_size = DISK_SIZE;
+    id.granularity = 65536;
+    id.flags = c->base == 0 ? VR_WIRE_FLAG_FULL : 0;
+    encoder = vr_wire_encoder_new(&id, &error);
+    g_assert_no_error(error);
+
+    g_unlink(model);
+    if (c->base != 0) {
+        g_autofree char *from = model_path(fx, c->relationship, c->base);
+        const char *argv[] = { "cp", "--sparse=always", from, model, NULL };
+
+        g_free(vr_test_run(argv));
+    }
+    fd = open(model, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    g_assert_no_errno(fd);
+    g_assert_no_errno(ftruncate(fd, DISK_SIZE));
+    f = fopen(path, "wb");
+    g_assert_nonnull(f);
+
+    g_assert_true(vr_wire_encoder_begin(encoder, out, &error));
+    for (guint i = 0; i <= c->n_ops; i++) {
+        const Op *op = i < c->n_ops ? &c->ops[i] : NULL;
+
+        g_assert_cmpuint(fwrite(out->data, 1, out->len, f), ==, out->len);
+        written += out->len;
+        g_byte_array_set_size(out, 0);
+        if (op == NULL)
+            break;
+        if (offsets != NULL)
+            offsets[i] = written;
+        if (op->type == VR_WIRE_RECORD_DATA) {
+            fill(fx, buf, op->length, random || i % 2 == 0);
+            g_assert_true(
+                vr_wire_encoder_add_data(encoder, op->offset, buf, op->length, out, &error));
+            g_assert_cmpint(pwrite(fd, buf, op->length, op->offset), ==, (ssize_t)op->length);
+        } else {
+            g_assert_true(vr_wire_encoder_add_zero(encoder, op->offset, op->length, out, &error));
+            g_assert_no_errno(
+                fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, op->offset, op->length));
+        }
+        g_assert_no_error(error);
+    }
+    g_assert_true(vr_wire_encoder_end(encoder, out, &error));
+    g_assert_cmpuint(fwrite(out->data, 1, out->len, f), ==, out->len);
+    g_assert_cmpint(fclose(f), ==, 0);
+    close(fd);
+    return path;
+}
+
+/* ---- uploads -------------------------------------------------------------------------- */
+
+typedef struct {
+    Fixture *fx;
+    const char *path;
+    const char *client_cert; /* a PKI name */
+    VrRateLimit *limit;      /* or NULL */
+    guint max_attempts;
+    VrSenderStats stats;
+    GError *error;
+    bool ok;
+    gint done;
+} Send;
+
+static gpointer
+send_run(gpointer data)
+{
+    Send *send = data;
+    g_autofree char *cert = g_strdup_printf("%s/%s.pem", pki, send->client_cert);
+    g_autofree char *key = g_strdup_printf("%s/%s-key.pem", pki, send->client_cert);
+    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
+    g_autoptr(VrSender) sender = NULL;
+    VrRateLimit *limits[1] = { send->limit };
+
+    sender = vr_sender_new(
+        &(VrSenderConfig){
+            .server_name = "replica.example",
+            .port = send->fx->port,
+            .connect_address = loopback,
+            .cert_file = cert,
+            .key_file = key,
+            .policy = send->fx->server_policy,
+            .limits = limits,
+            .n_limits = 1,
+            .max_attempts = send->max_attempts != 0 ? send->max_attempts : 3,
+            .backoff_min_ms = 20,
+            .backoff_max_ms = 200,
+            /* Short: after a refusal answered before the body, closing the reply stream in
+             * vr_sender_send() waits this long (the receiver keeps the connection). */
+            .io_timeout_s = 3,
+        },
+        &send->error);
+    if (sender != NULL) {
+        send->ok =
+            vr_sender_upload_file(sender, send->path, NULL, NULL, &send->stats, NULL, &send->error);
+    }
+    g_atomic_int_set(&send->done, 1);
+    g_main_context_wakeup(NULL);
+    return NULL;
+}
+
+static void
+send_wait(Send *send, GThread *thread)
+{
+    while (!g_atomic_int_get(&send->done))
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(thread);
+    g_test_message("upload of %s as %s: %s; %u requests, %" G_GUINT64_FORMAT " body bytes",
+                   send->path, send->client_cert, send->ok ? "ok" : send->error->message,
+                   send->stats.requests, send->stats.body_bytes);
+}
+
+/* Upload @path as @client_cert while the receiver runs here. */
+static bool
+upload(Fixture *fx, const char *client_cert, const char *path, VrSenderStats *stats, GError **error)
+{
+    Send send = { .fx = fx, .path = path, .client_cert = client_cert };
+
+    send_wait(&send, g_thread_new("sender", send_run, &send));
+    if (stats != NULL)
+        *stats = send.stats;
+    if (!send.ok)
+        g_propagate_error(error, send.error);
+    return send.ok;
+}
+
+/* Prepare and upload @c as primary1; it must be published. */
+static void
+upload_ok(Fixture *fx, const Cycle *c)
+{
+    g_autofree char *path = stream_prepare(fx, c, false, NULL);
+    g_autoptr(GError) error = NULL;
+    VrSenderStats stats;
+
+    g_assert_true(upload(fx, "client-ok", path, &stats, &error));
+    g_assert_no_error(error);
+    g_assert_false(stats.already_committed);
+}
+
+/* ---- what the store holds ------------------------------------------------------------- */
+
+static char *
+disk_dir(Fixture *fx, const char *relationship)
+{
+    return g_build_filename(fx->root, relationship, "vda", NULL);
+}
+
+/* The published cycles in the manifest of @relationship's disk: "1 2 3", "" for none. */
+static char *
+manifest_cycles(Fixture *fx, const char *relationship)
+{
+    g_autofree char *dir = disk_dir(fx, relationship);
+    g_autofree char *path = g_build_filename(dir, "manifest.json", NULL);
+    g_autofree char *text = NULL;
+    g_autoptr(json_object) manifest = NULL;
+    g_autoptr(GString) cycles = g_string_new(NULL);
+    json_object *points;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL))
+        return g_strdup("");
+    manifest = json_tokener_parse(text);
+    points = vr_json_get_array(manifest, "points");
+    g_assert_nonnull(points);
+    for (size_t i = 0; i < json_object_array_length(points); i++) {
+        uint64_t cycle = 0;
+
+        g_assert_true(vr_json_get_uint64(json_object_array_get_idx(points, i), "cycle", &cycle));
+        g_string_append_printf(cycles, "%s%" G_GUINT64_FORMAT, i > 0 ? " " : "", cycle);
+    }
+    return g_string_free(g_steal_pointer(&cycles), FALSE);
+}
+
+static int
+compare_names(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The names in @path, sorted, separated by spaces. (transfer full) */
+static char *
+list_dir(const char *path)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GDir) dir = g_dir_open(path, 0, &error);
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    const char *name;
+
+    g_assert_no_error(error);
+    while ((name = g_dir_read_name(dir)) != NULL)
+        g_ptr_array_add(names, g_strdup(name));
+    g_ptr_array_sort(names, compare_names);
+    g_ptr_array_add(names, NULL);
+    return g_strjoinv(" ", (char **)names->pdata);
+}
+
+static void
+assert_listing(Fixture *fx, const char *relationship, const char *expected)
+{
+    g_autofree char *dir = disk_dir(fx, relationship);
+    g_autofree char *names = list_dir(dir);
+
+    g_assert_cmpstr(names, ==, expected);
+}
+
+static void
+assert_cycles(Fixture *fx, const char *relationship, const char *expected)
+{
+    g_autofree char *cycles = manifest_cycles(fx, relationship);
+
+    g_assert_cmpstr(cycles, ==, expected);
+}
+
+/* The published point @cycle equals its model, byte for byte. */
+static void
+assert_point(Fixture *fx, const char *relationship, uint64_t cycle)
+{
+    g_autofree char *dir = disk_dir(fx, relationship);
+    g_autofree char *name = g_strdup_printf("rp-%" G_GUINT64_FORMAT ".qcow2", cycle);
+    g_autofree char *image = g_build_filename(dir, name, NULL);
+    g_autofree char *model = model_path(fx, relationship, cycle);
+    const char *argv[] = { "qemu-img", "compare", "-f", "qcow2", "-F", "raw", image, model, NULL };
+
+    g_free(vr_test_run(argv));
+}
+
+static char *
+read_text(const char *dir, const char *name)
+{
+    g_autofree char *path = g_build_filename(dir, name, NULL);
+    char *text = NULL;
+
+    g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+    return text;
+}
+
+/* ---- tests ---------------------------------------------------------------------------- */
+
+/* A FULL cycle, then two incremental ones: each point equals its model. */
+static void
+test_chain(Fixture *fx, gconstpointer data)
+{
+    g_autofree char *rel = NULL;
+    g_autofree char *dir = NULL;
+    g_autofree char *owner = NULL;
+    struct stat st;
+
+    if (fx->receiver == NULL)
+        return;
+    upload_ok(fx, &cycle1);
+    assert_cycles(fx, "r1", "1");
+    assert_point(fx, "r1", 1);
+    upload_ok(fx, &cycle2);
+    assert_cycles(fx, "r1", "1 2");
+    assert_point(fx, "r1", 2);
+    upload_ok(fx, &cycle3);
+    assert_cycles(fx, "r1", "1 2 3");
+    assert_point(fx, "r1", 3);
+    assert_point(fx, "r1", 2);
+    assert_point(fx, "r1", 1);
+    assert_listing(fx, "r1", "manifest.json rp-1.qcow2 rp-2.qcow2 rp-3.qcow2");
+
+    /* The layout: the relationship owned by the writer's group, directories private. */
+    rel = g_build_filename(fx->root, "r1", NULL);
+    owner = read_text(rel, "owner");
+    g_assert_cmpstr(owner, ==, "a\n");
+    {
+        g_autofree char *names = list_dir(rel);
+
+        g_assert_cmpstr(names, ==, "owner vda");
+    }
+    dir = disk_dir(fx, "r1");
+    g_assert_no_errno(g_stat(rel, &st));
+    g_assert_cmpint(st.st_mode & 07777, ==, 0700);
+    g_assert_no_errno(g_stat(dir, &st));
+    g_assert_cmpint(st.st_mode & 07777, ==, 0700);
+}
+
+/*
+ * The same cycle again: 204 and nothing applied, from the receiver's memory of the commit,
+ * then after a restart from the sink (the store has it published). Another stream of a
+ * published cycle (other epoch, other base) is a conflict.
+ */
+static void
+test_replay(Fixture *fx, gconstpointer data)
+{
+    const Cycle other_epoch = { "r1", 2, 1, 2, CYCLE_OPS(second_ops) };
+    const Cycle other_base = { "r1", 1, 0, 2, CYCLE_OPS(second_ops) };
+    g_autofree char *path = NULL;
+    g_autofree char *dir = NULL;
+    g_autofree char *manifest = NULL;
+    VrSenderStats stats;
+
+    if (fx->receiver == NULL)
+        return;
+    upload_ok(fx, &cycle1);
+    path = stream_prepare(fx, &cycle2, false, NULL);
+    g_assert_true(upload(fx, "client-ok", path, &stats, NULL));
+    dir = disk_dir(fx, "r1");
+    manifest = read_text(dir, "manifest.json");
+
+    for (guint round = 0; round < 2; round++) {
+        g_autoptr(GError) error = NULL;
+        g_autofree char *again = NULL;
+
+        if (round == 1) {
+            fixture_stop(fx);
+            fixture_start(fx);
+        }
+        g_assert_true(upload(fx, "client-ok", path, &stats, &error));
+        g_assert_no_error(error);
+        g_assert_true(stats.already_committed);
+        g_assert_cmpuint(stats.body_bytes, ==, 0); /* answered before the body */
+        again = read_text(dir, "manifest.json");
+        g_assert_cmpstr(again, ==, manifest);
+        assert_listing(fx, "r1", "manifest.json rp-1.qcow2 rp-2.qcow2");
+    }
+    assert_point(fx, "r1", 2);
+    /* (these overwrite the model of cycle 2: compared above) */
+    for (guint i = 0; i < 2; i++) {
+        g_autoptr(GError) error = NULL;
+        g_autofree char *other =
+            stream_prepare(fx, i == 0 ? &other_epoch : &other_base, false, NULL);
+
+        g_assert_false(upload(fx, "client-ok", other, &stats, &error));
+        g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT);
+        g_assert_nonnull(strstr(error->message, "cycle 2 is already published"));
+    }
+    {
+        g_autofree char *again = read_text(dir, "manifest.json");
+
+        g_assert_cmpstr(again, ==, manifest);
+    }
+}
+
+/* A base the replica does not hold: 409 before the body, nothing published, nothing left. */
+static void
+test_wrong_base(Fixture *fx, gconstpointer data)
+{
+    const Cycle wrong = { "r1", 1, 1, 3, CYCLE_OPS(third_ops) };
+    g_autofree char *path = NULL;
+    g_autoptr(GError) error = NULL;
+    VrSenderStats stats;
+
+    if (fx->receiver == NULL)
+        return;
+    upload_ok(fx, &cycle1);
+    upload_ok(fx, &cycle2);
+    path = stream_prepare(fx, &wrong, false, NULL);
+    g_assert_false(upload(fx, "client-ok", path, &stats, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT);
+    g_assert_nonnull(strstr(error->message, "needs base cycle 1, but the latest point is cycle 2"));
+    g_assert_cmpuint(stats.requests, ==, 1);
+    g_assert_cmpuint(stats.body_bytes, ==, 0);
+    assert_cycles(fx, "r1", "1 2");
+    assert_listing(fx, "r1", "manifest.json rp-1.qcow2 rp-2.qcow2");
+}
+
+/*
+ * Two trust groups on one storage root: primary1 (group a) and primary3 (group b) each
+ * write only to their own relationships (403 naming the relationship and both groups).
+ */
+static void
+test_trust_groups(Fixture *fx, gconstpointer data)
+{
+    const Cycle b1 = { "r3", 1, 0, 1, CYCLE_OPS(full_ops) };
+    const Cycle b2 = { "r3", 1, 1, 2, CYCLE_OPS(second_ops) };
+    g_autofree char *path2 = NULL;
+    g_autofree char *pathb1 = NULL;
+    g_autofree char *pathb2 = NULL;
+    g_autofree char *rel = NULL;
+    g_autofree char *owner = NULL;
+    g_autoptr(GError) error = NULL;
+    VrSenderStats stats;
+
+    if (fx->receiver == NULL)
+        return;
+    fixture_stop(fx);
+    vr_authz_free(fx->authz);
+    fx->authz = vr_authz_new_table();
+    g_assert_true(vr_authz_add(fx->authz, "primary1", fx->root, "a", &error));
+    g_assert_true(vr_authz_add(fx->authz, "primary3", fx->root, "b", &error));
+    g_assert_no_error(error);
+    fixture_start(fx);
+
+    upload_ok(fx, &cycle1); /* primary1 creates r1: group a */
+    path2 = stream_prepare(fx, &cycle2, false, NULL);
+    g_assert_false(upload(fx, "client-later-revoked", path2, &stats, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, "403"));
+    g_assert_nonnull(strstr(error->message, "relationship 'r1' belongs to trust group 'a'"));
+    g_assert_nonnull(strstr(error->message, "primary 'primary3' (trust group 'b')"));
+    g_assert_cmpuint(stats.body_bytes, ==, 0);
+    g_clear_error(&error);
+    assert_cycles(fx, "r1", "1");
+    assert_listing(fx, "r1", "manifest.json rp-1.qcow2");
+
+    /* primary3 creates r3 (group b) and writes it; primary1 may not */
+    pathb1 = stream_prepare(fx, &b1, false, NULL);
+    g_assert_true(upload(fx, "client-later-revoked", pathb1, &stats, &error));
+    g_assert_no_error(error);
+    rel = g_build_filename(fx->root, "r3", NULL);
+    owner = read_text(rel, "owner");
+    g_assert_cmpstr(owner, ==, "b\n");
+    pathb2 = stream_prepare(fx, &b2, false, NULL);
+    g_assert_false(upload(fx, "client-ok", pathb2, &stats, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, "relationship 'r3' belongs to trust group 'b'"));
+    g_assert_nonnull(strstr(error->message, "primary 'primary1' (trust group 'a')"));
+    g_clear_error(&error);
+    assert_cycles(fx, "r3", "1");
+    assert_point(fx, "r3", 1);
+
+    /* each still writes its own */
+    upload_ok(fx, &cycle2);
+    g_assert_true(upload(fx, "client-later-revoked", pathb2, &stats, &error));
+    g_assert_no_error(error);
+    assert_cycles(fx, "r1", "1 2");
+    assert_cycles(fx, "r3", "1 2");
+    assert_point(fx, "r3", 2);
+}
+
+/* One flipped byte in a DATA payload: 400, nothing published, the image removed. */
+static void
+test_corrupt(Fixture *fx, gconstpointer data)
+{
+    uint64_t offsets[G_N_ELEMENTS(second_ops)];
+    g_autofree char *path = NULL;
+    g_autoptr(GError) error = NULL;
+    uint8_t byte;
+    int fd;
+
+    if (fx->receiver == NULL)
+        return;
+    upload_ok(fx, &cycle1);
+    path = stream_prepare(fx, &cycle2, false, offsets);
+    /* op 2: random data, sent raw; records 0 and 1 are applied before it */
+    fd = open(path, O_RDWR | O_CLOEXEC);
+    g_assert_no_errno(fd);
+    g_assert_cmpint(pread(fd, &byte, 1, offsets[2] + VR_WIRE_HEADER_SIZE + 100), ==, 1);
+    byte ^= 0x10;
+    g_assert_cmpint(pwrite(fd, &byte, 1, offsets[2] + VR_WIRE_HEADER_SIZE + 100), ==, 1);
+    close(fd);
+
+    g_assert_false(upload(fx, "client-ok", path, NULL, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, "400"));
+    g_assert_nonnull(strstr(error->message, "checksum does not match"));
+    assert_cycles(fx, "r1", "1");
+    assert_listing(fx, "r1", "manifest.json rp-1.qcow2");
+
+    /* the primary sends it again, intact */
+    upload_ok(fx, &cycle2);
+    assert_cycles(fx, "r1", "1 2");
+    assert_point(fx, "r1", 2);
+}
+
+/*
+ * Symlinks planted beneath the storage root, to a directory outside: as the relationship,
+ * as the disk, as the owner file. Each upload is refused (403) naming the link; nothing
+ * is written outside.
+ */
+static void
+test_symlink(Fixture *fx, gconstpointer data)
+{
+    static const struct {
+        const char *relationship;
+        const char *link; /* beneath the root */
+    } cases[] = {
+        { "r2", "r2" },
+        { "r3", "r3/vda" },
+        { "r4", "r4/owner" },
+    };
+    g_autofree char *outside = g_build_filename(fx->work, "outside", NULL);
+
+    if (fx->receiver == NULL)
+        return;
+    g_assert_no_errno(g_mkdir(outside, 0755));
+    for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+        const Cycle c = { cases[i].relationship, 1, 0, 1, CYCLE_OPS(third_ops) };
+        g_autofree char *link = g_build_filename(fx->root, cases[i].link, NULL);
+        g_autofree char *parent = g_path_get_dirname(link);
+        g_autofree char *target = g_strcmp0(cases[i].link, "r4/owner") == 0
+                                      ? g_build_filename(outside, "owner", NULL)
+                                      : g_strdup(outside);
+        g_autofree char *path = stream_prepare(fx, &c, false, NULL);
+        g_autofree char *names = NULL;
+        g_autoptr(GError) error = NULL;
+
+        g_assert_no_errno(g_mkdir_with_parents(parent, 0700));
+        g_assert_no_errno(symlink(target, link));
+        g_assert_false(upload(fx, "client-ok", path, NULL, &error));
+        g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+        g_assert_nonnull(strstr(error->message, "403"));
+        g_assert_nonnull(strstr(error->message, link));
+        g_assert_nonnull(strstr(error->message, "is a symbolic link"));
+        names = list_dir(outside);
+        g_assert_cmpstr(names, ==, "");
+    }
+}
+
+/*
+ * The replica restarts (receiver and sink freed, as a clean stop) in the middle of an
+ * upload: the unpublished image goes, the store holds exactly its points, and the sender's
+ * retry reaches the new receiver and completes.
+ */
+static void
+test_restart(Fixture *fx, gconstpointer data)
+{
+    const Cycle slow = { "r1", 1, 1, 2, CYCLE_OPS(slow_ops) };
+    g_autoptr(VrRateLimit) limit = vr_rate_limit_new(2 * MiB, 256 * 1024);
+    g_autofree char *path = NULL;
+    g_autofree char *dir = NULL;
+    g_autofree char *image = NULL;
+    Send send = { .fx = fx, .client_cert = "client-ok", .max_attempts = 8 };
+    gint64 until;
+    GThread *thread;
+    guint active = 0;
+    guint queued = 0;
+
+    if (fx->receiver == NULL)
+        return;
+    upload_ok(fx, &cycle1);
+    path = stream_prepare(fx, &slow, true, NULL);
+    dir = disk_dir(fx, "r1");
+    image = g_build_filename(dir, "rp-2.qcow2", NULL);
+    send.path = path;
+    send.limit = limit;
+    thread = g_thread_new("sender", send_run, &send);
+    /* until the body is read and the apply has begun, plus a little data */
+    until = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    while (g_get_monotonic_time() < until) {
+        g_main_context_iteration(NULL, FALSE);
+        vr_receiver_get_load(fx->receiver, &active, &queued);
+        if (active == 1 && g_file_test(image, G_FILE_TEST_EXISTS))
+            break;
+        g_usleep(1000);
+    }
+    g_assert_cmpuint(active, ==, 1);
+    g_assert_true(g_file_test(image, G_FILE_TEST_EXISTS));
+    until = g_get_monotonic_time() + 300 * 1000;
+    while (g_get_monotonic_time() < until)
+        g_main_context_iteration(NULL, FALSE);
+    g_assert_false(g_atomic_int_get(&send.done));
+
+    fixture_stop(fx);
+    {
+        g_autoptr(GError) error = NULL;
+        g_autoptr(VrReplicaStore) store = vr_replica_store_open(dir, &error);
+        const VrReplicaPoint *points;
+        guint n;
+
+        g_assert_no_error(error);
+        points = vr_replica_store_points(store, &n);
+        g_assert_cmpuint(n, ==, 1);
+        g_assert_cmpuint(points[0].cycle, ==, 1);
+    }
+    assert_listing(fx, "r1", "manifest.json rp-1.qcow2");
+    assert_point(fx, "r1", 1);
+    fixture_start(fx); /* the same port */
+
+    send_wait(&send, thread);
+    g_assert_no_error(send.error);
+    g_assert_true(send.ok);
+    g_assert_cmpuint(send.stats.requests, >=, 2);
+    assert_cycles(fx, "r1", "1 2");
+    assert_point(fx, "r1", 2);
+    assert_listing(fx, "r1", "manifest.json rp-1.qcow2 rp-2.qcow2");
+}
+
+int
+main(int argc, char **argv)
+{
+    int rc;
+
+    g_test_init(&argc, &argv, NULL);
+    g_unsetenv("VR_FAILPOINT");
+    pki = vr_test_make_pki(&pki_skip_why);
+
+#define ADD(path, func) \
+    g_test_add("/replica-sink/" path, Fixture, NULL, fixture_setup, func, fixture_teardown)
+    ADD("chain", test_chain);
+    ADD("replay", test_replay);
+    ADD("wrong-base", test_wrong_base);
+    ADD("trust-groups", test_trust_groups);
+    ADD("corrupt", test_corrupt);
+    ADD("symlink", test_symlink);
+    ADD("restart", test_restart);
+#undef ADD
+
+    rc = g_test_run();
+    g_free(pki);
+    g_free(pki_skip_why);
+    return rc;
+}
