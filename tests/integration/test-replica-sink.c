@@ -346,9 +346,7 @@ send_run(gpointer data)
             .max_attempts = send->max_attempts != 0 ? send->max_attempts : 3,
             .backoff_min_ms = 20,
             .backoff_max_ms = 200,
-            /* Short: after a refusal answered before the body, closing the reply stream in
-             * vr_sender_send() waits this long (the receiver keeps the connection). */
-            .io_timeout_s = 3,
+            .io_timeout_s = 10,
         },
         &send->error);
     if (sender != NULL) {
@@ -431,34 +429,11 @@ manifest_cycles(Fixture *fx, const char *relationship)
     return g_string_free(g_steal_pointer(&cycles), FALSE);
 }
 
-static int
-compare_names(gconstpointer a, gconstpointer b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* The names in @path, sorted, separated by spaces. (transfer full) */
-static char *
-list_dir(const char *path)
-{
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GDir) dir = g_dir_open(path, 0, &error);
-    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
-    const char *name;
-
-    g_assert_no_error(error);
-    while ((name = g_dir_read_name(dir)) != NULL)
-        g_ptr_array_add(names, g_strdup(name));
-    g_ptr_array_sort(names, compare_names);
-    g_ptr_array_add(names, NULL);
-    return g_strjoinv(" ", (char **)names->pdata);
-}
-
 static void
 assert_listing(Fixture *fx, const char *relationship, const char *expected)
 {
     g_autofree char *dir = disk_dir(fx, relationship);
-    g_autofree char *names = list_dir(dir);
+    g_autofree char *names = vr_test_list_dir(dir);
 
     g_assert_cmpstr(names, ==, expected);
 }
@@ -525,7 +500,7 @@ test_chain(Fixture *fx, gconstpointer data)
     owner = read_text(rel, "owner");
     g_assert_cmpstr(owner, ==, "a\n");
     {
-        g_autofree char *names = list_dir(rel);
+        g_autofree char *names = vr_test_list_dir(rel);
 
         g_assert_cmpstr(names, ==, "owner vda");
     }
@@ -754,7 +729,7 @@ test_symlink(Fixture *fx, gconstpointer data)
         g_assert_nonnull(strstr(error->message, "403"));
         g_assert_nonnull(strstr(error->message, link));
         g_assert_nonnull(strstr(error->message, "is a symbolic link"));
-        names = list_dir(outside);
+        names = vr_test_list_dir(outside);
         g_assert_cmpstr(names, ==, "");
     }
 }

@@ -63,6 +63,9 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrTestProcess, vr_test_process_free)
 /* Run a command line to completion; fail the test if it fails. Returns its stdout. */
 char *vr_test_run(const char *const *argv);
 
+/* The names in the directory @path, sorted, separated by single spaces. (transfer full) */
+char *vr_test_list_dir(const char *path);
+
 /* qemu-img create -f qcow2 @path @size. */
 void vr_test_qcow2_create(const char *path, const char *size);
 
