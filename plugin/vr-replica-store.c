@@ -54,6 +54,10 @@ struct _VrReplicaStore {
     int dirfd;             /* holds the flock that makes this store the directory's only one */
     GArray *points;        /* VrReplicaPoint, oldest first: what manifest.json says */
     VrReplicaApply *apply; /* the running apply, or NULL */
+    /* A merge the manifest records as begun ("merging"): the image of cycle merge_from (no
+     * longer listed) is the backing of the oldest point, cycle merge_into. 0: none. */
+    uint64_t merge_from;
+    uint64_t merge_into;
 };
 
 struct _VrReplicaApply {
@@ -256,13 +260,21 @@ vr_replica_run(const char *const *argv, const char *what, GError **error)
 /* ---- the manifest ----------------------------------------------------------------- */
 
 static char *
-vr_replica_manifest_text(const VrReplicaPoint *points, guint n_points)
+vr_replica_manifest_text(const VrReplicaPoint *points, guint n_points, uint64_t merge_from,
+                         uint64_t merge_into)
 {
     g_autoptr(json_object) root = json_object_new_object();
     json_object *list = json_object_new_array();
 
     json_object_object_add(root, "version", json_object_new_int(VR_REPLICA_MANIFEST_VERSION));
     json_object_object_add(root, "points", list);
+    if (merge_from != 0) {
+        json_object *merging = json_object_new_object();
+
+        json_object_object_add(merging, "from", json_object_new_uint64(merge_from));
+        json_object_object_add(merging, "into", json_object_new_uint64(merge_into));
+        json_object_object_add(root, "merging", merging);
+    }
     for (guint i = 0; i < n_points; i++) {
         const VrReplicaPoint *p = &points[i];
         g_autofree char *image = vr_replica_image_name(p->cycle);
@@ -350,7 +362,9 @@ static bool
 vr_replica_manifest_parse(VrReplicaStore *store, const char *text, size_t len, GArray *points,
                           GError **error)
 {
-    static const char *const members[] = { "version", "points", NULL };
+    static const char *const members[] = { "version", "points", "merging", NULL };
+    static const char *const merging_members[] = { "from", "into", NULL };
+    json_object *merging;
     json_tokener *tok = json_tokener_new();
     g_autoptr(json_object) root = NULL;
     enum json_tokener_error jerr;
@@ -408,6 +422,26 @@ vr_replica_manifest_parse(VrReplicaStore *store, const char *text, size_t len, G
                                       point.cycle, point.epoch, prev->epoch, prev->cycle);
         g_array_append_val(points, point);
     }
+    /* A merge begun: the oldest point is still an overlay of the unlisted image of "from". */
+    if (json_object_object_get_ex(root, "merging", &merging)) {
+        uint64_t from = 0;
+        uint64_t into = 0;
+
+        if (!json_object_is_type(merging, json_type_object))
+            return vr_replica_corrupt(error, store, "merging is not an object");
+        if (!vr_replica_members_only(store, merging, merging_members, "merging", error))
+            return false;
+        if (!vr_json_get_uint64(merging, "from", &from) ||
+            !vr_json_get_uint64(merging, "into", &into) || from == 0 || into <= from)
+            return vr_replica_corrupt(error, store,
+                                      "merging needs a cycle 'from' above 0 and 'into' above it");
+        if (points->len == 0 || g_array_index(points, VrReplicaPoint, 0).cycle != into)
+            return vr_replica_corrupt(
+                error, store, "merging into cycle %" PRIu64 ", which is not the oldest point",
+                into);
+        store->merge_from = from;
+        store->merge_into = into;
+    }
     return true;
 }
 
@@ -456,29 +490,32 @@ vr_replica_store_load(VrReplicaStore *store, GError **error)
     close(fd);
     text[done] = '\0';
     ok = vr_replica_manifest_parse(store, text, done, store->points, error);
-    if (!ok)
+    if (!ok) {
         g_array_set_size(store->points, 0);
+        store->merge_from = store->merge_into = 0;
+    }
     return ok;
 }
 
 /*
- * Write the manifest of the store's points plus @point: manifest.json.tmp, fsync, rename
- * over manifest.json (the commit point), fsync the directory. Once the rename is done the
- * point is the store's (the manifest names it), even when the directory sync then fails.
+ * Make @points (and the merge @merge_from into @merge_into, when not 0) the store's
+ * manifest: manifest.json.tmp, fsync, failpoint @fp_tmp, rename over manifest.json (the
+ * commit point), failpoint @fp_rename, fsync the directory. From the rename on the store
+ * holds the new state (*@renamed), even when the directory sync then fails.
  */
 static bool
-vr_replica_store_publish(VrReplicaStore *store, const VrReplicaPoint *point, bool *renamed,
-                         GError **error)
+vr_replica_store_write_manifest(VrReplicaStore *store, GArray *points, uint64_t merge_from,
+                                uint64_t merge_into, const char *fp_tmp, const char *fp_rename,
+                                bool *renamed, GError **error)
 {
     g_autofree char *tmp_path = g_build_filename(store->dir, VR_REPLICA_MANIFEST_TMP, NULL);
     g_autofree char *path = g_build_filename(store->dir, VR_REPLICA_MANIFEST, NULL);
-    g_autoptr(GArray) points = g_array_copy(store->points);
     g_autofree char *text = NULL;
     int fd;
 
     *renamed = false;
-    g_array_append_val(points, *point);
-    text = vr_replica_manifest_text((const VrReplicaPoint *)points->data, points->len);
+    text = vr_replica_manifest_text((const VrReplicaPoint *)points->data, points->len, merge_from,
+                                    merge_into);
     fd = openat(store->dirfd, VR_REPLICA_MANIFEST_TMP,
                 O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0)
@@ -494,20 +531,42 @@ vr_replica_store_publish(VrReplicaStore *store, const VrReplicaPoint *point, boo
         vr_replica_unlink(store, VR_REPLICA_MANIFEST_TMP, NULL);
         return false;
     }
-    vr_failpoint("after-manifest-tmp");
+    g_clear_pointer(&text, g_free); /* a failpoint's _exit() must not leak it */
+    vr_failpoint(fp_tmp);
     if (renameat(store->dirfd, VR_REPLICA_MANIFEST_TMP, store->dirfd, VR_REPLICA_MANIFEST) < 0) {
         vr_replica_errno_error(error, errno, "rename over", path);
         vr_replica_unlink(store, VR_REPLICA_MANIFEST_TMP, NULL);
         return false;
     }
     *renamed = true;
-    g_array_append_val(store->points, *point);
-    vr_failpoint("after-rename");
-    if (!vr_replica_fsync_at(store, ".", error)) {
-        g_prefix_error(error,
-                       "cycle %" PRIu64 " is in the manifest, but its rename may not be "
-                       "durable: ",
-                       point->cycle);
+    g_array_set_size(store->points, 0);
+    g_array_append_vals(store->points, points->data, points->len);
+    store->merge_from = merge_from;
+    store->merge_into = merge_into;
+    vr_failpoint(fp_rename);
+    return vr_replica_fsync_at(store, ".", error);
+}
+
+/*
+ * Publish @point after the store's points (a merge in progress stays recorded). Once the
+ * rename is done the point is the store's (the manifest names it), even when the directory
+ * sync then fails.
+ */
+static bool
+vr_replica_store_publish(VrReplicaStore *store, const VrReplicaPoint *point, bool *renamed,
+                         GError **error)
+{
+    g_autoptr(GArray) points = g_array_copy(store->points);
+
+    g_array_append_val(points, *point);
+    if (!vr_replica_store_write_manifest(store, points, store->merge_from, store->merge_into,
+                                         "after-manifest-tmp", "after-rename", renamed, error)) {
+        if (*renamed) {
+            g_prefix_error(error,
+                           "cycle %" PRIu64 " is in the manifest, but its rename may not be "
+                           "durable: ",
+                           point->cycle);
+        }
         return false;
     }
     return true;
@@ -638,7 +697,7 @@ vr_replica_store_sweep(VrReplicaStore *store, GError **error)
         if (strcmp(name, VR_REPLICA_MANIFEST_TMP) == 0)
             remove = true;
         else if (vr_replica_parse_name(name, "rp-", ".qcow2", &cycle))
-            remove = vr_replica_store_find(store, cycle) == NULL;
+            remove = vr_replica_store_find(store, cycle) == NULL && cycle != store->merge_from;
         else if (vr_replica_parse_name(name, ".apply-", ".sock", &cycle) ||
                  vr_replica_parse_name(name, ".apply-", ".pid", &cycle))
             remove = true;
@@ -646,6 +705,165 @@ vr_replica_store_sweep(VrReplicaStore *store, GError **error)
             continue;
         g_debug("removing '%s/%s': no published point names it", store->dir, name);
         if (!vr_replica_unlink(store, name, error))
+            return false;
+    }
+    return true;
+}
+
+/* ---- retention -------------------------------------------------------------------- */
+
+/*
+ * Steps 2-4 of a merge: commit the overlay rp-<into> into rp-<from>, give that the size of
+ * @into, fsync it. Owns no memory when it returns (a failpoint follows).
+ */
+static bool
+vr_replica_store_commit_into(VrReplicaStore *store, uint64_t from, const VrReplicaPoint *into,
+                             GError **error)
+{
+    g_autofree char *from_name = vr_replica_image_name(from);
+    g_autofree char *into_name = vr_replica_image_name(into->cycle);
+    g_autofree char *from_path = g_build_filename(store->dir, from_name, NULL);
+    g_autofree char *into_path = g_build_filename(store->dir, into_name, NULL);
+    g_autofree char *size_arg = g_strdup_printf("%" PRIu64, into->virtual_size);
+    g_autofree char *what = g_strdup_printf("commit '%s' into '%s'", into_name, from_name);
+    g_autofree char *what_size =
+        g_strdup_printf("resize '%s' to %" PRIu64 " bytes", from_name, into->virtual_size);
+    /* -d: the overlay is not emptied; it stays a published image nobody writes. */
+    const char *commit[] = { "qemu-img", "commit", "-q", "-d", "-f", "qcow2", into_path, NULL };
+    /* The commit grows the base to the overlay's size, but never shrinks it. */
+    const char *resize[] = { "qemu-img", "resize",  "-q",     "-f", "qcow2",
+                             "--shrink", from_path, size_arg, NULL };
+
+    return vr_replica_run(commit, what, error) && vr_replica_run(resize, what_size, error) &&
+           vr_replica_fsync_at(store, from_name, error);
+}
+
+/*
+ * Finish the merge the manifest records: cycle merge_from's image (no longer listed) takes
+ * the contents of cycle merge_into's overlay and then its name. Redone from the start after
+ * a crash: while rp-<from> exists the overlay rp-<into> is untouched (commit -d), so a
+ * commit again writes the same clusters; once rp-<from> is gone the rename was done.
+ * Nothing is allocated across a failpoint (a crash test's _exit() would leak it).
+ */
+static bool
+vr_replica_store_merge_steps(VrReplicaStore *store, GError **error)
+{
+    uint64_t from = store->merge_from;
+    const VrReplicaPoint into = g_array_index(store->points, VrReplicaPoint, 0);
+    char from_name[64];
+    char into_name[64];
+    GArray *points;
+    bool renamed = false;
+    bool ok;
+    struct stat st;
+
+    g_assert(from != 0 && into.cycle == store->merge_into);
+    g_snprintf(from_name, sizeof(from_name), "rp-%" PRIu64 ".qcow2", from);
+    g_snprintf(into_name, sizeof(into_name), "rp-%" PRIu64 ".qcow2", into.cycle);
+    if (fstatat(store->dirfd, from_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        if (!S_ISREG(st.st_mode)) {
+            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CORRUPT,
+                        "'%s/%s' is not a regular file", store->dir, from_name);
+            return false;
+        }
+        if (!vr_replica_store_commit_into(store, from, &into, error))
+            return false;
+        vr_failpoint("retain-commit");
+        /* Atomic: the name rp-<into> reads as cycle <into> before and after. */
+        if (renameat(store->dirfd, from_name, store->dirfd, into_name) < 0) {
+            g_autofree char *into_path = g_build_filename(store->dir, into_name, NULL);
+
+            return vr_replica_errno_error(error, errno, "rename over", into_path);
+        }
+        if (!vr_replica_fsync_at(store, ".", error))
+            return false;
+        vr_failpoint("retain-swap");
+    } else if (errno != ENOENT) {
+        g_autofree char *from_path = g_build_filename(store->dir, from_name, NULL);
+
+        return vr_replica_errno_error(error, errno, "look at", from_path);
+    }
+    points = g_array_copy(store->points);
+    ok = vr_replica_store_write_manifest(store, points, 0, 0, "retain-done-tmp", "retain-done",
+                                         &renamed, error);
+    g_array_unref(points);
+    if (!ok)
+        return false;
+    g_debug("merged cycle %" PRIu64 " into cycle %" PRIu64 " in '%s'", from, into.cycle,
+            store->dir);
+    return true;
+}
+
+static bool
+vr_replica_store_finish_merge(VrReplicaStore *store, GError **error)
+{
+    uint64_t from = store->merge_from;
+    uint64_t into = store->merge_into;
+
+    if (!vr_replica_store_merge_steps(store, error)) {
+        g_prefix_error(error,
+                       "cannot merge cycle %" PRIu64 " into cycle %" PRIu64 " of '%s': ", from,
+                       into, store->dir);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Remove the oldest point. When the next one is FULL (an image of its own) the oldest just
+ * goes; otherwise the next one is its overlay, and the two are merged (docs: Retention).
+ */
+static bool
+vr_replica_store_merge_oldest(VrReplicaStore *store, GError **error)
+{
+    const VrReplicaPoint oldest = g_array_index(store->points, VrReplicaPoint, 0);
+    const VrReplicaPoint next = g_array_index(store->points, VrReplicaPoint, 1);
+    g_autoptr(GArray) points = g_array_copy(store->points);
+    char name[64];
+    bool renamed = false;
+
+    g_snprintf(name, sizeof(name), "rp-%" PRIu64 ".qcow2", oldest.cycle);
+    g_array_remove_index(points, 0);
+    if (next.flags & VR_WIRE_FLAG_FULL) {
+        if (!vr_replica_store_write_manifest(store, points, 0, 0, "retain-drop-tmp", "retain-drop",
+                                             &renamed, error) ||
+            !vr_replica_unlink(store, name, error) || !vr_replica_fsync_at(store, ".", error)) {
+            g_prefix_error(error, "cannot remove cycle %" PRIu64 " of '%s': ", oldest.cycle,
+                           store->dir);
+            return false;
+        }
+        g_debug("removed cycle %" PRIu64 " of '%s'", oldest.cycle, store->dir);
+        return true;
+    }
+    /* The oldest point is unlisted before its image is written: the commit point. */
+    if (!vr_replica_store_write_manifest(store, points, oldest.cycle, next.cycle,
+                                         "retain-intent-tmp", "retain-intent", &renamed, error)) {
+        g_prefix_error(error, "cannot merge cycle %" PRIu64 " into cycle %" PRIu64 " of '%s': ",
+                       oldest.cycle, next.cycle, store->dir);
+        return false;
+    }
+    return vr_replica_store_finish_merge(store, error);
+}
+
+bool
+vr_replica_store_retain(VrReplicaStore *store, guint keep, GError **error)
+{
+    if (keep > VR_REPLICA_STORE_KEEP_MAX) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "cannot keep %u additional points in '%s': at most %d", keep, store->dir,
+                    VR_REPLICA_STORE_KEEP_MAX);
+        return false;
+    }
+    if (store->apply != NULL) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY,
+                    "cannot merge points of '%s': cycle %" PRIu64 " is being applied", store->dir,
+                    store->apply->identity.target_cycle);
+        return false;
+    }
+    if (store->merge_from != 0 && !vr_replica_store_finish_merge(store, error))
+        return false;
+    while (store->points->len > (guint)keep + 1) {
+        if (!vr_replica_store_merge_oldest(store, error))
             return false;
     }
     return true;
@@ -682,7 +900,12 @@ vr_replica_store_open(const char *dir, GError **error)
         return NULL;
     }
     /* Only a manifest that parsed says what to keep: a corrupt one removes nothing. */
-    if (!vr_replica_store_load(store, error) || !vr_replica_store_sweep(store, error))
+    if (!vr_replica_store_load(store, error))
+        return NULL;
+    /* A merge a crash interrupted: its commit is redone, never undone (see retain). */
+    if (store->merge_from != 0 && !vr_replica_store_finish_merge(store, error))
+        return NULL;
+    if (!vr_replica_store_sweep(store, error))
         return NULL;
     g_debug("opened store '%s' with %u points", store->dir, store->points->len);
     return g_steal_pointer(&store);

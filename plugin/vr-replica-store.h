@@ -13,6 +13,9 @@
  *   .apply-<cycle>.sock, .apply-<cycle>.pid
  *                      the socket and pid file of the qemu-nbd of a running apply
  *
+ * The oldest listed point is always an image of its own (retention merges older ones into
+ * it: vr_replica_store_retain()).
+ *
  * A stream (vr-wire.h) is applied into a new image, created with qemu-img: a fresh image,
  * never an old one, for FULL; an overlay of the latest point for an incremental cycle, and
  * for RESYNC too (a resync carries only the blocks that differ from the hash list of the
@@ -72,7 +75,8 @@ typedef struct _VrReplicaStore VrReplicaStore;
 
 /*
  * Open the store in the existing directory @dir: lock it, read the manifest (none: an empty
- * store) and remove what no published point names (images of interrupted applies,
+ * store), finish a merge it records as begun (vr_replica_store_retain(); its failure fails
+ * the open) and remove what no published point names (images of interrupted applies,
  * manifest.json.tmp, sockets and pid files; a qemu-nbd left running is killed first).
  * Nothing else is removed, and nothing at all when the manifest is CORRUPT. (transfer full)
  */
@@ -81,7 +85,8 @@ VrReplicaStore *vr_replica_store_open(const char *dir, GError **error);
 void vr_replica_store_free(VrReplicaStore *store);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrReplicaStore, vr_replica_store_free)
 
-/* The published points, oldest first (transfer none; valid until the next commit). */
+/* The published points, oldest first (transfer none; valid until the next commit or
+ * retain). */
 const VrReplicaPoint *vr_replica_store_points(VrReplicaStore *store, guint *n_points);
 
 /* The image of published point @cycle, or NULL when there is none. (transfer full) */
@@ -126,5 +131,22 @@ bool vr_replica_apply_commit(VrReplicaApply *apply, GError **error);
 /* Stop qemu-nbd, remove the unpublished image; @apply is freed. NULL-safe. */
 void vr_replica_apply_abort(VrReplicaApply *apply);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrReplicaApply, vr_replica_apply_abort)
+
+/* Additional recovery points a store may keep besides the latest (Hyper-V's limit). */
+#define VR_REPLICA_STORE_KEEP_MAX 24
+
+/*
+ * Retention: keep the latest point and at most @keep (0..VR_REPLICA_STORE_KEEP_MAX) more,
+ * oldest removed first. An oldest point followed by a FULL point just goes; otherwise the
+ * next point's overlay is committed into the oldest image (qemu-img commit), which then
+ * takes the next point's name: the next point becomes an image of its own, and every point
+ * that stays listed reads as its cycle at every step. The manifest records the merge before
+ * the oldest image is written; a merge a crash interrupted is finished by
+ * vr_replica_store_open(), or by the next call, which first finishes one that failed.
+ * Sequence and failpoints: docs/replica-store.md, Retention. BUSY while an apply runs;
+ * FAILED for a @keep above the limit or a qemu-img failure (its message), NO_SPACE for
+ * ENOSPC. Blocks for the qemu-img runs (a commit copies the next point's data).
+ */
+bool vr_replica_store_retain(VrReplicaStore *store, guint keep, GError **error);
 
 G_END_DECLS

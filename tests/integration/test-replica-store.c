@@ -297,23 +297,6 @@ compare_names(gconstpointer a, gconstpointer b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* The names in @path, sorted, separated by spaces. (transfer full) */
-static char *
-list_dir(const char *path)
-{
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GDir) dir = g_dir_open(path, 0, &error);
-    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
-    const char *name;
-
-    g_assert_no_error(error);
-    while ((name = g_dir_read_name(dir)) != NULL)
-        g_ptr_array_add(names, g_strdup(name));
-    g_ptr_array_sort(names, compare_names);
-    g_ptr_array_add(names, NULL);
-    return g_strjoinv(" ", (char **)names->pdata);
-}
-
 /* qemu-nbd processes whose command line names @dir (zombies have none). */
 static guint
 count_qemu_nbd(const char *dir)
@@ -484,7 +467,7 @@ test_chain(Fixture *fx, gconstpointer data)
         g_assert_true(vr_json_get_uint64(p, "virtual_size", &value));
         g_assert_cmpuint(value, ==, DISK_SIZE);
     }
-    listing = list_dir(fx->dir);
+    listing = vr_test_list_dir(fx->dir);
     g_assert_cmpstr(listing, ==, "manifest.json rp-1.qcow2 rp-2.qcow2 rp-3.qcow2");
 
     /* Read back from disk, the same. */
@@ -535,14 +518,14 @@ test_abort(Fixture *fx, gconstpointer data)
         g_assert_true(vr_replica_apply_record(apply, &zero, &error));
         g_assert_no_error(error);
         vr_replica_apply_abort(apply);
-        listing = list_dir(fx->dir);
+        listing = vr_test_list_dir(fx->dir);
         g_assert_cmpstr(listing, ==, "");
         g_clear_pointer(&listing, g_free);
     }
 
     apply_cycle(fx, &cycle1);
     manifest = read_manifest(fx);
-    listing = list_dir(fx->dir);
+    listing = vr_test_list_dir(fx->dir);
 
     /* Records written, qemu-nbd running: abort removes it all. */
     {
@@ -555,13 +538,13 @@ test_abort(Fixture *fx, gconstpointer data)
         g_assert_no_error(error);
         g_assert_nonnull(feed.apply);
         g_assert_cmpuint(count_qemu_nbd(fx->dir), ==, 1);
-        after = list_dir(fx->dir);
+        after = vr_test_list_dir(fx->dir);
         g_assert_cmpstr(after, ==,
                         ".apply-2.pid .apply-2.sock manifest.json rp-1.qcow2 rp-2.qcow2");
         g_clear_pointer(&after, g_free);
         vr_replica_apply_abort(feed.apply);
     }
-    after = list_dir(fx->dir);
+    after = vr_test_list_dir(fx->dir);
     g_assert_cmpstr(after, ==, listing);
     g_clear_pointer(&after, g_free);
     after = read_manifest(fx);
@@ -574,7 +557,7 @@ test_abort(Fixture *fx, gconstpointer data)
     apply = vr_replica_store_begin(fx->store, &id, &error);
     g_assert_no_error(error);
     vr_replica_apply_abort(apply);
-    after = list_dir(fx->dir);
+    after = vr_test_list_dir(fx->dir);
     g_assert_cmpstr(after, ==, listing);
     g_clear_pointer(&after, g_free);
 
@@ -597,7 +580,7 @@ test_abort(Fixture *fx, gconstpointer data)
     g_assert_false(vr_replica_apply_commit(apply, &error));
     g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED);
     g_clear_error(&error);
-    after = list_dir(fx->dir);
+    after = vr_test_list_dir(fx->dir);
     g_assert_cmpstr(after, ==, listing);
     g_clear_pointer(&after, g_free);
     assert_cycles(fx, "1");
@@ -649,7 +632,7 @@ test_conflict(Fixture *fx, gconstpointer data)
     if (g_test_failed() || fx->dir == NULL)
         return;
     setup_two_points(fx);
-    listing = list_dir(fx->dir);
+    listing = vr_test_list_dir(fx->dir);
     manifest = read_manifest(fx);
 
     assert_conflict(fx, fx->store, &wrong_base,
@@ -690,7 +673,7 @@ test_conflict(Fixture *fx, gconstpointer data)
     g_clear_error(&error);
 
     /* Nothing changed. */
-    after = list_dir(fx->dir);
+    after = vr_test_list_dir(fx->dir);
     g_assert_cmpstr(after, ==, listing);
     g_clear_pointer(&after, g_free);
     after = read_manifest(fx);
@@ -706,7 +689,7 @@ test_conflict(Fixture *fx, gconstpointer data)
                     (const char *const[]){ "cycle 3", "base cycle 2", "holds no point", NULL });
     assert_conflict(fx, empty, &resync, (const char *const[]){ "resync cycle 3", NULL });
     g_clear_pointer(&listing, g_free);
-    listing = list_dir(empty_dir);
+    listing = vr_test_list_dir(empty_dir);
     g_assert_cmpstr(listing, ==, "");
     assert_no_qemu_nbd(fx->dir);
 }
@@ -790,7 +773,7 @@ test_crash(Fixture *fx, gconstpointer data)
     assert_no_qemu_nbd(fx->dir);
     fx->store = store_open(fx);
     assert_cycles(fx, published ? "1 2 3" : "1 2");
-    listing = list_dir(fx->dir);
+    listing = vr_test_list_dir(fx->dir);
     g_assert_cmpstr(listing, ==,
                     published ? "manifest.json rp-1.qcow2 rp-2.qcow2 rp-3.qcow2"
                               : "manifest.json rp-1.qcow2 rp-2.qcow2");
@@ -811,6 +794,244 @@ test_crash(Fixture *fx, gconstpointer data)
         assert_point(fx, 3, "rp-2.qcow2");
     }
     assert_no_qemu_nbd(fx->dir);
+}
+
+/* ---- retention -------------------------------------------------------------------- */
+
+static const Op grow_ops[] = {
+    { VR_WIRE_RECORD_ZERO, 10 * MiB, 65536 },
+    { VR_WIRE_RECORD_DATA, 66 * MiB, MiB }, /* beyond the old end */
+};
+
+/* Incremental cycle @target on @target - 1, of @size. */
+static Cycle
+incremental(uint64_t target, uint64_t size, guint variant)
+{
+    Cycle c = { 1, target - 1, target, size, 0, target - 1, NULL, 0 };
+
+    if (variant % 2 == 0) {
+        c.ops = second_ops;
+        c.n_ops = G_N_ELEMENTS(second_ops);
+    } else {
+        c.ops = third_ops;
+        c.n_ops = G_N_ELEMENTS(third_ops);
+    }
+    return c;
+}
+
+static void
+retain(Fixture *fx, guint keep)
+{
+    g_autoptr(GError) error = NULL;
+    gint64 start = g_get_monotonic_time();
+
+    g_assert_true(vr_replica_store_retain(fx->store, keep, &error));
+    g_assert_no_error(error);
+    g_test_message("retain %u: %.1f ms", keep, (g_get_monotonic_time() - start) / 1000.0);
+}
+
+/* The store lists @cycles (oldest first), and the directory holds exactly their images. */
+static void
+assert_only(Fixture *fx, const char *cycles)
+{
+    g_auto(GStrv) list = g_strsplit(cycles, " ", -1);
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    g_autofree char *expected = NULL;
+    g_autofree char *listing = vr_test_list_dir(fx->dir);
+
+    assert_cycles(fx, cycles);
+    g_ptr_array_add(names, g_strdup("manifest.json"));
+    for (guint i = 0; list[i] != NULL; i++)
+        g_ptr_array_add(names, g_strdup_printf("rp-%s.qcow2", list[i]));
+    g_ptr_array_sort(names, compare_names);
+    g_ptr_array_add(names, NULL);
+    expected = g_strjoinv(" ", (char **)names->pdata);
+    g_assert_cmpstr(listing, ==, expected);
+}
+
+/* qemu-img check of every listed image, and the whole chain of the latest is readable. */
+static void
+assert_chain_valid(Fixture *fx)
+{
+    const VrReplicaPoint *points;
+    guint n;
+
+    points = vr_replica_store_points(fx->store, &n);
+    for (guint i = 0; i < n; i++) {
+        g_autofree char *image = vr_replica_store_image_path(fx->store, points[i].cycle);
+        const char *check[] = { "qemu-img", "check", "-q", "-f", "qcow2", image, NULL };
+        const char *chain[] = { "qemu-img", "info", "--backing-chain", image, NULL };
+
+        g_free(vr_test_run(check));
+        g_free(vr_test_run(chain));
+    }
+}
+
+static void
+test_retain(Fixture *fx, gconstpointer data)
+{
+    static const Op full2_ops[] = {
+        { VR_WIRE_RECORD_DATA, 10 * MiB, 2 * MiB },
+    };
+    const uint64_t big = DISK_SIZE + 4 * MiB;
+    /* A new chain, then a smaller resync on top of it. */
+    const Cycle full = { 2, 0, 8, DISK_SIZE, VR_WIRE_FLAG_FULL, 0, CYCLE_OPS(full2_ops) };
+    const Cycle resync = {
+        2, 0, 9, DISK_SIZE - 4 * MiB, VR_WIRE_FLAG_RESYNC, 8, CYCLE_OPS(third_ops)
+    };
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrReplicaApply) apply = NULL;
+    VrWireIdentity id;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    fx->store = store_open(fx);
+    apply_cycle(fx, &cycle1);
+    retain(fx, 2);
+    /* Six cycles, retention after each: cycle 5 grows the disk (the commit grows the base). */
+    for (uint64_t target = 2; target <= 6; target++) {
+        Cycle c = incremental(target, target >= 5 ? big : DISK_SIZE, (guint)target);
+
+        if (target == 5) {
+            c.ops = grow_ops;
+            c.n_ops = G_N_ELEMENTS(grow_ops);
+        }
+        apply_cycle(fx, &c);
+        retain(fx, 2);
+    }
+    assert_only(fx, "4 5 6");
+    assert_point(fx, 4, NULL);
+    assert_point(fx, 5, "rp-4.qcow2");
+    assert_point(fx, 6, "rp-5.qcow2");
+    assert_chain_valid(fx);
+    store_reopen(fx);
+    assert_only(fx, "4 5 6");
+
+    /* The next cycle applies on top; nothing to do for a larger keep. */
+    {
+        const Cycle c = incremental(7, big, 1);
+
+        apply_cycle(fx, &c);
+    }
+    retain(fx, 24);
+    assert_only(fx, "4 5 6 7");
+    retain(fx, 2);
+    assert_only(fx, "5 6 7");
+    assert_point(fx, 5, NULL);
+    assert_point(fx, 7, "rp-6.qcow2");
+
+    /* No retention while an apply runs; a keep above the limit. */
+    {
+        const Cycle c = incremental(8, big, 0);
+
+        id = cycle_identity(&c);
+    }
+    apply = vr_replica_store_begin(fx->store, &id, &error);
+    g_assert_no_error(error);
+    g_assert_false(vr_replica_store_retain(fx->store, 0, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY);
+    g_clear_error(&error);
+    g_clear_pointer(&apply, vr_replica_apply_abort);
+    g_assert_false(vr_replica_store_retain(fx->store, 25, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED);
+    g_clear_error(&error);
+    assert_only(fx, "5 6 7");
+
+    /* keep=0: the latest alone, an image of its own. */
+    retain(fx, 0);
+    assert_only(fx, "7");
+    assert_point(fx, 7, NULL);
+
+    /* A FULL point after the oldest: the oldest just goes. A smaller resync merged. */
+    apply_cycle(fx, &full);
+    apply_cycle(fx, &resync);
+    assert_only(fx, "7 8 9");
+    retain(fx, 1);
+    assert_only(fx, "8 9");
+    assert_point(fx, 8, NULL);
+    assert_point(fx, 9, "rp-8.qcow2");
+    retain(fx, 0);
+    assert_only(fx, "9");
+    assert_point(fx, 9, NULL);
+    {
+        const Cycle c = { 2, 9, 10, DISK_SIZE, 0, 9, CYCLE_OPS(second_ops) };
+
+        apply_cycle(fx, &c);
+    }
+    assert_point(fx, 10, "rp-9.qcow2");
+    assert_point(fx, 9, NULL);
+    assert_chain_valid(fx);
+    store_reopen(fx);
+    assert_only(fx, "9 10");
+}
+
+/* Every persistence step of retention, in order: merging 1 into 2, then dropping 3. */
+static const struct {
+    const char *failpoint;
+    const char *after_crash; /* the points listed on reopening */
+} retain_crashes[] = {
+    { "retain-intent-tmp", "1 2 3 4" }, { "retain-intent", "2 3 4" },
+    { "retain-commit", "2 3 4" },       { "retain-swap", "2 3 4" },
+    { "retain-done-tmp", "2 3 4" },     { "retain-done", "2 3 4" },
+    { "retain-drop-tmp", "3 4" },       { "retain-drop", "4" },
+};
+
+static void
+test_retain_crash(Fixture *fx, gconstpointer data)
+{
+    guint index = GPOINTER_TO_UINT(data);
+    const char *expected = retain_crashes[index].after_crash;
+    const Cycle cycle4 = { 1, 0, 4, DISK_SIZE, VR_WIRE_FLAG_FULL, 0, CYCLE_OPS(full_ops) };
+    const Cycle cycle5 = { 1, 4, 5, DISK_SIZE, 0, 4, CYCLE_OPS(second_ops) };
+    g_auto(GStrv) cycles = g_strsplit(expected, " ", -1);
+    char spec[64]; /* on the stack: the child leaves by _exit(), nothing is freed */
+    int status = 0;
+    pid_t child;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    g_snprintf(spec, sizeof(spec), "%s:exit", retain_crashes[index].failpoint);
+    /* 3 overlays 2 overlays 1; 4 is a new chain. */
+    setup_two_points(fx);
+    apply_cycle(fx, &cycle3);
+    apply_cycle(fx, &cycle4);
+    g_clear_pointer(&fx->store, vr_replica_store_free);
+
+    fflush(stdout);
+    fflush(stderr);
+    child = fork();
+    g_assert_no_errno(child);
+    if (child == 0) {
+        g_autoptr(VrReplicaStore) store = NULL;
+        GError *err = NULL;
+
+        g_setenv("VR_FAILPOINT", spec, TRUE);
+        store = vr_replica_store_open(fx->dir, &err);
+        if (store == NULL || !vr_replica_store_retain(store, 0, &err)) {
+            g_printerr("child: %s\n", err->message);
+            _exit(1);
+        }
+        _exit(0); /* the failpoint did not fire */
+    }
+    g_assert_cmpint(waitpid(child, &status, 0), ==, child);
+    g_assert_true(WIFEXITED(status));
+    g_assert_cmpint(WEXITSTATUS(status), ==, VR_FAILPOINT_EXIT_STATUS);
+
+    /* Reopening finishes an interrupted merge; every listed point reads as its cycle. */
+    fx->store = store_open(fx);
+    assert_only(fx, expected);
+    for (guint i = 0; cycles[i] != NULL; i++) {
+        uint64_t cycle = g_ascii_strtoull(cycles[i], NULL, 10);
+        g_autofree char *backing = g_strdup_printf("rp-%" G_GUINT64_FORMAT ".qcow2", cycle - 1);
+
+        assert_point(fx, cycle, i == 0 || cycle == 4 ? NULL : backing);
+    }
+    assert_chain_valid(fx);
+    retain(fx, 0);
+    assert_only(fx, "4");
+    assert_point(fx, 4, NULL);
+    apply_cycle(fx, &cycle5);
+    assert_point(fx, 5, "rp-4.qcow2");
 }
 
 static const struct {
@@ -861,6 +1082,21 @@ static const struct {
       "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
       "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, \"base\": 0}]}",
       "point 0 has an unknown member 'base'" },
+    { "merging-cycles",
+      "{\"version\": 1, \"points\": [{\"cycle\": 2, \"epoch\": 1, \"virtual_size\": 1048576, "
+      "\"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1}], "
+      "\"merging\": {\"from\": 2, \"into\": 2}}",
+      "merging needs a cycle 'from' above 0" },
+    { "merging-not-oldest",
+      "{\"version\": 1, \"points\": [{\"cycle\": 2, \"epoch\": 1, \"virtual_size\": 1048576, "
+      "\"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1}], "
+      "\"merging\": {\"from\": 1, \"into\": 7}}",
+      "merging into cycle 7, which is not the oldest point" },
+    { "merging-member",
+      "{\"version\": 1, \"points\": [{\"cycle\": 2, \"epoch\": 1, \"virtual_size\": 1048576, "
+      "\"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1}], "
+      "\"merging\": {\"from\": 1, \"into\": 2, \"step\": 1}}",
+      "merging has an unknown member 'step'" },
 };
 
 static void
@@ -894,13 +1130,13 @@ test_corrupt(Fixture *fx, gconstpointer data)
         g_test_message("case '%s'", corrupt_cases[i].name);
         write_file(fx->dir, "manifest.json", corrupt_cases[i].text);
         if (listing == NULL)
-            listing = list_dir(fx->dir);
+            listing = vr_test_list_dir(fx->dir);
         g_assert_null(vr_replica_store_open(fx->dir, &error));
         g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CORRUPT);
         g_test_message("  %s", error->message);
         g_assert_nonnull(strstr(error->message, fx->dir));
         g_assert_nonnull(strstr(error->message, corrupt_cases[i].message));
-        after = list_dir(fx->dir);
+        after = vr_test_list_dir(fx->dir);
         g_assert_cmpstr(after, ==, listing);
         text = read_manifest(fx);
         g_assert_cmpstr(text, ==, corrupt_cases[i].text);
@@ -971,7 +1207,7 @@ test_sweep(Fixture *fx, gconstpointer data)
     g_assert_cmpint(waitpid(orphan, &status, 0), ==, orphan);
     g_assert_true(WIFSIGNALED(status));
     g_assert_cmpint(WTERMSIG(status), ==, SIGKILL);
-    listing = list_dir(fx->dir);
+    listing = vr_test_list_dir(fx->dir);
     g_assert_cmpstr(listing, ==,
                     "manifest.json notes.txt rp-05.qcow2 rp-1.qcow2 rp-5.qcow2.bak rp-x.qcow2");
     assert_cycles(fx, "1");
@@ -1005,7 +1241,7 @@ no_space_child(Fixture *fx, GByteArray *first, GByteArray *big, GByteArray *retr
     g_clear_error(&error);
     /* Nothing published is damaged, nothing is left. */
     assert_cycles(fx, "1");
-    listing = list_dir(fx->dir);
+    listing = vr_test_list_dir(fx->dir);
     g_assert_cmpstr(listing, ==, "manifest.json rp-1.qcow2");
     assert_point(fx, 1, NULL);
     assert_no_qemu_nbd(fx->dir);
@@ -1090,6 +1326,13 @@ main(int argc, char **argv)
         g_autofree char *path = g_strdup_printf("/replica-store/crash/%s", failpoints[i]);
 
         ADD(path, test_crash, failpoints[i]);
+    }
+    ADD("/replica-store/retain", test_retain, NULL);
+    for (guint i = 0; i < G_N_ELEMENTS(retain_crashes); i++) {
+        g_autofree char *path =
+            g_strdup_printf("/replica-store/retain-crash/%s", retain_crashes[i].failpoint);
+
+        ADD(path, test_retain_crash, GUINT_TO_POINTER(i));
     }
     ADD("/replica-store/corrupt", test_corrupt, NULL);
     ADD("/replica-store/sweep", test_sweep, NULL);
