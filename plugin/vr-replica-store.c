@@ -943,6 +943,26 @@ vr_replica_store_image_path(VrReplicaStore *store, uint64_t cycle)
     return g_build_filename(store->dir, name, NULL);
 }
 
+char *
+vr_replica_store_latest_image(VrReplicaStore *store, VrReplicaPoint *point, GError **error)
+{
+    const VrReplicaPoint *latest = vr_replica_store_latest(store);
+
+    if (store->apply != NULL) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY,
+                    "cannot read the latest point of '%s': cycle %" PRIu64 " is being applied",
+                    store->dir, store->apply->identity.target_cycle);
+        return NULL;
+    }
+    if (latest == NULL) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                    "store '%s' holds no point", store->dir);
+        return NULL;
+    }
+    *point = *latest;
+    return vr_replica_store_image_path(store, latest->cycle);
+}
+
 bool
 vr_replica_store_check(VrReplicaStore *store, uint64_t epoch, uint64_t base_cycle,
                        uint64_t target_cycle, GError **error)

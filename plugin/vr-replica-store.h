@@ -93,6 +93,14 @@ const VrReplicaPoint *vr_replica_store_points(VrReplicaStore *store, guint *n_po
 char *vr_replica_store_image_path(VrReplicaStore *store, uint64_t cycle);
 
 /*
+ * The latest published point (copied to @point) and its image, for a reader that runs to
+ * completion on the caller's thread (vr_replica_hashes_write()): no apply can begin or
+ * retention run until it returns. BUSY while an apply runs (its overlay is not yet a
+ * point), CONFLICT when the store holds no point. (transfer full)
+ */
+char *vr_replica_store_latest_image(VrReplicaStore *store, VrReplicaPoint *point, GError **error);
+
+/*
  * Would a stream of @epoch from @base_cycle (0: FULL or RESYNC) to @target_cycle fit? An
  * epoch lower than the latest point's, a target cycle not after it, or a base cycle other
  * than the latest point is a CONFLICT naming both cycles. For a receiver that decides

@@ -26,6 +26,7 @@
 #include "vr-failpoint.h"
 #include "vr-qmp-json.h"
 #include "vr-replica-store.h"
+#include "vr-test-store.h"
 #include "vr-test-util.h"
 #include "vr-wire.h"
 
@@ -35,11 +36,7 @@
 
 static const uint8_t uuid[16] = { 0x7f, 0x3a, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14 };
 
-typedef struct {
-    VrWireRecordType type; /* DATA or ZERO */
-    uint64_t offset;
-    uint64_t length;
-} Op;
+typedef VrTestOp Op;
 
 typedef struct {
     uint64_t epoch;
@@ -132,19 +129,6 @@ cycle_identity(const Cycle *c)
     return id;
 }
 
-/* Random bytes, or a compressible pattern (so that zstd records are applied too). */
-static void
-fill(Fixture *fx, uint8_t *buf, size_t len, bool random)
-{
-    uint8_t byte = (uint8_t)g_rand_int_range(fx->rand, 1, 256);
-
-    for (size_t i = 0; i < len; i += 4) {
-        guint32 v = random ? g_rand_int(fx->rand) : byte * 0x01010101u;
-
-        memcpy(buf + i, &v, MIN(4, len - i));
-    }
-}
-
 /*
  * Build model-<target>.raw (a copy of the model of @c->model_base, sized to @c->size) and
  * the stream of @c; the same bytes go to both. (transfer full)
@@ -152,15 +136,9 @@ fill(Fixture *fx, uint8_t *buf, size_t len, bool random)
 static GByteArray *
 cycle_prepare(Fixture *fx, const Cycle *c)
 {
-    g_autoptr(GError) error = NULL;
     VrWireIdentity id = cycle_identity(c);
-    g_autoptr(VrWireEncoder) encoder = vr_wire_encoder_new(&id, &error);
     g_autofree char *model = model_path(fx, c->target);
-    g_autofree uint8_t *buf = g_malloc(VR_WIRE_MAX_DATA);
-    GByteArray *stream = g_byte_array_new();
-    int fd;
 
-    g_assert_no_error(error);
     g_unlink(model);
     if (c->model_base != 0) {
         g_autofree char *from = model_path(fx, c->model_base);
@@ -168,70 +146,7 @@ cycle_prepare(Fixture *fx, const Cycle *c)
 
         g_free(vr_test_run(argv));
     }
-    fd = open(model, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    g_assert_no_errno(fd);
-    g_assert_no_errno(ftruncate(fd, c->size));
-    g_assert_true(vr_wire_encoder_begin(encoder, stream, &error));
-    for (guint i = 0; i < c->n_ops; i++) {
-        const Op *op = &c->ops[i];
-
-        if (op->type == VR_WIRE_RECORD_DATA) {
-            g_assert_cmpuint(op->length, <=, VR_WIRE_MAX_DATA);
-            fill(fx, buf, op->length, i % 2 == 0);
-            g_assert_true(
-                vr_wire_encoder_add_data(encoder, op->offset, buf, op->length, stream, &error));
-            g_assert_cmpint(pwrite(fd, buf, op->length, op->offset), ==, (ssize_t)op->length);
-        } else {
-            g_assert_true(
-                vr_wire_encoder_add_zero(encoder, op->offset, op->length, stream, &error));
-            g_assert_no_errno(
-                fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, op->offset, op->length));
-        }
-        g_assert_no_error(error);
-    }
-    g_assert_true(vr_wire_encoder_end(encoder, stream, &error));
-    g_assert_no_error(error);
-    close(fd);
-    return stream;
-}
-
-typedef struct {
-    VrReplicaStore *store;
-    VrReplicaApply *apply;
-} Feed;
-
-/* As a receiver's sink: BEGIN starts the apply, the other records go to it. */
-static bool
-feed_record(const VrWireRecord *record, gpointer user_data, GError **error)
-{
-    Feed *feed = user_data;
-
-    if (record->type == VR_WIRE_RECORD_BEGIN) {
-        feed->apply = vr_replica_store_begin(feed->store, record->identity, error);
-        return feed->apply != NULL;
-    }
-    return vr_replica_apply_record(feed->apply, record, error);
-}
-
-/* Decode @stream in 1 MiB pieces into a new apply of @store, then commit it. */
-static bool
-apply_stream(VrReplicaStore *store, GByteArray *stream, GError **error)
-{
-    g_autoptr(VrWireDecoder) decoder = vr_wire_decoder_new();
-    Feed feed = { store, NULL };
-
-    for (guint at = 0; at < stream->len; at += MiB) {
-        if (!vr_wire_decoder_feed(decoder, stream->data + at, MIN(MiB, stream->len - at),
-                                  feed_record, &feed, error)) {
-            vr_replica_apply_abort(feed.apply);
-            return false;
-        }
-    }
-    if (!vr_wire_decoder_finish(decoder, error)) {
-        vr_replica_apply_abort(feed.apply);
-        return false;
-    }
-    return vr_replica_apply_commit(feed.apply, error);
+    return vr_test_encode_cycle(&id, c->ops, c->n_ops, fx->rand, model);
 }
 
 static void
@@ -242,7 +157,7 @@ apply_cycle(Fixture *fx, const Cycle *c)
     gint64 start = g_get_monotonic_time();
     gint64 us;
 
-    g_assert_true(apply_stream(fx->store, stream, &error));
+    g_assert_true(vr_test_apply_stream(fx->store, stream, &error));
     g_assert_no_error(error);
     us = MAX(g_get_monotonic_time() - start, 1);
     g_test_message("cycle %" G_GUINT64_FORMAT ": %u stream bytes applied and committed in %.1f ms",
@@ -530,11 +445,11 @@ test_abort(Fixture *fx, gconstpointer data)
     /* Records written, qemu-nbd running: abort removes it all. */
     {
         g_autoptr(VrWireDecoder) decoder = vr_wire_decoder_new();
-        Feed feed = { fx->store, NULL };
+        VrTestFeed feed = { fx->store, NULL };
 
         stream = cycle_prepare(fx, &cycle2);
-        g_assert_true(vr_wire_decoder_feed(decoder, stream->data, stream->len / 2, feed_record,
-                                           &feed, &error));
+        g_assert_true(vr_wire_decoder_feed(decoder, stream->data, stream->len / 2,
+                                           vr_test_feed_record, &feed, &error));
         g_assert_no_error(error);
         g_assert_nonnull(feed.apply);
         g_assert_cmpuint(count_qemu_nbd(fx->dir), ==, 1);
@@ -586,7 +501,7 @@ test_abort(Fixture *fx, gconstpointer data)
     assert_cycles(fx, "1");
 
     /* The primary sends the cycle again: it applies. */
-    g_assert_true(apply_stream(fx->store, stream, &error));
+    g_assert_true(vr_test_apply_stream(fx->store, stream, &error));
     g_assert_no_error(error);
     assert_point(fx, 2, "rp-1.qcow2");
     assert_point(fx, 1, NULL);
@@ -759,7 +674,7 @@ test_crash(Fixture *fx, gconstpointer data)
 
         g_setenv("VR_FAILPOINT", spec, TRUE);
         store = vr_replica_store_open(fx->dir, &err);
-        if (store == NULL || !apply_stream(store, stream, &err)) {
+        if (store == NULL || !vr_test_apply_stream(store, stream, &err)) {
             g_printerr("child: %s\n", err->message);
             _exit(1);
         }
@@ -789,7 +704,7 @@ test_crash(Fixture *fx, gconstpointer data)
         apply_cycle(fx, &cycle4);
         assert_point(fx, 4, "rp-3.qcow2");
     } else {
-        g_assert_true(apply_stream(fx->store, stream, &error));
+        g_assert_true(vr_test_apply_stream(fx->store, stream, &error));
         g_assert_no_error(error);
         assert_point(fx, 3, "rp-2.qcow2");
     }
@@ -1232,9 +1147,9 @@ no_space_child(Fixture *fx, GByteArray *first, GByteArray *big, GByteArray *retr
         return 77;
     }
     fx->store = store_open(fx);
-    g_assert_true(apply_stream(fx->store, first, &error));
+    g_assert_true(vr_test_apply_stream(fx->store, first, &error));
     g_assert_no_error(error);
-    g_assert_false(apply_stream(fx->store, big, &error));
+    g_assert_false(vr_test_apply_stream(fx->store, big, &error));
     g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_NO_SPACE);
     g_printerr("child: refused: %s\n", error->message);
     g_assert_nonnull(strstr(error->message, "rp-2.qcow2"));
@@ -1246,7 +1161,7 @@ no_space_child(Fixture *fx, GByteArray *first, GByteArray *big, GByteArray *retr
     assert_point(fx, 1, NULL);
     assert_no_qemu_nbd(fx->dir);
     /* Space is back (the failed image went): a cycle that fits applies. */
-    g_assert_true(apply_stream(fx->store, retry, &error));
+    g_assert_true(vr_test_apply_stream(fx->store, retry, &error));
     g_assert_no_error(error);
     assert_point(fx, 2, "rp-1.qcow2");
     g_clear_pointer(&fx->store, vr_replica_store_free);
