@@ -4,20 +4,17 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <glib-unix.h>
 #include <glib/gstdio.h>
 #include <libnbd.h>
 
 #include "vr-hashlist.h"
+#include "vr-qemu-nbd.h"
 #include "vr-replica-hashes.h"
 
 /* Reads in flight and their size: 8 MiB of buffers keep qemu-nbd and the disk busy. */
@@ -27,7 +24,6 @@
 #define VR_HASHES_STATUS_SPAN   ((uint64_t)1 << 30)
 #define VR_HASHES_START_TIMEOUT (30 * G_USEC_PER_SEC)
 #define VR_HASHES_STOP_TIMEOUT  (10 * G_USEC_PER_SEC)
-#define VR_HASHES_STDERR_MAX    2048
 
 typedef struct {
     uint64_t offset;
@@ -49,8 +45,7 @@ typedef struct {
     char *tmpdir;
     char *socket;
     char *pid_file;
-    GPid pid;      /* qemu-nbd, 0 when not running */
-    int stderr_fd; /* its stderr, a pipe */
+    VrQemuNbd nbd_server; /* qemu-nbd, pid 0 when not running */
     struct nbd_handle *nbd;
     VrHashlistWriter *writer;
     GArray *extents; /* VrHashesExtent, in order, from the block before the next one on */
@@ -68,58 +63,6 @@ vr_hashes_run_free(VrHashesRun *run)
     g_free(run);
 }
 
-/* Same as the store's: qemu-nbd dies with the thread that started it. */
-static void
-vr_hashes_child_setup(gpointer user_data)
-{
-    pid_t parent = GPOINTER_TO_INT(user_data);
-
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-        _exit(127);
-}
-
-/* What qemu-nbd wrote to its stderr so far (the end of it), as one line. */
-static char *
-vr_hashes_nbd_stderr(VrHashesJob *job)
-{
-    g_autoptr(GString) text = g_string_new(NULL);
-    g_auto(GStrv) lines = NULL;
-    g_autofree char *joined = NULL;
-    char buf[4096];
-
-    if (job->stderr_fd >= 0) {
-        g_unix_set_fd_nonblocking(job->stderr_fd, TRUE, NULL);
-        for (;;) {
-            ssize_t n = read(job->stderr_fd, buf, sizeof(buf));
-
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0)
-                break;
-            g_string_append_len(text, buf, n);
-            if (text->len > 2 * VR_HASHES_STDERR_MAX)
-                g_string_erase(text, 0, text->len - VR_HASHES_STDERR_MAX);
-        }
-    }
-    g_strstrip(text->str);
-    lines = g_strsplit(text->str, "\n", -1);
-    joined = g_strjoinv("; ", lines);
-    return g_strdup(joined[0] != '\0' ? joined : "no message");
-}
-
-/* O_DIRECT works on the image's file system (not on tmpfs, for one). */
-static bool
-vr_hashes_direct_io_ok(const char *image)
-{
-    int fd = open(image, O_RDONLY | O_DIRECT | O_CLOEXEC);
-
-    if (fd < 0)
-        return false;
-    close(fd);
-    return true;
-}
-
 /*
  * Export the image read-only on a socket in a private temporary directory (a crash leaves
  * nothing in the store's directory), and wait until qemu-nbd writes its pid file: it does
@@ -128,12 +71,7 @@ vr_hashes_direct_io_ok(const char *image)
 static bool
 vr_hashes_nbd_start(VrHashesJob *job, GError **error)
 {
-    bool direct = vr_hashes_direct_io_ok(job->image);
-    g_autofree char *socket_arg = NULL;
-    g_autofree char *pid_arg = NULL;
     g_autoptr(GError) local = NULL;
-    gint64 deadline;
-    gulong delay = 1000;
 
     job->tmpdir = g_dir_make_tmp("vr-hashes-XXXXXX", &local);
     if (job->tmpdir == NULL) {
@@ -148,62 +86,10 @@ vr_hashes_nbd_start(VrHashesJob *job, GError **error)
                     "the socket path '%s' is too long (use a shorter TMPDIR)", job->socket);
         return false;
     }
-    socket_arg = g_strdup_printf("--socket=%s", job->socket);
-    pid_arg = g_strdup_printf("--pid-file=%s", job->pid_file);
-    {
-        /* cache=none: one pass over a published image that nothing reads soon after; it
-         * does not fill the page cache (docs/replica-store.md, Hash lists, has figures). */
-        const char *argv[] = { "qemu-nbd",
-                               "--read-only",
-                               "--format=qcow2",
-                               socket_arg,
-                               pid_arg,
-                               direct ? "--cache=none" : "--cache=writeback",
-                               direct ? "--aio=native" : "--aio=threads",
-                               "--shared=1",
-                               job->image,
-                               NULL };
-
-        if (!g_spawn_async_with_pipes_and_fds(
-                NULL, argv, NULL,
-                G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDIN_FROM_DEV_NULL |
-                    G_SPAWN_STDOUT_TO_DEV_NULL,
-                vr_hashes_child_setup, GINT_TO_POINTER(getpid()), -1, -1, -1, NULL, NULL, 0,
-                &job->pid, NULL, NULL, &job->stderr_fd, &local)) {
-            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
-                        "cannot run qemu-nbd to read '%s': %s", job->image, local->message);
-            return false;
-        }
-    }
-    deadline = g_get_monotonic_time() + VR_HASHES_START_TIMEOUT;
-    for (;;) {
-        g_autofree char *text = NULL;
-        guint64 pid;
-        int status;
-
-        if (g_file_get_contents(job->pid_file, &text, NULL, NULL) &&
-            g_ascii_string_to_unsigned(g_strstrip(text), 10, 1, G_MAXINT, &pid, NULL) &&
-            (GPid)pid == job->pid)
-            return true;
-        if (waitpid(job->pid, &status, WNOHANG) == job->pid) {
-            g_autofree char *line = vr_hashes_nbd_stderr(job);
-
-            job->pid = 0;
-            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
-                        "qemu-nbd exited before exporting '%s': %s", job->image, line);
-            return false;
-        }
-        if (g_get_monotonic_time() >= deadline) {
-            g_autofree char *line = vr_hashes_nbd_stderr(job);
-
-            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
-                        "qemu-nbd did not export '%s' within %d s: %s", job->image,
-                        (int)(VR_HASHES_START_TIMEOUT / G_USEC_PER_SEC), line);
-            return false;
-        }
-        g_usleep(delay);
-        delay = MIN(delay * 2, 20000);
-    }
+    /* cache=none: one pass over a published image that nothing reads soon after; it does
+     * not fill the page cache (docs/replica-store.md, Hash lists, has figures). */
+    return vr_qemu_nbd_start(&job->nbd_server, job->image, job->image, job->socket, job->pid_file,
+                             true, VR_HASHES_START_TIMEOUT, error);
 }
 
 /* Stop qemu-nbd (SIGTERM, then SIGKILL), reap it, remove its directory. Never fails: the
@@ -211,23 +97,7 @@ vr_hashes_nbd_start(VrHashesJob *job, GError **error)
 static void
 vr_hashes_nbd_stop(VrHashesJob *job)
 {
-    if (job->pid != 0) {
-        gint64 deadline = g_get_monotonic_time() + VR_HASHES_STOP_TIMEOUT;
-        pid_t got;
-
-        kill(job->pid, SIGTERM);
-        while ((got = waitpid(job->pid, NULL, WNOHANG)) == 0 && g_get_monotonic_time() < deadline)
-            g_usleep(5000);
-        if (got == 0) {
-            kill(job->pid, SIGKILL);
-            waitpid(job->pid, NULL, 0);
-        }
-        job->pid = 0;
-    }
-    if (job->stderr_fd >= 0) {
-        close(job->stderr_fd);
-        job->stderr_fd = -1;
-    }
+    vr_qemu_nbd_stop(&job->nbd_server, job->image, SIGTERM, VR_HASHES_STOP_TIMEOUT, NULL);
     if (job->tmpdir != NULL) {
         g_unlink(job->socket);
         g_unlink(job->pid_file);
@@ -536,7 +406,7 @@ vr_replica_hashes_write_stats(VrReplicaStore *store, const char *path, uint64_t 
                             "no recovery point to hash");
         return false;
     }
-    job.stderr_fd = -1;
+    job.nbd_server = (VrQemuNbd)VR_QEMU_NBD_INIT;
     job.extents = g_array_new(FALSE, FALSE, sizeof(VrHashesExtent));
     g_queue_init(&job.runs);
     job.image = vr_replica_store_latest_image(store, &job.point, error);

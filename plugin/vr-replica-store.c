@@ -11,16 +11,14 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <glib-unix.h>
 #include <libnbd.h>
 
 #include "vr-failpoint.h"
+#include "vr-qemu-nbd.h"
 #include "vr-qmp-json.h"
 #include "vr-replica-store.h"
 
@@ -44,7 +42,6 @@ vr_replica_store_error_quark(void)
 #define VR_REPLICA_START_TIMEOUT (30 * G_USEC_PER_SEC)
 #define VR_REPLICA_STOP_TIMEOUT  (120 * G_USEC_PER_SEC) /* SIGTERM: qcow2 metadata is written */
 #define VR_REPLICA_ABORT_TIMEOUT (10 * G_USEC_PER_SEC)
-#define VR_REPLICA_STDERR_MAX    2048
 #define VR_REPLICA_KNOWN_FLAGS \
     (VR_WIRE_FLAG_FULL | VR_WIRE_FLAG_RESYNC | VR_WIRE_FLAG_APP_CONSISTENT)
 #define VR_REPLICA_NO_BASE_FLAGS (VR_WIRE_FLAG_FULL | VR_WIRE_FLAG_RESYNC)
@@ -69,10 +66,9 @@ struct _VrReplicaApply {
     char *socket;
     char *pid_name;
     char *pid_file;
-    bool created;   /* the image is ours to remove */
-    bool published; /* the manifest names the image: never remove it */
-    GPid pid;       /* qemu-nbd, 0 when not running */
-    int stderr_fd;  /* its stderr, a pipe */
+    bool created;         /* the image is ours to remove */
+    bool published;       /* the manifest names the image: never remove it */
+    VrQemuNbd nbd_server; /* qemu-nbd, pid 0 when not running */
     struct nbd_handle *nbd;
     /* Requests in flight, counted from issue to libnbd's free callback. */
     guint in_flight;
@@ -200,36 +196,6 @@ vr_replica_unlink(VrReplicaStore *store, const char *name, GError **error)
     return true;
 }
 
-/*
- * Runs in the child between fork and exec (one fork: g_spawn_sync, or g_spawn_async with
- * G_SPAWN_DO_NOT_REAP_CHILD, so the parent is the caller). qemu-img and qemu-nbd die with
- * the thread that started them, so an apply never outlives its owner: a crashed daemon
- * leaves no server writing an image that the next open() removes.
- */
-static void
-vr_replica_child_setup(gpointer user_data)
-{
-    pid_t parent = GPOINTER_TO_INT(user_data);
-
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    /* The parent died before prctl(): nobody would kill us. */
-    if (getppid() != parent)
-        _exit(127);
-}
-
-/* Its stderr as one line (the end of it, when long), for an error message. */
-static char *
-vr_replica_one_line(const char *text)
-{
-    g_autofree char *copy = g_strstrip(g_strdup(text != NULL ? text : ""));
-    size_t len = strlen(copy);
-    const char *start = len > VR_REPLICA_STDERR_MAX ? copy + len - VR_REPLICA_STDERR_MAX : copy;
-    g_auto(GStrv) lines = g_strsplit(start, "\n", -1);
-    g_autofree char *joined = g_strjoinv("; ", lines);
-
-    return g_strdup(joined[0] != '\0' ? joined : "no message");
-}
-
 /* Run @argv (qemu-img) to completion; its stderr becomes the error. */
 static bool
 vr_replica_run(const char *const *argv, const char *what, GError **error)
@@ -242,14 +208,14 @@ vr_replica_run(const char *const *argv, const char *what, GError **error)
     if (!g_spawn_sync(
             NULL, (char **)argv, NULL,
             G_SPAWN_SEARCH_PATH | G_SPAWN_STDIN_FROM_DEV_NULL | G_SPAWN_STDOUT_TO_DEV_NULL,
-            vr_replica_child_setup, GINT_TO_POINTER(getpid()), NULL, &err, &status, &local)) {
+            vr_qemu_child_setup, GINT_TO_POINTER(getpid()), NULL, &err, &status, &local)) {
         g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
                     "cannot run '%s' to %s: %s", argv[0], what, local->message);
         return false;
     }
     if (g_spawn_check_wait_status(status, &local))
         return true;
-    line = vr_replica_one_line(err);
+    line = vr_qemu_one_line(err);
     g_set_error(error, VR_REPLICA_STORE_ERROR,
                 strstr(line, g_strerror(ENOSPC)) != NULL ? VR_REPLICA_STORE_ERROR_NO_SPACE
                                                          : VR_REPLICA_STORE_ERROR_FAILED,
@@ -1003,59 +969,6 @@ vr_replica_store_check(VrReplicaStore *store, uint64_t epoch, uint64_t base_cycl
 
 /* ---- qemu-nbd --------------------------------------------------------------------- */
 
-/* What qemu-nbd wrote to its stderr so far (the end of it), as one line. */
-static char *
-vr_replica_nbd_stderr(VrReplicaApply *apply)
-{
-    g_autoptr(GString) text = g_string_new(NULL);
-    char buf[4096];
-
-    if (apply->stderr_fd < 0)
-        return g_strdup("no message");
-    /* Non-blocking: a server that still runs has not closed it. */
-    g_unix_set_fd_nonblocking(apply->stderr_fd, TRUE, NULL);
-    for (;;) {
-        ssize_t n = read(apply->stderr_fd, buf, sizeof(buf));
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        g_string_append_len(text, buf, n);
-        if (text->len > 4 * VR_REPLICA_STDERR_MAX)
-            g_string_erase(text, 0, text->len - VR_REPLICA_STDERR_MAX);
-    }
-    return vr_replica_one_line(text->str);
-}
-
-/* Wait until qemu-nbd exits, at most @timeout µs: its wait status, or -1 on timeout. */
-static int
-vr_replica_nbd_wait(VrReplicaApply *apply, gint64 timeout)
-{
-    gint64 deadline = g_get_monotonic_time() + timeout;
-    gulong delay = 1000;
-    int status;
-
-    for (;;) {
-        pid_t got = waitpid(apply->pid, &status, WNOHANG);
-
-        if (got == apply->pid) {
-            apply->pid = 0;
-            return status;
-        }
-        if (got < 0 && errno == ECHILD) {
-            /* Reaped elsewhere (no GLib child watch waits on it): its status is lost. */
-            g_debug("qemu-nbd %d was reaped elsewhere", (int)apply->pid);
-            apply->pid = 0;
-            return 0;
-        }
-        if (g_get_monotonic_time() >= deadline)
-            return -1;
-        g_usleep(delay);
-        delay = MIN(delay * 2, 20000);
-    }
-}
-
 /*
  * Stop qemu-nbd with @signum and reap it: with SIGTERM it closes the image cleanly, qcow2
  * metadata written. Its socket and pid file go too. @error may be NULL (abort).
@@ -1064,61 +977,17 @@ static bool
 vr_replica_nbd_stop(VrReplicaApply *apply, int signum, gint64 timeout, GError **error)
 {
     VrReplicaStore *store = apply->store;
-    pid_t pid = apply->pid;
-    bool ok = true;
-    int status;
+    bool ok;
 
-    if (pid == 0)
+    if (apply->nbd_server.pid == 0)
         return true;
-    kill(pid, signum);
-    status = vr_replica_nbd_wait(apply, timeout);
-    if (status == -1) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        apply->pid = 0;
-        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
-                    "qemu-nbd of '%s' did not exit within %d s of signal %d", apply->image_name,
-                    (int)(timeout / G_USEC_PER_SEC), signum);
-        ok = false;
-    } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        g_autofree char *line = vr_replica_nbd_stderr(apply);
-
-        if (WIFEXITED(status)) {
-            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
-                        "qemu-nbd of '%s' exited with status %d: %s", apply->image_name,
-                        WEXITSTATUS(status), line);
-        } else {
-            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
-                        "qemu-nbd of '%s' died of signal %d: %s", apply->image_name,
-                        WTERMSIG(status), line);
-        }
-        ok = false;
-    }
-    if (apply->stderr_fd >= 0) {
-        close(apply->stderr_fd);
-        apply->stderr_fd = -1;
-    }
+    ok = vr_qemu_nbd_stop(&apply->nbd_server, apply->image_name, signum, timeout, error);
     /* qemu-nbd removes its socket on a clean exit but never its pid file. */
     if (!vr_replica_unlink(store, apply->socket_name, ok ? error : NULL))
         ok = false;
     if (!vr_replica_unlink(store, apply->pid_name, ok ? error : NULL))
         ok = false;
     return ok;
-}
-
-/* O_DIRECT works on the image's file system (not on tmpfs, for one). */
-static bool
-vr_replica_direct_io_ok(VrReplicaApply *apply)
-{
-    int fd = openat(apply->store->dirfd, apply->image_name, O_RDONLY | O_DIRECT | O_CLOEXEC);
-
-    if (fd < 0) {
-        g_debug("no O_DIRECT for '%s' (%s): qemu-nbd uses the page cache", apply->image,
-                g_strerror(errno));
-        return false;
-    }
-    close(fd);
-    return true;
 }
 
 /*
@@ -1128,64 +997,8 @@ vr_replica_direct_io_ok(VrReplicaApply *apply)
 static bool
 vr_replica_nbd_start(VrReplicaApply *apply, GError **error)
 {
-    bool direct = vr_replica_direct_io_ok(apply);
-    g_autofree char *socket_arg = g_strdup_printf("--socket=%s", apply->socket);
-    g_autofree char *pid_arg = g_strdup_printf("--pid-file=%s", apply->pid_file);
-    /* cache=none: the writes skip the page cache (the image is read again only by a
-     * failover), and the flush before publishing has little left to do. */
-    const char *argv[] = { "qemu-nbd",
-                           socket_arg,
-                           pid_arg,
-                           "--format=qcow2",
-                           direct ? "--cache=none" : "--cache=writeback",
-                           direct ? "--aio=native" : "--aio=threads",
-                           "--discard=unmap",
-                           "--shared=1",
-                           apply->image,
-                           NULL };
-    g_autoptr(GError) local = NULL;
-    gint64 deadline;
-    gulong delay = 1000;
-
-    if (!g_spawn_async_with_pipes_and_fds(
-            NULL, argv, NULL,
-            G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDIN_FROM_DEV_NULL |
-                G_SPAWN_STDOUT_TO_DEV_NULL,
-            vr_replica_child_setup, GINT_TO_POINTER(getpid()), -1, -1, -1, NULL, NULL, 0,
-            &apply->pid, NULL, NULL, &apply->stderr_fd, &local)) {
-        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
-                    "cannot run qemu-nbd to export '%s': %s", apply->image_name, local->message);
-        return false;
-    }
-    deadline = g_get_monotonic_time() + VR_REPLICA_START_TIMEOUT;
-    for (;;) {
-        g_autofree char *text = NULL;
-        guint64 pid;
-        int status;
-
-        if (g_file_get_contents(apply->pid_file, &text, NULL, NULL) &&
-            g_ascii_string_to_unsigned(g_strstrip(text), 10, 1, G_MAXINT, &pid, NULL) &&
-            (GPid)pid == apply->pid)
-            return true;
-        if (waitpid(apply->pid, &status, WNOHANG) == apply->pid) {
-            g_autofree char *line = vr_replica_nbd_stderr(apply);
-
-            apply->pid = 0;
-            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
-                        "qemu-nbd exited before exporting '%s': %s", apply->image_name, line);
-            return false;
-        }
-        if (g_get_monotonic_time() >= deadline) {
-            g_autofree char *line = vr_replica_nbd_stderr(apply);
-
-            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
-                        "qemu-nbd did not export '%s' within %d s: %s", apply->image_name,
-                        (int)(VR_REPLICA_START_TIMEOUT / G_USEC_PER_SEC), line);
-            return false;
-        }
-        g_usleep(delay);
-        delay = MIN(delay * 2, 20000);
-    }
+    return vr_qemu_nbd_start(&apply->nbd_server, apply->image, apply->image_name, apply->socket,
+                             apply->pid_file, false, VR_REPLICA_START_TIMEOUT, error);
 }
 
 /* A libnbd failure: its message; ENOSPC (from the server too) is NO_SPACE. */
@@ -1466,7 +1279,7 @@ vr_replica_store_begin(VrReplicaStore *store, const VrWireIdentity *identity, GE
     apply = g_new0(VrReplicaApply, 1);
     apply->store = store;
     apply->identity = *identity;
-    apply->stderr_fd = -1;
+    apply->nbd_server = (VrQemuNbd)VR_QEMU_NBD_INIT;
     apply->started = g_get_monotonic_time();
     apply->image_name = vr_replica_image_name(identity->target_cycle);
     apply->image = g_build_filename(store->dir, apply->image_name, NULL);
@@ -1586,8 +1399,8 @@ vr_replica_apply_abort(VrReplicaApply *apply)
         vr_replica_unlink(store, apply->socket_name, NULL);
         vr_replica_unlink(store, apply->pid_name, NULL);
     }
-    if (apply->stderr_fd >= 0)
-        close(apply->stderr_fd);
+    if (apply->nbd_server.stderr_fd >= 0)
+        close(apply->nbd_server.stderr_fd);
     if (store->apply == apply)
         store->apply = NULL;
     g_clear_error(&apply->failure);
