@@ -21,6 +21,7 @@
 
 #include "vr-receiver.h"
 #include "vr-sender.h"
+#include "vr-test-transport.h"
 #include "vr-test-util.h"
 #include "vr-tls-policy.h"
 #include "vr-wire.h"
@@ -1117,50 +1118,23 @@ typedef struct {
     guint io_timeout_s;      /* 0: 10 */
 } SendOptions;
 
-typedef struct {
-    Fixture *fx;
-    const SendOptions *options;
-    const char *path;
-    VrSenderStats stats;
-    GError *error;
-    bool ok;
-    gint done;
-} Send;
+typedef VrTestUpload Send;
 
-static gpointer
-send_run(gpointer data)
+/* An upload of @path with @o against the fixture's receiver (not started yet). */
+static Send
+send_new(Fixture *fx, const SendOptions *o, const char *path)
 {
-    Send *send = data;
-    const SendOptions *o = send->options;
-    g_autofree char *cert = g_strdup_printf("%s/%s.pem", pki, o->client_cert);
-    g_autofree char *key = g_strdup_printf("%s/%s-key.pem", pki, o->client_cert);
-    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
-    g_autoptr(VrSender) sender = NULL;
-    VrRateLimit *limits[1] = { o->limit };
-
-    sender = vr_sender_new(
-        &(VrSenderConfig){
-            .server_name = "replica.example",
-            .port = o->port != 0 ? o->port : send->fx->port,
-            .connect_address = o->connect != NULL ? o->connect : loopback,
-            .cert_file = cert,
-            .key_file = key,
-            .policy = o->policy != NULL ? o->policy : send->fx->server_policy,
-            .limits = limits,
-            .n_limits = 1,
-            .max_attempts = o->max_attempts != 0 ? o->max_attempts : 3,
-            .backoff_min_ms = 20,
-            .backoff_max_ms = 200,
-            .io_timeout_s = o->io_timeout_s != 0 ? o->io_timeout_s : 10,
-        },
-        &send->error);
-    if (sender != NULL) {
-        send->ok =
-            vr_sender_upload_file(sender, send->path, NULL, NULL, &send->stats, NULL, &send->error);
-    }
-    g_atomic_int_set(&send->done, 1);
-    g_main_context_wakeup(NULL);
-    return NULL;
+    return (Send){
+        .pki = pki,
+        .client_cert = o->client_cert,
+        .policy = o->policy != NULL ? o->policy : fx->server_policy,
+        .connect = o->connect,
+        .port = o->port != 0 ? o->port : fx->port,
+        .limit = o->limit,
+        .max_attempts = o->max_attempts,
+        .io_timeout_s = o->io_timeout_s,
+        .path = path,
+    };
 }
 
 /* Upload @path with a VrSender in a thread while the receiver runs here. */
@@ -1168,22 +1142,14 @@ static bool
 send_file(Fixture *fx, const SendOptions *options, const char *path, VrSenderStats *stats,
           GError **error)
 {
-    Send send = { .fx = fx, .options = options, .path = path };
-    GThread *thread = g_thread_new("sender", send_run, &send);
+    Send send = send_new(fx, options, path);
+    bool ok = vr_test_upload_wait(&send, g_thread_new("sender", vr_test_upload_run, &send));
 
-    while (!g_atomic_int_get(&send.done))
-        g_main_context_iteration(NULL, TRUE);
-    g_thread_join(thread);
     if (stats != NULL)
         *stats = send.stats;
-    g_test_message("upload of %s: %s; %u requests, %u resumes (last at %" G_GUINT64_FORMAT
-                   "), %" G_GUINT64_FORMAT " body bytes for a stream of %" G_GUINT64_FORMAT,
-                   path, send.ok ? "ok" : send.error->message, send.stats.requests,
-                   send.stats.resumes, send.stats.resumed_at, send.stats.body_bytes,
-                   send.stats.stream_bytes);
-    if (!send.ok)
+    if (!ok)
         g_propagate_error(error, send.error);
-    return send.ok;
+    return ok;
 }
 
 static void
@@ -1507,8 +1473,8 @@ test_queue(Fixture *fx, gconstpointer data)
 
     tick = g_timeout_add(5, load_watch_tick, &watch);
     for (unsigned i = 0; i < 3; i++) {
-        sends[i] = (Send){ .fx = fx, .options = &options, .path = paths[i] };
-        threads[i] = g_thread_new("sender", send_run, &sends[i]);
+        sends[i] = send_new(fx, &options, paths[i]);
+        threads[i] = g_thread_new("sender", vr_test_upload_run, &sends[i]);
     }
     for (unsigned i = 0; i < 3; i++) {
         while (!g_atomic_int_get(&sends[i].done))
@@ -1808,15 +1774,15 @@ test_cross_peer(Fixture *fx, gconstpointer data)
     g_autofree char *path = NULL;
     g_autofree char *text = NULL;
     SendOptions options = { .client_cert = "client-ok", .limit = limit };
-    Send send = { .fx = fx, .options = &options };
+    Send send;
     GThread *thread;
     uint64_t size;
 
     if (skip_without_pki())
         return;
     path = stream_file_big("cross.vrw", "vda", 4, 0, &size); /* 16 MiB: 2 s at 8 MiB/s */
-    send.path = path;
-    thread = g_thread_new("sender", send_run, &send);
+    send = send_new(fx, &options, path);
+    thread = g_thread_new("sender", vr_test_upload_run, &send);
     wait_for_load(fx, 1);
 
     session = client_session_new();
@@ -1851,8 +1817,7 @@ test_queue_timeout(Fixture *fx, gconstpointer data)
     g_autofree char *second = NULL;
     SendOptions slow = { .client_cert = "client-ok", .limit = limit };
     SendOptions fast = { .client_cert = "client-ok" };
-    Send a = { .fx = fx, .options = &slow };
-    Send b = { .fx = fx, .options = &fast };
+    Send a, b;
     GThread *ta, *tb;
     uint64_t size;
 
@@ -1864,11 +1829,11 @@ test_queue_timeout(Fixture *fx, gconstpointer data)
     fx->sink.multi = true;
     first = stream_file_big("first.vrw", "vd0", 2, 0, &size); /* 8 MiB: 2 s at 4 MiB/s */
     second = stream_file_big("second.vrw", "vd1", 1, 5, &size);
-    a.path = first;
-    b.path = second;
-    ta = g_thread_new("sender-a", send_run, &a);
+    a = send_new(fx, &slow, first);
+    b = send_new(fx, &fast, second);
+    ta = g_thread_new("sender-a", vr_test_upload_run, &a);
     wait_for_load(fx, 1);
-    tb = g_thread_new("sender-b", send_run, &b);
+    tb = g_thread_new("sender-b", vr_test_upload_run, &b);
     while (!g_atomic_int_get(&a.done) || !g_atomic_int_get(&b.done))
         g_main_context_iteration(NULL, TRUE);
     g_thread_join(ta);

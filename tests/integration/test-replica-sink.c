@@ -24,6 +24,7 @@
 #include "vr-replica-sink.h"
 #include "vr-replica-store.h"
 #include "vr-sender.h"
+#include "vr-test-transport.h"
 #include "vr-test-util.h"
 #include "vr-wire.h"
 
@@ -311,76 +312,31 @@ stream_prepare(Fixture *fx, const Cycle *c, bool random, uint64_t *offsets)
 
 /* ---- uploads -------------------------------------------------------------------------- */
 
-typedef struct {
-    Fixture *fx;
-    const char *path;
-    const char *client_cert; /* a PKI name */
-    VrRateLimit *limit;      /* or NULL */
-    guint max_attempts;
-    VrSenderStats stats;
-    GError *error;
-    bool ok;
-    gint done;
-} Send;
-
-static gpointer
-send_run(gpointer data)
+/* An upload of @path as @client_cert to the fixture's receiver (not started yet). */
+static VrTestUpload
+upload_new(Fixture *fx, const char *client_cert, const char *path)
 {
-    Send *send = data;
-    g_autofree char *cert = g_strdup_printf("%s/%s.pem", pki, send->client_cert);
-    g_autofree char *key = g_strdup_printf("%s/%s-key.pem", pki, send->client_cert);
-    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
-    g_autoptr(VrSender) sender = NULL;
-    VrRateLimit *limits[1] = { send->limit };
-
-    sender = vr_sender_new(
-        &(VrSenderConfig){
-            .server_name = "replica.example",
-            .port = send->fx->port,
-            .connect_address = loopback,
-            .cert_file = cert,
-            .key_file = key,
-            .policy = send->fx->server_policy,
-            .limits = limits,
-            .n_limits = 1,
-            .max_attempts = send->max_attempts != 0 ? send->max_attempts : 3,
-            .backoff_min_ms = 20,
-            .backoff_max_ms = 200,
-            .io_timeout_s = 10,
-        },
-        &send->error);
-    if (sender != NULL) {
-        send->ok =
-            vr_sender_upload_file(sender, send->path, NULL, NULL, &send->stats, NULL, &send->error);
-    }
-    g_atomic_int_set(&send->done, 1);
-    g_main_context_wakeup(NULL);
-    return NULL;
-}
-
-static void
-send_wait(Send *send, GThread *thread)
-{
-    while (!g_atomic_int_get(&send->done))
-        g_main_context_iteration(NULL, TRUE);
-    g_thread_join(thread);
-    g_test_message("upload of %s as %s: %s; %u requests, %" G_GUINT64_FORMAT " body bytes",
-                   send->path, send->client_cert, send->ok ? "ok" : send->error->message,
-                   send->stats.requests, send->stats.body_bytes);
+    return (VrTestUpload){
+        .pki = pki,
+        .client_cert = client_cert,
+        .policy = fx->server_policy,
+        .port = fx->port,
+        .path = path,
+    };
 }
 
 /* Upload @path as @client_cert while the receiver runs here. */
 static bool
 upload(Fixture *fx, const char *client_cert, const char *path, VrSenderStats *stats, GError **error)
 {
-    Send send = { .fx = fx, .path = path, .client_cert = client_cert };
+    VrTestUpload send = upload_new(fx, client_cert, path);
+    bool ok = vr_test_upload_wait(&send, g_thread_new("sender", vr_test_upload_run, &send));
 
-    send_wait(&send, g_thread_new("sender", send_run, &send));
     if (stats != NULL)
         *stats = send.stats;
-    if (!send.ok)
+    if (!ok)
         g_propagate_error(error, send.error);
-    return send.ok;
+    return ok;
 }
 
 /* Prepare and upload @c as primary1; it must be published. */
@@ -747,7 +703,7 @@ test_restart(Fixture *fx, gconstpointer data)
     g_autofree char *path = NULL;
     g_autofree char *dir = NULL;
     g_autofree char *image = NULL;
-    Send send = { .fx = fx, .client_cert = "client-ok", .max_attempts = 8 };
+    VrTestUpload send;
     gint64 until;
     GThread *thread;
     guint active = 0;
@@ -759,9 +715,10 @@ test_restart(Fixture *fx, gconstpointer data)
     path = stream_prepare(fx, &slow, true, NULL);
     dir = disk_dir(fx, "r1");
     image = g_build_filename(dir, "rp-2.qcow2", NULL);
-    send.path = path;
+    send = upload_new(fx, "client-ok", path);
     send.limit = limit;
-    thread = g_thread_new("sender", send_run, &send);
+    send.max_attempts = 8;
+    thread = g_thread_new("sender", vr_test_upload_run, &send);
     /* until the body is read and the apply has begun, plus a little data */
     until = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
     while (g_get_monotonic_time() < until) {
@@ -794,7 +751,7 @@ test_restart(Fixture *fx, gconstpointer data)
     assert_point(fx, "r1", 1);
     fixture_start(fx); /* the same port */
 
-    send_wait(&send, thread);
+    vr_test_upload_wait(&send, thread);
     g_assert_no_error(send.error);
     g_assert_true(send.ok);
     g_assert_cmpuint(send.stats.requests, >=, 2);

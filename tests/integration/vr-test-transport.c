@@ -1,0 +1,54 @@
+/*
+ * vr-test-transport.c: an upload by a VrSender in a thread of its own
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include "vr-test-transport.h"
+
+gpointer
+vr_test_upload_run(gpointer data)
+{
+    VrTestUpload *up = data;
+    g_autofree char *cert = g_strdup_printf("%s/%s.pem", up->pki, up->client_cert);
+    g_autofree char *key = g_strdup_printf("%s/%s-key.pem", up->pki, up->client_cert);
+    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
+    g_autoptr(VrSender) sender = NULL;
+    VrRateLimit *limits[1] = { up->limit };
+
+    sender = vr_sender_new(
+        &(VrSenderConfig){
+            .server_name = "replica.example",
+            .port = up->port,
+            .connect_address = up->connect != NULL ? up->connect : loopback,
+            .cert_file = cert,
+            .key_file = key,
+            .policy = up->policy,
+            .limits = limits,
+            .n_limits = 1,
+            .max_attempts = up->max_attempts != 0 ? up->max_attempts : 3,
+            .backoff_min_ms = 20,
+            .backoff_max_ms = 200,
+            .io_timeout_s = up->io_timeout_s != 0 ? up->io_timeout_s : 10,
+        },
+        &up->error);
+    if (sender != NULL)
+        up->ok = vr_sender_upload_file(sender, up->path, NULL, NULL, &up->stats, NULL, &up->error);
+    g_atomic_int_set(&up->done, 1);
+    g_main_context_wakeup(NULL);
+    return NULL;
+}
+
+bool
+vr_test_upload_wait(VrTestUpload *up, GThread *thread)
+{
+    while (!g_atomic_int_get(&up->done))
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(thread);
+    g_test_message("upload of %s as %s: %s; %u requests, %u resumes (last at %" G_GUINT64_FORMAT
+                   "), %u busy, %" G_GUINT64_FORMAT
+                   " body bytes for a stream of %" G_GUINT64_FORMAT,
+                   up->path, up->client_cert, up->ok ? "ok" : up->error->message,
+                   up->stats.requests, up->stats.resumes, up->stats.resumed_at, up->stats.busy,
+                   up->stats.body_bytes, up->stats.stream_bytes);
+    return up->ok;
+}

@@ -1,0 +1,39 @@
+/*
+ * vr-test-transport.h: an upload by a VrSender in a thread of its own, while the test's
+ * receiver runs on the default main context
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#pragma once
+
+#include <stdbool.h>
+
+#include <gio/gio.h>
+
+#include "vr-rate-limit.h"
+#include "vr-sender.h"
+#include "vr-tls-policy.h"
+
+typedef struct {
+    /* in */
+    const char *pki;         /* the directory make-pki.sh wrote */
+    const char *client_cert; /* a PKI name: <pki>/<name>.pem and <name>-key.pem */
+    VrTlsPolicy *policy;     /* the replica's (peer role server, replica.example) */
+    GInetAddress *connect;   /* NULL: 127.0.0.1 */
+    guint16 port;
+    VrRateLimit *limit; /* or NULL */
+    guint max_attempts; /* 0: 3 */
+    guint io_timeout_s; /* 0: 10 */
+    const char *path;   /* the stream file */
+    /* out */
+    VrSenderStats stats;
+    GError *error;
+    bool ok;
+    gint done;
+} VrTestUpload;
+
+/* The thread function: upload @data (a VrTestUpload) to replica.example. */
+gpointer vr_test_upload_run(gpointer data);
+
+/* Iterate the default main context until @upload's @thread is done, join it: its ok. */
+bool vr_test_upload_wait(VrTestUpload *upload, GThread *thread);
