@@ -214,7 +214,6 @@ fixture_on_refused(const char *address, const char *reason, gpointer user_data)
 static void
 fixture_start(Fixture *fx, uint64_t max_body_size)
 {
-    g_autofree char *ca = pki_path("ca.pem");
     g_autofree char *crl_src = pki_path("crl.pem");
     g_autofree char *cert = pki_path("server-ok.pem");
     g_autofree char *key = pki_path("server-ok-key.pem");
@@ -237,25 +236,8 @@ fixture_start(Fixture *fx, uint64_t max_body_size)
     g_assert_true(g_file_get_contents(crl_src, &contents, &len, NULL));
     g_assert_true(g_file_set_contents(fx->crl, contents, len, NULL));
 
-    fx->client_policy = vr_tls_policy_new(
-        &(VrTlsPolicyConfig){
-            .ca_file = ca,
-            .crl_file = fx->crl,
-            .check_revocation = !fx->no_revocation,
-            .peer_role = VR_TLS_PEER_CLIENT,
-        },
-        &error);
-    g_assert_no_error(error);
-    fx->server_policy = vr_tls_policy_new(
-        &(VrTlsPolicyConfig){
-            .ca_file = ca,
-            .crl_file = crl_src,
-            .check_revocation = true,
-            .peer_role = VR_TLS_PEER_SERVER,
-            .server_name = "replica.example",
-        },
-        &error);
-    g_assert_no_error(error);
+    fx->client_policy = vr_test_policy_new(pki, fx->crl, !fx->no_revocation, NULL);
+    fx->server_policy = vr_test_policy_new(pki, crl_src, true, "replica.example");
 
     fx->receiver = vr_receiver_new(
         &(VrReceiverConfig){
@@ -1653,7 +1635,6 @@ test_matrix_servers(Fixture *fx, gconstpointer data)
 {
     g_autoptr(GBytes) body = stream_small("vda");
     g_autofree char *path = NULL;
-    g_autofree char *ca = pki_path("ca.pem");
     g_autofree char *crl = pki_path("crl.pem");
     g_autoptr(GError) error = NULL;
     g_autoptr(VrTlsPolicy) other_name = NULL;
@@ -1663,16 +1644,7 @@ test_matrix_servers(Fixture *fx, gconstpointer data)
     path = stream_file("small.vrw", body);
 
     /* a replica whose certificate names another host */
-    other_name = vr_tls_policy_new(
-        &(VrTlsPolicyConfig){
-            .ca_file = ca,
-            .crl_file = crl,
-            .check_revocation = true,
-            .peer_role = VR_TLS_PEER_SERVER,
-            .server_name = "replica2.example",
-        },
-        &error);
-    g_assert_no_error(error);
+    other_name = vr_test_policy_new(pki, crl, true, "replica2.example");
     g_assert_false(send_file(fx, &(SendOptions){ .client_cert = "client-ok", .policy = other_name },
                              path, NULL, &error));
     g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CERTIFICATE);

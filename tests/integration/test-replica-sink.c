@@ -144,7 +144,6 @@ static void
 fixture_setup(Fixture *fx, gconstpointer data)
 {
     static guint serial;
-    g_autofree char *ca = NULL;
     g_autofree char *crl = NULL;
     g_autofree char *name = NULL;
     g_autoptr(GError) error = NULL;
@@ -170,27 +169,9 @@ fixture_setup(Fixture *fx, gconstpointer data)
     g_test_message("seed %u", seed);
     fx->rand = g_rand_new_with_seed(seed);
 
-    ca = pki_path("ca.pem");
     crl = pki_path("crl.pem"); /* primary3 (client-later-revoked) is valid under it */
-    fx->client_policy = vr_tls_policy_new(
-        &(VrTlsPolicyConfig){
-            .ca_file = ca,
-            .crl_file = crl,
-            .check_revocation = true,
-            .peer_role = VR_TLS_PEER_CLIENT,
-        },
-        &error);
-    g_assert_no_error(error);
-    fx->server_policy = vr_tls_policy_new(
-        &(VrTlsPolicyConfig){
-            .ca_file = ca,
-            .crl_file = crl,
-            .check_revocation = true,
-            .peer_role = VR_TLS_PEER_SERVER,
-            .server_name = "replica.example",
-        },
-        &error);
-    g_assert_no_error(error);
+    fx->client_policy = vr_test_policy_new(pki, crl, true, NULL);
+    fx->server_policy = vr_test_policy_new(pki, crl, true, "replica.example");
     fx->authz = vr_authz_new_allow_any(fx->root, "a", &error);
     g_assert_no_error(error);
     fixture_start(fx);

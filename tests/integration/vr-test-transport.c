@@ -5,6 +5,25 @@
  */
 #include "vr-test-transport.h"
 
+VrTlsPolicy *
+vr_test_policy_new(const char *pki, const char *crl, bool check_revocation, const char *server_name)
+{
+    g_autofree char *ca = g_build_filename(pki, "ca.pem", NULL);
+    g_autoptr(GError) error = NULL;
+    VrTlsPolicy *policy = vr_tls_policy_new(
+        &(VrTlsPolicyConfig){
+            .ca_file = ca,
+            .crl_file = check_revocation ? crl : NULL,
+            .check_revocation = check_revocation,
+            .peer_role = server_name != NULL ? VR_TLS_PEER_SERVER : VR_TLS_PEER_CLIENT,
+            .server_name = server_name,
+        },
+        &error);
+
+    g_assert_no_error(error);
+    return policy;
+}
+
 gpointer
 vr_test_upload_run(gpointer data)
 {

@@ -14,6 +14,14 @@
 #include "vr-sender.h"
 #include "vr-tls-policy.h"
 
+/*
+ * A certificate policy of the test PKI in @pki: for clients (@server_name NULL) or for the
+ * replica named @server_name; @crl (a path) unless @check_revocation is false. Asserts
+ * success. (transfer full)
+ */
+VrTlsPolicy *vr_test_policy_new(const char *pki, const char *crl, bool check_revocation,
+                                const char *server_name);
+
 typedef struct {
     /* in */
     const char *pki;         /* the directory make-pki.sh wrote */
