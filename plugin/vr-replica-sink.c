@@ -48,10 +48,13 @@ typedef struct {
 struct _VrReplicaSink {
     VrAuthz *authz;    /* borrowed */
     GHashTable *disks; /* dir -> VrReplicaSinkDisk */
+    guint keep;        /* additional recovery points */
+    GError *retention_error;
 };
 
 /* A receiver handle: one stream into one disk. */
 struct _VrReplicaSinkStream {
+    VrReplicaSink *sink;
     VrReplicaSinkDisk *disk;
     VrReceiverKey key;
     VrReplicaApply *apply; /* from the BEGIN record until commit or abort */
@@ -86,6 +89,7 @@ vr_replica_sink_new(VrAuthz *authz, GError **error)
     }
     sink = g_new0(VrReplicaSink, 1);
     sink->authz = authz;
+    sink->keep = 4;
     sink->disks = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, vr_replica_sink_disk_free);
     return sink;
 }
@@ -96,6 +100,7 @@ vr_replica_sink_free(VrReplicaSink *sink)
     if (sink == NULL)
         return;
     g_hash_table_unref(sink->disks);
+    g_clear_error(&sink->retention_error);
     g_free(sink);
 }
 
@@ -501,6 +506,7 @@ vr_replica_sink_begin(const VrReceiverKey *key, const VrReceiverPeer *peer, gpoi
         return NULL;
     }
     stream = g_new0(VrReplicaSinkStream, 1);
+    stream->sink = sink;
     stream->disk = disk;
     stream->key = *key;
     disk->stream = stream;
@@ -592,6 +598,12 @@ vr_replica_sink_commit(gpointer handle, GError **error)
     if (!vr_replica_apply_commit(g_steal_pointer(&stream->apply), &local))
         return vr_replica_sink_store_error(error, g_steal_pointer(&local), &stream->key);
     g_debug("published cycle %" PRIu64 " of '%s'", stream->key.target_cycle, stream->disk->dir);
+    /* Published: a failed merge of old points does not undo that; the next one retries. */
+    g_clear_error(&stream->sink->retention_error);
+    if (!vr_replica_store_retain(stream->disk->store, stream->sink->keep, &local)) {
+        g_debug("retention of '%s' failed: %s", stream->disk->dir, local->message);
+        stream->sink->retention_error = g_steal_pointer(&local);
+    }
     vr_replica_sink_stream_free(stream);
     return true;
 }
@@ -613,6 +625,18 @@ static const VrReceiverSink vr_replica_sink_callbacks = {
     .commit = vr_replica_sink_commit,
     .abort = vr_replica_sink_abort,
 };
+
+void
+vr_replica_sink_set_recovery_points(VrReplicaSink *sink, guint keep)
+{
+    sink->keep = MIN(keep, VR_REPLICA_STORE_KEEP_MAX);
+}
+
+const GError *
+vr_replica_sink_get_retention_error(VrReplicaSink *sink)
+{
+    return sink->retention_error;
+}
 
 const VrReceiverSink *
 vr_replica_sink_get_sink(void)

@@ -43,6 +43,18 @@ typedef struct _VrReplicaSink VrReplicaSink;
 VrReplicaSink *vr_replica_sink_new(VrAuthz *authz, GError **error);
 
 /*
+ * Keep the latest recovery point plus @keep more (0..24, VR_REPLICA_STORE_KEEP_MAX; default
+ * 4, Hyper-V's additional recovery points): after every published cycle the store merges
+ * its oldest points away (vr_replica_store_retain()). A failed merge does not fail the
+ * cycle, which is published: the next cycle's retention finishes it, and
+ * vr_replica_sink_get_retention_error() tells what failed.
+ */
+void vr_replica_sink_set_recovery_points(VrReplicaSink *sink, guint keep);
+
+/* The last retention failure, or NULL when the last retention succeeded. (transfer none) */
+const GError *vr_replica_sink_get_retention_error(VrReplicaSink *sink);
+
+/*
  * Close every store. The receiver using the sink must be freed first (it aborts the streams
  * still open). NULL-safe.
  */

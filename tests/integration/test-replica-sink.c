@@ -741,6 +741,25 @@ test_restart(Fixture *fx, gconstpointer data)
     assert_listing(fx, "r1", "manifest.json rp-1.qcow2 rp-2.qcow2");
 }
 
+/* With one additional recovery point, the oldest are merged away after each cycle. */
+static void
+test_retention(Fixture *fx, gconstpointer data)
+{
+    if (fx->receiver == NULL)
+        return;
+    vr_replica_sink_set_recovery_points(fx->sink, 1);
+    upload_ok(fx, &cycle1);
+    upload_ok(fx, &cycle2);
+    assert_cycles(fx, "r1", "1 2");
+    upload_ok(fx, &cycle3);
+    g_assert_null(vr_replica_sink_get_retention_error(fx->sink));
+    assert_cycles(fx, "r1", "2 3");
+    assert_listing(fx, "r1", "manifest.json rp-2.qcow2 rp-3.qcow2");
+    /* the merged point still reads as cycle 2, and the latest as cycle 3 */
+    assert_point(fx, "r1", 2);
+    assert_point(fx, "r1", 3);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -759,6 +778,7 @@ main(int argc, char **argv)
     ADD("corrupt", test_corrupt);
     ADD("symlink", test_symlink);
     ADD("restart", test_restart);
+    ADD("retention", test_retention);
 #undef ADD
 
     rc = g_test_run();
