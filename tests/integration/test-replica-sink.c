@@ -12,8 +12,10 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -760,6 +762,78 @@ test_retention(Fixture *fx, gconstpointer data)
     assert_point(fx, "r1", 3);
 }
 
+/*
+ * The replica's storage is full: the storage root on a 24 MiB tmpfs of a private mount
+ * namespace (root only). A 40 MiB delta is refused with 507 (NO_SPACE); the published point
+ * is intact and no image is left; once the tmpfs grows, the same stream is published.
+ * Only the main thread (the receiver, the sink and its qemu-nbd) enters the namespace: a
+ * forked child could not run the receiver's TLS (GLib's thread pools do not survive fork).
+ */
+static void
+test_disk_full(Fixture *fx, gconstpointer data)
+{
+    static const Op big_ops[] = {
+        { VR_WIRE_RECORD_DATA, 12 * MiB, 4 * MiB }, { VR_WIRE_RECORD_DATA, 16 * MiB, 4 * MiB },
+        { VR_WIRE_RECORD_DATA, 20 * MiB, 4 * MiB }, { VR_WIRE_RECORD_DATA, 24 * MiB, 4 * MiB },
+        { VR_WIRE_RECORD_DATA, 28 * MiB, 4 * MiB }, { VR_WIRE_RECORD_DATA, 32 * MiB, 4 * MiB },
+        { VR_WIRE_RECORD_DATA, 36 * MiB, 4 * MiB }, { VR_WIRE_RECORD_DATA, 40 * MiB, 4 * MiB },
+        { VR_WIRE_RECORD_DATA, 44 * MiB, 4 * MiB }, { VR_WIRE_RECORD_DATA, 48 * MiB, 4 * MiB },
+    };
+    const Cycle big = { "r1", 1, 1, 2, CYCLE_OPS(big_ops) };
+    g_autofree char *small = g_build_filename(fx->work, "small", NULL);
+    g_autofree char *path = NULL;
+    g_autoptr(GError) error = NULL;
+    VrSenderStats stats;
+
+    if (fx->receiver == NULL)
+        return;
+    if (geteuid() != 0) {
+        g_test_skip("mounting a small tmpfs needs root");
+        return;
+    }
+    g_assert_no_errno(g_mkdir(small, 0700));
+    /* Type "none": ignored for a propagation change, and never a NULL string. */
+    if (unshare(CLONE_NEWNS) < 0 || mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) < 0 ||
+        mount("tmpfs", small, "tmpfs", 0, "size=24m,mode=0700") < 0) {
+        g_test_message("cannot mount a tmpfs: %s", g_strerror(errno));
+        g_test_skip("cannot mount a tmpfs in a private mount namespace");
+        return;
+    }
+    fixture_stop(fx);
+    vr_authz_free(fx->authz);
+    g_free(fx->root);
+    fx->root = g_strdup(small);
+    fx->authz = vr_authz_new_allow_any(fx->root, "a", &error);
+    g_assert_no_error(error);
+    fixture_start(fx);
+
+    upload_ok(fx, &cycle1);
+    path = stream_prepare(fx, &big, false, NULL);
+    g_assert_false(upload(fx, "client-ok", path, &stats, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NO_SPACE);
+    g_test_message("refused: %s", error->message);
+    g_assert_nonnull(strstr(error->message, "the replica is out of space"));
+    g_assert_nonnull(strstr(error->message, "rp-2.qcow2"));
+    g_assert_cmpuint(stats.requests, ==, 1); /* final: no retry */
+    g_clear_error(&error);
+    /* Nothing published is damaged, nothing is left. */
+    assert_cycles(fx, "r1", "1");
+    assert_listing(fx, "r1", "manifest.json rp-1.qcow2");
+    assert_point(fx, "r1", 1);
+
+    /* Space is freed: the same stream is published. */
+    g_assert_no_errno(mount("tmpfs", small, "tmpfs", MS_REMOUNT, "size=128m,mode=0700"));
+    g_assert_true(upload(fx, "client-ok", path, &stats, &error));
+    g_assert_no_error(error);
+    g_assert_false(stats.already_committed);
+    assert_cycles(fx, "r1", "1 2");
+    assert_listing(fx, "r1", "manifest.json rp-1.qcow2 rp-2.qcow2");
+    assert_point(fx, "r1", 2);
+    assert_point(fx, "r1", 1);
+    fixture_stop(fx); /* the stores close before the tmpfs goes */
+    g_assert_no_errno(umount(small));
+}
+
 int
 main(int argc, char **argv)
 {
@@ -779,6 +853,7 @@ main(int argc, char **argv)
     ADD("symlink", test_symlink);
     ADD("restart", test_restart);
     ADD("retention", test_retention);
+    ADD("disk-full", test_disk_full);
 #undef ADD
 
     rc = g_test_run();
