@@ -594,7 +594,7 @@ vr_replica_sink_commit(gpointer handle, GError **error)
                     stream->key.target_cycle);
         return false;
     }
-    /* The store frees the apply either way; on failure the receiver calls abort() next. */
+    /* The store frees the apply either way; on failure the receiver aborts the stream next. */
     if (!vr_replica_apply_commit(g_steal_pointer(&stream->apply), &local))
         return vr_replica_sink_store_error(error, g_steal_pointer(&local), &stream->key);
     g_debug("published cycle %" PRIu64 " of '%s'", stream->key.target_cycle, stream->disk->dir);
