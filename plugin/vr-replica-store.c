@@ -1412,3 +1412,78 @@ vr_replica_apply_abort(VrReplicaApply *apply)
     g_free(apply->pid_file);
     g_free(apply);
 }
+
+/* ---- import of a stream file ---------------------------------------------------------- */
+
+typedef struct {
+    VrReplicaStore *store;
+    VrReplicaApply *apply; /* from the BEGIN record on */
+} VrReplicaImport;
+
+static bool
+vr_replica_import_record(const VrWireRecord *record, gpointer user_data, GError **error)
+{
+    VrReplicaImport *import = user_data;
+
+    if (record->type == VR_WIRE_RECORD_BEGIN) {
+        import->apply = vr_replica_store_begin(import->store, record->identity, error);
+        return import->apply != NULL;
+    }
+    return vr_replica_apply_record(import->apply, record, error);
+}
+
+bool
+vr_replica_store_import(VrReplicaStore *store, const char *path, uint64_t *target_out,
+                        GError **error)
+{
+    g_autoptr(VrWireDecoder) decoder = vr_wire_decoder_new();
+    g_autofree uint8_t *buf = g_malloc(1024 * 1024);
+    VrReplicaImport import = { store, NULL };
+    uint64_t target;
+    ssize_t got;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0) {
+        int errsv = errno;
+
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "cannot open the stream file '%s': %s", path, g_strerror(errsv));
+        return false;
+    }
+    for (;;) {
+        got = read(fd, buf, 1024 * 1024);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            int errsv = errno;
+
+            g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                        "cannot read the stream file '%s': %s", path, g_strerror(errsv));
+            goto fail;
+        }
+        if (got == 0)
+            break;
+        if (!vr_wire_decoder_feed(decoder, buf, (size_t)got, vr_replica_import_record, &import,
+                                  error))
+            goto fail;
+    }
+    if (!vr_wire_decoder_finish(decoder, error))
+        goto fail;
+    close(fd);
+    target = vr_wire_decoder_get_identity(decoder)->target_cycle;
+    /* the store frees the apply either way */
+    if (!vr_replica_apply_commit(g_steal_pointer(&import.apply), error)) {
+        g_prefix_error(error, "'%s': ", path);
+        return false;
+    }
+    if (target_out != NULL)
+        *target_out = target;
+    return true;
+
+fail:
+    close(fd);
+    g_prefix_error(error, "'%s': ", path);
+    if (import.apply != NULL)
+        vr_replica_apply_abort(g_steal_pointer(&import.apply));
+    return false;
+}

@@ -157,4 +157,15 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrReplicaApply, vr_replica_apply_abort)
  */
 bool vr_replica_store_retain(VrReplicaStore *store, guint keep, GError **error);
 
+/*
+ * Import a stream kept in the file @path (vr-wire.h), e.g. an initial copy the primary
+ * exported for offline transport: decoded and verified as it is read (1 MiB at a time),
+ * applied, and published only when the whole stream verified (END, nothing after it); on
+ * any failure nothing is published and the partial image is removed. The same rules as an
+ * apply from the network (a FULL stream into a fresh image, an incremental one on the
+ * latest point). @target_out (optional) gets the published cycle.
+ */
+bool vr_replica_store_import(VrReplicaStore *store, const char *path, uint64_t *target_out,
+                             GError **error);
+
 G_END_DECLS

@@ -1225,6 +1225,52 @@ test_no_space(Fixture *fx, gconstpointer data)
     g_assert_cmpint(WEXITSTATUS(status), ==, 0);
 }
 
+/*
+ * Import of an exported stream file (offline transport): published when it verifies whole;
+ * a truncated or damaged file publishes nothing and leaves nothing behind.
+ */
+static void
+test_import(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GByteArray) stream = NULL;
+    g_autofree char *file = NULL;
+    g_autofree char *listing = NULL;
+    uint64_t target = 0;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    fx->store = store_open(fx);
+    stream = cycle_prepare(fx, &cycle1);
+    file = g_build_filename(fx->models, "export.vrw", NULL);
+
+    /* cut short: the decoder never sees END */
+    g_assert_true(g_file_set_contents(file, (const char *)stream->data, stream->len / 2, NULL));
+    g_assert_false(vr_replica_store_import(fx->store, file, &target, &error));
+    g_test_message("truncated: %s", error->message);
+    g_assert_nonnull(strstr(error->message, "export.vrw"));
+    g_clear_error(&error);
+    /* one byte of the last record's checksum flipped */
+    stream->data[stream->len - 40] ^= 0x10;
+    g_assert_true(g_file_set_contents(file, (const char *)stream->data, stream->len, NULL));
+    g_assert_false(vr_replica_store_import(fx->store, file, &target, &error));
+    g_test_message("damaged: %s", error->message);
+    g_clear_error(&error);
+    stream->data[stream->len - 40] ^= 0x10;
+    listing = vr_test_list_dir(fx->dir);
+    g_assert_cmpstr(listing, ==, "");
+
+    /* whole: published, equal to the model */
+    g_assert_true(g_file_set_contents(file, (const char *)stream->data, stream->len, NULL));
+    g_assert_true(vr_replica_store_import(fx->store, file, &target, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(target, ==, 1);
+    assert_point(fx, 1, NULL);
+    /* and replication goes on from it */
+    apply_cycle(fx, &cycle2);
+    assert_point(fx, 2, "rp-1.qcow2");
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1252,6 +1298,7 @@ main(int argc, char **argv)
     ADD("/replica-store/corrupt", test_corrupt, NULL);
     ADD("/replica-store/sweep", test_sweep, NULL);
     ADD("/replica-store/no-space", test_no_space, NULL);
+    ADD("/replica-store/import", test_import, NULL);
 #undef ADD
 
     return g_test_run();
