@@ -638,6 +638,53 @@ test_resize(Fixture *fx, gconstpointer data)
     assert_point(fx, 1, NULL);
 }
 
+/* What a crash test's child does to the store it opened, until its failpoint stops it. */
+typedef bool (*CrashFunc)(VrReplicaStore *store, gpointer data, GError **error);
+
+static bool
+crash_apply(VrReplicaStore *store, gpointer data, GError **error)
+{
+    return vr_test_apply_stream(store, data, error);
+}
+
+static bool
+crash_retain(VrReplicaStore *store, gpointer data, GError **error)
+{
+    return vr_replica_store_retain(store, 0, error);
+}
+
+/*
+ * In a forked child with VR_FAILPOINT=@spec: open the store and run @func; the child must
+ * leave at the failpoint (VR_FAILPOINT_EXIT_STATUS). The fixture's store must be closed
+ * (a store is one process's at a time).
+ */
+static void
+crash_at(Fixture *fx, const char *spec, CrashFunc func, gpointer data)
+{
+    int status = 0;
+    pid_t child;
+
+    fflush(stdout);
+    fflush(stderr);
+    child = fork();
+    g_assert_no_errno(child);
+    if (child == 0) {
+        g_autoptr(VrReplicaStore) store = NULL;
+        GError *err = NULL;
+
+        g_setenv("VR_FAILPOINT", spec, TRUE);
+        store = vr_replica_store_open(fx->dir, &err);
+        if (store == NULL || !func(store, data, &err)) {
+            g_printerr("child: %s\n", err->message);
+            _exit(1);
+        }
+        _exit(0); /* the failpoint did not fire */
+    }
+    g_assert_cmpint(waitpid(child, &status, 0), ==, child);
+    g_assert_true(WIFEXITED(status));
+    g_assert_cmpint(WEXITSTATUS(status), ==, VR_FAILPOINT_EXIT_STATUS);
+}
+
 /* Every persistence step of an apply, in order. */
 static const char *const failpoints[] = {
     "after-create",      "after-write",        "after-flush",  "after-nbd-stop",
@@ -653,8 +700,6 @@ test_crash(Fixture *fx, gconstpointer data)
     g_autoptr(GError) error = NULL;
     g_autofree char *listing = NULL;
     char spec[64]; /* on the stack: the child leaves by _exit(), nothing is freed */
-    int status = 0;
-    pid_t child;
 
     if (g_test_failed() || fx->dir == NULL)
         return;
@@ -664,25 +709,7 @@ test_crash(Fixture *fx, gconstpointer data)
     /* The child opens the store itself: it is one process's at a time. */
     g_clear_pointer(&fx->store, vr_replica_store_free);
 
-    fflush(stdout);
-    fflush(stderr);
-    child = fork();
-    g_assert_no_errno(child);
-    if (child == 0) {
-        g_autoptr(VrReplicaStore) store = NULL;
-        GError *err = NULL;
-
-        g_setenv("VR_FAILPOINT", spec, TRUE);
-        store = vr_replica_store_open(fx->dir, &err);
-        if (store == NULL || !vr_test_apply_stream(store, stream, &err)) {
-            g_printerr("child: %s\n", err->message);
-            _exit(1);
-        }
-        _exit(0); /* the failpoint did not fire */
-    }
-    g_assert_cmpint(waitpid(child, &status, 0), ==, child);
-    g_assert_true(WIFEXITED(status));
-    g_assert_cmpint(WEXITSTATUS(status), ==, VR_FAILPOINT_EXIT_STATUS);
+    crash_at(fx, spec, crash_apply, stream);
 
     /* Its qemu-nbd died with it. */
     assert_no_qemu_nbd(fx->dir);
@@ -900,8 +927,6 @@ test_retain_crash(Fixture *fx, gconstpointer data)
     const Cycle cycle5 = { 1, 4, 5, DISK_SIZE, 0, 4, CYCLE_OPS(second_ops) };
     g_auto(GStrv) cycles = g_strsplit(expected, " ", -1);
     char spec[64]; /* on the stack: the child leaves by _exit(), nothing is freed */
-    int status = 0;
-    pid_t child;
 
     if (g_test_failed() || fx->dir == NULL)
         return;
@@ -912,25 +937,7 @@ test_retain_crash(Fixture *fx, gconstpointer data)
     apply_cycle(fx, &cycle4);
     g_clear_pointer(&fx->store, vr_replica_store_free);
 
-    fflush(stdout);
-    fflush(stderr);
-    child = fork();
-    g_assert_no_errno(child);
-    if (child == 0) {
-        g_autoptr(VrReplicaStore) store = NULL;
-        GError *err = NULL;
-
-        g_setenv("VR_FAILPOINT", spec, TRUE);
-        store = vr_replica_store_open(fx->dir, &err);
-        if (store == NULL || !vr_replica_store_retain(store, 0, &err)) {
-            g_printerr("child: %s\n", err->message);
-            _exit(1);
-        }
-        _exit(0); /* the failpoint did not fire */
-    }
-    g_assert_cmpint(waitpid(child, &status, 0), ==, child);
-    g_assert_true(WIFEXITED(status));
-    g_assert_cmpint(WEXITSTATUS(status), ==, VR_FAILPOINT_EXIT_STATUS);
+    crash_at(fx, spec, crash_retain, NULL);
 
     /* Reopening finishes an interrupted merge; every listed point reads as its cycle. */
     fx->store = store_open(fx);
