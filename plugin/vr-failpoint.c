@@ -3,27 +3,48 @@
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "vr-failpoint.h"
 
-bool
-vr_failpoint_armed(const char *name)
+#ifdef VR_FAILPOINTS
+
+/* The action VR_FAILPOINT gives @name ("exit", "kill"), or NULL when it does not arm it. */
+static const char *
+vr_failpoint_action(const char *name)
 {
     const char *spec = getenv("VR_FAILPOINT");
     size_t len = strlen(name);
 
-    /* "<name>:exit", exactly: a prefix of another name must not match. */
-    return spec != NULL && strncmp(spec, name, len) == 0 && strcmp(spec + len, ":exit") == 0;
+    /* "<name>:<action>", exactly: a prefix of another name must not match. */
+    if (spec == NULL || strncmp(spec, name, len) != 0 || spec[len] != ':')
+        return NULL;
+    spec += len + 1;
+    if (strcmp(spec, "exit") == 0 || strcmp(spec, "kill") == 0)
+        return spec;
+    return NULL;
+}
+
+bool
+vr_failpoint_armed(const char *name)
+{
+    return vr_failpoint_action(name) != NULL;
 }
 
 void
 vr_failpoint(const char *name)
 {
-    if (!vr_failpoint_armed(name))
+    const char *action = vr_failpoint_action(name);
+
+    if (action == NULL)
         return;
-    g_debug("failpoint '%s': exiting with status %d", name, VR_FAILPOINT_EXIT_STATUS);
+    g_debug("failpoint '%s': %s", name, action);
+    if (strcmp(action, "kill") == 0)
+        kill(getpid(), SIGKILL);
     _exit(VR_FAILPOINT_EXIT_STATUS);
 }
+
+#endif /* VR_FAILPOINTS */
