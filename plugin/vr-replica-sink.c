@@ -13,11 +13,16 @@
 
 #include <gio/gio.h>
 
+#include "vr-hashlist.h"
+#include "vr-replica-hashes.h"
 #include "vr-replica-sink.h"
 #include "vr-replica-store.h"
 
 #define VR_REPLICA_SINK_OWNER     "owner"
 #define VR_REPLICA_SINK_OWNER_TMP "owner.tmp"
+/* In a disk's directory: hashes-<cycle>, the hash list of that point, and .tmp while written */
+#define VR_REPLICA_SINK_HASHES     "hashes-"
+#define VR_REPLICA_SINK_HASHES_TMP ".tmp"
 #define VR_REPLICA_SINK_GROUP_MAX 32 /* as vr-authz.c: [a-z0-9-]{1,32} */
 #define VR_REPLICA_SINK_SECTOR    512
 #define VR_REPLICA_SINK_NO_BASE   (VR_WIRE_FLAG_FULL | VR_WIRE_FLAG_RESYNC)
@@ -158,25 +163,32 @@ vr_replica_sink_store_error(GError **error, GError *local, const VrReceiverKey *
 
 /*
  * The directory @name in @parent_fd (whose path is @parent, for messages): made with mode
- * 0700 when missing (then @parent_fd is synced: the name is durable before anything in it),
- * opened without following a symlink. Returns the fd, or -1 with @error: a symlink or
- * anything but a directory there is VR_RECEIVER_ERROR_FORBIDDEN.
+ * 0700 when missing and @create (then @parent_fd is synced: the name is durable before
+ * anything in it), opened without following a symlink. Returns the fd, or -1 with @error: a
+ * symlink or anything but a directory there is VR_RECEIVER_ERROR_FORBIDDEN; a missing one
+ * without @create VR_RECEIVER_ERROR_NOT_FOUND, naming @what.
  */
 static int
-vr_replica_sink_open_dir(int parent_fd, const char *parent, const char *name, GError **error)
+vr_replica_sink_open_dir(int parent_fd, const char *parent, const char *name, bool create,
+                         const char *what, GError **error)
 {
     g_autofree char *path = g_build_filename(parent, name, NULL);
     bool made = false;
     struct stat st;
     int fd;
 
-    if (mkdirat(parent_fd, name, 0700) == 0) {
+    if (create && mkdirat(parent_fd, name, 0700) == 0) {
         made = true;
-    } else if (errno != EEXIST) {
+    } else if (create && errno != EEXIST) {
         vr_replica_sink_errno(error, errno, "make directory", path);
         return -1;
     }
     fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT && !create) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_NOT_FOUND, "%s has no replica here",
+                    what);
+        return -1;
+    }
     if (fd < 0 && (errno == ENOTDIR || errno == ELOOP)) {
         bool link = fstatat(parent_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
 
@@ -307,12 +319,14 @@ vr_replica_sink_owner_write(int rel_fd, const char *rel_path, const char *group,
 }
 
 /*
- * May @peer write to the relationship of @rel_fd? Its owner group must be the peer's; a
- * relationship without an owner becomes the peer's group's, durably, before any data.
+ * May @peer use the relationship of @rel_fd? Its owner group must be the peer's; with
+ * @create, a relationship without an owner becomes the peer's group's, durably, before any
+ * data (without, it has no replica: NOT_FOUND). The same rule for reading and writing.
  */
 static bool
 vr_replica_sink_authorize(VrReplicaSink *sink, int rel_fd, const char *rel_path,
-                          const VrReceiverKey *key, const VrReceiverPeer *peer, GError **error)
+                          const VrReceiverKey *key, const VrReceiverPeer *peer, bool create,
+                          GError **error)
 {
     g_autofree char *owner = NULL;
     g_autoptr(GError) local = NULL;
@@ -320,6 +334,11 @@ vr_replica_sink_authorize(VrReplicaSink *sink, int rel_fd, const char *rel_path,
 
     if (!vr_replica_sink_owner_read(rel_fd, rel_path, &owner, error))
         return false;
+    if (owner == NULL && !create) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_NOT_FOUND,
+                    "relationship '%s' has no replica here", key->relationship);
+        return false;
+    }
     if (owner == NULL) {
         if (!vr_authz_may_write(sink->authz, peer->name, NULL, error) ||
             !vr_replica_sink_owner_write(rel_fd, rel_path, peer->group, &raced, error))
@@ -348,15 +367,20 @@ vr_replica_sink_authorize(VrReplicaSink *sink, int rel_fd, const char *rel_path,
     return true;
 }
 
+static void vr_replica_sink_hashes_sweep(VrReplicaSinkDisk *disk, uint64_t keep);
+
 /*
- * The disk of @key for @peer: its directory made beneath the peer's storage root (never
- * through a symlink), the relationship's trust group checked, its store opened once and
- * kept. (transfer none)
+ * The disk of @key for @peer: its directory beneath the peer's storage root (made when
+ * missing and @create; never through a symlink), the relationship's trust group checked,
+ * its store opened once and kept. (transfer none)
  */
 static VrReplicaSinkDisk *
 vr_replica_sink_disk_get(VrReplicaSink *sink, const VrReceiverKey *key, const VrReceiverPeer *peer,
-                         GError **error)
+                         bool create, GError **error)
 {
+    g_autofree char *rel_what = g_strdup_printf("relationship '%s'", key->relationship);
+    g_autofree char *disk_what =
+        g_strdup_printf("disk '%s' of relationship '%s'", key->disk, key->relationship);
     const char *root = peer->storage_root;
     g_autofree char *rel_path = g_build_filename(root, key->relationship, NULL);
     g_autofree char *dir = g_build_filename(rel_path, key->disk, NULL);
@@ -381,10 +405,11 @@ vr_replica_sink_disk_get(VrReplicaSink *sink, const VrReceiverKey *key, const Vr
         vr_replica_sink_errno(error, errsv, "open the storage root", root);
         return NULL;
     }
-    rel_fd = vr_replica_sink_open_dir(root_fd, root, key->relationship, error);
-    if (rel_fd < 0 || !vr_replica_sink_authorize(sink, rel_fd, rel_path, key, peer, error))
+    rel_fd = vr_replica_sink_open_dir(root_fd, root, key->relationship, create, rel_what, error);
+    if (rel_fd < 0 ||
+        !vr_replica_sink_authorize(sink, rel_fd, rel_path, key, peer, create, error))
         return NULL;
-    disk_fd = vr_replica_sink_open_dir(rel_fd, rel_path, key->disk, error);
+    disk_fd = vr_replica_sink_open_dir(rel_fd, rel_path, key->disk, create, disk_what, error);
     if (disk_fd < 0)
         return NULL;
     if (fstat(disk_fd, &made) < 0) {
@@ -430,6 +455,13 @@ vr_replica_sink_disk_get(VrReplicaSink *sink, const VrReceiverKey *key, const Vr
     disk->dev = made.st_dev;
     disk->ino = made.st_ino;
     g_hash_table_insert(sink->disks, disk->dir, disk);
+    {
+        /* What a crash left: an unfinished list, the list of a point no longer the latest. */
+        guint n;
+        const VrReplicaPoint *points = vr_replica_store_points(disk->store, &n);
+
+        vr_replica_sink_hashes_sweep(disk, n > 0 ? points[n - 1].cycle : 0);
+    }
     return disk;
 }
 
@@ -480,7 +512,7 @@ vr_replica_sink_begin(const VrReceiverKey *key, const VrReceiverPeer *peer, gpoi
     if (!vr_authz_check_name("relationship", key->relationship, error) ||
         !vr_authz_check_name("disk", key->disk, error))
         return NULL;
-    disk = vr_replica_sink_disk_get(sink, key, peer, error);
+    disk = vr_replica_sink_disk_get(sink, key, peer, true, error);
     if (disk == NULL)
         return NULL;
     if (disk->stream != NULL) {
@@ -571,7 +603,12 @@ vr_replica_sink_record(gpointer handle, const VrWireRecord *record, GError **err
             return vr_replica_sink_store_error(error, g_steal_pointer(&local), &stream->key);
         return true;
     case VR_WIRE_RECORD_END:
-        return true; /* verified by the decoder; commit() follows */
+        /* Verified by the decoder; the store keeps its digest. commit() follows. */
+        if (stream->apply == NULL)
+            break;
+        if (!vr_replica_apply_record(stream->apply, record, &local))
+            return vr_replica_sink_store_error(error, g_steal_pointer(&local), &stream->key);
+        return true;
     case VR_WIRE_RECORD_HASHES:
         break;
     }
@@ -604,6 +641,8 @@ vr_replica_sink_commit(gpointer handle, GError **error)
         g_debug("retention of '%s' failed: %s", stream->disk->dir, local->message);
         stream->sink->retention_error = g_steal_pointer(&local);
     }
+    /* The cached hash list describes a point that is no longer the latest. */
+    vr_replica_sink_hashes_sweep(stream->disk, 0);
     vr_replica_sink_stream_free(stream);
     return true;
 }
@@ -619,11 +658,164 @@ vr_replica_sink_abort(gpointer handle)
     vr_replica_sink_stream_free(stream);
 }
 
+/* ---- hash lists ------------------------------------------------------------------- */
+
+/* hashes-<cycle> (*@partial false) or hashes-<cycle>.tmp (true), cycle canonical decimal. */
+static bool
+vr_replica_sink_hashes_name(const char *name, uint64_t *cycle, bool *partial)
+{
+    const char *p = name + strlen(VR_REPLICA_SINK_HASHES);
+    uint64_t v = 0;
+
+    if (!g_str_has_prefix(name, VR_REPLICA_SINK_HASHES) || *p < '1' || *p > '9')
+        return false;
+    for (; g_ascii_isdigit(*p); p++) {
+        unsigned digit = (unsigned)(*p - '0');
+
+        if (v > (G_MAXUINT64 - digit) / 10)
+            return false;
+        v = v * 10 + digit;
+    }
+    if (*p != '\0' && strcmp(p, VR_REPLICA_SINK_HASHES_TMP) != 0)
+        return false;
+    *cycle = v;
+    *partial = *p != '\0';
+    return true;
+}
+
+/*
+ * Remove the hash lists in @disk's directory but that of point @keep (0: all of them), and
+ * every unfinished one. Best effort: a list left behind costs space, never a wrong answer
+ * (the name says which point it describes), and the next sweep tries again.
+ */
+static void
+vr_replica_sink_hashes_sweep(VrReplicaSinkDisk *disk, uint64_t keep)
+{
+    g_autoptr(GDir) dir = g_dir_open(disk->dir, 0, NULL);
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    const char *name;
+
+    if (dir == NULL)
+        return;
+    while ((name = g_dir_read_name(dir)) != NULL) {
+        uint64_t cycle;
+        bool partial;
+
+        if (vr_replica_sink_hashes_name(name, &cycle, &partial) && (partial || cycle != keep))
+            g_ptr_array_add(names, g_strdup(name));
+    }
+    for (guint i = 0; i < names->len; i++) {
+        g_autofree char *path = g_build_filename(disk->dir, names->pdata[i], NULL);
+
+        if (unlink(path) < 0 && errno != ENOENT)
+            g_debug("cannot remove the hash list '%s': %s", path, g_strerror(errno));
+        else
+            g_debug("removed the hash list '%s'", path);
+    }
+}
+
+/* Is @path a complete hash list of a disk of @point's size (a list made earlier)? */
+static bool
+vr_replica_sink_hashes_cached(const char *path, const VrReplicaPoint *point)
+{
+    g_autoptr(VrHashlistReader) reader = NULL;
+    g_autoptr(GError) local = NULL;
+    struct stat st;
+
+    if (lstat(path, &st) < 0)
+        return false;
+    if (S_ISREG(st.st_mode))
+        reader = vr_hashlist_reader_open(path, &local);
+    if (reader != NULL && vr_hashlist_reader_get_virtual_size(reader) == point->virtual_size)
+        return true;
+    g_debug("hash list '%s' is not one of cycle %" PRIu64 " (%s): made again", path, point->cycle,
+            local != NULL ? local->message : "not a regular file, or another size");
+    return false;
+}
+
+/*
+ * The hash list of the latest point of a disk: hashes-<cycle> in the disk's directory, made
+ * once per point (a published point never changes) and reused until a newer point is
+ * published. Made here on the receiver's thread, which it blocks meanwhile (the store is
+ * used from that thread only): written as hashes-<cycle>.tmp, which is durable before its
+ * rename. Only reads: a missing relationship, owner or disk is 404, nothing is made.
+ */
+static bool
+vr_replica_sink_hashes(const char *relationship, const char *disk_name, const VrReceiverPeer *peer,
+                       gpointer user_data, char **path_out, uint64_t *cycle_out, uint64_t *epoch_out,
+                       GError **error)
+{
+    VrReplicaSink *sink = user_data;
+    g_autoptr(GError) local = NULL;
+    g_autofree char *name = NULL;
+    g_autofree char *path = NULL;
+    g_autofree char *tmp = NULL;
+    VrReceiverKey key = { 0 };
+    const VrReplicaPoint *points;
+    VrReplicaPoint latest;
+    VrReplicaSinkDisk *disk;
+    g_auto(VrReplicaSinkFd) dir_fd = -1;
+    uint64_t cycle = 0;
+    gint64 start;
+    guint n;
+
+    if (!vr_authz_check_name("relationship", relationship, error) ||
+        !vr_authz_check_name("disk", disk_name, error))
+        return false;
+    g_strlcpy(key.relationship, relationship, sizeof(key.relationship));
+    g_strlcpy(key.disk, disk_name, sizeof(key.disk));
+    disk = vr_replica_sink_disk_get(sink, &key, peer, false, error);
+    if (disk == NULL)
+        return false;
+    points = vr_replica_store_points(disk->store, &n);
+    if (n == 0) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_NOT_FOUND,
+                    "disk '%s' of relationship '%s' has no recovery point yet", key.disk,
+                    key.relationship);
+        return false;
+    }
+    latest = points[n - 1];
+    name = g_strdup_printf(VR_REPLICA_SINK_HASHES "%" PRIu64, latest.cycle);
+    path = g_build_filename(disk->dir, name, NULL);
+    if (!vr_replica_sink_hashes_cached(path, &latest)) {
+        vr_replica_sink_hashes_sweep(disk, 0);
+        tmp = g_strconcat(path, VR_REPLICA_SINK_HASHES_TMP, NULL);
+        start = g_get_monotonic_time();
+        if (!vr_replica_hashes_write(disk->store, tmp, &cycle, &local)) {
+            if (g_error_matches(local, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY)) {
+                g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_BUSY,
+                            "disk '%s' of relationship '%s' is busy: %s", key.disk,
+                            key.relationship, local->message);
+                return false;
+            }
+            return vr_replica_sink_store_error(error, g_steal_pointer(&local), &key);
+        }
+        /* The store is ours alone on this thread: the latest point cannot have changed. */
+        g_assert(cycle == latest.cycle);
+        dir_fd = open(disk->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (rename(tmp, path) < 0) {
+            int errsv = errno;
+
+            unlink(tmp);
+            return vr_replica_sink_errno(error, errsv, "rename", tmp);
+        }
+        if (dir_fd < 0 || fsync(dir_fd) < 0)
+            return vr_replica_sink_errno(error, errno, "sync directory", disk->dir);
+        g_debug("hash list of cycle %" PRIu64 " of '%s' made in %" G_GINT64_FORMAT " ms",
+                latest.cycle, disk->dir, (g_get_monotonic_time() - start) / 1000);
+    }
+    *path_out = g_steal_pointer(&path);
+    *cycle_out = latest.cycle;
+    *epoch_out = latest.epoch;
+    return true;
+}
+
 static const VrReceiverSink vr_replica_sink_callbacks = {
     .begin = vr_replica_sink_begin,
     .record = vr_replica_sink_record,
     .commit = vr_replica_sink_commit,
     .abort = vr_replica_sink_abort,
+    .hashes = vr_replica_sink_hashes,
 };
 
 void

@@ -80,6 +80,8 @@ struct _VrReplicaApply {
     bool request_zero;
     GError *failure; /* once set, every later call fails with it */
     bool wrote;      /* a record went out: the "after-write" failpoint is behind us */
+    bool ended;      /* END came: @digest is the stream's */
+    uint8_t digest[VR_WIRE_DIGEST_SIZE];
     uint64_t records;
     uint64_t data_bytes;
     uint64_t zero_bytes;
@@ -225,6 +227,48 @@ vr_replica_run(const char *const *argv, const char *what, GError **error)
 
 /* ---- the manifest ----------------------------------------------------------------- */
 
+static void
+vr_replica_add_hex(json_object *obj, const char *key, const uint8_t *bytes, size_t len)
+{
+    g_autofree char *hex = g_malloc(len * 2 + 1);
+
+    for (size_t i = 0; i < len; i++)
+        g_snprintf(hex + i * 2, 3, "%02x", bytes[i]);
+    json_object_object_add(obj, key, json_object_new_string(hex));
+}
+
+/* Member @key of @obj: exactly @len bytes in lower-case hexadecimal. */
+static bool
+vr_replica_get_hex(json_object *obj, const char *key, uint8_t *bytes, size_t len)
+{
+    const char *hex = vr_json_get_string(obj, key);
+
+    if (hex == NULL || strlen(hex) != len * 2)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        int hi = g_ascii_xdigit_value(hex[i * 2]);
+        int lo = g_ascii_xdigit_value(hex[i * 2 + 1]);
+
+        if (hi < 0 || lo < 0 || g_ascii_isupper(hex[i * 2]) || g_ascii_isupper(hex[i * 2 + 1]))
+            return false;
+        bytes[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return true;
+}
+
+void
+vr_replica_point_chain(const uint8_t *base_chain, const uint8_t digest[VR_WIRE_DIGEST_SIZE],
+                       uint8_t chain_out[VR_REPLICA_CHAIN_SIZE])
+{
+    static const uint8_t none[VR_REPLICA_CHAIN_SIZE];
+    g_autoptr(GChecksum) sum = g_checksum_new(G_CHECKSUM_SHA256);
+    gsize len = VR_REPLICA_CHAIN_SIZE;
+
+    g_checksum_update(sum, base_chain != NULL ? base_chain : none, VR_REPLICA_CHAIN_SIZE);
+    g_checksum_update(sum, digest, VR_WIRE_DIGEST_SIZE);
+    g_checksum_get_digest(sum, chain_out, &len);
+}
+
 static char *
 vr_replica_manifest_text(const VrReplicaPoint *points, guint n_points, uint64_t merge_from,
                          uint64_t merge_into)
@@ -252,6 +296,8 @@ vr_replica_manifest_text(const VrReplicaPoint *points, guint n_points, uint64_t 
         json_object_object_add(obj, "flags", json_object_new_uint64(p->flags));
         json_object_object_add(obj, "image", json_object_new_string(image));
         json_object_object_add(obj, "published", json_object_new_int64(p->published));
+        vr_replica_add_hex(obj, "digest", p->digest, sizeof(p->digest));
+        vr_replica_add_hex(obj, "chain", p->chain, sizeof(p->chain));
         json_object_array_add(list, obj);
     }
     return g_strconcat(json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
@@ -277,8 +323,9 @@ static bool
 vr_replica_manifest_point(VrReplicaStore *store, json_object *obj, guint index,
                           VrReplicaPoint *point, GError **error)
 {
-    static const char *const members[] = { "cycle",     "epoch", "virtual_size", "flags", "image",
-                                           "published", NULL };
+    static const char *const members[] = { "cycle", "epoch",     "virtual_size", "flags",
+                                           "image", "published", "digest",       "chain",
+                                           NULL };
     g_autofree char *where = g_strdup_printf("point %u", index);
     g_autofree char *expected = NULL;
     const char *image;
@@ -306,6 +353,11 @@ vr_replica_manifest_point(VrReplicaStore *store, json_object *obj, guint index,
     point->flags = flags;
     if (!vr_json_get_int64(obj, "published", &point->published))
         return vr_replica_corrupt(error, store, "%s has no publication time", where);
+    if (!vr_replica_get_hex(obj, "digest", point->digest, sizeof(point->digest)) ||
+        !vr_replica_get_hex(obj, "chain", point->chain, sizeof(point->chain)))
+        return vr_replica_corrupt(error, store,
+                                  "%s has no digest and chain of 64 lower-case hexadecimal digits",
+                                  where);
     image = vr_json_get_string(obj, "image");
     expected = vr_replica_image_name(point->cycle);
     if (image == NULL || strcmp(image, expected) != 0)
@@ -1174,8 +1226,25 @@ vr_replica_apply_record(VrReplicaApply *apply, const VrWireRecord *record, GErro
 
     if (apply->failure != NULL)
         return vr_replica_apply_fail(apply, g_error_copy(apply->failure), error);
-    if (record->type == VR_WIRE_RECORD_BEGIN || record->type == VR_WIRE_RECORD_END)
+    if (apply->ended) {
+        g_set_error(&err, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "record %" PRIu64 " of cycle %" PRIu64 " follows the stream's END",
+                    record->index, id->target_cycle);
+        return vr_replica_apply_fail(apply, err, error);
+    }
+    if (record->type == VR_WIRE_RECORD_BEGIN)
         return true;
+    if (record->type == VR_WIRE_RECORD_END) {
+        if (record->data == NULL || record->data_size != VR_WIRE_DIGEST_SIZE) {
+            g_set_error(&err, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                        "the END record of cycle %" PRIu64 " carries no stream digest",
+                        id->target_cycle);
+            return vr_replica_apply_fail(apply, err, error);
+        }
+        memcpy(apply->digest, record->data, VR_WIRE_DIGEST_SIZE);
+        apply->ended = true;
+        return true;
+    }
     if (record->type != VR_WIRE_RECORD_DATA && record->type != VR_WIRE_RECORD_ZERO) {
         g_set_error(&err, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
                     "record %" PRIu64 " of cycle %" PRIu64 ": a %s record has no place in a cycle",
@@ -1340,11 +1409,18 @@ vr_replica_apply_commit(VrReplicaApply *apply, GError **error)
     g_autoptr(VrReplicaApply) owned = apply;
     VrReplicaStore *store = apply->store;
     VrReplicaPoint point = { 0 };
+    const VrReplicaPoint *base;
     gint64 applied = g_get_monotonic_time();
     bool renamed = false;
 
     if (apply->failure != NULL)
         return vr_replica_apply_fail(apply, g_error_copy(apply->failure), error);
+    if (!apply->ended) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "cycle %" PRIu64 " cannot be published: its stream has no END record",
+                    apply->identity.target_cycle);
+        return false;
+    }
     if (!vr_replica_apply_wait(apply, 0, 0, error))
         return false;
     if (nbd_flush(apply->nbd, 0) < 0)
@@ -1366,6 +1442,10 @@ vr_replica_apply_commit(VrReplicaApply *apply, GError **error)
     point.virtual_size = apply->identity.virtual_size;
     point.flags = apply->identity.flags;
     point.published = g_get_real_time() / G_USEC_PER_SEC;
+    memcpy(point.digest, apply->digest, sizeof(point.digest));
+    /* FULL starts a chain; anything else was applied on the latest point (begin() checked). */
+    base = point.flags & VR_WIRE_FLAG_FULL ? NULL : vr_replica_store_latest(store);
+    vr_replica_point_chain(base != NULL ? base->chain : NULL, point.digest, point.chain);
     if (!vr_replica_store_publish(store, &point, &renamed, error)) {
         apply->published = renamed;
         return false;

@@ -62,14 +62,30 @@ typedef enum {
                                       * a record outside the disk, any other I/O error */
 } VrReplicaStoreErrorCode;
 
-/* One published recovery point. */
+/*
+ * One published recovery point. @digest is the stream digest of the cycle that made it
+ * (its END record: vr-wire.h); @chain identifies the point's contents by their history:
+ * SHA-256 of the chain of the point it was applied on (32 zero bytes for FULL) followed by
+ * @digest. Two points with the same chain hold the same bytes, and the primary, which keeps
+ * the digests of the cycles it sent, computes the same chain without reading a disk
+ * (docs/replica-store.md, "Point digests").
+ */
+#define VR_REPLICA_CHAIN_SIZE 32
+
 typedef struct {
     uint64_t cycle;
     uint64_t epoch;
     uint64_t virtual_size;
     uint32_t flags;    /* VrWireFlags of the stream that made it */
     int64_t published; /* wall-clock seconds since the epoch */
+    uint8_t digest[VR_WIRE_DIGEST_SIZE];
+    uint8_t chain[VR_REPLICA_CHAIN_SIZE];
 } VrReplicaPoint;
+
+/* @chain of a point made by a stream with @digest on a point with @base_chain (NULL: none,
+ * for FULL). */
+void vr_replica_point_chain(const uint8_t *base_chain, const uint8_t digest[VR_WIRE_DIGEST_SIZE],
+                            uint8_t chain_out[VR_REPLICA_CHAIN_SIZE]);
 
 typedef struct _VrReplicaStore VrReplicaStore;
 
@@ -122,14 +138,16 @@ VrReplicaApply *vr_replica_store_begin(VrReplicaStore *store, const VrWireIdenti
                                        GError **error);
 
 /*
- * One verified record of the stream (DATA or ZERO; BEGIN and END are ignored), queued with
- * others in flight: the record's bytes are copied. A failed write may show only at a later
- * call or at commit; after any failure every call fails with the same error.
+ * One verified record of the stream, queued with others in flight: DATA and ZERO are
+ * written (the record's bytes are copied), BEGIN is ignored, END gives the stream digest
+ * and must come last. A failed write may show only at a later call or at commit; after any
+ * failure every call fails with the same error.
  */
 bool vr_replica_apply_record(VrReplicaApply *apply, const VrWireRecord *record, GError **error);
 
 /*
- * Make the new point durable and publish it (see above). On failure nothing is published
+ * Make the new point durable and publish it (see above); FAILED when END was not applied
+ * (an incomplete stream is never published). On failure nothing is published
  * and the apply is aborted; @apply is freed either way. The one exception: when only the
  * directory sync after the rename fails, the manifest names the point (it is listed) and
  * the error says so; the caller must not acknowledge the cycle.

@@ -155,8 +155,16 @@ begin(VrReplicaStore *store, uint64_t base, uint64_t target, uint32_t flags)
 static void
 commit(VrReplicaApply *apply)
 {
+    static const uint8_t digest[VR_WIRE_DIGEST_SIZE] = { 0xbe, 0x9c };
     g_autoptr(GError) error = NULL;
+    VrWireRecord end = { 0 };
 
+    /* The stream's END (its digest is the store's to keep): an apply publishes only after it. */
+    end.type = VR_WIRE_RECORD_END;
+    end.data = digest;
+    end.data_size = sizeof(digest);
+    if (!vr_replica_apply_record(apply, &end, &error))
+        die("end", error);
     if (!vr_replica_apply_commit(apply, &error))
         die("commit", error);
 }

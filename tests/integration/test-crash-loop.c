@@ -32,6 +32,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -59,6 +60,7 @@ typedef struct {
     char *models;     /* model-<cycle>.raw of every listed point and of the cycle in flight */
     GRand *rand;      /* cycles and delays: everything the seed decides */
     uint64_t latest;  /* the latest published cycle, 0 before the first */
+    uint8_t chain[VR_REPLICA_CHAIN_SIZE]; /* the chain the latest point must have */
     uint64_t size;    /* the virtual size of the latest cycle */
     gint64 clean_us;  /* how long the last iteration that was not killed took */
     guint killed_before_publish;
@@ -100,13 +102,14 @@ make_cycle(Loop *loop, uint64_t target)
     /* A full cycle writes a quarter of the disk; an incremental one about 1 %. */
     while (offset < size) {
         guint gap = g_rand_int_range(loop->rand, 0, target == 1 ? 8 : 200);
+        uint64_t length = (uint64_t)g_rand_int_range(loop->rand, 1, 17) * BLOCK;
         VrTestOp op = { 0 };
 
         offset += (uint64_t)gap * BLOCK;
         if (offset >= size)
             break;
         op.offset = offset;
-        op.length = MIN((uint64_t)g_rand_int_range(loop->rand, 1, 17) * BLOCK, size - offset);
+        op.length = MIN(length, size - offset); /* MIN() evaluates each argument twice */
         op.type = g_rand_int_range(loop->rand, 0, 10) == 0 ? VR_WIRE_RECORD_ZERO
                                                            : VR_WIRE_RECORD_DATA;
         g_array_append_val(ops, op);
@@ -172,6 +175,15 @@ run_child(Loop *loop, GByteArray *stream, gint64 delay_us)
         g_assert_no_errno(kill(child, SIGKILL));
         g_assert_cmpint(waitpid(child, &status, 0), ==, child);
     }
+    /*
+     * Its qemu-nbd or qemu-img (or one forked and not yet exec'd, which still holds the
+     * store's lock) get SIGKILL from PR_SET_PDEATHSIG, and come to us, the subreaper: a
+     * restarted daemon starts once its predecessor's processes are gone (systemd kills the
+     * whole control group), so wait for them.
+     */
+    while (waitpid(-1, NULL, 0) > 0)
+        ;
+    g_assert_cmpint(errno, ==, ECHILD);
     /* Killed, or finished: never a failure of its own. */
     if (WIFSIGNALED(status)) {
         g_assert_cmpint(WTERMSIG(status), ==, SIGKILL);
@@ -224,6 +236,20 @@ check_store(Loop *loop, VrReplicaStore *store, uint64_t expect_min, uint64_t exp
     listing = vr_test_list_dir(loop->dir);
     g_assert_cmpstr(listing, ==, expected);
     return latest;
+}
+
+/* @point keeps its stream's digest and extends the chain of the point before it. */
+static void
+check_chain(Loop *loop, const VrReplicaPoint *point, GByteArray *stream)
+{
+    uint8_t digest[VR_WIRE_DIGEST_SIZE];
+    uint8_t chain[VR_REPLICA_CHAIN_SIZE];
+
+    vr_test_stream_digest(stream, digest);
+    g_assert_cmpmem(point->digest, sizeof(digest), digest, sizeof(digest));
+    vr_replica_point_chain(point->flags & VR_WIRE_FLAG_FULL ? NULL : loop->chain, digest, chain);
+    g_assert_cmpmem(point->chain, sizeof(chain), chain, sizeof(chain));
+    memcpy(loop->chain, chain, sizeof(chain));
 }
 
 /* The models of cycles older than the oldest listed point go. */
@@ -289,6 +315,7 @@ iteration(Loop *loop, guint index)
     check_store(loop, store, target, target);
     points = vr_replica_store_points(store, &n);
     g_assert_cmpuint(n, <=, (guint)opt_keep + 1);
+    check_chain(loop, &points[n - 1], stream);
     loop->latest = target;
     loop->size = points[n - 1].virtual_size;
     prune_models(loop, store);
@@ -308,6 +335,8 @@ test_kill9(void)
     g_assert_no_errno(g_mkdir_with_parents(loop.dir, 0755));
     g_assert_no_errno(g_mkdir_with_parents(loop.models, 0755));
     loop.rand = g_rand_new_with_seed((guint32)opt_seed);
+    /* Orphans of a killed child are ours to reap (run_child()). */
+    g_assert_no_errno(prctl(PR_SET_CHILD_SUBREAPER, 1));
     loop.size = DISK_SIZE;
     g_test_message("seed %" G_GUINT64_FORMAT ", %d iterations, keep %d (replay: --seed %" G_GUINT64_FORMAT ")",
                    opt_seed, opt_iterations, opt_keep, opt_seed);

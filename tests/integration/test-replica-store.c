@@ -972,6 +972,12 @@ test_retain_crash(Fixture *fx, gconstpointer data)
     assert_point(fx, 5, "rp-4.qcow2");
 }
 
+
+/* A point's digest and chain members (any 64 lower-case hexadecimal digits parse). */
+#define HEX32   "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+#define UPPER32 "00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff"
+#define DIGESTS "\"digest\": \"" HEX32 "\", \"chain\": \"" HEX32 "\""
+
 static const struct {
     const char *name;
     const char *text;
@@ -987,52 +993,61 @@ static const struct {
     { "no-points", "{\"version\": 1}", "no array of points" },
     { "missing-file",
       "{\"version\": 1, \"points\": [{\"cycle\": 9, \"epoch\": 1, \"virtual_size\": 1048576, "
-      "\"flags\": 1, \"image\": \"rp-9.qcow2\", \"published\": 1}]}",
+      "\"flags\": 1, \"image\": \"rp-9.qcow2\", \"published\": 1, " DIGESTS "}]}",
       "point 0 (cycle 9) names 'rp-9.qcow2', which is missing" },
     { "duplicate",
       "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
-      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1}, {\"cycle\": 1, \"epoch\": 1, "
-      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-1.qcow2\", \"published\": 1}]}",
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS "}, {\"cycle\": 1, \"epoch\": 1, "
+      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS "}]}",
       "cycle 1 is listed twice" },
     { "unsorted",
       "{\"version\": 1, \"points\": [{\"cycle\": 2, \"epoch\": 1, \"virtual_size\": 1048576, "
-      "\"flags\": 1, \"image\": \"rp-2.qcow2\", \"published\": 1}, {\"cycle\": 1, \"epoch\": 1, "
-      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-1.qcow2\", \"published\": 1}]}",
+      "\"flags\": 1, \"image\": \"rp-2.qcow2\", \"published\": 1, " DIGESTS "}, {\"cycle\": 1, \"epoch\": 1, "
+      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS "}]}",
       "cycle 1 follows cycle 2" },
     { "epoch",
       "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 2, \"virtual_size\": 1048576, "
-      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1}, {\"cycle\": 2, \"epoch\": 1, "
-      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1}]}",
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS "}, {\"cycle\": 2, \"epoch\": 1, "
+      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1, " DIGESTS "}]}",
       "cycle 2 has epoch 1, below epoch 2 of cycle 1" },
     { "image-name",
       "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
-      "\"flags\": 1, \"image\": \"../rp-2.qcow2\", \"published\": 1}]}",
+      "\"flags\": 1, \"image\": \"../rp-2.qcow2\", \"published\": 1, " DIGESTS "}]}",
       "names image '../rp-2.qcow2', not 'rp-1.qcow2'" },
     { "flags",
       "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
-      "\"flags\": 3, \"image\": \"rp-1.qcow2\", \"published\": 1}]}",
+      "\"flags\": 3, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS "}]}",
       "point 0 (cycle 1) has no valid flags" },
     { "size",
       "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": \"1M\", "
-      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1}]}",
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS "}]}",
       "point 0 (cycle 1) has no virtual size" },
+    { "no-digest",
+      "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1}]}",
+      "point 0 (cycle 1) has no digest and chain" },
+    { "digest-upper-case",
+      "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, \"digest\": \"" HEX32 "\", "
+      "\"chain\": \"" UPPER32 "\"}]}",
+      "point 0 (cycle 1) has no digest and chain" },
     { "point-member",
       "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
-      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, \"base\": 0}]}",
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS ", \"base\": 0}]}",
       "point 0 has an unknown member 'base'" },
     { "merging-cycles",
       "{\"version\": 1, \"points\": [{\"cycle\": 2, \"epoch\": 1, \"virtual_size\": 1048576, "
-      "\"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1}], "
+      "\"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1, " DIGESTS "}], "
       "\"merging\": {\"from\": 2, \"into\": 2}}",
       "merging needs a cycle 'from' above 0" },
     { "merging-not-oldest",
       "{\"version\": 1, \"points\": [{\"cycle\": 2, \"epoch\": 1, \"virtual_size\": 1048576, "
-      "\"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1}], "
+      "\"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1, " DIGESTS "}], "
       "\"merging\": {\"from\": 1, \"into\": 7}}",
       "merging into cycle 7, which is not the oldest point" },
     { "merging-member",
       "{\"version\": 1, \"points\": [{\"cycle\": 2, \"epoch\": 1, \"virtual_size\": 1048576, "
-      "\"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1}], "
+      "\"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1, " DIGESTS "}], "
       "\"merging\": {\"from\": 1, \"into\": 2, \"step\": 1}}",
       "merging has an unknown member 'step'" },
 };

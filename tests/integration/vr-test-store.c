@@ -44,8 +44,11 @@ vr_test_encode_cycle(const VrWireIdentity *identity, const VrTestOp *ops, guint 
         if (op->type == VR_WIRE_RECORD_DATA) {
             g_assert_cmpuint(op->length, <=, VR_WIRE_MAX_DATA);
             vr_test_fill(rand, buf, op->length, i % 2 == 0);
-            g_assert_true(
-                vr_wire_encoder_add_data(encoder, op->offset, buf, op->length, stream, &error));
+            bool added =
+                vr_wire_encoder_add_data(encoder, op->offset, buf, op->length, stream, &error);
+
+            g_assert_no_error(error);
+            g_assert_true(added);
             g_assert_cmpint(pwrite(fd, buf, op->length, (off_t)op->offset), ==,
                             (ssize_t)op->length);
         } else {
@@ -94,4 +97,28 @@ vr_test_apply_stream(VrReplicaStore *store, GByteArray *stream, GError **error)
         return false;
     }
     return vr_replica_apply_commit(feed.apply, error);
+}
+
+static bool
+vr_test_digest_record(const VrWireRecord *record, gpointer user_data, GError **error)
+{
+    if (record->type == VR_WIRE_RECORD_END) {
+        g_assert_cmpuint(record->data_size, ==, VR_WIRE_DIGEST_SIZE);
+        memcpy(user_data, record->data, VR_WIRE_DIGEST_SIZE);
+    }
+    return true;
+}
+
+void
+vr_test_stream_digest(GByteArray *stream, uint8_t digest[VR_WIRE_DIGEST_SIZE])
+{
+    g_autoptr(VrWireDecoder) decoder = vr_wire_decoder_new();
+    g_autoptr(GError) error = NULL;
+
+    memset(digest, 0, VR_WIRE_DIGEST_SIZE);
+    g_assert_true(vr_wire_decoder_feed(decoder, stream->data, stream->len, vr_test_digest_record,
+                                       digest, &error));
+    g_assert_no_error(error);
+    g_assert_true(vr_wire_decoder_finish(decoder, &error));
+    g_assert_no_error(error);
 }

@@ -44,3 +44,6 @@ bool vr_test_feed_record(const VrWireRecord *record, gpointer user_data, GError 
 
 /* Decode @stream in 1 MiB pieces into a new apply of @store, then commit it. */
 bool vr_test_apply_stream(VrReplicaStore *store, GByteArray *stream, GError **error);
+
+/* The stream digest of @stream (its END record), decoded and verified. */
+void vr_test_stream_digest(GByteArray *stream, uint8_t digest[VR_WIRE_DIGEST_SIZE]);
