@@ -323,9 +323,8 @@ static bool
 vr_replica_manifest_point(VrReplicaStore *store, json_object *obj, guint index,
                           VrReplicaPoint *point, GError **error)
 {
-    static const char *const members[] = { "cycle", "epoch",     "virtual_size", "flags",
-                                           "image", "published", "digest",       "chain",
-                                           NULL };
+    static const char *const members[] = { "cycle",     "epoch",  "virtual_size", "flags", "image",
+                                           "published", "digest", "chain",        NULL };
     g_autofree char *where = g_strdup_printf("point %u", index);
     g_autofree char *expected = NULL;
     const char *image;
@@ -355,9 +354,8 @@ vr_replica_manifest_point(VrReplicaStore *store, json_object *obj, guint index,
         return vr_replica_corrupt(error, store, "%s has no publication time", where);
     if (!vr_replica_get_hex(obj, "digest", point->digest, sizeof(point->digest)) ||
         !vr_replica_get_hex(obj, "chain", point->chain, sizeof(point->chain)))
-        return vr_replica_corrupt(error, store,
-                                  "%s has no digest and chain of 64 lower-case hexadecimal digits",
-                                  where);
+        return vr_replica_corrupt(
+            error, store, "%s has no digest and chain of 64 lower-case hexadecimal digits", where);
     image = vr_json_get_string(obj, "image");
     expected = vr_replica_image_name(point->cycle);
     if (image == NULL || strcmp(image, expected) != 0)

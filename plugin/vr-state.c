@@ -15,7 +15,7 @@
 #include "vr-qmp-json.h"
 #include "vr-wire.h"
 
-G_DEFINE_QUARK(vr-state-error-quark, vr_state_error)
+G_DEFINE_QUARK(vr - state - error - quark, vr_state_error)
 
 #define VR_STATE_BUSY_TIMEOUT_MS 5000
 
@@ -74,8 +74,7 @@ vr_state_sqlite_error(VrState *state, GError **error, const char *what)
     g_set_error(error, VR_STATE_ERROR,
                 primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB ? VR_STATE_ERROR_CORRUPT
                                                                       : VR_STATE_ERROR_FAILED,
-                "state database '%s': cannot %s: %s", state->path, what,
-                sqlite3_errmsg(state->db));
+                "state database '%s': cannot %s: %s", state->path, what, sqlite3_errmsg(state->db));
     return false;
 }
 
@@ -187,8 +186,7 @@ vr_state_migrate(VrState *state, GError **error)
     if (!vr_state_exec(state, set_version, "set the schema version", error) ||
         !vr_state_exec(state, "COMMIT", "commit the schema", error))
         goto fail;
-    g_debug("state database '%s': created schema version %d", state->path,
-            VR_STATE_SCHEMA_VERSION);
+    g_debug("state database '%s': created schema version %d", state->path, VR_STATE_SCHEMA_VERSION);
     return true;
 
 fail:
@@ -214,9 +212,9 @@ vr_state_open(const char *path, GError **error)
         return NULL;
     }
     close(fd);
-    rc = sqlite3_open_v2(path, &state->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_NOFOLLOW,
-                         NULL);
+    rc =
+        sqlite3_open_v2(path, &state->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_NOFOLLOW, NULL);
     if (rc != SQLITE_OK) {
         g_set_error(error, VR_STATE_ERROR, VR_STATE_ERROR_FAILED,
                     "cannot open state database '%s': %s", path,
@@ -267,8 +265,7 @@ vr_state_role_name(VrStateRole role)
     return role == VR_STATE_ROLE_PRIMARY ? "primary" : "replica";
 }
 
-static bool
-vr_state_invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static bool vr_state_invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 static bool
 vr_state_invalid(GError **error, const char *fmt, ...)
@@ -305,15 +302,18 @@ vr_state_check_relationship(const VrStateRelationship *rel, GError **error)
         return vr_state_invalid(error, "relationship id '%s' is not 1 to %d of [a-z0-9]",
                                 rel->id != NULL ? rel->id : "", VR_WIRE_RELATIONSHIP_MAX);
     if (rel->epoch == 0 || rel->epoch > G_MAXINT64)
-        return vr_state_invalid(error, "relationship '%s': epoch %" G_GUINT64_FORMAT
-                                " is not between 1 and 2^63-1", rel->id, rel->epoch);
+        return vr_state_invalid(
+            error, "relationship '%s': epoch %" G_GUINT64_FORMAT " is not between 1 and 2^63-1",
+            rel->id, rel->epoch);
     if (rel->domain_uuid == NULL || !g_uuid_string_is_valid(rel->domain_uuid))
         return vr_state_invalid(error, "relationship '%s': '%s' is not a UUID", rel->id,
                                 rel->domain_uuid != NULL ? rel->domain_uuid : "");
     if (rel->domain_name == NULL || rel->domain_name[0] == '\0' || rel->peer == NULL ||
         rel->peer[0] == '\0' || rel->state == NULL || rel->state[0] == '\0')
-        return vr_state_invalid(error, "relationship '%s': domain name, peer and state are "
-                                "required", rel->id);
+        return vr_state_invalid(error,
+                                "relationship '%s': domain name, peer and state are "
+                                "required",
+                                rel->id);
     if (rel->config != NULL) {
         config = json_tokener_parse(rel->config);
         if (config == NULL || !json_object_is_type(config, json_type_object))
@@ -377,8 +377,7 @@ VrStateRelationship *
 vr_state_relationship_get(VrState *state, const char *id, GError **error)
 {
     g_autoptr(sqlite3_stmt) stmt = vr_state_prepare(
-        state, "SELECT " VR_STATE_RELATIONSHIP_COLUMNS " FROM relationships WHERE id = ?1",
-        error);
+        state, "SELECT " VR_STATE_RELATIONSHIP_COLUMNS " FROM relationships WHERE id = ?1", error);
     int rc;
 
     if (stmt == NULL)
@@ -569,8 +568,8 @@ vr_state_prune_cycles(VrState *state, int64_t before_ms, GError **error)
 /* ---- recovery points ---------------------------------------------------------------- */
 
 bool
-vr_state_points_sync(VrState *state, const char *id, const char *disk,
-                     const VrReplicaPoint *points, guint n_points, GError **error)
+vr_state_points_sync(VrState *state, const char *id, const char *disk, const VrReplicaPoint *points,
+                     guint n_points, GError **error)
 {
     static const char insert_sql[] =
         "INSERT INTO recovery_points (relationship, disk, cycle, epoch, virtual_size, flags,"
@@ -585,9 +584,8 @@ vr_state_points_sync(VrState *state, const char *id, const char *disk,
         return false;
     if (!vr_state_require(state, id, error))
         goto fail;
-    del = vr_state_prepare(state,
-                           "DELETE FROM recovery_points WHERE relationship = ?1 AND disk = ?2",
-                           error);
+    del = vr_state_prepare(
+        state, "DELETE FROM recovery_points WHERE relationship = ?1 AND disk = ?2", error);
     if (del == NULL)
         goto fail;
     sqlite3_bind_text(del, 1, id, -1, SQLITE_STATIC);

@@ -116,20 +116,19 @@ typedef struct {
 } VrStateCycle;
 
 /* Record one cycle of relationship @id (history: one row per attempt). */
-bool vr_state_cycle_add(VrState *state, const char *id, const VrStateCycle *cycle,
-                        GError **error);
+bool vr_state_cycle_add(VrState *state, const char *id, const VrStateCycle *cycle, GError **error);
 
 /* Statistics over cycles that finished at or after @since_ms, like Measure-VMReplication. */
 typedef struct {
     uint64_t cycles_ok;
     uint64_t cycles_failed;
     uint64_t cycles_missed;
-    uint64_t resyncs;        /* successful cycles with the RESYNC flag */
-    uint64_t avg_bytes;      /* over successful cycles; 0 when there is none */
+    uint64_t resyncs;   /* successful cycles with the RESYNC flag */
+    uint64_t avg_bytes; /* over successful cycles; 0 when there is none */
     uint64_t max_bytes;
     uint64_t avg_latency_ms; /* finished - started, over successful cycles */
     uint64_t max_latency_ms;
-    int64_t last_ok_ms;   /* when the latest successful cycle finished; 0: never */
+    int64_t last_ok_ms;     /* when the latest successful cycle finished; 0: never */
     uint64_t last_ok_cycle; /* its cycle number */
 } VrStateStats;
 

@@ -56,13 +56,13 @@ static gint opt_keep = 2;
 static const uint8_t uuid[16] = { 0x5e, 0xed };
 
 typedef struct {
-    char *dir;        /* the store */
-    char *models;     /* model-<cycle>.raw of every listed point and of the cycle in flight */
-    GRand *rand;      /* cycles and delays: everything the seed decides */
-    uint64_t latest;  /* the latest published cycle, 0 before the first */
+    char *dir;       /* the store */
+    char *models;    /* model-<cycle>.raw of every listed point and of the cycle in flight */
+    GRand *rand;     /* cycles and delays: everything the seed decides */
+    uint64_t latest; /* the latest published cycle, 0 before the first */
     uint8_t chain[VR_REPLICA_CHAIN_SIZE]; /* the chain the latest point must have */
-    uint64_t size;    /* the virtual size of the latest cycle */
-    gint64 clean_us;  /* how long the last iteration that was not killed took */
+    uint64_t size;                        /* the virtual size of the latest cycle */
+    gint64 clean_us;                      /* how long the last iteration that was not killed took */
     guint killed_before_publish;
     guint killed_after_publish;
     guint finished;
@@ -110,8 +110,8 @@ make_cycle(Loop *loop, uint64_t target)
             break;
         op.offset = offset;
         op.length = MIN(length, size - offset); /* MIN() evaluates each argument twice */
-        op.type = g_rand_int_range(loop->rand, 0, 10) == 0 ? VR_WIRE_RECORD_ZERO
-                                                           : VR_WIRE_RECORD_DATA;
+        op.type =
+            g_rand_int_range(loop->rand, 0, 10) == 0 ? VR_WIRE_RECORD_ZERO : VR_WIRE_RECORD_DATA;
         g_array_append_val(ops, op);
         offset += op.length;
     }
@@ -338,7 +338,8 @@ test_kill9(void)
     /* Orphans of a killed child are ours to reap (run_child()). */
     g_assert_no_errno(prctl(PR_SET_CHILD_SUBREAPER, 1));
     loop.size = DISK_SIZE;
-    g_test_message("seed %" G_GUINT64_FORMAT ", %d iterations, keep %d (replay: --seed %" G_GUINT64_FORMAT ")",
+    g_test_message("seed %" G_GUINT64_FORMAT
+                   ", %d iterations, keep %d (replay: --seed %" G_GUINT64_FORMAT ")",
                    opt_seed, opt_iterations, opt_keep, opt_seed);
 
     for (gint i = 0; i < opt_iterations && !g_test_failed(); i++)
@@ -354,7 +355,8 @@ test_kill9(void)
 int
 main(int argc, char **argv)
 {
-    g_autoptr(GOptionContext) context = g_option_context_new("- kill -9 loop over the replica store");
+    g_autoptr(GOptionContext) context =
+        g_option_context_new("- kill -9 loop over the replica store");
     g_autoptr(GError) error = NULL;
     GOptionEntry entries[] = {
         { "seed", 0, 0, G_OPTION_ARG_INT64, &opt_seed, "seed (default: random)", "N" },

@@ -665,8 +665,8 @@ skip_without_failpoints(void)
 
 /*
  * In a forked child with VR_FAILPOINT=@spec: open the store and run @func; the child must
- * leave at the failpoint (VR_FAILPOINT_EXIT_STATUS for ":exit", SIGKILL for ":kill"). The fixture's store must be closed
- * (a store is one process's at a time).
+ * leave at the failpoint (VR_FAILPOINT_EXIT_STATUS for ":exit", SIGKILL for ":kill"). The fixture's
+ * store must be closed (a store is one process's at a time).
  */
 static void
 crash_at(Fixture *fx, const char *spec, CrashFunc func, gpointer data)
@@ -972,7 +972,6 @@ test_retain_crash(Fixture *fx, gconstpointer data)
     assert_point(fx, 5, "rp-4.qcow2");
 }
 
-
 /* A point's digest and chain members (any 64 lower-case hexadecimal digits parse). */
 #define HEX32   "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 #define UPPER32 "00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff"
@@ -997,18 +996,24 @@ static const struct {
       "point 0 (cycle 9) names 'rp-9.qcow2', which is missing" },
     { "duplicate",
       "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "
-      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS "}, {\"cycle\": 1, \"epoch\": 1, "
-      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS "}]}",
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS
+      "}, {\"cycle\": 1, \"epoch\": 1, "
+      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-1.qcow2\", \"published\": "
+      "1, " DIGESTS "}]}",
       "cycle 1 is listed twice" },
     { "unsorted",
       "{\"version\": 1, \"points\": [{\"cycle\": 2, \"epoch\": 1, \"virtual_size\": 1048576, "
-      "\"flags\": 1, \"image\": \"rp-2.qcow2\", \"published\": 1, " DIGESTS "}, {\"cycle\": 1, \"epoch\": 1, "
-      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS "}]}",
+      "\"flags\": 1, \"image\": \"rp-2.qcow2\", \"published\": 1, " DIGESTS
+      "}, {\"cycle\": 1, \"epoch\": 1, "
+      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-1.qcow2\", \"published\": "
+      "1, " DIGESTS "}]}",
       "cycle 1 follows cycle 2" },
     { "epoch",
       "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 2, \"virtual_size\": 1048576, "
-      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS "}, {\"cycle\": 2, \"epoch\": 1, "
-      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": 1, " DIGESTS "}]}",
+      "\"flags\": 1, \"image\": \"rp-1.qcow2\", \"published\": 1, " DIGESTS
+      "}, {\"cycle\": 2, \"epoch\": 1, "
+      "\"virtual_size\": 1048576, \"flags\": 0, \"image\": \"rp-2.qcow2\", \"published\": "
+      "1, " DIGESTS "}]}",
       "cycle 2 has epoch 1, below epoch 2 of cycle 1" },
     { "image-name",
       "{\"version\": 1, \"points\": [{\"cycle\": 1, \"epoch\": 1, \"virtual_size\": 1048576, "

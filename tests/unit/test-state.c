@@ -367,7 +367,8 @@ test_points(Fixture *fx, gconstpointer data)
     g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_FAILED);
     g_test_message("%s", error->message);
     g_clear_error(&error);
-    count = query_text(fx, "SELECT group_concat(cycle, ' ') FROM recovery_points WHERE disk = 'vda'");
+    count =
+        query_text(fx, "SELECT group_concat(cycle, ' ') FROM recovery_points WHERE disk = 'vda'");
     g_assert_cmpstr(count, ==, "4 5 6");
     g_free(g_steal_pointer(&count));
 
