@@ -438,10 +438,11 @@ vr_replica_manifest_parse(VrReplicaStore *store, const char *text, size_t len, G
                                       point.cycle, point.epoch, prev->epoch, prev->cycle);
         g_array_append_val(points, point);
     }
-    /* A merge begun: the oldest point is still an overlay of the unlisted image of "from". */
+    /* A merge begun: point "into" is still an overlay of the unlisted image of "from". */
     if (json_object_object_get_ex(root, "merging", &merging)) {
         uint64_t from = 0;
         uint64_t into = 0;
+        guint index;
 
         if (!json_object_is_type(merging, json_type_object))
             return vr_replica_corrupt(error, store, "merging is not an object");
@@ -451,10 +452,19 @@ vr_replica_manifest_parse(VrReplicaStore *store, const char *text, size_t len, G
             !vr_json_get_uint64(merging, "into", &into) || from == 0 || into <= from)
             return vr_replica_corrupt(error, store,
                                       "merging needs a cycle 'from' above 0 and 'into' above it");
-        if (points->len == 0 || g_array_index(points, VrReplicaPoint, 0).cycle != into)
-            return vr_replica_corrupt(
-                error, store, "merging into cycle %" PRIu64 ", which is not the oldest point",
-                into);
+        for (index = 0; index < points->len; index++) {
+            if (g_array_index(points, VrReplicaPoint, index).cycle == into)
+                break;
+        }
+        if (index == points->len)
+            return vr_replica_corrupt(error, store,
+                                      "merging into cycle %" PRIu64 ", which is not listed", into);
+        if (index > 0 && g_array_index(points, VrReplicaPoint, index - 1).cycle >= from)
+            return vr_replica_corrupt(error, store,
+                                      "merging cycle %" PRIu64
+                                      ", which is not between cycle %" PRIu64 " and cycle %" PRIu64,
+                                      from, g_array_index(points, VrReplicaPoint, index - 1).cycle,
+                                      into);
         store->merge_from = from;
         store->merge_into = into;
     }
@@ -765,7 +775,7 @@ static bool
 vr_replica_store_merge_steps(VrReplicaStore *store, GError **error)
 {
     uint64_t from = store->merge_from;
-    const VrReplicaPoint into = g_array_index(store->points, VrReplicaPoint, 0);
+    const VrReplicaPoint into = *vr_replica_store_find(store, store->merge_into);
     char from_name[64];
     char into_name[64];
     GArray *points;
@@ -826,43 +836,137 @@ vr_replica_store_finish_merge(VrReplicaStore *store, GError **error)
 }
 
 /*
- * Remove the oldest point. When the next one is FULL (an image of its own) the oldest just
- * goes; otherwise the next one is its overlay, and the two are merged (docs: Retention).
+ * Whether the image of published point @cycle has a backing file (is an overlay): read
+ * from its qcow2 header, which only qemu-img create wrote (a published image is never
+ * written again, and a merged image keeps the backing of the image it was).
  */
 static bool
-vr_replica_store_merge_oldest(VrReplicaStore *store, GError **error)
+vr_replica_image_has_backing(VrReplicaStore *store, uint64_t cycle, bool *has_backing,
+                             GError **error)
 {
-    const VrReplicaPoint oldest = g_array_index(store->points, VrReplicaPoint, 0);
-    const VrReplicaPoint next = g_array_index(store->points, VrReplicaPoint, 1);
-    g_autoptr(GArray) points = g_array_copy(store->points);
-    char name[64];
-    bool renamed = false;
+    g_autofree char *name = vr_replica_image_name(cycle);
+    uint8_t header[16];
+    ssize_t got;
+    int fd;
 
-    g_snprintf(name, sizeof(name), "rp-%" PRIu64 ".qcow2", oldest.cycle);
-    g_array_remove_index(points, 0);
-    if (next.flags & VR_WIRE_FLAG_FULL) {
+    fd = openat(store->dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return vr_replica_errno_error(error, errno, "open", name);
+    got = pread(fd, header, sizeof(header), 0);
+    if (got < 0) {
+        int errsv = errno;
+
+        close(fd);
+        return vr_replica_errno_error(error, errsv, "read the header of", name);
+    }
+    close(fd);
+    /* "QFI\xfb", the version, then the big-endian offset of the backing file name. */
+    if (got != (ssize_t)sizeof(header) || memcmp(header, "QFI\xfb", 4) != 0) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CORRUPT,
+                    "'%s/%s' is not a qcow2 image", store->dir, name);
+        return false;
+    }
+    *has_backing = memcmp(header + 8, "\0\0\0\0\0\0\0\0", 8) != 0;
+    return true;
+}
+
+/*
+ * Remove listed point @cycle, which is not the latest. When the next point's image is an
+ * image of its own, @cycle backs nothing and just goes; otherwise the next point is its
+ * overlay, and the two are merged (docs: Retention).
+ */
+static bool
+vr_replica_store_remove_point(VrReplicaStore *store, uint64_t cycle, GError **error)
+{
+    g_autoptr(GArray) points = g_array_copy(store->points);
+    VrReplicaPoint next;
+    bool renamed = false;
+    bool next_overlays;
+    char name[64];
+    guint index;
+
+    for (index = 0; g_array_index(points, VrReplicaPoint, index).cycle != cycle; index++)
+        ;
+    g_assert(index + 1 < points->len);
+    next = g_array_index(points, VrReplicaPoint, index + 1);
+    if (!vr_replica_image_has_backing(store, next.cycle, &next_overlays, error))
+        return false;
+    g_snprintf(name, sizeof(name), "rp-%" PRIu64 ".qcow2", cycle);
+    g_array_remove_index(points, index);
+    if (!next_overlays) {
         if (!vr_replica_store_write_manifest(store, points, 0, 0, "retain-drop-tmp", "retain-drop",
                                              &renamed, error) ||
             !vr_replica_unlink(store, name, error) || !vr_replica_fsync_at(store, ".", error)) {
-            g_prefix_error(error, "cannot remove cycle %" PRIu64 " of '%s': ", oldest.cycle,
-                           store->dir);
+            g_prefix_error(error, "cannot remove cycle %" PRIu64 " of '%s': ", cycle, store->dir);
             return false;
         }
-        g_debug("removed cycle %" PRIu64 " of '%s'", oldest.cycle, store->dir);
+        g_debug("removed cycle %" PRIu64 " of '%s'", cycle, store->dir);
         return true;
     }
-    /* The oldest point is unlisted before its image is written: the commit point. */
-    if (!vr_replica_store_write_manifest(store, points, oldest.cycle, next.cycle,
-                                         "retain-intent-tmp", "retain-intent", &renamed, error)) {
-        g_prefix_error(error, "cannot merge cycle %" PRIu64 " into cycle %" PRIu64 " of '%s': ",
-                       oldest.cycle, next.cycle, store->dir);
+    /* The point is unlisted before its image is written: the commit point. */
+    if (!vr_replica_store_write_manifest(store, points, cycle, next.cycle, "retain-intent-tmp",
+                                         "retain-intent", &renamed, error)) {
+        g_prefix_error(error,
+                       "cannot merge cycle %" PRIu64 " into cycle %" PRIu64 " of '%s': ", cycle,
+                       next.cycle, store->dir);
         return false;
     }
     return vr_replica_store_finish_merge(store, error);
 }
 
+/* The retention slot of point @i: its interval of publication time, or its own. */
+static int64_t
+vr_replica_retention_slot(const VrReplicaPoint *points, guint i, guint interval_s)
+{
+    return interval_s != 0 ? MAX(points[i].published, 0) / interval_s : (int64_t)i;
+}
+
+void
+vr_replica_retention_select(const VrReplicaPoint *points, guint n_points, guint keep,
+                            guint interval_s, bool *remove)
+{
+    guint last = n_points - 1;
+    int64_t latest_slot;
+    guint kept = 0;
+
+    memset(remove, 0, n_points * sizeof(*remove));
+    if (n_points < 2)
+        return;
+    latest_slot = vr_replica_retention_slot(points, last, interval_s);
+    /* Each older point stays only if it stands for its slot. */
+    for (guint i = 0; i < last; i++) {
+        int64_t slot = vr_replica_retention_slot(points, i, interval_s);
+        guint newest = i;
+        guint consistent = G_MAXUINT;
+
+        for (guint j = 0; j < last; j++) {
+            if (vr_replica_retention_slot(points, j, interval_s) != slot)
+                continue;
+            newest = j;
+            if (points[j].flags & VR_WIRE_FLAG_APP_CONSISTENT)
+                consistent = j;
+        }
+        if (slot >= latest_slot) {
+            /* The latest point stands for its slot, and so does the newest application-
+             * consistent point of that slot when the latest is not one. */
+            remove[i] = i != consistent || (points[last].flags & VR_WIRE_FLAG_APP_CONSISTENT);
+        } else {
+            remove[i] = i != (consistent != G_MAXUINT ? consistent : newest);
+        }
+    }
+    /* Then the newest @keep of them. */
+    for (guint i = last; i-- > 0;) {
+        if (remove[i])
+            continue;
+        if (kept < keep)
+            kept++;
+        else
+            remove[i] = true;
+    }
+}
+
 bool
-vr_replica_store_retain(VrReplicaStore *store, guint keep, GError **error)
+vr_replica_store_retain_spaced(VrReplicaStore *store, guint keep, guint interval_s, GError **error)
 {
     if (keep > VR_REPLICA_STORE_KEEP_MAX) {
         g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
@@ -878,11 +982,28 @@ vr_replica_store_retain(VrReplicaStore *store, guint keep, GError **error)
     }
     if (store->merge_from != 0 && !vr_replica_store_finish_merge(store, error))
         return false;
-    while (store->points->len > (guint)keep + 1) {
-        if (!vr_replica_store_merge_oldest(store, error))
+    /* One point at a time, oldest first; the selection is made again after each. */
+    for (;;) {
+        guint n = store->points->len;
+        g_autofree bool *remove = g_new0(bool, MAX(n, 1));
+        guint i;
+
+        vr_replica_retention_select((const VrReplicaPoint *)store->points->data, n, keep,
+                                    interval_s, remove);
+        for (i = 0; i < n && !remove[i]; i++)
+            ;
+        if (i == n)
+            return true;
+        if (!vr_replica_store_remove_point(
+                store, g_array_index(store->points, VrReplicaPoint, i).cycle, error))
             return false;
     }
-    return true;
+}
+
+bool
+vr_replica_store_retain(VrReplicaStore *store, guint keep, GError **error)
+{
+    return vr_replica_store_retain_spaced(store, keep, 0, error);
 }
 
 VrReplicaStore *

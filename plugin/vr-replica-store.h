@@ -163,17 +163,39 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrReplicaApply, vr_replica_apply_abort)
 
 /*
  * Retention: keep the latest point and at most @keep (0..VR_REPLICA_STORE_KEEP_MAX) more,
- * oldest removed first. An oldest point followed by a FULL point just goes; otherwise the
- * next point's overlay is committed into the oldest image (qemu-img commit), which then
- * takes the next point's name: the next point becomes an image of its own, and every point
- * that stays listed reads as its cycle at every step. The manifest records the merge before
- * the oldest image is written; a merge a crash interrupted is finished by
+ * oldest removed first. A removed point followed by an image of its own just goes;
+ * otherwise the next point's overlay is committed into the removed point's image (qemu-img
+ * commit), which then takes the next point's name: the next point becomes an image of its own, and
+ * every point that stays listed reads as its cycle at every step. The manifest records the merge
+ * before the oldest image is written; a merge a crash interrupted is finished by
  * vr_replica_store_open(), or by the next call, which first finishes one that failed.
  * Sequence and failpoints: docs/replica-store.md, Retention. BUSY while an apply runs;
  * FAILED for a @keep above the limit or a qemu-img failure (its message), NO_SPACE for
  * ENOSPC. Blocks for the qemu-img runs (a commit copies the next point's data).
  */
 bool vr_replica_store_retain(VrReplicaStore *store, guint keep, GError **error);
+
+/*
+ * Retention with spacing, like Hyper-V's hourly recovery points: time is cut into slots of
+ * @interval_s seconds of publication time (3600: hours; 0: every point is a slot of its
+ * own, which is vr_replica_store_retain()). Besides the latest point, each earlier slot
+ * keeps one point: its newest APP_CONSISTENT point if it has one, else its newest point;
+ * the slot of the latest point keeps only the latest, and its newest APP_CONSISTENT point
+ * when the latest is not one. Of those, the newest @keep stay. Every other point is
+ * removed, oldest first, each merged into the point after it (or just removed when that
+ * point is an image of its own), with the crash-safe merge of vr_replica_store_retain().
+ * Errors as there.
+ */
+bool vr_replica_store_retain_spaced(VrReplicaStore *store, guint keep, guint interval_s,
+                                    GError **error);
+
+/*
+ * The selection above, for @n_points points oldest first: @remove[i] is set for each
+ * point to remove. Pure (no I/O), for tests and for showing an administrator what a
+ * setting would keep.
+ */
+void vr_replica_retention_select(const VrReplicaPoint *points, guint n_points, guint keep,
+                                 guint interval_s, bool *remove);
 
 /*
  * Import a stream kept in the file @path (vr-wire.h), e.g. an initial copy the primary
