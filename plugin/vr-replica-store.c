@@ -836,16 +836,16 @@ vr_replica_store_finish_merge(VrReplicaStore *store, GError **error)
 }
 
 /*
- * Whether the image of published point @cycle has a backing file (is an overlay): read
- * from its qcow2 header, which only qemu-img create wrote (a published image is never
- * written again, and a merged image keeps the backing of the image it was).
+ * From the qcow2 header of image @name: whether it has a backing file (is an overlay), and
+ * its virtual size (either may be NULL). Only qemu-img create and convert write headers
+ * here (a published image is never written again, and a merged image keeps the backing of
+ * the image it was).
  */
 static bool
-vr_replica_image_has_backing(VrReplicaStore *store, uint64_t cycle, bool *has_backing,
-                             GError **error)
+vr_replica_image_header(VrReplicaStore *store, const char *name, bool *has_backing,
+                        uint64_t *virtual_size, GError **error)
 {
-    g_autofree char *name = vr_replica_image_name(cycle);
-    uint8_t header[16];
+    uint8_t header[32];
     ssize_t got;
     int fd;
 
@@ -860,13 +860,21 @@ vr_replica_image_has_backing(VrReplicaStore *store, uint64_t cycle, bool *has_ba
         return vr_replica_errno_error(error, errsv, "read the header of", name);
     }
     close(fd);
-    /* "QFI\xfb", the version, then the big-endian offset of the backing file name. */
+    /* "QFI\xfb", the version, the big-endian offset of the backing file name, its length,
+     * the cluster bits, then the virtual size. */
     if (got != (ssize_t)sizeof(header) || memcmp(header, "QFI\xfb", 4) != 0) {
         g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CORRUPT,
                     "'%s/%s' is not a qcow2 image", store->dir, name);
         return false;
     }
-    *has_backing = memcmp(header + 8, "\0\0\0\0\0\0\0\0", 8) != 0;
+    if (has_backing != NULL)
+        *has_backing = memcmp(header + 8, "\0\0\0\0\0\0\0\0", 8) != 0;
+    if (virtual_size != NULL) {
+        uint64_t be;
+
+        memcpy(&be, header + 24, sizeof(be));
+        *virtual_size = GUINT64_FROM_BE(be);
+    }
     return true;
 }
 
@@ -889,7 +897,8 @@ vr_replica_store_remove_point(VrReplicaStore *store, uint64_t cycle, GError **er
         ;
     g_assert(index + 1 < points->len);
     next = g_array_index(points, VrReplicaPoint, index + 1);
-    if (!vr_replica_image_has_backing(store, next.cycle, &next_overlays, error))
+    g_snprintf(name, sizeof(name), "rp-%" PRIu64 ".qcow2", next.cycle);
+    if (!vr_replica_image_header(store, name, &next_overlays, NULL, error))
         return false;
     g_snprintf(name, sizeof(name), "rp-%" PRIu64 ".qcow2", cycle);
     g_array_remove_index(points, index);
@@ -1610,6 +1619,90 @@ vr_replica_apply_abort(VrReplicaApply *apply)
     g_free(apply->pid_name);
     g_free(apply->pid_file);
     g_free(apply);
+}
+
+/* ---- seeding from an existing image ------------------------------------------------- */
+
+bool
+vr_replica_store_seed(VrReplicaStore *store, const char *image, const char *format, uint64_t epoch,
+                      uint64_t *cycle_out, GError **error)
+{
+    g_autofree char *name = vr_replica_image_name(VR_REPLICA_STORE_SEED_CYCLE);
+    g_autofree char *path = g_build_filename(store->dir, name, NULL);
+    g_autofree char *what = NULL;
+    g_autoptr(GChecksum) sum = NULL;
+    VrReplicaPoint point = { 0 };
+    bool renamed = false;
+    gsize len = sizeof(point.digest);
+    uint64_t nonce[2] = { g_random_int(), g_random_int() };
+    const char *argv[] = { "qemu-img", "convert", "-q",  "-f", format,
+                           "-O",       "qcow2",   image, path, NULL };
+
+    if (store->apply != NULL) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY,
+                    "cannot seed '%s': cycle %" PRIu64 " is being applied", store->dir,
+                    store->apply->identity.target_cycle);
+        return false;
+    }
+    if (store->points->len > 0 || store->merge_from != 0) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                    "cannot seed '%s': it already holds cycle %" PRIu64
+                    " (a seed starts an empty store)",
+                    store->dir, vr_replica_store_latest(store)->cycle);
+        return false;
+    }
+    if (g_strcmp0(format, "raw") != 0 && g_strcmp0(format, "qcow2") != 0) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "cannot seed '%s' from '%s': format '%s' is not raw or qcow2", store->dir,
+                    image, format != NULL ? format : "");
+        return false;
+    }
+    if (epoch == 0) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "cannot seed '%s': epoch 0", store->dir);
+        return false;
+    }
+    /* A copy: the administrator's image is only read, and the seed is a fresh image whose
+     * zero blocks stay unallocated (convert skips them). */
+    what = g_strdup_printf("copy '%s' into '%s'", image, name);
+    if (!vr_replica_run(argv, what, error) ||
+        !vr_replica_image_header(store, name, NULL, &point.virtual_size, error) ||
+        !vr_replica_fsync_at(store, name, error) || !vr_replica_fsync_at(store, ".", error))
+        goto fail;
+    if (point.virtual_size == 0 || point.virtual_size % VR_REPLICA_SECTOR != 0) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
+                    "cannot seed '%s' from '%s': its size %" PRIu64
+                    " is not a positive multiple of %d",
+                    store->dir, image, point.virtual_size, VR_REPLICA_SECTOR);
+        goto fail;
+    }
+    point.cycle = VR_REPLICA_STORE_SEED_CYCLE;
+    point.epoch = epoch;
+    point.flags = VR_WIRE_FLAG_FULL; /* an image of its own */
+    point.published = g_get_real_time() / G_USEC_PER_SEC;
+    /* No stream made it: the digest names this seeding (never another's), not its bytes. */
+    sum = g_checksum_new(G_CHECKSUM_SHA256);
+    g_checksum_update(sum, (const guchar *)"virt-replica seed", -1);
+    g_checksum_update(sum, (const guchar *)image, -1);
+    g_checksum_update(sum, (const guchar *)&point, sizeof(point));
+    g_checksum_update(sum, (const guchar *)nonce, sizeof(nonce));
+    g_checksum_get_digest(sum, point.digest, &len);
+    vr_replica_point_chain(NULL, point.digest, point.chain);
+    if (!vr_replica_store_publish(store, &point, &renamed, error)) {
+        if (renamed)
+            return false; /* listed: the image is the store's now */
+        goto fail;
+    }
+    g_debug("seeded '%s' from '%s' (%s, %" PRIu64 " bytes) as cycle %" PRIu64, store->dir, image,
+            format, point.virtual_size, point.cycle);
+    if (cycle_out != NULL)
+        *cycle_out = point.cycle;
+    return true;
+
+fail:
+    vr_replica_unlink(store, name, NULL);
+    g_prefix_error(error, "cannot seed '%s': ", store->dir);
+    return false;
 }
 
 /* ---- import of a stream file ---------------------------------------------------------- */

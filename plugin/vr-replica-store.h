@@ -197,6 +197,23 @@ bool vr_replica_store_retain_spaced(VrReplicaStore *store, guint keep, guint int
 void vr_replica_retention_select(const VrReplicaPoint *points, guint n_points, guint keep,
                                  guint interval_s, bool *remove);
 
+/* The cycle number of a seeded point. */
+#define VR_REPLICA_STORE_SEED_CYCLE 1
+
+/*
+ * Seed an empty store from an existing copy of the disk on the replica (Hyper-V's "use an
+ * existing virtual machine on the replica server as the initial copy"): @image (@format
+ * "raw" or "qcow2"; only read) is copied into a fresh image (qemu-img convert: zero blocks
+ * stay unallocated), made durable and published as cycle VR_REPLICA_STORE_SEED_CYCLE of
+ * @epoch, an image of its own (flags FULL). Its digest names this seeding, not its bytes
+ * (no stream made it). The primary then fetches the hash list of this point and sends a
+ * RESYNC stream of only the blocks that differ (docs/replica-store.md, "Seeding").
+ * CONFLICT unless the store is empty; on any failure nothing is published and the copy is
+ * removed. @cycle_out (optional) gets the cycle.
+ */
+bool vr_replica_store_seed(VrReplicaStore *store, const char *image, const char *format,
+                           uint64_t epoch, uint64_t *cycle_out, GError **error);
+
 /*
  * Import a stream kept in the file @path (vr-wire.h), e.g. an initial copy the primary
  * exported for offline transport: decoded and verified as it is read (1 MiB at a time),

@@ -24,7 +24,9 @@
 #include <glib/gstdio.h>
 
 #include "vr-failpoint.h"
+#include "vr-hashlist.h"
 #include "vr-qmp-json.h"
+#include "vr-replica-hashes.h"
 #include "vr-replica-store.h"
 #include "vr-test-store.h"
 #include "vr-test-util.h"
@@ -928,6 +930,112 @@ test_retain(Fixture *fx, gconstpointer data)
     assert_only(fx, "9 10");
 }
 
+/* ---- seeding ------------------------------------------------------------------------- */
+
+/* The primary differs from the replica's old copy (model 1) in 4 blocks of 64 KiB. */
+static const Op seed_ops[] = {
+    { VR_WIRE_RECORD_DATA, 5 * MiB, 64 * 1024 },   /* block 80, zeroes in the copy */
+    { VR_WIRE_RECORD_DATA, 21 * MiB, 128 * 1024 }, /* blocks 336 and 337, over data */
+    { VR_WIRE_RECORD_ZERO, 61 * MiB, 64 * 1024 },  /* block 976, data in the copy */
+};
+
+/*
+ * Seeding from an existing copy on the replica: the copy becomes point 1 (a fresh image,
+ * the copy untouched); its hash list, compared with the primary block by block, names
+ * exactly the 4 blocks that differ; a RESYNC of those blocks makes point 2 equal to the
+ * primary. Refusals: a missing file, a format other than raw or qcow2, a store that is not
+ * empty; none leaves anything behind.
+ */
+static void
+test_seed(Fixture *fx, gconstpointer data)
+{
+    const Cycle resync = { 1, 0, 2, DISK_SIZE, VR_WIRE_FLAG_RESYNC, 1, CYCLE_OPS(seed_ops) };
+    g_autoptr(GByteArray) old = NULL;
+    g_autoptr(GByteArray) stream = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrHashlistReader) reader = NULL;
+    g_autoptr(GString) differ = g_string_new(NULL);
+    g_autofree char *copy = NULL;
+    g_autofree char *primary = NULL;
+    g_autofree char *copy_before = NULL;
+    g_autofree char *copy_after = NULL;
+    g_autofree char *list = NULL;
+    g_autofree uint8_t *block = g_malloc(VR_HASHLIST_BLOCK_SIZE);
+    const VrReplicaPoint *points;
+    uint64_t cycle = 0;
+    gsize len;
+    guint n;
+    int fd;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    fx->store = store_open(fx);
+    /* The old copy (model 1), and the primary now (model 2: the copy plus seed_ops). */
+    old = cycle_prepare(fx, &cycle1);
+    stream = cycle_prepare(fx, &resync);
+    copy = model_path(fx, 1);
+    primary = model_path(fx, 2);
+
+    g_assert_false(
+        vr_replica_store_seed(fx->store, "/nonexistent/vm1.img", "raw", 1, NULL, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED);
+    g_test_message("%s", error->message);
+    g_clear_error(&error);
+    g_assert_false(vr_replica_store_seed(fx->store, copy, "vmdk", 1, NULL, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED);
+    g_clear_error(&error);
+    list = vr_test_list_dir(fx->dir);
+    g_assert_cmpstr(list, ==, "");
+
+    g_assert_true(g_file_get_contents(copy, &copy_before, &len, NULL));
+    g_assert_true(vr_replica_store_seed(fx->store, copy, "raw", 1, &cycle, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(cycle, ==, VR_REPLICA_STORE_SEED_CYCLE);
+    assert_only(fx, "1");
+    assert_point(fx, 1, NULL);
+    points = vr_replica_store_points(fx->store, &n);
+    g_assert_cmpuint(points[0].flags, ==, VR_WIRE_FLAG_FULL);
+    g_assert_true(g_file_get_contents(copy, &copy_after, NULL, NULL));
+    g_assert_cmpmem(copy_after, len, copy_before, len);
+    g_assert_false(vr_replica_store_seed(fx->store, copy, "raw", 1, NULL, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT);
+    g_clear_error(&error);
+    assert_only(fx, "1");
+
+    /* The hash comparison the primary makes: exactly the 4 changed blocks differ. */
+    g_free(list);
+    list = g_build_filename(fx->models, "hashes-1", NULL);
+    g_assert_true(vr_replica_hashes_write(fx->store, list, &cycle, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(cycle, ==, 1);
+    reader = vr_hashlist_reader_open(list, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(vr_hashlist_reader_get_count(reader), ==, DISK_SIZE / VR_HASHLIST_BLOCK_SIZE);
+    fd = open(primary, O_RDONLY | O_CLOEXEC);
+    g_assert_no_errno(fd);
+    for (uint64_t i = 0; i < vr_hashlist_reader_get_count(reader); i++) {
+        uint8_t theirs[VR_HASHLIST_DIGEST_SIZE];
+        uint8_t ours[VR_HASHLIST_DIGEST_SIZE];
+
+        g_assert_cmpint(
+            pread(fd, block, VR_HASHLIST_BLOCK_SIZE, (off_t)(i * VR_HASHLIST_BLOCK_SIZE)), ==,
+            VR_HASHLIST_BLOCK_SIZE);
+        vr_hashlist_digest(block, VR_HASHLIST_BLOCK_SIZE, ours);
+        g_assert_true(vr_hashlist_reader_get(reader, i, theirs, &error));
+        if (memcmp(ours, theirs, sizeof(ours)) != 0)
+            g_string_append_printf(differ, "%s%" G_GUINT64_FORMAT, differ->len > 0 ? " " : "", i);
+    }
+    close(fd);
+    g_unlink(list);
+    g_assert_cmpstr(differ->str, ==, "80 336 337 976");
+
+    /* The resync of those blocks, on top of the seed. */
+    g_assert_true(vr_test_apply_stream(fx->store, stream, &error));
+    g_assert_no_error(error);
+    assert_only(fx, "1 2");
+    assert_point(fx, 2, "rp-1.qcow2");
+}
+
 /* ---- spaced retention ---------------------------------------------------------------- */
 
 /*
@@ -1517,6 +1625,7 @@ main(int argc, char **argv)
 
         ADD(path, test_retain_crash, GUINT_TO_POINTER(i));
     }
+    ADD("/replica-store/seed", test_seed, NULL);
     g_test_add_func("/replica-store/retain-select", test_retain_select);
     ADD("/replica-store/retain-spaced", test_retain_spaced, NULL);
     ADD("/replica-store/retain-spaced-crash", test_retain_spaced_crash, NULL);
