@@ -17,6 +17,7 @@
 
 #include "vr-capture.h"
 #include "vr-hashlist.h"
+#include "vr-qemu-nbd.h"
 #include "vr-qmp-block.h"
 #include "vr-qmp-disk.h"
 #include "vr-qmp-error.h"
@@ -1112,8 +1113,8 @@ vr_capture_read_extents(VrCaptureCycle *cycle, struct nbd_handle *nbd, GArray *e
             s->length = MIN(e->offset + e->length - pos, (uint64_t)capture->chunk);
             s->cookie = -1;
             if (!e->zero) {
-                s->cookie =
-                    nbd_aio_pread(nbd, s->buf, s->length, s->offset, NBD_NULL_COMPLETION, 0);
+                /* One chunk (DF): an I/O error comes back as EIO (vr-qemu-nbd.h). */
+                s->cookie = vr_nbd_aio_pread(nbd, s->buf, s->length, s->offset);
                 if (s->cookie < 0) {
                     ok = vr_capture_nbd_error(error, "cannot queue an NBD read");
                     break;

@@ -227,3 +227,20 @@ vr_qemu_nbd_start(VrQemuNbd *nbd, const char *image, const char *name, const cha
         delay = MIN(delay * 2, 20000);
     }
 }
+
+/* Each chunk of a read: libnbd has put its data (or zeroes, for a hole) in the buffer; a
+ * chunk that carries an error fails the read with it. */
+static int
+vr_nbd_read_chunk(void *user_data, const void *subbuf, size_t count, uint64_t offset,
+                  unsigned status, int *error)
+{
+    return status == LIBNBD_READ_ERROR ? -1 : 0;
+}
+
+int64_t
+vr_nbd_aio_pread(struct nbd_handle *nbd, void *buf, size_t len, uint64_t offset)
+{
+    return nbd_aio_pread_structured(
+        nbd, buf, len, offset, (nbd_chunk_callback){ .callback = vr_nbd_read_chunk },
+        NBD_NULL_COMPLETION, nbd_can_df(nbd) == 1 ? LIBNBD_CMD_FLAG_DF : 0);
+}

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 
 #include <glib.h>
+#include <libnbd.h>
 
 G_BEGIN_DECLS
 
@@ -50,5 +51,13 @@ bool vr_qemu_nbd_stop(VrQemuNbd *nbd, const char *name, int signum, gint64 timeo
 
 /* What qemu-nbd wrote to its stderr so far (the end of it), as one line. */
 char *vr_qemu_nbd_stderr(VrQemuNbd *nbd);
+
+/*
+ * nbd_aio_pread() of @len bytes at @offset into @buf, as one data chunk (the DF flag) when
+ * the server takes it: qemu-nbd 7.2 answers a read that fails inside a sparse structured
+ * reply by dropping the connection, so without DF an I/O error arrives as "not connected";
+ * with it the read fails with the server's errno (EIO) and the connection stays up.
+ */
+int64_t vr_nbd_aio_pread(struct nbd_handle *nbd, void *buf, size_t len, uint64_t offset);
 
 G_END_DECLS

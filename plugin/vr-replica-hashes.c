@@ -351,7 +351,8 @@ vr_hashes_compute(VrHashesJob *job, GError **error)
                 }
             }
             run->buf = g_malloc(len);
-            run->cookie = nbd_aio_pread(job->nbd, run->buf, len, offset, NBD_NULL_COMPLETION, 0);
+            /* One chunk (DF): an I/O error comes back as EIO (vr-qemu-nbd.h). */
+            run->cookie = vr_nbd_aio_pread(job->nbd, run->buf, len, offset);
             if (run->cookie < 0) {
                 vr_hashes_run_free(run);
                 return vr_hashes_nbd_error(error, "cannot read", job);

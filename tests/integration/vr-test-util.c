@@ -221,13 +221,26 @@ vr_test_qcow2_create(const char *path, const char *size)
 VrQmpClient *
 vr_test_connect_unix(const char *path)
 {
-    g_autoptr(VrQmpClient) client = vr_qmp_client_new(vr_qmp_channel_unix_new(path));
-    g_autoptr(GError) error = NULL;
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
 
-    vr_qmp_client_connect(client, NULL, &error);
-    g_assert_no_error(error);
-    g_assert_true(vr_qmp_client_is_connected(client));
-    return g_steal_pointer(&client);
+    for (;;) {
+        g_autoptr(VrQmpClient) client = vr_qmp_client_new(vr_qmp_channel_unix_new(path));
+        g_autoptr(GError) error = NULL;
+
+        /*
+         * QEMU creates the socket (bind) a moment before it listens: on a loaded machine a
+         * connect in between is refused. A refused connect takes no client slot: try again.
+         */
+        if (!vr_qmp_client_connect(client, NULL, &error) &&
+            strstr(error->message, g_strerror(ECONNREFUSED)) != NULL &&
+            g_get_monotonic_time() < deadline) {
+            g_usleep(50 * 1000);
+            continue;
+        }
+        g_assert_no_error(error);
+        g_assert_true(vr_qmp_client_is_connected(client));
+        return g_steal_pointer(&client);
+    }
 }
 
 uint64_t
