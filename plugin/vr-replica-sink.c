@@ -23,9 +23,9 @@
 /* In a disk's directory: hashes-<cycle>, the hash list of that point, and .tmp while written */
 #define VR_REPLICA_SINK_HASHES     "hashes-"
 #define VR_REPLICA_SINK_HASHES_TMP ".tmp"
-#define VR_REPLICA_SINK_GROUP_MAX 32 /* as vr-authz.c: [a-z0-9-]{1,32} */
-#define VR_REPLICA_SINK_SECTOR    512
-#define VR_REPLICA_SINK_NO_BASE   (VR_WIRE_FLAG_FULL | VR_WIRE_FLAG_RESYNC)
+#define VR_REPLICA_SINK_GROUP_MAX  32 /* as vr-authz.c: [a-z0-9-]{1,32} */
+#define VR_REPLICA_SINK_SECTOR     512
+#define VR_REPLICA_SINK_NO_BASE    (VR_WIRE_FLAG_FULL | VR_WIRE_FLAG_RESYNC)
 #define VR_REPLICA_SINK_FLAGS \
     (VR_WIRE_FLAG_FULL | VR_WIRE_FLAG_RESYNC | VR_WIRE_FLAG_APP_CONSISTENT)
 
@@ -359,9 +359,16 @@ vr_replica_sink_authorize(VrReplicaSink *sink, int rel_fd, const char *rel_path,
         }
     }
     if (!vr_authz_may_write(sink->authz, peer->name, owner, &local)) {
-        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_FORBIDDEN,
-                    "relationship '%s' belongs to trust group '%s': %s", key->relationship, owner,
-                    local->message);
+        if (create) {
+            g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_FORBIDDEN,
+                        "relationship '%s' belongs to trust group '%s': %s", key->relationship,
+                        owner, local->message);
+        } else {
+            g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_FORBIDDEN,
+                        "relationship '%s' belongs to trust group '%s': primary '%s' (trust "
+                        "group '%s') may not read it",
+                        key->relationship, owner, peer->name, peer->group);
+        }
         return false;
     }
     return true;
@@ -406,8 +413,7 @@ vr_replica_sink_disk_get(VrReplicaSink *sink, const VrReceiverKey *key, const Vr
         return NULL;
     }
     rel_fd = vr_replica_sink_open_dir(root_fd, root, key->relationship, create, rel_what, error);
-    if (rel_fd < 0 ||
-        !vr_replica_sink_authorize(sink, rel_fd, rel_path, key, peer, create, error))
+    if (rel_fd < 0 || !vr_replica_sink_authorize(sink, rel_fd, rel_path, key, peer, create, error))
         return NULL;
     disk_fd = vr_replica_sink_open_dir(rel_fd, rel_path, key->disk, create, disk_what, error);
     if (disk_fd < 0)
@@ -737,13 +743,13 @@ vr_replica_sink_hashes_cached(const char *path, const VrReplicaPoint *point)
  * The hash list of the latest point of a disk: hashes-<cycle> in the disk's directory, made
  * once per point (a published point never changes) and reused until a newer point is
  * published. Made here on the receiver's thread, which it blocks meanwhile (the store is
- * used from that thread only): written as hashes-<cycle>.tmp, which is durable before its
- * rename. Only reads: a missing relationship, owner or disk is 404, nothing is made.
+ * used from that thread only): written as hashes-<cycle>.tmp, synced, renamed. Only reads
+ * otherwise: a missing relationship, owner or disk is 404, and no directory is made.
  */
 static bool
 vr_replica_sink_hashes(const char *relationship, const char *disk_name, const VrReceiverPeer *peer,
-                       gpointer user_data, char **path_out, uint64_t *cycle_out, uint64_t *epoch_out,
-                       GError **error)
+                       gpointer user_data, char **path_out, uint64_t *cycle_out,
+                       uint64_t *epoch_out, GError **error)
 {
     VrReplicaSink *sink = user_data;
     g_autoptr(GError) local = NULL;
@@ -754,7 +760,6 @@ vr_replica_sink_hashes(const char *relationship, const char *disk_name, const Vr
     const VrReplicaPoint *points;
     VrReplicaPoint latest;
     VrReplicaSinkDisk *disk;
-    g_auto(VrReplicaSinkFd) dir_fd = -1;
     uint64_t cycle = 0;
     gint64 start;
     guint n;
@@ -792,15 +797,16 @@ vr_replica_sink_hashes(const char *relationship, const char *disk_name, const Vr
         }
         /* The store is ours alone on this thread: the latest point cannot have changed. */
         g_assert(cycle == latest.cycle);
-        dir_fd = open(disk->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        /*
+         * The writer synced the file: whichever name a crash leaves, its content is whole (a
+         * .tmp is swept, a list is reused). The directory is not synced: a cache.
+         */
         if (rename(tmp, path) < 0) {
             int errsv = errno;
 
             unlink(tmp);
             return vr_replica_sink_errno(error, errsv, "rename", tmp);
         }
-        if (dir_fd < 0 || fsync(dir_fd) < 0)
-            return vr_replica_sink_errno(error, errno, "sync directory", disk->dir);
         g_debug("hash list of cycle %" PRIu64 " of '%s' made in %" G_GINT64_FORMAT " ms",
                 latest.cycle, disk->dir, (g_get_monotonic_time() - start) / 1000);
     }

@@ -20,6 +20,14 @@
  * become receiver errors: CONFLICT and BUSY 409, NO_SPACE 507. docs/replica-store.md ("The
  * replica sink") has the layout, the rules and the status of every error.
  *
+ * hashes() (GET /v1/hashes/{relationship}/{disk}) serves the hash list of the disk's latest
+ * point (vr-replica-hashes.h) to a primary of the relationship's trust group (else 403);
+ * nothing is made for it but the list: an unknown relationship or disk, or a disk without a
+ * point, is 404. The list is made once per point, as <disk dir>/hashes-<cycle>, on the
+ * receiver's thread (blocking it meanwhile), reused by later requests and removed once a
+ * newer point is published. While an apply runs on the disk, a list not made yet cannot be
+ * (503: the client tries again).
+ *
  * Called from the receiver's thread only, which must live while an apply runs (qemu-nbd
  * gets SIGKILL when the thread that started it exits). Not thread-safe.
  *

@@ -16,20 +16,33 @@
  * at the offset it reached continues it with the same decoder and sink handle. A committed
  * upload is remembered as long, so a repeated request gets its 204 again.
  *
+ * GET of a hash list is answered in the early handler: the sink's hashes() names a file,
+ * which is sent from its descriptor a few pieces ahead of libsoup's writes (wrote-chunk),
+ * with accumulation off, so memory does not follow the list's size.
+ *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
 #include "vr-receiver.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <libsoup/soup.h>
 
 #define VR_RECEIVER_PREFIX        "/v1/cycles/"
+#define VR_RECEIVER_HASHES_PREFIX "/v1/hashes/"
 #define VR_RECEIVER_HEADER_OFFSET "VR-Offset"
 #define VR_RECEIVER_HEADER_LENGTH "VR-Length"
 #define VR_RECEIVER_HEADER_STATE  "VR-State"
+#define VR_RECEIVER_HEADER_CYCLE  "VR-Cycle"
+#define VR_RECEIVER_HEADER_EPOCH  "VR-Epoch"
+/* A hash list goes out in pieces of this size, at most this many read ahead of the socket. */
+#define VR_RECEIVER_HASHES_CHUNK (256 * 1024)
+#define VR_RECEIVER_HASHES_AHEAD 2
 
 G_DEFINE_QUARK(vr - receiver - error - quark, vr_receiver_error)
 
@@ -105,6 +118,10 @@ vr_receiver_status_for(const GError *error)
             return SOUP_STATUS_INSUFFICIENT_STORAGE;
         case VR_RECEIVER_ERROR_COMMITTED:
             return SOUP_STATUS_NO_CONTENT;
+        case VR_RECEIVER_ERROR_NOT_FOUND:
+            return SOUP_STATUS_NOT_FOUND;
+        case VR_RECEIVER_ERROR_BUSY:
+            return SOUP_STATUS_SERVICE_UNAVAILABLE;
         }
     }
     if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE))
@@ -117,13 +134,17 @@ vr_receiver_status_for(const GError *error)
     return SOUP_STATUS_INTERNAL_SERVER_ERROR;
 }
 
-/* Reply @status with a one-line text/plain body. */
+/* Reply @status with a one-line text/plain body; a 503 says when to try again. */
 static void
 vr_receiver_reply(SoupServerMessage *msg, guint status, const char *message)
 {
     g_autofree char *line = g_strdup_printf("%s\n", message);
 
     g_debug("reply %u: %s", status, message);
+    if (status == SOUP_STATUS_SERVICE_UNAVAILABLE) {
+        soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Retry-After",
+                                     "5");
+    }
     soup_server_message_set_status(msg, status, NULL);
     soup_server_message_set_response(msg, "text/plain; charset=utf-8", SOUP_MEMORY_COPY, line,
                                      strlen(line));
@@ -341,8 +362,9 @@ vr_receiver_parse_path(const char *path, VrReceiverKey *key, GError **error)
     memset(key, 0, sizeof(*key));
     if (!g_str_has_prefix(path, VR_RECEIVER_PREFIX)) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                    "no such resource: the path is not "
-                    "/v1/cycles/{relationship}/{disk}/{epoch}/{base}/{target}");
+                    "no such resource: the path is neither "
+                    "/v1/cycles/{relationship}/{disk}/{epoch}/{base}/{target} nor "
+                    "/v1/hashes/{relationship}/{disk}");
         return false;
     }
     p = path + strlen(VR_RECEIVER_PREFIX);
@@ -378,6 +400,33 @@ vr_receiver_parse_path(const char *path, VrReceiverKey *key, GError **error)
                     key->target_cycle, key->base_cycle);
         return false;
     }
+    return true;
+}
+
+/* Split "/v1/hashes/{relationship}/{disk}" into @key's names (its numbers stay 0). */
+static bool
+vr_receiver_parse_hashes_path(const char *path, VrReceiverKey *key, GError **error)
+{
+    const char *p = path + strlen(VR_RECEIVER_HASHES_PREFIX);
+    size_t n;
+
+    g_assert(g_str_has_prefix(path, VR_RECEIVER_HASHES_PREFIX));
+    memset(key, 0, sizeof(*key));
+    n = vr_receiver_component(p, VR_WIRE_RELATIONSHIP_MAX);
+    if (n == 0 || p[n] != '/') {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "invalid relationship in the path: [a-z0-9]{1,16} expected");
+        return false;
+    }
+    memcpy(key->relationship, p, n);
+    p += n + 1;
+    n = vr_receiver_component(p, VR_WIRE_DISK_MAX);
+    if (n == 0 || p[n] != '\0') {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "invalid disk in the path: [a-z0-9]{1,31} expected, and nothing after it");
+        return false;
+    }
+    memcpy(key->disk, p, n);
     return true;
 }
 
@@ -542,6 +591,146 @@ vr_receiver_on_request_started(SoupServer *server, SoupServerMessage *msg, gpoin
                      user_data);
 }
 
+/* ---- hash lists ------------------------------------------------------------------------- */
+
+/* A hash list being sent: its file, read a few pieces ahead of the socket. */
+typedef struct {
+    int fd;
+    uint64_t length;
+    uint64_t queued; /* bytes appended to the response body */
+    guint ahead;     /* pieces appended and not written yet */
+    bool done;       /* the body is complete, or cut off */
+} VrReceiverHashes;
+
+static void
+vr_receiver_hashes_free(VrReceiverHashes *hashes)
+{
+    close(hashes->fd);
+    g_free(hashes);
+}
+
+/*
+ * Append pieces of the file until VR_RECEIVER_HASHES_AHEAD of them wait for the socket, and
+ * complete the body after the last one. A read that fails (the disk, or a sink that rewrote
+ * the file) cannot change the status any more: the connection is shut down, so the client
+ * gets less than the Content-Length and fails.
+ */
+static void
+vr_receiver_hashes_fill(SoupServerMessage *msg, VrReceiverHashes *hashes)
+{
+    SoupMessageBody *body = soup_server_message_get_response_body(msg);
+
+    while (!hashes->done && hashes->ahead < VR_RECEIVER_HASHES_AHEAD) {
+        g_autoptr(GBytes) piece = NULL;
+        size_t want, have = 0;
+        uint8_t *buf;
+        ssize_t got = 0;
+
+        if (hashes->queued == hashes->length) {
+            soup_message_body_complete(body);
+            hashes->done = true;
+            break;
+        }
+        want = (size_t)MIN(VR_RECEIVER_HASHES_CHUNK, hashes->length - hashes->queued);
+        buf = g_malloc(want);
+        while (have < want) {
+            got = pread(hashes->fd, buf + have, want - have, (off_t)(hashes->queued + have));
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got <= 0)
+                break;
+            have += (size_t)got;
+        }
+        if (have < want) {
+            GSocket *socket = soup_server_message_get_socket(msg);
+
+            g_debug("hash list: cannot read %zu bytes at %" G_GUINT64_FORMAT ": %s", want,
+                    hashes->queued, got < 0 ? g_strerror(errno) : "the file is shorter");
+            g_free(buf);
+            if (socket != NULL)
+                g_socket_shutdown(socket, TRUE, TRUE, NULL);
+            soup_message_body_complete(body);
+            hashes->done = true;
+            break;
+        }
+        piece = g_bytes_new_take(buf, want);
+        soup_message_body_append_bytes(body, piece);
+        hashes->queued += want;
+        hashes->ahead++;
+    }
+}
+
+static void
+vr_receiver_hashes_on_wrote_chunk(SoupServerMessage *msg, gpointer user_data)
+{
+    VrReceiverHashes *hashes = user_data;
+
+    g_assert(hashes->ahead > 0);
+    hashes->ahead--;
+    vr_receiver_hashes_fill(msg, hashes);
+}
+
+/*
+ * GET a hash list: the sink names the file of the disk's latest point; 200 with its bytes,
+ * VR-Cycle and VR-Epoch. The file is opened here and read through its descriptor only.
+ */
+static void
+vr_receiver_get_hashes(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKey *key,
+                       const VrReceiverPeer *peer)
+{
+    SoupMessageHeaders *headers = soup_server_message_get_response_headers(msg);
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+    g_autofree char *reason = NULL;
+    VrReceiverHashes *hashes;
+    uint64_t cycle = 0;
+    uint64_t epoch = 0;
+    struct stat st;
+    int fd;
+
+    if (receiver->sink->hashes == NULL) {
+        vr_receiver_reply(msg, SOUP_STATUS_NOT_IMPLEMENTED,
+                          "this replica does not serve hash lists");
+        return;
+    }
+    if (!receiver->sink->hashes(key->relationship, key->disk, peer, receiver->sink_data, &path,
+                                &cycle, &epoch, &error)) {
+        vr_receiver_reply(msg, vr_receiver_status_for(error), error->message);
+        return;
+    }
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int errsv = errno;
+
+        reason = g_strdup_printf("cannot open the hash list '%s': %s", path, g_strerror(errsv));
+    } else if (!S_ISREG(st.st_mode) || st.st_size <= 0) {
+        reason = g_strdup_printf("the hash list '%s' is not a regular file with data", path);
+    }
+    if (reason != NULL) {
+        if (fd >= 0)
+            close(fd);
+        vr_receiver_reply(msg, SOUP_STATUS_INTERNAL_SERVER_ERROR, reason);
+        return;
+    }
+    hashes = g_new0(VrReceiverHashes, 1);
+    hashes->fd = fd;
+    hashes->length = (uint64_t)st.st_size;
+    g_object_set_data_full(G_OBJECT(msg), "vr-receiver-hashes", hashes,
+                           (GDestroyNotify)vr_receiver_hashes_free);
+    g_debug("hash list of disk '%s' of relationship '%s' for '%s': cycle %" G_GUINT64_FORMAT
+            ", epoch %" G_GUINT64_FORMAT ", %" G_GUINT64_FORMAT " bytes from '%s'",
+            key->disk, key->relationship, peer->name, cycle, epoch, hashes->length, path);
+    soup_server_message_set_status(msg, SOUP_STATUS_OK, NULL);
+    soup_message_headers_set_content_type(headers, "application/vnd.virt-replica.hashlist", NULL);
+    soup_message_headers_set_content_length(headers, (goffset)hashes->length);
+    vr_receiver_set_header_u64(msg, VR_RECEIVER_HEADER_CYCLE, cycle);
+    vr_receiver_set_header_u64(msg, VR_RECEIVER_HEADER_EPOCH, epoch);
+    /* Each piece is dropped once written: memory stays VR_RECEIVER_HASHES_AHEAD pieces. */
+    soup_message_body_set_accumulate(soup_server_message_get_response_body(msg), FALSE);
+    g_signal_connect(msg, "wrote-chunk", G_CALLBACK(vr_receiver_hashes_on_wrote_chunk), hashes);
+    vr_receiver_hashes_fill(msg, hashes);
+}
+
 /* ---- handlers --------------------------------------------------------------------------- */
 
 /* HEAD: how much of the stream the receiver holds. */
@@ -565,7 +754,6 @@ vr_receiver_head(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverK
 static void
 vr_receiver_reply_busy(SoupServerMessage *msg, const char *reason)
 {
-    soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Retry-After", "5");
     vr_receiver_reply(msg, SOUP_STATUS_SERVICE_UNAVAILABLE, reason);
 }
 
@@ -748,7 +936,7 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
     return transfer;
 }
 
-/* Headers are in: method, policy, authorization, route; then the method's work. */
+/* Headers are in: method, policy, authorization, route; then the resource's method. */
 static void
 vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char *path,
                           GHashTable *query, gpointer user_data)
@@ -769,10 +957,12 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
      * must be drained, never buffered.
      */
     soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), FALSE);
-    if (strcmp(method, SOUP_METHOD_PUT) != 0 && strcmp(method, SOUP_METHOD_HEAD) != 0) {
+    if (strcmp(method, SOUP_METHOD_PUT) != 0 && strcmp(method, SOUP_METHOD_HEAD) != 0 &&
+        strcmp(method, SOUP_METHOD_GET) != 0) {
         soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow",
-                                     "PUT, HEAD");
-        vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED, "only PUT and HEAD are allowed");
+                                     "GET, PUT, HEAD");
+        vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED,
+                          "only GET, PUT and HEAD are allowed");
         return;
     }
     /* Per request: a CRL reloaded since the handshake cuts off a live connection. */
@@ -793,8 +983,28 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
         vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, "a query is not allowed");
         return;
     }
+    if (g_str_has_prefix(path, VR_RECEIVER_HASHES_PREFIX)) {
+        if (!vr_receiver_parse_hashes_path(path, &key, &error)) {
+            vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, error->message);
+        } else if (strcmp(method, SOUP_METHOD_GET) != 0) {
+            soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow",
+                                         "GET");
+            vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED,
+                              "a hash list is only read (GET)");
+        } else {
+            vr_receiver_get_hashes(receiver, msg, &key, &who);
+        }
+        return;
+    }
     if (!vr_receiver_parse_path(path, &key, &error)) {
         vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, error->message);
+        return;
+    }
+    if (strcmp(method, SOUP_METHOD_GET) == 0) {
+        soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow",
+                                     "PUT, HEAD");
+        vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED,
+                          "a stream is written (PUT) or asked about (HEAD), never read");
         return;
     }
     if (strcmp(method, SOUP_METHOD_HEAD) == 0) {

@@ -7,6 +7,8 @@
  * (never accumulated) and handed to a sink record by record. An upload cut by a dropped
  * connection stays open for a while and resumes at the offset the receiver reached; a
  * request that sends bytes the receiver already has (libsoup resending a PUT) is harmless.
+ * GET /v1/hashes/{relationship}/{disk} serves the hash list of the disk's latest recovery
+ * point, a file the sink names, streamed from the file in pieces (for a resync).
  *
  * The client's certificate goes through the certificate policy (vr-tls-policy.h) in the
  * TLS handshake and again on every request, then through authorization (vr-authz.h). At
@@ -45,6 +47,8 @@ typedef enum {
     VR_RECEIVER_ERROR_CONFLICT,  /* 409: a stale epoch, a base the replica does not hold */
     VR_RECEIVER_ERROR_NO_SPACE,  /* 507: the replica's storage is full */
     VR_RECEIVER_ERROR_COMMITTED, /* begin(): this very stream is already committed (204) */
+    VR_RECEIVER_ERROR_NOT_FOUND, /* 404: hashes(): no such relationship or disk, or no point */
+    VR_RECEIVER_ERROR_BUSY,      /* 503 with Retry-After: try again in a while */
 } VrReceiverErrorCode;
 
 /* What names a stream: the URL, checked against the stream's BEGIN record. */
@@ -64,7 +68,8 @@ typedef struct {
 } VrReceiverPeer;
 
 /*
- * Where the verified records of one stream go. Every member is required. begin() is called
+ * Where the verified records of one stream go. Every member is required but hashes().
+ * begin() is called
  * once per stream, when its first request (offset 0) has its headers and before any of its
  * body is read; then record() for every record in stream order (BEGIN, whose identity the
  * receiver already matched against the key, then DATA, ZERO, HASHES and END), possibly
@@ -87,6 +92,20 @@ typedef struct {
     bool (*commit)(gpointer handle, GError **error);
     /* Forget what @handle received. */
     void (*abort)(gpointer handle);
+    /*
+     * Optional (NULL: GET /v1/hashes/... is answered 501). The hash list (the file format of
+     * plugin/vr-hashlist.h) of the latest recovery point of disk @disk of @relationship, for
+     * @peer (names already checked: [a-z0-9]{1,16} and [a-z0-9]{1,31}): *@path_out (transfer
+     * full) names a complete list file, which the receiver opens at once and serves from its
+     * descriptor (so the sink may unlink or replace it afterwards, never rewrite it in
+     * place); *@cycle_out and *@epoch_out are the point it describes. The trust-group rule
+     * is the sink's; an error's code gives the status: VR_RECEIVER_ERROR_FORBIDDEN 403,
+     * _NOT_FOUND 404, _BUSY 503 (others as above). It may block the receiver's thread
+     * while it computes the list.
+     */
+    bool (*hashes)(const char *relationship, const char *disk, const VrReceiverPeer *peer,
+                   gpointer user_data, char **path_out, uint64_t *cycle_out, uint64_t *epoch_out,
+                   GError **error);
 } VrReceiverSink;
 
 /*
@@ -105,7 +124,7 @@ typedef struct {
     GInetSocketAddress *address; /* where to listen; port 0 picks one (see get_uris) */
     uint64_t max_body_size;      /* a larger stream (VR-Length) is refused with 413; required */
     const VrReceiverSink *sink;  /* borrowed, outlives the receiver */
-    gpointer sink_data;          /* the sink's begin() user_data */
+    gpointer sink_data;          /* the sink's begin() and hashes() user_data */
     guint max_active;            /* bodies read at once; 0: 4 */
     guint io_timeout_s;          /* a connection silent for this long is closed; 0: 60 */
     guint resume_timeout_s;      /* an interrupted upload waits this long; 0: 600 */

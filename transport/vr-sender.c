@@ -11,6 +11,9 @@
  * Never through a proxy: the replication network is direct (and libproxy's lookup can stall
  * a thread on WPAD).
  *
+ * A hash list is fetched the same way (the same session options, TLS and retries): GET, the
+ * body read in blocks into a .part file, renamed once complete.
+ *
  * The replica's certificate: the connection gets no CA database, so glib-networking reports
  * every certificate as unknown and our policy decides in accept-certificate; and after the
  * handshake the policy runs again on the peer certificate (a resumed TLS session skips
@@ -22,6 +25,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -270,6 +274,7 @@ vr_sender_body_init(VrSenderBody *body)
 
 /* ---- one upload ------------------------------------------------------------------------- */
 
+/* One upload; a hash list fetch uses it too (without fd, length, progress). */
 typedef struct {
     VrSender *sender;
     int fd;
@@ -365,6 +370,57 @@ vr_sender_reply_u64(SoupMessage *msg, const char *name, uint64_t *value)
 }
 
 /*
+ * Close @reply without reading what is left of it, and drop the connection: libsoup 3.2's
+ * close would read on, for the I/O timeout, from a connection that cannot carry another
+ * request. A cancelled close still marks the stream closed.
+ */
+static void
+vr_sender_reply_drop(SoupSession *session, GInputStream *reply)
+{
+    g_autoptr(GCancellable) now = g_cancellable_new();
+
+    g_cancellable_cancel(now);
+    g_input_stream_close(reply, now, NULL);
+    soup_session_abort(session);
+}
+
+/* The reply's Retry-After, for a 503. */
+static void
+vr_sender_note_retry_after(VrSenderUpload *upload, SoupMessage *msg)
+{
+    const char *after =
+        soup_message_headers_get_one(soup_message_get_response_headers(msg), "Retry-After");
+
+    upload->retry_after = after != NULL ? (guint)MIN(g_ascii_strtoull(after, NULL, 10), 300) : 0;
+}
+
+/*
+ * Read at most VR_SENDER_REASON_MAX bytes of @reply: its first line, and close it. @early:
+ * answered before (all of) the request body, so the connection is dropped.
+ */
+static char *
+vr_sender_read_reason(VrSenderUpload *upload, SoupSession *session, GInputStream *reply, bool early,
+                      GError **error)
+{
+    char buf[VR_SENDER_REASON_MAX + 1];
+    gsize got = 0;
+    char *nl;
+
+    if (!g_input_stream_read_all(reply, buf, VR_SENDER_REASON_MAX, &got, upload->cancellable,
+                                 error))
+        return NULL;
+    if (early)
+        vr_sender_reply_drop(session, reply);
+    else
+        g_input_stream_close(reply, NULL, NULL);
+    buf[got] = '\0';
+    nl = strchr(buf, '\n');
+    if (nl != NULL)
+        *nl = '\0';
+    return g_strdup(buf);
+}
+
+/*
  * Send @msg and read at most VR_SENDER_REASON_MAX bytes of the reply: its first line.
  * Synchronous: libsoup then writes the body with a blocking splice in this thread, without
  * a main loop iteration per 8 KiB piece.
@@ -374,42 +430,13 @@ vr_sender_send(VrSenderUpload *upload, SoupSession *session, SoupMessage *msg,
                const VrSenderBody *body, GError **error)
 {
     g_autoptr(GInputStream) reply = NULL;
-    char buf[VR_SENDER_REASON_MAX + 1];
-    gsize got = 0;
-    char *nl;
 
     reply = soup_session_send(session, msg, upload->cancellable, error);
     if (reply == NULL)
         return NULL;
-    {
-        const char *after =
-            soup_message_headers_get_one(soup_message_get_response_headers(msg), "Retry-After");
-
-        upload->retry_after =
-            after != NULL ? (guint)MIN(g_ascii_strtoull(after, NULL, 10), 300) : 0;
-    }
-    if (!g_input_stream_read_all(reply, buf, VR_SENDER_REASON_MAX, &got, upload->cancellable,
-                                 error))
-        return NULL;
-    if (body != NULL && body->pos < body->length) {
-        /*
-         * Answered before (all of) the body: libsoup 3.2's close would read on, for the I/O
-         * timeout, from a connection that cannot carry another request. Close without
-         * waiting (a cancelled close still marks the stream closed), and drop the connection.
-         */
-        g_autoptr(GCancellable) now = g_cancellable_new();
-
-        g_cancellable_cancel(now);
-        g_input_stream_close(reply, now, NULL);
-        soup_session_abort(session);
-    } else {
-        g_input_stream_close(reply, NULL, NULL);
-    }
-    buf[got] = '\0';
-    nl = strchr(buf, '\n');
-    if (nl != NULL)
-        *nl = '\0';
-    return g_strdup(buf);
+    vr_sender_note_retry_after(upload, msg);
+    return vr_sender_read_reason(upload, session, reply, body != NULL && body->pos < body->length,
+                                 error);
 }
 
 typedef enum {
@@ -591,6 +618,16 @@ vr_sender_read_identity(int fd, uint64_t length, VrWireIdentity *identity, GErro
     return true;
 }
 
+/* A session of the thread-default main context: the replica's address, ours, no proxy. */
+static SoupSession *
+vr_sender_session_new(VrSender *sender)
+{
+    return soup_session_new_with_options(
+        "timeout", sender->io_timeout_s, "idle-timeout", sender->io_timeout_s, "remote-connectable",
+        sender->remote, "local-address", sender->local, "user-agent", "virt-replica",
+        "max-conns-per-host", 1, "proxy-resolver", NULL, NULL);
+}
+
 bool
 vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progress,
                       gpointer progress_data, VrSenderStats *stats, GCancellable *cancellable,
@@ -641,10 +678,7 @@ vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progr
     upload.cancellable = cancellable;
 
     g_main_context_push_thread_default(context);
-    session = soup_session_new_with_options(
-        "timeout", sender->io_timeout_s, "idle-timeout", sender->io_timeout_s, "remote-connectable",
-        sender->remote, "local-address", sender->local, "user-agent", "virt-replica",
-        "max-conns-per-host", 1, "proxy-resolver", NULL, NULL);
+    session = vr_sender_session_new(sender);
     for (guint requests = 0; requests < sender->max_attempts * 2;) {
         VrSenderOutcome outcome;
 
@@ -705,6 +739,334 @@ out:
     g_clear_error(&upload.tls_error);
     g_free(upload.uri);
     close(upload.fd);
+    return ok;
+}
+
+/* ---- hash lists ------------------------------------------------------------------------- */
+
+/*
+ * The header of a hash list (the format of plugin/vr-hashlist.h), checked with the rules of
+ * vr_hashlist_reader_open(): transport/ is below plugin/ and does not link it.
+ */
+#define VR_SENDER_HASHLIST_MAGIC   "VRHASH1\n"
+#define VR_SENDER_HASHLIST_VERSION 1
+#define VR_SENDER_HASHLIST_HEADER  64
+#define VR_SENDER_HASHLIST_BLOCK   65536
+#define VR_SENDER_HASHLIST_SHA256  1
+#define VR_SENDER_HASHLIST_DIGEST  32
+
+static uint32_t
+vr_sender_le32(const uint8_t *p)
+{
+    uint32_t v;
+
+    memcpy(&v, p, sizeof(v));
+    return GUINT32_FROM_LE(v);
+}
+
+static uint64_t
+vr_sender_le64(const uint8_t *p)
+{
+    uint64_t v;
+
+    memcpy(&v, p, sizeof(v));
+    return GUINT64_FROM_LE(v);
+}
+
+/* Is @header the header of a hash list of exactly @length bytes? */
+static bool
+vr_sender_hashlist_check(const uint8_t *header, uint64_t length, GError **error)
+{
+    uint64_t size = vr_sender_le64(header + 16);
+    uint64_t count = vr_sender_le64(header + 32);
+    const char *problem = NULL;
+
+    if (memcmp(header, VR_SENDER_HASHLIST_MAGIC, 8) != 0)
+        problem = "it does not start like one";
+    else if (vr_sender_le32(header + 8) != VR_SENDER_HASHLIST_VERSION ||
+             vr_sender_le32(header + 12) != VR_SENDER_HASHLIST_HEADER ||
+             vr_sender_le32(header + 24) != VR_SENDER_HASHLIST_BLOCK ||
+             vr_sender_le32(header + 28) != VR_SENDER_HASHLIST_SHA256)
+        problem = "its header is of a version this one does not take";
+    else if (size == 0 || size > (uint64_t)G_MAXINT64 ||
+             count != size / VR_SENDER_HASHLIST_BLOCK + (size % VR_SENDER_HASHLIST_BLOCK != 0))
+        problem = "its entry count does not fit its disk size";
+    for (guint i = 40; problem == NULL && i < VR_SENDER_HASHLIST_HEADER; i++) {
+        if (header[i] != 0)
+            problem = "reserved header bytes are not zero";
+    }
+    if (problem != NULL) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID,
+                    "the replica sent something that is not a hash list: %s", problem);
+        return false;
+    }
+    if (length != VR_SENDER_HASHLIST_HEADER + count * VR_SENDER_HASHLIST_DIGEST) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID,
+                    "the replica sent a hash list of %" G_GUINT64_FORMAT
+                    " entries in %" G_GUINT64_FORMAT " bytes, not %" G_GUINT64_FORMAT,
+                    count, length, VR_SENDER_HASHLIST_HEADER + count * VR_SENDER_HASHLIST_DIGEST);
+        return false;
+    }
+    return true;
+}
+
+static bool
+vr_sender_write_all(int fd, const uint8_t *buf, size_t len, const char *path, GError **error)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int errsv = errno;
+
+            g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "cannot write '%s': %s",
+                        path, g_strerror(errsv));
+            return false;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+/*
+ * Read @want bytes of @reply into @buf: RETRY when the connection fails or ends before
+ * (the Content-Length promised more).
+ */
+static VrSenderOutcome
+vr_sender_read_body(VrSenderUpload *call, GInputStream *reply, uint8_t *buf, gsize want,
+                    uint64_t at, uint64_t length, GError **error)
+{
+    gsize got = 0;
+
+    if (!g_input_stream_read_all(reply, buf, want, &got, call->cancellable, error))
+        return VR_SENDER_RETRY;
+    if (got < want) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_PARTIAL_INPUT,
+                    "the hash list from %s ended after %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
+                    " bytes",
+                    call->uri, at + got, length);
+        return VR_SENDER_RETRY;
+    }
+    return VR_SENDER_DONE;
+}
+
+/* A 200 of GET: the body into @part, whose header is checked before the rest is read. */
+static VrSenderOutcome
+vr_sender_receive_hashes(VrSenderUpload *call, SoupSession *session, SoupMessage *msg,
+                         GInputStream *reply, const char *part, uint64_t *cycle, uint64_t *epoch,
+                         GError **error)
+{
+    SoupMessageHeaders *headers = soup_message_get_response_headers(msg);
+    g_autofree uint8_t *buf = NULL;
+    VrSenderOutcome outcome = VR_SENDER_FAILED;
+    uint64_t length, at = 0;
+    int fd;
+
+    if (!vr_sender_reply_u64(msg, "VR-Cycle", cycle) || *cycle == 0 ||
+        !vr_sender_reply_u64(msg, "VR-Epoch", epoch) ||
+        soup_message_headers_get_encoding(headers) != SOUP_ENCODING_CONTENT_LENGTH ||
+        soup_message_headers_get_content_length(headers) < VR_SENDER_HASHLIST_HEADER) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID,
+                    "the reply of the replica to %s lacks a VR-Cycle, a VR-Epoch or a "
+                    "Content-Length of a hash list",
+                    call->uri);
+        vr_sender_reply_drop(session, reply);
+        return VR_SENDER_FAILED;
+    }
+    length = (uint64_t)soup_message_headers_get_content_length(headers);
+    fd = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int errsv = errno;
+
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "cannot create '%s': %s", part,
+                    g_strerror(errsv));
+        vr_sender_reply_drop(session, reply);
+        return VR_SENDER_FAILED;
+    }
+    buf = g_malloc(VR_SENDER_BLOCK);
+    outcome = vr_sender_read_body(call, reply, buf, VR_SENDER_HASHLIST_HEADER, 0, length, error);
+    if (outcome == VR_SENDER_DONE && !vr_sender_hashlist_check(buf, length, error))
+        outcome = VR_SENDER_FAILED;
+    if (outcome == VR_SENDER_DONE &&
+        !vr_sender_write_all(fd, buf, VR_SENDER_HASHLIST_HEADER, part, error))
+        outcome = VR_SENDER_FAILED;
+    at = VR_SENDER_HASHLIST_HEADER;
+    while (outcome == VR_SENDER_DONE && at < length) {
+        gsize want = (gsize)MIN(VR_SENDER_BLOCK, length - at);
+
+        outcome = vr_sender_read_body(call, reply, buf, want, at, length, error);
+        if (outcome == VR_SENDER_DONE && !vr_sender_write_all(fd, buf, want, part, error))
+            outcome = VR_SENDER_FAILED;
+        at += want;
+    }
+    if (outcome == VR_SENDER_DONE && fsync(fd) < 0) {
+        int errsv = errno;
+
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "cannot sync '%s': %s", part,
+                    g_strerror(errsv));
+        outcome = VR_SENDER_FAILED;
+    }
+    if (close(fd) < 0 && outcome == VR_SENDER_DONE) {
+        int errsv = errno;
+
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "cannot close '%s': %s", part,
+                    g_strerror(errsv));
+        outcome = VR_SENDER_FAILED;
+    }
+    if (outcome == VR_SENDER_DONE)
+        g_input_stream_close(reply, NULL, NULL);
+    else
+        vr_sender_reply_drop(session, reply);
+    return outcome;
+}
+
+/* One GET of the hash list into @part. */
+static VrSenderOutcome
+vr_sender_get_hashes(VrSenderUpload *call, SoupSession *session, const char *part, uint64_t *cycle,
+                     uint64_t *epoch, GError **error)
+{
+    g_autoptr(SoupMessage) msg = vr_sender_message_new(call, SOUP_METHOD_GET);
+    g_autoptr(GInputStream) reply = NULL;
+    g_autofree char *reason = NULL;
+    guint status;
+
+    call->stats->requests++;
+    g_debug("GET %s", call->uri);
+    reply = soup_session_send(session, msg, call->cancellable, error);
+    if (reply == NULL)
+        return VR_SENDER_RETRY;
+    status = soup_message_get_status(msg);
+    if (status == SOUP_STATUS_OK)
+        return vr_sender_receive_hashes(call, session, msg, reply, part, cycle, epoch, error);
+    vr_sender_note_retry_after(call, msg);
+    reason = vr_sender_read_reason(call, session, reply, false, error);
+    if (reason == NULL)
+        return VR_SENDER_RETRY;
+    if (reason[0] == '\0') {
+        g_free(reason);
+        reason = g_strdup(soup_message_get_reason_phrase(msg));
+    }
+    if (status == SOUP_STATUS_NOT_FOUND) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NOT_FOUND,
+                    "the replica has no hash list at %s: %s", call->uri, reason);
+        return VR_SENDER_FAILED;
+    }
+    if (SOUP_STATUS_IS_SERVER_ERROR(status) && status != SOUP_STATUS_NOT_IMPLEMENTED) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
+                    "the replica failed: %u %s", status, reason);
+        return status == SOUP_STATUS_SERVICE_UNAVAILABLE ? VR_SENDER_BUSY : VR_SENDER_RETRY;
+    }
+    g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED, "the replica refused %s: %u %s",
+                call->uri, status, reason);
+    return VR_SENDER_FAILED;
+}
+
+/* Rename @part to @path and sync the directory: the list is durable under its name. */
+static bool
+vr_sender_publish(const char *part, const char *path, GError **error)
+{
+    g_autofree char *dir = g_path_get_dirname(path);
+    int errsv;
+    int fd;
+
+    if (rename(part, path) < 0) {
+        errsv = errno;
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv),
+                    "cannot rename '%s' to '%s': %s", part, path, g_strerror(errsv));
+        return false;
+    }
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) < 0) {
+        errsv = errno;
+        if (fd >= 0)
+            close(fd);
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv),
+                    "cannot sync directory '%s': %s", dir, g_strerror(errsv));
+        return false;
+    }
+    close(fd);
+    return true;
+}
+
+bool
+vr_sender_fetch_hashes(VrSender *sender, const char *relationship, const char *disk,
+                       const char *path, uint64_t *cycle_out, uint64_t *epoch_out, GError **error)
+{
+    g_autoptr(GMainContext) context = g_main_context_new();
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(GError) last = NULL;
+    g_autofree char *rel = g_uri_escape_string(relationship, NULL, FALSE);
+    g_autofree char *dsk = g_uri_escape_string(disk, NULL, FALSE);
+    g_autofree char *part = g_strconcat(path, ".part", NULL);
+    VrSenderStats stats = { 0 };
+    VrSenderUpload call = { 0 };
+    uint64_t cycle = 0;
+    uint64_t epoch = 0;
+    guint failures = 0;
+    guint busy = 0;
+    bool ok = false;
+
+    /* The names go as they are, escaped: the receiver is the one that checks them (400). */
+    call.sender = sender;
+    call.fd = -1;
+    call.stats = &stats;
+    call.uri = g_strdup_printf("https://%s:%u/v1/hashes/%s/%s", sender->server_name, sender->port,
+                               rel, dsk);
+    g_main_context_push_thread_default(context);
+    session = vr_sender_session_new(sender);
+    for (;;) {
+        VrSenderOutcome outcome;
+
+        g_clear_error(&last);
+        outcome = vr_sender_get_hashes(&call, session, part, &cycle, &epoch, &last);
+        if (call.tls_error != NULL) {
+            g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CERTIFICATE,
+                        "the certificate of replica %s was refused: %s", sender->server_name,
+                        call.tls_error->message);
+            goto out;
+        }
+        switch (outcome) {
+        case VR_SENDER_DONE:
+            ok = vr_sender_publish(part, path, error);
+            goto out;
+        case VR_SENDER_AGAIN: /* not an outcome of a GET */
+        case VR_SENDER_FAILED:
+            g_propagate_error(error, g_steal_pointer(&last));
+            goto out;
+        case VR_SENDER_BUSY:
+            if (++busy > VR_SENDER_MAX_BUSY)
+                break;
+            g_debug("the replica is busy (%u): %s", busy, last->message);
+            g_usleep((gulong)vr_sender_retry_after_us(call.retry_after));
+            continue;
+        case VR_SENDER_RETRY:
+            break;
+        }
+        failures++;
+        g_debug("attempt %u of %s failed: %s", failures, call.uri, last->message);
+        if (failures >= sender->max_attempts || busy > VR_SENDER_MAX_BUSY)
+            break;
+        g_usleep((gulong)vr_sender_backoff_us(sender, failures));
+        soup_session_abort(session); /* a fresh connection: the old one may be half dead */
+    }
+    g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
+                "failed to fetch %s after %u failed attempts; the last: %s", call.uri, failures,
+                last->message);
+
+out:
+    if (!ok)
+        unlink(part);
+    g_clear_object(&session);
+    g_main_context_pop_thread_default(context);
+    g_clear_error(&call.tls_error);
+    g_free(call.uri);
+    if (ok) {
+        *cycle_out = cycle;
+        *epoch_out = epoch;
+    }
     return ok;
 }
 

@@ -7,7 +7,8 @@
  * limits. After a dropped connection, a timeout or a 5xx reply it waits (exponential
  * backoff with jitter), asks the receiver how much it holds (HEAD), and sends the rest from
  * there. A refusal (400, 403, 409, 413, 507) or a certificate the policy rejects is final
- * and is not retried.
+ * and is not retried. It also fetches the hash list of a disk's latest recovery point on the
+ * replica (GET /v1/hashes/...) into a file, for a resync.
  *
  * The replica is named by its DNS name (the URL's host and the identity the certificate
  * policy checks) and may be reached at another address, the replica's address on the
@@ -40,7 +41,8 @@ typedef enum {
     VR_SENDER_ERROR_NO_SPACE,    /* 507: the replica's storage is full; try again later */
     VR_SENDER_ERROR_CERTIFICATE, /* the replica's certificate was refused; names the reason */
     VR_SENDER_ERROR_UNREACHABLE, /* every attempt failed; the last failure is in the message */
-    VR_SENDER_ERROR_INVALID,     /* the file is not a wire stream */
+    VR_SENDER_ERROR_INVALID,     /* the file is not a wire stream; a reply is not a hash list */
+    VR_SENDER_ERROR_NOT_FOUND,   /* 404: the replica has no such relationship, disk or point */
 } VrSenderErrorCode;
 
 typedef struct {
@@ -92,5 +94,21 @@ typedef void (*VrSenderProgress)(uint64_t offset, uint64_t total, gpointer user_
 bool vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progress,
                            gpointer progress_data, VrSenderStats *stats, GCancellable *cancellable,
                            GError **error);
+
+/*
+ * Fetch the hash list (the file format of plugin/vr-hashlist.h) of the latest recovery point
+ * of disk @disk of @relationship from the replica into @path, and the cycle and epoch of the
+ * point it describes: the base a RESYNC stream built from it applies on. The body goes to
+ * "@path.part" as it comes (memory does not follow its size), its header is checked against
+ * the Content-Length before the rest is read, then the file is fsynced and renamed to @path
+ * (replacing it); no .part is left behind. Retried like an upload, from the start (a partial
+ * list is not resumed); final: VR_SENDER_ERROR_NOT_FOUND (404), _REFUSED (403, 400 and other
+ * refusals; 501: the replica serves no hash lists), _INVALID (a reply that is not a hash
+ * list), _CERTIFICATE; G_IO_ERROR for @path. The bandwidth limits are not asked (they are
+ * for uploads). Outputs are set on success only. Blocks its thread, like an upload.
+ */
+bool vr_sender_fetch_hashes(VrSender *sender, const char *relationship, const char *disk,
+                            const char *path, uint64_t *cycle_out, uint64_t *epoch_out,
+                            GError **error);
 
 G_END_DECLS

@@ -3,8 +3,8 @@
  *
  * make-pki.sh generates the test PKI once per run into the scratch directory. Each test
  * starts a receiver on 127.0.0.1, port 0, with server-ok and a recording sink, and sends
- * PUT requests from a SoupSession in the same process (both run on the default main
- * context). The client trusts the server through the certificate policy (peer = server,
+ * PUT (and GET) requests from a SoupSession in the same process (both run on the default
+ * main context). The client trusts the server through the certificate policy (peer = server,
  * name replica.example) in the message's accept-certificate, not through the host name.
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
@@ -66,6 +66,13 @@ typedef struct {
     uint64_t delivered;   /* wire bytes of the records delivered so far, BEGIN included */
     uint64_t max_lag;     /* max of produced - delivered at a delivery */
     gint64 first_data_at; /* produced when the first DATA record arrived, or -1 */
+    /* hashes() (test_sink_hashes only): names this file, or fails with a copy of the error */
+    const char *hashes_path;
+    GError *hashes_error;
+    uint64_t hashes_cycle;
+    uint64_t hashes_epoch;
+    int hashes_calls;
+    char *hashes_asked; /* "<relationship>/<disk> <peer> <group>" of the last call */
 } TestSink;
 
 static gpointer
@@ -160,11 +167,41 @@ sink_abort(gpointer handle)
     sink->aborts++;
 }
 
+static bool
+sink_hashes(const char *relationship, const char *disk, const VrReceiverPeer *peer,
+            gpointer user_data, char **path_out, uint64_t *cycle_out, uint64_t *epoch_out,
+            GError **error)
+{
+    TestSink *sink = user_data;
+
+    sink->hashes_calls++;
+    g_free(sink->hashes_asked);
+    sink->hashes_asked =
+        g_strdup_printf("%s/%s %s %s", relationship, disk, peer->name, peer->group);
+    if (sink->hashes_error != NULL) {
+        *error = g_error_copy(sink->hashes_error);
+        return false;
+    }
+    *path_out = g_strdup(sink->hashes_path);
+    *cycle_out = sink->hashes_cycle;
+    *epoch_out = sink->hashes_epoch;
+    return true;
+}
+
 static const VrReceiverSink test_sink = {
     .begin = sink_begin,
     .record = sink_record,
     .commit = sink_commit,
     .abort = sink_abort,
+};
+
+/* The same, serving hash lists. */
+static const VrReceiverSink test_sink_hashes = {
+    .begin = sink_begin,
+    .record = sink_record,
+    .commit = sink_commit,
+    .abort = sink_abort,
+    .hashes = sink_hashes,
 };
 
 /* ---- fixture: a receiver and the client's policy -------------------------------------- */
@@ -184,6 +221,7 @@ typedef struct {
     bool no_revocation;     /* set before fixture_start(): check-revocation = false for clients */
     guint queue_timeout_s;  /* set before fixture_start() */
     guint max_open_uploads; /* set before fixture_start() */
+    bool serve_hashes;      /* set before fixture_start(): the sink has hashes() */
 } Fixture;
 
 static bool
@@ -247,7 +285,7 @@ fixture_start(Fixture *fx, uint64_t max_body_size)
             .authz = fx->authz,
             .address = G_INET_SOCKET_ADDRESS(address),
             .max_body_size = max_body_size,
-            .sink = &test_sink,
+            .sink = fx->serve_hashes ? &test_sink_hashes : &test_sink,
             .sink_data = &fx->sink,
             .max_active = fx->max_active,
             .io_timeout_s = fx->io_timeout_s,
@@ -294,6 +332,8 @@ fixture_teardown(Fixture *fx, gconstpointer data)
     vr_authz_free(fx->authz);
     g_free(fx->refused);
     g_clear_error(&fx->sink.begin_error);
+    g_clear_error(&fx->sink.hashes_error);
+    g_free(fx->sink.hashes_asked);
     g_free(fx->sink.peer_group);
     vr_tls_policy_free(fx->client_policy);
     vr_tls_policy_free(fx->server_policy);
@@ -409,12 +449,56 @@ client_put(Fixture *fx, SoupSession *session, const char *path, GBytes *body, GI
 }
 
 /*
+ * @method @path without a body as client-ok: the status (0 when the request failed), the
+ * reply's body, and its header @header (NULL: none asked).
+ */
+static guint
+client_request(Fixture *fx, SoupSession *session, const char *method, const char *path,
+               const char *header, char **value_out, GBytes **body_out)
+{
+    g_autofree char *uri = g_strconcat(fx->base, path, NULL);
+    g_autoptr(SoupMessage) msg = soup_message_new(method, uri);
+    g_autofree char *cert_path = pki_path("client-ok.pem");
+    g_autofree char *key_path = pki_path("client-ok-key.pem");
+    g_autoptr(GTlsCertificate) cert = NULL;
+    g_autoptr(GError) error = NULL;
+    Reply reply = { 0 };
+    guint status;
+
+    g_assert_nonnull(msg);
+    cert = g_tls_certificate_new_from_files(cert_path, key_path, &error);
+    g_assert_no_error(error);
+    soup_message_set_tls_client_certificate(msg, cert);
+    g_signal_connect(msg, "accept-certificate", G_CALLBACK(client_accept_certificate), fx);
+    soup_session_send_and_read_async(session, msg, G_PRIORITY_DEFAULT, NULL, client_sent, &reply);
+    while (!reply.done)
+        g_main_context_iteration(NULL, TRUE);
+    if (reply.error != NULL) {
+        g_test_message("%s %s failed: %s", method, path, reply.error->message);
+        g_clear_error(&reply.error);
+        return 0;
+    }
+    status = soup_message_get_status(msg);
+    g_test_message("%s %s: %u, %" G_GSIZE_FORMAT " bytes", method, path, status,
+                   g_bytes_get_size(reply.body));
+    if (header != NULL) {
+        *value_out =
+            g_strdup(soup_message_headers_get_one(soup_message_get_response_headers(msg), header));
+    }
+    if (body_out != NULL)
+        *body_out = g_bytes_ref(reply.body);
+    g_bytes_unref(reply.body);
+    return status;
+}
+
+/*
  * SoupMessage's GUri removes dot segments and decodes %2e before sending, so the paths of
  * test_bad_path also go out byte for byte: a GSocketClient with TLS, in a thread (the
  * receiver runs on this thread's main context).
  */
 typedef struct {
     Fixture *fx;
+    const char *method; /* NULL: PUT; another one is sent without a body */
     const char *path;
     GBytes *body;
     uint64_t claimed; /* the Content-Length sent, when not 0 (more than the body) */
@@ -459,7 +543,7 @@ raw_put_run(gpointer data)
     g_autoptr(GError) error = NULL;
     g_autofree char *head = NULL;
     gsize size = 0;
-    const void *body = g_bytes_get_data(raw->body, &size);
+    const void *body = raw->body != NULL ? g_bytes_get_data(raw->body, &size) : NULL;
     guint8 buf[4096];
     gssize n;
 
@@ -468,16 +552,24 @@ raw_put_run(gpointer data)
     g_signal_connect(client, "event", G_CALLBACK(raw_event), raw->fx);
     conn = g_socket_client_connect_to_uri(client, raw->fx->base, 443, NULL, &error);
     g_assert_no_error(error);
-    head = g_strdup_printf("PUT %s HTTP/1.1\r\nHost: replica.example\r\n"
-                           "Content-Length: %" G_GUINT64_FORMAT "\r\nVR-Length: %" G_GUINT64_FORMAT
-                           "\r\nConnection: close\r\n%s\r\n",
-                           raw->path, raw->claimed != 0 ? raw->claimed : (uint64_t)size,
-                           raw->claimed != 0 ? raw->claimed : (uint64_t)size,
-                           raw->claimed != 0 ? "Expect: 100-continue\r\n" : "");
+    if (raw->method != NULL) {
+        head = g_strdup_printf("%s %s HTTP/1.1\r\nHost: replica.example\r\n"
+                               "Connection: close\r\n\r\n",
+                               raw->method, raw->path);
+        size = 0;
+    } else {
+        head =
+            g_strdup_printf("PUT %s HTTP/1.1\r\nHost: replica.example\r\n"
+                            "Content-Length: %" G_GUINT64_FORMAT "\r\nVR-Length: %" G_GUINT64_FORMAT
+                            "\r\nConnection: close\r\n%s\r\n",
+                            raw->path, raw->claimed != 0 ? raw->claimed : (uint64_t)size,
+                            raw->claimed != 0 ? raw->claimed : (uint64_t)size,
+                            raw->claimed != 0 ? "Expect: 100-continue\r\n" : "");
+    }
     g_assert_true(g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)), head,
                                             strlen(head), NULL, NULL, &error));
     /* with a claimed length, wait for the answer to "Expect: 100-continue": send nothing */
-    if (raw->claimed == 0) {
+    if (raw->claimed == 0 && size > 0) {
         g_assert_true(g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)),
                                                 body, size, NULL, NULL, &error));
     }
@@ -494,17 +586,24 @@ raw_put_run(gpointer data)
 }
 
 static guint
-raw_put(Fixture *fx, const char *path, GBytes *body, uint64_t claimed, char **reply_out)
+raw_request(Fixture *fx, const char *method, const char *path, GBytes *body, uint64_t claimed,
+            char **reply_out)
 {
-    RawPut raw = { .fx = fx, .path = path, .body = body, .claimed = claimed };
+    RawPut raw = { .fx = fx, .method = method, .path = path, .body = body, .claimed = claimed };
     GThread *thread = g_thread_new("raw-put", raw_put_run, &raw);
 
     while (!g_atomic_int_get(&raw.done))
         g_main_context_iteration(NULL, TRUE);
     g_thread_join(thread);
-    g_test_message("raw PUT %s: %s", path, raw.reply);
+    g_test_message("raw %s %s: %s", method != NULL ? method : "PUT", path, raw.reply);
     *reply_out = raw.reply;
     return raw.status;
+}
+
+static guint
+raw_put(Fixture *fx, const char *path, GBytes *body, uint64_t claimed, char **reply_out)
+{
+    return raw_request(fx, NULL, path, body, claimed, reply_out);
 }
 
 /* ---- streams -------------------------------------------------------------------------- */
@@ -982,6 +1081,10 @@ test_sink_status(Fixture *fx, gconstpointer data)
         { vr_authz_error_quark, VR_AUTHZ_ERROR_FORBIDDEN, "primary1 may not",
           SOUP_STATUS_FORBIDDEN },
         { vr_receiver_error_quark, VR_RECEIVER_ERROR_COMMITTED, "", SOUP_STATUS_NO_CONTENT },
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_NOT_FOUND, "no such disk",
+          SOUP_STATUS_NOT_FOUND },
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_BUSY, "the disk is busy",
+          SOUP_STATUS_SERVICE_UNAVAILABLE },
     };
     g_autoptr(SoupSession) session = NULL;
     g_autoptr(GBytes) body = NULL;
@@ -1948,6 +2051,309 @@ test_open_uploads(Fixture *fx, gconstpointer data)
     g_assert_cmpuint(fx->sink.key.target_cycle, ==, 3);
 }
 
+/* ---- hash lists ---------------------------------------------------------------------- */
+
+#define HASHLIST_HEADER 64
+#define HASHLIST_BLOCK  65536
+
+/*
+ * A hash list of a disk of @virtual_size bytes as docs/replica-store.md and vr-hashlist.h
+ * describe it (written here from the format, not with vr-hashlist), each entry a pattern of
+ * its index, in the file @name of the scratch directory: its path, and its @size.
+ * (transfer full)
+ */
+static char *
+hashlist_file(const char *name, uint64_t virtual_size, uint64_t *size)
+{
+    char *path = vr_test_path(name);
+    uint64_t count = (virtual_size + HASHLIST_BLOCK - 1) / HASHLIST_BLOCK;
+    uint8_t header[HASHLIST_HEADER] = { 0 };
+    g_autofree uint8_t *entries = g_malloc(32 * 4096);
+    uint32_t u32;
+    uint64_t u64;
+    FILE *f = fopen(path, "wb");
+
+    g_assert_nonnull(f);
+    memcpy(header, "VRHASH1\n", 8);
+    u32 = GUINT32_TO_LE(1); /* version */
+    memcpy(header + 8, &u32, 4);
+    u32 = GUINT32_TO_LE(HASHLIST_HEADER);
+    memcpy(header + 12, &u32, 4);
+    u64 = GUINT64_TO_LE(virtual_size);
+    memcpy(header + 16, &u64, 8);
+    u32 = GUINT32_TO_LE(HASHLIST_BLOCK);
+    memcpy(header + 24, &u32, 4);
+    u32 = GUINT32_TO_LE(1); /* SHA-256 */
+    memcpy(header + 28, &u32, 4);
+    u64 = GUINT64_TO_LE(count);
+    memcpy(header + 32, &u64, 8);
+    g_assert_cmpuint(fwrite(header, 1, sizeof(header), f), ==, sizeof(header));
+    for (uint64_t i = 0; i < count;) {
+        uint64_t n = MIN(count - i, 4096);
+
+        for (uint64_t k = 0; k < n; k++) {
+            for (unsigned b = 0; b < 32; b++)
+                entries[k * 32 + b] = (uint8_t)(((i + k) >> (8 * (b % 4))) ^ (b * 37));
+        }
+        g_assert_cmpuint(fwrite(entries, 32, n, f), ==, n);
+        i += n;
+    }
+    g_assert_cmpint(fclose(f), ==, 0);
+    *size = HASHLIST_HEADER + count * 32;
+    return path;
+}
+
+/* vr_sender_fetch_hashes() as client-ok, in a thread, while the receiver runs here. */
+static bool
+fetch_hashes(Fixture *fx, const char *relationship, const char *disk, const char *path,
+             uint64_t *cycle, uint64_t *epoch, GError **error)
+{
+    VrTestFetch f = {
+        .pki = pki,
+        .client_cert = "client-ok",
+        .policy = fx->server_policy,
+        .port = fx->port,
+        .relationship = relationship,
+        .disk = disk,
+        .path = path,
+    };
+    bool ok = vr_test_fetch_wait(&f, g_thread_new("fetch", vr_test_fetch_run, &f));
+
+    if (!ok) {
+        g_propagate_error(error, f.error);
+        return false;
+    }
+    *cycle = f.cycle;
+    *epoch = f.epoch;
+    return true;
+}
+
+/* Neither @path nor @path.part exists. */
+static void
+assert_no_list(const char *path)
+{
+    g_autofree char *part = g_strconcat(path, ".part", NULL);
+
+    g_assert_false(g_file_test(path, G_FILE_TEST_EXISTS));
+    g_assert_false(g_file_test(part, G_FILE_TEST_EXISTS));
+}
+
+/*
+ * A sink without hashes(): GET of a hash list is 501 (the client's error is final); and
+ * each resource has its methods (405 with Allow).
+ */
+static void
+test_hashes_none(Fixture *fx, gconstpointer data)
+{
+    static const struct {
+        const char *method;
+        const char *path;
+        const char *allow;
+    } methods[] = {
+        { "PUT", "/v1/hashes/r1/vda", "GET" },  { "HEAD", "/v1/hashes/r1/vda", "GET" },
+        { "GET", PATH_VDA, "PUT, HEAD" },       { "DELETE", "/v1/hashes/r1/vda", "GET, PUT, HEAD" },
+        { "POST", PATH_VDA, "GET, PUT, HEAD" },
+    };
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(GBytes) body = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *out = NULL;
+    uint64_t cycle = 0;
+    uint64_t epoch = 0;
+
+    if (skip_without_pki())
+        return;
+    session = client_session_new();
+    g_assert_cmpuint(client_request(fx, session, "GET", "/v1/hashes/r1/vda", NULL, NULL, &body), ==,
+                     SOUP_STATUS_NOT_IMPLEMENTED);
+    g_assert_cmpmem(g_bytes_get_data(body, NULL), g_bytes_get_size(body),
+                    "this replica does not serve hash lists\n", 39);
+
+    out = vr_test_path("list-none");
+    g_assert_false(fetch_hashes(fx, "r1", "vda", out, &cycle, &epoch, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, ": 501 this replica does not serve hash lists"));
+    assert_no_list(out);
+
+    for (guint i = 0; i < G_N_ELEMENTS(methods); i++) {
+        g_autofree char *allow = NULL;
+
+        g_assert_cmpuint(
+            client_request(fx, session, methods[i].method, methods[i].path, "Allow", &allow, NULL),
+            ==, SOUP_STATUS_METHOD_NOT_ALLOWED);
+        g_assert_cmpstr(allow, ==, methods[i].allow);
+    }
+    g_assert_cmpint(fx->sink.begins, ==, 0);
+}
+
+/*
+ * A sink with hashes(): a 32 MiB list (a 64 GiB disk) reaches the client byte for byte,
+ * with VR-Cycle and VR-Epoch; the sink's errors become statuses and the client's errors;
+ * replies that are not hash lists fail the client, leaving no file; bad paths are 400
+ * without the sink.
+ */
+static void
+test_hashes_serve(Fixture *fx, gconstpointer data)
+{
+    static const struct {
+        GQuark (*domain)(void);
+        int code;
+        const char *message;
+        int sender_code;
+        const char *text; /* in the client's error */
+        int calls;        /* of hashes(): 3 when the client retries */
+    } rows[] = {
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_FORBIDDEN, "r1 belongs to trust group b",
+          VR_SENDER_ERROR_REFUSED, ": 403 r1 belongs to trust group b", 1 },
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_NOT_FOUND, "no such disk",
+          VR_SENDER_ERROR_NOT_FOUND, "no hash list at", 1 },
+        { vr_authz_error_quark, VR_AUTHZ_ERROR_INVALID, "disk 'x' is not a name",
+          VR_SENDER_ERROR_REFUSED, ": 400 disk 'x' is not a name", 1 },
+        { g_io_error_quark, G_IO_ERROR_FAILED, "qemu-nbd failed", VR_SENDER_ERROR_UNREACHABLE,
+          "500 qemu-nbd failed", 3 },
+    };
+    static const char *const bad_paths[] = {
+        "/v1/hashes/r1",        "/v1/hashes/r1/vda/",    "/v1/hashes/r1/vda/1",
+        "/v1/hashes/R1/vda",    "/v1/hashes/r1/%2e%2e",  "/v1/hashes//vda",
+        "/v1/hashes/r1/vda%00", "/v1/hashes/r1/vda?x=1", "/v1/hashes/../r1/vda",
+        "/v1/hashes/r1/%2E%2E", "/v1/hashes/r1/..",      "/v1/hashes/r12345678901234567/vda",
+    };
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(GBytes) body = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *list = NULL;
+    g_autofree char *out = NULL;
+    g_autofree char *sent = NULL;
+    g_autofree char *got = NULL;
+    g_autofree char *value = NULL;
+    gsize sent_len = 0;
+    gsize got_len = 0;
+    uint64_t size = 0;
+    uint64_t cycle = 0;
+    uint64_t epoch = 0;
+    int calls;
+
+    if (skip_without_pki())
+        return;
+    fx->serve_hashes = true;
+    fixture_restart(fx);
+    list = hashlist_file("list.vrh", 64ull * 1024 * MiB + 4608, &size);
+    g_assert_cmpuint(size, ==, HASHLIST_HEADER + (1024ull * 1024 + 1) * 32);
+    fx->sink.hashes_path = list;
+    fx->sink.hashes_cycle = 7;
+    fx->sink.hashes_epoch = 3;
+
+    out = vr_test_path("list-out");
+    g_assert_true(fetch_hashes(fx, "r1", "vda", out, &cycle, &epoch, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(cycle, ==, 7);
+    g_assert_cmpuint(epoch, ==, 3);
+    g_assert_cmpstr(fx->sink.hashes_asked, ==, "r1/vda primary1 default");
+    g_assert_true(g_file_get_contents(list, &sent, &sent_len, NULL));
+    g_assert_true(g_file_get_contents(out, &got, &got_len, NULL));
+    g_assert_cmpmem(got, got_len, sent, sent_len);
+    g_clear_pointer(&got, g_free);
+    {
+        g_autofree char *part = g_strconcat(out, ".part", NULL);
+
+        g_assert_false(g_file_test(part, G_FILE_TEST_EXISTS));
+    }
+
+    /* the reply's headers, seen by a plain client */
+    session = client_session_new();
+    g_assert_cmpuint(
+        client_request(fx, session, "GET", "/v1/hashes/r1/vda", "VR-Cycle", &value, &body), ==,
+        SOUP_STATUS_OK);
+    g_assert_cmpstr(value, ==, "7");
+    g_assert_cmpmem(g_bytes_get_data(body, NULL), g_bytes_get_size(body), sent, sent_len);
+    g_clear_pointer(&value, g_free);
+    g_clear_pointer(&body, g_bytes_unref);
+    g_assert_cmpuint(
+        client_request(fx, session, "GET", "/v1/hashes/r1/vda", "VR-Epoch", &value, NULL), ==,
+        SOUP_STATUS_OK);
+    g_assert_cmpstr(value, ==, "3");
+    g_clear_pointer(&value, g_free);
+    g_assert_cmpuint(
+        client_request(fx, session, "GET", "/v1/hashes/r1/vda", "Content-Length", &value, NULL), ==,
+        SOUP_STATUS_OK);
+    g_assert_cmpuint(g_ascii_strtoull(value, NULL, 10), ==, size);
+    g_clear_pointer(&value, g_free);
+
+    /* the sink's errors; each leaves the earlier list in place, and no .part */
+    for (guint i = 0; i < G_N_ELEMENTS(rows); i++) {
+        g_autoptr(GError) local = NULL;
+
+        calls = fx->sink.hashes_calls;
+        g_clear_error(&fx->sink.hashes_error);
+        fx->sink.hashes_error =
+            g_error_new_literal(rows[i].domain(), rows[i].code, rows[i].message);
+        g_assert_false(fetch_hashes(fx, "r1", "vda", out, &cycle, &epoch, &local));
+        g_assert_error(local, VR_SENDER_ERROR, rows[i].sender_code);
+        g_assert_nonnull(strstr(local->message, rows[i].text));
+        g_assert_cmpint(fx->sink.hashes_calls - calls, ==, rows[i].calls);
+        g_assert_true(g_file_get_contents(out, &got, &got_len, NULL));
+        g_assert_cmpmem(got, got_len, sent, sent_len);
+        g_clear_pointer(&got, g_free);
+    }
+    /* busy: 503 with Retry-After */
+    g_clear_error(&fx->sink.hashes_error);
+    fx->sink.hashes_error =
+        g_error_new_literal(VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_BUSY, "the disk is busy");
+    g_assert_cmpuint(
+        client_request(fx, session, "GET", "/v1/hashes/r1/vda", "Retry-After", &value, NULL), ==,
+        SOUP_STATUS_SERVICE_UNAVAILABLE);
+    g_assert_cmpstr(value, ==, "5");
+    g_clear_pointer(&value, g_free);
+    g_clear_error(&fx->sink.hashes_error);
+
+    /* replies that are not hash lists: final, nothing written */
+    {
+        g_autofree char *text = vr_test_path("not-a-list");
+        g_autofree char *cut = vr_test_path("cut-list");
+        g_autofree char *missing = vr_test_path("no-such-list");
+        g_autofree char *fresh = vr_test_path("list-fresh");
+        const struct {
+            const char *path;
+            int code;
+            const char *message;
+        } files[] = {
+            { text, VR_SENDER_ERROR_INVALID, "not a hash list: it does not start like one" },
+            { cut, VR_SENDER_ERROR_INVALID, "1048577 entries in 32064 bytes, not 33554528" },
+            { missing, VR_SENDER_ERROR_UNREACHABLE, "cannot open the hash list" },
+        };
+
+        g_assert_true(g_file_set_contents(text,
+                                          "not a hash list, and longer than its header: "
+                                          "0123456789012345678901234567890123456789",
+                                          -1, NULL));
+        g_assert_no_errno(truncate(list, HASHLIST_HEADER + 1000 * 32));
+        g_assert_no_errno(rename(list, cut));
+        for (guint i = 0; i < G_N_ELEMENTS(files); i++) {
+            g_autoptr(GError) local = NULL;
+
+            fx->sink.hashes_path = files[i].path;
+            g_assert_false(fetch_hashes(fx, "r1", "vda", fresh, &cycle, &epoch, &local));
+            g_assert_error(local, VR_SENDER_ERROR, files[i].code);
+            g_assert_nonnull(strstr(local->message, files[i].message));
+            assert_no_list(fresh);
+        }
+        fx->sink.hashes_path = list; /* (those paths go with this block) */
+    }
+
+    /* bad paths: 400 before the sink */
+    calls = fx->sink.hashes_calls;
+    for (guint i = 0; i < G_N_ELEMENTS(bad_paths); i++) {
+        g_autofree char *reply = NULL;
+
+        g_assert_cmpuint(client_request(fx, session, "GET", bad_paths[i], NULL, NULL, NULL), ==,
+                         SOUP_STATUS_BAD_REQUEST);
+        g_assert_cmpuint(raw_request(fx, "GET", bad_paths[i], NULL, 0, &reply), ==,
+                         SOUP_STATUS_BAD_REQUEST);
+    }
+    g_assert_cmpint(fx->sink.hashes_calls, ==, calls);
+    g_assert_cmpint(fx->sink.begins, ==, 0);
+}
+
 /* ---- main ----------------------------------------------------------------------------- */
 
 #define ADD(path, limit, func)                                                           \
@@ -1987,6 +2393,8 @@ main(int argc, char **argv)
     ADD("queue-timeout", 0, test_queue_timeout);
     ADD("slow-rate", 0, test_slow_rate);
     ADD("open-uploads", 0, test_open_uploads);
+    ADD("hashes/none", 0, test_hashes_none);
+    ADD("hashes/serve", 0, test_hashes_serve);
 
     rc = g_test_run();
     g_free(pki);

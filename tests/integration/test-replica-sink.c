@@ -6,7 +6,8 @@
  * sink over a storage root of its own, and uploads streams with a VrSender in a thread
  * while the receiver runs on the main context. Every cycle is written with the wire encoder
  * into a stream file, and the same bytes into a raw model of the disk at that cycle (the
- * naive model): a published point must equal its model (qemu-img compare).
+ * naive model): a published point must equal its model (qemu-img compare), and each entry of
+ * a hash list the replica serves the SHA-256 of its block of the model.
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
@@ -21,6 +22,7 @@
 
 #include <glib/gstdio.h>
 
+#include "vr-hashlist.h"
 #include "vr-qmp-json.h"
 #include "vr-receiver.h"
 #include "vr-replica-sink.h"
@@ -406,6 +408,87 @@ read_text(const char *dir, const char *name)
 
     g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
     return text;
+}
+
+/* ---- hash lists ----------------------------------------------------------------------- */
+
+/* Fetch the hash list of @disk of @relationship as @client_cert into @path. */
+static bool
+fetch(Fixture *fx, const char *client_cert, const char *relationship, const char *disk,
+      const char *path, uint64_t *cycle, uint64_t *epoch, GError **error)
+{
+    VrTestFetch f = {
+        .pki = pki,
+        .client_cert = client_cert,
+        .policy = fx->server_policy,
+        .port = fx->port,
+        .relationship = relationship,
+        .disk = disk,
+        .path = path,
+    };
+    bool ok = vr_test_fetch_wait(&f, g_thread_new("fetch", vr_test_fetch_run, &f));
+
+    if (!ok) {
+        g_propagate_error(error, f.error);
+        return false;
+    }
+    *cycle = f.cycle;
+    *epoch = f.epoch;
+    return true;
+}
+
+/* The hash list @path: each entry is the SHA-256 of its 64 KiB block of the model of @cycle. */
+static void
+assert_hashes(Fixture *fx, const char *path, const char *relationship, uint64_t cycle)
+{
+    g_autofree char *model = model_path(fx, relationship, cycle);
+    g_autofree uint8_t *block = g_malloc(VR_HASHLIST_BLOCK_SIZE);
+    g_autoptr(VrHashlistReader) reader = NULL;
+    g_autoptr(GError) error = NULL;
+    int fd;
+
+    reader = vr_hashlist_reader_open(path, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(vr_hashlist_reader_get_virtual_size(reader), ==, DISK_SIZE);
+    g_assert_cmpuint(vr_hashlist_reader_get_count(reader), ==, DISK_SIZE / VR_HASHLIST_BLOCK_SIZE);
+    fd = open(model, O_RDONLY | O_CLOEXEC);
+    g_assert_no_errno(fd);
+    for (uint64_t i = 0; i < DISK_SIZE / VR_HASHLIST_BLOCK_SIZE; i++) {
+        uint8_t want[VR_HASHLIST_DIGEST_SIZE];
+        uint8_t got[VR_HASHLIST_DIGEST_SIZE];
+
+        g_assert_cmpint(pread(fd, block, VR_HASHLIST_BLOCK_SIZE, (off_t)i * VR_HASHLIST_BLOCK_SIZE),
+                        ==, VR_HASHLIST_BLOCK_SIZE);
+        vr_hashlist_digest(block, VR_HASHLIST_BLOCK_SIZE, want);
+        g_assert_true(vr_hashlist_reader_get(reader, i, got, &error));
+        g_assert_no_error(error);
+        g_assert_cmpmem(got, sizeof(got), want, sizeof(want));
+    }
+    close(fd);
+}
+
+static char *
+read_file(const char *path)
+{
+    char *text = NULL;
+    gsize len = 0;
+
+    g_assert_true(g_file_get_contents(path, &text, &len, NULL));
+    return text;
+}
+
+/* Two files with the same bytes. */
+static void
+assert_same_file(const char *a, const char *b)
+{
+    g_autofree char *ta = NULL;
+    g_autofree char *tb = NULL;
+    gsize la = 0;
+    gsize lb = 0;
+
+    g_assert_true(g_file_get_contents(a, &ta, &la, NULL));
+    g_assert_true(g_file_get_contents(b, &tb, &lb, NULL));
+    g_assert_cmpmem(ta, la, tb, lb);
 }
 
 /* ---- tests ---------------------------------------------------------------------------- */
@@ -834,6 +917,246 @@ test_disk_full(Fixture *fx, gconstpointer data)
     g_assert_no_errno(umount(small));
 }
 
+/*
+ * The hash list of the latest point through the receiver: equal to the model's block hashes,
+ * VR-Cycle the latest cycle, made once per point (reused by the next GET and after a
+ * restart, dropped when a newer point is published); 404 for what has no replica; 400 for
+ * names outside the rules.
+ */
+static void
+test_hashes(Fixture *fx, gconstpointer data)
+{
+    static const struct {
+        const char *relationship;
+        const char *disk;
+        const char *message;
+    } missing[] = {
+        { "r9", "vda", "relationship 'r9' has no replica here" },
+        { "r1", "vdb", "disk 'vdb' of relationship 'r1' has no replica here" },
+        { "r1", "vdc", "disk 'vdc' of relationship 'r1' has no recovery point yet" },
+    };
+    static const struct {
+        const char *relationship;
+        const char *disk;
+    } bad[] = {
+        { "..", "vda" },
+        { "r1", ".." },
+        { "r1", "../r1/vda" },
+        { "../r1", "vda" },
+        { "%2e%2e", "vda" },
+        { "r1", "%2e%2e" },
+        { "R1", "vda" },
+        { "r1", "vda/x" },
+        { "r1", "" },
+        { "", "vda" },
+        { "r1", "vda\n" },
+        { "r12345678901234567", "vda" },
+        { "r1", "d12345678901234567890123456789012" },
+    };
+    g_autofree char *dir = NULL;
+    g_autofree char *list1 = NULL;
+    g_autofree char *list2 = NULL;
+    g_autofree char *cached1 = NULL;
+    g_autofree char *cached2 = NULL;
+    g_autofree char *part = NULL;
+    g_autofree char *text1 = NULL;
+    g_autofree char *text2 = NULL;
+    g_autoptr(GError) error = NULL;
+    struct stat before, after;
+    uint64_t cycle = 0;
+    uint64_t epoch = 0;
+
+    if (fx->receiver == NULL)
+        return;
+    dir = disk_dir(fx, "r1");
+    list1 = g_build_filename(fx->work, "list1", NULL);
+    list2 = g_build_filename(fx->work, "list2", NULL);
+    part = g_strconcat(list1, ".part", NULL);
+    cached1 = g_build_filename(dir, "hashes-1", NULL);
+    cached2 = g_build_filename(dir, "hashes-2", NULL);
+
+    upload_ok(fx, &cycle1);
+    g_assert_true(fetch(fx, "client-ok", "r1", "vda", list1, &cycle, &epoch, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(cycle, ==, 1);
+    g_assert_cmpuint(epoch, ==, 1);
+    assert_hashes(fx, list1, "r1", 1);
+    g_assert_false(g_file_test(part, G_FILE_TEST_EXISTS));
+    /* served byte for byte from the list made next to the store */
+    assert_listing(fx, "r1", "hashes-1 manifest.json rp-1.qcow2");
+    assert_same_file(list1, cached1);
+
+    /* the next GET reuses it (the same file, not made again); the local file is replaced */
+    g_assert_no_errno(g_stat(cached1, &before));
+    g_assert_true(fetch(fx, "client-ok", "r1", "vda", list1, &cycle, &epoch, &error));
+    g_assert_cmpuint(cycle, ==, 1);
+    g_assert_no_errno(g_stat(cached1, &after));
+    g_assert_cmpuint(before.st_ino, ==, after.st_ino);
+    g_assert_cmpint(before.st_mtim.tv_nsec, ==, after.st_mtim.tv_nsec);
+    assert_hashes(fx, list1, "r1", 1);
+
+    /* a newer point: its commit drops the list of cycle 1; the next GET describes cycle 2 */
+    upload_ok(fx, &cycle2);
+    assert_listing(fx, "r1", "manifest.json rp-1.qcow2 rp-2.qcow2");
+    g_assert_true(fetch(fx, "client-ok", "r1", "vda", list2, &cycle, &epoch, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(cycle, ==, 2);
+    g_assert_cmpuint(epoch, ==, 1);
+    assert_hashes(fx, list2, "r1", 2);
+    text1 = read_file(list1);
+    text2 = read_file(list2);
+    g_assert_cmpint(memcmp(text1, text2, 64 + DISK_SIZE / VR_HASHLIST_BLOCK_SIZE * 32), !=, 0);
+    assert_listing(fx, "r1", "hashes-2 manifest.json rp-1.qcow2 rp-2.qcow2");
+
+    /* a restart of the replica keeps it: a published point never changes */
+    g_assert_no_errno(g_stat(cached2, &before));
+    fixture_stop(fx);
+    fixture_start(fx);
+    g_assert_true(fetch(fx, "client-ok", "r1", "vda", list2, &cycle, &epoch, &error));
+    g_assert_cmpuint(cycle, ==, 2);
+    g_assert_no_errno(g_stat(cached2, &after));
+    g_assert_cmpuint(before.st_ino, ==, after.st_ino);
+    assert_same_file(list2, cached2);
+
+    /* no such relationship, disk, or point: 404, and nothing is made */
+    {
+        /* a disk whose first stream never made it */
+        g_autofree char *vdc = g_build_filename(fx->root, "r1", "vdc", NULL);
+
+        g_assert_no_errno(g_mkdir(vdc, 0700));
+    }
+    for (guint i = 0; i < G_N_ELEMENTS(missing); i++) {
+        g_autoptr(GError) local = NULL;
+
+        g_assert_false(fetch(fx, "client-ok", missing[i].relationship, missing[i].disk, list1,
+                             &cycle, &epoch, &local));
+        g_assert_error(local, VR_SENDER_ERROR, VR_SENDER_ERROR_NOT_FOUND);
+        g_assert_nonnull(strstr(local->message, missing[i].message));
+        g_assert_false(g_file_test(part, G_FILE_TEST_EXISTS));
+    }
+    {
+        g_autofree char *names = vr_test_list_dir(fx->root);
+        g_autofree char *rel = g_build_filename(fx->root, "r1", NULL);
+        g_autofree char *rel_names = vr_test_list_dir(rel);
+        g_autofree char *vdc = g_build_filename(rel, "vdc", NULL);
+        g_autofree char *vdc_names = vr_test_list_dir(vdc);
+
+        g_assert_cmpstr(names, ==, "r1");
+        g_assert_cmpstr(rel_names, ==, "owner vda vdc");
+        g_assert_cmpstr(vdc_names, ==, "");
+    }
+
+    /* names outside the rules, dot segments, escapes: 400 from the receiver */
+    for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
+        g_autoptr(GError) local = NULL;
+
+        g_assert_false(fetch(fx, "client-ok", bad[i].relationship, bad[i].disk, list1, &cycle,
+                             &epoch, &local));
+        g_assert_error(local, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+        g_assert_nonnull(strstr(local->message, ": 400 "));
+        g_assert_false(g_file_test(part, G_FILE_TEST_EXISTS));
+    }
+    assert_listing(fx, "r1", "hashes-2 manifest.json rp-1.qcow2 rp-2.qcow2");
+    /* the file fetched last is the list of cycle 1, untouched by the failures */
+    assert_hashes(fx, list1, "r1", 1);
+}
+
+/*
+ * A primary reads only relationships of its own trust group: primary3 (group b) gets 403 for
+ * r1 (group a), and no list is made.
+ */
+static void
+test_hashes_trust_groups(Fixture *fx, gconstpointer data)
+{
+    g_autofree char *list = NULL;
+    g_autoptr(GError) error = NULL;
+    uint64_t cycle = 0;
+    uint64_t epoch = 0;
+
+    if (fx->receiver == NULL)
+        return;
+    fixture_stop(fx);
+    vr_authz_free(fx->authz);
+    fx->authz = vr_authz_new_table();
+    g_assert_true(vr_authz_add(fx->authz, "primary1", fx->root, "a", &error));
+    g_assert_true(vr_authz_add(fx->authz, "primary3", fx->root, "b", &error));
+    g_assert_no_error(error);
+    fixture_start(fx);
+    list = g_build_filename(fx->work, "list", NULL);
+
+    upload_ok(fx, &cycle1); /* primary1 creates r1: group a */
+    g_assert_false(fetch(fx, "client-later-revoked", "r1", "vda", list, &cycle, &epoch, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, ": 403 "));
+    g_assert_nonnull(strstr(error->message, "relationship 'r1' belongs to trust group 'a'"));
+    g_assert_nonnull(strstr(error->message, "primary 'primary3' (trust group 'b') may not read"));
+    g_clear_error(&error);
+    g_assert_false(g_file_test(list, G_FILE_TEST_EXISTS));
+    assert_listing(fx, "r1", "manifest.json rp-1.qcow2");
+
+    g_assert_true(fetch(fx, "client-ok", "r1", "vda", list, &cycle, &epoch, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(cycle, ==, 1);
+    assert_hashes(fx, list, "r1", 1);
+}
+
+/*
+ * A GET while a cycle is being applied, before any list of the latest point was made: the
+ * store cannot make one (503, Retry-After); the sender waits and gets the list of the cycle
+ * published meanwhile.
+ */
+static void
+test_hashes_busy(Fixture *fx, gconstpointer data)
+{
+    const Cycle slow = { "r1", 1, 1, 2, CYCLE_OPS(slow_ops) };
+    g_autoptr(VrRateLimit) limit = vr_rate_limit_new(2 * MiB, 256 * 1024);
+    g_autofree char *path = NULL;
+    g_autofree char *image = NULL;
+    g_autofree char *dir = NULL;
+    g_autofree char *list = NULL;
+    VrTestUpload send;
+    VrTestFetch get;
+    GThread *sender;
+    GThread *getter;
+    gint64 until;
+    gint64 start;
+
+    if (fx->receiver == NULL)
+        return;
+    upload_ok(fx, &cycle1);
+    path = stream_prepare(fx, &slow, true, NULL);
+    dir = disk_dir(fx, "r1");
+    image = g_build_filename(dir, "rp-2.qcow2", NULL);
+    list = g_build_filename(fx->work, "list", NULL);
+    send = upload_new(fx, "client-ok", path);
+    send.limit = limit;
+    sender = g_thread_new("sender", vr_test_upload_run, &send);
+    until = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    while (!g_file_test(image, G_FILE_TEST_EXISTS) && g_get_monotonic_time() < until)
+        g_main_context_iteration(NULL, FALSE);
+    g_assert_true(g_file_test(image, G_FILE_TEST_EXISTS)); /* the apply has begun */
+
+    get = (VrTestFetch){
+        .pki = pki,
+        .client_cert = "client-ok",
+        .policy = fx->server_policy,
+        .port = fx->port,
+        .relationship = "r1",
+        .disk = "vda",
+        .path = list,
+    };
+    start = g_get_monotonic_time();
+    getter = g_thread_new("fetch", vr_test_fetch_run, &get);
+    g_assert_true(vr_test_fetch_wait(&get, getter));
+    g_assert_no_error(get.error);
+    /* it waited through a 503's Retry-After (5 s), by when cycle 2 was published */
+    g_assert_cmpint(g_get_monotonic_time() - start, >=, 5 * G_USEC_PER_SEC);
+    g_assert_cmpuint(get.cycle, ==, 2);
+    assert_hashes(fx, list, "r1", 2);
+    g_assert_true(vr_test_upload_wait(&send, sender));
+    assert_cycles(fx, "r1", "1 2");
+}
+
 int
 main(int argc, char **argv)
 {
@@ -854,6 +1177,9 @@ main(int argc, char **argv)
     ADD("restart", test_restart);
     ADD("retention", test_retention);
     ADD("disk-full", test_disk_full);
+    ADD("hashes", test_hashes);
+    ADD("hashes/trust-groups", test_hashes_trust_groups);
+    ADD("hashes/busy", test_hashes_busy);
 #undef ADD
 
     rc = g_test_run();

@@ -1,6 +1,6 @@
 /*
- * vr-test-transport.h: an upload by a VrSender in a thread of its own, while the test's
- * receiver runs on the default main context
+ * vr-test-transport.h: an upload, or a hash list fetch, by a VrSender in a thread of its
+ * own, while the test's receiver runs on the default main context
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
@@ -45,3 +45,28 @@ gpointer vr_test_upload_run(gpointer data);
 
 /* Iterate the default main context until @upload's @thread is done, join it: its ok. */
 bool vr_test_upload_wait(VrTestUpload *upload, GThread *thread);
+
+typedef struct {
+    /* in */
+    const char *pki;         /* the directory make-pki.sh wrote */
+    const char *client_cert; /* a PKI name: <pki>/<name>.pem and <name>-key.pem */
+    VrTlsPolicy *policy;     /* the replica's (peer role server, replica.example) */
+    guint16 port;
+    guint max_attempts; /* 0: 3 */
+    guint io_timeout_s; /* 0: 10 */
+    const char *relationship;
+    const char *disk;
+    const char *path; /* where the list goes */
+    /* out */
+    uint64_t cycle;
+    uint64_t epoch;
+    GError *error;
+    bool ok;
+    gint done;
+} VrTestFetch;
+
+/* The thread function: vr_sender_fetch_hashes() of @data (a VrTestFetch) from replica.example. */
+gpointer vr_test_fetch_run(gpointer data);
+
+/* Iterate the default main context until @fetch's @thread is done, join it: its ok. */
+bool vr_test_fetch_wait(VrTestFetch *fetch, GThread *thread);

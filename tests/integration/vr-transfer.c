@@ -4,8 +4,10 @@
  *
  *   vr-transfer gen --out FILE --size BYTES [--compressible PERCENT] [--seed N]
  *                   [--relationship R] [--disk D] [--epoch N] [--base N] [--target N]
+ *                   [--disk-size BYTES]
  *       Write a cycle stream of about BYTES of DATA in 1 MiB records: PERCENT of them
- *       (default 50) compressible text-like bytes, the rest random.
+ *       (default 50) compressible text-like bytes, the rest random. The disk is as large as
+ *       the data, or --disk-size (the data at its start, the rest never written).
  *
  *   vr-transfer serve --cert F --key F --ca F (--crl F | --no-revocation) --listen SPEC
  *                     [--port N] [--port-file F] [--max-active N] [--io-timeout S]
@@ -16,12 +18,19 @@
  *       DATA of each stream goes to DIR/<relationship>-<disk>.img (opened beneath DIR).
  *       With --store as well, DIR is the storage root of the replica sink
  *       (vr-replica-sink.h): each stream becomes a recovery point in
- *       DIR/<relationship>/<disk>/ (qemu-img and qemu-nbd on PATH).
+ *       DIR/<relationship>/<disk>/ (qemu-img and qemu-nbd on PATH), and hash lists are
+ *       served (one JSON line each); without --store, GET of a hash list is 501.
  *
  *   vr-transfer send --cert F --key F --ca F (--crl F | --no-revocation) --server-name NAME
  *                    --port N [--connect IP] [--source SPEC] [--rate RATE]
  *                    [--io-timeout S] [--attempts N] FILE
  *       Upload FILE (a stream) and print one JSON line of statistics.
+ *
+ *   vr-transfer fetch-hashes --cert F --key F --ca F (--crl F | --no-revocation)
+ *                    --server-name NAME --port N [--connect IP] [--source SPEC]
+ *                    [--io-timeout S] [--attempts N] [--relationship R] [--disk D] --out FILE
+ *       Fetch the hash list of the latest point of the disk into FILE and print one JSON
+ *       line (cycle, epoch, bytes, seconds, this process's peak memory).
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
@@ -30,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <glib-unix.h>
@@ -51,7 +61,7 @@ static char *opt_server_name, *opt_connect, *opt_source, *opt_rate, *opt_out;
 static char *opt_relationship = "r1", *opt_disk = "vda";
 static gboolean opt_no_revocation, opt_store;
 static gint opt_port, opt_max_active, opt_io_timeout, opt_attempts, opt_compressible = 50;
-static gint64 opt_size, opt_seed = 1, opt_epoch = 1, opt_base, opt_target = 1;
+static gint64 opt_size, opt_seed = 1, opt_epoch = 1, opt_base, opt_target = 1, opt_disk_size;
 
 static const GOptionEntry entries[] = {
     { "cert", 0, 0, G_OPTION_ARG_FILENAME, &opt_cert, "certificate (PEM)", "F" },
@@ -74,8 +84,9 @@ static const GOptionEntry entries[] = {
     { "source", 0, 0, G_OPTION_ARG_STRING, &opt_source, "this host's source address", "SPEC" },
     { "rate", 0, 0, G_OPTION_ARG_STRING, &opt_rate, "bandwidth limit", "RATE" },
     { "attempts", 0, 0, G_OPTION_ARG_INT, &opt_attempts, "requests before giving up", "N" },
-    { "out", 0, 0, G_OPTION_ARG_FILENAME, &opt_out, "stream file to write", "FILE" },
+    { "out", 0, 0, G_OPTION_ARG_FILENAME, &opt_out, "stream or hash list file to write", "FILE" },
     { "size", 0, 0, G_OPTION_ARG_INT64, &opt_size, "bytes of DATA", "BYTES" },
+    { "disk-size", 0, 0, G_OPTION_ARG_INT64, &opt_disk_size, "virtual size of the disk", "BYTES" },
     { "compressible", 0, 0, G_OPTION_ARG_INT, &opt_compressible, "percent of compressible records",
       "PERCENT" },
     { "seed", 0, 0, G_OPTION_ARG_INT64, &opt_seed, "random seed", "N" },
@@ -188,7 +199,7 @@ cmd_gen(void)
     identity.epoch = (uint64_t)opt_epoch;
     identity.base_cycle = (uint64_t)opt_base;
     identity.target_cycle = (uint64_t)opt_target;
-    identity.virtual_size = records * MiB;
+    identity.virtual_size = MAX(records * MiB, (uint64_t)opt_disk_size);
     identity.granularity = 65536;
     identity.flags = opt_base == 0 ? VR_WIRE_FLAG_FULL : 0;
     encoder = vr_wire_encoder_new(&identity, &error);
@@ -326,11 +337,41 @@ serve_abort(gpointer handle)
     g_free(stream);
 }
 
+/* --store: the replica sink's hash list, and a line about it. */
+static bool
+serve_hashes(const char *relationship, const char *disk, const VrReceiverPeer *peer,
+             gpointer user_data, char **path_out, uint64_t *cycle_out, uint64_t *epoch_out,
+             GError **error)
+{
+    gint64 start = g_get_monotonic_time();
+    struct stat st;
+
+    if (!vr_replica_sink_get_sink()->hashes(relationship, disk, peer, user_data, path_out,
+                                            cycle_out, epoch_out, error))
+        return false;
+    printf("{\"event\":\"hashes\",\"relationship\":\"%s\",\"disk\":\"%s\",\"cycle\":"
+           "%" G_GUINT64_FORMAT ",\"epoch\":%" G_GUINT64_FORMAT ",\"bytes\":%" G_GINT64_FORMAT
+           ",\"seconds\":%.3f}\n",
+           relationship, disk, *cycle_out, *epoch_out,
+           stat(*path_out, &st) == 0 ? (gint64)st.st_size : (gint64)-1,
+           (double)(g_get_monotonic_time() - start) / G_USEC_PER_SEC);
+    fflush(stdout);
+    return true;
+}
+
 static const VrReceiverSink serve_sink = {
     .begin = serve_begin,
     .record = serve_record,
     .commit = serve_commit,
     .abort = serve_abort,
+};
+
+static const VrReceiverSink serve_store_sink = {
+    .begin = serve_begin,
+    .record = serve_record,
+    .commit = serve_commit,
+    .abort = serve_abort,
+    .hashes = serve_hashes,
 };
 
 static void
@@ -400,7 +441,7 @@ cmd_serve(void)
             .authz = authz,
             .address = G_INET_SOCKET_ADDRESS(socket_address),
             .max_body_size = G_MAXUINT64,
-            .sink = &serve_sink,
+            .sink = opt_store ? &serve_store_sink : &serve_sink,
             .sink_data = replica,
             .max_active = (guint)opt_max_active,
             .io_timeout_s = (guint)opt_io_timeout,
@@ -434,25 +475,16 @@ cmd_serve(void)
 
 /* ---- send ------------------------------------------------------------------------------- */
 
-static int
-cmd_send(const char *path)
+/* The sender of send and fetch-hashes, from the options; @policy and @limit outlive it. */
+static VrSender *
+sender_new(VrTlsPolicy *policy, VrRateLimit *limit)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(VrTlsPolicy) policy = NULL;
     g_autoptr(GInetAddress) connect = NULL;
     g_autoptr(GInetAddress) source = NULL;
-    g_autoptr(VrRateLimit) limit = NULL;
-    g_autoptr(VrSender) sender = NULL;
-    VrRateLimit *limits[1] = { NULL };
-    VrSenderStats stats;
-    gint64 start;
-    double seconds;
-    bool ok;
+    VrRateLimit *limits[1] = { limit };
+    VrSender *sender;
 
-    need(opt_cert, "cert");
-    need(opt_key, "key");
-    need(opt_server_name, "server-name");
-    policy = policy_new(VR_TLS_PEER_SERVER);
     if (opt_connect != NULL) {
         /* the replica's address: remote, so not one of this host's (resolve() checks that) */
         const char *literal =
@@ -461,19 +493,11 @@ cmd_send(const char *path)
         connect = g_inet_address_new_from_string(literal);
         if (connect == NULL) {
             fprintf(stderr, "vr-transfer: --connect %s: not an IP address\n", opt_connect);
-            return 2;
+            exit(2);
         }
     }
     if (opt_source != NULL)
         source = resolve(opt_source);
-    if (opt_rate != NULL) {
-        uint64_t rate;
-
-        if (!vr_rate_parse(opt_rate, &rate, &error))
-            die("--rate", error);
-        limit = vr_rate_limit_new(rate, MAX(rate / 4, 256 * 1024));
-        limits[0] = limit;
-    }
     sender = vr_sender_new(
         &(VrSenderConfig){
             .server_name = opt_server_name,
@@ -493,6 +517,33 @@ cmd_send(const char *path)
         &error);
     if (sender == NULL)
         die("sender", error);
+    return sender;
+}
+
+static int
+cmd_send(const char *path)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrTlsPolicy) policy = NULL;
+    g_autoptr(VrRateLimit) limit = NULL;
+    g_autoptr(VrSender) sender = NULL;
+    VrSenderStats stats;
+    gint64 start;
+    double seconds;
+    bool ok;
+
+    need(opt_cert, "cert");
+    need(opt_key, "key");
+    need(opt_server_name, "server-name");
+    policy = policy_new(VR_TLS_PEER_SERVER);
+    if (opt_rate != NULL) {
+        uint64_t rate;
+
+        if (!vr_rate_parse(opt_rate, &rate, &error))
+            die("--rate", error);
+        limit = vr_rate_limit_new(rate, MAX(rate / 4, 256 * 1024));
+    }
+    sender = sender_new(policy, limit);
     start = g_get_monotonic_time();
     ok = vr_sender_upload_file(sender, path, NULL, NULL, &stats, NULL, &error);
     seconds = (double)(g_get_monotonic_time() - start) / G_USEC_PER_SEC;
@@ -509,10 +560,44 @@ cmd_send(const char *path)
     return 0;
 }
 
+/* ---- fetch-hashes ----------------------------------------------------------------------- */
+
+static int
+cmd_fetch_hashes(void)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrTlsPolicy) policy = NULL;
+    g_autoptr(VrSender) sender = NULL;
+    uint64_t cycle = 0;
+    uint64_t epoch = 0;
+    struct stat st;
+    gint64 start;
+    double seconds;
+
+    need(opt_cert, "cert");
+    need(opt_key, "key");
+    need(opt_server_name, "server-name");
+    need(opt_out, "out");
+    policy = policy_new(VR_TLS_PEER_SERVER);
+    sender = sender_new(policy, NULL);
+    start = g_get_monotonic_time();
+    if (!vr_sender_fetch_hashes(sender, opt_relationship, opt_disk, opt_out, &cycle, &epoch,
+                                &error))
+        die("fetch", error);
+    seconds = (double)(g_get_monotonic_time() - start) / G_USEC_PER_SEC;
+    if (stat(opt_out, &st) < 0)
+        die(opt_out, NULL);
+    printf("{\"event\":\"fetched\",\"cycle\":%" G_GUINT64_FORMAT ",\"epoch\":%" G_GUINT64_FORMAT
+           ",\"bytes\":%" G_GINT64_FORMAT ",\"seconds\":%.3f,\"vmhwm_kib\":%ld}\n",
+           cycle, epoch, (gint64)st.st_size, seconds, vmhwm_kib());
+    fflush(stdout);
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
-    g_autoptr(GOptionContext) context = g_option_context_new("gen|serve|send [FILE]");
+    g_autoptr(GOptionContext) context = g_option_context_new("gen|serve|send [FILE]|fetch-hashes");
     g_autoptr(GError) error = NULL;
 
     g_option_context_add_main_entries(context, entries, NULL);
@@ -526,6 +611,9 @@ main(int argc, char **argv)
         return cmd_serve();
     if (argc == 3 && strcmp(argv[1], "send") == 0)
         return cmd_send(argv[2]);
-    fprintf(stderr, "usage: vr-transfer gen|serve|send [FILE] (see the source's header)\n");
+    if (argc == 2 && strcmp(argv[1], "fetch-hashes") == 0)
+        return cmd_fetch_hashes();
+    fprintf(stderr,
+            "usage: vr-transfer gen|serve|send [FILE]|fetch-hashes (see the source's header)\n");
     return 2;
 }
