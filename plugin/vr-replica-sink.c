@@ -17,6 +17,7 @@
 #include "vr-replica-hashes.h"
 #include "vr-replica-sink.h"
 #include "vr-replica-store.h"
+#include "vr-state.h"
 
 #define VR_REPLICA_SINK_OWNER     "owner"
 #define VR_REPLICA_SINK_OWNER_TMP "owner.tmp"
@@ -54,7 +55,10 @@ struct _VrReplicaSink {
     VrAuthz *authz;    /* borrowed */
     GHashTable *disks; /* dir -> VrReplicaSinkDisk */
     guint keep;        /* additional recovery points */
+    guint interval_s;  /* one point per slot of this many seconds (0: every point) */
     GError *retention_error;
+    VrState *state; /* borrowed, or NULL */
+    GError *state_error;
 };
 
 /* A receiver handle: one stream into one disk. */
@@ -62,7 +66,13 @@ struct _VrReplicaSinkStream {
     VrReplicaSink *sink;
     VrReplicaSinkDisk *disk;
     VrReceiverKey key;
+    char *peer;            /* the primary's name */
     VrReplicaApply *apply; /* from the BEGIN record until commit or abort */
+    /* For the cycle history (VrState): from BEGIN on. */
+    uint8_t domain_uuid[16];
+    uint32_t flags;
+    int64_t started_ms;
+    uint64_t bytes; /* DATA and ZERO bytes */
 };
 
 static void
@@ -95,6 +105,7 @@ vr_replica_sink_new(VrAuthz *authz, GError **error)
     sink = g_new0(VrReplicaSink, 1);
     sink->authz = authz;
     sink->keep = 4;
+    sink->interval_s = 3600;
     sink->disks = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, vr_replica_sink_disk_free);
     return sink;
 }
@@ -106,6 +117,7 @@ vr_replica_sink_free(VrReplicaSink *sink)
         return;
     g_hash_table_unref(sink->disks);
     g_clear_error(&sink->retention_error);
+    g_clear_error(&sink->state_error);
     g_free(sink);
 }
 
@@ -503,6 +515,7 @@ vr_replica_sink_stream_free(VrReplicaSinkStream *stream)
 {
     if (stream->disk->stream == stream)
         stream->disk->stream = NULL;
+    g_free(stream->peer);
     g_free(stream);
 }
 
@@ -547,6 +560,7 @@ vr_replica_sink_begin(const VrReceiverKey *key, const VrReceiverPeer *peer, gpoi
     stream->sink = sink;
     stream->disk = disk;
     stream->key = *key;
+    stream->peer = g_strdup(peer->name);
     disk->stream = stream;
     g_debug("receiving cycle %" PRIu64 " (base %" PRIu64 ", epoch %" PRIu64
             ") of '%s' from '%s' into '%s'",
@@ -600,11 +614,15 @@ vr_replica_sink_record(gpointer handle, const VrWireRecord *record, GError **err
         stream->apply = vr_replica_store_begin(stream->disk->store, record->identity, &local);
         if (stream->apply == NULL)
             return vr_replica_sink_store_error(error, g_steal_pointer(&local), &stream->key);
+        memcpy(stream->domain_uuid, record->identity->domain_uuid, sizeof(stream->domain_uuid));
+        stream->flags = record->identity->flags;
+        stream->started_ms = g_get_real_time() / 1000;
         return true;
     case VR_WIRE_RECORD_DATA:
     case VR_WIRE_RECORD_ZERO:
         if (stream->apply == NULL)
             break;
+        stream->bytes += record->length;
         if (!vr_replica_apply_record(stream->apply, record, &local))
             return vr_replica_sink_store_error(error, g_steal_pointer(&local), &stream->key);
         return true;
@@ -625,6 +643,83 @@ vr_replica_sink_record(gpointer handle, const VrWireRecord *record, GError **err
     return false;
 }
 
+/* The relationship's row (made at its first stream, role replica) with the stream's epoch. */
+static bool
+vr_replica_sink_state_relationship(VrReplicaSinkStream *stream, GError **error)
+{
+    VrState *state = stream->sink->state;
+    g_autoptr(VrStateRelationship) rel = NULL;
+    g_autoptr(GError) local = NULL;
+    char uuid[37];
+
+    rel = vr_state_relationship_get(state, stream->key.relationship, &local);
+    if (rel != NULL && rel->epoch == stream->key.epoch && g_strcmp0(rel->peer, stream->peer) == 0)
+        return true;
+    if (rel == NULL && !g_error_matches(local, VR_STATE_ERROR, VR_STATE_ERROR_NOT_FOUND)) {
+        g_propagate_error(error, g_steal_pointer(&local));
+        return false;
+    }
+    if (rel == NULL) {
+        const uint8_t *u = stream->domain_uuid;
+
+        g_snprintf(uuid, sizeof(uuid),
+                   "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+                   u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+                   u[14], u[15]);
+        rel = g_new0(VrStateRelationship, 1);
+        rel->id = g_strdup(stream->key.relationship);
+        rel->role = VR_STATE_ROLE_REPLICA;
+        /* Until the primary's domain XML names it (the standby domain). */
+        rel->domain_name = g_strdup(stream->key.relationship);
+        rel->domain_uuid = g_strdup(uuid);
+        rel->state = g_strdup("Replicating");
+        rel->config = g_strdup("{}");
+    }
+    g_free(rel->peer);
+    rel->peer = g_strdup(stream->peer);
+    rel->epoch = stream->key.epoch;
+    return vr_state_relationship_put(state, rel, error);
+}
+
+/*
+ * The cycle in the state database's history, and (published) the disk's points mirrored
+ * from the manifest. The manifest is the commit point: a failure here fails nothing, it is
+ * kept for vr_replica_sink_get_state_error(), and the next cycle mirrors the points again.
+ */
+static void
+vr_replica_sink_record_state(VrReplicaSinkStream *stream, VrStateCycleResult result,
+                             const char *why)
+{
+    VrReplicaSink *sink = stream->sink;
+    g_autoptr(GError) local = NULL;
+    const VrReplicaPoint *points;
+    VrStateCycle cycle = { 0 };
+    guint n = 0;
+
+    if (sink->state == NULL)
+        return;
+    cycle.cycle = stream->key.target_cycle;
+    cycle.result = result;
+    cycle.flags = stream->flags;
+    cycle.started_ms = stream->started_ms;
+    cycle.finished_ms = MAX(g_get_real_time() / 1000, stream->started_ms);
+    cycle.bytes = stream->bytes;
+    cycle.error = why;
+    points = vr_replica_store_points(stream->disk->store, &n);
+    if (!vr_replica_sink_state_relationship(stream, &local) ||
+        !vr_state_cycle_add(sink->state, stream->key.relationship, &cycle, &local) ||
+        (result == VR_STATE_CYCLE_OK &&
+         !vr_state_points_sync(sink->state, stream->key.relationship, stream->key.disk, points, n,
+                               &local))) {
+        g_debug("cannot record cycle %" PRIu64 " of '%s' in the state database: %s",
+                stream->key.target_cycle, stream->disk->dir, local->message);
+        g_clear_error(&sink->state_error);
+        sink->state_error = g_steal_pointer(&local);
+        return;
+    }
+    g_clear_error(&sink->state_error);
+}
+
 static bool
 vr_replica_sink_commit(gpointer handle, GError **error)
 {
@@ -638,17 +733,21 @@ vr_replica_sink_commit(gpointer handle, GError **error)
         return false;
     }
     /* The store frees the apply either way; on failure the receiver aborts the stream next. */
-    if (!vr_replica_apply_commit(g_steal_pointer(&stream->apply), &local))
+    if (!vr_replica_apply_commit(g_steal_pointer(&stream->apply), &local)) {
+        vr_replica_sink_record_state(stream, VR_STATE_CYCLE_FAILED, local->message);
         return vr_replica_sink_store_error(error, g_steal_pointer(&local), &stream->key);
+    }
     g_debug("published cycle %" PRIu64 " of '%s'", stream->key.target_cycle, stream->disk->dir);
     /* Published: a failed merge of old points does not undo that; the next one retries. */
     g_clear_error(&stream->sink->retention_error);
-    if (!vr_replica_store_retain(stream->disk->store, stream->sink->keep, &local)) {
+    if (!vr_replica_store_retain_spaced(stream->disk->store, stream->sink->keep,
+                                        stream->sink->interval_s, &local)) {
         g_debug("retention of '%s' failed: %s", stream->disk->dir, local->message);
         stream->sink->retention_error = g_steal_pointer(&local);
     }
     /* The cached hash list describes a point that is no longer the latest. */
     vr_replica_sink_hashes_sweep(stream->disk, 0);
+    vr_replica_sink_record_state(stream, VR_STATE_CYCLE_OK, NULL);
     vr_replica_sink_stream_free(stream);
     return true;
 }
@@ -660,6 +759,10 @@ vr_replica_sink_abort(gpointer handle)
 
     g_debug("cycle %" PRIu64 " of '%s' aborted%s", stream->key.target_cycle, stream->disk->dir,
             stream->apply != NULL ? ": removing its image" : "");
+    /* A stream that began to apply and failed is a failed cycle in the history. */
+    if (stream->apply != NULL)
+        vr_replica_sink_record_state(stream, VR_STATE_CYCLE_FAILED,
+                                     "the stream failed or was interrupted before its commit");
     vr_replica_apply_abort(g_steal_pointer(&stream->apply));
     vr_replica_sink_stream_free(stream);
 }
@@ -828,6 +931,24 @@ void
 vr_replica_sink_set_recovery_points(VrReplicaSink *sink, guint keep)
 {
     sink->keep = MIN(keep, VR_REPLICA_STORE_KEEP_MAX);
+}
+
+void
+vr_replica_sink_set_point_interval(VrReplicaSink *sink, guint seconds)
+{
+    sink->interval_s = seconds;
+}
+
+void
+vr_replica_sink_set_state(VrReplicaSink *sink, VrState *state)
+{
+    sink->state = state;
+}
+
+const GError *
+vr_replica_sink_get_state_error(VrReplicaSink *sink)
+{
+    return sink->state_error;
 }
 
 const GError *

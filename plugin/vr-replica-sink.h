@@ -39,6 +39,7 @@
 
 #include "vr-authz.h"
 #include "vr-receiver.h"
+#include "vr-state.h"
 
 G_BEGIN_DECLS
 
@@ -61,6 +62,26 @@ void vr_replica_sink_set_recovery_points(VrReplicaSink *sink, guint keep);
 
 /* The last retention failure, or NULL when the last retention succeeded. (transfer none) */
 const GError *vr_replica_sink_get_retention_error(VrReplicaSink *sink);
+
+/*
+ * Space the additional recovery points: one per slot of @seconds of publication time
+ * (default 3600: Hyper-V's hourly points; 0: the newest points, whatever their times), an
+ * application-consistent point preferred in its slot (vr_replica_store_retain_spaced()).
+ */
+void vr_replica_sink_set_point_interval(VrReplicaSink *sink, guint seconds);
+
+/*
+ * Record into @state (borrowed; it outlives the sink; NULL: none) every cycle a stream
+ * published (with its flags, times and bytes) or that failed after its BEGIN, the
+ * relationship (role replica, made at its first stream, its epoch and primary kept up to
+ * date), and after each publish the disk's recovery points, mirrored from the manifest
+ * (vr-state.h). The manifest stays the commit point: a state failure fails no cycle; it
+ * is kept for vr_replica_sink_get_state_error() and the next cycle mirrors again.
+ */
+void vr_replica_sink_set_state(VrReplicaSink *sink, VrState *state);
+
+/* The last failure to record into the state database, or NULL. (transfer none) */
+const GError *vr_replica_sink_get_state_error(VrReplicaSink *sink);
 
 /*
  * Close every store. The receiver using the sink must be freed first (it aborts the streams

@@ -28,6 +28,7 @@
 #include "vr-replica-sink.h"
 #include "vr-replica-store.h"
 #include "vr-sender.h"
+#include "vr-state.h"
 #include "vr-test-transport.h"
 #include "vr-test-util.h"
 #include "vr-wire.h"
@@ -98,6 +99,7 @@ typedef struct {
     VrReceiver *receiver;
     guint16 port; /* kept across restarts, so a sender's retry finds the new receiver */
     GRand *rand;
+    VrState *state; /* given to the sink when set before fixture_start() */
 } Fixture;
 
 static char *
@@ -118,6 +120,11 @@ fixture_start(Fixture *fx)
 
     fx->sink = vr_replica_sink_new(fx->authz, &error);
     g_assert_no_error(error);
+    /* Every point counts (the hourly default would merge points published in one hour:
+     * /replica-sink/hourly tests that). */
+    vr_replica_sink_set_point_interval(fx->sink, 0);
+    if (fx->state != NULL)
+        vr_replica_sink_set_state(fx->sink, fx->state);
     fx->receiver = vr_receiver_new(
         &(VrReceiverConfig){
             .cert_file = cert,
@@ -142,6 +149,19 @@ fixture_stop(Fixture *fx)
 {
     g_clear_pointer(&fx->receiver, vr_receiver_free);
     g_clear_pointer(&fx->sink, vr_replica_sink_free);
+}
+
+/* Restart the receiver and sink, the sink now recording into a state database. */
+static void
+fixture_with_state(Fixture *fx)
+{
+    g_autofree char *db = g_build_filename(fx->work, "state.db", NULL);
+    g_autoptr(GError) error = NULL;
+
+    fixture_stop(fx);
+    fx->state = vr_state_open(db, &error);
+    g_assert_no_error(error);
+    fixture_start(fx);
 }
 
 static void
@@ -185,6 +205,7 @@ static void
 fixture_teardown(Fixture *fx, gconstpointer data)
 {
     fixture_stop(fx);
+    g_clear_pointer(&fx->state, vr_state_free);
     vr_authz_free(fx->authz);
     vr_tls_policy_free(fx->client_policy);
     vr_tls_policy_free(fx->server_policy);
@@ -675,6 +696,106 @@ test_trust_groups(Fixture *fx, gconstpointer data)
     assert_cycles(fx, "r1", "1 2");
     assert_cycles(fx, "r3", "1 2");
     assert_point(fx, "r3", 2);
+}
+
+/*
+ * The state database follows the sink: the relationship (role replica, its primary, its
+ * epoch), one history row per cycle (two published, one that failed mid-stream), the
+ * statistics from them, and the disk's points mirrored from the manifest with their
+ * digests and chains.
+ */
+static void
+test_state(Fixture *fx, gconstpointer data)
+{
+    uint64_t offsets[G_N_ELEMENTS(second_ops)];
+    g_autoptr(VrStateRelationship) rel = NULL;
+    g_autoptr(GArray) mirrored = NULL;
+    g_autofree char *path = NULL;
+    g_autofree char *dir = NULL;
+    g_autoptr(VrReplicaStore) store = NULL;
+    g_autoptr(GError) error = NULL;
+    const VrReplicaPoint *points;
+    VrStateStats stats;
+    uint64_t full_bytes = 0;
+    uint64_t second_bytes = 0;
+    uint8_t byte;
+    guint n;
+    int fd;
+
+    if (fx->receiver == NULL)
+        return;
+    fixture_with_state(fx);
+    for (guint i = 0; i < G_N_ELEMENTS(full_ops); i++)
+        full_bytes += full_ops[i].length;
+    for (guint i = 0; i < G_N_ELEMENTS(second_ops); i++)
+        second_bytes += second_ops[i].length;
+    upload_ok(fx, &cycle1);
+    /* Cycle 2 with a flipped byte in its third record: it fails after its BEGIN. */
+    path = stream_prepare(fx, &cycle2, false, offsets);
+    fd = open(path, O_RDWR | O_CLOEXEC);
+    g_assert_no_errno(fd);
+    g_assert_cmpint(pread(fd, &byte, 1, offsets[2] + VR_WIRE_HEADER_SIZE + 100), ==, 1);
+    byte ^= 0x10;
+    g_assert_cmpint(pwrite(fd, &byte, 1, offsets[2] + VR_WIRE_HEADER_SIZE + 100), ==, 1);
+    close(fd);
+    g_assert_false(upload(fx, "client-ok", path, NULL, &error));
+    g_clear_error(&error);
+    upload_ok(fx, &cycle2);
+    g_assert_null(vr_replica_sink_get_state_error(fx->sink));
+
+    rel = vr_state_relationship_get(fx->state, "r1", &error);
+    g_assert_no_error(error);
+    g_assert_cmpint(rel->role, ==, VR_STATE_ROLE_REPLICA);
+    g_assert_cmpstr(rel->peer, ==, "primary1"); /* client-ok's certificate */
+    g_assert_cmpuint(rel->epoch, ==, 1);
+    g_assert_true(g_uuid_string_is_valid(rel->domain_uuid));
+
+    g_assert_true(vr_state_stats(fx->state, "r1", 0, &stats, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(stats.cycles_ok, ==, 2);
+    g_assert_cmpuint(stats.cycles_failed, ==, 1);
+    g_assert_cmpuint(stats.cycles_missed, ==, 0);
+    g_assert_cmpuint(stats.max_bytes, ==, MAX(full_bytes, second_bytes));
+    g_assert_cmpuint(stats.avg_bytes, ==, (full_bytes + second_bytes) / 2);
+    g_assert_cmpuint(stats.last_ok_cycle, ==, 2);
+
+    /* The mirror equals the manifest, field for field (the store opened after the sink). */
+    fixture_stop(fx);
+    dir = disk_dir(fx, "r1");
+    store = vr_replica_store_open(dir, &error);
+    g_assert_no_error(error);
+    points = vr_replica_store_points(store, &n);
+    g_assert_cmpuint(n, ==, 2);
+    mirrored = vr_state_points_list(fx->state, "r1", "vda", &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(mirrored->len, ==, n);
+    g_assert_cmpmem(mirrored->data, n * sizeof(VrReplicaPoint), points, n * sizeof(VrReplicaPoint));
+}
+
+/*
+ * The sink's default spacing, one point per hour: three cycles in the same hour leave the
+ * latest only (the rule with the real publication times otherwise), each equal to its
+ * model.
+ */
+static void
+test_hourly(Fixture *fx, gconstpointer data)
+{
+    g_autofree char *cycles = NULL;
+
+    if (fx->receiver == NULL)
+        return;
+    vr_replica_sink_set_point_interval(fx->sink, 3600);
+    upload_ok(fx, &cycle1);
+    upload_ok(fx, &cycle2);
+    upload_ok(fx, &cycle3);
+    cycles = manifest_cycles(fx, "r1");
+    g_test_message("points kept: %s", cycles);
+    /* An hour may begin between two uploads: then the last point of the earlier hour stays
+     * too. */
+    g_assert_true(strcmp(cycles, "3") == 0 || strcmp(cycles, "1 3") == 0 ||
+                  strcmp(cycles, "2 3") == 0);
+    assert_point(fx, "r1", 3);
+    g_assert_null(vr_replica_sink_get_retention_error(fx->sink));
 }
 
 /* One flipped byte in a DATA payload: 400, nothing published, the image removed. */
@@ -1173,6 +1294,8 @@ main(int argc, char **argv)
     ADD("wrong-base", test_wrong_base);
     ADD("trust-groups", test_trust_groups);
     ADD("corrupt", test_corrupt);
+    ADD("state", test_state);
+    ADD("hourly", test_hourly);
     ADD("symlink", test_symlink);
     ADD("restart", test_restart);
     ADD("retention", test_retention);
