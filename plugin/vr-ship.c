@@ -1,0 +1,284 @@
+/*
+ * vr-ship.c: turn the spool of a captured cycle into the wire stream that is uploaded
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "vr-ship.h"
+#include "vr-spool.h"
+#include "vr-wire.h"
+
+GQuark
+vr_ship_error_quark(void)
+{
+    return g_quark_from_static_string("vr-ship-error-quark");
+}
+
+/*
+ * Encoded records collect in one buffer, written out once it holds this much: a cycle of
+ * many small or ZERO records costs few write() calls, and the buffer never holds more than
+ * this plus one record (64 bytes of header and at most VR_WIRE_MAX_DATA of payload).
+ */
+#define VR_SHIP_FLUSH_SIZE (1024 * 1024)
+
+/* One spool record is one wire record: a spool DATA record never needs to be split. */
+G_STATIC_ASSERT(VR_SPOOL_MAX_RECORD <= VR_WIRE_MAX_DATA);
+/* Any disk name a spool holds fits the BEGIN record. */
+G_STATIC_ASSERT(VR_SPOOL_DISK_MAX <= VR_WIRE_DISK_MAX);
+
+static bool
+vr_ship_io_error(GError **error, int errsv, const char *what, const char *path)
+{
+    g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_IO, "cannot %s '%s': %s", what, path,
+                g_strerror(errsv));
+    return false;
+}
+
+/*
+ * The BEGIN identity of the stream of @h. The spool and the wire have the same flags with the
+ * same rules (FULL and RESYNC exclude each other; base 0 exactly with one of them), and the
+ * spool reader has checked them; they are mapped one by one all the same, and the wire's own
+ * check decides, so a spool flag the wire does not know is refused instead of dropped.
+ */
+static bool
+vr_ship_identity(const char *spool_path, const VrSpoolHeader *h, const VrShipIdentity *id,
+                 VrWireIdentity *out, GError **error)
+{
+    const uint32_t known = VR_SPOOL_FLAG_FULL | VR_SPOOL_FLAG_RESYNC | VR_SPOOL_FLAG_APP_CONSISTENT;
+    g_autoptr(GError) local = NULL;
+    VrWireIdentity wid = { .kind = VR_WIRE_KIND_CYCLE };
+
+    if ((h->flags & ~known) != 0) {
+        g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_INVALID,
+                    "spool '%s' has flags 0x%x that the wire cannot carry", spool_path, h->flags);
+        return false;
+    }
+    g_strlcpy(wid.relationship, id->relationship, sizeof(wid.relationship));
+    memcpy(wid.domain_uuid, h->domain_uuid, sizeof(wid.domain_uuid));
+    g_strlcpy(wid.disk, h->disk, sizeof(wid.disk));
+    wid.epoch = id->epoch;
+    wid.base_cycle = h->base_cycle;
+    wid.target_cycle = h->cycle;
+    wid.virtual_size = h->virtual_size;
+    wid.granularity = h->granularity;
+    if (h->flags & VR_SPOOL_FLAG_FULL)
+        wid.flags |= VR_WIRE_FLAG_FULL;
+    if (h->flags & VR_SPOOL_FLAG_RESYNC)
+        wid.flags |= VR_WIRE_FLAG_RESYNC;
+    if (h->flags & VR_SPOOL_FLAG_APP_CONSISTENT)
+        wid.flags |= VR_WIRE_FLAG_APP_CONSISTENT;
+    if (!vr_wire_identity_check(&wid, &local)) {
+        g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_INVALID, "spool '%s' cannot be shipped: %s",
+                    spool_path, local->message);
+        return false;
+    }
+    *out = wid;
+    return true;
+}
+
+static bool
+vr_ship_write_all(int fd, const uint8_t *buf, size_t len, const char *path, GError **error)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return vr_ship_io_error(error, errno, "write", path);
+        }
+        buf += n;
+        len -= n;
+    }
+    return true;
+}
+
+/* Write out what @out holds and empty it. */
+static bool
+vr_ship_flush(int fd, GByteArray *out, const char *path, GError **error)
+{
+    bool ok = vr_ship_write_all(fd, out->data, out->len, path, error);
+
+    g_byte_array_set_size(out, 0);
+    return ok;
+}
+
+/*
+ * Every record of @reader through @encoder into @fd, END included, then fdatasync. One spool
+ * record at a time: the reader hands out a record only after checking it, and its END check
+ * (counts, digest, nothing after it) comes before the stream's END is written.
+ */
+static bool
+vr_ship_write_records(VrSpoolReader *reader, VrWireEncoder *encoder, int fd, const char *spool_path,
+                      const char *part_path, GError **error)
+{
+    g_autoptr(GByteArray) out = g_byte_array_sized_new(VR_SHIP_FLUSH_SIZE + VR_WIRE_HEADER_SIZE);
+    g_autoptr(GError) local = NULL;
+    VrSpoolRecord rec;
+    VrSpoolTotals spool_totals = { 0 };
+    VrWireTotals wire_totals;
+
+    if (!vr_wire_encoder_begin(encoder, out, error))
+        return false;
+    while (vr_spool_reader_next(reader, &rec, &spool_totals, &local)) {
+        bool ok;
+
+        if (rec.type == VR_SPOOL_RECORD_DATA) {
+            ok = vr_wire_encoder_add_data(encoder, rec.offset, rec.data, rec.length, out, error);
+        } else {
+            ok = vr_wire_encoder_add_zero(encoder, rec.offset, rec.length, out, error);
+        }
+        /* Not expected: the reader checks the same order and bounds as the encoder. */
+        if (!ok) {
+            g_prefix_error(error, "spool '%s': ", spool_path);
+            return false;
+        }
+        if (out->len >= VR_SHIP_FLUSH_SIZE && !vr_ship_flush(fd, out, part_path, error))
+            return false;
+    }
+    if (local != NULL) {
+        g_propagate_error(error, g_steal_pointer(&local));
+        return false;
+    }
+    if (!vr_wire_encoder_end(encoder, out, error))
+        return false;
+    vr_wire_encoder_get_totals(encoder, &wire_totals);
+    g_assert(wire_totals.records == spool_totals.records &&
+             wire_totals.data_bytes == spool_totals.data_bytes &&
+             wire_totals.zero_bytes == spool_totals.zero_bytes);
+    if (!vr_ship_flush(fd, out, part_path, error))
+        return false;
+    if (fdatasync(fd) < 0)
+        return vr_ship_io_error(error, errno, "sync", part_path);
+    return true;
+}
+
+/* Rename @from to @to, never over an existing @to. */
+static bool
+vr_ship_rename(const char *from, const char *to, GError **error)
+{
+    struct stat st;
+
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+        return true;
+    if (errno == EEXIST) {
+        g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_EXISTS,
+                    "stream '%s' appeared while it was encoded", to);
+        return false;
+    }
+    if (errno != EINVAL && errno != ENOSYS)
+        return vr_ship_io_error(error, errno, "rename", from);
+    /* A file system without RENAME_NOREPLACE: check, then rename (a window remains). */
+    if (lstat(to, &st) == 0) {
+        g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_EXISTS,
+                    "stream '%s' appeared while it was encoded", to);
+        return false;
+    }
+    if (rename(from, to) < 0)
+        return vr_ship_io_error(error, errno, "rename", from);
+    return true;
+}
+
+/* The rename is durable only once the directory is. */
+static bool
+vr_ship_sync_dir(const char *path, GError **error)
+{
+    g_autofree char *dir = g_path_get_dirname(path);
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int errsv;
+
+    if (dirfd >= 0 && fsync(dirfd) == 0) {
+        close(dirfd);
+        return true;
+    }
+    errsv = errno;
+    if (dirfd >= 0)
+        close(dirfd);
+    return vr_ship_io_error(error, errsv, "sync directory", dir);
+}
+
+bool
+vr_ship_encode(const char *spool_path, const VrShipIdentity *id, const char *stream_path,
+               VrShipTotals *totals, GError **error)
+{
+    g_autofree char *part_path = g_strconcat(stream_path, ".part", NULL);
+    g_autoptr(VrSpoolReader) reader = NULL;
+    g_autoptr(VrWireEncoder) encoder = NULL;
+    VrWireIdentity wid;
+    VrWireTotals wire_totals;
+    struct stat st;
+    bool renamed = false;
+    int fd;
+
+    if (id->relationship == NULL || strlen(id->relationship) > VR_WIRE_RELATIONSHIP_MAX) {
+        g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_INVALID,
+                    "relationship id '%s' is not [a-z0-9]{1,16}",
+                    id->relationship != NULL ? id->relationship : "(null)");
+        return false;
+    }
+    /* Checked first for a clear error before any work; the rename checks again. */
+    if (lstat(stream_path, &st) == 0) {
+        g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_EXISTS, "stream '%s' exists", stream_path);
+        return false;
+    }
+    if (errno != ENOENT)
+        return vr_ship_io_error(error, errno, "check", stream_path);
+
+    reader = vr_spool_reader_open(spool_path, error);
+    if (reader == NULL)
+        return false;
+    if (!vr_ship_identity(spool_path, vr_spool_reader_get_header(reader), id, &wid, error))
+        return false;
+    encoder = vr_wire_encoder_new(&wid, error);
+    if (encoder == NULL)
+        return false;
+
+    /* Exclusive: a ".part" file that exists is another encoder's, or a crash's, not ours. */
+    fd = open(part_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        if (errno == EEXIST) {
+            g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_EXISTS,
+                        "'%s' exists: another encoder's, or left by a crash", part_path);
+            return false;
+        }
+        return vr_ship_io_error(error, errno, "create", part_path);
+    }
+    if (!vr_ship_write_records(reader, encoder, fd, spool_path, part_path, error))
+        goto rollback;
+    if (close(fd) < 0) {
+        fd = -1;
+        vr_ship_io_error(error, errno, "close", part_path);
+        goto rollback;
+    }
+    fd = -1;
+    if (!vr_ship_rename(part_path, stream_path, error))
+        goto rollback;
+    renamed = true;
+    if (!vr_ship_sync_dir(stream_path, error))
+        goto rollback;
+
+    if (totals != NULL) {
+        vr_wire_encoder_get_totals(encoder, &wire_totals);
+        *totals = (VrShipTotals){
+            .records = wire_totals.records,
+            .data_bytes = wire_totals.data_bytes,
+            .zero_bytes = wire_totals.zero_bytes,
+            .stream_bytes = wire_totals.wire_bytes,
+            .zstd_records = wire_totals.zstd_records,
+        };
+    }
+    return true;
+
+rollback:
+    if (fd >= 0)
+        close(fd);
+    /* Ours either way: the ".part" we created, or the stream it became. */
+    unlink(renamed ? stream_path : part_path);
+    return false;
+}
