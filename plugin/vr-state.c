@@ -618,6 +618,27 @@ fail:
     return false;
 }
 
+GPtrArray *
+vr_state_disk_list(VrState *state, const char *id, GError **error)
+{
+    g_autoptr(sqlite3_stmt) stmt = vr_state_prepare(
+        state, "SELECT DISTINCT disk FROM recovery_points WHERE relationship = ?1 ORDER BY disk",
+        error);
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    int rc;
+
+    if (stmt == NULL)
+        return NULL;
+    sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+        g_ptr_array_add(names, g_strdup((const char *)sqlite3_column_text(stmt, 0)));
+    if (rc != SQLITE_DONE) {
+        vr_state_sqlite_error(state, error, "list the disks");
+        return NULL;
+    }
+    return g_steal_pointer(&names);
+}
+
 GArray *
 vr_state_points_list(VrState *state, const char *id, const char *disk, GError **error)
 {

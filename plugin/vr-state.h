@@ -147,6 +147,9 @@ bool vr_state_prune_cycles(VrState *state, int64_t before_ms, GError **error);
 bool vr_state_points_sync(VrState *state, const char *id, const char *disk,
                           const VrReplicaPoint *points, guint n_points, GError **error);
 
+/* The disks of @id that have points, by name. (transfer full: a GPtrArray of strings) */
+GPtrArray *vr_state_disk_list(VrState *state, const char *id, GError **error);
+
 /* The points of @disk of @id, oldest first. (transfer full: a GArray of VrReplicaPoint) */
 GArray *vr_state_points_list(VrState *state, const char *id, const char *disk, GError **error);
 

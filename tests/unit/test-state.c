@@ -349,7 +349,15 @@ test_points(Fixture *fx, gconstpointer data)
     got = vr_state_points_list(state, "r1", "vda", &error);
     g_assert_cmpmem(got->data, got->len * sizeof(VrReplicaPoint), points, sizeof(points));
     g_clear_pointer(&got, g_array_unref);
-    /* The other disk is untouched. */
+    /* Both disks are listed; the other disk is untouched. */
+    {
+        g_autoptr(GPtrArray) disks = vr_state_disk_list(state, "r1", &error);
+
+        g_assert_no_error(error);
+        g_assert_cmpuint(disks->len, ==, 2);
+        g_assert_cmpstr(disks->pdata[0], ==, "vda");
+        g_assert_cmpstr(disks->pdata[1], ==, "vdb");
+    }
     got = vr_state_points_list(state, "r1", "vdb", &error);
     g_assert_cmpuint(got->len, ==, 1);
     g_assert_cmpuint(g_array_index(got, VrReplicaPoint, 0).cycle, ==, 3);
