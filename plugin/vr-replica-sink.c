@@ -12,15 +12,23 @@
 #include <unistd.h>
 
 #include <gio/gio.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
 
 #include "vr-hashlist.h"
 #include "vr-replica-hashes.h"
 #include "vr-replica-sink.h"
 #include "vr-replica-store.h"
+#include "vr-standby.h"
 #include "vr-state.h"
 
 #define VR_REPLICA_SINK_OWNER     "owner"
 #define VR_REPLICA_SINK_OWNER_TMP "owner.tmp"
+/* In a relationship's directory: the primary's domain XML, and its .tmp while written */
+#define VR_REPLICA_SINK_DOMAIN     "domain.xml"
+#define VR_REPLICA_SINK_DOMAIN_TMP "domain.xml.tmp"
+/* In a disk's directory: the standby's disk, a file only a failover creates (the guard) */
+#define VR_REPLICA_SINK_FAILOVER "failover.qcow2"
 /* In a disk's directory: hashes-<cycle>, the hash list of that point, and .tmp while written */
 #define VR_REPLICA_SINK_HASHES     "hashes-"
 #define VR_REPLICA_SINK_HASHES_TMP ".tmp"
@@ -39,6 +47,10 @@ vr_replica_sink_fd_close(VrReplicaSinkFd fd)
     close(fd);
 }
 G_DEFINE_AUTO_CLEANUP_FREE_FUNC(VrReplicaSinkFd, vr_replica_sink_fd_close, -1)
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlParserCtxt, xmlFreeParserCtxt)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(virDomain, virDomainFree)
 
 typedef struct _VrReplicaSinkStream VrReplicaSinkStream;
 
@@ -59,6 +71,13 @@ struct _VrReplicaSink {
     GError *retention_error;
     VrState *state; /* borrowed, or NULL */
     GError *state_error;
+    /* The standby domain (vr_replica_sink_set_standby()): */
+    virConnectPtr standby_conn; /* borrowed, or NULL: no standby */
+    char *name_rule;            /* NULL: the primary's name and UUID */
+    GHashTable *network_map;    /* borrowed, or NULL */
+    /* <root>/<relationship> -> "<SHA-256 of domain.xml> <epoch>" the standby was defined from */
+    GHashTable *standby_defined;
+    GError *standby_error;
 };
 
 /* A receiver handle: one stream into one disk. */
@@ -67,6 +86,7 @@ struct _VrReplicaSinkStream {
     VrReplicaSinkDisk *disk;
     VrReceiverKey key;
     char *peer;            /* the primary's name */
+    char *root;            /* its storage root */
     VrReplicaApply *apply; /* from the BEGIN record until commit or abort */
     /* For the cycle history (VrState): from BEGIN on. */
     uint8_t domain_uuid[16];
@@ -107,6 +127,7 @@ vr_replica_sink_new(VrAuthz *authz, GError **error)
     sink->keep = 4;
     sink->interval_s = 3600;
     sink->disks = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, vr_replica_sink_disk_free);
+    sink->standby_defined = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     return sink;
 }
 
@@ -118,6 +139,9 @@ vr_replica_sink_free(VrReplicaSink *sink)
     g_hash_table_unref(sink->disks);
     g_clear_error(&sink->retention_error);
     g_clear_error(&sink->state_error);
+    g_hash_table_unref(sink->standby_defined);
+    g_clear_error(&sink->standby_error);
+    g_free(sink->name_rule);
     g_free(sink);
 }
 
@@ -387,6 +411,53 @@ vr_replica_sink_authorize(VrReplicaSink *sink, int rel_fd, const char *rel_path,
 }
 
 static void vr_replica_sink_hashes_sweep(VrReplicaSinkDisk *disk, uint64_t keep);
+static void vr_replica_sink_domain_update(VrReplicaSink *sink, const char *root,
+                                          const char *relationship, const char *peer,
+                                          uint64_t epoch);
+
+/* The storage root @root, opened as the directory itself (never a symlink): fd, or -1. */
+static int
+vr_replica_sink_open_root(const char *root, GError **error)
+{
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+    if (fd < 0) {
+        int errsv = errno;
+        struct stat st;
+
+        if ((errsv == ENOTDIR || errsv == ELOOP) && lstat(root, &st) == 0 && S_ISLNK(st.st_mode)) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                        "storage root '%s' is a symbolic link: configure the directory itself",
+                        root);
+            return -1;
+        }
+        vr_replica_sink_errno(error, errsv, "open the storage root", root);
+    }
+    return fd;
+}
+
+/*
+ * The directory of @key's relationship beneath @peer's storage root (made when missing and
+ * @create; never through a symlink), its trust group checked: the fd, or -1 with @error.
+ */
+static int
+vr_replica_sink_rel_open(VrReplicaSink *sink, const VrReceiverKey *key, const VrReceiverPeer *peer,
+                         bool create, GError **error)
+{
+    g_autofree char *rel_what = g_strdup_printf("relationship '%s'", key->relationship);
+    const char *root = peer->storage_root;
+    g_autofree char *rel_path = g_build_filename(root, key->relationship, NULL);
+    g_auto(VrReplicaSinkFd) root_fd = -1;
+    g_auto(VrReplicaSinkFd) rel_fd = -1;
+
+    root_fd = vr_replica_sink_open_root(root, error);
+    if (root_fd < 0)
+        return -1;
+    rel_fd = vr_replica_sink_open_dir(root_fd, root, key->relationship, create, rel_what, error);
+    if (rel_fd < 0 || !vr_replica_sink_authorize(sink, rel_fd, rel_path, key, peer, create, error))
+        return -1;
+    return g_steal_fd(&rel_fd);
+}
 
 /*
  * The disk of @key for @peer: its directory beneath the peer's storage root (made when
@@ -397,35 +468,18 @@ static VrReplicaSinkDisk *
 vr_replica_sink_disk_get(VrReplicaSink *sink, const VrReceiverKey *key, const VrReceiverPeer *peer,
                          bool create, GError **error)
 {
-    g_autofree char *rel_what = g_strdup_printf("relationship '%s'", key->relationship);
     g_autofree char *disk_what =
         g_strdup_printf("disk '%s' of relationship '%s'", key->disk, key->relationship);
-    const char *root = peer->storage_root;
-    g_autofree char *rel_path = g_build_filename(root, key->relationship, NULL);
+    g_autofree char *rel_path = g_build_filename(peer->storage_root, key->relationship, NULL);
     g_autofree char *dir = g_build_filename(rel_path, key->disk, NULL);
-    g_auto(VrReplicaSinkFd) root_fd = -1;
     g_auto(VrReplicaSinkFd) rel_fd = -1;
     g_auto(VrReplicaSinkFd) disk_fd = -1;
     g_autoptr(GError) local = NULL;
     VrReplicaSinkDisk *disk;
     struct stat made, opened;
 
-    root_fd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (root_fd < 0) {
-        int errsv = errno;
-        struct stat st;
-
-        if ((errsv == ENOTDIR || errsv == ELOOP) && lstat(root, &st) == 0 && S_ISLNK(st.st_mode)) {
-            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                        "storage root '%s' is a symbolic link: configure the directory itself",
-                        root);
-            return NULL;
-        }
-        vr_replica_sink_errno(error, errsv, "open the storage root", root);
-        return NULL;
-    }
-    rel_fd = vr_replica_sink_open_dir(root_fd, root, key->relationship, create, rel_what, error);
-    if (rel_fd < 0 || !vr_replica_sink_authorize(sink, rel_fd, rel_path, key, peer, create, error))
+    rel_fd = vr_replica_sink_rel_open(sink, key, peer, create, error);
+    if (rel_fd < 0)
         return NULL;
     disk_fd = vr_replica_sink_open_dir(rel_fd, rel_path, key->disk, create, disk_what, error);
     if (disk_fd < 0)
@@ -516,6 +570,7 @@ vr_replica_sink_stream_free(VrReplicaSinkStream *stream)
     if (stream->disk->stream == stream)
         stream->disk->stream = NULL;
     g_free(stream->peer);
+    g_free(stream->root);
     g_free(stream);
 }
 
@@ -561,6 +616,7 @@ vr_replica_sink_begin(const VrReceiverKey *key, const VrReceiverPeer *peer, gpoi
     stream->disk = disk;
     stream->key = *key;
     stream->peer = g_strdup(peer->name);
+    stream->root = g_strdup(peer->storage_root);
     disk->stream = stream;
     g_debug("receiving cycle %" PRIu64 " (base %" PRIu64 ", epoch %" PRIu64
             ") of '%s' from '%s' into '%s'",
@@ -748,6 +804,9 @@ vr_replica_sink_commit(gpointer handle, GError **error)
     /* The cached hash list describes a point that is no longer the latest. */
     vr_replica_sink_hashes_sweep(stream->disk, 0);
     vr_replica_sink_record_state(stream, VR_STATE_CYCLE_OK, NULL);
+    /* A published point: the standby can be defined (or brought up to date) now. */
+    vr_replica_sink_domain_update(stream->sink, stream->root, stream->key.relationship,
+                                  stream->peer, stream->key.epoch);
     vr_replica_sink_stream_free(stream);
     return true;
 }
@@ -919,12 +978,454 @@ vr_replica_sink_hashes(const char *relationship, const char *disk_name, const Vr
     return true;
 }
 
+/* ---- the domain XML and the standby --------------------------------------------- */
+
+static bool vr_replica_sink_invalid(GError **error, const char *format, ...) G_GNUC_PRINTF(2, 3);
+
+static bool
+vr_replica_sink_invalid(GError **error, const char *format, ...)
+{
+    va_list args;
+
+    va_start(args, format);
+    g_propagate_error(
+        error, g_error_new_valist(VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_INVALID, format, args));
+    va_end(args);
+    return false;
+}
+
+/* Target dev -> <relationship dir>/<dev>/failover.qcow2, for every dev of @targets. */
+static GHashTable *
+vr_replica_sink_disk_paths(const char *rel_path, GPtrArray *targets)
+{
+    GHashTable *paths = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
+
+    for (guint i = 0; i < targets->len; i++) {
+        g_hash_table_insert(
+            paths, targets->pdata[i],
+            g_build_filename(rel_path, targets->pdata[i], VR_REPLICA_SINK_FAILOVER, NULL));
+    }
+    return paths;
+}
+
+/* Is @node an element @name without a namespace? */
+static bool
+vr_replica_sink_xml_is(const xmlNode *node, const char *name)
+{
+    return node->type == XML_ELEMENT_NODE && node->ns == NULL &&
+           strcmp((const char *)node->name, name) == 0;
+}
+
+/* The target dev of every <disk device='disk'> (or without device) of <devices>. */
+static void
+vr_replica_sink_xml_disks(xmlNode *devices, GPtrArray *targets)
+{
+    for (xmlNode *disk = devices->children; disk != NULL; disk = disk->next) {
+        xmlChar *device;
+        bool is_disk;
+
+        if (!vr_replica_sink_xml_is(disk, "disk"))
+            continue;
+        device = xmlGetNoNsProp(disk, (const xmlChar *)"device");
+        is_disk = device == NULL || strcmp((const char *)device, "disk") == 0;
+        xmlFree(device);
+        for (xmlNode *target = disk->children; is_disk && target != NULL; target = target->next) {
+            xmlChar *dev;
+
+            if (!vr_replica_sink_xml_is(target, "target"))
+                continue;
+            dev = xmlGetNoNsProp(target, (const xmlChar *)"dev");
+            if (dev != NULL)
+                g_ptr_array_add(targets, g_strdup((const char *)dev));
+            xmlFree(dev);
+            break;
+        }
+    }
+}
+
+/*
+ * Is @xml (@len bytes and a NUL) a domain XML a standby can be defined from? Its <name>
+ * (*@name_out) and the target devs of its disks (*@targets_out: device='disk', each a disk
+ * name of this replica, [a-z0-9]{1,31}), then a dry run of vr_standby_build_xml() with the
+ * standby's disk paths beneath @rel_path: what the standby refuses (no or a bad UUID, a
+ * device bound to the primary's hardware, two disks with one target...) is refused here.
+ * VR_RECEIVER_ERROR_INVALID (400) for all of it. No libvirt call.
+ */
+static bool
+vr_replica_sink_domain_check(const char *relationship, const char *rel_path, const char *xml,
+                             gsize len, char **name_out, GPtrArray **targets_out, GError **error)
+{
+    g_autoptr(xmlParserCtxt) ctxt = NULL;
+    g_autoptr(xmlDoc) doc = NULL;
+    g_autoptr(GPtrArray) targets = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GHashTable) paths = NULL;
+    g_autoptr(GError) local = NULL;
+    g_autofree char *name = NULL;
+    g_autofree char *standby = NULL;
+    xmlNode *root;
+
+    if (len > G_MAXINT || memchr(xml, '\0', len) != NULL) {
+        return vr_replica_sink_invalid(
+            error, "the domain XML of relationship '%s' holds a NUL byte", relationship);
+    }
+    ctxt = xmlNewParserCtxt();
+    if (ctxt == NULL) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "out of memory");
+        return false;
+    }
+    /* No network, no entities substituted, no output: the XML is the primary's. */
+    doc = xmlCtxtReadMemory(ctxt, xml, (int)len, VR_REPLICA_SINK_DOMAIN, NULL,
+                            XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    root = doc != NULL ? xmlDocGetRootElement(doc) : NULL;
+    if (root == NULL) {
+        const xmlError *err = xmlCtxtGetLastError(ctxt);
+        g_autofree char *msg =
+            g_strdup(err != NULL && err->message != NULL ? err->message : "empty document");
+
+        return vr_replica_sink_invalid(error,
+                                       "the domain XML of relationship '%s' does not parse: %s",
+                                       relationship, g_strstrip(msg));
+    }
+    if (!vr_replica_sink_xml_is(root, "domain")) {
+        return vr_replica_sink_invalid(error,
+                                       "the domain XML of relationship '%s' has <%s> at its root, "
+                                       "not <domain>",
+                                       relationship, (const char *)root->name);
+    }
+    for (xmlNode *node = root->children; node != NULL; node = node->next) {
+        if (vr_replica_sink_xml_is(node, "name") && name == NULL) {
+            xmlChar *text = xmlNodeGetContent(node);
+
+            name = g_strstrip(g_strdup(text != NULL ? (const char *)text : ""));
+            xmlFree(text);
+        } else if (vr_replica_sink_xml_is(node, "devices")) {
+            vr_replica_sink_xml_disks(node, targets);
+        }
+    }
+    if (name == NULL || name[0] == '\0') {
+        return vr_replica_sink_invalid(error, "the domain XML of relationship '%s' has no <name>",
+                                       relationship);
+    }
+    for (guint i = 0; i < targets->len; i++) {
+        const char *dev = targets->pdata[i];
+        gsize n = strlen(dev);
+        bool ok = n > 0 && n <= VR_WIRE_DISK_MAX;
+
+        for (gsize j = 0; ok && j < n; j++)
+            ok = g_ascii_islower(dev[j]) || g_ascii_isdigit(dev[j]);
+        if (!ok) {
+            g_autofree char *shown = g_strescape(dev, NULL);
+
+            return vr_replica_sink_invalid(error,
+                                           "the domain XML of relationship '%s' has disk target "
+                                           "'%.40s', not a disk name of the wire ([a-z0-9]{1,%d})",
+                                           relationship, shown, VR_WIRE_DISK_MAX);
+        }
+    }
+    /* The standby's own rules, with the paths it will have (the naming rule is configuration). */
+    paths = vr_replica_sink_disk_paths(rel_path, targets);
+    standby = vr_standby_build_xml(xml,
+                                   &(VrStandbyConfig){
+                                       .relationship = relationship,
+                                       .epoch = 1,
+                                       .disk_paths = paths,
+                                   },
+                                   &local);
+    if (standby == NULL) {
+        return vr_replica_sink_invalid(
+            error, "the domain XML of relationship '%s' cannot define a standby: %s", relationship,
+            local->message);
+    }
+    *name_out = g_steal_pointer(&name);
+    *targets_out = g_steal_pointer(&targets);
+    return true;
+}
+
+/*
+ * Write @xml as <relationship>/domain.xml through @rel_fd: domain.xml.tmp (mode 0600, made
+ * anew, so never through a link) written and synced, renamed over domain.xml, the directory
+ * synced.
+ */
+static bool
+vr_replica_sink_domain_write(int rel_fd, const char *rel_path, const char *xml, gsize len,
+                             GError **error)
+{
+    g_autofree char *tmp = g_build_filename(rel_path, VR_REPLICA_SINK_DOMAIN_TMP, NULL);
+    gsize done = 0;
+    int errsv;
+    int fd;
+
+    if (unlinkat(rel_fd, VR_REPLICA_SINK_DOMAIN_TMP, 0) < 0 && errno != ENOENT)
+        return vr_replica_sink_errno(error, errno, "remove", tmp);
+    fd = openat(rel_fd, VR_REPLICA_SINK_DOMAIN_TMP,
+                O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return vr_replica_sink_errno(error, errno, "create", tmp);
+    while (done < len) {
+        ssize_t n = write(fd, xml + done, len - done);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            errsv = n < 0 ? errno : EIO; /* a write of nothing sets no errno */
+            close(fd);
+            unlinkat(rel_fd, VR_REPLICA_SINK_DOMAIN_TMP, 0);
+            return vr_replica_sink_errno(error, errsv, "write", tmp);
+        }
+        done += (gsize)n;
+    }
+    if (fsync(fd) < 0) {
+        errsv = errno;
+        close(fd);
+        unlinkat(rel_fd, VR_REPLICA_SINK_DOMAIN_TMP, 0);
+        return vr_replica_sink_errno(error, errsv, "sync", tmp);
+    }
+    close(fd);
+    if (renameat(rel_fd, VR_REPLICA_SINK_DOMAIN_TMP, rel_fd, VR_REPLICA_SINK_DOMAIN) < 0) {
+        errsv = errno;
+        unlinkat(rel_fd, VR_REPLICA_SINK_DOMAIN_TMP, 0);
+        return vr_replica_sink_errno(error, errsv, "rename", tmp);
+    }
+    if (fsync(rel_fd) < 0)
+        return vr_replica_sink_errno(error, errno, "sync directory", rel_path);
+    return true;
+}
+
+/*
+ * <root>/<relationship>/domain.xml, read without following a link: *@xml_out (transfer
+ * full, NUL-terminated) and *@len_out, or *@xml_out NULL when there is none yet.
+ */
+static bool
+vr_replica_sink_domain_read(const char *root, const char *relationship, char **xml_out,
+                            gsize *len_out, GError **error)
+{
+    g_autofree char *rel_path = g_build_filename(root, relationship, NULL);
+    g_autofree char *path = g_build_filename(rel_path, VR_REPLICA_SINK_DOMAIN, NULL);
+    g_auto(VrReplicaSinkFd) root_fd = -1;
+    g_auto(VrReplicaSinkFd) rel_fd = -1;
+    g_auto(VrReplicaSinkFd) fd = -1;
+    g_autofree char *xml = NULL;
+    gsize done = 0;
+    struct stat st;
+
+    *xml_out = NULL;
+    root_fd = vr_replica_sink_open_root(root, error);
+    if (root_fd < 0)
+        return false;
+    rel_fd = openat(root_fd, relationship, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (rel_fd < 0 && errno == ENOENT)
+        return true;
+    if (rel_fd < 0)
+        return vr_replica_sink_errno(error, errno, "open directory", rel_path);
+    /* O_NONBLOCK: a FIFO planted there must not hang the receiver (refused below). */
+    fd = openat(rel_fd, VR_REPLICA_SINK_DOMAIN, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT)
+        return true;
+    if (fd < 0)
+        return vr_replica_sink_errno(error, errno, "open", path);
+    if (fstat(fd, &st) < 0)
+        return vr_replica_sink_errno(error, errno, "stat", path);
+    if (!S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size > VR_RECEIVER_DOMAIN_MAX) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                    "'%s' is not a regular file of 1 to %d bytes", path, VR_RECEIVER_DOMAIN_MAX);
+        return false;
+    }
+    xml = g_malloc((gsize)st.st_size + 1);
+    while (done < (gsize)st.st_size) {
+        ssize_t n = pread(fd, xml + done, (gsize)st.st_size - done, (off_t)done);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return vr_replica_sink_errno(error, errno, "read", path);
+        if (n == 0)
+            break;
+        done += (gsize)n;
+    }
+    xml[done] = '\0';
+    *len_out = done;
+    *xml_out = g_steal_pointer(&xml);
+    return true;
+}
+
+/* Keep @local (taken) as the last standby failure, naming the relationship. */
+static void
+vr_replica_sink_standby_failed(VrReplicaSink *sink, const char *relationship, GError *local)
+{
+    g_prefix_error(&local, "standby of relationship '%s': ", relationship);
+    g_debug("%s", local->message);
+    g_clear_error(&sink->standby_error);
+    sink->standby_error = local;
+}
+
+/* The primary's domain @name into the relationship's row of the state database, if it has one. */
+static void
+vr_replica_sink_state_domain(VrReplicaSink *sink, const char *relationship, const char *name)
+{
+    g_autoptr(VrStateRelationship) rel = NULL;
+    g_autoptr(GError) local = NULL;
+
+    rel = vr_state_relationship_get(sink->state, relationship, &local);
+    if (rel == NULL && g_error_matches(local, VR_STATE_ERROR, VR_STATE_ERROR_NOT_FOUND))
+        return; /* the first stream makes the row, and its commit names the domain */
+    if (rel != NULL && g_strcmp0(rel->domain_name, name) == 0)
+        return;
+    if (rel != NULL) {
+        g_free(rel->domain_name);
+        rel->domain_name = g_strdup(name);
+        if (vr_state_relationship_put(sink->state, rel, &local))
+            return;
+    }
+    g_debug("cannot record the domain of '%s' in the state database: %s", relationship,
+            local->message);
+    g_clear_error(&sink->state_error);
+    sink->state_error = g_steal_pointer(&local);
+}
+
+/*
+ * What <root>/<relationship>/domain.xml brings, when there is one: its domain name into the
+ * state database (the relationship's row, when it exists), and the standby defined from it
+ * at @epoch (0: not now, no point is published yet) when one is configured and it was not
+ * defined from this XML at this epoch yet (in this process: after a restart it is defined
+ * again, which changes nothing). A failure fails nothing: it is kept for
+ * vr_replica_sink_get_standby_error() (or _get_state_error()), and the next published
+ * cycle tries again. Blocks on libvirt meanwhile.
+ */
+static void
+vr_replica_sink_domain_update(VrReplicaSink *sink, const char *root, const char *relationship,
+                              const char *peer, uint64_t epoch)
+{
+    g_autofree char *rel_path = g_build_filename(root, relationship, NULL);
+    g_autoptr(GPtrArray) targets = NULL;
+    g_autoptr(GHashTable) paths = NULL;
+    g_autoptr(GError) local = NULL;
+    g_autoptr(virDomain) dom = NULL;
+    g_autofree char *sha256 = NULL;
+    g_autofree char *digest = NULL;
+    g_autofree char *name = NULL;
+    g_autofree char *xml = NULL;
+    bool define = sink->standby_conn != NULL && epoch > 0;
+    gsize len = 0;
+
+    if (sink->state == NULL && !define)
+        return;
+    if (!vr_replica_sink_domain_read(root, relationship, &xml, &len, &local) ||
+        (xml != NULL && !vr_replica_sink_domain_check(relationship, rel_path, xml, len, &name,
+                                                      &targets, &local))) {
+        if (define) {
+            vr_replica_sink_standby_failed(sink, relationship, g_steal_pointer(&local));
+        } else {
+            g_clear_error(&sink->state_error);
+            sink->state_error = g_steal_pointer(&local);
+        }
+        return;
+    }
+    if (xml == NULL)
+        return; /* the primary has not sent it yet */
+    if (sink->state != NULL)
+        vr_replica_sink_state_domain(sink, relationship, name);
+    if (!define)
+        return;
+    sha256 = g_compute_checksum_for_data(G_CHECKSUM_SHA256, (const guchar *)xml, len);
+    digest = g_strdup_printf("%s %" PRIu64, sha256, epoch);
+    if (g_strcmp0(g_hash_table_lookup(sink->standby_defined, rel_path), digest) == 0)
+        return; /* defined from this XML at this epoch already */
+    paths = vr_replica_sink_disk_paths(rel_path, targets);
+    dom = vr_standby_define(sink->standby_conn, xml,
+                            &(VrStandbyConfig){
+                                .relationship = relationship,
+                                .primary_host = peer,
+                                .epoch = epoch,
+                                .disk_paths = paths,
+                                .network_map = sink->network_map,
+                                .name_rule = sink->name_rule,
+                            },
+                            &local);
+    if (dom == NULL) {
+        vr_replica_sink_standby_failed(sink, relationship, g_steal_pointer(&local));
+        return;
+    }
+    g_debug("standby '%s' of relationship '%s' defined from domain '%s' at epoch %" PRIu64,
+            virDomainGetName(dom), relationship, name, epoch);
+    g_hash_table_replace(sink->standby_defined, g_steal_pointer(&rel_path),
+                         g_steal_pointer(&digest));
+    g_clear_error(&sink->standby_error);
+}
+
+/*
+ * The latest epoch of a published point of the disks @targets of @key's relationship: 0
+ * when none of them has one (or a directory yet).
+ */
+static uint64_t
+vr_replica_sink_published_epoch(VrReplicaSink *sink, const VrReceiverKey *key,
+                                const VrReceiverPeer *peer, GPtrArray *targets)
+{
+    uint64_t epoch = 0;
+
+    for (guint i = 0; i < targets->len; i++) {
+        g_autoptr(GError) local = NULL;
+        VrReceiverKey disk_key = *key;
+        const VrReplicaPoint *points;
+        VrReplicaSinkDisk *disk;
+        guint n;
+
+        g_strlcpy(disk_key.disk, targets->pdata[i], sizeof(disk_key.disk));
+        disk = vr_replica_sink_disk_get(sink, &disk_key, peer, false, &local);
+        if (disk == NULL) {
+            g_debug("disk '%s' of '%s' has no point: %s", disk_key.disk, key->relationship,
+                    local->message);
+            continue;
+        }
+        points = vr_replica_store_points(disk->store, &n);
+        if (n > 0)
+            epoch = MAX(epoch, points[n - 1].epoch);
+    }
+    return epoch;
+}
+
+/*
+ * PUT /v1/domains/{relationship}: the primary's domain XML, checked (400), the trust group
+ * as for a stream (a relationship without an owner becomes the peer's group's), stored
+ * atomically as <relationship>/domain.xml; then, when a disk of it has a published point,
+ * the standby is defined from it.
+ */
+static bool
+vr_replica_sink_domain(const char *relationship, const VrReceiverPeer *peer, const char *xml,
+                       gsize len, gpointer user_data, GError **error)
+{
+    VrReplicaSink *sink = user_data;
+    g_autofree char *rel_path = NULL;
+    g_autofree char *name = NULL;
+    g_autoptr(GPtrArray) targets = NULL;
+    g_auto(VrReplicaSinkFd) rel_fd = -1;
+    VrReceiverKey key = { 0 };
+    uint64_t epoch;
+
+    if (!vr_authz_check_name("relationship", relationship, error))
+        return false;
+    g_strlcpy(key.relationship, relationship, sizeof(key.relationship));
+    rel_path = g_build_filename(peer->storage_root, relationship, NULL);
+    /* Checked before anything is made: a refused XML leaves no trace. */
+    if (!vr_replica_sink_domain_check(relationship, rel_path, xml, len, &name, &targets, error))
+        return false;
+    rel_fd = vr_replica_sink_rel_open(sink, &key, peer, true, error);
+    if (rel_fd < 0 || !vr_replica_sink_domain_write(rel_fd, rel_path, xml, len, error))
+        return false;
+    g_debug("domain '%s' of relationship '%s' from '%s' stored (%" G_GSIZE_FORMAT " bytes)", name,
+            relationship, peer->name, len);
+    epoch = vr_replica_sink_published_epoch(sink, &key, peer, targets);
+    vr_replica_sink_domain_update(sink, peer->storage_root, relationship, peer->name, epoch);
+    return true;
+}
+
 static const VrReceiverSink vr_replica_sink_callbacks = {
+
     .begin = vr_replica_sink_begin,
     .record = vr_replica_sink_record,
     .commit = vr_replica_sink_commit,
     .abort = vr_replica_sink_abort,
     .hashes = vr_replica_sink_hashes,
+    .domain = vr_replica_sink_domain,
 };
 
 void
@@ -955,6 +1456,24 @@ const GError *
 vr_replica_sink_get_retention_error(VrReplicaSink *sink)
 {
     return sink->retention_error;
+}
+
+void
+vr_replica_sink_set_standby(VrReplicaSink *sink, virConnectPtr conn, const char *name_rule,
+                            GHashTable *network_map)
+{
+    sink->standby_conn = conn;
+    g_free(sink->name_rule);
+    sink->name_rule = g_strdup(name_rule);
+    sink->network_map = network_map;
+    /* Another libvirt or rule: every standby is defined again at its next cycle. */
+    g_hash_table_remove_all(sink->standby_defined);
+}
+
+const GError *
+vr_replica_sink_get_standby_error(VrReplicaSink *sink)
+{
+    return sink->standby_error;
 }
 
 const VrReceiverSink *

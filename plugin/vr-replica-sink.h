@@ -6,7 +6,8 @@
  * storage root of the primary that writes it (vr-authz.h):
  *
  *   <storage root>/<relationship>/owner        the relationship's trust group, one line,
- *                                              written at its first stream
+ *                                              written at its first stream (or domain XML)
+ *   <storage root>/<relationship>/domain.xml   the primary's domain XML (mode 0600)
  *   <storage root>/<relationship>/<disk>/      the disk's replica store (mode 0700)
  *
  * Directories are made and opened beneath the storage root one component at a time, never
@@ -28,6 +29,16 @@
  * newer point is published. While an apply runs on the disk, a list not made yet cannot be
  * (503: the client tries again).
  *
+ * domain() (PUT /v1/domains/{relationship}) checks the primary's domain XML (it must give a
+ * standby: vr-standby.h; else 400) and the trust group as begin() does, and stores it as
+ * <relationship>/domain.xml (tmp, fsync, rename, directory fsync). With a standby configured
+ * (vr_replica_sink_set_standby()), the sink defines the standby domain from it, never
+ * starting it, once the relationship has a published point: after the commit of a cycle
+ * when the XML is there, or at the PUT when a point is; again whenever the XML or the epoch
+ * changed. The standby's disks are <relationship>/<target>/failover.qcow2, files only a
+ * failover creates (the guard). A failed define fails neither the cycle nor the PUT: see
+ * vr_replica_sink_get_standby_error().
+ *
  * Called from the receiver's thread only, which must live while an apply runs (qemu-nbd
  * gets SIGKILL when the thread that started it exits). Not thread-safe.
  *
@@ -36,6 +47,7 @@
 #pragma once
 
 #include <glib.h>
+#include <libvirt/libvirt.h>
 
 #include "vr-authz.h"
 #include "vr-receiver.h"
@@ -82,6 +94,24 @@ void vr_replica_sink_set_state(VrReplicaSink *sink, VrState *state);
 
 /* The last failure to record into the state database, or NULL. (transfer none) */
 const GError *vr_replica_sink_get_state_error(VrReplicaSink *sink);
+
+/*
+ * Define the standby domain of every relationship in @conn (borrowed: it outlives the sink;
+ * NULL: no standby, the default) from the primary's domain XML, with @name_rule (NULL: the
+ * primary's name and UUID, for a replica host of its own; "%n-replica" when primary and
+ * replica share one libvirtd) and @network_map (primary network -> replica network;
+ * borrowed, may be NULL). The marker names the relationship, the primary (its certificate
+ * identity as primary-host) and the epoch of the relationship's latest point. Call it
+ * before the receiver runs.
+ */
+void vr_replica_sink_set_standby(VrReplicaSink *sink, virConnectPtr conn, const char *name_rule,
+                                 GHashTable *network_map);
+
+/*
+ * The last failure to define a standby (or to read the domain XML it is defined from), or
+ * NULL when the last define succeeded. (transfer none)
+ */
+const GError *vr_replica_sink_get_standby_error(VrReplicaSink *sink);
 
 /*
  * Close every store. The receiver using the sink must be freed first (it aborts the streams

@@ -20,6 +20,10 @@
  * which is sent from its descriptor a few pieces ahead of libsoup's writes (wrote-chunk),
  * with accumulation off, so memory does not follow the list's size.
  *
+ * PUT of a domain XML is small (VR_RECEIVER_DOMAIN_MAX at most): got-chunk appends its body
+ * to a buffer of the declared Content-Length (accumulation stays off), and the handler hands
+ * the whole of it to the sink's domain(). It takes no turn.
+ *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
 #include "vr-receiver.h"
@@ -33,13 +37,14 @@
 
 #include <libsoup/soup.h>
 
-#define VR_RECEIVER_PREFIX        "/v1/cycles/"
-#define VR_RECEIVER_HASHES_PREFIX "/v1/hashes/"
-#define VR_RECEIVER_HEADER_OFFSET "VR-Offset"
-#define VR_RECEIVER_HEADER_LENGTH "VR-Length"
-#define VR_RECEIVER_HEADER_STATE  "VR-State"
-#define VR_RECEIVER_HEADER_CYCLE  "VR-Cycle"
-#define VR_RECEIVER_HEADER_EPOCH  "VR-Epoch"
+#define VR_RECEIVER_PREFIX         "/v1/cycles/"
+#define VR_RECEIVER_HASHES_PREFIX  "/v1/hashes/"
+#define VR_RECEIVER_DOMAINS_PREFIX "/v1/domains/"
+#define VR_RECEIVER_HEADER_OFFSET  "VR-Offset"
+#define VR_RECEIVER_HEADER_LENGTH  "VR-Length"
+#define VR_RECEIVER_HEADER_STATE   "VR-State"
+#define VR_RECEIVER_HEADER_CYCLE   "VR-Cycle"
+#define VR_RECEIVER_HEADER_EPOCH   "VR-Epoch"
 /* A hash list goes out in pieces of this size, at most this many read ahead of the socket. */
 #define VR_RECEIVER_HASHES_CHUNK (256 * 1024)
 #define VR_RECEIVER_HASHES_AHEAD 2
@@ -122,6 +127,8 @@ vr_receiver_status_for(const GError *error)
             return SOUP_STATUS_NOT_FOUND;
         case VR_RECEIVER_ERROR_BUSY:
             return SOUP_STATUS_SERVICE_UNAVAILABLE;
+        case VR_RECEIVER_ERROR_INVALID:
+            return SOUP_STATUS_BAD_REQUEST;
         }
     }
     if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE))
@@ -362,9 +369,9 @@ vr_receiver_parse_path(const char *path, VrReceiverKey *key, GError **error)
     memset(key, 0, sizeof(*key));
     if (!g_str_has_prefix(path, VR_RECEIVER_PREFIX)) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                    "no such resource: the path is neither "
-                    "/v1/cycles/{relationship}/{disk}/{epoch}/{base}/{target} nor "
-                    "/v1/hashes/{relationship}/{disk}");
+                    "no such resource: the path is not "
+                    "/v1/cycles/{relationship}/{disk}/{epoch}/{base}/{target}, "
+                    "/v1/hashes/{relationship}/{disk} or /v1/domains/{relationship}");
         return false;
     }
     p = path + strlen(VR_RECEIVER_PREFIX);
@@ -427,6 +434,26 @@ vr_receiver_parse_hashes_path(const char *path, VrReceiverKey *key, GError **err
         return false;
     }
     memcpy(key->disk, p, n);
+    return true;
+}
+
+/* Split "/v1/domains/{relationship}" into @key's relationship (the rest of @key stays 0). */
+static bool
+vr_receiver_parse_domain_path(const char *path, VrReceiverKey *key, GError **error)
+{
+    const char *p = path + strlen(VR_RECEIVER_DOMAINS_PREFIX);
+    size_t n;
+
+    g_assert(g_str_has_prefix(path, VR_RECEIVER_DOMAINS_PREFIX));
+    memset(key, 0, sizeof(*key));
+    n = vr_receiver_component(p, VR_WIRE_RELATIONSHIP_MAX);
+    if (n == 0 || p[n] != '\0') {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "invalid relationship in the path: [a-z0-9]{1,16} expected, and nothing "
+                    "after it");
+        return false;
+    }
+    memcpy(key->relationship, p, n);
     return true;
 }
 
@@ -731,6 +758,129 @@ vr_receiver_get_hashes(VrReceiver *receiver, SoupServerMessage *msg, const VrRec
     vr_receiver_hashes_fill(msg, hashes);
 }
 
+/* ---- domain XML ------------------------------------------------------------------------ */
+
+/* PUT of a domain XML: its body, collected up to the Content-Length it declared. */
+typedef struct {
+    VrReceiver *receiver; /* a reference: a message can outlive vr_receiver_free() */
+    VrReceiverKey key;    /* the relationship only */
+    char *peer_name;
+    char *storage_root;
+    char *group;
+    GByteArray *body;
+    gsize expected;
+    bool overflow; /* more bytes came than declared: never kept */
+} VrReceiverDomain;
+
+static void
+vr_receiver_domain_free(VrReceiverDomain *domain)
+{
+    g_byte_array_unref(domain->body);
+    g_free(domain->peer_name);
+    g_free(domain->storage_root);
+    g_free(domain->group);
+    vr_receiver_unref(domain->receiver);
+    g_free(domain);
+}
+
+static void
+vr_receiver_domain_on_got_chunk(SoupServerMessage *msg, GBytes *chunk, gpointer user_data)
+{
+    VrReceiverDomain *domain = user_data;
+    gsize len = 0;
+    const guint8 *data = g_bytes_get_data(chunk, &len);
+
+    /* libsoup reads no more than the Content-Length; checked anyway, the buffer is bounded. */
+    if (domain->overflow || len > domain->expected - domain->body->len) {
+        domain->overflow = true;
+        return;
+    }
+    g_byte_array_append(domain->body, data, (guint)len);
+}
+
+/*
+ * PUT /v1/domains/{relationship}, headers in: a sink that takes domains, a Content-Length
+ * of 1 to VR_RECEIVER_DOMAIN_MAX bytes, an XML media type. The body is then collected by
+ * got-chunk, without a turn (it is small and goes to no store).
+ */
+static void
+vr_receiver_put_domain(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKey *key,
+                       const VrReceiverPeer *peer)
+{
+    SoupMessageHeaders *headers = soup_server_message_get_request_headers(msg);
+    g_autofree char *reason = NULL;
+    VrReceiverDomain *domain;
+    const char *type;
+    goffset body;
+
+    if (receiver->sink->domain == NULL) {
+        vr_receiver_reply(msg, SOUP_STATUS_NOT_IMPLEMENTED,
+                          "this replica does not take domain definitions");
+        return;
+    }
+    if (soup_message_headers_get_encoding(headers) != SOUP_ENCODING_CONTENT_LENGTH) {
+        vr_receiver_reply(msg, SOUP_STATUS_LENGTH_REQUIRED, "a Content-Length is required");
+        return;
+    }
+    body = soup_message_headers_get_content_length(headers);
+    if (body > VR_RECEIVER_DOMAIN_MAX) {
+        reason = g_strdup_printf("a domain XML of %" G_GINT64_FORMAT
+                                 " bytes is larger than the limit of %d",
+                                 (gint64)body, VR_RECEIVER_DOMAIN_MAX);
+        vr_receiver_reply(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, reason);
+        return;
+    }
+    type = soup_message_headers_get_content_type(headers, NULL);
+    if (type == NULL || g_ascii_strcasecmp(type, "application/xml") != 0) {
+        vr_receiver_reply(msg, SOUP_STATUS_UNSUPPORTED_MEDIA_TYPE,
+                          "a domain XML is sent as application/xml");
+        return;
+    }
+    if (body <= 0) {
+        vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, "the domain XML is empty");
+        return;
+    }
+    domain = g_new0(VrReceiverDomain, 1);
+    domain->receiver = g_rc_box_acquire(receiver);
+    domain->key = *key;
+    domain->peer_name = g_strdup(peer->name);
+    domain->storage_root = g_strdup(peer->storage_root);
+    domain->group = g_strdup(peer->group);
+    domain->expected = (gsize)body;
+    domain->body = g_byte_array_sized_new((guint)body + 1);
+    g_object_set_data_full(G_OBJECT(msg), "vr-receiver-domain", domain,
+                           (GDestroyNotify)vr_receiver_domain_free);
+    g_signal_connect(msg, "got-chunk", G_CALLBACK(vr_receiver_domain_on_got_chunk), domain);
+}
+
+/* The body of a domain XML is in: the sink's domain(), then 204 or its error's status. */
+static void
+vr_receiver_domain_finish(VrReceiverDomain *domain, SoupServerMessage *msg)
+{
+    VrReceiver *receiver = domain->receiver;
+    VrReceiverPeer peer = { domain->peer_name, domain->storage_root, domain->group };
+    g_autoptr(GError) error = NULL;
+
+    if (receiver->closed) {
+        vr_receiver_reply(msg, SOUP_STATUS_SERVICE_UNAVAILABLE, "the replica is shutting down");
+        return;
+    }
+    if (domain->overflow || domain->body->len != domain->expected) {
+        vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST,
+                          "the body does not match its Content-Length");
+        return;
+    }
+    g_byte_array_append(domain->body, (const guint8 *)"", 1); /* a NUL after the XML */
+    if (!receiver->sink->domain(domain->key.relationship, &peer, (const char *)domain->body->data,
+                                domain->expected, receiver->sink_data, &error)) {
+        vr_receiver_reply(msg, vr_receiver_status_for(error), error->message);
+        return;
+    }
+    g_debug("domain XML of relationship '%s' from '%s': %" G_GSIZE_FORMAT " bytes",
+            domain->key.relationship, domain->peer_name, domain->expected);
+    soup_server_message_set_status(msg, SOUP_STATUS_NO_CONTENT, NULL);
+}
+
 /* ---- handlers --------------------------------------------------------------------------- */
 
 /* HEAD: how much of the stream the receiver holds. */
@@ -996,6 +1146,19 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
         }
         return;
     }
+    if (g_str_has_prefix(path, VR_RECEIVER_DOMAINS_PREFIX)) {
+        if (!vr_receiver_parse_domain_path(path, &key, &error)) {
+            vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, error->message);
+        } else if (strcmp(method, SOUP_METHOD_PUT) != 0) {
+            soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow",
+                                         "PUT");
+            vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED,
+                              "a domain XML is only written (PUT)");
+        } else {
+            vr_receiver_put_domain(receiver, msg, &key, &who);
+        }
+        return;
+    }
     if (!vr_receiver_parse_path(path, &key, &error)) {
         vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, error->message);
         return;
@@ -1016,17 +1179,22 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
         g_signal_connect(msg, "got-chunk", G_CALLBACK(vr_receiver_on_got_chunk), transfer);
 }
 
-/* The body is complete: finish and commit the upload, or say where it stands. */
+/* The body is complete: finish and commit the upload, or say where it stands; or a domain XML. */
 static void
 vr_receiver_handler(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
                     gpointer user_data)
 {
     VrReceiverTransfer *transfer = g_object_get_data(G_OBJECT(msg), "vr-receiver-transfer");
+    VrReceiverDomain *domain = g_object_get_data(G_OBJECT(msg), "vr-receiver-domain");
     VrReceiverUpload *upload;
     GError *error = NULL;
 
     if (soup_server_message_get_status(msg) != 0)
         return; /* replied by the early handler */
+    if (domain != NULL) {
+        vr_receiver_domain_finish(domain, msg);
+        return;
+    }
     g_assert(transfer != NULL);
     if (transfer->has_turn) {
         /* The body is read: the turn goes to the next request now. */

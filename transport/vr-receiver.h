@@ -8,7 +8,9 @@
  * connection stays open for a while and resumes at the offset the receiver reached; a
  * request that sends bytes the receiver already has (libsoup resending a PUT) is harmless.
  * GET /v1/hashes/{relationship}/{disk} serves the hash list of the disk's latest recovery
- * point, a file the sink names, streamed from the file in pieces (for a resync).
+ * point, a file the sink names, streamed from the file in pieces (for a resync). PUT
+ * /v1/domains/{relationship} hands the primary's domain XML (at most VR_RECEIVER_DOMAIN_MAX
+ * bytes, collected in memory) to the sink, which defines the standby domain from it.
  *
  * The client's certificate goes through the certificate policy (vr-tls-policy.h) in the
  * TLS handshake and again on every request, then through authorization (vr-authz.h). At
@@ -37,6 +39,9 @@ G_BEGIN_DECLS
 #define VR_RECEIVER_ERROR (vr_receiver_error_quark())
 GQuark vr_receiver_error_quark(void);
 
+/* The largest domain XML PUT /v1/domains/{relationship} takes (a larger one is 413). */
+#define VR_RECEIVER_DOMAIN_MAX (1024 * 1024)
+
 /*
  * What a sink may answer to steer the HTTP status. Other errors: G_IO_ERROR_NO_SPACE is
  * 507, VR_AUTHZ_ERROR_FORBIDDEN 403, VR_AUTHZ_ERROR_INVALID and VR_WIRE_ERROR 400, the rest
@@ -49,6 +54,7 @@ typedef enum {
     VR_RECEIVER_ERROR_COMMITTED, /* begin(): this very stream is already committed (204) */
     VR_RECEIVER_ERROR_NOT_FOUND, /* 404: hashes(): no such relationship or disk, or no point */
     VR_RECEIVER_ERROR_BUSY,      /* 503 with Retry-After: try again in a while */
+    VR_RECEIVER_ERROR_INVALID,   /* 400: what the primary sent cannot be used (a bad domain XML) */
 } VrReceiverErrorCode;
 
 /* What names a stream: the URL, checked against the stream's BEGIN record. */
@@ -68,7 +74,8 @@ typedef struct {
 } VrReceiverPeer;
 
 /*
- * Where the verified records of one stream go. Every member is required but hashes().
+ * Where the verified records of one stream go. Every member is required but hashes() and
+ * domain().
  * begin() is called
  * once per stream, when its first request (offset 0) has its headers and before any of its
  * body is read; then record() for every record in stream order (BEGIN, whose identity the
@@ -106,6 +113,18 @@ typedef struct {
     bool (*hashes)(const char *relationship, const char *disk, const VrReceiverPeer *peer,
                    gpointer user_data, char **path_out, uint64_t *cycle_out, uint64_t *epoch_out,
                    GError **error);
+    /*
+     * Optional (NULL: PUT /v1/domains/... is answered 501). The primary's inactive domain
+     * XML for @relationship (name already checked: [a-z0-9]{1,16}) from @peer: @xml holds
+     * @len bytes, 1 to VR_RECEIVER_DOMAIN_MAX, followed by a NUL that @len does not count
+     * (the body may contain a NUL of its own: the sink refuses it). Transfer none, valid
+     * during the call. The trust-group rule, the XML's checks and storing it are the sink's;
+     * an error's code gives the status: VR_RECEIVER_ERROR_FORBIDDEN 403, _CONFLICT 409,
+     * _NOT_FOUND 404, _INVALID 400 (others as above); true: 204. Called once the whole body
+     * is in, on the receiver's thread, without a turn.
+     */
+    bool (*domain)(const char *relationship, const VrReceiverPeer *peer, const char *xml, gsize len,
+                   gpointer user_data, GError **error);
 } VrReceiverSink;
 
 /*
@@ -124,7 +143,7 @@ typedef struct {
     GInetSocketAddress *address; /* where to listen; port 0 picks one (see get_uris) */
     uint64_t max_body_size;      /* a larger stream (VR-Length) is refused with 413; required */
     const VrReceiverSink *sink;  /* borrowed, outlives the receiver */
-    gpointer sink_data;          /* the sink's begin() and hashes() user_data */
+    gpointer sink_data;          /* the sink's begin(), hashes() and domain() user_data */
     guint max_active;            /* bodies read at once; 0: 4 */
     guint io_timeout_s;          /* a connection silent for this long is closed; 0: 60 */
     guint resume_timeout_s;      /* an interrupted upload waits this long; 0: 600 */

@@ -12,7 +12,8 @@
  * a thread on WPAD).
  *
  * A hash list is fetched the same way (the same session options, TLS and retries): GET, the
- * body read in blocks into a .part file, renamed once complete.
+ * body read in blocks into a .part file, renamed once complete. So is a domain XML sent: one
+ * PUT of a small body from memory.
  *
  * The replica's certificate: the connection gets no CA database, so glib-networking reports
  * every certificate as unknown and our policy decides in accept-certificate; and after the
@@ -991,48 +992,47 @@ vr_sender_publish(const char *part, const char *path, GError **error)
     return true;
 }
 
-bool
-vr_sender_fetch_hashes(VrSender *sender, const char *relationship, const char *disk,
-                       const char *path, uint64_t *cycle_out, uint64_t *epoch_out, GError **error)
+/* One attempt of a call: a request and its reply, with the outcome. */
+typedef VrSenderOutcome (*VrSenderAttempt)(VrSenderUpload *call, SoupSession *session,
+                                           gpointer data, GError **error);
+
+/*
+ * Run @attempt until it is DONE or fails for good, with the upload's rules for a call of one
+ * request (a hash list, a domain XML): a RETRY waits a backoff and takes a fresh connection,
+ * at most max_attempts times; a BUSY waits its Retry-After, at most VR_SENDER_MAX_BUSY
+ * times; a certificate the policy refuses is final. @what names the call in the error
+ * ("fetch", "send"). In a main context of its own, blocking the thread.
+ */
+static bool
+vr_sender_call(VrSenderUpload *call, const char *what, VrSenderAttempt attempt, gpointer data,
+               GError **error)
 {
+    VrSender *sender = call->sender;
     g_autoptr(GMainContext) context = g_main_context_new();
     g_autoptr(SoupSession) session = NULL;
     g_autoptr(GError) last = NULL;
-    g_autofree char *rel = g_uri_escape_string(relationship, NULL, FALSE);
-    g_autofree char *dsk = g_uri_escape_string(disk, NULL, FALSE);
-    g_autofree char *part = g_strconcat(path, ".part", NULL);
-    VrSenderStats stats = { 0 };
-    VrSenderUpload call = { 0 };
-    uint64_t cycle = 0;
-    uint64_t epoch = 0;
     guint failures = 0;
     guint busy = 0;
     bool ok = false;
 
-    /* The names go as they are, escaped: the receiver is the one that checks them (400). */
-    call.sender = sender;
-    call.fd = -1;
-    call.stats = &stats;
-    call.uri = g_strdup_printf("https://%s:%u/v1/hashes/%s/%s", sender->server_name, sender->port,
-                               rel, dsk);
     g_main_context_push_thread_default(context);
     session = vr_sender_session_new(sender);
     for (;;) {
         VrSenderOutcome outcome;
 
         g_clear_error(&last);
-        outcome = vr_sender_get_hashes(&call, session, part, &cycle, &epoch, &last);
-        if (call.tls_error != NULL) {
+        outcome = attempt(call, session, data, &last);
+        if (call->tls_error != NULL) {
             g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CERTIFICATE,
                         "the certificate of replica %s was refused: %s", sender->server_name,
-                        call.tls_error->message);
+                        call->tls_error->message);
             goto out;
         }
         switch (outcome) {
         case VR_SENDER_DONE:
-            ok = vr_sender_publish(part, path, error);
+            ok = true;
             goto out;
-        case VR_SENDER_AGAIN: /* not an outcome of a GET */
+        case VR_SENDER_AGAIN: /* not an outcome of a call of one request */
         case VR_SENDER_FAILED:
             g_propagate_error(error, g_steal_pointer(&last));
             goto out;
@@ -1040,33 +1040,157 @@ vr_sender_fetch_hashes(VrSender *sender, const char *relationship, const char *d
             if (++busy > VR_SENDER_MAX_BUSY)
                 break;
             g_debug("the replica is busy (%u): %s", busy, last->message);
-            g_usleep((gulong)vr_sender_retry_after_us(call.retry_after));
+            g_usleep((gulong)vr_sender_retry_after_us(call->retry_after));
             continue;
         case VR_SENDER_RETRY:
             break;
         }
         failures++;
-        g_debug("attempt %u of %s failed: %s", failures, call.uri, last->message);
+        g_debug("attempt %u of %s failed: %s", failures, call->uri, last->message);
         if (failures >= sender->max_attempts || busy > VR_SENDER_MAX_BUSY)
             break;
         g_usleep((gulong)vr_sender_backoff_us(sender, failures));
         soup_session_abort(session); /* a fresh connection: the old one may be half dead */
     }
     g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
-                "failed to fetch %s after %u failed attempts; the last: %s", call.uri, failures,
+                "failed to %s %s after %u failed attempts; the last: %s", what, call->uri, failures,
                 last->message);
 
 out:
-    if (!ok)
-        unlink(part);
     g_clear_object(&session);
     g_main_context_pop_thread_default(context);
-    g_clear_error(&call.tls_error);
+    g_clear_error(&call->tls_error);
+    return ok;
+}
+
+typedef struct {
+    const char *part;
+    uint64_t cycle;
+    uint64_t epoch;
+} VrSenderFetch;
+
+static VrSenderOutcome
+vr_sender_fetch_attempt(VrSenderUpload *call, SoupSession *session, gpointer data, GError **error)
+{
+    VrSenderFetch *fetch = data;
+
+    return vr_sender_get_hashes(call, session, fetch->part, &fetch->cycle, &fetch->epoch, error);
+}
+
+bool
+vr_sender_fetch_hashes(VrSender *sender, const char *relationship, const char *disk,
+                       const char *path, uint64_t *cycle_out, uint64_t *epoch_out, GError **error)
+{
+    g_autofree char *rel = g_uri_escape_string(relationship, NULL, FALSE);
+    g_autofree char *dsk = g_uri_escape_string(disk, NULL, FALSE);
+    g_autofree char *part = g_strconcat(path, ".part", NULL);
+    VrSenderStats stats = { 0 };
+    VrSenderUpload call = { 0 };
+    VrSenderFetch fetch = { part, 0, 0 };
+    bool ok;
+
+    /* The names go as they are, escaped: the receiver is the one that checks them (400). */
+    call.sender = sender;
+    call.fd = -1;
+    call.stats = &stats;
+    call.uri = g_strdup_printf("https://%s:%u/v1/hashes/%s/%s", sender->server_name, sender->port,
+                               rel, dsk);
+    ok = vr_sender_call(&call, "fetch", vr_sender_fetch_attempt, &fetch, error) &&
+         vr_sender_publish(part, path, error);
+    if (!ok)
+        unlink(part);
     g_free(call.uri);
     if (ok) {
-        *cycle_out = cycle;
-        *epoch_out = epoch;
+        *cycle_out = fetch.cycle;
+        *epoch_out = fetch.epoch;
     }
+    return ok;
+}
+
+/* ---- the domain XML --------------------------------------------------------------------- */
+
+static void
+vr_sender_on_wrote_body(SoupMessage *msg, gpointer user_data)
+{
+    *(bool *)user_data = true;
+}
+
+/* One PUT of the domain XML (@data, a GBytes). */
+static VrSenderOutcome
+vr_sender_put_domain_attempt(VrSenderUpload *call, SoupSession *session, gpointer data,
+                             GError **error)
+{
+    g_autoptr(SoupMessage) msg = vr_sender_message_new(call, SOUP_METHOD_PUT);
+    g_autoptr(GInputStream) reply = NULL;
+    g_autofree char *reason = NULL;
+    bool sent = false;
+    guint status;
+
+    soup_message_headers_set_expectations(soup_message_get_request_headers(msg),
+                                          SOUP_EXPECTATION_CONTINUE);
+    soup_message_set_request_body_from_bytes(msg, "application/xml", data);
+    g_signal_connect(msg, "wrote-body", G_CALLBACK(vr_sender_on_wrote_body), &sent);
+    call->stats->requests++;
+    g_debug("PUT %s", call->uri);
+    reply = soup_session_send(session, msg, call->cancellable, error);
+    if (reply == NULL)
+        return VR_SENDER_RETRY;
+    vr_sender_note_retry_after(call, msg);
+    /* Refused before the body (100-continue): that connection is dropped, not read on. */
+    reason = vr_sender_read_reason(call, session, reply, !sent, error);
+    if (reason == NULL)
+        return VR_SENDER_RETRY;
+    status = soup_message_get_status(msg);
+    if (reason[0] == '\0') {
+        g_free(reason);
+        reason = g_strdup(soup_message_get_reason_phrase(msg));
+    }
+    switch (status) {
+    case SOUP_STATUS_NO_CONTENT:
+    case SOUP_STATUS_OK:
+        return VR_SENDER_DONE;
+    case SOUP_STATUS_CONFLICT:
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT, "the replica refused %s: %s",
+                    call->uri, reason);
+        return VR_SENDER_FAILED;
+    case SOUP_STATUS_NOT_FOUND:
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NOT_FOUND,
+                    "the replica refused %s: 404 %s", call->uri, reason);
+        return VR_SENDER_FAILED;
+    case SOUP_STATUS_INSUFFICIENT_STORAGE:
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NO_SPACE,
+                    "the replica is out of space: %s", reason);
+        return VR_SENDER_FAILED;
+    default:
+        break;
+    }
+    if (SOUP_STATUS_IS_SERVER_ERROR(status) && status != SOUP_STATUS_NOT_IMPLEMENTED) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
+                    "the replica failed: %u %s", status, reason);
+        return status == SOUP_STATUS_SERVICE_UNAVAILABLE ? VR_SENDER_BUSY : VR_SENDER_RETRY;
+    }
+    g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED, "the replica refused %s: %u %s",
+                call->uri, status, reason);
+    return VR_SENDER_FAILED;
+}
+
+bool
+vr_sender_put_domain(VrSender *sender, const char *relationship, const char *xml, GError **error)
+{
+    g_autofree char *rel = g_uri_escape_string(relationship, NULL, FALSE);
+    g_autoptr(GBytes) body = g_bytes_new(xml, strlen(xml));
+    VrSenderStats stats = { 0 };
+    VrSenderUpload call = { 0 };
+    bool ok;
+
+    /* The name goes as it is, escaped: the receiver is the one that checks it (400). */
+    call.sender = sender;
+    call.fd = -1;
+    call.stats = &stats;
+    call.uri =
+        g_strdup_printf("https://%s:%u/v1/domains/%s", sender->server_name, sender->port, rel);
+    ok = vr_sender_call(&call, "send the domain XML to", vr_sender_put_domain_attempt, body, error);
+    g_free(call.uri);
     return ok;
 }
 

@@ -8,7 +8,8 @@
  * backoff with jitter), asks the receiver how much it holds (HEAD), and sends the rest from
  * there. A refusal (400, 403, 409, 413, 507) or a certificate the policy rejects is final
  * and is not retried. It also fetches the hash list of a disk's latest recovery point on the
- * replica (GET /v1/hashes/...) into a file, for a resync.
+ * replica (GET /v1/hashes/...) into a file, for a resync, and sends the primary's domain XML
+ * (PUT /v1/domains/...), from which the replica defines the standby domain.
  *
  * The replica is named by its DNS name (the URL's host and the identity the certificate
  * policy checks) and may be reached at another address, the replica's address on the
@@ -110,5 +111,17 @@ bool vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress 
 bool vr_sender_fetch_hashes(VrSender *sender, const char *relationship, const char *disk,
                             const char *path, uint64_t *cycle_out, uint64_t *epoch_out,
                             GError **error);
+
+/*
+ * Send @xml (NUL-terminated: the primary's inactive domain XML, virDomainGetXMLDesc with
+ * VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE) for @relationship to the replica: PUT
+ * /v1/domains/{relationship}, application/xml, "Expect: 100-continue". Retried like an upload
+ * (a dropped connection, a timeout, a 5xx but 501: backoff, at most max_attempts; 503: its
+ * Retry-After); final: VR_SENDER_ERROR_REFUSED (400, 403, 413, 501 and other refusals, with
+ * status and reason), _CONFLICT (409), _NOT_FOUND (404), _NO_SPACE (507), _CERTIFICATE.
+ * Sending the same XML again is harmless. Blocks its thread, like an upload.
+ */
+bool vr_sender_put_domain(VrSender *sender, const char *relationship, const char *xml,
+                          GError **error);
 
 G_END_DECLS

@@ -73,6 +73,11 @@ typedef struct {
     uint64_t hashes_epoch;
     int hashes_calls;
     char *hashes_asked; /* "<relationship>/<disk> <peer> <group>" of the last call */
+    /* domain() (test_sink_domains only): keeps the XML, or fails with a copy of the error */
+    GError *domain_error;
+    int domain_calls;
+    GBytes *domain_body; /* the last XML taken */
+    char *domain_asked;  /* "<relationship> <peer> <group>" of the last call */
 } TestSink;
 
 static gpointer
@@ -188,6 +193,25 @@ sink_hashes(const char *relationship, const char *disk, const VrReceiverPeer *pe
     return true;
 }
 
+static bool
+sink_domain(const char *relationship, const VrReceiverPeer *peer, const char *xml, gsize len,
+            gpointer user_data, GError **error)
+{
+    TestSink *sink = user_data;
+
+    sink->domain_calls++;
+    g_assert_cmpint(xml[len], ==, '\0');
+    g_free(sink->domain_asked);
+    sink->domain_asked = g_strdup_printf("%s %s %s", relationship, peer->name, peer->group);
+    if (sink->domain_error != NULL) {
+        *error = g_error_copy(sink->domain_error);
+        return false;
+    }
+    g_clear_pointer(&sink->domain_body, g_bytes_unref);
+    sink->domain_body = g_bytes_new(xml, len);
+    return true;
+}
+
 static const VrReceiverSink test_sink = {
     .begin = sink_begin,
     .record = sink_record,
@@ -202,6 +226,15 @@ static const VrReceiverSink test_sink_hashes = {
     .commit = sink_commit,
     .abort = sink_abort,
     .hashes = sink_hashes,
+};
+
+/* The same, taking domain XMLs. */
+static const VrReceiverSink test_sink_domains = {
+    .begin = sink_begin,
+    .record = sink_record,
+    .commit = sink_commit,
+    .abort = sink_abort,
+    .domain = sink_domain,
 };
 
 /* ---- fixture: a receiver and the client's policy -------------------------------------- */
@@ -222,6 +255,7 @@ typedef struct {
     guint queue_timeout_s;  /* set before fixture_start() */
     guint max_open_uploads; /* set before fixture_start() */
     bool serve_hashes;      /* set before fixture_start(): the sink has hashes() */
+    bool take_domains;      /* set before fixture_start(): the sink has domain() */
 } Fixture;
 
 static bool
@@ -285,7 +319,9 @@ fixture_start(Fixture *fx, uint64_t max_body_size)
             .authz = fx->authz,
             .address = G_INET_SOCKET_ADDRESS(address),
             .max_body_size = max_body_size,
-            .sink = fx->serve_hashes ? &test_sink_hashes : &test_sink,
+            .sink = fx->take_domains   ? &test_sink_domains
+                    : fx->serve_hashes ? &test_sink_hashes
+                                       : &test_sink,
             .sink_data = &fx->sink,
             .max_active = fx->max_active,
             .io_timeout_s = fx->io_timeout_s,
@@ -334,6 +370,9 @@ fixture_teardown(Fixture *fx, gconstpointer data)
     g_clear_error(&fx->sink.begin_error);
     g_clear_error(&fx->sink.hashes_error);
     g_free(fx->sink.hashes_asked);
+    g_clear_error(&fx->sink.domain_error);
+    g_clear_pointer(&fx->sink.domain_body, g_bytes_unref);
+    g_free(fx->sink.domain_asked);
     g_free(fx->sink.peer_group);
     vr_tls_policy_free(fx->client_policy);
     vr_tls_policy_free(fx->server_policy);
@@ -2354,6 +2393,286 @@ test_hashes_serve(Fixture *fx, gconstpointer data)
     g_assert_cmpint(fx->sink.begins, ==, 0);
 }
 
+/* ---- domain XML ----------------------------------------------------------------------- */
+
+#define PATH_DOMAIN "/v1/domains/r1"
+
+static const char domain_xml[] = "<domain type='qemu'>\n"
+                                 "  <name>web</name>\n"
+                                 "  <uuid>3f1c1c9e-1b5e-4c1a-9d8e-2a7f0e5b6c4d</uuid>\n"
+                                 "  <memory unit='MiB'>64</memory>\n"
+                                 "</domain>\n";
+
+/* vr_sender_put_domain() as @client_cert, in a thread, while the receiver runs here. */
+static bool
+put_domain(Fixture *fx, const char *client_cert, const char *xml, GError **error)
+{
+    VrTestDomain put = {
+        .pki = pki,
+        .client_cert = client_cert,
+        .policy = fx->server_policy,
+        .port = fx->port,
+        .relationship = "r1",
+        .xml = xml,
+    };
+    bool ok = vr_test_domain_wait(&put, g_thread_new("domain", vr_test_domain_run, &put));
+
+    if (!ok)
+        g_propagate_error(error, put.error);
+    return ok;
+}
+
+/* PUT @body as @content_type to @path as client-ok: the status (0: failed), the reply's text. */
+static guint
+client_put_xml(Fixture *fx, SoupSession *session, const char *path, const char *content_type,
+               GBytes *body, char **text_out)
+{
+    g_autofree char *uri = g_strconcat(fx->base, path, NULL);
+    g_autoptr(SoupMessage) msg = soup_message_new(SOUP_METHOD_PUT, uri);
+    g_autofree char *cert_path = pki_path("client-ok.pem");
+    g_autofree char *key_path = pki_path("client-ok-key.pem");
+    g_autoptr(GTlsCertificate) cert = NULL;
+    g_autoptr(GError) error = NULL;
+    Reply reply = { 0 };
+
+    cert = g_tls_certificate_new_from_files(cert_path, key_path, &error);
+    g_assert_no_error(error);
+    soup_message_set_tls_client_certificate(msg, cert);
+    g_signal_connect(msg, "accept-certificate", G_CALLBACK(client_accept_certificate), fx);
+    soup_message_set_request_body_from_bytes(msg, content_type, body);
+    soup_session_send_and_read_async(session, msg, G_PRIORITY_DEFAULT, NULL, client_sent, &reply);
+    while (!reply.done)
+        g_main_context_iteration(NULL, TRUE);
+    if (reply.error != NULL) {
+        g_test_message("PUT %s failed: %s", path, reply.error->message);
+        g_clear_error(&reply.error);
+        return 0;
+    }
+    *text_out = g_strchomp(
+        g_strndup(g_bytes_get_size(reply.body) > 0 ? g_bytes_get_data(reply.body, NULL) : "",
+                  g_bytes_get_size(reply.body)));
+    g_bytes_unref(reply.body);
+    g_test_message("PUT %s (%s): %u %s", path, content_type, soup_message_get_status(msg),
+                   *text_out);
+    return soup_message_get_status(msg);
+}
+
+/*
+ * PUT /v1/domains/{relationship}: the XML reaches the sink byte for byte with the peer; the
+ * sink's errors become statuses and the client's errors (a 500 retried); the media type, an
+ * empty body and the size limit (1 MiB: taken; one byte more: 413 before the body); methods
+ * and bad paths. None of those refusals reaches the sink.
+ */
+static void
+test_domain_put(Fixture *fx, gconstpointer data)
+{
+    static const struct {
+        GQuark (*domain)(void);
+        int code;
+        const char *message;
+        int sender_code;
+        const char *text; /* in the client's error */
+        int calls;        /* of domain(): 3 when the client retries */
+    } rows[] = {
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_FORBIDDEN, "r1 belongs to trust group b",
+          VR_SENDER_ERROR_REFUSED, ": 403 r1 belongs to trust group b", 1 },
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_CONFLICT, "epoch 1 is stale",
+          VR_SENDER_ERROR_CONFLICT, "epoch 1 is stale", 1 },
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_NOT_FOUND, "no such relationship",
+          VR_SENDER_ERROR_NOT_FOUND, ": 404 no such relationship", 1 },
+        { vr_receiver_error_quark, VR_RECEIVER_ERROR_INVALID, "the domain XML has no <uuid>",
+          VR_SENDER_ERROR_REFUSED, ": 400 the domain XML has no <uuid>", 1 },
+        { g_io_error_quark, G_IO_ERROR_NO_SPACE, "no space left on /srv/replica",
+          VR_SENDER_ERROR_NO_SPACE, "out of space: no space left on /srv/replica", 1 },
+        { g_io_error_quark, G_IO_ERROR_FAILED, "fsync failed", VR_SENDER_ERROR_UNREACHABLE,
+          "after 3 failed attempts; the last: the replica failed: 500 fsync failed", 3 },
+    };
+    static const char *const bad_paths[] = {
+        "/v1/domains/",     "/v1/domains/R1",     "/v1/domains/r1/",
+        "/v1/domains/r1/x", "/v1/domains/%2e%2e", "/v1/domains/r12345678901234567",
+        "/v1/domains/r-1",  "/v1/domains/r1%00",  "/v1/domains/r1?x=1",
+        "/v1/domains//r1",  "/v1/domain/r1",
+    };
+    static const char *const methods[] = { "GET", "HEAD" };
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(GBytes) xml = g_bytes_new_static(domain_xml, sizeof(domain_xml) - 1);
+    g_autoptr(GBytes) empty = g_bytes_new_static("", 0);
+    g_autoptr(GError) error = NULL;
+    g_autofree char *big = NULL;
+    g_autofree char *text = NULL;
+    gint64 start;
+    int calls;
+
+    if (skip_without_pki())
+        return;
+    fx->take_domains = true;
+    fixture_restart(fx);
+
+    g_assert_true(put_domain(fx, "client-ok", domain_xml, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(fx->sink.domain_calls, ==, 1);
+    g_assert_cmpstr(fx->sink.domain_asked, ==, "r1 primary1 default");
+    g_assert_true(g_bytes_equal(fx->sink.domain_body, xml));
+
+    for (guint i = 0; i < G_N_ELEMENTS(rows); i++) {
+        g_autoptr(GError) local = NULL;
+
+        calls = fx->sink.domain_calls;
+        g_clear_error(&fx->sink.domain_error);
+        fx->sink.domain_error =
+            g_error_new_literal(rows[i].domain(), rows[i].code, rows[i].message);
+        g_assert_false(put_domain(fx, "client-ok", domain_xml, &local));
+        g_assert_error(local, VR_SENDER_ERROR, rows[i].sender_code);
+        g_assert_nonnull(strstr(local->message, rows[i].text));
+        g_assert_cmpint(fx->sink.domain_calls - calls, ==, rows[i].calls);
+    }
+    g_clear_error(&fx->sink.domain_error);
+
+    /* the media type (parameters allowed) and an empty body */
+    calls = fx->sink.domain_calls;
+    session = client_session_new();
+    g_assert_cmpuint(client_put_xml(fx, session, PATH_DOMAIN, "text/plain", xml, &text), ==,
+                     SOUP_STATUS_UNSUPPORTED_MEDIA_TYPE);
+    g_assert_cmpstr(text, ==, "a domain XML is sent as application/xml");
+    g_clear_pointer(&text, g_free);
+    g_assert_cmpuint(client_put_xml(fx, session, PATH_DOMAIN, "application/xml", empty, &text), ==,
+                     SOUP_STATUS_BAD_REQUEST);
+    g_assert_cmpstr(text, ==, "the domain XML is empty");
+    g_clear_pointer(&text, g_free);
+    g_assert_cmpint(fx->sink.domain_calls, ==, calls);
+    g_assert_cmpuint(
+        client_put_xml(fx, session, PATH_DOMAIN, "application/xml; charset=utf-8", xml, &text), ==,
+        SOUP_STATUS_NO_CONTENT);
+    g_clear_pointer(&text, g_free);
+    g_assert_cmpint(fx->sink.domain_calls, ==, calls + 1);
+
+    /* the limit: 1 MiB is taken, one byte more is refused before the body */
+    big = g_malloc(VR_RECEIVER_DOMAIN_MAX + 2);
+    memset(big, ' ', VR_RECEIVER_DOMAIN_MAX + 1);
+    memcpy(big, domain_xml, sizeof(domain_xml) - 1);
+    big[VR_RECEIVER_DOMAIN_MAX] = '\0';
+    g_assert_true(put_domain(fx, "client-ok", big, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(g_bytes_get_size(fx->sink.domain_body), ==, VR_RECEIVER_DOMAIN_MAX);
+    calls = fx->sink.domain_calls;
+    big[VR_RECEIVER_DOMAIN_MAX] = ' ';
+    big[VR_RECEIVER_DOMAIN_MAX + 1] = '\0';
+    start = g_get_monotonic_time();
+    g_assert_false(put_domain(fx, "client-ok", big, &error));
+    /* at once: not after the client's 10 s I/O timeout on a connection left half-used */
+    g_assert_cmpint(g_get_monotonic_time() - start, <, 5 * G_USEC_PER_SEC);
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, ": 413 a domain XML of 1048577 bytes is larger"));
+    g_clear_error(&error);
+    /* a 2 MiB Content-Length with "Expect: 100-continue": answered, no body byte sent */
+    g_assert_cmpuint(raw_put(fx, PATH_DOMAIN, xml, 2 * MiB, &text), ==,
+                     SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE);
+    g_clear_pointer(&text, g_free);
+    /* no Content-Length */
+    g_assert_cmpuint(raw_request(fx, "PUT", PATH_DOMAIN, NULL, 0, &text), ==,
+                     SOUP_STATUS_LENGTH_REQUIRED);
+    g_clear_pointer(&text, g_free);
+
+    /* methods: a domain XML is only written */
+    for (guint i = 0; i < G_N_ELEMENTS(methods); i++) {
+        g_autofree char *allow = NULL;
+
+        g_assert_cmpuint(
+            client_request(fx, session, methods[i], PATH_DOMAIN, "Allow", &allow, NULL), ==,
+            SOUP_STATUS_METHOD_NOT_ALLOWED);
+        g_assert_cmpstr(allow, ==, "PUT");
+    }
+    /* bad paths: 400 before the sink, by SoupMessage and byte for byte */
+    for (guint i = 0; i < G_N_ELEMENTS(bad_paths); i++) {
+        g_assert_cmpuint(client_put_xml(fx, session, bad_paths[i], "application/xml", xml, &text),
+                         ==, SOUP_STATUS_BAD_REQUEST);
+        g_clear_pointer(&text, g_free);
+        g_assert_cmpuint(raw_put(fx, bad_paths[i], xml, 0, &text), ==, SOUP_STATUS_BAD_REQUEST);
+        g_clear_pointer(&text, g_free);
+    }
+    g_assert_cmpint(fx->sink.domain_calls, ==, calls);
+    g_assert_cmpint(fx->sink.begins, ==, 0);
+}
+
+/* A sink without domain(): 501, final for the client (one request). */
+static void
+test_domain_none(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (skip_without_pki())
+        return;
+    g_assert_false(put_domain(fx, "client-ok", domain_xml, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, ": 501 this replica does not take domain definitions"));
+    g_assert_cmpint(fx->sink.begins, ==, 0);
+}
+
+/* A request that holds a turn: its headers and a part of its body, then silence. */
+typedef struct {
+    Fixture *fx;
+    gint release; /* set by the test: the connection is dropped */
+    gint done;
+} Holder;
+
+static gpointer
+holder_run(gpointer data)
+{
+    static const char head[] = "PUT " PATH_VDA " HTTP/1.1\r\nHost: replica.example\r\n"
+                               "Content-Length: 1000\r\nVR-Length: 1000\r\n\r\nVRW1";
+    Holder *holder = data;
+    g_autoptr(GSocketClient) client = g_socket_client_new();
+    g_autoptr(GSocketConnection) conn = NULL;
+    g_autoptr(GError) error = NULL;
+
+    g_socket_client_set_tls(client, TRUE);
+    g_signal_connect(client, "event", G_CALLBACK(raw_event), holder->fx);
+    conn = g_socket_client_connect_to_uri(client, holder->fx->base, 443, NULL, &error);
+    g_assert_no_error(error);
+    g_assert_true(g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)), head,
+                                            strlen(head), NULL, NULL, &error));
+    while (!g_atomic_int_get(&holder->release))
+        g_usleep(10000);
+    g_io_stream_close(G_IO_STREAM(conn), NULL, NULL);
+    g_atomic_int_set(&holder->done, 1);
+    g_main_context_wakeup(NULL);
+    return NULL;
+}
+
+/*
+ * A domain XML takes no turn: with one slot, held by an upload whose body stopped coming,
+ * it is taken at once, and the upload still holds the slot.
+ */
+static void
+test_domain_no_turn(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    Holder holder = { .fx = fx };
+    guint active, queued;
+    GThread *thread;
+
+    if (skip_without_pki())
+        return;
+    fx->take_domains = true;
+    fx->max_active = 1;
+    fixture_restart(fx);
+    thread = g_thread_new("holder", holder_run, &holder);
+    wait_for_load(fx, 1);
+    g_assert_true(put_domain(fx, "client-ok", domain_xml, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(fx->sink.domain_calls, ==, 1);
+    vr_receiver_get_load(fx->receiver, &active, &queued);
+    g_assert_cmpuint(active, ==, 1);
+    g_assert_cmpuint(queued, ==, 0);
+    g_atomic_int_set(&holder.release, 1);
+    while (!g_atomic_int_get(&holder.done))
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(thread);
+    wait_for_load(fx, 0);
+    g_assert_cmpint(fx->sink.begins, ==, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 0);
+}
+
 /* ---- main ----------------------------------------------------------------------------- */
 
 #define ADD(path, limit, func)                                                           \
@@ -2395,6 +2714,9 @@ main(int argc, char **argv)
     ADD("open-uploads", 0, test_open_uploads);
     ADD("hashes/none", 0, test_hashes_none);
     ADD("hashes/serve", 0, test_hashes_serve);
+    ADD("domain/put", 0, test_domain_put);
+    ADD("domain/none", 0, test_domain_none);
+    ADD("domain/no-turn", 0, test_domain_no_turn);
 
     rc = g_test_run();
     g_free(pki);

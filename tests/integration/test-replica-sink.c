@@ -1278,6 +1278,297 @@ test_hashes_busy(Fixture *fx, gconstpointer data)
     assert_cycles(fx, "r1", "1 2");
 }
 
+/* ---- the domain XML ------------------------------------------------------------------- */
+
+/* A primary's domain XML: one disk vda, a CD-ROM; @MEMORY@ and @NAME@ are filled in. */
+static const char domain_template[] = "<domain type='qemu'>\n"
+                                      "  <name>@NAME@</name>\n"
+                                      "  <uuid>3f1c1c9e-1b5e-4c1a-9d8e-2a7f0e5b6c4d</uuid>\n"
+                                      "  <memory unit='MiB'>@MEMORY@</memory>\n"
+                                      "  <os><type arch='x86_64' machine='q35'>hvm</type></os>\n"
+                                      "  <devices>\n"
+                                      "    <disk type='file' device='disk'>\n"
+                                      "      <driver name='qemu' type='qcow2'/>\n"
+                                      "      <source file='/var/lib/libvirt/images/web.qcow2'/>\n"
+                                      "      <target dev='vda' bus='virtio'/>\n"
+                                      "    </disk>\n"
+                                      "    <disk type='file' device='cdrom'>\n"
+                                      "      <target dev='sda' bus='sata'/>\n"
+                                      "    </disk>\n"
+                                      "  </devices>\n"
+                                      "</domain>\n";
+
+static char *
+domain_xml(const char *name, const char *memory)
+{
+    g_autoptr(GString) xml = g_string_new(domain_template);
+
+    g_string_replace(xml, "@NAME@", name, 1);
+    g_string_replace(xml, "@MEMORY@", memory, 1);
+    return g_string_free(g_steal_pointer(&xml), FALSE);
+}
+
+/* vr_sender_put_domain() of @xml for @relationship as @client_cert, while the receiver runs. */
+static bool
+put_domain(Fixture *fx, const char *client_cert, const char *relationship, const char *xml,
+           GError **error)
+{
+    VrTestDomain put = {
+        .pki = pki,
+        .client_cert = client_cert,
+        .policy = fx->server_policy,
+        .port = fx->port,
+        .relationship = relationship,
+        .xml = xml,
+    };
+    bool ok = vr_test_domain_wait(&put, g_thread_new("domain", vr_test_domain_run, &put));
+
+    if (!ok)
+        g_propagate_error(error, put.error);
+    return ok;
+}
+
+/* The mode bits of @path (not following a link). */
+static guint
+file_mode(const char *path)
+{
+    struct stat st;
+
+    g_assert_no_errno(lstat(path, &st));
+    return st.st_mode & 07777;
+}
+
+/* <root>/<relationship>/domain.xml holds @expected, mode 0600, in a 0700 directory. */
+static void
+assert_domain_file(Fixture *fx, const char *relationship, const char *expected)
+{
+    g_autofree char *rel = g_build_filename(fx->root, relationship, NULL);
+    g_autofree char *path = g_build_filename(rel, "domain.xml", NULL);
+    g_autofree char *text = read_text(rel, "domain.xml");
+
+    g_assert_cmpstr(text, ==, expected);
+    g_assert_cmpuint(file_mode(path), ==, 0600);
+    g_assert_cmpuint(file_mode(rel), ==, 0700);
+}
+
+/*
+ * PUT of the domain XML: stored as <relationship>/domain.xml (0600 in a 0700 directory, the
+ * owner written as for a first stream), replaced by a later one; XMLs that cannot give a
+ * standby are 400 and leave no trace, for a new relationship (no directory) as for one with
+ * an XML (unchanged). Without a standby configured, a cycle defines nothing.
+ */
+static void
+test_domain(Fixture *fx, gconstpointer data)
+{
+    static const struct {
+        const char *xml;
+        const char *text; /* in the client's error */
+    } bad[] = {
+        { "not XML at all", "does not parse: Start tag expected" },
+        { "<domain><name>web</name>", "does not parse" },
+        { "<vm><name>web</name></vm>", "has <vm> at its root, not <domain>" },
+        { "<domain><uuid>3f1c1c9e-1b5e-4c1a-9d8e-2a7f0e5b6c4d</uuid></domain>", "has no <name>" },
+        { "<domain><name> </name></domain>", "has no <name>" },
+        { "<domain><name>web</name></domain>", "cannot define a standby: the primary's domain "
+                                               "XML has no <uuid>" },
+        { "<domain><name>web</name><uuid>not-a-uuid</uuid></domain>", "is not valid" },
+        { "<domain><name>web</name><uuid>3f1c1c9e-1b5e-4c1a-9d8e-2a7f0e5b6c4d</uuid>"
+          "<devices><disk><target dev='vd_a'/></disk></devices></domain>",
+          "has disk target 'vd_a', not a disk name of the wire" },
+        { "<domain><name>web</name><uuid>3f1c1c9e-1b5e-4c1a-9d8e-2a7f0e5b6c4d</uuid>"
+          "<devices><disk device='disk'><source file='/x'/></disk></devices></domain>",
+          "a disk of the primary has no target dev" },
+        { "<domain><name>web</name><uuid>3f1c1c9e-1b5e-4c1a-9d8e-2a7f0e5b6c4d</uuid>"
+          "<devices><disk><target dev='vda'/></disk><disk><target dev='vda'/></disk>"
+          "</devices></domain>",
+          "two disks of the primary have target 'vda'" },
+        { "<domain><name>web</name><uuid>3f1c1c9e-1b5e-4c1a-9d8e-2a7f0e5b6c4d</uuid>"
+          "<devices><hostdev mode='subsystem' type='pci'/></devices></domain>",
+          "is bound to the primary host's hardware" },
+        { "<!DOCTYPE d [<!ENTITY e SYSTEM 'file:///etc/passwd'>]><domain><name>&e;</name>"
+          "</domain>",
+          "has no <name>" },
+    };
+    g_autofree char *xml = domain_xml("web", "64");
+    g_autofree char *bigger = domain_xml("web", "128");
+    g_autofree char *rel = NULL;
+    g_autofree char *owner = NULL;
+    g_autofree char *names = NULL;
+    g_autoptr(GError) error = NULL;
+
+    if (fx->receiver == NULL)
+        return;
+    g_assert_true(put_domain(fx, "client-ok", "r1", xml, &error));
+    g_assert_no_error(error);
+    assert_domain_file(fx, "r1", xml);
+    rel = g_build_filename(fx->root, "r1", NULL);
+    owner = read_text(rel, "owner");
+    g_assert_cmpstr(owner, ==, "a\n");
+    names = vr_test_list_dir(rel);
+    g_assert_cmpstr(names, ==, "domain.xml owner");
+    g_clear_pointer(&names, g_free);
+
+    g_assert_true(put_domain(fx, "client-ok", "r1", bigger, &error));
+    g_assert_no_error(error);
+    assert_domain_file(fx, "r1", bigger);
+
+    for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
+        g_autofree char *r2 = g_build_filename(fx->root, "r2", NULL);
+
+        g_assert_false(put_domain(fx, "client-ok", "r1", bad[i].xml, &error));
+        g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+        g_assert_nonnull(strstr(error->message, ": 400 the domain XML of relationship 'r1' "));
+        g_assert_nonnull(strstr(error->message, bad[i].text));
+        g_clear_error(&error);
+        g_assert_false(put_domain(fx, "client-ok", "r2", bad[i].xml, &error));
+        g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+        g_clear_error(&error);
+        g_assert_false(g_file_test(r2, G_FILE_TEST_EXISTS));
+    }
+    assert_domain_file(fx, "r1", bigger);
+    names = vr_test_list_dir(rel);
+    g_assert_cmpstr(names, ==, "domain.xml owner");
+
+    /* No standby configured: a published cycle is all there is. */
+    upload_ok(fx, &cycle1);
+    assert_cycles(fx, "r1", "1");
+    g_assert_null(vr_replica_sink_get_standby_error(fx->sink));
+}
+
+/*
+ * The trust group, as for a stream: primary3 (group b) may not replace r1's XML (group a),
+ * and its own XML makes r3 group b's.
+ */
+static void
+test_domain_trust_groups(Fixture *fx, gconstpointer data)
+{
+    g_autofree char *xml = domain_xml("web", "64");
+    g_autofree char *other = domain_xml("db", "64");
+    g_autofree char *r3 = NULL;
+    g_autofree char *owner = NULL;
+    g_autoptr(GError) error = NULL;
+
+    if (fx->receiver == NULL)
+        return;
+    fixture_stop(fx);
+    vr_authz_free(fx->authz);
+    fx->authz = vr_authz_new_table();
+    g_assert_true(vr_authz_add(fx->authz, "primary1", fx->root, "a", &error));
+    g_assert_true(vr_authz_add(fx->authz, "primary3", fx->root, "b", &error));
+    g_assert_no_error(error);
+    fixture_start(fx);
+
+    g_assert_true(put_domain(fx, "client-ok", "r1", xml, &error));
+    g_assert_no_error(error);
+    g_assert_false(put_domain(fx, "client-later-revoked", "r1", other, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, ": 403 relationship 'r1' belongs to trust group 'a'"));
+    g_assert_nonnull(strstr(error->message, "primary 'primary3' (trust group 'b')"));
+    g_clear_error(&error);
+    assert_domain_file(fx, "r1", xml);
+
+    g_assert_true(put_domain(fx, "client-later-revoked", "r3", other, &error));
+    g_assert_no_error(error);
+    r3 = g_build_filename(fx->root, "r3", NULL);
+    owner = read_text(r3, "owner");
+    g_assert_cmpstr(owner, ==, "b\n");
+    assert_domain_file(fx, "r3", other);
+    g_assert_false(put_domain(fx, "client-ok", "r3", xml, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, ": 403 relationship 'r3' belongs to trust group 'b'"));
+    assert_domain_file(fx, "r3", other);
+}
+
+/*
+ * Links beneath the root: a relationship that is a link is 403 and nothing is written
+ * outside; a domain.xml.tmp planted as a link is replaced, its target untouched; a
+ * domain.xml that is a link is replaced by the file.
+ */
+static void
+test_domain_symlink(Fixture *fx, gconstpointer data)
+{
+    g_autofree char *xml = domain_xml("web", "64");
+    g_autofree char *outside = g_build_filename(fx->work, "outside", NULL);
+    g_autofree char *victim = NULL;
+    g_autofree char *link = NULL;
+    g_autofree char *names = NULL;
+    g_autofree char *text = NULL;
+    g_autoptr(GError) error = NULL;
+
+    if (fx->receiver == NULL)
+        return;
+    g_assert_no_errno(g_mkdir(outside, 0755));
+    victim = g_build_filename(outside, "victim", NULL);
+    g_assert_true(g_file_set_contents(victim, "untouched", -1, NULL));
+
+    link = g_build_filename(fx->root, "r2", NULL);
+    g_assert_no_errno(symlink(outside, link));
+    g_assert_false(put_domain(fx, "client-ok", "r2", xml, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, ": 403 "));
+    g_assert_nonnull(strstr(error->message, "is a symbolic link"));
+    g_clear_error(&error);
+    names = vr_test_list_dir(outside);
+    g_assert_cmpstr(names, ==, "victim");
+    g_clear_pointer(&names, g_free);
+    g_clear_pointer(&link, g_free);
+
+    g_assert_true(put_domain(fx, "client-ok", "r5", xml, &error));
+    link = g_build_filename(fx->root, "r5", "domain.xml.tmp", NULL);
+    g_assert_no_errno(symlink(victim, link));
+    g_clear_pointer(&link, g_free);
+    link = g_build_filename(fx->root, "r5", "domain.xml", NULL);
+    g_assert_no_errno(unlink(link));
+    g_assert_no_errno(symlink(victim, link));
+    g_assert_true(put_domain(fx, "client-ok", "r5", xml, &error));
+    g_assert_no_error(error);
+    assert_domain_file(fx, "r5", xml);
+    g_assert_true(g_file_get_contents(victim, &text, NULL, NULL));
+    g_assert_cmpstr(text, ==, "untouched");
+    g_clear_pointer(&link, g_free);
+    link = g_build_filename(fx->root, "r5", NULL);
+    names = vr_test_list_dir(link);
+    g_assert_cmpstr(names, ==, "domain.xml owner");
+}
+
+/*
+ * With a state database: the relationship's row, made by the first cycle, takes the domain
+ * name of the XML sent before it; a later XML with another name renames it at once.
+ */
+static void
+test_domain_state(Fixture *fx, gconstpointer data)
+{
+    g_autofree char *xml = domain_xml("web", "64");
+    g_autofree char *renamed = domain_xml("web2", "64");
+    g_autoptr(VrStateRelationship) rel = NULL;
+    g_autoptr(GError) error = NULL;
+
+    if (fx->receiver == NULL)
+        return;
+    fixture_with_state(fx);
+    g_assert_true(put_domain(fx, "client-ok", "r1", xml, &error));
+    g_assert_no_error(error);
+    rel = vr_state_relationship_get(fx->state, "r1", &error);
+    g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_NOT_FOUND); /* made by a stream */
+    g_clear_error(&error);
+
+    upload_ok(fx, &cycle1);
+    g_assert_null(vr_replica_sink_get_state_error(fx->sink));
+    rel = vr_state_relationship_get(fx->state, "r1", &error);
+    g_assert_no_error(error);
+    g_assert_cmpstr(rel->domain_name, ==, "web");
+    g_assert_cmpstr(rel->peer, ==, "primary1");
+    g_clear_pointer(&rel, vr_state_relationship_free);
+
+    g_assert_true(put_domain(fx, "client-ok", "r1", renamed, &error));
+    g_assert_no_error(error);
+    g_assert_null(vr_replica_sink_get_state_error(fx->sink));
+    rel = vr_state_relationship_get(fx->state, "r1", &error);
+    g_assert_no_error(error);
+    g_assert_cmpstr(rel->domain_name, ==, "web2");
+    g_assert_cmpuint(rel->epoch, ==, 1);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1303,6 +1594,10 @@ main(int argc, char **argv)
     ADD("hashes", test_hashes);
     ADD("hashes/trust-groups", test_hashes_trust_groups);
     ADD("hashes/busy", test_hashes_busy);
+    ADD("domain", test_domain);
+    ADD("domain/trust-groups", test_domain_trust_groups);
+    ADD("domain/symlink", test_domain_symlink);
+    ADD("domain/state", test_domain_state);
 #undef ADD
 
     rc = g_test_run();

@@ -1,5 +1,6 @@
 /*
- * vr-test-transport.c: an upload, or a hash list fetch, by a VrSender in a thread of its own
+ * vr-test-transport.c: an upload, a hash list fetch or a domain XML, by a VrSender in a thread
+ * of its own
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
@@ -115,4 +116,30 @@ vr_test_fetch_wait(VrTestFetch *fetch, GThread *thread)
                        fetch->client_cert, fetch->error->message);
     }
     return fetch->ok;
+}
+
+gpointer
+vr_test_domain_run(gpointer data)
+{
+    VrTestDomain *put = data;
+    g_autoptr(VrSender) sender =
+        vr_test_sender_new(put->pki, put->client_cert, put->policy, NULL, put->port, NULL,
+                           put->max_attempts, 0, &put->error);
+
+    if (sender != NULL)
+        put->ok = vr_sender_put_domain(sender, put->relationship, put->xml, &put->error);
+    g_atomic_int_set(&put->done, 1);
+    g_main_context_wakeup(NULL);
+    return NULL;
+}
+
+bool
+vr_test_domain_wait(VrTestDomain *put, GThread *thread)
+{
+    while (!g_atomic_int_get(&put->done))
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(thread);
+    g_test_message("domain XML of '%s' as %s: %s", put->relationship, put->client_cert,
+                   put->ok ? "ok" : put->error->message);
+    return put->ok;
 }

@@ -1,6 +1,6 @@
 /*
- * vr-test-transport.h: an upload, or a hash list fetch, by a VrSender in a thread of its
- * own, while the test's receiver runs on the default main context
+ * vr-test-transport.h: an upload, a hash list fetch or a domain XML, by a VrSender in a
+ * thread of its own, while the test's receiver runs on the default main context
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
@@ -70,3 +70,24 @@ gpointer vr_test_fetch_run(gpointer data);
 
 /* Iterate the default main context until @fetch's @thread is done, join it: its ok. */
 bool vr_test_fetch_wait(VrTestFetch *fetch, GThread *thread);
+
+typedef struct {
+    /* in */
+    const char *pki;         /* the directory make-pki.sh wrote */
+    const char *client_cert; /* a PKI name: <pki>/<name>.pem and <name>-key.pem */
+    VrTlsPolicy *policy;     /* the replica's (peer role server, replica.example) */
+    guint16 port;
+    guint max_attempts; /* 0: 3 */
+    const char *relationship;
+    const char *xml;
+    /* out */
+    GError *error;
+    bool ok;
+    gint done;
+} VrTestDomain;
+
+/* The thread function: vr_sender_put_domain() of @data (a VrTestDomain) to replica.example. */
+gpointer vr_test_domain_run(gpointer data);
+
+/* Iterate the default main context until @put's @thread is done, join it: its ok. */
+bool vr_test_domain_wait(VrTestDomain *put, GThread *thread);
