@@ -1,0 +1,633 @@
+/*
+ * vr-primary.c: one replication cycle of a libvirt domain, on the primary
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <glib/gstdio.h>
+#include <libvirt/virterror.h>
+#include <xxhash.h>
+
+#include "vr-capture.h"
+#include "vr-endian.h"
+#include "vr-guest-agent.h"
+#include "vr-hashlist.h"
+#include "vr-primary.h"
+#include "vr-qmp-block.h"
+#include "vr-qmp-channel.h"
+#include "vr-qmp-client.h"
+#include "vr-qmp-disk.h"
+#include "vr-qmp-error.h"
+#include "vr-ship.h"
+#include "vr-spool.h"
+#include "vr-wire.h"
+
+GQuark
+vr_primary_error_quark(void)
+{
+    return g_quark_from_static_string("vr-primary-error-quark");
+}
+
+/* How long the guest agent may take to freeze the guest's file systems. */
+#define VR_PRIMARY_FREEZE_TIMEOUT_MS 10000
+
+/* The END record at the end of every stream: its header and the stream digest. */
+#define VR_PRIMARY_END_SIZE (VR_WIRE_HEADER_SIZE + VR_WIRE_DIGEST_SIZE)
+
+/* The files a cycle makes in the work directory, by suffix; each may also end in ".part". */
+static const char *const vr_primary_suffixes[] = { ".spool", ".stream", ".hashes" };
+
+typedef struct {
+    VrSenderStats stats;
+    uint8_t digest[VR_WIRE_DIGEST_SIZE];
+    /* The replica had published this stream's cycle before this run sent a byte of it. */
+    bool replayed;
+    char *hashes;      /* the replica's hash list (resync), or NULL */
+    bool resync_whole; /* resync, but the replica cannot compare: spool what is allocated */
+} VrPrimaryDisk;
+
+/* Everything one run of vr_primary_run_cycle() holds, undone by vr_primary_run_clear(). */
+typedef struct {
+    const VrPrimaryConfig *config;
+    uint64_t base;
+    uint64_t target;
+    VrSenderProgress progress;
+    gpointer progress_data;
+    GCancellable *cancellable;
+
+    virDomainPtr domain;
+    uint8_t uuid[VIR_UUID_BUFLEN];
+    VrQmpClient *client;
+    VrCapture *capture;
+    VrCaptureCycle *cycle;
+    char *prefix;     /* "vr-<relationship>-": our files in the work directory */
+    GPtrArray *nodes; /* VrQmpDiskNode, in config->disks order */
+    GArray *disks;    /* VrCaptureDisk, borrowing from @nodes */
+    VrPrimaryDisk *state;
+    guint n_disks;
+
+    bool resync;
+    bool app_consistent;
+    uint64_t bytes;
+    uint64_t wire_bytes;
+    int64_t cut_ms;
+    int64_t finished_ms;
+} VrPrimaryRun;
+
+static int64_t
+vr_primary_now_ms(void)
+{
+    return g_get_real_time() / 1000;
+}
+
+void
+vr_primary_result_clear(VrPrimaryResult *result)
+{
+    if (result == NULL)
+        return;
+    g_clear_pointer(&result->digests, g_array_unref);
+    memset(result, 0, sizeof(*result));
+}
+
+/* ---- files ------------------------------------------------------------------------- */
+
+/* "<workdir>/vr-<rel>-<disk>-<cycle><suffix>" (transfer full) */
+static char *
+vr_primary_file(VrPrimaryRun *run, guint index, const char *suffix)
+{
+    g_autofree char *name = g_strdup_printf("%s%s-%" PRIu64 "%s", run->prefix,
+                                            run->config->disks[index], run->target, suffix);
+
+    return g_build_filename(run->config->workdir, name, NULL);
+}
+
+/*
+ * Remove the spools, streams and hash lists of this relationship from the work directory,
+ * finished or ".part": this run's on every path, and a crashed predecessor's at the start.
+ * One cycle of a relationship runs at a time, so they are never another run's. The capture's
+ * own files (fleece images, the NBD socket) are vr_capture_*'s.
+ */
+static void
+vr_primary_sweep(VrPrimaryRun *run)
+{
+    g_autoptr(GDir) dir = g_dir_open(run->config->workdir, 0, NULL);
+    const char *name;
+
+    while (dir != NULL && (name = g_dir_read_name(dir)) != NULL) {
+        bool ours = false;
+
+        if (!g_str_has_prefix(name, run->prefix))
+            continue;
+        for (guint i = 0; i < G_N_ELEMENTS(vr_primary_suffixes); i++) {
+            g_autofree char *part = g_strconcat(vr_primary_suffixes[i], ".part", NULL);
+
+            ours = ours || g_str_has_suffix(name, vr_primary_suffixes[i]) ||
+                   g_str_has_suffix(name, part);
+        }
+        if (ours) {
+            g_autofree char *path = g_build_filename(run->config->workdir, name, NULL);
+
+            if (g_unlink(path) < 0 && errno != ENOENT)
+                g_debug("cannot remove '%s': %s", path, g_strerror(errno));
+        }
+    }
+}
+
+/*
+ * The stream digest of the stream at @path, from its END record (the last 96 bytes), which
+ * must agree with what vr_ship_encode() reported in @totals and carry a valid checksum. The
+ * stream is not read again for it: its records were checked as they were encoded.
+ */
+static bool
+vr_primary_stream_digest(const char *path, const VrShipTotals *totals,
+                         uint8_t digest[VR_WIRE_DIGEST_SIZE], GError **error)
+{
+    uint8_t end[VR_PRIMARY_END_SIZE];
+    uint8_t checked[32 + VR_WIRE_DIGEST_SIZE];
+    XXH128_canonical_t checksum;
+    struct stat st;
+    ssize_t got = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || fstat(fd, &st) < 0 ||
+        (st.st_size >= (off_t)sizeof(end) &&
+         (got = pread(fd, end, sizeof(end), st.st_size - (off_t)sizeof(end))) < 0)) {
+        int errsv = errno;
+
+        if (fd >= 0)
+            close(fd);
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv),
+                    "cannot read the END record of '%s': %s", path, g_strerror(errsv));
+        return false;
+    }
+    close(fd);
+    if (got == (ssize_t)sizeof(end)) {
+        /* The record checksum: XXH3-128 over header bytes 0..31 and the payload. */
+        memcpy(checked, end, 32);
+        memcpy(checked + 32, end + VR_WIRE_HEADER_SIZE, VR_WIRE_DIGEST_SIZE);
+        XXH128_canonicalFromHash(&checksum, XXH3_128bits(checked, sizeof(checked)));
+    }
+    if (got != (ssize_t)sizeof(end) || vr_get_u32(end) != VR_WIRE_MAGIC ||
+        end[4] != VR_WIRE_RECORD_END || end[5] != VR_WIRE_ENCODING_RAW ||
+        vr_get_u32(end + 8) != VR_WIRE_DIGEST_SIZE || vr_get_u64(end + 12) != totals->records ||
+        vr_get_u64(end + 20) != totals->data_bytes ||
+        memcmp(end + 32, checksum.digest, sizeof(checksum.digest)) != 0) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                    "'%s' does not end with the END record it was encoded with", path);
+        return false;
+    }
+    memcpy(digest, end + VR_WIRE_HEADER_SIZE, VR_WIRE_DIGEST_SIZE);
+    return true;
+}
+
+/* ---- errors ------------------------------------------------------------------------ */
+
+static bool vr_primary_libvirt_error(GError **error, VrPrimaryErrorCode code, const char *format,
+                                     ...) G_GNUC_PRINTF(3, 4);
+
+/* @format's message, then libvirt's last error. */
+static bool
+vr_primary_libvirt_error(GError **error, VrPrimaryErrorCode code, const char *format, ...)
+{
+    g_autofree char *what = NULL;
+    va_list args;
+
+    va_start(args, format);
+    what = g_strdup_vprintf(format, args);
+    va_end(args);
+    g_set_error(error, VR_PRIMARY_ERROR, code, "%s: %s", what, virGetLastErrorMessage());
+    return false;
+}
+
+/* The code of a failure @cause of @run (see vr-primary.h and docs/primary.md). */
+static VrPrimaryErrorCode
+vr_primary_error_code(VrPrimaryRun *run, const GError *cause)
+{
+    if (g_error_matches(cause, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+        return VR_PRIMARY_ERROR_CANCELLED;
+    if (cause->domain == VR_PRIMARY_ERROR)
+        return (VrPrimaryErrorCode)cause->code;
+    if (g_error_matches(cause, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_UNSUPPORTED) ||
+        g_error_matches(cause, VR_QMP_ERROR, VR_QMP_ERROR_NOT_FOUND))
+        return VR_PRIMARY_ERROR_DOMAIN;
+    if (g_error_matches(cause, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_RESYNC_REQUIRED) &&
+        !run->config->allow_resync)
+        return VR_PRIMARY_ERROR_RESYNC_REQUIRED;
+    if (cause->domain == VR_SENDER_ERROR &&
+        (cause->code == VR_SENDER_ERROR_REFUSED || cause->code == VR_SENDER_ERROR_CONFLICT ||
+         cause->code == VR_SENDER_ERROR_NO_SPACE || cause->code == VR_SENDER_ERROR_CERTIFICATE))
+        return VR_PRIMARY_ERROR_REFUSED;
+    /* Whatever broke (QMP closed, a job gone), a domain that stopped meanwhile is the cause. */
+    if (run->domain != NULL && virDomainIsActive(run->domain) == 0)
+        return VR_PRIMARY_ERROR_DOMAIN;
+    return VR_PRIMARY_ERROR_FAILED;
+}
+
+/* ---- the steps --------------------------------------------------------------------- */
+
+static bool
+vr_primary_cancelled(VrPrimaryRun *run, GError **error)
+{
+    return g_cancellable_set_error_if_cancelled(run->cancellable, error);
+}
+
+/* The running domain, its QMP monitor through libvirt, and each disk's node, resolved now. */
+static bool
+vr_primary_connect(VrPrimaryRun *run, GError **error)
+{
+    const VrPrimaryConfig *config = run->config;
+    g_autofree char *xml = NULL;
+
+    run->domain = virDomainLookupByName(config->conn, config->domain);
+    if (run->domain == NULL)
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_DOMAIN, "cannot find domain '%s'",
+                                        config->domain);
+    switch (virDomainIsActive(run->domain)) {
+    case 1:
+        break;
+    case 0:
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_DOMAIN, "domain '%s' is not running",
+                    config->domain);
+        return false;
+    default:
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
+                                        "cannot get the state of domain '%s'", config->domain);
+    }
+    if (virDomainGetUUID(run->domain, run->uuid) < 0)
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
+                                        "cannot get the UUID of domain '%s'", config->domain);
+
+    run->client = vr_qmp_client_new(vr_qmp_channel_libvirt_new(run->domain));
+    if (!vr_qmp_client_connect(run->client, run->cancellable, error)) {
+        g_prefix_error(error, "cannot reach the QMP monitor of '%s': ", config->domain);
+        return false;
+    }
+
+    /* The live XML of now: node names change with snapshots and restarts. */
+    xml = virDomainGetXMLDesc(run->domain, 0);
+    if (xml == NULL)
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
+                                        "cannot get the live XML of domain '%s'", config->domain);
+    run->nodes = g_ptr_array_new_with_free_func((GDestroyNotify)vr_qmp_disk_node_free);
+    run->disks = g_array_new(FALSE, TRUE, sizeof(VrCaptureDisk));
+    for (guint i = 0; i < run->n_disks; i++) {
+        VrQmpDiskNode *node = vr_qmp_disk_resolve(run->client, xml, config->disks[i], error);
+        VrCaptureDisk disk;
+
+        if (node == NULL)
+            return false; /* the message names the disk */
+        g_ptr_array_add(run->nodes, node);
+        disk = (VrCaptureDisk){ node->target, node->node_name, node->qdev, node->virtual_size };
+        g_array_append_val(run->disks, disk);
+    }
+    return true;
+}
+
+/*
+ * Tracking was lost: fetch the replica's hash list of every disk's latest point, against
+ * which the resync cycle spools only the blocks that differ. A disk the replica has no point
+ * of, or whose size changed since, is spooled whole (what is allocated) instead.
+ */
+static bool
+vr_primary_fetch_hashes(VrPrimaryRun *run, GError **error)
+{
+    for (guint i = 0; i < run->n_disks; i++) {
+        const VrCaptureDisk *disk = &g_array_index(run->disks, VrCaptureDisk, i);
+        VrPrimaryDisk *state = &run->state[i];
+        g_autofree char *path = vr_primary_file(run, i, ".hashes");
+        g_autoptr(VrHashlistReader) reader = NULL;
+        g_autoptr(GError) local = NULL;
+        uint64_t cycle = 0;
+        uint64_t epoch = 0;
+
+        if (vr_primary_cancelled(run, error))
+            return false;
+        if (!vr_sender_fetch_hashes(run->config->sender, run->config->relationship, disk->target,
+                                    path, &cycle, &epoch, &local)) {
+            if (g_error_matches(local, VR_SENDER_ERROR, VR_SENDER_ERROR_NOT_FOUND)) {
+                g_debug("resync of '%s': the replica has no point of disk '%s' (%s): sending "
+                        "it whole",
+                        run->config->domain, disk->target, local->message);
+                state->resync_whole = true;
+                continue;
+            }
+            g_propagate_prefixed_error(
+                error, g_steal_pointer(&local),
+                "cannot fetch the replica's hash list of disk '%s': ", disk->target);
+            return false;
+        }
+        /* cycle == target: an earlier run of this resync published the disk (a replay). */
+        if (epoch > run->config->epoch || cycle > run->target) {
+            g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_REFUSED,
+                        "the replica's latest point of disk '%s' is cycle %" PRIu64
+                        " of epoch %" PRIu64 ": a resync as cycle %" PRIu64 " of epoch %" PRIu64
+                        " cannot follow it",
+                        disk->target, cycle, epoch, run->target, run->config->epoch);
+            return false;
+        }
+        reader = vr_hashlist_reader_open(path, error);
+        if (reader == NULL)
+            return false;
+        if (vr_hashlist_reader_get_virtual_size(reader) != disk->virtual_size) {
+            g_debug("resync of '%s': disk '%s' is %" PRIu64 " bytes, the replica's point %" PRIu64
+                    ": sending it whole",
+                    run->config->domain, disk->target, disk->virtual_size,
+                    vr_hashlist_reader_get_virtual_size(reader));
+            state->resync_whole = true;
+            continue;
+        }
+        state->hashes = g_steal_pointer(&path);
+    }
+    return true;
+}
+
+/* The cut: incremental from the base; a resync when asked, or when tracking was lost and a
+ * resync is allowed. */
+static bool
+vr_primary_cut(VrPrimaryRun *run, GError **error)
+{
+    const VrCaptureDisk *disks = (const VrCaptureDisk *)run->disks->data;
+    g_autoptr(GError) local = NULL;
+
+    if (run->config->resync) {
+        /* Asked for (replica-resync, an initial copy "existing"): whatever the tracking says. */
+        run->resync = true;
+        if (!vr_primary_fetch_hashes(run, error) || vr_primary_cancelled(run, error))
+            return false;
+        run->cycle =
+            vr_capture_cycle_begin(run->capture, disks, run->n_disks, 0, run->target, error);
+        if (run->cycle == NULL) {
+            g_prefix_error(error, "resync: ");
+            return false;
+        }
+    } else {
+        run->cycle = vr_capture_cycle_begin(run->capture, disks, run->n_disks, run->base,
+                                            run->target, &local);
+    }
+    if (run->cycle == NULL) {
+        if (run->base == 0 || !run->config->allow_resync ||
+            !g_error_matches(local, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_RESYNC_REQUIRED)) {
+            g_propagate_error(error, g_steal_pointer(&local));
+            return false;
+        }
+        g_debug("cycle %" PRIu64 " of '%s' becomes a resync: %s", run->target, run->config->domain,
+                local->message);
+        run->resync = true;
+        if (!vr_primary_fetch_hashes(run, error) || vr_primary_cancelled(run, error))
+            return false;
+        run->cycle =
+            vr_capture_cycle_begin(run->capture, disks, run->n_disks, 0, run->target, error);
+        if (run->cycle == NULL) {
+            g_prefix_error(error, "resync: ");
+            return false;
+        }
+    }
+    run->cut_ms = vr_primary_now_ms();
+    run->app_consistent = vr_capture_cycle_is_app_consistent(run->cycle);
+    if (run->config->app_consistent && !run->app_consistent) {
+        const GError *why = vr_capture_cycle_get_freeze_error(run->cycle);
+
+        /* Handled here: the cut is crash-consistent, and the result's flags say so. */
+        g_info("cycle %" PRIu64 " of '%s' is crash-consistent: %s", run->target,
+               run->config->domain, why != NULL ? why->message : "the guest was not frozen");
+    }
+    return true;
+}
+
+/* Read every disk's changes into its spool, then tear the fleece down at once. */
+static bool
+vr_primary_spool(VrPrimaryRun *run, GError **error)
+{
+    for (guint i = 0; i < run->n_disks; i++) {
+        g_autofree char *spool = vr_primary_file(run, i, ".spool");
+        const char *hashes = run->state[i].hashes;
+        bool ok;
+
+        if (vr_primary_cancelled(run, error))
+            return false;
+        if (run->resync && !run->state[i].resync_whole)
+            ok = vr_capture_cycle_spool_resync(run->cycle, i, hashes, spool, NULL, error);
+        else
+            ok = vr_capture_cycle_spool(run->cycle, i, spool, NULL, error);
+        if (!ok) {
+            g_prefix_error(error, "cannot read disk '%s': ", run->config->disks[i]);
+            return false;
+        }
+    }
+    vr_capture_cycle_end(run->cycle);
+    return true;
+}
+
+/* Encode each disk's spool into its stream and upload it; each file goes once it is used. */
+static bool
+vr_primary_ship(VrPrimaryRun *run, GError **error)
+{
+    VrShipIdentity id = { run->config->relationship, run->config->epoch };
+
+    for (guint i = 0; i < run->n_disks; i++) {
+        VrPrimaryDisk *state = &run->state[i];
+        g_autofree char *spool = vr_primary_file(run, i, ".spool");
+        g_autofree char *stream = vr_primary_file(run, i, ".stream");
+        VrShipTotals totals;
+        bool ok;
+
+        if (vr_primary_cancelled(run, error))
+            return false;
+        if (!vr_ship_encode(spool, &id, stream, &totals, error)) {
+            g_prefix_error(error, "cannot encode disk '%s': ", run->config->disks[i]);
+            return false;
+        }
+        g_unlink(spool);
+        if (!vr_primary_stream_digest(stream, &totals, state->digest, error))
+            return false;
+        ok = vr_sender_upload_file(run->config->sender, stream, run->progress, run->progress_data,
+                                   &state->stats, run->cancellable, error);
+        g_unlink(stream);
+        if (!ok) {
+            g_prefix_error(error, "upload of disk '%s': ", run->config->disks[i]);
+            return false;
+        }
+        /*
+         * Committed before this run sent a byte: by an earlier run of this same cycle that
+         * failed after the replica published it (a lost 204, another disk that failed). The
+         * replica's point is that earlier cut, not this one.
+         */
+        state->replayed = state->stats.already_committed && state->stats.body_bytes == 0;
+        run->bytes += totals.data_bytes + totals.zero_bytes;
+        run->wire_bytes += totals.stream_bytes;
+        g_debug("cycle %" PRIu64 " of '%s', disk '%s': %" PRIu64 " bytes in %" PRIu64
+                " stream bytes, %u requests%s",
+                run->target, run->config->domain, run->config->disks[i],
+                totals.data_bytes + totals.zero_bytes, totals.stream_bytes, state->stats.requests,
+                state->replayed ? ", published by an earlier run" : "");
+    }
+    run->finished_ms = vr_primary_now_ms();
+    return true;
+}
+
+/*
+ * A disk whose point the replica had from an earlier cut of this cycle: the writes between
+ * that cut and ours are in neither that point nor our B(target) (recreated at our cut). B(base)
+ * has them all: merge it into B(target), so the next cycle resends a superset. Without a base
+ * (a full or resync cycle) nothing covers them: remove B(target), and the next cycle is a resync.
+ * On failure B(base) stays (no ack), and a retry of this cycle comes back here.
+ */
+static bool
+vr_primary_fix_replays(VrPrimaryRun *run, GError **error)
+{
+    g_autofree char *target = vr_capture_bitmap_name(run->capture, run->target);
+    g_autofree char *base = vr_capture_bitmap_name(run->capture, run->base);
+    uint64_t from = run->resync ? 0 : run->base;
+
+    for (guint i = 0; i < run->n_disks; i++) {
+        const VrCaptureDisk *disk = &g_array_index(run->disks, VrCaptureDisk, i);
+        VrQmpBitmapRef source = { disk->node_name, base };
+        bool ok;
+
+        if (!run->state[i].replayed)
+            continue;
+        memset(run->state[i].digest, 0, VR_WIRE_DIGEST_SIZE);
+        if (from != 0) {
+            ok = vr_qmp_bitmap_merge(run->client, disk->node_name, target, &source, 1, error);
+        } else {
+            g_warning("cycle %" PRIu64 " of '%s': the replica published disk '%s' from an "
+                      "earlier cut; its next cycle will need a resynchronization",
+                      run->target, run->config->domain, disk->target);
+            ok = vr_qmp_bitmap_remove(run->client, disk->node_name, target, error);
+        }
+        if (!ok) {
+            g_prefix_error(
+                error, "disk '%s' was published by an earlier run of this cycle: ", disk->target);
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool
+vr_primary_run(VrPrimaryRun *run, GError **error)
+{
+    const VrPrimaryConfig *config = run->config;
+    g_autoptr(GError) local = NULL;
+
+    if (vr_primary_cancelled(run, error) || !vr_primary_connect(run, error) ||
+        vr_primary_cancelled(run, error))
+        return false;
+
+    run->capture = vr_capture_new(run->client, config->relationship, run->uuid, config->workdir,
+                                  VR_CAPTURE_PASS_FDS, error);
+    if (run->capture == NULL)
+        return false;
+    if (config->app_consistent) {
+        vr_capture_set_freezer(run->capture, &vr_guest_agent_freezer, run->domain,
+                               VR_PRIMARY_FREEZE_TIMEOUT_MS);
+    }
+    /* What a crashed predecessor left: QEMU objects and fleeces, then spools and streams. */
+    if (!vr_capture_reconcile(run->capture, error)) {
+        g_prefix_error(error, "cannot remove what an earlier cycle left: ");
+        return false;
+    }
+    vr_primary_sweep(run);
+
+    if (vr_primary_cancelled(run, error) || !vr_primary_cut(run, error) ||
+        !vr_primary_spool(run, error) || !vr_primary_ship(run, error))
+        return false;
+
+    /* Every disk is published: the cycle is done, whatever follows (no more cancellation). */
+    if (!vr_primary_fix_replays(run, error))
+        return false;
+    if (!vr_capture_ack(run->capture, (const VrCaptureDisk *)run->disks->data, run->n_disks,
+                        run->target, &local)) {
+        /* Harmless: the next cycle's ack removes these bitmaps too. */
+        g_warning("cycle %" PRIu64 " of '%s': %s", run->target, config->domain, local->message);
+    }
+    return true;
+}
+
+static void
+vr_primary_run_clear(VrPrimaryRun *run)
+{
+    g_clear_pointer(&run->cycle, vr_capture_cycle_free);
+    if (run->prefix != NULL)
+        vr_primary_sweep(run);
+    g_clear_pointer(&run->capture, vr_capture_free);
+    if (run->client != NULL)
+        vr_qmp_client_close(run->client);
+    g_clear_object(&run->client);
+    g_clear_pointer(&run->disks, g_array_unref);
+    g_clear_pointer(&run->nodes, g_ptr_array_unref);
+    for (guint i = 0; run->state != NULL && i < run->n_disks; i++)
+        g_free(run->state[i].hashes);
+    g_clear_pointer(&run->state, g_free);
+    g_clear_pointer(&run->domain, virDomainFree);
+    g_clear_pointer(&run->prefix, g_free);
+}
+
+bool
+vr_primary_run_cycle(const VrPrimaryConfig *config, uint64_t base_cycle, uint64_t target_cycle,
+                     VrSenderProgress progress, gpointer progress_data, GCancellable *cancellable,
+                     VrPrimaryResult *result, GError **error)
+{
+    g_autoptr(GMainContext) context = NULL;
+    g_autoptr(GError) local = NULL;
+    VrPrimaryRun run = { 0 };
+    int64_t started_ms = vr_primary_now_ms();
+    bool ok;
+
+    g_return_val_if_fail(config != NULL && result != NULL, false);
+    g_return_val_if_fail(config->conn != NULL && config->domain != NULL, false);
+    g_return_val_if_fail(config->relationship != NULL && config->workdir != NULL, false);
+    g_return_val_if_fail(config->sender != NULL && config->disks != NULL, false);
+    g_return_val_if_fail(config->disks[0] != NULL, false);
+
+    if (target_cycle <= base_cycle) {
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
+                    "cycle %" PRIu64 " of '%s' does not come after its base %" PRIu64, target_cycle,
+                    config->domain, base_cycle);
+        return false;
+    }
+    run.config = config;
+    run.base = base_cycle;
+    run.target = target_cycle;
+    run.progress = progress;
+    run.progress_data = progress_data;
+    run.cancellable = cancellable;
+    run.n_disks = g_strv_length((char **)config->disks);
+    run.state = g_new0(VrPrimaryDisk, run.n_disks);
+    run.prefix = g_strdup_printf("vr-%s-", config->relationship);
+
+    /* The QMP client iterates a context of its own on this thread (vr-qmp-client.h). */
+    context = g_main_context_new();
+    g_main_context_push_thread_default(context);
+    ok = vr_primary_run(&run, &local);
+    if (!ok) {
+        g_set_error(error, VR_PRIMARY_ERROR, vr_primary_error_code(&run, local),
+                    "cycle %" PRIu64 " of '%s': %s", target_cycle, config->domain, local->message);
+    } else {
+        memset(result, 0, sizeof(*result));
+        result->cycle = target_cycle;
+        result->flags = run.resync ? VR_WIRE_FLAG_RESYNC : base_cycle == 0 ? VR_WIRE_FLAG_FULL : 0;
+        if (run.app_consistent)
+            result->flags |= VR_WIRE_FLAG_APP_CONSISTENT;
+        result->bytes = run.bytes;
+        result->wire_bytes = run.wire_bytes;
+        result->started_ms = started_ms;
+        result->cut_ms = run.cut_ms;
+        result->finished_ms = run.finished_ms;
+        result->digests = g_array_sized_new(FALSE, TRUE, VR_WIRE_DIGEST_SIZE, run.n_disks);
+        for (guint i = 0; i < run.n_disks; i++)
+            g_array_append_vals(result->digests, run.state[i].digest, 1);
+    }
+    vr_primary_run_clear(&run);
+    /* Deliveries from libvirt's event thread still queued for the closed client. */
+    while (g_main_context_iteration(context, FALSE))
+        ;
+    g_main_context_pop_thread_default(context);
+    return ok;
+}

@@ -1,0 +1,94 @@
+/*
+ * vr-primary.h: one replication cycle of a libvirt domain, on the primary
+ *
+ * Everything one cycle does, start to end, synchronously on the calling thread (the
+ * daemon runs it in a worker thread per relationship, one cycle at a time):
+ *
+ *   1. connect to the domain's QMP monitor through libvirt (vr_qmp_channel_libvirt_new),
+ *      resolve every replicated disk (its target dev) to its QEMU node from the live XML
+ *      (vr_qmp_disk_resolve), never cached across cycles;
+ *   2. cut: vr_capture_cycle_begin() with base @base_cycle (0: FULL) and the new cycle
+ *      @target_cycle; a health check that says the tracking was lost (RESYNC_REQUIRED)
+ *      turns the cycle into a resynchronization when @allow_resync: fetch the replica's
+ *      hash list of every disk (vr_sender_fetch_hashes) and cut with base 0, spooling
+ *      only the blocks that differ (vr_capture_cycle_spool_resync);
+ *   3. spool every disk into @workdir, then end the cycle at once (fleece torn down);
+ *   4. encode each spool into a wire stream (vr_ship_encode) and upload it (vr_sender);
+ *      only when the replica acknowledged every disk (204: published) is the cycle done;
+ *   5. acknowledge: vr_capture_ack() removes the bitmaps older than B(@target_cycle);
+ *   6. remove the cycle's spools and streams.
+ *
+ * A failure at any step leaves B(@base_cycle) in place and removes the cycle's files: the
+ * next cycle is cut from the same base again (a superset). An upload that the replica
+ * answers as already published counts as acknowledged (a replay after a lost 204).
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <glib.h>
+#include <libvirt/libvirt.h>
+
+#include "vr-sender.h"
+
+G_BEGIN_DECLS
+
+#define VR_PRIMARY_ERROR (vr_primary_error_quark())
+GQuark vr_primary_error_quark(void);
+
+typedef enum {
+    VR_PRIMARY_ERROR_FAILED,          /* any step failed: the message names it */
+    VR_PRIMARY_ERROR_RESYNC_REQUIRED, /* tracking lost and @allow_resync was false */
+    VR_PRIMARY_ERROR_DOMAIN,          /* the domain is gone, not running, or a disk is
+                                       * not replicable (not qcow2, no such target) */
+    VR_PRIMARY_ERROR_REFUSED,         /* the replica refused (403, 409 stale epoch, 507):
+                                       * retrying the same cycle will not help by itself */
+    VR_PRIMARY_ERROR_CANCELLED,       /* @cancellable was cancelled (shutdown) */
+} VrPrimaryErrorCode;
+
+typedef struct {
+    virConnectPtr conn;       /* borrowed; thread-safe as libvirt connections are */
+    const char *domain;       /* the domain's name */
+    const char *relationship; /* [a-z0-9]{1,12} (QEMU node name limits, vr-capture.h) */
+    uint64_t epoch;           /* the relationship's epoch */
+    const char *const *disks; /* the target devs to replicate ("vda", ...), NULL-terminated */
+    const char *workdir;      /* local storage for fleece images, spools and streams */
+    VrSender *sender;         /* borrowed: the replica, with its TLS policy and limits */
+    bool allow_resync;        /* a lost tracking becomes a hash resync, not an error */
+    bool resync;              /* resynchronize now, whatever the tracking says: @base_cycle
+                               * is ignored; the cycle is cut with base 0 and sends only the
+                               * blocks that differ from the replica's hash lists (replica-
+                               * resync, or the initial copy "existing" on the replica) */
+    bool app_consistent;      /* freeze the guest's file systems around the cut (agent) */
+} VrPrimaryConfig;
+
+/* What one cycle did, for the state database and the status. */
+typedef struct {
+    uint64_t cycle;      /* the target cycle that was acknowledged */
+    uint32_t flags;      /* VrWireFlags: FULL, RESYNC, APP_CONSISTENT */
+    uint64_t bytes;      /* disk bytes carried, every disk (DATA and ZERO) */
+    uint64_t wire_bytes; /* stream bytes sent (after compression) */
+    int64_t started_ms;  /* wall clock: before the cut */
+    int64_t cut_ms;      /* the cut (the point in time the cycle holds) */
+    int64_t finished_ms; /* the last acknowledgement */
+    /* For each disk, in @disks order: the stream digest the replica verified (it names the
+     * point's contents with the chain: vr_replica_point_chain()). */
+    GArray *digests; /* of uint8_t[32]; free with g_array_unref */
+} VrPrimaryResult;
+
+void vr_primary_result_clear(VrPrimaryResult *result);
+
+/*
+ * Run cycle @target_cycle of @config's domain from @base_cycle (0: a full copy of what is
+ * allocated). @progress (may be NULL) is called from this thread with the bytes sent so far
+ * and the total of the stream being sent. On success @result is filled (clear it with
+ * vr_primary_result_clear()).
+ */
+bool vr_primary_run_cycle(const VrPrimaryConfig *config, uint64_t base_cycle, uint64_t target_cycle,
+                          VrSenderProgress progress, gpointer progress_data,
+                          GCancellable *cancellable, VrPrimaryResult *result, GError **error);
+
+G_END_DECLS
