@@ -18,9 +18,11 @@
 #include <libvirt/virterror.h>
 
 #include "vr-net.h"
+#include "vr-qmp-channel.h"
 #include "vr-qmp-json.h"
 #include "vr-receiver.h"
 #include "vr-replica-sink.h"
+#include "vr-scheduler.h"
 #include "vr-state.h"
 #include "vr-tls-policy.h"
 
@@ -40,8 +42,13 @@ struct _VrDaemon {
     SoupServer *api;
     char *socket_path; /* removed at the end, when it is ours */
 
-    /* The replica role. */
+    /* libvirt: the primary role's domains, the replica's networks and standby domains. */
     virConnectPtr conn;
+
+    /* The primary role (NULL without a libvirt connection). */
+    VrScheduler *scheduler;
+
+    /* The replica role. */
     VrTlsPolicy *client_policy;
     VrAuthz *authz;
     VrReplicaSink *sink;
@@ -145,7 +152,15 @@ vr_daemon_relationship_json(VrDaemon *daemon, const VrStateRelationship *rel, GE
     json_object_object_add(obj, "peer", json_object_new_string(rel->peer));
     json_object_object_add(obj, "epoch", json_object_new_uint64(rel->epoch));
     json_object_object_add(obj, "state", json_object_new_string(rel->state));
-    json_object_object_add(obj, "health", json_object_new_string(vr_daemon_health(&stats)));
+    json_object_object_add(
+        obj, "health",
+        json_object_new_string(rel->role == VR_STATE_ROLE_PRIMARY && daemon->scheduler != NULL
+                                   ? vr_scheduler_health(daemon->scheduler, rel, &stats)
+                                   : vr_daemon_health(&stats)));
+    if (rel->role == VR_STATE_ROLE_PRIMARY && daemon->scheduler != NULL)
+        json_object_object_add(
+            obj, "cycle_running",
+            json_object_new_boolean(vr_scheduler_is_running(daemon->scheduler, rel->id)));
     if (stats.last_ok_ms > 0) {
         last = json_object_new_object();
         json_object_object_add(last, "seq", json_object_new_uint64(stats.last_ok_cycle));
@@ -222,6 +237,7 @@ vr_daemon_get_daemon(VrDaemon *daemon, SoupServerMessage *msg)
     json_object_object_add(body, "started", json_object_new_int64(daemon->started));
     json_object_object_add(body, "state_dir",
                            json_object_new_string(daemon->config->daemon.state_dir));
+    json_object_object_add(roles, "primary", json_object_new_boolean(daemon->scheduler != NULL));
     json_object_object_add(roles, "replica", json_object_new_boolean(daemon->receiver != NULL));
     json_object_object_add(body, "roles", roles);
     if (daemon->receiver != NULL) {
@@ -342,8 +358,152 @@ vr_daemon_post_hook(VrDaemon *daemon, SoupServerMessage *msg)
            vr_json_get_string(event, "sub_operation") != NULL
                ? vr_json_get_string(event, "sub_operation")
                : "");
+    if (daemon->scheduler != NULL)
+        vr_scheduler_notify(daemon->scheduler, domain, operation);
     json_object_object_add(body, "accepted", json_object_new_boolean(TRUE));
     vr_daemon_reply_json(msg, SOUP_STATUS_ACCEPTED, body);
+}
+
+/* The request body as a JSON object, or NULL after a 400 reply. (transfer full) */
+static json_object *
+vr_daemon_request_json(SoupServerMessage *msg)
+{
+    g_autoptr(GBytes) bytes = soup_message_body_flatten(soup_server_message_get_request_body(msg));
+    json_tokener *tok = json_tokener_new();
+    json_object *obj;
+    gsize len = 0;
+    const char *data = g_bytes_get_data(bytes, &len);
+
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+    obj = json_tokener_parse_ex(tok, data != NULL ? data : "", (int)len);
+    if (obj != NULL &&
+        (json_tokener_get_parse_end(tok) != len || !json_object_is_type(obj, json_type_object))) {
+        json_object_put(obj);
+        obj = NULL;
+    }
+    json_tokener_free(tok);
+    if (obj == NULL)
+        vr_daemon_reply_error(msg, SOUP_STATUS_BAD_REQUEST, "invalid",
+                              "the request body is not one JSON object");
+    return obj;
+}
+
+/* A scheduler error as the API's: its code and status. */
+static void
+vr_daemon_reply_scheduler_error(SoupServerMessage *msg, const GError *error)
+{
+    static const struct {
+        int code;
+        guint status;
+    } statuses[] = {
+        { VR_SCHEDULER_ERROR_INVALID, SOUP_STATUS_BAD_REQUEST },
+        { VR_SCHEDULER_ERROR_UNKNOWN_DOMAIN, SOUP_STATUS_NOT_FOUND },
+        { VR_SCHEDULER_ERROR_ALREADY_ENABLED, SOUP_STATUS_CONFLICT },
+        { VR_SCHEDULER_ERROR_BUSY, SOUP_STATUS_CONFLICT },
+        { VR_SCHEDULER_ERROR_UNSUPPORTED, SOUP_STATUS_UNPROCESSABLE_ENTITY },
+        { VR_SCHEDULER_ERROR_CYCLE_FAILED, SOUP_STATUS_BAD_GATEWAY },
+    };
+    guint status = SOUP_STATUS_INTERNAL_SERVER_ERROR;
+
+    for (guint i = 0; error->domain == VR_SCHEDULER_ERROR && i < G_N_ELEMENTS(statuses); i++) {
+        if (statuses[i].code == error->code)
+            status = statuses[i].status;
+    }
+    vr_daemon_reply_error(msg, status, vr_scheduler_error_code(error), "%s", error->message);
+}
+
+static bool
+vr_daemon_primary_role(VrDaemon *daemon, SoupServerMessage *msg)
+{
+    if (daemon->scheduler != NULL)
+        return true;
+    vr_daemon_reply_error(msg, SOUP_STATUS_SERVICE_UNAVAILABLE, "no-primary-role",
+                          "the primary role is off: libvirt at '%s' cannot be reached",
+                          daemon->config->daemon.libvirt_uri);
+    return false;
+}
+
+/* POST /v1/relationships: replica-enable. */
+static void
+vr_daemon_post_relationship(VrDaemon *daemon, SoupServerMessage *msg)
+{
+    g_autoptr(json_object) request = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *id = NULL;
+
+    if (!vr_daemon_primary_role(daemon, msg) || (request = vr_daemon_request_json(msg)) == NULL)
+        return;
+    if (!vr_scheduler_enable(daemon->scheduler, request, &id, &error)) {
+        vr_daemon_reply_scheduler_error(msg, error);
+        return;
+    }
+    vr_daemon_get_relationship(daemon, msg, id, false);
+    if (soup_server_message_get_status(msg) == SOUP_STATUS_OK)
+        soup_server_message_set_status(msg, SOUP_STATUS_CREATED, NULL);
+}
+
+static void
+vr_daemon_delete_relationship(VrDaemon *daemon, SoupServerMessage *msg, const char *name)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!vr_daemon_primary_role(daemon, msg))
+        return;
+    if (!vr_scheduler_disable(daemon->scheduler, name, &error)) {
+        vr_daemon_reply_scheduler_error(msg, error);
+        return;
+    }
+    soup_server_message_set_status(msg, SOUP_STATUS_NO_CONTENT, NULL);
+}
+
+typedef struct {
+    VrDaemon *daemon;
+    SoupServerMessage *msg;
+} VrDaemonSync;
+
+static void
+vr_daemon_sync_done(GObject *source, GAsyncResult *result, gpointer data)
+{
+    VrDaemonSync *sync = data;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(json_object) body = NULL;
+
+    if (sync->daemon->scheduler != NULL)
+        body = vr_scheduler_sync_finish(sync->daemon->scheduler, result, &error);
+    else
+        g_set_error(&error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED, "stopping");
+    if (body != NULL)
+        vr_daemon_reply_json(sync->msg, SOUP_STATUS_OK, body);
+    else
+        vr_daemon_reply_scheduler_error(sync->msg, error);
+    soup_server_message_unpause(sync->msg);
+    g_object_unref(sync->msg);
+    g_free(sync);
+}
+
+static void
+vr_daemon_post_action(VrDaemon *daemon, SoupServerMessage *msg, const char *name,
+                      const char *action)
+{
+    g_autoptr(GError) error = NULL;
+
+    if (!vr_daemon_primary_role(daemon, msg))
+        return;
+    if (strcmp(action, "sync") == 0) {
+        VrDaemonSync *sync = g_new0(VrDaemonSync, 1);
+
+        /* The answer waits for the replica's acknowledgement. */
+        sync->daemon = daemon;
+        sync->msg = g_object_ref(msg);
+        soup_server_message_pause(msg);
+        vr_scheduler_sync_async(daemon->scheduler, name, NULL, vr_daemon_sync_done, sync);
+        return;
+    }
+    if (!vr_scheduler_action(daemon->scheduler, name, action, &error)) {
+        vr_daemon_reply_scheduler_error(msg, error);
+        return;
+    }
+    vr_daemon_get_relationship(daemon, msg, name, false);
 }
 
 /* One Prometheus sample line with labels. */
@@ -481,6 +641,15 @@ vr_daemon_api_handler(SoupServer *server, SoupServerMessage *msg, const char *pa
     } else if (n == 3 && strcmp(parts[0], "relationships") == 0 && parts[1][0] != '\0' &&
                strcmp(parts[2], "recovery-points") == 0 && get) {
         vr_daemon_get_relationship(daemon, msg, parts[1], true);
+    } else if (n == 1 && strcmp(parts[0], "relationships") == 0 && post) {
+        vr_daemon_post_relationship(daemon, msg);
+    } else if (n == 2 && strcmp(parts[0], "relationships") == 0 && parts[1][0] != '\0' &&
+               strcmp(method, SOUP_METHOD_DELETE) == 0) {
+        vr_daemon_delete_relationship(daemon, msg, parts[1]);
+    } else if (n == 3 && strcmp(parts[0], "relationships") == 0 && parts[1][0] != '\0' && post &&
+               (strcmp(parts[2], "sync") == 0 || strcmp(parts[2], "suspend") == 0 ||
+                strcmp(parts[2], "resume") == 0 || strcmp(parts[2], "resync") == 0)) {
+        vr_daemon_post_action(daemon, msg, parts[1], parts[2]);
     } else if (n == 2 && strcmp(parts[0], "hooks") == 0 && strcmp(parts[1], "qemu") == 0 && post) {
         vr_daemon_post_hook(daemon, msg);
     } else {
@@ -599,14 +768,12 @@ vr_daemon_replica_start(VrDaemon *daemon, GError **error)
     g_autoptr(GSocketAddress) listen = NULL;
     GSList *uris;
 
-    if (g_str_has_prefix(config->replica.listen, "network:")) {
-        daemon->conn = virConnectOpen(config->daemon.libvirt_uri);
-        if (daemon->conn == NULL) {
-            g_set_error(error, VR_DAEMON_ERROR, VR_DAEMON_ERROR_FAILED,
-                        "cannot connect to libvirt at '%s': %s", config->daemon.libvirt_uri,
-                        virGetLastErrorMessage());
-            return false;
-        }
+    if (g_str_has_prefix(config->replica.listen, "network:") && daemon->conn == NULL) {
+        g_set_error(error, VR_DAEMON_ERROR, VR_DAEMON_ERROR_FAILED,
+                    "[replica] listen names a libvirt network, and libvirt at '%s' cannot be "
+                    "reached",
+                    config->daemon.libvirt_uri);
+        return false;
     }
     address = vr_net_resolve(config->replica.listen, daemon->conn, G_SOCKET_FAMILY_INVALID, error);
     if (address == NULL) {
@@ -635,6 +802,13 @@ vr_daemon_replica_start(VrDaemon *daemon, GError **error)
     vr_replica_sink_set_recovery_points(daemon->sink, config->primary.default_recovery_points);
     vr_replica_sink_set_point_interval(daemon->sink, config->replica.point_interval);
     vr_replica_sink_set_state(daemon->sink, daemon->state);
+    /* The standby domains, defined (never started) in this host's libvirt. */
+    if (daemon->conn != NULL)
+        vr_replica_sink_set_standby(daemon->sink, daemon->conn, config->replica.standby_name_rule,
+                                    config->network_map);
+    else
+        g_warning("replica: no standby domains: libvirt at '%s' cannot be reached",
+                  config->daemon.libvirt_uri);
     listen = g_inet_socket_address_new(address, (guint16)config->replica.port);
     daemon->receiver = vr_receiver_new(
         &(VrReceiverConfig){
@@ -662,6 +836,26 @@ vr_daemon_replica_start(VrDaemon *daemon, GError **error)
 
 /* ---- lifecycle ------------------------------------------------------------------------- */
 
+/*
+ * The libvirt connection, with libvirt's event loop running for QMP events. Without it the
+ * primary role is off (said once) and the replica role still runs.
+ */
+static void
+vr_daemon_libvirt_open(VrDaemon *daemon)
+{
+    g_autoptr(GError) local = NULL;
+    const char *uri = daemon->config->daemon.libvirt_uri;
+
+    if (!vr_qmp_libvirt_event_loop_start(&local)) {
+        g_warning("primary role off: libvirt's event loop: %s", local->message);
+        return;
+    }
+    daemon->conn = virConnectOpen(uri);
+    if (daemon->conn == NULL)
+        g_warning("primary role off: cannot connect to libvirt at '%s': %s", uri,
+                  virGetLastErrorMessage());
+}
+
 VrDaemon *
 vr_daemon_new(VrConfig *config, GError **error)
 {
@@ -685,6 +879,12 @@ vr_daemon_new(VrConfig *config, GError **error)
         return NULL;
     if (!vr_daemon_api_start(daemon, error))
         return NULL;
+    vr_daemon_libvirt_open(daemon);
+    if (daemon->conn != NULL) {
+        daemon->scheduler = vr_scheduler_new(config, daemon->state, daemon->conn, error);
+        if (daemon->scheduler == NULL)
+            return NULL;
+    }
     if (config->replica.enabled && !vr_daemon_replica_start(daemon, error))
         return NULL;
     g_info("started: API on '%s', state in '%s'%s", daemon->socket_path, db,
@@ -715,6 +915,8 @@ vr_daemon_free(VrDaemon *daemon)
 {
     if (daemon == NULL)
         return;
+    /* Running cycles end (their teardown runs) before anything they use goes. */
+    g_clear_pointer(&daemon->scheduler, vr_scheduler_free);
     /* The receiver first: it aborts its transfers into the sink's stores. */
     g_clear_pointer(&daemon->receiver, vr_receiver_free);
     g_clear_pointer(&daemon->sink, vr_replica_sink_free);

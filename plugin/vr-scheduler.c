@@ -1,0 +1,1099 @@
+/*
+ * vr-scheduler.c: the primary role of virt-replicad
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include "vr-scheduler.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include <libvirt/virterror.h>
+#include <libxml/parser.h>
+#include <libxml/xpath.h>
+
+#include "vr-net.h"
+#include "vr-primary.h"
+#include "vr-qmp-json.h"
+#include "vr-rate-limit.h"
+#include "vr-tls-policy.h"
+#include "vr-wire.h"
+
+G_DEFINE_QUARK(vr - scheduler - error - quark, vr_scheduler_error)
+
+#define VR_SCHEDULER_ID_LEN        12 /* vr-capture.h: QEMU node names */
+#define VR_SCHEDULER_DEFAULT_PORT  8443
+#define VR_SCHEDULER_MIN_FREQUENCY 5
+#define VR_SCHEDULER_MAX_FREQUENCY 86400
+/* The rate limit's burst: a quarter second at the rate, at least 256 KiB. */
+#define VR_SCHEDULER_MIN_BURST (256 * 1024)
+
+typedef struct _VrSchedulerJob VrSchedulerJob;
+
+/* Outlives the scheduler while completions are in flight: they check it first. */
+typedef struct {
+    gint ref;
+    VrScheduler *scheduler; /* NULL once freed */
+} VrSchedulerToken;
+
+struct _VrScheduler {
+    const VrConfig *config; /* borrowed */
+    VrState *state;         /* borrowed */
+    virConnectPtr conn;     /* borrowed */
+    GMainContext *context;
+    GThreadPool *pool;       /* max-active-transfers workers */
+    GHashTable *jobs;        /* id -> VrSchedulerJob */
+    VrRateLimit *host_limit; /* [primary] bandwidth, or NULL */
+    VrSchedulerToken *token;
+};
+
+struct _VrSchedulerJob {
+    VrScheduler *scheduler;
+    char *id;
+    char *domain;
+    uint64_t epoch;
+    /* Settings (the relationship's config JSON). */
+    char *server;
+    guint port;
+    char *address; /* the replica's replication address, or NULL */
+    char *network; /* this host's source: a vr-net.h spec, or NULL */
+    guint frequency;
+    guint recovery_points;
+    guint app_consistent_hours;
+    bool compression;
+    uint64_t bandwidth;
+    char **disks;
+    /* The transport to the replica. */
+    VrTlsPolicy *policy;
+    VrSender *sender;
+    VrRateLimit *limit;
+    /* The schedule. */
+    guint timer;
+    bool running;
+    bool suspended;
+    bool resync_next;      /* the tracking was lost, or asked: a hash resync comes next */
+    bool refused;          /* the replica refused: state Error until resumed */
+    bool migrating;        /* the hook said the domain migrates away: no cycles until it ends */
+    char *domain_xml_sent; /* SHA-256 of the domain XML the replica has (worker only) */
+    uint64_t acked;        /* the last acknowledged cycle (0: none yet) */
+    gint64 last_start;     /* monotonic, of the last cycle */
+    gint64 last_app_consistent; /* wall clock, seconds */
+    GCancellable *cancellable;
+    GList *waiters; /* GTask of vr_scheduler_sync_async() */
+    /* Between the worker and the completion: set before the cycle is queued. */
+    uint64_t cycle_base;
+    bool cycle_resync;
+    bool want_app_consistent;
+    bool ok;
+    VrPrimaryResult result;
+    GError *error;
+};
+
+static void vr_scheduler_start_cycle(VrSchedulerJob *job);
+
+/* ---- errors --------------------------------------------------------------------------- */
+
+const char *
+vr_scheduler_error_code(const GError *error)
+{
+    static const char *const codes[] = {
+        [VR_SCHEDULER_ERROR_INVALID] = "invalid",
+        [VR_SCHEDULER_ERROR_UNKNOWN_DOMAIN] = "unknown-domain",
+        [VR_SCHEDULER_ERROR_ALREADY_ENABLED] = "already-enabled",
+        [VR_SCHEDULER_ERROR_BUSY] = "busy",
+        [VR_SCHEDULER_ERROR_UNSUPPORTED] = "unsupported",
+        [VR_SCHEDULER_ERROR_CYCLE_FAILED] = "cycle-failed",
+        [VR_SCHEDULER_ERROR_FAILED] = "failed",
+    };
+
+    if (error == NULL || error->domain != VR_SCHEDULER_ERROR ||
+        (guint)error->code >= G_N_ELEMENTS(codes))
+        return "failed";
+    return codes[error->code];
+}
+
+static bool vr_scheduler_invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+static bool
+vr_scheduler_invalid(GError **error, const char *fmt, ...)
+{
+    va_list args;
+
+    va_start(args, fmt);
+    g_propagate_error(
+        error, g_error_new_valist(VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_INVALID, fmt, args));
+    va_end(args);
+    return false;
+}
+
+/* ---- jobs ----------------------------------------------------------------------------- */
+
+static void
+vr_scheduler_job_free(gpointer data)
+{
+    VrSchedulerJob *job = data;
+
+    if (job->timer != 0)
+        g_source_remove(job->timer);
+    g_free(job->id);
+    g_free(job->domain);
+    g_free(job->server);
+    g_free(job->address);
+    g_free(job->network);
+    g_strfreev(job->disks);
+    g_free(job->domain_xml_sent);
+    vr_sender_free(job->sender);
+    vr_tls_policy_free(job->policy);
+    vr_rate_limit_free(job->limit);
+    g_clear_object(&job->cancellable);
+    vr_primary_result_clear(&job->result);
+    g_clear_error(&job->error);
+    g_free(job);
+}
+
+/* The settings of @job as the relationship's config JSON (state database). */
+static char *
+vr_scheduler_job_config(VrSchedulerJob *job)
+{
+    g_autoptr(json_object) obj = json_object_new_object();
+    json_object *disks = json_object_new_array();
+
+    json_object_object_add(obj, "server", json_object_new_string(job->server));
+    json_object_object_add(obj, "port", json_object_new_int((int)job->port));
+    if (job->address != NULL)
+        json_object_object_add(obj, "address", json_object_new_string(job->address));
+    if (job->network != NULL)
+        json_object_object_add(obj, "network", json_object_new_string(job->network));
+    json_object_object_add(obj, "frequency", json_object_new_int((int)job->frequency));
+    json_object_object_add(obj, "recovery_points", json_object_new_int((int)job->recovery_points));
+    json_object_object_add(obj, "app_consistent_hours",
+                           json_object_new_int((int)job->app_consistent_hours));
+    json_object_object_add(obj, "compression", json_object_new_boolean(job->compression));
+    json_object_object_add(obj, "bandwidth", json_object_new_uint64(job->bandwidth));
+    for (guint i = 0; job->disks[i] != NULL; i++)
+        json_object_array_add(disks, json_object_new_string(job->disks[i]));
+    json_object_object_add(obj, "disks", disks);
+    return g_strdup(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN));
+}
+
+/* Record @job's relationship row with @state_name. */
+static bool
+vr_scheduler_job_save(VrSchedulerJob *job, const char *uuid, const char *state_name, GError **error)
+{
+    g_autofree char *config = vr_scheduler_job_config(job);
+    g_autoptr(VrStateRelationship) old = NULL;
+    VrStateRelationship rel = {
+        .id = job->id,
+        .role = VR_STATE_ROLE_PRIMARY,
+        .domain_name = job->domain,
+        .peer = job->server,
+        .epoch = job->epoch,
+        .state = (char *)state_name,
+        .config = config,
+    };
+
+    if (uuid == NULL) {
+        old = vr_state_relationship_get(job->scheduler->state, job->id, error);
+        if (old == NULL)
+            return false;
+        uuid = old->domain_uuid;
+    }
+    rel.domain_uuid = (char *)uuid;
+    return vr_state_relationship_put(job->scheduler->state, &rel, error);
+}
+
+/* The state name of @job now. */
+static const char *
+vr_scheduler_job_state(VrSchedulerJob *job)
+{
+    if (job->refused)
+        return "Error";
+    if (job->suspended)
+        return "Suspended";
+    if (job->resync_next)
+        return "ResynchronizationRequired";
+    return "Replicating";
+}
+
+/* The sender to @job's replica: TLS policy for its name, this host's certificate, limits. */
+static bool
+vr_scheduler_job_transport(VrSchedulerJob *job, GError **error)
+{
+    const VrConfig *config = job->scheduler->config;
+    g_autoptr(GInetAddress) connect = NULL;
+    g_autoptr(GInetAddress) local = NULL;
+    VrRateLimit *limits[2];
+    guint n_limits = 0;
+
+    if (config->certificates.cert == NULL || config->certificates.ca == NULL) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_INVALID,
+                    "this host has no certificates ([certificates] ca, cert and key): a "
+                    "primary authenticates to its replica with its own");
+        return false;
+    }
+    job->policy = vr_tls_policy_new(
+        &(VrTlsPolicyConfig){
+            .ca_file = config->certificates.ca,
+            .crl_file = config->certificates.crl,
+            .check_revocation = config->certificates.check_revocation,
+            .peer_role = VR_TLS_PEER_SERVER,
+            .server_name = job->server,
+        },
+        error);
+    if (job->policy == NULL)
+        return false;
+    if (job->address != NULL)
+        connect = g_inet_address_new_from_string(job->address);
+    if (job->network != NULL) {
+        local = vr_net_resolve(job->network, job->scheduler->conn, G_SOCKET_FAMILY_INVALID, error);
+        if (local == NULL)
+            return false;
+    }
+    if (job->scheduler->host_limit != NULL)
+        limits[n_limits++] = job->scheduler->host_limit;
+    if (job->bandwidth != 0) {
+        job->limit =
+            vr_rate_limit_new(job->bandwidth, MAX(job->bandwidth / 4, VR_SCHEDULER_MIN_BURST));
+        limits[n_limits++] = job->limit;
+    }
+    job->sender = vr_sender_new(
+        &(VrSenderConfig){
+            .server_name = job->server,
+            .port = (guint16)job->port,
+            .connect_address = connect,
+            .local_address = local,
+            .cert_file = config->certificates.cert,
+            .key_file = config->certificates.key,
+            .policy = job->policy,
+            .limits = limits,
+            .n_limits = n_limits,
+        },
+        error);
+    return job->sender != NULL;
+}
+
+/* ---- the schedule --------------------------------------------------------------------- */
+
+static gboolean
+vr_scheduler_on_timer(gpointer data)
+{
+    VrSchedulerJob *job = data;
+
+    job->timer = 0;
+    vr_scheduler_start_cycle(job);
+    return G_SOURCE_REMOVE;
+}
+
+/* The next cycle in @seconds (0: now), replacing a timer already set. */
+static void
+vr_scheduler_schedule(VrSchedulerJob *job, guint seconds)
+{
+    g_autoptr(GSource) source = NULL;
+
+    if (job->timer != 0)
+        g_source_remove(job->timer);
+    source = seconds == 0 ? g_idle_source_new() : g_timeout_source_new_seconds(seconds);
+    g_source_set_callback(source, vr_scheduler_on_timer, job, NULL);
+    job->timer = g_source_attach(source, job->scheduler->context);
+}
+
+static bool
+vr_scheduler_domain_active(VrSchedulerJob *job)
+{
+    virDomainPtr dom = virDomainLookupByName(job->scheduler->conn, job->domain);
+    int active;
+
+    if (dom == NULL)
+        return false;
+    active = virDomainIsActive(dom);
+    virDomainFree(dom);
+    return active == 1;
+}
+
+static void
+vr_scheduler_token_unref(VrSchedulerToken *token)
+{
+    if (g_atomic_int_dec_and_test(&token->ref))
+        g_free(token);
+}
+
+typedef struct {
+    VrSchedulerToken *token;
+    char *id;
+} VrSchedulerDone;
+
+static void vr_scheduler_cycle_done(VrSchedulerJob *job);
+
+static gboolean
+vr_scheduler_on_done(gpointer data)
+{
+    VrSchedulerDone *done = data;
+    VrScheduler *scheduler = done->token->scheduler;
+    VrSchedulerJob *job;
+
+    if (scheduler != NULL && (job = g_hash_table_lookup(scheduler->jobs, done->id)) != NULL)
+        vr_scheduler_cycle_done(job);
+    return G_SOURCE_REMOVE;
+}
+
+static void
+vr_scheduler_done_free(gpointer data)
+{
+    VrSchedulerDone *done = data;
+
+    vr_scheduler_token_unref(done->token);
+    g_free(done->id);
+    g_free(done);
+}
+
+/*
+ * Send the domain's inactive XML to the replica when it changed since the last time (the
+ * replica defines the standby domain from it: vr-standby.h). A failure is logged and does
+ * not stop the cycle: the next one tries again. Worker thread.
+ */
+static void
+vr_scheduler_send_domain(VrSchedulerJob *job)
+{
+    g_autoptr(GError) local = NULL;
+    g_autofree char *xml = NULL;
+    g_autofree char *digest = NULL;
+    virDomainPtr dom = virDomainLookupByName(job->scheduler->conn, job->domain);
+
+    if (dom == NULL)
+        return;
+    xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    virDomainFree(dom);
+    if (xml == NULL)
+        return;
+    digest = g_compute_checksum_for_string(G_CHECKSUM_SHA256, xml, -1);
+    if (g_strcmp0(digest, job->domain_xml_sent) == 0)
+        return;
+    if (!vr_sender_put_domain(job->sender, job->id, xml, &local)) {
+        g_warning("relationship '%s': the replica did not take the domain XML (no standby "
+                  "domain yet): %s",
+                  job->id, local->message);
+        return;
+    }
+    g_free(job->domain_xml_sent);
+    job->domain_xml_sent = g_steal_pointer(&digest);
+}
+
+/* The worker: one cycle, then its completion on the scheduler's context. */
+static void
+vr_scheduler_worker(gpointer data, gpointer user_data)
+{
+    VrSchedulerJob *job = data;
+    VrScheduler *scheduler = user_data;
+    g_autofree char *workdir =
+        g_build_filename(scheduler->config->daemon.state_dir, "work", job->id, NULL);
+    g_autoptr(GSource) source = NULL;
+    VrSchedulerDone *done = g_new0(VrSchedulerDone, 1);
+    VrPrimaryConfig config = {
+        .conn = scheduler->conn,
+        .domain = job->domain,
+        .relationship = job->id,
+        .epoch = job->epoch,
+        .disks = (const char *const *)job->disks,
+        .workdir = workdir,
+        .sender = job->sender,
+        .allow_resync = true,
+        .resync = job->cycle_resync,
+        .app_consistent = job->want_app_consistent,
+    };
+
+    if (g_mkdir_with_parents(workdir, 0700) < 0) {
+        int errsv = errno;
+
+        g_set_error(&job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
+                    "cannot make the work directory '%s': %s", workdir, g_strerror(errsv));
+        job->ok = false;
+    } else {
+        vr_scheduler_send_domain(job);
+        job->ok = vr_primary_run_cycle(&config, job->cycle_base, job->cycle_base + 1, NULL, NULL,
+                                       job->cancellable, &job->result, &job->error);
+    }
+    g_atomic_int_inc(&scheduler->token->ref);
+    done->token = scheduler->token;
+    done->id = g_strdup(job->id);
+    source = g_idle_source_new();
+    g_source_set_callback(source, vr_scheduler_on_done, done, vr_scheduler_done_free);
+    g_source_attach(source, scheduler->context);
+}
+
+static void
+vr_scheduler_start_cycle(VrSchedulerJob *job)
+{
+    VrScheduler *scheduler = job->scheduler;
+    gint64 now = g_get_real_time() / G_USEC_PER_SEC;
+
+    if (job->running || job->suspended || job->refused)
+        return;
+    if (job->migrating) {
+        vr_scheduler_schedule(job, job->frequency);
+        return;
+    }
+    if (!vr_scheduler_domain_active(job)) {
+        g_debug("relationship '%s': domain '%s' is not running: no cycle", job->id, job->domain);
+        vr_scheduler_schedule(job, job->frequency);
+        return;
+    }
+    job->running = true;
+    job->last_start = g_get_monotonic_time();
+    job->want_app_consistent =
+        job->app_consistent_hours != 0 &&
+        now - job->last_app_consistent >= (gint64)job->app_consistent_hours * 3600;
+    job->cycle_base = job->acked;
+    job->cycle_resync = job->resync_next;
+    g_clear_object(&job->cancellable);
+    job->cancellable = g_cancellable_new();
+    vr_primary_result_clear(&job->result);
+    g_clear_error(&job->error);
+    g_debug("relationship '%s': cycle %" PRIu64 " from %" PRIu64 "%s queued", job->id,
+            job->cycle_base + 1, job->cycle_base, job->cycle_resync ? " (resync)" : "");
+    g_thread_pool_push(scheduler->pool, job, NULL);
+}
+
+static void
+vr_scheduler_json_free(gpointer obj)
+{
+    json_object_put(obj);
+}
+
+/* The sync waiters of @job get the cycle's outcome. */
+static void
+vr_scheduler_answer_waiters(VrSchedulerJob *job)
+{
+    GList *waiters = g_steal_pointer(&job->waiters);
+
+    for (GList *l = waiters; l != NULL; l = l->next) {
+        GTask *task = l->data;
+
+        if (job->ok) {
+            json_object *obj = json_object_new_object();
+
+            json_object_object_add(obj, "seq", json_object_new_uint64(job->result.cycle));
+            json_object_object_add(obj, "bytes", json_object_new_uint64(job->result.bytes));
+            json_object_object_add(obj, "wire_bytes",
+                                   json_object_new_uint64(job->result.wire_bytes));
+            json_object_object_add(
+                obj, "duration_ms",
+                json_object_new_int64(job->result.finished_ms - job->result.started_ms));
+            g_task_return_pointer(task, obj, vr_scheduler_json_free);
+        } else {
+            g_task_return_new_error(task, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_CYCLE_FAILED, "%s",
+                                    job->error->message);
+        }
+        g_object_unref(task);
+    }
+    g_list_free(waiters);
+}
+
+static void
+vr_scheduler_cycle_done(VrSchedulerJob *job)
+{
+    VrScheduler *scheduler = job->scheduler;
+    g_autoptr(GError) local = NULL;
+    VrStateCycle cycle = { 0 };
+    gint64 elapsed_s = (g_get_monotonic_time() - job->last_start) / G_USEC_PER_SEC;
+    int64_t now_ms = g_get_real_time() / 1000;
+
+    job->running = false;
+    cycle.cycle = job->cycle_base + 1;
+    if (job->ok) {
+        cycle.result = VR_STATE_CYCLE_OK;
+        cycle.flags = job->result.flags;
+        cycle.started_ms = job->result.started_ms;
+        cycle.finished_ms = job->result.finished_ms;
+        cycle.bytes = job->result.bytes;
+        cycle.wire_bytes = job->result.wire_bytes;
+        job->acked = job->result.cycle;
+        job->resync_next = false;
+        if (job->result.flags & VR_WIRE_FLAG_APP_CONSISTENT)
+            job->last_app_consistent = g_get_real_time() / G_USEC_PER_SEC;
+        g_info("relationship '%s': cycle %" PRIu64 " acknowledged: %" PRIu64 " bytes in %" PRId64
+               " ms",
+               job->id, job->result.cycle, job->result.bytes,
+               job->result.finished_ms - job->result.started_ms);
+    } else {
+        bool missed = g_error_matches(job->error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE) ||
+                      g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_CANCELLED);
+
+        cycle.result = missed ? VR_STATE_CYCLE_MISSED : VR_STATE_CYCLE_FAILED;
+        cycle.started_ms = now_ms - elapsed_s * 1000;
+        cycle.finished_ms = now_ms;
+        cycle.error = job->error->message;
+        if (g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_RESYNC_REQUIRED))
+            job->resync_next = true;
+        if (g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_REFUSED))
+            job->refused = true;
+        g_warning("relationship '%s': cycle %" PRIu64 " %s: %s", job->id, cycle.cycle,
+                  missed ? "missed" : "failed", job->error->message);
+    }
+    if (!vr_state_cycle_add(scheduler->state, job->id, &cycle, &local) ||
+        !vr_scheduler_job_save(job, NULL, vr_scheduler_job_state(job), &local))
+        g_warning("relationship '%s': cannot record the cycle: %s", job->id, local->message);
+    vr_scheduler_answer_waiters(job);
+    /* Counted from the start of this cycle: an overrun delays, never stacks. */
+    vr_scheduler_schedule(job, (guint)MAX((gint64)job->frequency - elapsed_s, 1));
+}
+
+/* ---- loading and enabling ------------------------------------------------------------- */
+
+static bool
+vr_scheduler_get_uint(json_object *obj, const char *key, guint min, guint max, guint *value,
+                      GError **error)
+{
+    json_object *member;
+    int64_t v;
+
+    if (!json_object_object_get_ex(obj, key, &member))
+        return true;
+    if (!json_object_is_type(member, json_type_int) ||
+        (v = json_object_get_int64(member)) < (int64_t)min || v > (int64_t)max)
+        return vr_scheduler_invalid(error, "'%s' must be a whole number from %u to %u", key, min,
+                                    max);
+    *value = (guint)v;
+    return true;
+}
+
+static bool
+vr_scheduler_get_string(json_object *obj, const char *key, char **value, GError **error)
+{
+    json_object *member;
+
+    if (!json_object_object_get_ex(obj, key, &member))
+        return true;
+    if (!json_object_is_type(member, json_type_string))
+        return vr_scheduler_invalid(error, "'%s' must be a string", key);
+    g_free(*value);
+    *value = g_strdup(json_object_get_string(member));
+    return true;
+}
+
+/* The settings of a request or of a stored config, checked, into @job. */
+static bool
+vr_scheduler_job_settings(VrSchedulerJob *job, json_object *obj, bool request, GError **error)
+{
+    static const char *const members[] = { "domain",
+                                           "server",
+                                           "port",
+                                           "address",
+                                           "frequency",
+                                           "recovery_points",
+                                           "app_consistent_hours",
+                                           "network",
+                                           "compression",
+                                           "bandwidth",
+                                           "initial",
+                                           "disks",
+                                           NULL };
+    const VrConfig *config = job->scheduler->config;
+    g_autofree char *bandwidth = NULL;
+    json_object *member;
+
+    if (!json_object_is_type(obj, json_type_object))
+        return vr_scheduler_invalid(error, "the request is not a JSON object");
+    json_object_object_foreach (obj, key, value) {
+        (void)value;
+        if (!g_strv_contains(members, key))
+            return vr_scheduler_invalid(error, "unknown member '%s'", key);
+    }
+    job->port = VR_SCHEDULER_DEFAULT_PORT;
+    job->frequency = config->primary.default_frequency;
+    job->recovery_points = config->primary.default_recovery_points;
+    job->compression = config->primary.compression;
+    if (!vr_scheduler_get_string(obj, "server", &job->server, error) ||
+        !vr_scheduler_get_uint(obj, "port", 1, 65535, &job->port, error) ||
+        !vr_scheduler_get_string(obj, "address", &job->address, error) ||
+        !vr_scheduler_get_uint(obj, "frequency", VR_SCHEDULER_MIN_FREQUENCY,
+                               VR_SCHEDULER_MAX_FREQUENCY, &job->frequency, error) ||
+        !vr_scheduler_get_uint(obj, "recovery_points", 0, 24, &job->recovery_points, error) ||
+        !vr_scheduler_get_uint(obj, "app_consistent_hours", 0, 24, &job->app_consistent_hours,
+                               error) ||
+        !vr_scheduler_get_string(obj, "network", &job->network, error))
+        return false;
+    if (job->server == NULL || job->server[0] == '\0')
+        return vr_scheduler_invalid(error, "'server' (the replica's DNS name) is required");
+    if (job->address != NULL) {
+        g_autoptr(GInetAddress) address = g_inet_address_new_from_string(job->address);
+
+        if (address == NULL)
+            return vr_scheduler_invalid(error, "'address' '%s' is not an IP address", job->address);
+    }
+    if (job->network == NULL && config->primary.network != NULL)
+        job->network = g_strdup(config->primary.network);
+    if (job->network != NULL) {
+        g_autofree char *name = NULL;
+        VrNetKind kind;
+
+        if (!vr_net_parse_spec(job->network, &kind, &name, error)) {
+            g_prefix_error(error, "'network': ");
+            return false;
+        }
+    }
+    if (json_object_object_get_ex(obj, "compression", &member)) {
+        if (!json_object_is_type(member, json_type_boolean))
+            return vr_scheduler_invalid(error, "'compression' must be true or false");
+        job->compression = json_object_get_boolean(member);
+    }
+    if (json_object_object_get_ex(obj, "bandwidth", &member)) {
+        if (json_object_is_type(member, json_type_int)) {
+            job->bandwidth = (uint64_t)json_object_get_int64(member);
+        } else if (!json_object_is_type(member, json_type_string) ||
+                   !vr_rate_parse(json_object_get_string(member), &job->bandwidth, error)) {
+            g_clear_error(error);
+            return vr_scheduler_invalid(error, "'bandwidth' must be a rate such as 100M");
+        }
+    }
+    if (request && json_object_object_get_ex(obj, "initial", &member)) {
+        const char *initial = json_object_get_string(member);
+
+        if (!json_object_is_type(member, json_type_string))
+            return vr_scheduler_invalid(error, "'initial' must be a string");
+        if (strcmp(initial, "existing") == 0) {
+            job->resync_next = true;
+        } else if (strcmp(initial, "network") != 0) {
+            g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_UNSUPPORTED,
+                        "'initial' '%s': only 'network' and 'existing' are supported yet", initial);
+            return false;
+        }
+    }
+    if (json_object_object_get_ex(obj, "disks", &member)) {
+        g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+
+        if (!json_object_is_type(member, json_type_array) || json_object_array_length(member) == 0)
+            return vr_scheduler_invalid(error, "'disks' must be a non-empty array of targets");
+        for (size_t i = 0; i < json_object_array_length(member); i++) {
+            json_object *item = json_object_array_get_idx(member, i);
+
+            if (!json_object_is_type(item, json_type_string))
+                return vr_scheduler_invalid(error, "'disks' must hold target names");
+            g_ptr_array_add(names, g_strdup(json_object_get_string(item)));
+        }
+        g_ptr_array_add(names, NULL);
+        g_strfreev(job->disks);
+        job->disks = (char **)g_ptr_array_free(g_steal_pointer(&names), FALSE);
+    }
+    return true;
+}
+
+/*
+ * The disks of @xml that can be replicated: device "disk" with a qcow2 file. With
+ * @wanted, each of them must be one (UNSUPPORTED naming the one that is not).
+ */
+static char **
+vr_scheduler_domain_disks(const char *xml, char **wanted, GError **error)
+{
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    xmlDocPtr doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL, XML_PARSE_NONET);
+    xmlXPathContextPtr ctx = NULL;
+    xmlXPathObjectPtr disks = NULL;
+    char **result = NULL;
+
+    if (doc == NULL) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "libvirt's domain XML does not parse");
+        return NULL;
+    }
+    ctx = xmlXPathNewContext(doc);
+    disks = xmlXPathEvalExpression(
+        (const xmlChar *)"/domain/devices/disk[@device='disk' or not(@device)]", ctx);
+    for (int i = 0; disks != NULL && disks->nodesetval != NULL && i < disks->nodesetval->nodeNr;
+         i++) {
+        xmlNodePtr disk = disks->nodesetval->nodeTab[i];
+        g_autofree char *target = NULL;
+        g_autofree char *type = NULL;
+
+        for (xmlNodePtr c = disk->children; c != NULL; c = c->next) {
+            if (c->type != XML_ELEMENT_NODE)
+                continue;
+            if (xmlStrcmp(c->name, (const xmlChar *)"target") == 0) {
+                xmlChar *dev = xmlGetProp(c, (const xmlChar *)"dev");
+
+                target = g_strdup((const char *)dev);
+                xmlFree(dev);
+            } else if (xmlStrcmp(c->name, (const xmlChar *)"driver") == 0) {
+                xmlChar *t = xmlGetProp(c, (const xmlChar *)"type");
+
+                type = g_strdup((const char *)t);
+                xmlFree(t);
+            }
+        }
+        if (target == NULL)
+            continue;
+        if (wanted != NULL && !g_strv_contains((const char *const *)wanted, target))
+            continue;
+        if (g_strcmp0(type, "qcow2") != 0) {
+            if (wanted == NULL)
+                continue; /* not replicated unless asked for, and then refused below */
+            g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_UNSUPPORTED,
+                        "disk '%s' is %s, not qcow2: persistent dirty bitmaps need qcow2", target,
+                        type != NULL ? type : "of no known format");
+            goto out;
+        }
+        g_ptr_array_add(names, g_steal_pointer(&target));
+    }
+    if (wanted != NULL) {
+        for (guint i = 0; wanted[i] != NULL; i++) {
+            bool found = false;
+
+            for (guint j = 0; j < names->len; j++)
+                found = found || strcmp(names->pdata[j], wanted[i]) == 0;
+            if (!found) {
+                g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_UNSUPPORTED,
+                            "the domain has no disk '%s'", wanted[i]);
+                goto out;
+            }
+        }
+    }
+    if (names->len == 0) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_UNSUPPORTED,
+                    "the domain has no qcow2 disk to replicate");
+        goto out;
+    }
+    g_ptr_array_add(names, NULL);
+    result = (char **)g_ptr_array_free(g_steal_pointer(&names), FALSE);
+out:
+    xmlXPathFreeObject(disks);
+    xmlXPathFreeContext(ctx);
+    xmlFreeDoc(doc);
+    return result;
+}
+
+/* A new job of @scheduler, registered and scheduled: the first cycle in @delay seconds. */
+static void
+vr_scheduler_add(VrScheduler *scheduler, VrSchedulerJob *job, guint delay)
+{
+    g_hash_table_insert(scheduler->jobs, job->id, job);
+    vr_scheduler_schedule(job, delay);
+}
+
+bool
+vr_scheduler_enable(VrScheduler *scheduler, json_object *request, char **id_out, GError **error)
+{
+    VrSchedulerJob *job = g_new0(VrSchedulerJob, 1);
+    g_autofree char *xml = NULL;
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    const char *domain = NULL;
+    virDomainPtr dom = NULL;
+    g_autofree char *id = NULL;
+    GHashTableIter iter;
+    gpointer value;
+    bool ok = false;
+
+    job->scheduler = scheduler;
+    job->epoch = 1;
+    if (json_object_is_type(request, json_type_object))
+        domain = vr_json_get_string(request, "domain");
+    if (domain == NULL || domain[0] == '\0') {
+        vr_scheduler_invalid(error, "'domain' (the libvirt domain's name) is required");
+        goto out;
+    }
+    if (!vr_scheduler_job_settings(job, request, true, error))
+        goto out;
+    dom = virDomainLookupByName(scheduler->conn, domain);
+    if (dom == NULL) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_UNKNOWN_DOMAIN,
+                    "libvirt has no domain '%s'", domain);
+        goto out;
+    }
+    if (virDomainGetUUIDString(dom, uuid) < 0 ||
+        (xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE)) == NULL) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "cannot read domain '%s' from libvirt: %s", domain, virGetLastErrorMessage());
+        goto out;
+    }
+    job->domain = g_strdup(virDomainGetName(dom));
+    /* The id: the UUID's first 12 hexadecimal digits (QEMU node names limit its length). */
+    id = g_strdup(uuid);
+    {
+        char *w = id;
+
+        for (const char *r = uuid; *r != '\0' && w - id < VR_SCHEDULER_ID_LEN; r++) {
+            if (*r != '-')
+                *w++ = *r;
+        }
+        *w = '\0';
+    }
+    g_hash_table_iter_init(&iter, scheduler->jobs);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        VrSchedulerJob *other = value;
+
+        if (strcmp(other->id, id) == 0 || strcmp(other->domain, job->domain) == 0) {
+            g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_ALREADY_ENABLED,
+                        "domain '%s' is replicated already (relationship '%s')", job->domain,
+                        other->id);
+            goto out;
+        }
+    }
+    job->id = g_steal_pointer(&id);
+    {
+        char **disks = vr_scheduler_domain_disks(xml, job->disks, error);
+
+        if (disks == NULL)
+            goto out;
+        g_strfreev(job->disks);
+        job->disks = disks;
+    }
+    if (!vr_scheduler_job_transport(job, error) ||
+        !vr_scheduler_job_save(job, uuid, vr_scheduler_job_state(job), error))
+        goto out;
+    g_info("relationship '%s': replicating domain '%s' to %s every %u s", job->id, job->domain,
+           job->server, job->frequency);
+    *id_out = g_strdup(job->id);
+    vr_scheduler_add(scheduler, g_steal_pointer(&job), 0);
+    ok = true;
+out:
+    if (dom != NULL)
+        virDomainFree(dom);
+    if (job != NULL)
+        vr_scheduler_job_free(job);
+    return ok;
+}
+
+/* The primary relationships of the state database, scheduled again after a restart. */
+static bool
+vr_scheduler_load(VrScheduler *scheduler, GError **error)
+{
+    g_autoptr(GPtrArray) list = vr_state_relationship_list(scheduler->state, error);
+
+    if (list == NULL)
+        return false;
+    for (guint i = 0; i < list->len; i++) {
+        const VrStateRelationship *rel = list->pdata[i];
+        g_autoptr(json_object) settings = NULL;
+        g_autoptr(GError) local = NULL;
+        VrSchedulerJob *job;
+        VrStateStats stats;
+
+        if (rel->role != VR_STATE_ROLE_PRIMARY)
+            continue;
+        job = g_new0(VrSchedulerJob, 1);
+        job->scheduler = scheduler;
+        job->id = g_strdup(rel->id);
+        job->domain = g_strdup(rel->domain_name);
+        job->epoch = rel->epoch;
+        job->suspended = g_strcmp0(rel->state, "Suspended") == 0;
+        job->resync_next = g_strcmp0(rel->state, "ResynchronizationRequired") == 0;
+        job->refused = g_strcmp0(rel->state, "Error") == 0;
+        settings = json_tokener_parse(rel->config);
+        if (settings == NULL || !vr_scheduler_job_settings(job, settings, false, &local) ||
+            job->disks == NULL || !vr_scheduler_job_transport(job, &local) ||
+            !vr_state_stats(scheduler->state, rel->id, 0, &stats, &local)) {
+            g_warning("relationship '%s' of domain '%s' cannot be resumed: %s", rel->id,
+                      rel->domain_name,
+                      local != NULL ? local->message : "its settings do not parse");
+            vr_scheduler_job_free(job);
+            continue;
+        }
+        job->acked = stats.last_ok_cycle;
+        vr_scheduler_add(scheduler, job, 0);
+    }
+    return true;
+}
+
+VrScheduler *
+vr_scheduler_new(const VrConfig *config, VrState *state, virConnectPtr conn, GError **error)
+{
+    g_autoptr(VrScheduler) scheduler = g_new0(VrScheduler, 1);
+
+    scheduler->config = config;
+    scheduler->state = state;
+    scheduler->conn = conn;
+    scheduler->context = g_main_context_ref_thread_default();
+    scheduler->jobs = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, vr_scheduler_job_free);
+    scheduler->token = g_new0(VrSchedulerToken, 1);
+    scheduler->token->ref = 1;
+    scheduler->token->scheduler = scheduler;
+    if (config->primary.bandwidth != 0)
+        scheduler->host_limit = vr_rate_limit_new(
+            config->primary.bandwidth, MAX(config->primary.bandwidth / 4, VR_SCHEDULER_MIN_BURST));
+    scheduler->pool = g_thread_pool_new(vr_scheduler_worker, scheduler,
+                                        (int)config->daemon.max_active_transfers, FALSE, error);
+    if (scheduler->pool == NULL || !vr_scheduler_load(scheduler, error))
+        return NULL;
+    return g_steal_pointer(&scheduler);
+}
+
+void
+vr_scheduler_free(VrScheduler *scheduler)
+{
+    GHashTableIter iter;
+    gpointer value;
+
+    if (scheduler == NULL)
+        return;
+    g_hash_table_iter_init(&iter, scheduler->jobs);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        VrSchedulerJob *job = value;
+
+        if (job->cancellable != NULL)
+            g_cancellable_cancel(job->cancellable);
+    }
+    /* Queued cycles are dropped, running ones end (their teardown runs) before this returns. */
+    if (scheduler->pool != NULL)
+        g_thread_pool_free(scheduler->pool, TRUE, TRUE);
+    scheduler->token->scheduler = NULL;
+    vr_scheduler_token_unref(scheduler->token);
+    g_hash_table_iter_init(&iter, scheduler->jobs);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        VrSchedulerJob *job = value;
+
+        if (job->waiters != NULL) {
+            g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                        "the daemon is stopping");
+            job->ok = false;
+            vr_scheduler_answer_waiters(job);
+        }
+    }
+    g_hash_table_unref(scheduler->jobs);
+    vr_rate_limit_free(scheduler->host_limit);
+    g_main_context_unref(scheduler->context);
+    g_free(scheduler);
+}
+
+/* ---- commands --------------------------------------------------------------------------- */
+
+static VrSchedulerJob *
+vr_scheduler_find(VrScheduler *scheduler, const char *name, GError **error)
+{
+    GHashTableIter iter;
+    gpointer value;
+
+    g_hash_table_iter_init(&iter, scheduler->jobs);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        VrSchedulerJob *job = value;
+
+        if (strcmp(job->id, name) == 0 || strcmp(job->domain, name) == 0)
+            return job;
+    }
+    g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_UNKNOWN_DOMAIN,
+                "domain '%s' is not replicated from this host", name);
+    return NULL;
+}
+
+bool
+vr_scheduler_disable(VrScheduler *scheduler, const char *id, GError **error)
+{
+    VrSchedulerJob *job = vr_scheduler_find(scheduler, id, error);
+
+    if (job == NULL)
+        return false;
+    if (job->running) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_BUSY,
+                    "a cycle of domain '%s' is running: disable it when the cycle ended (or "
+                    "suspend it first)",
+                    job->domain);
+        return false;
+    }
+    if (!vr_state_relationship_delete(scheduler->state, job->id, error))
+        return false;
+    g_info("relationship '%s': replication of domain '%s' disabled", job->id, job->domain);
+    g_hash_table_remove(scheduler->jobs, job->id);
+    return true;
+}
+
+bool
+vr_scheduler_action(VrScheduler *scheduler, const char *id, const char *action, GError **error)
+{
+    VrSchedulerJob *job = vr_scheduler_find(scheduler, id, error);
+
+    if (job == NULL)
+        return false;
+    if (strcmp(action, "suspend") == 0) {
+        job->suspended = true;
+        if (job->timer != 0) {
+            g_source_remove(job->timer);
+            job->timer = 0;
+        }
+    } else if (strcmp(action, "resume") == 0) {
+        job->suspended = false;
+        job->refused = false;
+        if (!job->running)
+            vr_scheduler_schedule(job, 0);
+    } else if (strcmp(action, "resync") == 0) {
+        job->resync_next = true;
+        if (!job->running && !job->suspended)
+            vr_scheduler_schedule(job, 0);
+    } else {
+        return vr_scheduler_invalid(error, "unknown action '%s'", action);
+    }
+    return vr_scheduler_job_save(job, NULL, vr_scheduler_job_state(job), error);
+}
+
+void
+vr_scheduler_sync_async(VrScheduler *scheduler, const char *id, GCancellable *cancellable,
+                        GAsyncReadyCallback callback, gpointer user_data)
+{
+    GTask *task = g_task_new(NULL, cancellable, callback, user_data);
+    g_autoptr(GError) error = NULL;
+    VrSchedulerJob *job = vr_scheduler_find(scheduler, id, &error);
+
+    if (job == NULL) {
+        g_task_return_error(task, g_steal_pointer(&error));
+        g_object_unref(task);
+        return;
+    }
+    if (job->suspended || job->refused) {
+        g_task_return_new_error(task, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_BUSY,
+                                "replication of domain '%s' is %s: resume it first", job->domain,
+                                job->suspended ? "suspended" : "stopped by an error");
+        g_object_unref(task);
+        return;
+    }
+    job->waiters = g_list_append(job->waiters, task);
+    if (!job->running)
+        vr_scheduler_schedule(job, 0);
+}
+
+json_object *
+vr_scheduler_sync_finish(VrScheduler *scheduler, GAsyncResult *result, GError **error)
+{
+    return g_task_propagate_pointer(G_TASK(result), error);
+}
+
+void
+vr_scheduler_notify(VrScheduler *scheduler, const char *domain, const char *operation)
+{
+    VrSchedulerJob *job = vr_scheduler_find(scheduler, domain, NULL);
+
+    if (job == NULL || strcmp(job->domain, domain) != 0)
+        return;
+    if (strcmp(operation, "started") == 0 || strcmp(operation, "reconnect") == 0) {
+        job->migrating = false;
+        if (!job->running && !job->suspended && !job->refused)
+            vr_scheduler_schedule(job, 0);
+    } else if (strcmp(operation, "migrate") == 0) {
+        job->migrating = true;
+    } else if (strcmp(operation, "stopped") == 0 || strcmp(operation, "release") == 0) {
+        job->migrating = false;
+    }
+}
+
+bool
+vr_scheduler_is_running(VrScheduler *scheduler, const char *id)
+{
+    VrSchedulerJob *job = vr_scheduler_find(scheduler, id, NULL);
+
+    return job != NULL && job->running;
+}
+
+const char *
+vr_scheduler_health(VrScheduler *scheduler, const VrStateRelationship *rel,
+                    const VrStateStats *stats)
+{
+    VrSchedulerJob *job = vr_scheduler_find(scheduler, rel->id, NULL);
+    guint frequency = job != NULL ? job->frequency : scheduler->config->primary.default_frequency;
+    int64_t since_ms = stats->last_ok_ms > 0 ? g_get_real_time() / 1000 - stats->last_ok_ms : -1;
+    int64_t critical_ms =
+        (int64_t)frequency * 1000 * scheduler->config->primary.rpo_critical_factor;
+
+    if (g_strcmp0(rel->state, "Error") == 0 ||
+        g_strcmp0(rel->state, "ResynchronizationRequired") == 0 || since_ms > critical_ms)
+        return "Critical";
+    if (stats->cycles_failed > 0 || stats->cycles_missed > 0 ||
+        since_ms > (int64_t)frequency * 2000)
+        return "Warning";
+    return "Normal";
+}

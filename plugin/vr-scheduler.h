@@ -1,0 +1,112 @@
+/*
+ * vr-scheduler.h: the primary role of virt-replicad: replicated domains and their cycles
+ *
+ * One entry per relationship this host replicates (role primary in the state database),
+ * loaded at start and made by vr_scheduler_enable(). Each has a schedule: a cycle every
+ * `frequency` seconds, counted from the start of the previous one; a cycle that overruns
+ * delays the next one (cycles never stack), and at most `[daemon] max-active-transfers`
+ * cycles of the host run at once (a thread pool of that size: the others wait their turn).
+ * A cycle is vr_primary_run_cycle() from the last acknowledged cycle, in a worker thread;
+ * its outcome goes to the state database (history, statistics) on the daemon's thread.
+ *
+ * Outcomes: acknowledged → history "ok", the next cycle builds on it; the replica
+ * unreachable → "missed" (Hyper-V counts these); any other failure → "failed", the same
+ * cycle is cut again from the same base next time; the tracking lost → the next cycle is
+ * a hash resynchronization (state ResynchronizationRequired until it is done); a refusal by
+ * the replica (a stale epoch, an unauthorized primary) → state Error until resumed.
+ * A domain that is not running has no cycles (nothing to cut); they start when it runs.
+ *
+ * Everything here runs on the thread-default main context of the thread that made the
+ * scheduler, except vr_primary_run_cycle() itself.
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#pragma once
+
+#include <stdbool.h>
+
+#include <gio/gio.h>
+#include <glib.h>
+#include <json-c/json.h>
+#include <libvirt/libvirt.h>
+
+#include "vr-config.h"
+#include "vr-state.h"
+
+G_BEGIN_DECLS
+
+#define VR_SCHEDULER_ERROR (vr_scheduler_error_quark())
+GQuark vr_scheduler_error_quark(void);
+
+/* Each code is the API's error code (docs/api.md) of the same name. */
+typedef enum {
+    VR_SCHEDULER_ERROR_INVALID,         /* "invalid": a bad request member, named */
+    VR_SCHEDULER_ERROR_UNKNOWN_DOMAIN,  /* "unknown-domain" */
+    VR_SCHEDULER_ERROR_ALREADY_ENABLED, /* "already-enabled" */
+    VR_SCHEDULER_ERROR_BUSY,            /* "busy": a cycle of it runs */
+    VR_SCHEDULER_ERROR_UNSUPPORTED,     /* "unsupported": a disk that cannot be replicated */
+    VR_SCHEDULER_ERROR_CYCLE_FAILED,    /* "cycle-failed": the message is the cycle's error */
+    VR_SCHEDULER_ERROR_FAILED,          /* "state" and others: the message says */
+} VrSchedulerErrorCode;
+
+/* The API's error code of @error ("invalid", ...), for any error of this domain. */
+const char *vr_scheduler_error_code(const GError *error);
+
+typedef struct _VrScheduler VrScheduler;
+
+/*
+ * The primary role: every primary relationship of @state gets its schedule. @config and
+ * @state are borrowed and outlive the scheduler; @conn is the libvirt connection (borrowed).
+ * (transfer full)
+ */
+VrScheduler *vr_scheduler_new(const VrConfig *config, VrState *state, virConnectPtr conn,
+                              GError **error);
+
+/* Cancel running cycles, wait for them to end (their teardown runs), free. NULL-safe. */
+void vr_scheduler_free(VrScheduler *scheduler);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrScheduler, vr_scheduler_free)
+
+/*
+ * Enable replication from the JSON request of POST /v1/relationships (docs/api.md);
+ * *@id_out gets the new relationship's id. The first cycle is cut at once.
+ */
+bool vr_scheduler_enable(VrScheduler *scheduler, json_object *request, char **id_out,
+                         GError **error);
+
+/* Disable (BUSY while a cycle runs). */
+bool vr_scheduler_disable(VrScheduler *scheduler, const char *id, GError **error);
+
+/* suspend, resume, resync (docs/api.md). */
+bool vr_scheduler_action(VrScheduler *scheduler, const char *id, const char *action,
+                         GError **error);
+
+/*
+ * Cut a cycle of @id now, or join the one that runs; @callback runs on the scheduler's
+ * context when it ended. The result is a json_object: {"seq", "bytes", "duration_ms"}.
+ */
+void vr_scheduler_sync_async(VrScheduler *scheduler, const char *id, GCancellable *cancellable,
+                             GAsyncReadyCallback callback, gpointer user_data);
+json_object *vr_scheduler_sync_finish(VrScheduler *scheduler, GAsyncResult *result, GError **error);
+
+/*
+ * The health of primary relationship @rel from its statistics (docs/api.md): Critical
+ * when the state is Error or ResynchronizationRequired or the RPO passed
+ * rpo-critical-factor times the frequency; Warning when a cycle failed or was missed in the
+ * monitoring interval or the RPO passed twice the frequency; else Normal.
+ */
+const char *vr_scheduler_health(VrScheduler *scheduler, const VrStateRelationship *rel,
+                                const VrStateStats *stats);
+
+/*
+ * The libvirt hook told the daemon about @domain (docs/hook.md): "started" and
+ * "reconnect" cut a cycle now (its health check comes first); "migrate" holds the cycles
+ * while the domain leaves this host; "stopped" and "release" end that hold (a domain that
+ * is not running has no cycles anyway: its persistent bitmaps keep tracking across a
+ * shutdown). Domains this host does not replicate are ignored.
+ */
+void vr_scheduler_notify(VrScheduler *scheduler, const char *domain, const char *operation);
+
+/* Whether a cycle of @id runs now. */
+bool vr_scheduler_is_running(VrScheduler *scheduler, const char *id);
+
+G_END_DECLS
