@@ -219,10 +219,14 @@ vr_primary_error_code(VrPrimaryRun *run, const GError *cause)
     if (g_error_matches(cause, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_RESYNC_REQUIRED) &&
         !run->config->allow_resync)
         return VR_PRIMARY_ERROR_RESYNC_REQUIRED;
+    /* 507 (the replica's storage is full) is not a refusal: the next cycle tries again and
+     * replication resumes once there is room. */
     if (cause->domain == VR_SENDER_ERROR &&
         (cause->code == VR_SENDER_ERROR_REFUSED || cause->code == VR_SENDER_ERROR_CONFLICT ||
-         cause->code == VR_SENDER_ERROR_NO_SPACE || cause->code == VR_SENDER_ERROR_CERTIFICATE))
+         cause->code == VR_SENDER_ERROR_CERTIFICATE))
         return VR_PRIMARY_ERROR_REFUSED;
+    if (g_error_matches(cause, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE))
+        return VR_PRIMARY_ERROR_UNREACHABLE;
     /* Whatever broke (QMP closed, a job gone), a domain that stopped meanwhile is the cause. */
     if (run->domain != NULL && virDomainIsActive(run->domain) == 0)
         return VR_PRIMARY_ERROR_DOMAIN;

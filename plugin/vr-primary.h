@@ -44,8 +44,10 @@ typedef enum {
     VR_PRIMARY_ERROR_RESYNC_REQUIRED, /* tracking lost and @allow_resync was false */
     VR_PRIMARY_ERROR_DOMAIN,          /* the domain is gone, not running, or a disk is
                                        * not replicable (not qcow2, no such target) */
-    VR_PRIMARY_ERROR_REFUSED,         /* the replica refused (403, 409 stale epoch, 507):
-                                       * retrying the same cycle will not help by itself */
+    VR_PRIMARY_ERROR_REFUSED,         /* the replica refused (403, 409 stale epoch, a
+                                       * certificate): retrying will not help by itself */
+    VR_PRIMARY_ERROR_UNREACHABLE,     /* the replica could not be reached (every attempt
+                                       * failed): the cycle is missed, the next one retries */
     VR_PRIMARY_ERROR_CANCELLED,       /* @cancellable was cancelled (shutdown) */
 } VrPrimaryErrorCode;
 

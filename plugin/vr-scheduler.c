@@ -268,6 +268,10 @@ vr_scheduler_job_transport(VrSchedulerJob *job, GError **error)
             .policy = job->policy,
             .limits = limits,
             .n_limits = n_limits,
+            /* A cycle the replica cannot take is missed within about one period, not after
+             * minutes of retries: the next cycle sends a superset anyway. */
+            .max_attempts = 3,
+            .backoff_max_ms = MIN(job->frequency * 1000 / 2, 30000),
         },
         error);
     return job->sender != NULL;
@@ -516,7 +520,7 @@ vr_scheduler_cycle_done(VrSchedulerJob *job)
                job->id, job->result.cycle, job->result.bytes,
                job->result.finished_ms - job->result.started_ms);
     } else {
-        bool missed = g_error_matches(job->error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE) ||
+        bool missed = g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_UNREACHABLE) ||
                       g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_CANCELLED);
 
         cycle.result = missed ? VR_STATE_CYCLE_MISSED : VR_STATE_CYCLE_FAILED;

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# End to end through both daemons on one machine: a primary virt-replicad and a replica
+# virt-replicad (loopback, mutual TLS with the test PKI), a real QEMU domain under libvirtd
+# with a qcow2 disk and no OS (guest writes through HMP qemu-io), replication enabled through
+# the primary's API: the initial copy, the standby domain defined on the replica, a sync
+# whose point holds exactly what the guest wrote, the 5 s schedule, cycles missed while the
+# replica is down with health going Warning then Critical and back to Normal, disable.
+#
+#   test-e2e.sh VR-TRANSFER VIRT-REPLICAD     (through run-isolated.sh --libvirt; TAP)
+#
+# SPDX-License-Identifier: LGPL-2.1-or-later
+set -u
+
+srcdir=$(cd "$(dirname "$0")" && pwd)
+. "$srcdir/lib-tap.sh"
+
+daemon_bin=$2
+tests=15
+
+tap_work_dir vre2e
+pids=()
+prefix=${VR_TEST_PREFIX:-vrtest-$$}
+dom=$prefix-vm1
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    sleep 0.5
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    wait 2>/dev/null
+    for d in "$dom" "$dom-replica"; do
+        virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
+        virsh -q -c qemu:///system undefine "$d" >/dev/null 2>&1
+    done
+    [ -n "$work_own" ] && rm -rf "$work_own"
+}
+trap cleanup EXIT
+
+[ "$(id -u)" = 0 ] || skip_all "needs root (libvirtd's system instance)"
+command -v virsh >/dev/null || skip_all "virsh is missing (libvirt-clients)"
+virsh -q -c qemu:///system version >/dev/null 2>&1 || skip_all "libvirtd does not answer"
+pki=$work/pki
+sh "$srcdir/make-pki.sh" "$pki" >"$work/make-pki.log" 2>&1
+case $? in
+0) ;;
+77) skip_all "no PKI: $(tail -n 1 "$work/make-pki.log")" ;;
+*)
+    cat "$work/make-pki.log" >&2
+    exit 1
+    ;;
+esac
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$work/storage"
+# A replica host and a primary host; both daemons reach the one libvirtd, so the standby
+# gets its own name ("%n-replica").
+cat >"$work/replica.conf" <<EOF
+[daemon]
+state-dir = $work/replica-state
+socket = $work/replica.sock
+monitoring-interval = 10
+
+[certificates]
+ca = $pki/ca.pem
+cert = $pki/server-ok.pem
+key = $pki/server-ok-key.pem
+crl = $pki/crl.pem
+
+[replica]
+enabled = true
+listen = address:127.0.0.1
+port = $port
+server-name = replica.example
+allow-any = true
+default-storage = $work/storage
+standby-name-rule = %n-replica
+point-interval = 0
+EOF
+cat >"$work/primary.conf" <<EOF
+[daemon]
+state-dir = $work/primary-state
+socket = $work/primary.sock
+monitoring-interval = 10
+
+[certificates]
+ca = $pki/ca.pem
+cert = $pki/client-ok.pem
+key = $pki/client-ok-key.pem
+crl = $pki/crl.pem
+
+[primary]
+rpo-critical-factor = 2
+EOF
+
+# api SOCKET METHOD PATH [BODY]: the status code on the first line, then the body.
+api() {
+    python3 - "$@" <<'PY'
+import http.client, socket, sys
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=300)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(300)
+        self.sock.connect(self.unix_path)
+
+conn = UnixConnection(sys.argv[1])
+body = sys.argv[4].encode() if len(sys.argv) > 4 else None
+conn.request(sys.argv[2], sys.argv[3], body=body,
+             headers={"Content-Type": "application/json"} if body else {})
+reply = conn.getresponse()
+print(reply.status)
+print(reply.read().decode())
+PY
+}
+# field EXPR: a Python expression over the JSON body in $body (as `j`); empty if it fails.
+field() { python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print($1)" <<<"$body" 2>/dev/null; }
+status_of() { # status_of SOCKET: sets $body to the relationship's status
+    body=$(api "$1" GET "/v1/relationships/$dom" | tail -n +2)
+}
+
+# start NAME CONFIG: a daemon, waited for until its API answers.
+start() {
+    "$daemon_bin" --config "$2" >>"$work/$1.out" 2>>"$work/$1.err" &
+    local pid=$!
+    pids+=("$pid")
+    eval "${1}_pid=$pid"
+    for _ in $(seq 100); do
+        api "$work/$1.sock" GET /v1/daemon >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    diag "$1 did not start:" "$(tail -n 20 "$work/$1.err")"
+    return 1
+}
+stop() { # stop NAME
+    local pid
+    eval "pid=\$${1}_pid"
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+}
+# wait_for SECONDS SOCKET EXPR: until the status makes EXPR true.
+wait_for() {
+    local i
+    for i in $(seq "$1"); do
+        status_of "$2"
+        [ "$(field "$3")" = True ] && return 0
+        sleep 1
+    done
+    diag "waited $1 s for $3 on $2:" "$body"
+    return 1
+}
+hmp() { virsh -q -c qemu:///system qemu-monitor-command "$dom" --hmp "$1"; }
+guest_write() { # guest_write PATTERN OFFSET LENGTH
+    hmp "qemu-io -d $qdev \"write -P $1 $2 $3\"" >/dev/null
+}
+
+echo "1..$tests"
+
+# --- the domain ---------------------------------------------------------------------------------
+accel=qemu
+[ -w /dev/kvm ] && [ "${VR_TEST_ACCEL:-auto}" != tcg ] && accel=kvm
+qemu-img create -q -f qcow2 "$work/vm1.qcow2" 64M
+cat >"$work/vm1.xml" <<EOF
+<domain type='$accel'>
+  <name>$dom</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$work/vm1.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOF
+virsh -q -c qemu:///system define "$work/vm1.xml" >/dev/null &&
+    virsh -q -c qemu:///system start "$dom" >/dev/null || {
+    diag "cannot start the domain"
+    exit 1
+}
+qdev=$(virsh -q -c qemu:///system qemu-monitor-command "$dom" '{"execute":"query-block"}' |
+    python3 -c 'import json,sys; print([b["qdev"] for b in json.load(sys.stdin)["return"] if b.get("inserted")][0])')
+diag "domain $dom ($accel), vda is $qdev"
+guest_write 0x5a 0 1M
+
+# --- 1-4: enable, the initial copy, the standby -------------------------------------------------
+if ! start replica "$work/replica.conf" || ! start primary "$work/primary.conf"; then
+    exit 1
+fi
+reply=$(api "$work/primary.sock" POST /v1/relationships \
+    "{\"domain\": \"$dom\", \"server\": \"replica.example\", \"port\": $port, \"address\": \"127.0.0.1\", \"frequency\": 5}")
+body=$(tail -n +2 <<<"$reply")
+diag "enable: $(head -n 1 <<<"$reply")"
+rel=$(field 'j["id"]')
+check "replica-enable: 201 with the relationship's id" test "$(head -n 1 <<<"$reply")" = 201 -a -n "$rel"
+check "the initial copy is acknowledged (cycle 1)" \
+    wait_for 120 "$work/primary.sock" 'j["last_cycle"] is not None and j["last_cycle"]["seq"] >= 1'
+check "the replica holds point 1 of vda" test -f "$work/storage/$rel/vda/rp-1.qcow2"
+state=$(virsh -q -c qemu:///system domstate "$dom-replica" 2>&1)
+check "the standby domain $dom-replica is defined and shut off (state: $state)" \
+    test "$state" = "shut off"
+
+# --- 5-8: a sync with known writes --------------------------------------------------------------
+guest_write 0xab 4M 2M
+guest_write 0xcd 40M 64k
+reply=$(api "$work/primary.sock" POST "/v1/relationships/$dom/sync")
+body=$(tail -n +2 <<<"$reply")
+diag "sync: $body"
+seq=$(field 'j["seq"]')
+check "replica-sync: 200 once the replica acknowledged, at least the 2.0625 MiB written" \
+    test "$(head -n 1 <<<"$reply")" = 200 -a "$(field 'j["bytes"] >= 2162688')" = True
+latest=$work/storage/$rel/vda/rp-$seq.qcow2
+check "the acknowledged point reads what the guest wrote (0xab at 4M, 0xcd at 40M, 0x5a at 0)" \
+    sh -c "qemu-io -r -f qcow2 -c 'read -P 0xab 4M 2M' -c 'read -P 0xcd 40M 64k' \
+        -c 'read -P 0x5a 0 1M' '$latest' | grep -q 'Pattern verification failed' && exit 1 || exit 0"
+status_of "$work/primary.sock"
+check "primary status: Replicating, health Normal" \
+    test "$(field 'j["state"]')" = Replicating -a "$(field 'j["health"]')" = Normal
+status_of "$work/replica.sock"
+check "replica status: the domain named from its XML, its points listed" \
+    test "$(field 'j["domain"]')" = "$dom" -a "$(field 'len(j["recovery_points"]["vda"]) >= 2')" = True
+
+# --- 9: the schedule ------------------------------------------------------------------------------
+status_of "$work/primary.sock"
+before=$(field 'j["last_cycle"]["seq"]')
+sleep 12
+status_of "$work/primary.sock"
+after=$(field 'j["last_cycle"]["seq"]')
+diag "cycles in 12 s at a 5 s frequency: $before -> $after"
+check "the 5 s schedule cuts cycles by itself (2 or more in 12 s)" test $((after - before)) -ge 2
+
+# --- 10-12: the replica down, then back -----------------------------------------------------------
+stop replica
+check "replica down: cycles counted as missed, health Warning or worse" \
+    wait_for 30 "$work/primary.sock" 'j["stats"]["cycles_missed"] >= 1 and j["health"] != "Normal"'
+check "replica down past twice the frequency since the last cycle: health Critical" \
+    wait_for 30 "$work/primary.sock" 'j["health"] == "Critical"'
+start replica "$work/replica.conf" || true
+check "replica back: cycles succeed again and health returns to Normal" \
+    wait_for 60 "$work/primary.sock" 'j["health"] == "Normal" and j["stats"]["cycles_ok"] >= 1'
+
+# --- 13-15: metrics, disable ------------------------------------------------------------------------
+metrics=$(api "$work/primary.sock" GET /metrics)
+check "/metrics of the primary carries the relationship" \
+    grep -q "^virt_replica_cycles_ok{relationship=\"$rel\",domain=\"$dom\",role=\"primary\"}" <<<"$metrics"
+for _ in $(seq 30); do
+    reply=$(api "$work/primary.sock" DELETE "/v1/relationships/$dom")
+    [ "$(head -n 1 <<<"$reply")" != 409 ] && break
+    sleep 0.5
+done
+check "replica-disable: 204 (after any running cycle)" test "$(head -n 1 <<<"$reply")" = 204
+reply=$(api "$work/primary.sock" GET "/v1/relationships/$dom")
+check "after disable: 404 unknown-domain" test "$(head -n 1 <<<"$reply")" = 404
+stop primary
+stop replica
+[ "$failures" = 0 ]
