@@ -17,6 +17,7 @@
 
 #include <glib-unix.h>
 #include <glib.h>
+#include <libvirt/virterror.h>
 
 #include "vr-config.h"
 #include "vr-daemon.h"
@@ -78,6 +79,13 @@ log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpoint
     return G_LOG_WRITER_HANDLED;
 }
 
+/* libvirt's errors reach us as GErrors with their message; its default handler would print
+ * each one on stderr as well. */
+static void
+quiet_libvirt(void *data, virErrorPtr error)
+{
+}
+
 static gboolean
 on_signal(gpointer data)
 {
@@ -121,6 +129,7 @@ main(int argc, char **argv)
         return check_config(path);
 
     g_log_set_writer_func(log_writer, NULL, NULL);
+    virSetErrorFunc(NULL, quiet_libvirt);
     config = vr_config_load(path, &error);
     if (config == NULL) {
         fprintf(stderr, "virt-replicad: %s\n", error->message);

@@ -351,6 +351,24 @@ vr_primary_fetch_hashes(VrPrimaryRun *run, GError **error)
     return true;
 }
 
+/*
+ * Before a cut from base 0 (a full copy or a resync) tracking starts afresh: every bitmap of
+ * this relationship on the disks goes first. One left by an earlier relationship of the same
+ * domain (disabled, then enabled again) would clash with the new cycle numbers, and one left
+ * by lost tracking follows nothing any more.
+ */
+static bool
+vr_primary_forget_bitmaps(VrPrimaryRun *run, GError **error)
+{
+    const VrCaptureDisk *disks = (const VrCaptureDisk *)run->disks->data;
+
+    if (!vr_capture_ack(run->capture, disks, run->n_disks, G_MAXUINT64, error)) {
+        g_prefix_error(error, "cannot remove the relationship's old bitmaps: ");
+        return false;
+    }
+    return true;
+}
+
 /* The cut: incremental from the base; a resync when asked, or when tracking was lost and a
  * resync is allowed. */
 static bool
@@ -362,7 +380,8 @@ vr_primary_cut(VrPrimaryRun *run, GError **error)
     if (run->config->resync) {
         /* Asked for (replica-resync, an initial copy "existing"): whatever the tracking says. */
         run->resync = true;
-        if (!vr_primary_fetch_hashes(run, error) || vr_primary_cancelled(run, error))
+        if (!vr_primary_fetch_hashes(run, error) || vr_primary_cancelled(run, error) ||
+            !vr_primary_forget_bitmaps(run, error))
             return false;
         run->cycle =
             vr_capture_cycle_begin(run->capture, disks, run->n_disks, 0, run->target, error);
@@ -371,6 +390,8 @@ vr_primary_cut(VrPrimaryRun *run, GError **error)
             return false;
         }
     } else {
+        if (run->base == 0 && !vr_primary_forget_bitmaps(run, error))
+            return false;
         run->cycle = vr_capture_cycle_begin(run->capture, disks, run->n_disks, run->base,
                                             run->target, &local);
     }
@@ -383,7 +404,8 @@ vr_primary_cut(VrPrimaryRun *run, GError **error)
         g_debug("cycle %" PRIu64 " of '%s' becomes a resync: %s", run->target, run->config->domain,
                 local->message);
         run->resync = true;
-        if (!vr_primary_fetch_hashes(run, error) || vr_primary_cancelled(run, error))
+        if (!vr_primary_fetch_hashes(run, error) || vr_primary_cancelled(run, error) ||
+            !vr_primary_forget_bitmaps(run, error))
             return false;
         run->cycle =
             vr_capture_cycle_begin(run->capture, disks, run->n_disks, 0, run->target, error);

@@ -809,17 +809,13 @@ vr_scheduler_enable(VrScheduler *scheduler, json_object *request, char **id_out,
         goto out;
     }
     job->domain = g_strdup(virDomainGetName(dom));
-    /* The id: the UUID's first 12 hexadecimal digits (QEMU node names limit its length). */
-    id = g_strdup(uuid);
-    {
-        char *w = id;
-
-        for (const char *r = uuid; *r != '\0' && w - id < VR_SCHEDULER_ID_LEN; r++) {
-            if (*r != '-')
-                *w++ = *r;
-        }
-        *w = '\0';
-    }
+    /*
+     * The id: the UUID's first 8 hexadecimal digits and 4 random ones (12 at most: QEMU node
+     * names limit its length). Each enable is a new relationship: enabled again after a
+     * disable, the domain starts a fresh chain on the replica, never one that collides with
+     * the recovery points the earlier relationship left there.
+     */
+    id = g_strdup_printf("%.8s%04x", uuid, g_random_int_range(0, 0x10000));
     g_hash_table_iter_init(&iter, scheduler->jobs);
     while (g_hash_table_iter_next(&iter, NULL, &value)) {
         VrSchedulerJob *other = value;
@@ -945,8 +941,9 @@ vr_scheduler_free(VrScheduler *scheduler)
         VrSchedulerJob *job = value;
 
         if (job->waiters != NULL) {
+            g_clear_error(&job->error);
             g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
-                        "the daemon is stopping");
+                        "the daemon is stopping: the cycle was aborted");
             job->ok = false;
             vr_scheduler_answer_waiters(job);
         }

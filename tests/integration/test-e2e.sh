@@ -15,7 +15,7 @@ srcdir=$(cd "$(dirname "$0")" && pwd)
 . "$srcdir/lib-tap.sh"
 
 daemon_bin=$2
-tests=15
+tests=25
 
 tap_work_dir vre2e
 pids=()
@@ -255,6 +255,64 @@ done
 check "replica-disable: 204 (after any running cycle)" test "$(head -n 1 <<<"$reply")" = 204
 reply=$(api "$work/primary.sock" GET "/v1/relationships/$dom")
 check "after disable: 404 unknown-domain" test "$(head -n 1 <<<"$reply")" = 404
+
+# --- 16-19: API errors ------------------------------------------------------------------------------
+code_of() { body=$(tail -n +2 <<<"$1"); echo "$(head -n 1 <<<"$1") $(field 'j["error"]["code"]')"; }
+enable='{"domain": "'$dom'", "server": "replica.example", "port": '$port', "address": "127.0.0.1"'
+reply=$(api "$work/primary.sock" POST /v1/relationships '{"domain": "'$prefix'-nosuch", "server": "replica.example"}')
+check "enable of an unknown domain: 404 unknown-domain" test "$(code_of "$reply")" = "404 unknown-domain"
+reply=$(api "$work/primary.sock" POST /v1/relationships "$enable, \"frequency\": 2}")
+diag "$(tail -n +2 <<<"$reply" | tr -d '\n')"
+check "a frequency of 2 s: 400 invalid naming 'frequency'" \
+    test "$(code_of "$reply")" = "400 invalid" -a -n "$(grep frequency <<<"$reply")"
+reply=$(api "$work/primary.sock" POST /v1/relationships "$enable, \"colour\": 1}")
+check "an unknown member: 400 invalid naming it" \
+    test "$(code_of "$reply")" = "400 invalid" -a -n "$(grep colour <<<"$reply")"
+# Enabled again (its old bitmaps go with the first cycle), slowed to 1 MB/s.
+reply=$(api "$work/primary.sock" POST /v1/relationships "$enable, \"frequency\": 600, \"bandwidth\": \"1M\"}")
+reply2=$(api "$work/primary.sock" POST /v1/relationships "$enable}")
+body=$(tail -n +2 <<<"$reply")
+rel2=$(field 'j["id"]')
+check "enable again after disable: 201 with a new relationship id; enable twice: 409 already-enabled" \
+    test "$(head -n 1 <<<"$reply")" = 201 -a -n "$rel2" -a "$rel2" != "$rel" \
+    -a "$(code_of "$reply2")" = "409 already-enabled"
+
+# --- 20-24: disable during a cycle, SIGTERM during a cycle, restart ------------------------------------
+wait_for 120 "$work/primary.sock" 'j["last_cycle"] is not None' >/dev/null
+head -c $((6 * 1024 * 1024)) /dev/urandom >"$work/random.bin"
+chmod 644 "$work/random.bin"
+guest() { hmp "qemu-io -d $qdev \"$1\"" >/dev/null; }
+guest "write -s $work/random.bin 8M 6M"
+api "$work/primary.sock" POST "/v1/relationships/$dom/sync" >"$work/sync.out" 2>&1 &
+sync_pid=$!
+wait_for 20 "$work/primary.sock" 'j["cycle_running"]' >/dev/null
+reply=$(api "$work/primary.sock" DELETE "/v1/relationships/$dom")
+check "disable while a cycle runs: 409 busy" test "$(code_of "$reply")" = "409 busy"
+sleep 1
+stop primary
+wait "$sync_pid" 2>/dev/null
+diag "the sync's answer: $(tr -d '\n' <"$work/sync.out")"
+check "SIGTERM during a cycle: the daemon exits 0 (the cycle aborted)" \
+    test -z "$(grep -v '^virt-replicad' "$work/primary.err" | grep -i 'critical\|segfault')"
+leftovers=$(virsh -q -c qemu:///system qemu-monitor-command "$dom" '{"execute":"query-named-block-nodes"}' |
+    python3 -c 'import json,sys; print(" ".join(n["node-name"] for n in json.load(sys.stdin)["return"] if n["node-name"].startswith("vr-")))')
+exports=$(virsh -q -c qemu:///system qemu-monitor-command "$dom" '{"execute":"query-block-exports"}')
+jobs=$(virsh -q -c qemu:///system qemu-monitor-command "$dom" '{"execute":"query-jobs"}')
+diag "vr- nodes: '$leftovers'; exports: $exports; jobs: $jobs"
+check "nothing of the cycle is left in QEMU: no fleece node, no export, no job" \
+    test -z "$leftovers" -a "$exports" = '{"return":[],"id":"libvirt-'"$(sed 's/.*"id":"libvirt-\([0-9]*\)".*/\1/' <<<"$exports")"'"}' \
+    -a -n "$(grep '"return":\[\]' <<<"$jobs")"
+check "no spool or stream is left in the work directory" \
+    test -z "$(find "$work/primary-state/work" -type f 2>/dev/null)"
+start primary "$work/primary.conf"
+diag "$(grep -i 'warning\|error' "$work/primary.err" | tail -n 5)"
+status_of "$work/primary.sock"
+check "after a restart the relationship is back from the state" test "$(field 'j["id"]')" = "$rel2"
+reply=$(api "$work/primary.sock" POST "/v1/relationships/$dom/sync")
+body=$(tail -n +2 <<<"$reply")
+diag "sync after the restart: $(tr -d '\n' <<<"$body")"
+check "a sync after the restart is acknowledged and carries the 6 MiB written" \
+    test "$(head -n 1 <<<"$reply")" = 200 -a "$(field 'j["bytes"] >= 6291456')" = True
 stop primary
 stop replica
 [ "$failures" = 0 ]
