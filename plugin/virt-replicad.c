@@ -112,15 +112,17 @@ check_config(const char *path)
 int
 main(int argc, char **argv)
 {
-    g_autoptr(GOptionContext) context = g_option_context_new("- the virt-replica daemon");
+    g_autoptr(GOptionContext) options_context = g_option_context_new("- the virt-replica daemon");
     g_autoptr(GError) error = NULL;
+    static const int signals[] = { SIGTERM, SIGINT };
+    g_autoptr(GMainContext) context = NULL; /* the daemon's own */
     g_autoptr(VrDaemon) daemon = NULL;
     VrConfig *config;
     const char *path;
 
     setlocale(LC_ALL, "");
-    g_option_context_add_main_entries(context, options, NULL);
-    if (!g_option_context_parse(context, &argc, &argv, &error)) {
+    g_option_context_add_main_entries(options_context, options, NULL);
+    if (!g_option_context_parse(options_context, &argc, &argv, &error)) {
         fprintf(stderr, "virt-replicad: %s\n", error->message);
         return 2;
     }
@@ -144,15 +146,28 @@ main(int argc, char **argv)
         g_free(config->daemon.socket);
         config->daemon.socket = g_strdup(opt_socket);
     }
+    /*
+     * A main context of the daemon's own, never the global default one: libvirt's event loop
+     * (vr_qmp_libvirt_event_loop_start()) iterates the global default context in its own
+     * thread, and would dispatch the daemon's sources there, concurrently, whenever the
+     * daemon's loop is not running (at start, while stopping).
+     */
+    context = g_main_context_new();
+    g_main_context_push_thread_default(context);
     daemon = vr_daemon_new(config, &error);
     if (daemon == NULL) {
         fprintf(stderr, "virt-replicad: %s\n", error->message);
         return 1;
     }
-    g_unix_signal_add(SIGTERM, on_signal, daemon);
-    g_unix_signal_add(SIGINT, on_signal, daemon);
+    for (guint i = 0; i < G_N_ELEMENTS(signals); i++) {
+        g_autoptr(GSource) source = g_unix_signal_source_new(signals[i]);
+
+        g_source_set_callback(source, on_signal, daemon, NULL);
+        g_source_attach(source, context);
+    }
     vr_daemon_run(daemon);
     g_clear_pointer(&daemon, vr_daemon_free);
+    g_main_context_pop_thread_default(context);
     g_info("stopped");
     return 0;
 }

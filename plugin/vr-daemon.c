@@ -33,6 +33,7 @@ G_DEFINE_QUARK(vr - daemon - error - quark, vr_daemon_error)
 #define VR_DAEMON_API_MAX_BODY (64 * 1024)
 
 struct _VrDaemon {
+    bool stopping; /* vr_daemon_free() began: answers to paused API requests are dropped */
     VrConfig *config;
     VrState *state;
     GMainLoop *loop;
@@ -468,10 +469,14 @@ vr_daemon_sync_done(GObject *source, GAsyncResult *result, gpointer data)
     g_autoptr(GError) error = NULL;
     g_autoptr(json_object) body = NULL;
 
-    if (sync->daemon->scheduler != NULL)
-        body = vr_scheduler_sync_finish(sync->daemon->scheduler, result, &error);
-    else
-        g_set_error(&error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED, "stopping");
+    /* No scheduler needed (it may be gone already). */
+    body = vr_scheduler_sync_finish(NULL, result, &error);
+    if (sync->daemon->stopping) {
+        /* The API server goes next: the client sees its connection closed. */
+        g_object_unref(sync->msg);
+        g_free(sync);
+        return;
+    }
     if (body != NULL)
         vr_daemon_reply_json(sync->msg, SOUP_STATUS_OK, body);
     else
@@ -913,10 +918,24 @@ vr_daemon_get_replica_port(VrDaemon *daemon)
 void
 vr_daemon_free(VrDaemon *daemon)
 {
+    GMainContext *context;
+    bool owner;
+
     if (daemon == NULL)
         return;
-    /* Running cycles end (their teardown runs) before anything they use goes. */
+    /*
+     * Own the daemon's context while it is taken apart: once its loop stopped, another
+     * thread that iterates the global default context (a library waiting on it) could
+     * otherwise dispatch our sources, a cycle's completion among them, meanwhile.
+     */
+    context = g_main_loop_get_context(daemon->loop);
+    owner = g_main_context_acquire(context);
+    daemon->stopping = true;
+    /* Running cycles end (their teardown runs) before anything they use goes; the waiting
+     * syncs' callbacks run now, while the daemon is still here. */
     g_clear_pointer(&daemon->scheduler, vr_scheduler_free);
+    while (g_main_context_iteration(context, FALSE))
+        ;
     /* The receiver first: it aborts its transfers into the sink's stores. */
     g_clear_pointer(&daemon->receiver, vr_receiver_free);
     g_clear_pointer(&daemon->sink, vr_replica_sink_free);
@@ -933,6 +952,8 @@ vr_daemon_free(VrDaemon *daemon)
     if (daemon->conn != NULL)
         virConnectClose(daemon->conn);
     g_clear_pointer(&daemon->state, vr_state_free);
+    if (owner)
+        g_main_context_release(context);
     g_clear_pointer(&daemon->loop, g_main_loop_unref);
     vr_config_free(daemon->config);
     g_free(daemon);

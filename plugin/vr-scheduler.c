@@ -69,7 +69,7 @@ struct _VrSchedulerJob {
     VrSender *sender;
     VrRateLimit *limit;
     /* The schedule. */
-    guint timer;
+    GSource *timer; /* the next cycle's timer (a reference), or NULL */
     bool running;
     bool suspended;
     bool resync_next;      /* the tracking was lost, or asked: a hash resync comes next */
@@ -129,13 +129,22 @@ vr_scheduler_invalid(GError **error, const char *fmt, ...)
 
 /* ---- jobs ----------------------------------------------------------------------------- */
 
+/* Destroying a source that already ran or went is harmless: no ID lookup is involved. */
+static void
+vr_scheduler_cancel_timer(VrSchedulerJob *job)
+{
+    if (job->timer != NULL) {
+        g_source_destroy(job->timer);
+        g_clear_pointer(&job->timer, g_source_unref);
+    }
+}
+
 static void
 vr_scheduler_job_free(gpointer data)
 {
     VrSchedulerJob *job = data;
 
-    if (job->timer != 0)
-        g_source_remove(job->timer);
+    vr_scheduler_cancel_timer(job);
     g_free(job->id);
     g_free(job->domain);
     g_free(job->server);
@@ -284,7 +293,8 @@ vr_scheduler_on_timer(gpointer data)
 {
     VrSchedulerJob *job = data;
 
-    job->timer = 0;
+    if (job->timer == g_main_current_source())
+        g_clear_pointer(&job->timer, g_source_unref);
     vr_scheduler_start_cycle(job);
     return G_SOURCE_REMOVE;
 }
@@ -293,13 +303,10 @@ vr_scheduler_on_timer(gpointer data)
 static void
 vr_scheduler_schedule(VrSchedulerJob *job, guint seconds)
 {
-    g_autoptr(GSource) source = NULL;
-
-    if (job->timer != 0)
-        g_source_remove(job->timer);
-    source = seconds == 0 ? g_idle_source_new() : g_timeout_source_new_seconds(seconds);
-    g_source_set_callback(source, vr_scheduler_on_timer, job, NULL);
-    job->timer = g_source_attach(source, job->scheduler->context);
+    vr_scheduler_cancel_timer(job);
+    job->timer = seconds == 0 ? g_idle_source_new() : g_timeout_source_new_seconds(seconds);
+    g_source_set_callback(job->timer, vr_scheduler_on_timer, job, NULL);
+    g_source_attach(job->timer, job->scheduler->context);
 }
 
 static bool
@@ -1004,10 +1011,7 @@ vr_scheduler_action(VrScheduler *scheduler, const char *id, const char *action, 
         return false;
     if (strcmp(action, "suspend") == 0) {
         job->suspended = true;
-        if (job->timer != 0) {
-            g_source_remove(job->timer);
-            job->timer = 0;
-        }
+        vr_scheduler_cancel_timer(job);
     } else if (strcmp(action, "resume") == 0) {
         job->suspended = false;
         job->refused = false;
