@@ -39,3 +39,28 @@ tap_work_dir() {
         work_own=$work
     fi
 }
+
+# tap_make_pki DIR: the test PKI (make-pki.sh) in DIR; skips the whole test when certtool
+# is missing (make-pki.sh exits 77), fails it with the log otherwise.
+tap_make_pki() {
+    sh "$(dirname "${BASH_SOURCE[0]}")/make-pki.sh" "$1" >"$1.log" 2>&1
+    case $? in
+    0) ;;
+    77) skip_all "no PKI: $(tail -n 1 "$1.log")" ;;
+    *)
+        cat "$1.log" >&2
+        exit 1
+        ;;
+    esac
+}
+
+# tap_free_port: a TCP port free on 127.0.0.1 now.
+tap_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# tap_api SOCKET METHOD PATH [BODY]: a request to a virt-replicad API socket (vr-api.py);
+# the status on the first line, then the body.
+tap_api() {
+    python3 "$(dirname "${BASH_SOURCE[0]}")/vr-api.py" "$@"
+}

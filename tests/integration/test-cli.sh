@@ -39,15 +39,7 @@ cleanup() {
 trap cleanup EXIT
 
 pki=$work/pki
-sh "$srcdir/make-pki.sh" "$pki" >"$work/make-pki.log" 2>&1
-case $? in
-0) ;;
-77) skip_all "no PKI: $(tail -n 1 "$work/make-pki.log")" ;;
-*)
-    cat "$work/make-pki.log" >&2
-    exit 1
-    ;;
-esac
+tap_make_pki "$pki"
 if ! command -v qemu-img >/dev/null || ! command -v qemu-nbd >/dev/null; then
     skip_all "qemu-img and qemu-nbd are needed (qemu-utils)"
 fi
@@ -56,7 +48,7 @@ command -v python3 >/dev/null || skip_all "python3 is needed (JSON checks)"
 rsock=$work/replica.sock
 psock=$work/primary.sock
 mkdir -p "$work/storage"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(tap_free_port)
 
 # The replica role; libvirt unreachable, so the primary role is off.
 cat >"$work/replica.conf" <<EOF

@@ -26,15 +26,7 @@ cleanup() {
 trap cleanup EXIT
 
 pki=$work/pki
-sh "$srcdir/make-pki.sh" "$pki" >"$work/make-pki.log" 2>&1
-case $? in
-0) ;;
-77) skip_all "no PKI: $(tail -n 1 "$work/make-pki.log")" ;;
-*)
-    cat "$work/make-pki.log" >&2
-    exit 1
-    ;;
-esac
+tap_make_pki "$pki"
 command -v qemu-img >/dev/null && command -v qemu-nbd >/dev/null ||
     skip_all "qemu-img and qemu-nbd are needed (qemu-utils)"
 
@@ -43,7 +35,7 @@ state=$work/state
 storage=$work/storage
 mkdir -p "$storage"
 # A free port on loopback for the replica receiver.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(tap_free_port)
 
 cat >"$work/replica.conf" <<EOF
 [daemon]
@@ -67,30 +59,14 @@ allow-any = true
 default-storage = $storage
 EOF
 
-# api METHOD PATH: the status code on the first line, then the body.
+# api METHOD PATH: the status code on the first line, then the body (a POST sends a hook's
+# notification).
 api() {
-    python3 - "$sock" "$1" "$2" <<'PY'
-import http.client, socket, sys
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=10)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(10)
-        self.sock.connect(self.unix_path)
-
-conn = UnixConnection(sys.argv[1])
-body = b'{"domain": "vm1", "operation": "started", "sub_operation": "begin"}' \
-    if sys.argv[2] == "POST" else None
-conn.request(sys.argv[2], sys.argv[3], body=body,
-             headers={"Content-Type": "application/json"} if body else {})
-reply = conn.getresponse()
-print(reply.status)
-print(reply.read().decode())
-PY
+    if [ "$1" = POST ]; then
+        tap_api "$sock" "$1" "$2" '{"domain": "vm1", "operation": "started", "sub_operation": "begin"}'
+    else
+        tap_api "$sock" "$1" "$2"
+    fi
 }
 # json EXPR: evaluate a Python expression over the JSON body in $body (as `j`).
 json() { python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print($1)" <<<"$body"; }

@@ -38,17 +38,9 @@ trap cleanup EXIT
 command -v virsh >/dev/null || skip_all "virsh is missing (libvirt-clients)"
 virsh -q -c qemu:///system version >/dev/null 2>&1 || skip_all "libvirtd does not answer"
 pki=$work/pki
-sh "$srcdir/make-pki.sh" "$pki" >"$work/make-pki.log" 2>&1
-case $? in
-0) ;;
-77) skip_all "no PKI: $(tail -n 1 "$work/make-pki.log")" ;;
-*)
-    cat "$work/make-pki.log" >&2
-    exit 1
-    ;;
-esac
+tap_make_pki "$pki"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(tap_free_port)
 mkdir -p "$work/storage"
 # A replica host and a primary host; both daemons reach the one libvirtd, so the standby
 # gets its own name ("%n-replica").
@@ -91,29 +83,7 @@ rpo-critical-factor = 2
 EOF
 
 # api SOCKET METHOD PATH [BODY]: the status code on the first line, then the body.
-api() {
-    python3 - "$@" <<'PY'
-import http.client, socket, sys
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=300)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(300)
-        self.sock.connect(self.unix_path)
-
-conn = UnixConnection(sys.argv[1])
-body = sys.argv[4].encode() if len(sys.argv) > 4 else None
-conn.request(sys.argv[2], sys.argv[3], body=body,
-             headers={"Content-Type": "application/json"} if body else {})
-reply = conn.getresponse()
-print(reply.status)
-print(reply.read().decode())
-PY
-}
+api() { tap_api "$@"; }
 # field EXPR: a Python expression over the JSON body in $body (as `j`); empty if it fails.
 field() { python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print($1)" <<<"$body" 2>/dev/null; }
 status_of() { # status_of SOCKET: sets $body to the relationship's status

@@ -57,15 +57,7 @@ if [ "$free" -lt $((3 * GiB)) ]; then
 fi
 
 pki=$work/pki
-sh "$srcdir/make-pki.sh" "$pki" >"$work/make-pki.log" 2>&1
-case $? in
-0) ;;
-77) skip_all "no PKI: $(tail -n 1 "$work/make-pki.log")" ;;
-*)
-    cat "$work/make-pki.log" >&2
-    exit 1
-    ;;
-esac
+tap_make_pki "$pki"
 
 time_v=
 if /usr/bin/time -v -o /dev/null true 2>/dev/null; then

@@ -107,15 +107,7 @@ if ! err=$(setup 2>&1); then
 fi
 
 pki=$work/pki
-sh "$srcdir/make-pki.sh" "$pki" >"$work/make-pki.log" 2>&1
-case $? in
-0) ;;
-77) skip_all "no PKI: $(tail -n 1 "$work/make-pki.log")" ;;
-*)
-    cat "$work/make-pki.log" >&2
-    exit 1
-    ;;
-esac
+tap_make_pki "$pki"
 
 # Streams, one relationship each (the receiver keys its commits by relationship).
 for rel in r2 r5; do
