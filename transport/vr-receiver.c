@@ -355,6 +355,27 @@ vr_receiver_number(const char *s, uint64_t *value)
 }
 
 /*
+ * The name at *@p ([a-z0-9]{1,@max}) into @out, followed by @end ('/' or '\0'); *@p moves
+ * past the '/'. Else INVALID_ARGUMENT naming @what.
+ */
+static bool
+vr_receiver_take_name(const char **p, size_t max, char end, const char *what, char *out,
+                      GError **error)
+{
+    size_t n = vr_receiver_component(*p, max);
+
+    if (n == 0 || (*p)[n] != end) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "invalid %s in the path: [a-z0-9]{1,%zu} expected%s", what, max,
+                    end == '\0' ? ", and nothing after it" : "");
+        return false;
+    }
+    memcpy(out, *p, n);
+    *p += end == '\0' ? n : n + 1;
+    return true;
+}
+
+/*
  * Split "/v1/cycles/{relationship}/{disk}/{epoch}/{base}/{target}"; nothing is built from
  * the parts but the upload's key.
  */
@@ -375,22 +396,10 @@ vr_receiver_parse_path(const char *path, VrReceiverKey *key, GError **error)
         return false;
     }
     p = path + strlen(VR_RECEIVER_PREFIX);
-    n = vr_receiver_component(p, VR_WIRE_RELATIONSHIP_MAX);
-    if (n == 0 || p[n] != '/') {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                    "invalid relationship in the path: [a-z0-9]{1,16} expected");
+    if (!vr_receiver_take_name(&p, VR_WIRE_RELATIONSHIP_MAX, '/', "relationship", key->relationship,
+                               error) ||
+        !vr_receiver_take_name(&p, VR_WIRE_DISK_MAX, '/', "disk", key->disk, error))
         return false;
-    }
-    memcpy(key->relationship, p, n);
-    p += n + 1;
-    n = vr_receiver_component(p, VR_WIRE_DISK_MAX);
-    if (n == 0 || p[n] != '/') {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                    "invalid disk in the path: [a-z0-9]{1,31} expected");
-        return false;
-    }
-    memcpy(key->disk, p, n);
-    p += n + 1;
     for (size_t i = 0; i < G_N_ELEMENTS(numbers); i++) {
         n = vr_receiver_number(p, values[i]);
         if (n == 0 || p[n] != (i + 1 < G_N_ELEMENTS(numbers) ? '/' : '\0')) {
@@ -415,26 +424,12 @@ static bool
 vr_receiver_parse_hashes_path(const char *path, VrReceiverKey *key, GError **error)
 {
     const char *p = path + strlen(VR_RECEIVER_HASHES_PREFIX);
-    size_t n;
 
     g_assert(g_str_has_prefix(path, VR_RECEIVER_HASHES_PREFIX));
     memset(key, 0, sizeof(*key));
-    n = vr_receiver_component(p, VR_WIRE_RELATIONSHIP_MAX);
-    if (n == 0 || p[n] != '/') {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                    "invalid relationship in the path: [a-z0-9]{1,16} expected");
-        return false;
-    }
-    memcpy(key->relationship, p, n);
-    p += n + 1;
-    n = vr_receiver_component(p, VR_WIRE_DISK_MAX);
-    if (n == 0 || p[n] != '\0') {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                    "invalid disk in the path: [a-z0-9]{1,31} expected, and nothing after it");
-        return false;
-    }
-    memcpy(key->disk, p, n);
-    return true;
+    return vr_receiver_take_name(&p, VR_WIRE_RELATIONSHIP_MAX, '/', "relationship",
+                                 key->relationship, error) &&
+           vr_receiver_take_name(&p, VR_WIRE_DISK_MAX, '\0', "disk", key->disk, error);
 }
 
 /* Split "/v1/domains/{relationship}" into @key's relationship (the rest of @key stays 0). */
@@ -442,19 +437,11 @@ static bool
 vr_receiver_parse_domain_path(const char *path, VrReceiverKey *key, GError **error)
 {
     const char *p = path + strlen(VR_RECEIVER_DOMAINS_PREFIX);
-    size_t n;
 
     g_assert(g_str_has_prefix(path, VR_RECEIVER_DOMAINS_PREFIX));
     memset(key, 0, sizeof(*key));
-    n = vr_receiver_component(p, VR_WIRE_RELATIONSHIP_MAX);
-    if (n == 0 || p[n] != '\0') {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                    "invalid relationship in the path: [a-z0-9]{1,16} expected, and nothing "
-                    "after it");
-        return false;
-    }
-    memcpy(key->relationship, p, n);
-    return true;
+    return vr_receiver_take_name(&p, VR_WIRE_RELATIONSHIP_MAX, '\0', "relationship",
+                                 key->relationship, error);
 }
 
 static char *
