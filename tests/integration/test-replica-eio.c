@@ -349,48 +349,6 @@ assert_unchanged(Fixture *fx, const char *listing, const char *manifest)
     g_assert_cmpstr(text, ==, manifest);
 }
 
-/* qemu-nbd processes whose command line names @dir (zombies have none). */
-static guint
-count_qemu_nbd(const char *dir)
-{
-    g_autoptr(GDir) proc = g_dir_open("/proc", 0, NULL);
-    const char *name;
-    guint count = 0;
-
-    g_assert_nonnull(proc);
-    while ((name = g_dir_read_name(proc)) != NULL) {
-        g_autofree char *path = NULL;
-        g_autofree char *cmdline = NULL;
-        g_autofree char *argv0 = NULL;
-        bool names_dir = false;
-        size_t len = 0;
-
-        if (!g_ascii_isdigit(name[0]))
-            continue;
-        path = g_strdup_printf("/proc/%s/cmdline", name);
-        if (!g_file_get_contents(path, &cmdline, &len, NULL) || len == 0)
-            continue;
-        argv0 = g_path_get_basename(cmdline);
-        for (size_t at = 0; at < len; at += strlen(cmdline + at) + 1) {
-            if (strstr(cmdline + at, dir) != NULL)
-                names_dir = true;
-        }
-        if (names_dir && strcmp(argv0, "qemu-nbd") == 0)
-            count++;
-    }
-    return count;
-}
-
-static void
-assert_no_qemu_nbd(const char *dir)
-{
-    gint64 deadline = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
-
-    while (count_qemu_nbd(dir) > 0 && g_get_monotonic_time() < deadline)
-        g_usleep(10 * 1000);
-    g_assert_cmpuint(count_qemu_nbd(dir), ==, 0);
-}
-
 /* The cycles of every test: a full one and two incremental ones, 64 MiB. */
 static const Op full_ops[] = {
     { VR_WIRE_RECORD_DATA, 0, MiB },
@@ -497,7 +455,7 @@ apply_with_eio(Fixture *fx, const Cycle *c, const char *rules, bool *in_record)
     g_assert_nonnull(strstr(error->message, g_strerror(EIO)));
 
     /* Nothing published, the image and qemu-nbd's files gone, the points as they were. */
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
     assert_cycles(fx, "1 2");
     assert_unchanged(fx, listing, manifest);
     assert_point(fx, 1, NULL);
@@ -514,7 +472,7 @@ apply_with_eio(Fixture *fx, const Cycle *c, const char *rules, bool *in_record)
     assert_point(fx, 2, "rp-1.qcow2");
     assert_point(fx, 1, NULL);
     assert_images_clean(fx);
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
     return error;
 }
 
@@ -645,7 +603,7 @@ test_hashes_read(Fixture *fx, gconstpointer data)
     g_assert_cmpuint(cycle, ==, 0);
     g_assert_false(g_file_test(list, G_FILE_TEST_EXISTS));
     assert_no_hashes_tmpdir();
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
     assert_unchanged(fx, listing, manifest);
     assert_point(fx, 2, "rp-1.qcow2");
 
@@ -659,7 +617,7 @@ test_hashes_read(Fixture *fx, gconstpointer data)
     g_assert_cmpmem(text, len, expected, expected_len);
     apply_cycle(fx, &cycle3);
     assert_point(fx, 3, "rp-2.qcow2");
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
 }
 
 /* The manifest records the merge of cycle @from into cycle @into (0 0: none). */

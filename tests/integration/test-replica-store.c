@@ -214,49 +214,6 @@ compare_names(gconstpointer a, gconstpointer b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* qemu-nbd processes whose command line names @dir (zombies have none). */
-static guint
-count_qemu_nbd(const char *dir)
-{
-    g_autoptr(GDir) proc = g_dir_open("/proc", 0, NULL);
-    const char *name;
-    guint count = 0;
-
-    g_assert_nonnull(proc);
-    while ((name = g_dir_read_name(proc)) != NULL) {
-        g_autofree char *path = NULL;
-        g_autofree char *cmdline = NULL;
-        g_autofree char *argv0 = NULL;
-        bool names_dir = false;
-        size_t len = 0;
-
-        if (!g_ascii_isdigit(name[0]))
-            continue;
-        path = g_strdup_printf("/proc/%s/cmdline", name);
-        if (!g_file_get_contents(path, &cmdline, &len, NULL) || len == 0)
-            continue;
-        argv0 = g_path_get_basename(cmdline);
-        for (size_t at = 0; at < len; at += strlen(cmdline + at) + 1) {
-            if (strstr(cmdline + at, dir) != NULL)
-                names_dir = true;
-        }
-        if (names_dir && strcmp(argv0, "qemu-nbd") == 0)
-            count++;
-    }
-    return count;
-}
-
-/* Within 5 s no qemu-nbd of @dir runs (a parent-death signal takes a moment). */
-static void
-assert_no_qemu_nbd(const char *dir)
-{
-    gint64 deadline = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
-
-    while (count_qemu_nbd(dir) > 0 && g_get_monotonic_time() < deadline)
-        g_usleep(10 * 1000);
-    g_assert_cmpuint(count_qemu_nbd(dir), ==, 0);
-}
-
 static char *
 read_manifest(Fixture *fx)
 {
@@ -404,7 +361,7 @@ test_chain(Fixture *fx, gconstpointer data)
         assert_point(fx, c, backing);
     }
     assert_cycles(fx, "1 2 3 4 5");
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
 }
 
 static void
@@ -454,7 +411,7 @@ test_abort(Fixture *fx, gconstpointer data)
                                            vr_test_feed_record, &feed, &error));
         g_assert_no_error(error);
         g_assert_nonnull(feed.apply);
-        g_assert_cmpuint(count_qemu_nbd(fx->dir), ==, 1);
+        g_assert_cmpuint(vr_test_count_processes("qemu-nbd", fx->dir), ==, 1);
         after = vr_test_list_dir(fx->dir);
         g_assert_cmpstr(after, ==,
                         ".apply-2.pid .apply-2.sock manifest.json rp-1.qcow2 rp-2.qcow2");
@@ -468,7 +425,7 @@ test_abort(Fixture *fx, gconstpointer data)
     g_assert_cmpstr(after, ==, manifest);
     g_clear_pointer(&after, g_free);
     assert_cycles(fx, "1");
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
 
     /* Abort right after begin. */
     apply = vr_replica_store_begin(fx->store, &id, &error);
@@ -507,7 +464,7 @@ test_abort(Fixture *fx, gconstpointer data)
     g_assert_no_error(error);
     assert_point(fx, 2, "rp-1.qcow2");
     assert_point(fx, 1, NULL);
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
 }
 
 /* begin() refuses @c with a CONFLICT whose message holds each of @words. */
@@ -608,7 +565,7 @@ test_conflict(Fixture *fx, gconstpointer data)
     g_clear_pointer(&listing, g_free);
     listing = vr_test_list_dir(empty_dir);
     g_assert_cmpstr(listing, ==, "");
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
 }
 
 static void
@@ -735,7 +692,7 @@ test_crash(Fixture *fx, gconstpointer data)
     crash_at(fx, spec, crash_apply, stream);
 
     /* Its qemu-nbd died with it. */
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
     fx->store = store_open(fx);
     assert_cycles(fx, published ? "1 2 3" : "1 2");
     listing = vr_test_list_dir(fx->dir);
@@ -758,7 +715,7 @@ test_crash(Fixture *fx, gconstpointer data)
         g_assert_no_error(error);
         assert_point(fx, 3, "rp-2.qcow2");
     }
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
 }
 
 /* ---- retention -------------------------------------------------------------------- */
@@ -1189,7 +1146,7 @@ test_retain_spaced_crash(Fixture *fx, gconstpointer data)
 
     crash_at(fx, "retain-commit:kill", crash_retain_spaced, NULL);
 
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
     fx->store = store_open(fx);
     assert_only(fx, "1 3 4");
     assert_point(fx, 1, NULL);
@@ -1436,7 +1393,7 @@ test_sweep(Fixture *fx, gconstpointer data)
             g_assert_cmpint(g_get_monotonic_time(), <, deadline);
             g_usleep(10 * 1000);
         }
-        g_assert_cmpuint(count_qemu_nbd(fx->dir), ==, 1);
+        g_assert_cmpuint(vr_test_count_processes("qemu-nbd", fx->dir), ==, 1);
     }
     /* Leftovers, and lookalikes that are not ours to remove. */
     write_file(fx->dir, "manifest.json.tmp", "{}");
@@ -1489,7 +1446,7 @@ no_space_child(Fixture *fx, GByteArray *first, GByteArray *big, GByteArray *retr
     listing = vr_test_list_dir(fx->dir);
     g_assert_cmpstr(listing, ==, "manifest.json rp-1.qcow2");
     assert_point(fx, 1, NULL);
-    assert_no_qemu_nbd(fx->dir);
+    vr_test_assert_no_process("qemu-nbd", fx->dir);
     /* Space is back (the failed image went): a cycle that fits applies. */
     g_assert_true(vr_test_apply_stream(fx->store, retry, &error));
     g_assert_no_error(error);

@@ -346,3 +346,44 @@ vr_test_list_dir(const char *path)
     g_ptr_array_add(names, NULL);
     return g_strjoinv(" ", (char **)names->pdata);
 }
+
+guint
+vr_test_count_processes(const char *program, const char *dir)
+{
+    g_autoptr(GDir) proc = g_dir_open("/proc", 0, NULL);
+    const char *name;
+    guint count = 0;
+
+    g_assert_nonnull(proc);
+    while ((name = g_dir_read_name(proc)) != NULL) {
+        g_autofree char *path = NULL;
+        g_autofree char *cmdline = NULL;
+        g_autofree char *argv0 = NULL;
+        bool names_dir = false;
+        size_t len = 0;
+
+        if (!g_ascii_isdigit(name[0]))
+            continue;
+        path = g_strdup_printf("/proc/%s/cmdline", name);
+        if (!g_file_get_contents(path, &cmdline, &len, NULL) || len == 0)
+            continue;
+        argv0 = g_path_get_basename(cmdline);
+        for (size_t at = 0; at < len; at += strlen(cmdline + at) + 1) {
+            if (strstr(cmdline + at, dir) != NULL)
+                names_dir = true;
+        }
+        if (names_dir && strcmp(argv0, program) == 0)
+            count++;
+    }
+    return count;
+}
+
+void
+vr_test_assert_no_process(const char *program, const char *dir)
+{
+    gint64 deadline = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+
+    while (vr_test_count_processes(program, dir) > 0 && g_get_monotonic_time() < deadline)
+        g_usleep(10 * 1000);
+    g_assert_cmpuint(vr_test_count_processes(program, dir), ==, 0);
+}

@@ -63,6 +63,12 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrTestProcess, vr_test_process_free)
 /* Run a command line to completion; fail the test if it fails. Returns its stdout. */
 char *vr_test_run(const char *const *argv);
 
+/* Running processes named @program whose command line names @dir (zombies have none). */
+guint vr_test_count_processes(const char *program, const char *dir);
+
+/* Within 5 s no @program of @dir runs (a parent-death signal takes a moment). */
+void vr_test_assert_no_process(const char *program, const char *dir);
+
 /* The names in the directory @path, sorted, separated by single spaces. (transfer full) */
 char *vr_test_list_dir(const char *path);
 
