@@ -84,8 +84,16 @@ struct _VrCaptureCycle {
     GPtrArray *disks;           /* VrCaptureCycleDisk */
     VrQmpEventWatch *threshold; /* BLOCK_WRITE_THRESHOLD, when there is a budget */
     VrQmpEventWatch *jobs;      /* JOB_STATUS_CHANGE */
+    /* Attached (vr_capture_cycle_attach()): the caller serves the exports; the dirty extents
+     * are those of this bitmap, B(base) itself. NULL: ours, with the frozen copy. */
+    char *attached_bitmap;
     bool app_consistent;
     GError *freeze_error;
+    /* Progress of the spool that runs (vr_capture_cycle_set_progress()). */
+    VrCaptureProgress progress;
+    gpointer progress_data;
+    uint64_t progress_size;  /* the virtual size of the disk being read */
+    uint64_t progress_bytes; /* bytes of it taken so far, zero extents included */
 };
 
 /* ---- names -------------------------------------------------------------------------- */
@@ -108,6 +116,12 @@ char *
 vr_capture_bitmap_name(VrCapture *capture, uint64_t cycle)
 {
     return g_strdup_printf("%s%010" PRIu64, capture->prefix, cycle);
+}
+
+char *
+vr_capture_relationship_bitmap_name(const char *relationship, uint64_t cycle)
+{
+    return g_strdup_printf("vr-%s-%010" PRIu64, relationship, cycle);
 }
 
 /* The cycle of one of our bitmap names, or 0 when @name is not ours. */
@@ -144,7 +158,7 @@ vr_capture_new(VrQmpClient *client, const char *relationship, const uint8_t doma
         return NULL;
     }
     capture = g_new0(VrCapture, 1);
-    capture->client = g_object_ref(client);
+    capture->client = client != NULL ? g_object_ref(client) : NULL;
     capture->prefix = g_strdup_printf("vr-%s-", relationship);
     capture->workdir = g_strdup(workdir);
     memcpy(capture->uuid, domain_uuid, 16);
@@ -159,7 +173,7 @@ vr_capture_free(VrCapture *capture)
 {
     if (capture == NULL)
         return;
-    g_object_unref(capture->client);
+    g_clear_object(&capture->client);
     g_free(capture->prefix);
     g_free(capture->workdir);
     g_free(capture);
@@ -265,6 +279,7 @@ vr_capture_check(VrCapture *capture, const VrCaptureDisk *disks, guint n_disks, 
     g_autoptr(GPtrArray) devices = NULL;
     g_autofree char *name = vr_capture_bitmap_name(capture, base);
 
+    g_return_val_if_fail(capture->client != NULL, false);
     nodes = vr_qmp_query_named_block_nodes(capture->client, error);
     if (nodes == NULL)
         return false;
@@ -383,6 +398,13 @@ vr_capture_remove_node(VrCapture *capture, const char *node_name)
         vr_capture_skip(&error, node_name);
 }
 
+void
+vr_capture_cycle_set_progress(VrCaptureCycle *cycle, VrCaptureProgress progress, gpointer data)
+{
+    cycle->progress = progress;
+    cycle->progress_data = data;
+}
+
 bool
 vr_capture_cycle_is_app_consistent(VrCaptureCycle *cycle)
 {
@@ -410,6 +432,8 @@ vr_capture_cycle_end(VrCaptureCycle *cycle)
     if (cycle->ended)
         return;
     cycle->ended = true;
+    if (cycle->attached_bitmap != NULL)
+        return; /* nothing of it is ours to tear down */
 
     /*
      * Everything this cycle's names stand for, whatever QMP confirmed: a command that timed
@@ -458,6 +482,7 @@ vr_capture_cycle_free(VrCaptureCycle *cycle)
     g_clear_error(&cycle->freeze_error);
     g_ptr_array_unref(cycle->disks);
     g_free(cycle->socket_path);
+    g_free(cycle->attached_bitmap);
     g_free(cycle);
 }
 
@@ -715,6 +740,7 @@ vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *disks, guint n_d
     bool frozen = false;
     bool cut;
 
+    g_return_val_if_fail(capture->client != NULL, NULL);
     if (n_disks == 0 || cycle_number <= base) {
         g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
                     "a cycle needs disks and a number after its base");
@@ -871,6 +897,40 @@ fail:
         g_error_free(inner);
     }
     return NULL;
+}
+
+VrCaptureCycle *
+vr_capture_cycle_attach(VrCapture *capture, const VrCaptureDisk *disks, guint n_disks,
+                        uint64_t base, uint64_t cycle_number, const char *socket, GError **error)
+{
+    VrCaptureCycle *cycle;
+
+    if (n_disks == 0 || base == 0 || cycle_number <= base) {
+        g_set_error(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
+                    "an attached cycle needs disks, a base and a number after it");
+        return NULL;
+    }
+    cycle = g_new0(VrCaptureCycle, 1);
+    cycle->capture = capture;
+    cycle->base = base;
+    cycle->cycle = cycle_number;
+    cycle->granularity = VR_CAPTURE_GRANULARITY;
+    cycle->socket_path = g_strdup(socket);
+    cycle->attached_bitmap = vr_capture_bitmap_name(capture, base);
+    cycle->disks = g_ptr_array_new_with_free_func(vr_capture_cycle_disk_free);
+    for (guint i = 0; i < n_disks; i++) {
+        VrCaptureCycleDisk *d = g_new0(VrCaptureCycleDisk, 1);
+
+        d->target = g_strdup(disks[i].target);
+        d->node_name = g_strdup(disks[i].node_name);
+        d->disk = disks[i];
+        d->disk.target = d->target;
+        d->disk.node_name = d->node_name;
+        d->disk.qdev = NULL;
+        d->fdset = -1;
+        g_ptr_array_add(cycle->disks, d);
+    }
+    return cycle;
 }
 
 /* ---- reading ------------------------------------------------------------------------ */
@@ -1146,6 +1206,11 @@ vr_capture_read_extents(VrCaptureCycle *cycle, struct nbd_handle *nbd, GArray *e
                 else
                     ok = func(s->offset, s->buf, s->length, data, error);
             }
+            if (ok && cycle->progress != NULL) {
+                cycle->progress_bytes += s->length;
+                cycle->progress(s->offset + s->length, cycle->progress_size, cycle->progress_bytes,
+                                cycle->progress_data);
+            }
             head = (head + 1) % capture->depth;
             used--;
         }
@@ -1270,9 +1335,15 @@ vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path, VrS
 
     g_return_val_if_fail(index < cycle->disks->len, false);
     d = g_ptr_array_index(cycle->disks, index);
-    context = cycle->base == 0 ? g_strdup(LIBNBD_CONTEXT_BASE_ALLOCATION)
-                               : g_strdup_printf("qemu:dirty-bitmap:%s%s", cycle->capture->prefix,
-                                                 VR_CAPTURE_FROZEN);
+    cycle->progress_size = d->disk.virtual_size;
+    cycle->progress_bytes = 0;
+    if (cycle->base == 0)
+        context = g_strdup(LIBNBD_CONTEXT_BASE_ALLOCATION);
+    else if (cycle->attached_bitmap != NULL)
+        context = g_strdup_printf("qemu:dirty-bitmap:%s", cycle->attached_bitmap);
+    else
+        context =
+            g_strdup_printf("qemu:dirty-bitmap:%s%s", cycle->capture->prefix, VR_CAPTURE_FROZEN);
     nbd = vr_capture_connect_export(cycle, d, context, error);
     if (nbd == NULL)
         return false;
@@ -1306,6 +1377,8 @@ vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const char *ha
 
     g_return_val_if_fail(index < cycle->disks->len, false);
     d = g_ptr_array_index(cycle->disks, index);
+    cycle->progress_size = d->disk.virtual_size;
+    cycle->progress_bytes = 0;
     if (cycle->base != 0) {
         g_set_error_literal(error, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_FAILED,
                             "a resync reads a cycle begun without a base");
@@ -1352,9 +1425,11 @@ bool
 vr_capture_ack(VrCapture *capture, const VrCaptureDisk *disks, guint n_disks, uint64_t cycle,
                GError **error)
 {
-    g_autoptr(GPtrArray) nodes = vr_qmp_query_named_block_nodes(capture->client, error);
+    g_autoptr(GPtrArray) nodes = NULL;
     g_autoptr(VrQmpTransaction) tx = vr_qmp_transaction_new();
 
+    g_return_val_if_fail(capture->client != NULL, false);
+    nodes = vr_qmp_query_named_block_nodes(capture->client, error);
     if (nodes == NULL)
         return false;
     for (guint i = 0; i < n_disks; i++) {

@@ -78,7 +78,9 @@ typedef struct _VrCapture VrCapture;
 /*
  * Capture for relationship @relationship ([a-z0-9]{1,12}) of the domain with
  * @domain_uuid, through @client (a reference is taken). Fleece images and the NBD socket go
- * into @workdir, which must exist on local storage. (transfer full)
+ * into @workdir, which must exist on local storage. @client may be NULL for a domain that
+ * does not run: such a capture only names bitmaps and reads attached cycles
+ * (vr_capture_cycle_attach()). (transfer full)
  */
 VrCapture *vr_capture_new(VrQmpClient *client, const char *relationship,
                           const uint8_t domain_uuid[16], const char *workdir, VrCaptureFlags flags,
@@ -101,6 +103,9 @@ void vr_capture_set_read_queue(VrCapture *capture, guint depth, guint request_si
 
 /* The bitmap name of @cycle. (transfer full) */
 char *vr_capture_bitmap_name(VrCapture *capture, uint64_t cycle);
+
+/* The same name without a capture: B(@cycle) of @relationship. (transfer full) */
+char *vr_capture_relationship_bitmap_name(const char *relationship, uint64_t cycle);
 
 /*
  * The health check a cycle starts with, for cycle @base of every disk: B(@base) exists, is
@@ -149,6 +154,18 @@ VrCaptureCycle *vr_capture_cycle_begin(VrCapture *capture, const VrCaptureDisk *
                                        GError **error);
 
 /*
+ * A cycle of a domain that does not run (its final cycle after a shutdown: vr-primary.h),
+ * read from its closed images: the caller exports each of @disks read-only under its target
+ * name on the NBD server at @socket, with B(@base) itself as its bitmap (qemu-nbd -B,
+ * vr_qemu_nbd_start_shared()). Nothing is set up in QEMU and the cycle's end tears nothing
+ * down; vr_capture_cycle_spool() reads the dirty extents of B(@base) as for a cut. The
+ * bitmaps (B(@cycle), the release of older ones) are the caller's. (transfer full)
+ */
+VrCaptureCycle *vr_capture_cycle_attach(VrCapture *capture, const VrCaptureDisk *disks,
+                                        guint n_disks, uint64_t base, uint64_t cycle,
+                                        const char *socket, GError **error);
+
+/*
  * Read disk @index of the cycle into a spool at @path (see vr-spool.h); @totals may be
  * NULL. All-zero blocks become ZERO records.
  */
@@ -163,6 +180,17 @@ bool vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path
  */
 bool vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const char *hashes,
                                    const char *path, VrSpoolTotals *totals, GError **error);
+
+/*
+ * Progress of a spool: called on the spooling thread after each chunk taken, with the disk
+ * offset reached (extents come in ascending order), the disk's virtual size, and the bytes
+ * taken so far (zero extents included).
+ */
+typedef void (*VrCaptureProgress)(uint64_t offset, uint64_t size, uint64_t bytes, gpointer data);
+
+/* Call @progress (NULL: none) during the spools of @cycle that follow. */
+void vr_capture_cycle_set_progress(VrCaptureCycle *cycle, VrCaptureProgress progress,
+                                   gpointer data);
 
 /* Whether the cut was taken with the guest's file systems frozen (its spools carry
  * VR_SPOOL_FLAG_APP_CONSISTENT). */

@@ -280,6 +280,7 @@ static const VrConfigKey vr_config_keys[] = {
     { "replica", "standby-name-rule", VR_CONFIG_KIND_STRING, F(replica.standby_name_rule), NULL,
       .check = vr_config_check_name_rule },
     { "replica", "max-body-size", VR_CONFIG_KIND_SIZE, F(replica.max_body_size), "unlimited" },
+    { "replica", "test-network", VR_CONFIG_KIND_STRING, F(replica.test_network), NULL },
 };
 
 #undef F

@@ -106,6 +106,7 @@ typedef struct {
         char *default_trust_group; /* "default" */
         guint point_interval;      /* seconds, 3600, 0..86400: spacing of recovery points */
         char *standby_name_rule;   /* "%n-replica"; NULL: the primary's name and UUID */
+        char *test_network;        /* libvirt network of test failovers; NULL: none connected */
         uint64_t max_body_size;    /* bytes; G_MAXUINT64 (the default): no limit */
         GPtrArray *authorizations; /* VrConfigAuthzEntry in file order; never NULL */
     } replica;

@@ -17,6 +17,10 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include "vr-daemon-import.h"
+#include "vr-daemon-auth.h"
+#include "vr-daemon-failover.h"
+#include "vr-failover.h"
 #include "vr-net.h"
 #include "vr-qmp-channel.h"
 #include "vr-qmp-json.h"
@@ -53,14 +57,16 @@ struct _VrDaemon {
     VrTlsPolicy *client_policy;
     VrAuthz *authz;
     VrReplicaSink *sink;
+    VrDaemonImports *imports; /* POST /v1/imports */
     VrReceiver *receiver;
+    VrFailover *failover; /* NULL without libvirt */
     char *replica_address;
     guint16 replica_port;
 };
 
 /* ---- JSON replies --------------------------------------------------------------------- */
 
-static void
+void
 vr_daemon_reply_json(SoupServerMessage *msg, guint status, json_object *body)
 {
     const char *text = json_object_to_json_string_ext(
@@ -71,10 +77,7 @@ vr_daemon_reply_json(SoupServerMessage *msg, guint status, json_object *body)
 }
 
 /* {"error": {"code": @code, "message": ...}}: @code is stable, the message is for people. */
-static void vr_daemon_reply_error(SoupServerMessage *msg, guint status, const char *code,
-                                  const char *fmt, ...) G_GNUC_PRINTF(4, 5);
-
-static void
+void
 vr_daemon_reply_error(SoupServerMessage *msg, guint status, const char *code, const char *fmt, ...)
 {
     g_autoptr(json_object) body = json_object_new_object();
@@ -112,6 +115,16 @@ vr_daemon_health(const VrStateStats *stats)
     if (stats->cycles_failed > 0 || stats->cycles_missed > 0)
         return "Warning";
     return "Normal";
+}
+
+/* The health of @rel: the scheduler's RPO rules on the primary, the received cycles' else. */
+static const char *
+vr_daemon_relationship_health(VrDaemon *daemon, const VrStateRelationship *rel,
+                              const VrStateStats *stats)
+{
+    if (rel->role == VR_STATE_ROLE_PRIMARY && daemon->scheduler != NULL)
+        return vr_scheduler_health(daemon->scheduler, rel, stats);
+    return vr_daemon_health(stats);
 }
 
 static json_object *
@@ -154,14 +167,18 @@ vr_daemon_relationship_json(VrDaemon *daemon, const VrStateRelationship *rel, GE
     json_object_object_add(obj, "epoch", json_object_new_uint64(rel->epoch));
     json_object_object_add(obj, "state", json_object_new_string(rel->state));
     json_object_object_add(
-        obj, "health",
-        json_object_new_string(rel->role == VR_STATE_ROLE_PRIMARY && daemon->scheduler != NULL
-                                   ? vr_scheduler_health(daemon->scheduler, rel, &stats)
-                                   : vr_daemon_health(&stats)));
-    if (rel->role == VR_STATE_ROLE_PRIMARY && daemon->scheduler != NULL)
+        obj, "health", json_object_new_string(vr_daemon_relationship_health(daemon, rel, &stats)));
+    if (rel->role == VR_STATE_ROLE_PRIMARY && daemon->scheduler != NULL) {
+        int64_t pending = vr_scheduler_pending_bytes(daemon->scheduler, rel->id);
+
         json_object_object_add(
             obj, "cycle_running",
             json_object_new_boolean(vr_scheduler_is_running(daemon->scheduler, rel->id)));
+        json_object_object_add(obj, "progress",
+                               vr_scheduler_progress_json(daemon->scheduler, rel->id));
+        json_object_object_add(obj, "pending_bytes",
+                               pending >= 0 ? json_object_new_int64(pending) : NULL);
+    }
     if (stats.last_ok_ms > 0) {
         last = json_object_new_object();
         json_object_object_add(last, "seq", json_object_new_uint64(stats.last_ok_cycle));
@@ -366,7 +383,7 @@ vr_daemon_post_hook(VrDaemon *daemon, SoupServerMessage *msg)
 }
 
 /* The request body as a JSON object, or NULL after a 400 reply. (transfer full) */
-static json_object *
+json_object *
 vr_daemon_request_json(SoupServerMessage *msg)
 {
     g_autoptr(GBytes) bytes = soup_message_body_flatten(soup_server_message_get_request_body(msg));
@@ -511,6 +528,22 @@ vr_daemon_post_action(VrDaemon *daemon, SoupServerMessage *msg, const char *name
     vr_daemon_get_relationship(daemon, msg, name, false);
 }
 
+/* POST /v1/imports: replica-import (vr-daemon-import.h). */
+static void
+vr_daemon_post_import(VrDaemon *daemon, SoupServerMessage *msg)
+{
+    g_autoptr(json_object) request = NULL;
+
+    if (daemon->sink == NULL) {
+        vr_daemon_reply_error(msg, SOUP_STATUS_SERVICE_UNAVAILABLE, "no-replica-role",
+                              "the replica role is off ([replica] enabled in virt-replica.conf)");
+        return;
+    }
+    if ((request = vr_daemon_request_json(msg)) == NULL)
+        return;
+    vr_daemon_imports_post(daemon->imports, msg, request);
+}
+
 /* One Prometheus sample line with labels. */
 static void
 vr_daemon_metric(GString *out, const char *name, const VrStateRelationship *rel,
@@ -601,9 +634,24 @@ vr_daemon_get_metrics(VrDaemon *daemon, SoupServerMessage *msg)
         for (guint i = 0; i < list->len; i++) {
             const VrStateStats *s = &g_array_index(stats, VrStateStats, i);
 
-            vr_daemon_metric(out, "virt_replica_health", list->pdata[i], "health", healths[h],
-                             strcmp(vr_daemon_health(s), healths[h]) == 0 ? 1 : 0);
+            vr_daemon_metric(
+                out, "virt_replica_health", list->pdata[i], "health", healths[h],
+                strcmp(vr_daemon_relationship_health(daemon, list->pdata[i], s), healths[h]) == 0
+                    ? 1
+                    : 0);
         }
+    }
+    /* Only where it is known: a missing sample is Prometheus' "unknown". */
+    vr_daemon_help(out, "virt_replica_pending_bytes", "gauge",
+                   "Bytes written since the last acknowledged cycle (primary).");
+    for (guint i = 0; i < list->len && daemon->scheduler != NULL; i++) {
+        const VrStateRelationship *rel = list->pdata[i];
+        int64_t pending = rel->role == VR_STATE_ROLE_PRIMARY
+                              ? vr_scheduler_pending_bytes(daemon->scheduler, rel->id)
+                              : -1;
+
+        if (pending >= 0)
+            vr_daemon_metric(out, "virt_replica_pending_bytes", rel, NULL, NULL, (double)pending);
     }
 #undef EACH
     len = out->len;
@@ -655,9 +703,18 @@ vr_daemon_api_handler(SoupServer *server, SoupServerMessage *msg, const char *pa
                (strcmp(parts[2], "sync") == 0 || strcmp(parts[2], "suspend") == 0 ||
                 strcmp(parts[2], "resume") == 0 || strcmp(parts[2], "resync") == 0)) {
         vr_daemon_post_action(daemon, msg, parts[1], parts[2]);
+    } else if (n == 3 && strcmp(parts[0], "relationships") == 0 && parts[1][0] != '\0' && post &&
+               vr_daemon_failover_is_action(parts[2])) {
+        vr_daemon_failover_post(daemon->failover, msg, parts[1], parts[2]);
     } else if (n == 2 && strcmp(parts[0], "hooks") == 0 && strcmp(parts[1], "qemu") == 0 && post) {
         vr_daemon_post_hook(daemon, msg);
-    } else {
+    } else if (n == 1 && strcmp(parts[0], "imports") == 0 && post) {
+        vr_daemon_post_import(daemon, msg);
+    } else if (!vr_daemon_auth_route(&(VrDaemonReplica){ daemon->config, daemon->state,
+                                                         daemon->authz, daemon->replica_address,
+                                                         daemon->replica_port },
+                                     msg, method, parts, n)) {
+        /* Not the replica role's resources either (vr-daemon-auth.c). */
         vr_daemon_reply_error(msg, SOUP_STATUS_NOT_FOUND, "not-found", "no resource %s %s", method,
                               path);
     }
@@ -799,7 +856,8 @@ vr_daemon_replica_start(VrDaemon *daemon, GError **error)
     if (daemon->client_policy == NULL)
         return false;
     daemon->authz = vr_config_new_authz(config, error);
-    if (daemon->authz == NULL)
+    /* Then the entries added through the API, kept in the state database. */
+    if (daemon->authz == NULL || !vr_daemon_auth_load(config, daemon->state, daemon->authz, error))
         return false;
     daemon->sink = vr_replica_sink_new(daemon->authz, error);
     if (daemon->sink == NULL)
@@ -807,11 +865,20 @@ vr_daemon_replica_start(VrDaemon *daemon, GError **error)
     vr_replica_sink_set_recovery_points(daemon->sink, config->primary.default_recovery_points);
     vr_replica_sink_set_point_interval(daemon->sink, config->replica.point_interval);
     vr_replica_sink_set_state(daemon->sink, daemon->state);
+    daemon->imports = vr_daemon_imports_new(daemon->authz, daemon->sink);
     /* The standby domains, defined (never started) in this host's libvirt. */
-    if (daemon->conn != NULL)
+    if (daemon->conn != NULL) {
         vr_replica_sink_set_standby(daemon->sink, daemon->conn, config->replica.standby_name_rule,
                                     config->network_map);
-    else
+        /* Failover of the standby domains (vr-failover.h). */
+        daemon->failover = vr_failover_new(&(VrFailoverConfig){
+            .state = daemon->state,
+            .sink = daemon->sink,
+            .authz = daemon->authz,
+            .conn = daemon->conn,
+            .test_network = config->replica.test_network,
+        });
+    } else
         g_warning("replica: no standby domains: libvirt at '%s' cannot be reached",
                   config->daemon.libvirt_uri);
     listen = g_inet_socket_address_new(address, (guint16)config->replica.port);
@@ -931,6 +998,8 @@ vr_daemon_free(VrDaemon *daemon)
     context = g_main_loop_get_context(daemon->loop);
     owner = g_main_context_acquire(context);
     daemon->stopping = true;
+    /* Before the context is iterated below: a running import is aborted, not finished. */
+    g_clear_pointer(&daemon->imports, vr_daemon_imports_free);
     /* Running cycles end (their teardown runs) before anything they use goes; the waiting
      * syncs' callbacks run now, while the daemon is still here. */
     g_clear_pointer(&daemon->scheduler, vr_scheduler_free);
@@ -938,6 +1007,7 @@ vr_daemon_free(VrDaemon *daemon)
         ;
     /* The receiver first: it aborts its transfers into the sink's stores. */
     g_clear_pointer(&daemon->receiver, vr_receiver_free);
+    g_clear_pointer(&daemon->failover, vr_failover_free);
     g_clear_pointer(&daemon->sink, vr_replica_sink_free);
     g_clear_pointer(&daemon->authz, vr_authz_free);
     g_clear_pointer(&daemon->client_policy, vr_tls_policy_free);

@@ -8,8 +8,9 @@
  *     0660 for the configured group), which the CLI, the virsh wrapper and the libvirt hook
  *     use (docs/api.md), with /metrics in Prometheus text format;
  *   - the replica role, when [replica] enabled: the HTTPS receiver (vr-receiver.h) on the
- *     replication address, authorizing primaries from the configuration and applying their
- *     cycles into recovery points (vr-replica-sink.h), recording into the state database.
+ *     replication address, authorizing primaries from the configuration and from the entries
+ *     added through the API (vr-daemon-auth.h), applying their cycles into recovery points
+ *     (vr-replica-sink.h), recording into the state database.
  *
  * It runs on the thread-default main context of the thread that calls
  * vr_daemon_run(), until vr_daemon_quit() (SIGTERM and SIGINT in virt-replicad): then the

@@ -6,24 +6,30 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <glib/gstdio.h>
 #include <libvirt/virterror.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
 #include <xxhash.h>
 
 #include "vr-capture.h"
 #include "vr-endian.h"
+#include "vr-export.h"
 #include "vr-guest-agent.h"
 #include "vr-hashlist.h"
 #include "vr-primary.h"
+#include "vr-qemu-nbd.h"
 #include "vr-qmp-block.h"
 #include "vr-qmp-channel.h"
 #include "vr-qmp-client.h"
 #include "vr-qmp-disk.h"
 #include "vr-qmp-error.h"
+#include "vr-qmp-json.h"
 #include "vr-ship.h"
 #include "vr-spool.h"
 #include "vr-wire.h"
@@ -57,8 +63,9 @@ typedef struct {
     const VrPrimaryConfig *config;
     uint64_t base;
     uint64_t target;
-    VrSenderProgress progress;
+    VrPrimaryProgressFunc progress;
     gpointer progress_data;
+    VrPrimaryProgress where; /* what @progress was told last */
     GCancellable *cancellable;
 
     virDomainPtr domain;
@@ -71,6 +78,7 @@ typedef struct {
     GArray *disks;    /* VrCaptureDisk, borrowing from @nodes */
     VrPrimaryDisk *state;
     guint n_disks;
+    VrExport *export; /* the initial copy goes to external media, or NULL */
 
     bool resync;
     bool app_consistent;
@@ -93,6 +101,81 @@ vr_primary_result_clear(VrPrimaryResult *result)
         return;
     g_clear_pointer(&result->digests, g_array_unref);
     memset(result, 0, sizeof(*result));
+}
+
+/* ---- progress ------------------------------------------------------------------------- */
+
+const char *
+vr_primary_phase_name(VrPrimaryPhase phase)
+{
+    switch (phase) {
+    case VR_PRIMARY_PHASE_CUT:
+        return "cut";
+    case VR_PRIMARY_PHASE_READ:
+        return "read";
+    case VR_PRIMARY_PHASE_ENCODE:
+        return "encode";
+    case VR_PRIMARY_PHASE_SEND:
+        return "send";
+    }
+    return "cut";
+}
+
+/*
+ * Each disk weighs the same, and within it each of the three passes (read, encode, send):
+ * they take about as long as each other (docs/bench-cycle.md). The cut counts for nothing.
+ */
+double
+vr_primary_progress_fraction(const VrPrimaryProgress *progress)
+{
+    double within;
+
+    if (progress->phase == VR_PRIMARY_PHASE_CUT || progress->n_disks == 0)
+        return 0.0;
+    within = progress->total > 0 ? MIN((double)progress->done / (double)progress->total, 1.0) : 0.0;
+    within = ((double)(progress->phase - VR_PRIMARY_PHASE_READ) + within) / 3.0;
+    return MIN(((double)progress->disk + within) / (double)progress->n_disks, 1.0);
+}
+
+static void
+vr_primary_report(VrPrimaryRun *run, VrPrimaryPhase phase, guint disk, uint64_t done,
+                  uint64_t total, uint64_t bytes)
+{
+    if (run->progress == NULL)
+        return;
+    run->where = (VrPrimaryProgress){
+        .phase = phase,
+        .disk = disk,
+        .n_disks = run->n_disks,
+        .done = done,
+        .total = total,
+        .bytes = bytes,
+    };
+    run->progress(&run->where, run->progress_data);
+}
+
+static void
+vr_primary_on_read(uint64_t offset, uint64_t size, uint64_t bytes, gpointer data)
+{
+    VrPrimaryRun *run = data;
+
+    vr_primary_report(run, VR_PRIMARY_PHASE_READ, run->where.disk, offset, size, bytes);
+}
+
+static void
+vr_primary_on_encode(uint64_t offset, uint64_t size, uint64_t bytes, gpointer data)
+{
+    VrPrimaryRun *run = data;
+
+    vr_primary_report(run, VR_PRIMARY_PHASE_ENCODE, run->where.disk, offset, size, bytes);
+}
+
+static void
+vr_primary_on_send(uint64_t offset, uint64_t total, gpointer data)
+{
+    VrPrimaryRun *run = data;
+
+    vr_primary_report(run, VR_PRIMARY_PHASE_SEND, run->where.disk, offset, total, offset);
 }
 
 /* ---- files ------------------------------------------------------------------------- */
@@ -213,6 +296,10 @@ vr_primary_error_code(VrPrimaryRun *run, const GError *cause)
         return VR_PRIMARY_ERROR_CANCELLED;
     if (cause->domain == VR_PRIMARY_ERROR)
         return (VrPrimaryErrorCode)cause->code;
+    /* The base went on external media: until the replica imported it, it has no base. */
+    if (run->config->base_exported &&
+        g_error_matches(cause, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT))
+        return VR_PRIMARY_ERROR_AWAITING_IMPORT;
     if (g_error_matches(cause, VR_CAPTURE_ERROR, VR_CAPTURE_ERROR_UNSUPPORTED) ||
         g_error_matches(cause, VR_QMP_ERROR, VR_QMP_ERROR_NOT_FOUND))
         return VR_PRIMARY_ERROR_DOMAIN;
@@ -430,6 +517,8 @@ vr_primary_cut(VrPrimaryRun *run, GError **error)
 static bool
 vr_primary_spool(VrPrimaryRun *run, GError **error)
 {
+    if (run->progress != NULL)
+        vr_capture_cycle_set_progress(run->cycle, vr_primary_on_read, run);
     for (guint i = 0; i < run->n_disks; i++) {
         g_autofree char *spool = vr_primary_file(run, i, ".spool");
         const char *hashes = run->state[i].hashes;
@@ -437,6 +526,7 @@ vr_primary_spool(VrPrimaryRun *run, GError **error)
 
         if (vr_primary_cancelled(run, error))
             return false;
+        vr_primary_report(run, VR_PRIMARY_PHASE_READ, i, 0, 0, 0);
         if (run->resync && !run->state[i].resync_whole)
             ok = vr_capture_cycle_spool_resync(run->cycle, i, hashes, spool, NULL, error);
         else
@@ -459,20 +549,33 @@ vr_primary_ship(VrPrimaryRun *run, GError **error)
     for (guint i = 0; i < run->n_disks; i++) {
         VrPrimaryDisk *state = &run->state[i];
         g_autofree char *spool = vr_primary_file(run, i, ".spool");
-        g_autofree char *stream = vr_primary_file(run, i, ".stream");
+        g_autofree char *stream = run->export != NULL ? vr_export_stream_path(run->export, i)
+                                                      : vr_primary_file(run, i, ".stream");
         VrShipTotals totals;
         bool ok;
 
         if (vr_primary_cancelled(run, error))
             return false;
-        if (!vr_ship_encode(spool, &id, stream, &totals, error)) {
+        vr_primary_report(run, VR_PRIMARY_PHASE_ENCODE, i, 0, 0, 0);
+        if (!vr_ship_encode_with_progress(spool, &id, stream,
+                                          run->progress != NULL ? vr_primary_on_encode : NULL, run,
+                                          &totals, error)) {
             g_prefix_error(error, "cannot encode disk '%s': ", run->config->disks[i]);
             return false;
         }
         g_unlink(spool);
         if (!vr_primary_stream_digest(stream, &totals, state->digest, error))
             return false;
-        ok = vr_sender_upload_file(run->config->sender, stream, run->progress, run->progress_data,
+        if (run->export != NULL) {
+            /* Exported: the stream stays in the export directory, nothing is sent. */
+            vr_export_set_disk(run->export, i, totals.stream_bytes, state->digest);
+            run->bytes += totals.data_bytes + totals.zero_bytes;
+            run->wire_bytes += totals.stream_bytes;
+            continue;
+        }
+        vr_primary_report(run, VR_PRIMARY_PHASE_SEND, i, 0, totals.stream_bytes, 0);
+        ok = vr_sender_upload_file(run->config->sender, stream,
+                                   run->progress != NULL ? vr_primary_on_send : NULL, run,
                                    &state->stats, run->cancellable, error);
         g_unlink(stream);
         if (!ok) {
@@ -536,6 +639,41 @@ vr_primary_fix_replays(VrPrimaryRun *run, GError **error)
     return true;
 }
 
+/*
+ * The initial copy on external media: every stream is in the export directory; the
+ * manifest (with the domain's inactive XML, as the replica gets it over the network) makes
+ * the export complete. From here the cycle counts as acknowledged.
+ */
+static bool
+vr_primary_export_commit(VrPrimaryRun *run, GError **error)
+{
+    const VrPrimaryConfig *config = run->config;
+    g_autofree char *xml =
+        virDomainGetXMLDesc(run->domain, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    char uuid[VIR_UUID_STRING_BUFLEN];
+
+    if (xml == NULL || virDomainGetUUIDString(run->domain, uuid) < 0)
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
+                                        "cannot read domain '%s' for the export", config->domain);
+    if (!vr_export_commit(run->export,
+                          &(VrExportInfo){
+                              .primary = config->export_identity,
+                              .domain_name = config->domain,
+                              .domain_uuid = uuid,
+                              .domain_xml = xml,
+                              .epoch = config->epoch,
+                              .cycle = run->target,
+                              .flags = VR_WIRE_FLAG_FULL |
+                                       (run->app_consistent ? VR_WIRE_FLAG_APP_CONSISTENT : 0),
+                          },
+                          error)) {
+        g_prefix_error(error, "cannot write the export's manifest: ");
+        return false;
+    }
+    run->finished_ms = vr_primary_now_ms();
+    return true;
+}
+
 static bool
 vr_primary_run(VrPrimaryRun *run, GError **error)
 {
@@ -560,11 +698,19 @@ vr_primary_run(VrPrimaryRun *run, GError **error)
         return false;
     }
     vr_primary_sweep(run);
+    if (config->export_dir != NULL) {
+        run->export = vr_export_new(config->export_dir, config->relationship, config->disks, error);
+        if (run->export == NULL)
+            return false;
+    }
 
+    vr_primary_report(run, VR_PRIMARY_PHASE_CUT, 0, 0, 0, 0);
     if (vr_primary_cancelled(run, error) || !vr_primary_cut(run, error) ||
         !vr_primary_spool(run, error) || !vr_primary_ship(run, error))
         return false;
 
+    if (run->export != NULL && !vr_primary_export_commit(run, error))
+        return false;
     /* Every disk is published: the cycle is done, whatever follows (no more cancellation). */
     if (!vr_primary_fix_replays(run, error))
         return false;
@@ -580,6 +726,7 @@ static void
 vr_primary_run_clear(VrPrimaryRun *run)
 {
     g_clear_pointer(&run->cycle, vr_capture_cycle_free);
+    g_clear_pointer(&run->export, vr_export_free);
     if (run->prefix != NULL)
         vr_primary_sweep(run);
     g_clear_pointer(&run->capture, vr_capture_free);
@@ -595,10 +742,29 @@ vr_primary_run_clear(VrPrimaryRun *run)
     g_clear_pointer(&run->prefix, g_free);
 }
 
+/* @result of a cycle @run did. */
+static void
+vr_primary_result_fill(VrPrimaryRun *run, int64_t started_ms, VrPrimaryResult *result)
+{
+    memset(result, 0, sizeof(*result));
+    result->cycle = run->target;
+    result->flags = run->resync ? VR_WIRE_FLAG_RESYNC : run->base == 0 ? VR_WIRE_FLAG_FULL : 0;
+    if (run->app_consistent)
+        result->flags |= VR_WIRE_FLAG_APP_CONSISTENT;
+    result->bytes = run->bytes;
+    result->wire_bytes = run->wire_bytes;
+    result->started_ms = started_ms;
+    result->cut_ms = run->cut_ms;
+    result->finished_ms = run->finished_ms;
+    result->digests = g_array_sized_new(FALSE, TRUE, VR_WIRE_DIGEST_SIZE, run->n_disks);
+    for (guint i = 0; i < run->n_disks; i++)
+        g_array_append_vals(result->digests, run->state[i].digest, 1);
+}
+
 bool
 vr_primary_run_cycle(const VrPrimaryConfig *config, uint64_t base_cycle, uint64_t target_cycle,
-                     VrSenderProgress progress, gpointer progress_data, GCancellable *cancellable,
-                     VrPrimaryResult *result, GError **error)
+                     VrPrimaryProgressFunc progress, gpointer progress_data,
+                     GCancellable *cancellable, VrPrimaryResult *result, GError **error)
 {
     g_autoptr(GMainContext) context = NULL;
     g_autoptr(GError) local = NULL;
@@ -612,6 +778,12 @@ vr_primary_run_cycle(const VrPrimaryConfig *config, uint64_t base_cycle, uint64_
     g_return_val_if_fail(config->sender != NULL && config->disks != NULL, false);
     g_return_val_if_fail(config->disks[0] != NULL, false);
 
+    if (config->export_dir != NULL && (base_cycle != 0 || config->resync)) {
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
+                    "cycle %" PRIu64 " of '%s': only a full copy is exported", target_cycle,
+                    config->domain);
+        return false;
+    }
     if (target_cycle <= base_cycle) {
         g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
                     "cycle %" PRIu64 " of '%s' does not come after its base %" PRIu64, target_cycle,
@@ -636,24 +808,558 @@ vr_primary_run_cycle(const VrPrimaryConfig *config, uint64_t base_cycle, uint64_
         g_set_error(error, VR_PRIMARY_ERROR, vr_primary_error_code(&run, local),
                     "cycle %" PRIu64 " of '%s': %s", target_cycle, config->domain, local->message);
     } else {
-        memset(result, 0, sizeof(*result));
-        result->cycle = target_cycle;
-        result->flags = run.resync ? VR_WIRE_FLAG_RESYNC : base_cycle == 0 ? VR_WIRE_FLAG_FULL : 0;
-        if (run.app_consistent)
-            result->flags |= VR_WIRE_FLAG_APP_CONSISTENT;
-        result->bytes = run.bytes;
-        result->wire_bytes = run.wire_bytes;
-        result->started_ms = started_ms;
-        result->cut_ms = run.cut_ms;
-        result->finished_ms = run.finished_ms;
-        result->digests = g_array_sized_new(FALSE, TRUE, VR_WIRE_DIGEST_SIZE, run.n_disks);
-        for (guint i = 0; i < run.n_disks; i++)
-            g_array_append_vals(result->digests, run.state[i].digest, 1);
+        vr_primary_result_fill(&run, started_ms, result);
     }
     vr_primary_run_clear(&run);
     /* Deliveries from libvirt's event thread still queued for the closed client. */
     while (g_main_context_iteration(context, FALSE))
         ;
     g_main_context_pop_thread_default(context);
+    return ok;
+}
+
+/* ---- the final cycle of a shut-off domain ------------------------------------------ */
+
+/* How long qemu-nbd may take to export a closed image, and to exit. */
+#define VR_PRIMARY_QEMU_NBD_TIMEOUT (10 * G_USEC_PER_SEC)
+
+/* One disk's closed image, for the final cycle. */
+typedef struct {
+    char *image;         /* the qcow2 file, from the inactive XML */
+    uint64_t size;       /* its virtual size (qemu-img info) */
+    struct stat before;  /* the image when the cycle began (see vr_primary_offline_unchanged) */
+    bool has_target;     /* B(target) is in the image: an earlier try of this cycle left it */
+    GPtrArray *released; /* our bitmaps before B(target), removed once it is added */
+} VrPrimaryImage;
+
+static void
+vr_primary_images_free(VrPrimaryImage *images, guint n)
+{
+    for (guint i = 0; images != NULL && i < n; i++) {
+        g_free(images[i].image);
+        g_clear_pointer(&images[i].released, g_ptr_array_unref);
+    }
+    g_free(images);
+}
+
+/* The source file of disk @target in the inactive domain XML @xml: it must be a qcow2 file. */
+static char *
+vr_primary_offline_source(const char *xml, const char *target, GError **error)
+{
+    xmlDocPtr doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
+                                  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    xmlNodePtr root = doc != NULL ? xmlDocGetRootElement(doc) : NULL;
+    char *source = NULL;
+    bool found = false;
+
+    for (xmlNodePtr devices = root != NULL ? root->children : NULL; devices != NULL;
+         devices = devices->next) {
+        if (devices->type != XML_ELEMENT_NODE || !xmlStrEqual(devices->name, BAD_CAST "devices"))
+            continue;
+        for (xmlNodePtr disk = devices->children; disk != NULL && !found; disk = disk->next) {
+            g_autofree char *type = NULL;
+            g_autofree char *format = NULL;
+            g_autofree char *file = NULL;
+            g_autofree char *dev = NULL;
+
+            if (disk->type != XML_ELEMENT_NODE || !xmlStrEqual(disk->name, BAD_CAST "disk"))
+                continue;
+            for (xmlNodePtr c = disk->children; c != NULL; c = c->next) {
+                xmlChar *v;
+
+                if (c->type != XML_ELEMENT_NODE)
+                    continue;
+                if (xmlStrEqual(c->name, BAD_CAST "target") &&
+                    (v = xmlGetProp(c, BAD_CAST "dev")) != NULL) {
+                    g_free(dev);
+                    dev = g_strdup((const char *)v);
+                    xmlFree(v);
+                } else if (xmlStrEqual(c->name, BAD_CAST "driver") &&
+                           (v = xmlGetProp(c, BAD_CAST "type")) != NULL) {
+                    g_free(format);
+                    format = g_strdup((const char *)v);
+                    xmlFree(v);
+                } else if (xmlStrEqual(c->name, BAD_CAST "source") &&
+                           (v = xmlGetProp(c, BAD_CAST "file")) != NULL) {
+                    g_free(file);
+                    file = g_strdup((const char *)v);
+                    xmlFree(v);
+                }
+            }
+            if (g_strcmp0(dev, target) != 0)
+                continue;
+            found = true;
+            {
+                xmlChar *v = xmlGetProp(disk, BAD_CAST "type");
+
+                type = g_strdup(v != NULL ? (const char *)v : "file");
+                xmlFree(v);
+            }
+            if (g_strcmp0(type, "file") != 0 || file == NULL) {
+                g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_DOMAIN,
+                            "disk '%s' is not an image file (type '%s')", target,
+                            type != NULL ? type : "?");
+            } else if (g_strcmp0(format, "qcow2") != 0) {
+                g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_DOMAIN,
+                            "disk '%s' is '%s', not qcow2", target,
+                            format != NULL ? format : "raw");
+            } else {
+                source = g_steal_pointer(&file);
+            }
+        }
+    }
+    if (doc == NULL) {
+        g_set_error_literal(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
+                            "the inactive domain XML does not parse");
+    } else if (!found) {
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_DOMAIN, "the domain has no disk '%s'",
+                    target);
+    }
+    if (doc != NULL)
+        xmlFreeDoc(doc);
+    return source;
+}
+
+/* Run qemu-img with @argv; its stdout in *@out when @out is not NULL. */
+static bool
+vr_primary_qemu_img(const char *const *argv, char **out, GError **error)
+{
+    g_autofree char *stdout_text = NULL;
+    g_autofree char *stderr_text = NULL;
+    g_autoptr(GError) local = NULL;
+    int status = 0;
+
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, vr_qemu_child_setup,
+                      GINT_TO_POINTER(getpid()), &stdout_text, &stderr_text, &status, &local)) {
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED, "cannot run qemu-img: %s",
+                    local->message);
+        return false;
+    }
+    if (!g_spawn_check_wait_status(status, NULL)) {
+        g_autofree char *line = vr_qemu_one_line(stderr_text);
+
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED, "qemu-img %s: %s", argv[1],
+                    line);
+        return false;
+    }
+    if (out != NULL)
+        *out = g_steal_pointer(&stdout_text);
+    return true;
+}
+
+/* The cycle of one of our bitmap names, or 0 when @name is not ours (vr-capture.h names). */
+static uint64_t
+vr_primary_bitmap_cycle(VrPrimaryRun *run, const char *name)
+{
+    guint64 cycle = 0;
+
+    if (name == NULL || !g_str_has_prefix(name, run->prefix))
+        return 0;
+    name += strlen(run->prefix);
+    if (strlen(name) != 10 || !g_ascii_string_to_unsigned(name, 10, 1, G_MAXUINT64, &cycle, NULL))
+        return 0;
+    return cycle;
+}
+
+static bool vr_primary_offline_resync(GError **error, const char *target, const char *format, ...)
+    G_GNUC_PRINTF(3, 4);
+
+static bool
+vr_primary_offline_resync(GError **error, const char *target, const char *format, ...)
+{
+    g_autofree char *why = NULL;
+    va_list args;
+
+    va_start(args, format);
+    why = g_strdup_vprintf(format, args);
+    va_end(args);
+    g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_RESYNC_REQUIRED,
+                "disk '%s' needs a resynchronization: %s", target, why);
+    return false;
+}
+
+/*
+ * The health check of a closed image, as vr_capture_check() does it online: B(base) is in
+ * the image, recording ("auto"), not "in-use" (a bitmap QEMU loaded stays "in-use" in the
+ * file until QEMU closes the image cleanly: after a kill -9 or a crash it stays so, and
+ * QEMU would load it as inconsistent), with our granularity. qemu-img info runs with
+ * --force-share: it takes no lock, so it never holds up a start of the domain.
+ */
+static bool
+vr_primary_offline_inspect(VrPrimaryRun *run, guint index, VrPrimaryImage *img, GError **error)
+{
+    const char *target = run->config->disks[index];
+    const char *argv[] = { "qemu-img", "info",  "--output=json", "--force-share",
+                           "-f",       "qcow2", img->image,      NULL };
+    g_autofree char *text = NULL;
+    g_autofree char *base = vr_capture_bitmap_name(run->capture, run->base);
+    g_autoptr(json_object) info = NULL;
+    json_object *data;
+    json_object *list;
+    json_object *found = NULL;
+    json_object *flags;
+    bool in_use = false;
+    bool recording = false;
+    uint64_t granularity = 0;
+
+    if (!vr_primary_qemu_img(argv, &text, error)) {
+        g_prefix_error(error, "disk '%s': ", target);
+        return false;
+    }
+    info = json_tokener_parse(text);
+    if (info == NULL || !vr_json_get_uint64(info, "virtual-size", &img->size)) {
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
+                    "disk '%s': qemu-img info gave no virtual size for '%s'", target, img->image);
+        return false;
+    }
+    data = vr_json_get_object(vr_json_get_object(info, "format-specific"), "data");
+    if (vr_json_get_bool(data, "corrupt", false)) {
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
+                    "disk '%s': image '%s' is marked corrupt", target, img->image);
+        return false;
+    }
+    list = vr_json_get_array(data, "bitmaps");
+    img->released = g_ptr_array_new_with_free_func(g_free);
+    for (size_t i = 0; list != NULL && i < json_object_array_length(list); i++) {
+        json_object *b = json_object_array_get_idx(list, i);
+        const char *name = vr_json_get_string(b, "name");
+        uint64_t cycle = vr_primary_bitmap_cycle(run, name);
+
+        if (cycle == run->base)
+            found = b;
+        if (cycle == run->target)
+            img->has_target = true;
+        else if (cycle != 0 && cycle < run->target)
+            g_ptr_array_add(img->released, g_strdup(name));
+    }
+    if (found == NULL) {
+        return vr_primary_offline_resync(error, target,
+                                         "bitmap '%s' is missing from '%s' (QEMU was killed or "
+                                         "crashed before it closed the image, or the image was "
+                                         "replaced)",
+                                         base, img->image);
+    }
+    flags = vr_json_get_array(found, "flags");
+    for (size_t i = 0; flags != NULL && i < json_object_array_length(flags); i++) {
+        const char *flag = json_object_get_string(json_object_array_get_idx(flags, i));
+
+        in_use = in_use || g_strcmp0(flag, "in-use") == 0;
+        recording = recording || g_strcmp0(flag, "auto") == 0;
+    }
+    vr_json_get_uint64(found, "granularity", &granularity);
+    if (in_use) {
+        return vr_primary_offline_resync(error, target,
+                                         "bitmap '%s' is in use in '%s' (QEMU did not close the "
+                                         "image cleanly: killed or crashed)",
+                                         base, img->image);
+    }
+    if (!recording)
+        return vr_primary_offline_resync(error, target, "bitmap '%s' is not recording", base);
+    if (granularity != 65536) {
+        return vr_primary_offline_resync(
+            error, target, "bitmap '%s' has granularity %" PRIu64 ", not 65536", base, granularity);
+    }
+    return true;
+}
+
+/*
+ * Whether @a and @b are the same file, not written since. Not the change time: libvirt
+ * gives the image back to its owner (chown) after the domain stopped, maybe while the final
+ * cycle already reads it, and labels it again at a start, before QEMU opens it.
+ */
+static bool
+vr_primary_stat_same(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/*
+ * The domain is still shut off and no image changed since the cycle began. QEMU rewrites
+ * the header of an image with persistent bitmaps as soon as it opens it (their "in-use"
+ * flag), so a domain that started, even for a moment, changed its images' mtime (verified
+ * with QEMU 7.2: an open and a quit without a write do); so does any other writer. Fails with
+ * VR_PRIMARY_ERROR_CANCELLED.
+ */
+static bool
+vr_primary_offline_unchanged(VrPrimaryRun *run, const VrPrimaryImage *images, GError **error)
+{
+    if (virDomainIsActive(run->domain) != 0) {
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_CANCELLED,
+                    "domain '%s' started during its final cycle", run->config->domain);
+        return false;
+    }
+    for (guint i = 0; i < run->n_disks; i++) {
+        struct stat now;
+
+        if (stat(images[i].image, &now) < 0 || !vr_primary_stat_same(&now, &images[i].before)) {
+            g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_CANCELLED,
+                        "image '%s' of disk '%s' changed during the final cycle (the domain "
+                        "started, or another program wrote it)",
+                        images[i].image, run->config->disks[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The shut-off domain, its UUID, and each disk's image, stat and health. */
+static bool
+vr_primary_offline_open(VrPrimaryRun *run, VrPrimaryImage *images, GError **error)
+{
+    const VrPrimaryConfig *config = run->config;
+    g_autofree char *xml = NULL;
+
+    run->domain = virDomainLookupByName(config->conn, config->domain);
+    if (run->domain == NULL)
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_DOMAIN, "cannot find domain '%s'",
+                                        config->domain);
+    switch (virDomainIsActive(run->domain)) {
+    case 0:
+        break;
+    case 1:
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_DOMAIN,
+                    "domain '%s' is running: its cycles are cut through QEMU", config->domain);
+        return false;
+    default:
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
+                                        "cannot get the state of domain '%s'", config->domain);
+    }
+    if (virDomainGetUUID(run->domain, run->uuid) < 0)
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
+                                        "cannot get the UUID of domain '%s'", config->domain);
+    xml = virDomainGetXMLDesc(run->domain, VIR_DOMAIN_XML_INACTIVE);
+    if (xml == NULL)
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
+                                        "cannot get the XML of domain '%s'", config->domain);
+    run->capture = vr_capture_new(NULL, config->relationship, run->uuid, config->workdir, 0, error);
+    if (run->capture == NULL)
+        return false;
+    for (guint i = 0; i < run->n_disks; i++) {
+        VrPrimaryImage *img = &images[i];
+
+        img->image = vr_primary_offline_source(xml, config->disks[i], error);
+        if (img->image == NULL)
+            return false;
+        /* Before the health check: a start after this shows as a change. */
+        if (stat(img->image, &img->before) < 0) {
+            int errsv = errno;
+
+            g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_DOMAIN,
+                        "cannot find image '%s' of disk '%s': %s", img->image, config->disks[i],
+                        g_strerror(errsv));
+            return false;
+        }
+        if (!vr_primary_offline_inspect(run, i, img, error))
+            return false;
+        /* The point in time this cycle holds: when QEMU last wrote the images (closed them). */
+        run->cut_ms = MAX(run->cut_ms, (int64_t)img->before.st_mtim.tv_sec * 1000 +
+                                           img->before.st_mtim.tv_nsec / 1000000);
+    }
+    return true;
+}
+
+/*
+ * Read every disk's changes since B(base) into its spool, with the same reader as a cut
+ * (vr_capture_cycle_spool() of an attached cycle), from qemu-nbd serving the closed image
+ * with B(base) (vr_qemu_nbd_start_shared(): no lock, so a start is never refused; the reads
+ * are checked afterwards instead).
+ */
+static bool
+vr_primary_offline_read(VrPrimaryRun *run, VrPrimaryImage *images, GError **error)
+{
+    g_autofree char *bitmap = vr_capture_bitmap_name(run->capture, run->base);
+    g_autofree char *socket_name = g_strconcat(run->prefix, "offline.sock", NULL);
+    g_autofree char *pid_name = g_strconcat(run->prefix, "offline.pid", NULL);
+    g_autofree char *socket = g_build_filename(run->config->workdir, socket_name, NULL);
+    g_autofree char *pid_file = g_build_filename(run->config->workdir, pid_name, NULL);
+
+    for (guint i = 0; i < run->n_disks; i++) {
+        const char *target = run->config->disks[i];
+        g_autofree char *spool = vr_primary_file(run, i, ".spool");
+        VrCaptureDisk disk = { target, NULL, NULL, images[i].size };
+        VrQemuNbd nbd = VR_QEMU_NBD_INIT;
+        g_autoptr(VrCaptureCycle) cycle = NULL;
+        bool ok;
+
+        if (vr_primary_cancelled(run, error))
+            return false;
+        g_unlink(socket);
+        g_unlink(pid_file);
+        if (!vr_qemu_nbd_start_shared(&nbd, images[i].image, target, bitmap, socket, pid_file,
+                                      VR_PRIMARY_QEMU_NBD_TIMEOUT, error)) {
+            g_prefix_error(error, "cannot export disk '%s': ", target);
+            return false;
+        }
+        cycle =
+            vr_capture_cycle_attach(run->capture, &disk, 1, run->base, run->target, socket, error);
+        ok = cycle != NULL;
+        if (ok && run->progress != NULL)
+            vr_capture_cycle_set_progress(cycle, vr_primary_on_read, run);
+        vr_primary_report(run, VR_PRIMARY_PHASE_READ, i, 0, 0, 0);
+        ok = ok && vr_capture_cycle_spool(cycle, 0, spool, NULL, error);
+        g_clear_pointer(&cycle, vr_capture_cycle_free);
+        ok = vr_qemu_nbd_stop(&nbd, images[i].image, SIGTERM, VR_PRIMARY_QEMU_NBD_TIMEOUT,
+                              ok ? error : NULL) &&
+             ok;
+        g_unlink(socket);
+        g_unlink(pid_file);
+        if (!ok) {
+            g_prefix_error(error, "cannot read disk '%s': ", target);
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * Every disk is published: the images' bitmaps move on as vr_capture_ack() moves them
+ * online. B(target) is added to each image (empty: the image is what the replica now holds;
+ * persistent and recording, so QEMU tracks from it when the domain starts), then the older
+ * ones go. A disk the replica had from an earlier try of this cycle gets B(base) merged into
+ * B(target) (the writes since that try are in B(base) only), as vr_primary_fix_replays()
+ * does online. qemu-img bitmap needs the image's write lock: right before each call the
+ * domain must still be off and the images untouched; a start that comes in between finds
+ * the lock taken for the few milliseconds qemu-img holds it (docs/primary.md, "The final
+ * cycle"), and a qemu-img that finds QEMU's lock fails the step cleanly.
+ */
+static bool
+vr_primary_offline_advance(VrPrimaryRun *run, VrPrimaryImage *images, GError **error)
+{
+    g_autofree char *target = vr_capture_bitmap_name(run->capture, run->target);
+    g_autofree char *base = vr_capture_bitmap_name(run->capture, run->base);
+
+    for (guint i = 0; i < run->n_disks; i++) {
+        g_autoptr(GPtrArray) argv = g_ptr_array_new();
+        VrPrimaryImage *img = &images[i];
+
+        if (vr_primary_cancelled(run, error) || !vr_primary_offline_unchanged(run, images, error))
+            return false;
+        g_ptr_array_add(argv, "qemu-img");
+        g_ptr_array_add(argv, "bitmap");
+        if (img->has_target)
+            g_ptr_array_add(argv, "--remove"); /* an earlier try's: it follows nothing */
+        g_ptr_array_add(argv, "--add");
+        g_ptr_array_add(argv, "--granularity=65536");
+        if (run->state[i].replayed) {
+            g_ptr_array_add(argv, "--merge");
+            g_ptr_array_add(argv, base);
+            memset(run->state[i].digest, 0, VR_WIRE_DIGEST_SIZE);
+        }
+        g_ptr_array_add(argv, "-f");
+        g_ptr_array_add(argv, "qcow2");
+        g_ptr_array_add(argv, img->image);
+        g_ptr_array_add(argv, target);
+        g_ptr_array_add(argv, NULL);
+        if (!vr_primary_qemu_img((const char *const *)argv->pdata, NULL, error)) {
+            g_prefix_error(error, "cannot add bitmap '%s' to disk '%s': ", target,
+                           run->config->disks[i]);
+            return false;
+        }
+        /* Our own write: the next checks compare with the image as it is now. */
+        if (stat(img->image, &img->before) < 0)
+            memset(&img->before, 0, sizeof(img->before));
+    }
+    for (guint i = 0; i < run->n_disks; i++) {
+        for (guint j = 0; j < images[i].released->len; j++) {
+            const char *name = g_ptr_array_index(images[i].released, j);
+            const char *argv[] = { "qemu-img", "bitmap",        "--remove", "-f",
+                                   "qcow2",    images[i].image, name,       NULL };
+            g_autoptr(GError) local = NULL;
+
+            /* Harmless when it fails: the next cycle's acknowledgement removes it too. */
+            if (!vr_primary_offline_unchanged(run, images, &local) ||
+                !vr_primary_qemu_img(argv, NULL, &local)) {
+                g_warning("cycle %" PRIu64 " of '%s': bitmap '%s' of disk '%s' stays: %s",
+                          run->target, run->config->domain, name, run->config->disks[i],
+                          local->message);
+                return true;
+            }
+            if (stat(images[i].image, &images[i].before) < 0)
+                memset(&images[i].before, 0, sizeof(images[i].before));
+        }
+    }
+    return true;
+}
+
+static bool
+vr_primary_offline(VrPrimaryRun *run, VrPrimaryImage *images, GError **error)
+{
+    if (vr_primary_cancelled(run, error) || !vr_primary_offline_open(run, images, error))
+        return false;
+    vr_primary_sweep(run);
+    if (!vr_primary_offline_read(run, images, error))
+        return false;
+    /* What was read is the images as QEMU left them only if nothing opened them since. */
+    if (!vr_primary_offline_unchanged(run, images, error)) {
+        g_prefix_error(error, "nothing sent: ");
+        return false;
+    }
+    if (!vr_primary_ship(run, error))
+        return false;
+    if (!vr_primary_offline_advance(run, images, error)) {
+        g_prefix_error(error, "published, but the bitmaps stay at cycle %" PRIu64 ": ", run->base);
+        return false;
+    }
+    return true;
+}
+
+bool
+vr_primary_run_offline_cycle(const VrPrimaryConfig *config, uint64_t base_cycle,
+                             uint64_t target_cycle, VrPrimaryProgressFunc progress,
+                             gpointer progress_data, GCancellable *cancellable,
+                             VrPrimaryResult *result, GError **error)
+{
+    g_autoptr(GError) local = NULL;
+    VrPrimaryRun run = { 0 };
+    VrPrimaryImage *images;
+    int64_t started_ms = vr_primary_now_ms();
+    bool ok;
+
+    g_return_val_if_fail(config != NULL && result != NULL, false);
+    g_return_val_if_fail(config->conn != NULL && config->domain != NULL, false);
+    g_return_val_if_fail(config->relationship != NULL && config->workdir != NULL, false);
+    g_return_val_if_fail(config->sender != NULL && config->disks != NULL, false);
+    g_return_val_if_fail(config->disks[0] != NULL, false);
+
+    if (base_cycle == 0 || target_cycle <= base_cycle) {
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
+                    "the final cycle %" PRIu64 " of '%s' needs a base before it (a shut-off "
+                    "domain has no full or resync cycle)",
+                    target_cycle, config->domain);
+        return false;
+    }
+    run.config = config;
+    run.base = base_cycle;
+    run.target = target_cycle;
+    run.progress = progress;
+    run.progress_data = progress_data;
+    run.cancellable = cancellable;
+    run.n_disks = g_strv_length((char **)config->disks);
+    run.state = g_new0(VrPrimaryDisk, run.n_disks);
+    run.prefix = g_strdup_printf("vr-%s-", config->relationship);
+    images = g_new0(VrPrimaryImage, run.n_disks);
+
+    vr_primary_report(&run, VR_PRIMARY_PHASE_CUT, 0, 0, 0, 0);
+    ok = vr_primary_offline(&run, images, &local);
+    if (!ok) {
+        VrPrimaryErrorCode code;
+
+        /* A domain that started meanwhile explains whatever failed (an image "in-use", a
+         * lock): the final cycle was cut short, the tracking is not lost. */
+        if (run.domain != NULL && virDomainIsActive(run.domain) == 1) {
+            code = VR_PRIMARY_ERROR_CANCELLED;
+        } else {
+            /* Shut off is this domain's normal state here, not a cause. */
+            g_clear_pointer(&run.domain, virDomainFree);
+            code = vr_primary_error_code(&run, local);
+        }
+        g_set_error(error, VR_PRIMARY_ERROR, code, "final cycle %" PRIu64 " of '%s': %s",
+                    target_cycle, config->domain, local->message);
+    } else {
+        vr_primary_result_fill(&run, started_ms, result);
+    }
+    vr_primary_images_free(images, run.n_disks);
+    vr_primary_run_clear(&run);
     return ok;
 }

@@ -15,6 +15,8 @@
  *   3. spool every disk into @workdir, then end the cycle at once (fleece torn down);
  *   4. encode each spool into a wire stream (vr_ship_encode) and upload it (vr_sender);
  *      only when the replica acknowledged every disk (204: published) is the cycle done;
+ *      with @export_dir (the initial copy on external media, vr-export.h) the streams and a
+ *      manifest are written there instead, and the cycle is done once the manifest is;
  *   5. acknowledge: vr_capture_ack() removes the bitmaps older than B(@target_cycle);
  *   6. remove the cycle's spools and streams.
  *
@@ -49,6 +51,8 @@ typedef enum {
     VR_PRIMARY_ERROR_UNREACHABLE,     /* the replica could not be reached (every attempt
                                        * failed): the cycle is missed, the next one retries */
     VR_PRIMARY_ERROR_CANCELLED,       /* @cancellable was cancelled (shutdown) */
+    VR_PRIMARY_ERROR_AWAITING_IMPORT, /* @base_exported, and the replica answered 409: it has
+                                       * not imported the exported base yet */
 } VrPrimaryErrorCode;
 
 typedef struct {
@@ -65,6 +69,15 @@ typedef struct {
                                * blocks that differ from the replica's hash lists (replica-
                                * resync, or the initial copy "existing" on the replica) */
     bool app_consistent;      /* freeze the guest's file systems around the cut (agent) */
+    /*
+     * The initial copy on external media (vr-export.h): with base 0, the cycle's streams
+     * and a manifest are written to @export_dir instead of being uploaded, and the cycle
+     * ends as if the replica had acknowledged it (its bitmaps advance). @export_identity
+     * is this host's certificate identity, for the manifest.
+     */
+    const char *export_dir;
+    const char *export_identity;
+    bool base_exported; /* the base cycle was exported: the replica may not have it yet */
 } VrPrimaryConfig;
 
 /* What one cycle did, for the state database and the status. */
@@ -83,14 +96,72 @@ typedef struct {
 
 void vr_primary_result_clear(VrPrimaryResult *result);
 
+/* Where a cycle is: each disk is read, then encoded, then sent, one disk after another. */
+typedef enum {
+    VR_PRIMARY_PHASE_CUT,    /* connect, check the tracking, fetch hash lists, cut */
+    VR_PRIMARY_PHASE_READ,   /* read disk @disk into its spool */
+    VR_PRIMARY_PHASE_ENCODE, /* encode its spool into its wire stream */
+    VR_PRIMARY_PHASE_SEND,   /* upload that stream */
+} VrPrimaryPhase;
+
+typedef struct {
+    VrPrimaryPhase phase;
+    guint disk; /* index in the config's disks */
+    guint n_disks;
+    uint64_t done;  /* READ, ENCODE: the disk offset reached; SEND: stream bytes sent */
+    uint64_t total; /* READ, ENCODE: the disk's virtual size; SEND: the stream's size */
+    uint64_t bytes; /* READ, ENCODE: disk bytes taken so far (zeroes too); SEND: as @done */
+} VrPrimaryProgress;
+
+/* Called on the cycle's thread, often (after each chunk): keep it cheap. */
+typedef void (*VrPrimaryProgressFunc)(const VrPrimaryProgress *progress, gpointer user_data);
+
+/* The fraction of the whole cycle that @progress stands for, in [0, 1]. */
+double vr_primary_progress_fraction(const VrPrimaryProgress *progress);
+
+/* "cut", "read", "encode", "send" (docs/api.md). */
+const char *vr_primary_phase_name(VrPrimaryPhase phase);
+
 /*
  * Run cycle @target_cycle of @config's domain from @base_cycle (0: a full copy of what is
- * allocated). @progress (may be NULL) is called from this thread with the bytes sent so far
- * and the total of the stream being sent. On success @result is filled (clear it with
- * vr_primary_result_clear()).
+ * allocated). @progress (may be NULL) is called from this thread as the cycle goes on.
+ * On success @result is filled (clear it with vr_primary_result_clear()).
  */
 bool vr_primary_run_cycle(const VrPrimaryConfig *config, uint64_t base_cycle, uint64_t target_cycle,
-                          VrSenderProgress progress, gpointer progress_data,
+                          VrPrimaryProgressFunc progress, gpointer progress_data,
                           GCancellable *cancellable, VrPrimaryResult *result, GError **error);
+
+/*
+ * The final cycle of a domain that was shut off (docs/primary.md, "The final cycle"): cycle
+ * @target_cycle from @base_cycle (> 0: it needs the last acknowledged cycle) read from the
+ * closed qcow2 images themselves, so that the replica holds the disks as the domain left
+ * them. Without QEMU:
+ *
+ *   1. the domain must be shut off; each disk's image from its inactive XML (a qcow2 file);
+ *      qemu-img info --force-share checks B(@base_cycle) in the image as the online health
+ *      check does: present, recording, not "in-use" (QEMU killed or crashed: the image was
+ *      not closed cleanly) -> VR_PRIMARY_ERROR_RESYNC_REQUIRED;
+ *   2. each image is exported read-only by qemu-nbd with B(@base_cycle) and no lock
+ *      (vr_qemu_nbd_start_shared()), its dirty extents spooled by the reader of online cycles;
+ *   3. the domain must still be off and no image written since step 1 (their mtime: QEMU
+ *      rewrites the header at once when it opens them): else nothing is sent
+ *      (VR_PRIMARY_ERROR_CANCELLED);
+ *   4. ship, as online;
+ *   5. with every disk published, B(@target_cycle) is added to each image (empty,
+ *      persistent, recording: qemu-img bitmap) and the older bitmaps removed, so the next
+ *      online cycle builds on @target_cycle. Only with the domain still off and the images
+ *      untouched; otherwise the cycle fails (CANCELLED when the domain started) with
+ *      B(@base_cycle) in place.
+ *
+ * When the cycle fails after the replica published it (step 5), the next cycle, online, is
+ * @target_cycle from @base_cycle again: the replica answers it as already published, and
+ * that cycle merges B(@base_cycle) into its B(@target_cycle) (vr_primary_fix_replays), so
+ * the one after resends a superset of everything since. Deltas carry absolute contents.
+ * @cancellable cancels it at any step up to the bitmaps of step 5 (the domain is starting).
+ */
+bool vr_primary_run_offline_cycle(const VrPrimaryConfig *config, uint64_t base_cycle,
+                                  uint64_t target_cycle, VrPrimaryProgressFunc progress,
+                                  gpointer progress_data, GCancellable *cancellable,
+                                  VrPrimaryResult *result, GError **error);
 
 G_END_DECLS

@@ -153,48 +153,26 @@ vr_qemu_direct_io_ok(const char *image)
     return true;
 }
 
-bool
-vr_qemu_nbd_start(VrQemuNbd *nbd, const char *image, const char *name, const char *socket,
-                  const char *pid_file, bool read_only, gint64 timeout, GError **error)
+/*
+ * Run qemu-nbd with @argv and wait at most @timeout µs until it writes its pid to @pid_file
+ * (it does so only once it listens and serves). @verb and @name make the error messages.
+ */
+static bool
+vr_qemu_nbd_spawn(VrQemuNbd *nbd, const char *const *argv, const char *verb, const char *name,
+                  const char *pid_file, gint64 timeout, GError **error)
 {
-    bool direct = vr_qemu_direct_io_ok(image);
-    g_autofree char *socket_arg = g_strdup_printf("--socket=%s", socket);
-    g_autofree char *pid_arg = g_strdup_printf("--pid-file=%s", pid_file);
-    g_autoptr(GPtrArray) argv = g_ptr_array_new();
     g_autoptr(GError) local = NULL;
     gint64 deadline;
     gulong delay = 1000;
 
-    /* cache=none: a writable export (an apply) writes an image read again only by a
-     * failover, a read-only one (a hash list) makes one pass over a published image that
-     * nothing reads soon after; neither fills the page cache, and the flush before
-     * publishing has little left to do (docs/replica-store.md, Hash lists, has figures). */
-    g_ptr_array_add(argv, "qemu-nbd");
-    if (read_only) {
-        g_ptr_array_add(argv, "--read-only");
-        g_ptr_array_add(argv, "--format=qcow2");
-    }
-    g_ptr_array_add(argv, socket_arg);
-    g_ptr_array_add(argv, pid_arg);
-    if (!read_only)
-        g_ptr_array_add(argv, "--format=qcow2");
-    g_ptr_array_add(argv, direct ? "--cache=none" : "--cache=writeback");
-    g_ptr_array_add(argv, direct ? "--aio=native" : "--aio=threads");
-    if (!read_only)
-        g_ptr_array_add(argv, "--discard=unmap");
-    g_ptr_array_add(argv, "--shared=1");
-    g_ptr_array_add(argv, (gpointer)image);
-    g_ptr_array_add(argv, NULL);
-
     if (!g_spawn_async_with_pipes_and_fds(
-            NULL, (const char *const *)argv->pdata, NULL,
+            NULL, argv, NULL,
             G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDIN_FROM_DEV_NULL |
                 G_SPAWN_STDOUT_TO_DEV_NULL,
             vr_qemu_child_setup, GINT_TO_POINTER(getpid()), -1, -1, -1, NULL, NULL, 0, &nbd->pid,
             NULL, NULL, &nbd->stderr_fd, &local)) {
         g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
-                    "cannot run qemu-nbd to %s '%s': %s", read_only ? "read" : "export", name,
-                    local->message);
+                    "cannot run qemu-nbd to %s '%s': %s", verb, name, local->message);
         return false;
     }
     deadline = g_get_monotonic_time() + timeout;
@@ -226,6 +204,67 @@ vr_qemu_nbd_start(VrQemuNbd *nbd, const char *image, const char *name, const cha
         g_usleep(delay);
         delay = MIN(delay * 2, 20000);
     }
+}
+
+bool
+vr_qemu_nbd_start(VrQemuNbd *nbd, const char *image, const char *name, const char *socket,
+                  const char *pid_file, bool read_only, gint64 timeout, GError **error)
+{
+    bool direct = vr_qemu_direct_io_ok(image);
+    g_autofree char *socket_arg = g_strdup_printf("--socket=%s", socket);
+    g_autofree char *pid_arg = g_strdup_printf("--pid-file=%s", pid_file);
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+
+    /* cache=none: a writable export (an apply) writes an image read again only by a
+     * failover, a read-only one (a hash list) makes one pass over a published image that
+     * nothing reads soon after; neither fills the page cache, and the flush before
+     * publishing has little left to do (docs/replica-store.md, Hash lists, has figures). */
+    g_ptr_array_add(argv, "qemu-nbd");
+    if (read_only) {
+        g_ptr_array_add(argv, "--read-only");
+        g_ptr_array_add(argv, "--format=qcow2");
+    }
+    g_ptr_array_add(argv, socket_arg);
+    g_ptr_array_add(argv, pid_arg);
+    if (!read_only)
+        g_ptr_array_add(argv, "--format=qcow2");
+    g_ptr_array_add(argv, direct ? "--cache=none" : "--cache=writeback");
+    g_ptr_array_add(argv, direct ? "--aio=native" : "--aio=threads");
+    if (!read_only)
+        g_ptr_array_add(argv, "--discard=unmap");
+    g_ptr_array_add(argv, "--shared=1");
+    g_ptr_array_add(argv, (gpointer)image);
+    g_ptr_array_add(argv, NULL);
+
+    return vr_qemu_nbd_spawn(nbd, (const char *const *)argv->pdata, read_only ? "read" : "export",
+                             name, pid_file, timeout, error);
+}
+
+/* A file name as a value of --image-opts: its commas doubled. (transfer full) */
+static char *
+vr_qemu_opts_escape(const char *value)
+{
+    g_auto(GStrv) parts = g_strsplit(value, ",", -1);
+
+    return g_strjoinv(",,", parts);
+}
+
+bool
+vr_qemu_nbd_start_shared(VrQemuNbd *nbd, const char *image, const char *export, const char *bitmap,
+                         const char *socket, const char *pid_file, gint64 timeout, GError **error)
+{
+    g_autofree char *file = vr_qemu_opts_escape(image);
+    /* force-share=on: no lock taken (it needs a read-only node, which --read-only makes). */
+    g_autofree char *opts =
+        g_strdup_printf("driver=qcow2,force-share=on,file.driver=file,file.filename=%s", file);
+    g_autofree char *socket_arg = g_strdup_printf("--socket=%s", socket);
+    g_autofree char *pid_arg = g_strdup_printf("--pid-file=%s", pid_file);
+    g_autofree char *export_arg = g_strdup_printf("--export-name=%s", export);
+    g_autofree char *bitmap_arg = g_strdup_printf("--bitmap=%s", bitmap);
+    const char *argv[] = { "qemu-nbd", "--read-only", "--image-opts", socket_arg, pid_arg,
+                           export_arg, bitmap_arg,    "--shared=1",   opts,       NULL };
+
+    return vr_qemu_nbd_spawn(nbd, argv, "read", image, pid_file, timeout, error);
 }
 
 /* Each chunk of a read: libnbd has put its data (or zeroes, for a hole) in the buffer; a

@@ -1,5 +1,6 @@
 /*
  * vr-qemu-nbd.h: one qemu-nbd server, run by the replica (the store's applies, hash lists)
+ * and by the primary (the final cycle of a shut-off domain, vr_qemu_nbd_start_shared())
  *
  * qemu-nbd exports a qcow2 image on a Unix socket, started with a parent-death signal
  * (it dies with the thread that started it), ready once it wrote its pid file, its stderr
@@ -41,6 +42,19 @@ char *vr_qemu_one_line(const char *text);
  */
 bool vr_qemu_nbd_start(VrQemuNbd *nbd, const char *image, const char *name, const char *socket,
                        const char *pid_file, bool read_only, gint64 timeout, GError **error);
+
+/*
+ * Export the closed qcow2 @image read-only for the primary's final cycle of a shut-off
+ * domain: under export name @export, with its persistent dirty bitmap @bitmap as meta
+ * context "qemu:dirty-bitmap:@bitmap" (qemu-nbd -B), through the page cache. The image is
+ * opened with force-share=on: qemu-nbd takes no lock at all, so a start of the domain meanwhile is
+ * never refused ("Failed to get "write" lock"); what QEMU writes then can show in the reads,
+ * and the caller must notice that (the image's change time) and throw them away. qemu-nbd 7.2
+ * has no --force-share option: it goes through --image-opts.
+ */
+bool vr_qemu_nbd_start_shared(VrQemuNbd *nbd, const char *image, const char *export,
+                              const char *bitmap, const char *socket, const char *pid_file,
+                              gint64 timeout, GError **error);
 
 /*
  * Stop qemu-nbd with @signum, at most @timeout µs (then SIGKILL), reap it and close its

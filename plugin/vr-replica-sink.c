@@ -78,6 +78,7 @@ struct _VrReplicaSink {
     /* <root>/<relationship> -> "<SHA-256 of domain.xml> <epoch>" the standby was defined from */
     GHashTable *standby_defined;
     GError *standby_error;
+    GHashTable *fenced; /* relationships failed over here (vr_replica_sink_fence()) */
 };
 
 /* A receiver handle: one stream into one disk. */
@@ -93,6 +94,7 @@ struct _VrReplicaSinkStream {
     uint32_t flags;
     int64_t started_ms;
     uint64_t bytes; /* DATA and ZERO bytes */
+    bool fenced;    /* a failover aborted its apply: every later call fails */
 };
 
 static void
@@ -128,6 +130,7 @@ vr_replica_sink_new(VrAuthz *authz, GError **error)
     sink->interval_s = 3600;
     sink->disks = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, vr_replica_sink_disk_free);
     sink->standby_defined = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    sink->fenced = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     return sink;
 }
 
@@ -141,6 +144,7 @@ vr_replica_sink_free(VrReplicaSink *sink)
     g_clear_error(&sink->state_error);
     g_hash_table_unref(sink->standby_defined);
     g_clear_error(&sink->standby_error);
+    g_hash_table_unref(sink->fenced);
     g_free(sink->name_rule);
     g_free(sink);
 }
@@ -574,6 +578,54 @@ vr_replica_sink_stream_free(VrReplicaSinkStream *stream)
     g_free(stream);
 }
 
+/*
+ * Refuse (409) a cycle of a relationship failed over here (vr_replica_sink_fence(), or its
+ * state "FailedOver" in the state database, which survives a restart), and a cycle of an
+ * epoch older than the relationship's: a primary that comes back after a failover must not
+ * overwrite what the failed-over domain relies on.
+ */
+static bool
+vr_replica_sink_check_failover(VrReplicaSink *sink, const VrReceiverKey *key, GError **error)
+{
+    g_autoptr(VrStateRelationship) rel = NULL;
+
+    if (g_hash_table_contains(sink->fenced, key->relationship)) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
+                    "relationship '%s' is failed over on this replica: cycle %" PRIu64
+                    " is refused",
+                    key->relationship, key->target_cycle);
+        return false;
+    }
+    if (sink->state != NULL)
+        rel = vr_state_relationship_get(sink->state, key->relationship, NULL);
+    if (rel != NULL && g_strcmp0(rel->state, "FailedOver") == 0) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
+                    "relationship '%s' is in state FailedOver on this replica (epoch %" PRIu64
+                    "): cycle %" PRIu64 " is refused",
+                    key->relationship, rel->epoch, key->target_cycle);
+        return false;
+    }
+    if (rel != NULL && key->epoch < rel->epoch) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
+                    "cycle %" PRIu64 " of relationship '%s' has epoch %" PRIu64
+                    ", older than the relationship's epoch %" PRIu64 " (a failover happened)",
+                    key->target_cycle, key->relationship, key->epoch, rel->epoch);
+        return false;
+    }
+    return true;
+}
+
+/* A stream whose apply a failover aborted: its cycle is refused as begin() would (409). */
+static bool
+vr_replica_sink_fenced_error(VrReplicaSinkStream *stream, GError **error)
+{
+    g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
+                "relationship '%s' failed over on this replica while cycle %" PRIu64
+                " of disk '%s' was received: the cycle was aborted",
+                stream->key.relationship, stream->key.target_cycle, stream->key.disk);
+    return false;
+}
+
 static gpointer
 vr_replica_sink_begin(const VrReceiverKey *key, const VrReceiverPeer *peer, gpointer user_data,
                       GError **error)
@@ -584,7 +636,8 @@ vr_replica_sink_begin(const VrReceiverKey *key, const VrReceiverPeer *peer, gpoi
     VrReplicaSinkDisk *disk;
 
     if (!vr_authz_check_name("relationship", key->relationship, error) ||
-        !vr_authz_check_name("disk", key->disk, error))
+        !vr_authz_check_name("disk", key->disk, error) ||
+        !vr_replica_sink_check_failover(sink, key, error))
         return NULL;
     disk = vr_replica_sink_disk_get(sink, key, peer, true, error);
     if (disk == NULL)
@@ -663,6 +716,8 @@ vr_replica_sink_record(gpointer handle, const VrWireRecord *record, GError **err
     VrReplicaSinkStream *stream = handle;
     g_autoptr(GError) local = NULL;
 
+    if (stream->fenced)
+        return vr_replica_sink_fenced_error(stream, error);
     switch (record->type) {
     case VR_WIRE_RECORD_BEGIN:
         if (!vr_replica_sink_check_identity(stream, record->identity, error))
@@ -782,6 +837,8 @@ vr_replica_sink_commit(gpointer handle, GError **error)
     VrReplicaSinkStream *stream = handle;
     g_autoptr(GError) local = NULL;
 
+    if (stream->fenced)
+        return vr_replica_sink_fenced_error(stream, error);
     if (stream->apply == NULL) {
         g_set_error(error, VR_WIRE_ERROR, VR_WIRE_ERROR_PROTOCOL,
                     "cycle %" PRIu64 " cannot be committed: it had no BEGIN record",
@@ -1480,4 +1537,88 @@ const VrReceiverSink *
 vr_replica_sink_get_sink(void)
 {
     return &vr_replica_sink_callbacks;
+}
+
+void
+vr_replica_sink_fence(VrReplicaSink *sink, const char *relationship)
+{
+    GHashTableIter iter;
+    gpointer value;
+
+    g_hash_table_add(sink->fenced, g_strdup(relationship));
+    g_hash_table_iter_init(&iter, sink->disks);
+    while (g_hash_table_iter_next(&iter, NULL, &value)) {
+        VrReplicaSinkDisk *disk = value;
+        VrReplicaSinkStream *stream = disk->stream;
+
+        if (stream == NULL || strcmp(stream->key.relationship, relationship) != 0)
+            continue;
+        stream->fenced = true;
+        if (stream->apply == NULL)
+            continue;
+        g_debug("failover of '%s': aborting cycle %" PRIu64 " of '%s' before its commit",
+                relationship, stream->key.target_cycle, disk->dir);
+        vr_replica_sink_record_state(stream, VR_STATE_CYCLE_FAILED,
+                                     "aborted by a failover before its commit");
+        vr_replica_apply_abort(g_steal_pointer(&stream->apply));
+    }
+}
+
+void
+vr_replica_sink_unfence(VrReplicaSink *sink, const char *relationship)
+{
+    g_hash_table_remove(sink->fenced, relationship);
+}
+
+VrReplicaStore *
+vr_replica_sink_get_store(VrReplicaSink *sink, const char *root, const char *relationship,
+                          const char *disk_name, GError **error)
+{
+    g_autofree char *rel_path = NULL;
+    g_autofree char *dir = NULL;
+    g_autofree char *what = NULL;
+    g_auto(VrReplicaSinkFd) root_fd = -1;
+    g_auto(VrReplicaSinkFd) rel_fd = -1;
+    g_auto(VrReplicaSinkFd) disk_fd = -1;
+    VrReplicaSinkDisk *disk;
+    struct stat made;
+
+    if (!vr_authz_check_name("relationship", relationship, error) ||
+        !vr_authz_check_name("disk", disk_name, error))
+        return NULL;
+    rel_path = g_build_filename(root, relationship, NULL);
+    dir = g_build_filename(rel_path, disk_name, NULL);
+    what = g_strdup_printf("disk '%s' of relationship '%s'", disk_name, relationship);
+    root_fd = vr_replica_sink_open_root(root, error);
+    if (root_fd < 0)
+        return NULL;
+    rel_fd = vr_replica_sink_open_dir(root_fd, root, relationship, false, what, error);
+    if (rel_fd < 0)
+        return NULL;
+    disk_fd = vr_replica_sink_open_dir(rel_fd, rel_path, disk_name, false, what, error);
+    if (disk_fd < 0)
+        return NULL;
+    if (fstat(disk_fd, &made) < 0) {
+        vr_replica_sink_errno(error, errno, "stat", dir);
+        return NULL;
+    }
+    disk = g_hash_table_lookup(sink->disks, dir);
+    if (disk != NULL && disk->dev == made.st_dev && disk->ino == made.st_ino)
+        return disk->store;
+    if (disk != NULL) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
+                    "store '%s' was replaced while the sink has it open", dir);
+        return NULL;
+    }
+    disk = g_new0(VrReplicaSinkDisk, 1);
+    disk->store = vr_replica_store_open(dir, error);
+    if (disk->store == NULL) {
+        g_free(disk);
+        return NULL;
+    }
+    disk->dir = g_steal_pointer(&dir);
+    disk->dev = made.st_dev;
+    disk->ino = made.st_ino;
+    g_hash_table_insert(sink->disks, disk->dir, disk);
+    return disk->store;
 }

@@ -51,6 +51,7 @@
 
 #include "vr-authz.h"
 #include "vr-receiver.h"
+#include "vr-replica-store.h"
 #include "vr-state.h"
 
 G_BEGIN_DECLS
@@ -119,6 +120,28 @@ const GError *vr_replica_sink_get_standby_error(VrReplicaSink *sink);
  */
 void vr_replica_sink_free(VrReplicaSink *sink);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrReplicaSink, vr_replica_sink_free)
+
+/*
+ * Failover (vr-failover.h): refuse every cycle of @relationship from now on (409, which a
+ * primary treats as refused, not retried), until vr_replica_sink_unfence(). A cycle of it
+ * being received now is aborted at once, before its commit: its image is removed, nothing is
+ * published, and its later records fail with the same 409. So the latest published point of
+ * each disk, which the failover takes next, is complete and stays the latest. Independently
+ * of this, begin() refuses a relationship whose state in the state database is "FailedOver"
+ * (after a restart too) and a cycle whose epoch is older than the relationship's.
+ */
+void vr_replica_sink_fence(VrReplicaSink *sink, const char *relationship);
+void vr_replica_sink_unfence(VrReplicaSink *sink, const char *relationship);
+
+/*
+ * The store of disk @disk of @relationship beneath the storage root @root (names as on the
+ * wire), opened once and kept as a stream's is (the same object the sink applies into). It
+ * must exist: nothing is made (VR_RECEIVER_ERROR_NOT_FOUND). For a local administrator's
+ * operation (failover): no trust group is checked. (transfer none: valid while the sink is)
+ */
+VrReplicaStore *vr_replica_sink_get_store(VrReplicaSink *sink, const char *root,
+                                          const char *relationship, const char *disk,
+                                          GError **error);
 
 /* The callbacks, for VrReceiverConfig.sink; sink_data is the VrReplicaSink. (transfer none) */
 const VrReceiverSink *vr_replica_sink_get_sink(void);

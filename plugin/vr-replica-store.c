@@ -55,6 +55,7 @@ struct _VrReplicaStore {
      * longer listed) is the backing of the oldest point, cycle merge_into. 0: none. */
     uint64_t merge_from;
     uint64_t merge_into;
+    GArray *holds; /* uint64_t cycles held (vr_replica_store_hold()), one entry per hold */
 };
 
 struct _VrReplicaApply {
@@ -974,6 +975,57 @@ vr_replica_retention_select(const VrReplicaPoint *points, guint n_points, guint 
     }
 }
 
+/*
+ * The index of the oldest point of the chain of point @index: the nearest point at or before
+ * it that is an image of its own (the oldest listed point always is one).
+ */
+static bool
+vr_replica_store_chain_start(VrReplicaStore *store, guint index, guint *start, GError **error)
+{
+    guint i = index;
+
+    while (i > 0) {
+        char name[64];
+        bool has_backing;
+
+        g_snprintf(name, sizeof(name), "rp-%" PRIu64 ".qcow2",
+                   g_array_index(store->points, VrReplicaPoint, i).cycle);
+        if (!vr_replica_image_header(store, name, &has_backing, NULL, error))
+            return false;
+        if (!has_backing)
+            break;
+        i--;
+    }
+    *start = i;
+    return true;
+}
+
+/*
+ * Keep every point a hold needs: the held point and the points its image is based on (its
+ * chain down to an image of its own), since a running domain reads them through its overlay.
+ * Removing one of them would write or rename an image that domain has open.
+ */
+static bool
+vr_replica_store_unselect_held(VrReplicaStore *store, bool *remove, GError **error)
+{
+    for (guint h = 0; h < store->holds->len; h++) {
+        uint64_t cycle = g_array_index(store->holds, uint64_t, h);
+
+        for (guint i = 0; i < store->points->len; i++) {
+            guint start;
+
+            if (g_array_index(store->points, VrReplicaPoint, i).cycle != cycle)
+                continue;
+            if (!vr_replica_store_chain_start(store, i, &start, error))
+                return false;
+            for (guint j = start; j <= i; j++)
+                remove[j] = false;
+            break;
+        }
+    }
+    return true;
+}
+
 bool
 vr_replica_store_retain_spaced(VrReplicaStore *store, guint keep, guint interval_s, GError **error)
 {
@@ -999,6 +1051,8 @@ vr_replica_store_retain_spaced(VrReplicaStore *store, guint keep, guint interval
 
         vr_replica_retention_select((const VrReplicaPoint *)store->points->data, n, keep,
                                     interval_s, remove);
+        if (!vr_replica_store_unselect_held(store, remove, error))
+            return false;
         for (i = 0; i < n && !remove[i]; i++)
             ;
         if (i == n)
@@ -1022,6 +1076,7 @@ vr_replica_store_open(const char *dir, GError **error)
 
     store->dirfd = -1;
     store->points = g_array_new(FALSE, FALSE, sizeof(VrReplicaPoint));
+    store->holds = g_array_new(FALSE, FALSE, sizeof(uint64_t));
     /* Absolute: qemu-img and qemu-nbd take it, and a ':' before the first '/' would make it
      * a protocol for QEMU. */
     if (g_path_is_absolute(dir)) {
@@ -1067,8 +1122,99 @@ vr_replica_store_free(VrReplicaStore *store)
     if (store->dirfd >= 0)
         close(store->dirfd);
     g_array_unref(store->points);
+    g_array_unref(store->holds);
     g_free(store->dir);
     g_free(store);
+}
+
+bool
+vr_replica_store_hold(VrReplicaStore *store, uint64_t cycle, GError **error)
+{
+    if (vr_replica_store_find(store, cycle) == NULL) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                    "store '%s' holds no point of cycle %" PRIu64, store->dir, cycle);
+        return false;
+    }
+    g_array_append_val(store->holds, cycle);
+    return true;
+}
+
+void
+vr_replica_store_release(VrReplicaStore *store, uint64_t cycle)
+{
+    for (guint i = 0; i < store->holds->len; i++) {
+        if (g_array_index(store->holds, uint64_t, i) == cycle) {
+            g_array_remove_index(store->holds, i);
+            return;
+        }
+    }
+}
+
+bool
+vr_replica_store_chain(VrReplicaStore *store, uint64_t cycle, uint64_t *first_out, GError **error)
+{
+    guint start;
+
+    for (guint i = 0; i < store->points->len; i++) {
+        if (g_array_index(store->points, VrReplicaPoint, i).cycle != cycle)
+            continue;
+        if (!vr_replica_store_chain_start(store, i, &start, error))
+            return false;
+        *first_out = g_array_index(store->points, VrReplicaPoint, start).cycle;
+        return true;
+    }
+    g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                "store '%s' holds no point of cycle %" PRIu64, store->dir, cycle);
+    return false;
+}
+
+bool
+vr_replica_store_keep_chain(VrReplicaStore *store, uint64_t cycle, GError **error)
+{
+    g_autoptr(GArray) points = NULL;
+    g_autoptr(GArray) gone = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    uint64_t first;
+    bool renamed = false;
+
+    if (store->apply != NULL) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY,
+                    "cannot discard points of '%s': cycle %" PRIu64 " is being applied", store->dir,
+                    store->apply->identity.target_cycle);
+        return false;
+    }
+    if (store->merge_from != 0 && !vr_replica_store_finish_merge(store, error))
+        return false;
+    if (!vr_replica_store_chain(store, cycle, &first, error))
+        return false;
+    points = g_array_new(FALSE, FALSE, sizeof(VrReplicaPoint));
+    for (guint i = 0; i < store->points->len; i++) {
+        const VrReplicaPoint *p = &g_array_index(store->points, VrReplicaPoint, i);
+
+        if (p->cycle >= first && p->cycle <= cycle)
+            g_array_append_val(points, *p);
+        else
+            g_array_append_val(gone, p->cycle);
+    }
+    if (gone->len == 0)
+        return true;
+    /* Unlisted first (the commit point); an image left by a crash is swept at the next open. */
+    if (!vr_replica_store_write_manifest(store, points, 0, 0, "discard-tmp", "discard", &renamed,
+                                         error)) {
+        g_prefix_error(error, "cannot discard the points of '%s' but cycle %" PRIu64 ": ",
+                       store->dir, cycle);
+        return false;
+    }
+    for (guint i = 0; i < gone->len; i++) {
+        g_autofree char *name = vr_replica_image_name(g_array_index(gone, uint64_t, i));
+
+        if (!vr_replica_unlink(store, name, error))
+            return false;
+    }
+    if (!vr_replica_fsync_at(store, ".", error))
+        return false;
+    g_debug("discarded %u points of '%s': cycle %" PRIu64 " and its chain stay", gone->len,
+            store->dir, cycle);
+    return true;
 }
 
 const VrReplicaPoint *

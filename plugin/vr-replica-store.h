@@ -197,6 +197,36 @@ bool vr_replica_store_retain_spaced(VrReplicaStore *store, guint keep, guint int
 void vr_replica_retention_select(const VrReplicaPoint *points, guint n_points, guint keep,
                                  guint interval_s, bool *remove);
 
+/*
+ * Hold point @cycle: retention (vr_replica_store_retain_spaced()) keeps it and every point
+ * its image is based on (its chain down to an image of its own) until it is released, e.g.
+ * while a test failover's domain reads them through an overlay of its own. Holds are counted
+ * and live in memory (the holder takes them again after a restart). CONFLICT when the store
+ * has no such point.
+ */
+bool vr_replica_store_hold(VrReplicaStore *store, uint64_t cycle, GError **error);
+
+/* Release one hold of @cycle (nothing when there is none). */
+void vr_replica_store_release(VrReplicaStore *store, uint64_t cycle);
+
+/*
+ * The oldest point of the chain of point @cycle (*@first_out): the point whose image is the
+ * base of @cycle's backing chain (an image of its own; @cycle itself when it is one). Every
+ * point from *@first_out to @cycle is needed to read @cycle. CONFLICT when there is no such
+ * point.
+ */
+bool vr_replica_store_chain(VrReplicaStore *store, uint64_t cycle, uint64_t *first_out,
+                            GError **error);
+
+/*
+ * Keep only point @cycle and the points of its chain (vr_replica_store_chain()), e.g. when a
+ * failover to @cycle is completed: every other point is unlisted (manifest first: the commit
+ * point) and its image removed. Points after @cycle back nothing @cycle needs, and points
+ * before its chain belong to an older chain. BUSY while an apply runs, CONFLICT when there
+ * is no such point.
+ */
+bool vr_replica_store_keep_chain(VrReplicaStore *store, uint64_t cycle, GError **error);
+
 /* The cycle number of a seeded point. */
 #define VR_REPLICA_STORE_SEED_CYCLE 1
 

@@ -9,10 +9,12 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include <libvirt/libvirt-qemu.h>
 #include <libvirt/virterror.h>
 #include <libxml/parser.h>
 #include <libxml/xpath.h>
 
+#include "vr-capture.h"
 #include "vr-net.h"
 #include "vr-primary.h"
 #include "vr-qmp-json.h"
@@ -26,6 +28,10 @@ G_DEFINE_QUARK(vr - scheduler - error - quark, vr_scheduler_error)
 #define VR_SCHEDULER_DEFAULT_PORT  8443
 #define VR_SCHEDULER_MIN_FREQUENCY 5
 #define VR_SCHEDULER_MAX_FREQUENCY 86400
+/* How often the pending bytes of running domains are measured. */
+#define VR_SCHEDULER_PENDING_INTERVAL 5
+/* The rate of a cycle's progress is measured over at least this long (us). */
+#define VR_SCHEDULER_RATE_SAMPLE_US (500 * 1000)
 /* The rate limit's burst: a quarter second at the rate, at least 256 KiB. */
 #define VR_SCHEDULER_MIN_BURST (256 * 1024)
 
@@ -46,6 +52,7 @@ struct _VrScheduler {
     GHashTable *jobs;        /* id -> VrSchedulerJob */
     VrRateLimit *host_limit; /* [primary] bandwidth, or NULL */
     VrSchedulerToken *token;
+    GSource *pending_timer; /* measures the pending bytes */
 };
 
 struct _VrSchedulerJob {
@@ -64,6 +71,9 @@ struct _VrSchedulerJob {
     bool compression;
     uint64_t bandwidth;
     char **disks;
+    /* The initial copy on external media (vr-export.h). */
+    char *export_dir;     /* "export:PATH" not written yet, or NULL */
+    bool awaiting_import; /* exported: the replica has yet to import it */
     /* The transport to the replica. */
     VrTlsPolicy *policy;
     VrSender *sender;
@@ -84,13 +94,36 @@ struct _VrSchedulerJob {
     /* Between the worker and the completion: set before the cycle is queued. */
     uint64_t cycle_base;
     bool cycle_resync;
+    bool cycle_export; /* this cycle writes the export instead of uploading */
     bool want_app_consistent;
     bool ok;
     VrPrimaryResult result;
     GError *error;
+    /* The running cycle's progress: written by the worker, read by the API (the lock). */
+    GMutex progress_lock;
+    VrPrimaryProgress progress;
+    gint64 progress_started; /* monotonic us: the cycle's start */
+    gint64 rate_time;        /* monotonic us of the rate's last sample */
+    uint64_t rate_bytes;     /* progress.bytes at that sample */
+    uint64_t rate_done;      /* progress.done at that sample */
+    double rate;             /* bytes per second, smoothed */
+    double pace;             /* progress.done per second, smoothed: for the ETA */
+    /* Bytes written since the last acknowledged cycle: -1 when not known (scheduler's
+     * context only). */
+    int64_t pending_bytes;
+    bool pending_measuring;
+    /* The domain was shut off (the hook's "stopped"): its final cycle, then no cycles until
+     * it starts again (state PausedDomainOff). Not a suspend: that one is the user's. */
+    bool paused;
+    bool final_pending; /* "stopped" came during a cycle: the final cycle follows it */
+    bool final_ok;      /* the final cycle was acknowledged: the replica has all of the data */
+    bool cycle_final;   /* the queued or running cycle is the final one */
+    bool final_retry;   /* it failed in a way the next try may not (the replica unreachable) */
 };
 
 static void vr_scheduler_start_cycle(VrSchedulerJob *job);
+static VrSchedulerJob *vr_scheduler_find(VrScheduler *scheduler, const char *name, GError **error);
+static void vr_scheduler_measure_pending(VrSchedulerJob *job);
 
 /* ---- errors --------------------------------------------------------------------------- */
 
@@ -139,6 +172,17 @@ vr_scheduler_cancel_timer(VrSchedulerJob *job)
     }
 }
 
+static VrSchedulerJob *
+vr_scheduler_job_new(VrScheduler *scheduler)
+{
+    VrSchedulerJob *job = g_new0(VrSchedulerJob, 1);
+
+    job->scheduler = scheduler;
+    job->pending_bytes = -1;
+    g_mutex_init(&job->progress_lock);
+    return job;
+}
+
 static void
 vr_scheduler_job_free(gpointer data)
 {
@@ -150,6 +194,7 @@ vr_scheduler_job_free(gpointer data)
     g_free(job->server);
     g_free(job->address);
     g_free(job->network);
+    g_free(job->export_dir);
     g_strfreev(job->disks);
     g_free(job->domain_xml_sent);
     vr_sender_free(job->sender);
@@ -158,6 +203,7 @@ vr_scheduler_job_free(gpointer data)
     g_clear_object(&job->cancellable);
     vr_primary_result_clear(&job->result);
     g_clear_error(&job->error);
+    g_mutex_clear(&job->progress_lock);
     g_free(job);
 }
 
@@ -183,6 +229,8 @@ vr_scheduler_job_config(VrSchedulerJob *job)
     for (guint i = 0; job->disks[i] != NULL; i++)
         json_object_array_add(disks, json_object_new_string(job->disks[i]));
     json_object_object_add(obj, "disks", disks);
+    if (job->export_dir != NULL)
+        json_object_object_add(obj, "initial_export", json_object_new_string(job->export_dir));
     return g_strdup(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN));
 }
 
@@ -222,6 +270,11 @@ vr_scheduler_job_state(VrSchedulerJob *job)
         return "Suspended";
     if (job->resync_next)
         return "ResynchronizationRequired";
+    /* The initial copy goes on external media: being exported, or waiting for its import. */
+    if (job->export_dir != NULL || job->awaiting_import)
+        return "WaitingForInitialReplication";
+    if (job->paused)
+        return "PausedDomainOff";
     return "Replicating";
 }
 
@@ -390,6 +443,58 @@ vr_scheduler_send_domain(VrSchedulerJob *job)
     job->domain_xml_sent = g_steal_pointer(&digest);
 }
 
+/*
+ * The cycle's progress, for the status: the phase and the figures as they come, and a rate
+ * smoothed over samples of at least half a second. A new pass starts the rate again: a read
+ * from a local disk and a send held to a bandwidth limit go at very different speeds.
+ * Worker thread.
+ */
+static void
+vr_scheduler_on_progress(const VrPrimaryProgress *progress, gpointer data)
+{
+    VrSchedulerJob *job = data;
+    gint64 now = g_get_monotonic_time();
+
+    g_mutex_lock(&job->progress_lock);
+    if (progress->phase != job->progress.phase || progress->disk != job->progress.disk ||
+        progress->bytes < job->rate_bytes || progress->done < job->rate_done) {
+        job->rate_time = now;
+        job->rate_bytes = progress->bytes;
+        job->rate_done = progress->done;
+        job->rate = 0;
+        job->pace = 0;
+    } else if (now - job->rate_time >= VR_SCHEDULER_RATE_SAMPLE_US) {
+        double span = (double)(now - job->rate_time) / G_USEC_PER_SEC;
+        double rate = (double)(progress->bytes - job->rate_bytes) / span;
+        double pace = (double)(progress->done - job->rate_done) / span;
+
+        job->rate = job->rate == 0 ? rate : 0.5 * job->rate + 0.5 * rate;
+        job->pace = job->pace == 0 ? pace : 0.5 * job->pace + 0.5 * pace;
+        job->rate_time = now;
+        job->rate_bytes = progress->bytes;
+        job->rate_done = progress->done;
+    }
+    job->progress = *progress;
+    g_mutex_unlock(&job->progress_lock);
+}
+
+/* This host's certificate identity, as a replica sees it (an export's manifest names it). */
+static char *
+vr_scheduler_identity(VrScheduler *scheduler)
+{
+    g_autoptr(GTlsCertificate) cert = NULL;
+    g_autoptr(GError) local = NULL;
+    char *name = NULL;
+
+    if (scheduler->config->certificates.cert != NULL)
+        cert = g_tls_certificate_new_from_file(scheduler->config->certificates.cert, &local);
+    if (cert != NULL)
+        name = vr_tls_policy_peer_name_gtls(cert, &local);
+    if (name == NULL)
+        g_debug("no certificate identity: %s", local != NULL ? local->message : "no certificate");
+    return name;
+}
+
 /* The worker: one cycle, then its completion on the scheduler's context. */
 static void
 vr_scheduler_worker(gpointer data, gpointer user_data)
@@ -411,7 +516,10 @@ vr_scheduler_worker(gpointer data, gpointer user_data)
         .allow_resync = true,
         .resync = job->cycle_resync,
         .app_consistent = job->want_app_consistent,
+        .export_dir = job->cycle_export ? job->export_dir : NULL,
+        .base_exported = job->awaiting_import,
     };
+    g_autofree char *identity = job->cycle_export ? vr_scheduler_identity(scheduler) : NULL;
 
     if (g_mkdir_with_parents(workdir, 0700) < 0) {
         int errsv = errno;
@@ -419,10 +527,18 @@ vr_scheduler_worker(gpointer data, gpointer user_data)
         g_set_error(&job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
                     "cannot make the work directory '%s': %s", workdir, g_strerror(errsv));
         job->ok = false;
+    } else if (job->cycle_export && identity == NULL) {
+        g_set_error(&job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
+                    "cannot read this host's certificate identity for the export");
+        job->ok = false;
     } else {
-        vr_scheduler_send_domain(job);
-        job->ok = vr_primary_run_cycle(&config, job->cycle_base, job->cycle_base + 1, NULL, NULL,
-                                       job->cancellable, &job->result, &job->error);
+        config.export_identity = identity;
+        /* An export carries the domain XML in its manifest: nothing goes to the replica. */
+        if (!job->cycle_export)
+            vr_scheduler_send_domain(job);
+        job->ok = vr_primary_run_cycle(&config, job->cycle_base, job->cycle_base + 1,
+                                       vr_scheduler_on_progress, job, job->cancellable,
+                                       &job->result, &job->error);
     }
     g_atomic_int_inc(&scheduler->token->ref);
     done->token = scheduler->token;
@@ -430,6 +546,159 @@ vr_scheduler_worker(gpointer data, gpointer user_data)
     source = g_idle_source_new();
     g_source_set_callback(source, vr_scheduler_on_done, done, vr_scheduler_done_free);
     g_source_attach(source, scheduler->context);
+}
+
+/* ---- the final cycle of a shut-off domain (the hook's "stopped") ----------------------- */
+
+/* How long the final cycle waits for libvirt to finish the stop it heard of (µs). */
+#define VR_SCHEDULER_STOP_WAIT (10 * G_USEC_PER_SEC)
+
+/*
+ * The final cycle: vr_primary_run_offline_cycle() from the last acknowledged cycle, then its
+ * completion like any cycle's. "stopped" comes while libvirt is still stopping the domain
+ * (docs/hook.md): wait until it is shut off. A domain that was migrated away has no final
+ * cycle here: its destination runs the images now. Worker thread.
+ */
+static void
+vr_scheduler_final_worker(VrSchedulerJob *job, VrScheduler *scheduler)
+{
+    g_autofree char *workdir =
+        g_build_filename(scheduler->config->daemon.state_dir, "work", job->id, NULL);
+    g_autoptr(GSource) source = NULL;
+    VrSchedulerDone *done = g_new0(VrSchedulerDone, 1);
+    VrPrimaryConfig config = {
+        .conn = scheduler->conn,
+        .domain = job->domain,
+        .relationship = job->id,
+        .epoch = job->epoch,
+        .disks = (const char *const *)job->disks,
+        .workdir = workdir,
+        .sender = job->sender,
+    };
+    gint64 deadline = g_get_monotonic_time() + VR_SCHEDULER_STOP_WAIT;
+    virDomainPtr dom = virDomainLookupByName(scheduler->conn, job->domain);
+    int state = VIR_DOMAIN_NOSTATE;
+    int reason = 0;
+
+    while (dom != NULL && virDomainIsActive(dom) == 1 && g_get_monotonic_time() < deadline &&
+           !g_cancellable_is_cancelled(job->cancellable))
+        g_usleep(100 * 1000);
+    if (dom != NULL && virDomainGetState(dom, &state, &reason, 0) < 0)
+        state = VIR_DOMAIN_NOSTATE;
+    if (dom != NULL)
+        virDomainFree(dom);
+    if (state == VIR_DOMAIN_SHUTOFF && reason == VIR_DOMAIN_SHUTOFF_MIGRATED) {
+        g_set_error(&job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_CANCELLED,
+                    "no final cycle: domain '%s' was migrated to another host", job->domain);
+        job->ok = false;
+    } else if (g_mkdir_with_parents(workdir, 0700) < 0) {
+        int errsv = errno;
+
+        g_set_error(&job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
+                    "cannot make the work directory '%s': %s", workdir, g_strerror(errsv));
+        job->ok = false;
+    } else {
+        job->ok = vr_primary_run_offline_cycle(&config, job->cycle_base, job->cycle_base + 1,
+                                               vr_scheduler_on_progress, job, job->cancellable,
+                                               &job->result, &job->error);
+    }
+    g_atomic_int_inc(&scheduler->token->ref);
+    done->token = scheduler->token;
+    done->id = g_strdup(job->id);
+    source = g_idle_source_new();
+    g_source_set_callback(source, vr_scheduler_on_done, done, vr_scheduler_done_free);
+    g_source_attach(source, scheduler->context);
+}
+
+/* The pool's function: the final cycle or an online one. */
+static void
+vr_scheduler_pool_run(gpointer data, gpointer user_data)
+{
+    VrSchedulerJob *job = data;
+
+    if (job->cycle_final)
+        vr_scheduler_final_worker(job, user_data);
+    else
+        vr_scheduler_worker(data, user_data);
+}
+
+/* Record the state now (a pause, a resume) rather than at the next cycle's end. */
+static void
+vr_scheduler_save_state(VrSchedulerJob *job)
+{
+    g_autoptr(GError) local = NULL;
+
+    if (!vr_scheduler_job_save(job, NULL, vr_scheduler_job_state(job), &local))
+        g_warning("relationship '%s': cannot record its state: %s", job->id, local->message);
+}
+
+/*
+ * Queue the final cycle of the paused @job. Without an acknowledged cycle to build on (the
+ * initial copy not done or not imported yet, a resync pending) there is none: the domain's
+ * next start goes on from where it is.
+ */
+static void
+vr_scheduler_start_final(VrSchedulerJob *job)
+{
+    if (job->acked == 0 || job->resync_next || job->awaiting_import || job->export_dir != NULL) {
+        g_info("relationship '%s': domain '%s' shut off; no final cycle (%s)", job->id, job->domain,
+               job->resync_next ? "a resynchronization is pending"
+                                : "the replica has no initial copy yet");
+        return;
+    }
+    job->running = true;
+    job->cycle_final = true;
+    job->last_start = g_get_monotonic_time();
+    job->cycle_base = job->acked;
+    job->cycle_resync = false;
+    job->cycle_export = false;
+    job->want_app_consistent = false;
+    g_clear_object(&job->cancellable);
+    job->cancellable = g_cancellable_new();
+    vr_primary_result_clear(&job->result);
+    g_clear_error(&job->error);
+    vr_scheduler_on_progress(&(VrPrimaryProgress){ .phase = VR_PRIMARY_PHASE_CUT }, job);
+    g_info("relationship '%s': domain '%s' shut off: final cycle %" PRIu64 " from %" PRIu64
+           " queued",
+           job->id, job->domain, job->cycle_base + 1, job->cycle_base);
+    g_thread_pool_push(job->scheduler->pool, job, NULL);
+}
+
+/* The hook's "stopped" (not after a migration away): pause after a final cycle. A user's
+ * suspend stays as it is, and so does a refusal (Error). */
+static void
+vr_scheduler_domain_stopped(VrSchedulerJob *job)
+{
+    if (job->suspended || job->refused || job->paused)
+        return;
+    job->paused = true;
+    job->final_ok = false;
+    job->final_retry = false;
+    vr_scheduler_cancel_timer(job);
+    if (job->running)
+        job->final_pending = true; /* after the cycle that runs (it fails: QEMU is gone) */
+    else
+        vr_scheduler_start_final(job);
+    vr_scheduler_save_state(job);
+}
+
+/*
+ * The hook's "started" (and "prepare" or "start", should a hook send them): the domain runs
+ * or is about to, so a final cycle still running is cancelled (it publishes nothing it read
+ * after the start: vr-primary.h) and the pause ends; the caller cuts a cycle, whose health
+ * check comes first.
+ */
+static void
+vr_scheduler_domain_starts(VrSchedulerJob *job)
+{
+    job->final_pending = false;
+    job->final_retry = false;
+    if (job->running && job->cycle_final)
+        g_cancellable_cancel(job->cancellable);
+    if (job->paused) {
+        job->paused = false;
+        vr_scheduler_save_state(job);
+    }
 }
 
 static void
@@ -447,15 +716,28 @@ vr_scheduler_start_cycle(VrSchedulerJob *job)
     if (!vr_scheduler_domain_active(job)) {
         g_debug("relationship '%s': domain '%s' is not running: no cycle", job->id, job->domain);
         vr_scheduler_schedule(job, job->frequency);
+        if (job->paused && job->final_retry)
+            vr_scheduler_start_final(job);
         return;
     }
+    job->paused = false; /* it runs: also after a start the hook did not tell */
     job->running = true;
     job->last_start = g_get_monotonic_time();
+    g_mutex_lock(&job->progress_lock);
+    job->progress = (VrPrimaryProgress){ .phase = VR_PRIMARY_PHASE_CUT };
+    job->progress_started = job->last_start;
+    job->rate_time = job->last_start;
+    job->rate_bytes = 0;
+    job->rate_done = 0;
+    job->rate = 0;
+    job->pace = 0;
+    g_mutex_unlock(&job->progress_lock);
     job->want_app_consistent =
         job->app_consistent_hours != 0 &&
         now - job->last_app_consistent >= (gint64)job->app_consistent_hours * 3600;
     job->cycle_base = job->acked;
     job->cycle_resync = job->resync_next;
+    job->cycle_export = job->export_dir != NULL && job->acked == 0 && !job->resync_next;
     g_clear_object(&job->cancellable);
     job->cancellable = g_cancellable_new();
     vr_primary_result_clear(&job->result);
@@ -508,8 +790,17 @@ vr_scheduler_cycle_done(VrSchedulerJob *job)
     VrStateCycle cycle = { 0 };
     gint64 elapsed_s = (g_get_monotonic_time() - job->last_start) / G_USEC_PER_SEC;
     int64_t now_ms = g_get_real_time() / 1000;
+    bool final = job->cycle_final;
 
     job->running = false;
+    job->cycle_final = false;
+    if (final) {
+        job->final_ok = job->ok;
+        job->final_retry =
+            !job->ok && job->paused &&
+            (g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_UNREACHABLE) ||
+             g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED));
+    }
     cycle.cycle = job->cycle_base + 1;
     if (job->ok) {
         cycle.result = VR_STATE_CYCLE_OK;
@@ -520,6 +811,15 @@ vr_scheduler_cycle_done(VrSchedulerJob *job)
         cycle.wire_bytes = job->result.wire_bytes;
         job->acked = job->result.cycle;
         job->resync_next = false;
+        if (job->cycle_export) {
+            g_info("relationship '%s': initial copy exported to '%s': import it on the replica "
+                   "(virt-replica replica-import)",
+                   job->id, job->export_dir);
+            g_clear_pointer(&job->export_dir, g_free);
+            job->awaiting_import = true;
+        } else {
+            job->awaiting_import = false;
+        }
         if (job->result.flags & VR_WIRE_FLAG_APP_CONSISTENT)
             job->last_app_consistent = g_get_real_time() / G_USEC_PER_SEC;
         g_info("relationship '%s': cycle %" PRIu64 " acknowledged: %" PRIu64 " bytes in %" PRId64
@@ -527,9 +827,14 @@ vr_scheduler_cycle_done(VrSchedulerJob *job)
                job->id, job->result.cycle, job->result.bytes,
                job->result.finished_ms - job->result.started_ms);
     } else {
-        bool missed = g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_UNREACHABLE) ||
-                      g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_CANCELLED);
+        /* Waiting for the import of the exported base: missed, the bitmaps kept, no Error. */
+        bool missed =
+            g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_UNREACHABLE) ||
+            g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_CANCELLED) ||
+            g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_AWAITING_IMPORT);
 
+        if (g_error_matches(job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_AWAITING_IMPORT))
+            g_prefix_error(&job->error, "waiting for the replica to import the initial copy: ");
         cycle.result = missed ? VR_STATE_CYCLE_MISSED : VR_STATE_CYCLE_FAILED;
         cycle.started_ms = now_ms - elapsed_s * 1000;
         cycle.finished_ms = now_ms;
@@ -545,8 +850,229 @@ vr_scheduler_cycle_done(VrSchedulerJob *job)
         !vr_scheduler_job_save(job, NULL, vr_scheduler_job_state(job), &local))
         g_warning("relationship '%s': cannot record the cycle: %s", job->id, local->message);
     vr_scheduler_answer_waiters(job);
+    if (job->ok)
+        vr_scheduler_measure_pending(job);
     /* Counted from the start of this cycle: an overrun delays, never stacks. */
     vr_scheduler_schedule(job, (guint)MAX((gint64)job->frequency - elapsed_s, 1));
+    if (job->final_pending) {
+        job->final_pending = false;
+        vr_scheduler_start_final(job);
+    } else if (final && !job->paused && !job->suspended && !job->refused) {
+        /* The domain started during its final cycle: resume now. */
+        vr_scheduler_schedule(job, 0);
+    }
+}
+
+/* ---- pending bytes ------------------------------------------------------------------- */
+
+typedef struct {
+    VrSchedulerToken *token;
+    virConnectPtr conn;
+    char *id;
+    char *domain;
+    char *bitmap; /* B(acked) */
+    int64_t bytes;
+} VrSchedulerPending;
+
+static void
+vr_scheduler_pending_free(gpointer data)
+{
+    VrSchedulerPending *pending = data;
+
+    vr_scheduler_token_unref(pending->token);
+    g_free(pending->id);
+    g_free(pending->domain);
+    g_free(pending->bitmap);
+    g_free(pending);
+}
+
+/*
+ * The dirty count of B(acked) summed over the domain's block nodes: what the guest wrote
+ * since the cut of the last acknowledged cycle, which the replica does not have. Only the
+ * disks' format nodes carry that name (a cycle's frozen copy on its fleece has another).
+ * -1 when the domain does not run or the bitmap is not there (tracking lost). A thread of
+ * GLib's pool: libvirt may make this wait while a cycle's own monitor commands run.
+ */
+static void
+vr_scheduler_pending_thread(GTask *task, gpointer source, gpointer data, GCancellable *cancellable)
+{
+    VrSchedulerPending *pending = data;
+    virDomainPtr dom = virDomainLookupByName(pending->conn, pending->domain);
+    g_autofree char *reply = NULL;
+    g_autoptr(json_object) obj = NULL;
+    json_object *nodes;
+    int64_t sum = -1;
+
+    if (dom != NULL && virDomainIsActive(dom) == 1 &&
+        virDomainQemuMonitorCommand(
+            dom, "{\"execute\":\"query-named-block-nodes\",\"arguments\":{\"flat\":true}}", &reply,
+            0) == 0 &&
+        (obj = json_tokener_parse(reply)) != NULL &&
+        json_object_object_get_ex(obj, "return", &nodes) &&
+        json_object_is_type(nodes, json_type_array)) {
+        for (size_t i = 0; i < json_object_array_length(nodes); i++) {
+            json_object *bitmaps;
+
+            if (!json_object_object_get_ex(json_object_array_get_idx(nodes, i), "dirty-bitmaps",
+                                           &bitmaps) ||
+                !json_object_is_type(bitmaps, json_type_array))
+                continue;
+            for (size_t b = 0; b < json_object_array_length(bitmaps); b++) {
+                json_object *bitmap = json_object_array_get_idx(bitmaps, b);
+                json_object *count;
+
+                if (g_strcmp0(vr_json_get_string(bitmap, "name"), pending->bitmap) == 0 &&
+                    json_object_object_get_ex(bitmap, "count", &count))
+                    sum = MAX(sum, 0) + json_object_get_int64(count);
+            }
+        }
+    }
+    if (dom != NULL)
+        virDomainFree(dom);
+    pending->bytes = sum;
+    g_task_return_boolean(task, TRUE);
+}
+
+static void
+vr_scheduler_pending_done(GObject *source, GAsyncResult *result, gpointer data)
+{
+    VrSchedulerPending *pending = g_task_get_task_data(G_TASK(result));
+    VrScheduler *scheduler = pending->token->scheduler;
+    VrSchedulerJob *job;
+
+    if (scheduler == NULL || (job = g_hash_table_lookup(scheduler->jobs, pending->id)) == NULL)
+        return;
+    job->pending_measuring = false;
+    job->pending_bytes = pending->bytes;
+}
+
+/* Measure the pending bytes of @job in a thread, unless a measure runs. */
+static void
+vr_scheduler_measure_pending(VrSchedulerJob *job)
+{
+    VrScheduler *scheduler = job->scheduler;
+    VrSchedulerPending *pending;
+    g_autoptr(GTask) task = NULL;
+
+    if (job->pending_measuring)
+        return;
+    if (job->acked == 0) {
+        /* No bitmap names the replica's state yet: the initial copy's progress says more. */
+        job->pending_bytes = -1;
+        return;
+    }
+    pending = g_new0(VrSchedulerPending, 1);
+    g_atomic_int_inc(&scheduler->token->ref);
+    pending->token = scheduler->token;
+    pending->conn = scheduler->conn;
+    pending->id = g_strdup(job->id);
+    pending->domain = g_strdup(job->domain);
+    pending->bitmap = vr_capture_relationship_bitmap_name(job->id, job->acked);
+    job->pending_measuring = true;
+    task = g_task_new(NULL, NULL, vr_scheduler_pending_done, NULL);
+    g_task_set_task_data(task, pending, vr_scheduler_pending_free);
+    g_task_run_in_thread(task, vr_scheduler_pending_thread);
+}
+
+static gboolean
+vr_scheduler_on_pending_timer(gpointer data)
+{
+    VrScheduler *scheduler = data;
+    GHashTableIter iter;
+    gpointer value;
+
+    g_hash_table_iter_init(&iter, scheduler->jobs);
+    while (g_hash_table_iter_next(&iter, NULL, &value))
+        vr_scheduler_measure_pending(value);
+    return G_SOURCE_CONTINUE;
+}
+
+int64_t
+vr_scheduler_pending_bytes(VrScheduler *scheduler, const char *id)
+{
+    VrSchedulerJob *job = vr_scheduler_find(scheduler, id, NULL);
+
+    return job != NULL ? job->pending_bytes : -1;
+}
+
+/*
+ * The time left: the rest of the pass that runs at its measured pace (of @done: the disk
+ * offset reached while reading and encoding, stream bytes while sending), and the passes
+ * after it at the pace of the cycle so far, or, below 1 % done, each as long as this one.
+ * NULL while no pace is known (a pass that just began, the cut). A JSON integer.
+ */
+static json_object *
+vr_scheduler_eta(const VrPrimaryProgress *progress, double pace, double fraction, gint64 elapsed_us)
+{
+    VrPrimaryProgress end = *progress;
+    double elapsed = (double)elapsed_us / G_USEC_PER_SEC;
+    double pass_end;
+    double seconds;
+
+    if (progress->phase == VR_PRIMARY_PHASE_CUT)
+        return NULL;
+    end.done = end.total;
+    pass_end = vr_primary_progress_fraction(&end);
+    if (progress->total > progress->done) {
+        if (pace <= 0)
+            return NULL;
+        seconds = (double)(progress->total - progress->done) / pace;
+        if (fraction >= 0.01)
+            seconds += elapsed * (1 - pass_end) / fraction;
+        else
+            seconds += (1 - pass_end) * 3.0 * progress->n_disks * (double)progress->total / pace;
+    } else if (fraction >= 0.01) {
+        seconds = elapsed * (1 - fraction) / fraction;
+    } else {
+        return NULL;
+    }
+    return json_object_new_int64((int64_t)(seconds + 0.5));
+}
+
+json_object *
+vr_scheduler_progress_json(VrScheduler *scheduler, const char *id)
+{
+    VrSchedulerJob *job = vr_scheduler_find(scheduler, id, NULL);
+    json_object *obj;
+    VrPrimaryProgress progress;
+    gint64 started;
+    double rate;
+    double pace;
+    double fraction;
+    gint64 elapsed_us;
+    char text[16];
+
+    if (job == NULL || !job->running)
+        return NULL;
+    g_mutex_lock(&job->progress_lock);
+    progress = job->progress;
+    started = job->progress_started;
+    rate = job->rate;
+    pace = job->pace;
+    g_mutex_unlock(&job->progress_lock);
+
+    fraction = vr_primary_progress_fraction(&progress);
+    elapsed_us = g_get_monotonic_time() - started;
+    obj = json_object_new_object();
+    json_object_object_add(obj, "cycle", json_object_new_uint64(job->cycle_base + 1));
+    json_object_object_add(obj, "resync", json_object_new_boolean(job->cycle_resync));
+    json_object_object_add(obj, "phase",
+                           json_object_new_string(vr_primary_phase_name(progress.phase)));
+    if (progress.phase != VR_PRIMARY_PHASE_CUT && progress.disk < g_strv_length(job->disks)) {
+        json_object_object_add(obj, "disk", json_object_new_string(job->disks[progress.disk]));
+        json_object_object_add(obj, "disk_index", json_object_new_uint64(progress.disk));
+    }
+    json_object_object_add(obj, "disks", json_object_new_uint64(g_strv_length(job->disks)));
+    json_object_object_add(obj, "done", json_object_new_uint64(progress.done));
+    json_object_object_add(obj, "total", json_object_new_uint64(progress.total));
+    json_object_object_add(obj, "bytes", json_object_new_uint64(progress.bytes));
+    /* Four decimals, not json-c's seventeen digits. */
+    g_snprintf(text, sizeof(text), "%.4f", fraction);
+    json_object_object_add(obj, "fraction", json_object_new_double_s(fraction, text));
+    json_object_object_add(obj, "rate_bytes_per_s", json_object_new_uint64((uint64_t)rate));
+    json_object_object_add(obj, "elapsed_ms", json_object_new_int64(elapsed_us / 1000));
+    json_object_object_add(obj, "eta_s", vr_scheduler_eta(&progress, pace, fraction, elapsed_us));
+    return obj;
 }
 
 /* ---- loading and enabling ------------------------------------------------------------- */
@@ -598,6 +1124,7 @@ vr_scheduler_job_settings(VrSchedulerJob *job, json_object *obj, bool request, G
                                            "bandwidth",
                                            "initial",
                                            "disks",
+                                           "initial_export",
                                            NULL };
     const VrConfig *config = job->scheduler->config;
     g_autofree char *bandwidth = NULL;
@@ -664,11 +1191,26 @@ vr_scheduler_job_settings(VrSchedulerJob *job, json_object *obj, bool request, G
             return vr_scheduler_invalid(error, "'initial' must be a string");
         if (strcmp(initial, "existing") == 0) {
             job->resync_next = true;
+        } else if (g_str_has_prefix(initial, "export:")) {
+            /* The initial copy on external media (vr-export.h): checked at the first cycle. */
+            if (!g_path_is_absolute(initial + strlen("export:")))
+                return vr_scheduler_invalid(error,
+                                            "'initial' '%s': the export directory must be "
+                                            "an absolute path",
+                                            initial);
+            job->export_dir = g_canonicalize_filename(initial + strlen("export:"), NULL);
         } else if (strcmp(initial, "network") != 0) {
-            g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_UNSUPPORTED,
-                        "'initial' '%s': only 'network' and 'existing' are supported yet", initial);
-            return false;
+            return vr_scheduler_invalid(
+                error, "'initial' '%s' is none of 'network', 'existing' and 'export:PATH'",
+                initial);
         }
+    }
+    /* Only in the stored settings: the export still to write. */
+    if (json_object_object_get_ex(obj, "initial_export", &member)) {
+        if (request)
+            return vr_scheduler_invalid(error, "unknown member 'initial_export'");
+        if (!vr_scheduler_get_string(obj, "initial_export", &job->export_dir, error))
+            return false;
     }
     if (json_object_object_get_ex(obj, "disks", &member)) {
         g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
@@ -783,7 +1325,7 @@ vr_scheduler_add(VrScheduler *scheduler, VrSchedulerJob *job, guint delay)
 bool
 vr_scheduler_enable(VrScheduler *scheduler, json_object *request, char **id_out, GError **error)
 {
-    VrSchedulerJob *job = g_new0(VrSchedulerJob, 1);
+    VrSchedulerJob *job = vr_scheduler_job_new(scheduler);
     g_autofree char *xml = NULL;
     char uuid[VIR_UUID_STRING_BUFLEN];
     const char *domain = NULL;
@@ -793,7 +1335,6 @@ vr_scheduler_enable(VrScheduler *scheduler, json_object *request, char **id_out,
     gpointer value;
     bool ok = false;
 
-    job->scheduler = scheduler;
     job->epoch = 1;
     if (json_object_is_type(request, json_type_object))
         domain = vr_json_get_string(request, "domain");
@@ -876,14 +1417,21 @@ vr_scheduler_load(VrScheduler *scheduler, GError **error)
 
         if (rel->role != VR_STATE_ROLE_PRIMARY)
             continue;
-        job = g_new0(VrSchedulerJob, 1);
-        job->scheduler = scheduler;
+        job = vr_scheduler_job_new(scheduler);
         job->id = g_strdup(rel->id);
         job->domain = g_strdup(rel->domain_name);
         job->epoch = rel->epoch;
         job->suspended = g_strcmp0(rel->state, "Suspended") == 0;
         job->resync_next = g_strcmp0(rel->state, "ResynchronizationRequired") == 0;
         job->refused = g_strcmp0(rel->state, "Error") == 0;
+        /*
+         * Whether its final cycle was acknowledged is not kept: it runs again once the domain
+         * is found off (an empty cycle when it had been, the missing one when the daemon
+         * stopped before it ended), and until then the RPO clock counts as for any cycle.
+         */
+        job->paused = g_strcmp0(rel->state, "PausedDomainOff") == 0;
+        job->final_retry = job->paused;
+        job->awaiting_import = g_strcmp0(rel->state, "WaitingForInitialReplication") == 0;
         settings = json_tokener_parse(rel->config);
         if (settings == NULL || !vr_scheduler_job_settings(job, settings, false, &local) ||
             job->disks == NULL || !vr_scheduler_job_transport(job, &local) ||
@@ -895,6 +1443,8 @@ vr_scheduler_load(VrScheduler *scheduler, GError **error)
             continue;
         }
         job->acked = stats.last_ok_cycle;
+        /* Exported already, or still to export (the stored settings say). */
+        job->awaiting_import = job->awaiting_import && job->export_dir == NULL;
         vr_scheduler_add(scheduler, job, 0);
     }
     return true;
@@ -916,10 +1466,13 @@ vr_scheduler_new(const VrConfig *config, VrState *state, virConnectPtr conn, GEr
     if (config->primary.bandwidth != 0)
         scheduler->host_limit = vr_rate_limit_new(
             config->primary.bandwidth, MAX(config->primary.bandwidth / 4, VR_SCHEDULER_MIN_BURST));
-    scheduler->pool = g_thread_pool_new(vr_scheduler_worker, scheduler,
+    scheduler->pool = g_thread_pool_new(vr_scheduler_pool_run, scheduler,
                                         (int)config->daemon.max_active_transfers, FALSE, error);
     if (scheduler->pool == NULL || !vr_scheduler_load(scheduler, error))
         return NULL;
+    scheduler->pending_timer = g_timeout_source_new_seconds(VR_SCHEDULER_PENDING_INTERVAL);
+    g_source_set_callback(scheduler->pending_timer, vr_scheduler_on_pending_timer, scheduler, NULL);
+    g_source_attach(scheduler->pending_timer, scheduler->context);
     return g_steal_pointer(&scheduler);
 }
 
@@ -931,6 +1484,10 @@ vr_scheduler_free(VrScheduler *scheduler)
 
     if (scheduler == NULL)
         return;
+    if (scheduler->pending_timer != NULL) {
+        g_source_destroy(scheduler->pending_timer);
+        g_source_unref(scheduler->pending_timer);
+    }
     g_hash_table_iter_init(&iter, scheduler->jobs);
     while (g_hash_table_iter_next(&iter, NULL, &value)) {
         VrSchedulerJob *job = value;
@@ -1067,11 +1624,20 @@ vr_scheduler_notify(VrScheduler *scheduler, const char *domain, const char *oper
         return;
     if (strcmp(operation, "started") == 0 || strcmp(operation, "reconnect") == 0) {
         job->migrating = false;
+        vr_scheduler_domain_starts(job);
         if (!job->running && !job->suspended && !job->refused)
             vr_scheduler_schedule(job, 0);
+    } else if (strcmp(operation, "prepare") == 0 || strcmp(operation, "start") == 0) {
+        vr_scheduler_domain_starts(job);
     } else if (strcmp(operation, "migrate") == 0) {
         job->migrating = true;
-    } else if (strcmp(operation, "stopped") == 0 || strcmp(operation, "release") == 0) {
+    } else if (strcmp(operation, "stopped") == 0) {
+        bool migrated = job->migrating;
+
+        job->migrating = false;
+        if (!migrated)
+            vr_scheduler_domain_stopped(job);
+    } else if (strcmp(operation, "release") == 0) {
         job->migrating = false;
     }
 }
@@ -1095,7 +1661,15 @@ vr_scheduler_health(VrScheduler *scheduler, const VrStateRelationship *rel,
         (int64_t)frequency * 1000 * scheduler->config->primary.rpo_critical_factor;
 
     if (g_strcmp0(rel->state, "Error") == 0 ||
-        g_strcmp0(rel->state, "ResynchronizationRequired") == 0 || since_ms > critical_ms)
+        g_strcmp0(rel->state, "ResynchronizationRequired") == 0)
+        return "Critical";
+    /* The replica has no copy until the export is imported: not a failure, not yet healthy. */
+    if (g_strcmp0(rel->state, "WaitingForInitialReplication") == 0)
+        return "Warning";
+    /* Shut off after its final cycle: the replica has all of its data, however long ago. */
+    if (g_strcmp0(rel->state, "PausedDomainOff") == 0 && (job == NULL || job->final_ok))
+        since_ms = -1;
+    if (since_ms > critical_ms)
         return "Critical";
     if (stats->cycles_failed > 0 || stats->cycles_missed > 0 ||
         since_ms > (int64_t)frequency * 2000)

@@ -15,6 +15,9 @@
  * a hash resynchronization (state ResynchronizationRequired until it is done); a refusal by
  * the replica (a stale epoch, an unauthorized primary) → state Error until resumed.
  * A domain that is not running has no cycles (nothing to cut); they start when it runs.
+ * When the libvirt hook says it stopped (vr_scheduler_notify()), its final cycle is read
+ * from the closed images (vr_primary_run_offline_cycle()) and the relationship pauses
+ * (state PausedDomainOff) until the hook says it started: docs/hook.md.
  *
  * Everything here runs on the thread-default main context of the thread that made the
  * scheduler, except vr_primary_run_cycle() itself.
@@ -99,12 +102,28 @@ const char *vr_scheduler_health(VrScheduler *scheduler, const VrStateRelationshi
 
 /*
  * The libvirt hook told the daemon about @domain (docs/hook.md): "started" and
- * "reconnect" cut a cycle now (its health check comes first); "migrate" holds the cycles
- * while the domain leaves this host; "stopped" and "release" end that hold (a domain that
- * is not running has no cycles anyway: its persistent bitmaps keep tracking across a
- * shutdown). Domains this host does not replicate are ignored.
+ * "reconnect" cancel a final cycle that runs, end the pause and cut a cycle now (its health
+ * check comes first); "prepare" and "start" (not sent by our hook) only cancel a final
+ * cycle; "migrate" holds the cycles while the domain comes to this host; "stopped" ends
+ * that hold, or else (neither suspended nor refused) queues the final cycle from the closed
+ * images and pauses (state PausedDomainOff); "release" ends the hold. Domains this host
+ * does not replicate are ignored.
  */
 void vr_scheduler_notify(VrScheduler *scheduler, const char *domain, const char *operation);
+
+/*
+ * What the running cycle of @id does, for the status (docs/api.md, "progress"): its phase,
+ * disk, figures, the fraction of the cycle done, a rate and an estimate of the time left.
+ * NULL when no cycle of @id runs. (transfer full)
+ */
+json_object *vr_scheduler_progress_json(VrScheduler *scheduler, const char *id);
+
+/*
+ * The bytes the guest wrote since the cut of the last acknowledged cycle of @id (the dirty
+ * count of that cycle's bitmap, measured every few seconds and after each cycle), or -1
+ * when not known: no cycle acknowledged yet, the domain not running, the tracking lost.
+ */
+int64_t vr_scheduler_pending_bytes(VrScheduler *scheduler, const char *id);
 
 /* Whether a cycle of @id runs now. */
 bool vr_scheduler_is_running(VrScheduler *scheduler, const char *id);

@@ -116,8 +116,10 @@ vr_ship_flush(int fd, GByteArray *out, const char *path, GError **error)
  */
 static bool
 vr_ship_write_records(VrSpoolReader *reader, VrWireEncoder *encoder, int fd, const char *spool_path,
-                      const char *part_path, GError **error)
+                      const char *part_path, VrShipProgress progress, gpointer progress_data,
+                      GError **error)
 {
+    uint64_t size = vr_spool_reader_get_header(reader)->virtual_size;
     g_autoptr(GByteArray) out = g_byte_array_sized_new(VR_SHIP_FLUSH_SIZE + VR_WIRE_HEADER_SIZE);
     g_autoptr(GError) local = NULL;
     VrSpoolRecord rec;
@@ -141,6 +143,9 @@ vr_ship_write_records(VrSpoolReader *reader, VrWireEncoder *encoder, int fd, con
         }
         if (out->len >= VR_SHIP_FLUSH_SIZE && !vr_ship_flush(fd, out, part_path, error))
             return false;
+        if (progress != NULL)
+            progress(rec.offset + rec.length, size,
+                     spool_totals.data_bytes + spool_totals.zero_bytes, progress_data);
     }
     if (local != NULL) {
         g_propagate_error(error, g_steal_pointer(&local));
@@ -207,6 +212,14 @@ bool
 vr_ship_encode(const char *spool_path, const VrShipIdentity *id, const char *stream_path,
                VrShipTotals *totals, GError **error)
 {
+    return vr_ship_encode_with_progress(spool_path, id, stream_path, NULL, NULL, totals, error);
+}
+
+bool
+vr_ship_encode_with_progress(const char *spool_path, const VrShipIdentity *id,
+                             const char *stream_path, VrShipProgress progress,
+                             gpointer progress_data, VrShipTotals *totals, GError **error)
+{
     g_autofree char *part_path = g_strconcat(stream_path, ".part", NULL);
     g_autoptr(VrSpoolReader) reader = NULL;
     g_autoptr(VrWireEncoder) encoder = NULL;
@@ -249,7 +262,8 @@ vr_ship_encode(const char *spool_path, const VrShipIdentity *id, const char *str
         }
         return vr_ship_io_error(error, errno, "create", part_path);
     }
-    if (!vr_ship_write_records(reader, encoder, fd, spool_path, part_path, error))
+    if (!vr_ship_write_records(reader, encoder, fd, spool_path, part_path, progress, progress_data,
+                               error))
         goto rollback;
     if (close(fd) < 0) {
         fd = -1;

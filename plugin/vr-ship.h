@@ -65,4 +65,15 @@ typedef struct {
 bool vr_ship_encode(const char *spool_path, const VrShipIdentity *id, const char *stream_path,
                     VrShipTotals *totals, GError **error);
 
+/*
+ * Progress of an encoding, after each record: the disk offset reached (records come in
+ * ascending order), the disk's virtual size, and the disk bytes encoded so far.
+ */
+typedef void (*VrShipProgress)(uint64_t offset, uint64_t size, uint64_t bytes, gpointer data);
+
+/* vr_ship_encode() with @progress (may be NULL) called on this thread. */
+bool vr_ship_encode_with_progress(const char *spool_path, const VrShipIdentity *id,
+                                  const char *stream_path, VrShipProgress progress,
+                                  gpointer progress_data, VrShipTotals *totals, GError **error);
+
 G_END_DECLS

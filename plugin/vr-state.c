@@ -63,6 +63,18 @@ static const char vr_state_schema_v1[] =
     "  PRIMARY KEY (relationship, disk, cycle)"
     ") STRICT;";
 
+/*
+ * Version 2: the replica's authorization entries made through the API (the configuration
+ * file's stay in the file). The step from version 1; a new database runs both.
+ */
+static const char vr_state_schema_v2[] =
+    "CREATE TABLE authorizations ("
+    "  pattern TEXT PRIMARY KEY CHECK (pattern <> '' AND pattern = lower(pattern)),"
+    "  storage TEXT NOT NULL CHECK (substr(storage, 1, 1) = '/'),"
+    "  trust_group TEXT NOT NULL CHECK (trust_group <> ''),"
+    "  created INTEGER NOT NULL"
+    ") STRICT;";
+
 /* ---- errors and statements ---------------------------------------------------------- */
 
 static bool
@@ -179,14 +191,18 @@ vr_state_migrate(VrState *state, GError **error)
     }
     if (version == VR_STATE_SCHEMA_VERSION)
         return vr_state_exec(state, "COMMIT", "end the schema transaction", error);
-    /* Version 0: an empty database (later versions migrate step by step from here). */
-    if (!vr_state_exec(state, vr_state_schema_v1, "create the schema", error))
+    /* Step by step from the version found; version 0 is an empty database. */
+    if (version < 1 && !vr_state_exec(state, vr_state_schema_v1, "create the schema", error))
+        goto fail;
+    if (version < 2 &&
+        !vr_state_exec(state, vr_state_schema_v2, "upgrade the schema to version 2", error))
         goto fail;
     set_version = g_strdup_printf("PRAGMA user_version = %d", VR_STATE_SCHEMA_VERSION);
     if (!vr_state_exec(state, set_version, "set the schema version", error) ||
         !vr_state_exec(state, "COMMIT", "commit the schema", error))
         goto fail;
-    g_debug("state database '%s': created schema version %d", state->path, VR_STATE_SCHEMA_VERSION);
+    g_debug("state database '%s': schema version %" G_GINT64_FORMAT " brought to %d", state->path,
+            version, VR_STATE_SCHEMA_VERSION);
     return true;
 
 fail:
@@ -671,4 +687,91 @@ vr_state_points_list(VrState *state, const char *id, const char *disk, GError **
         return NULL;
     }
     return g_steal_pointer(&points);
+}
+
+/* ---- authorization entries (replica) --------------------------------------------------- */
+
+void
+vr_state_authz_free(VrStateAuthz *entry)
+{
+    if (entry == NULL)
+        return;
+    g_free(entry->pattern);
+    g_free(entry->storage);
+    g_free(entry->trust_group);
+    g_free(entry);
+}
+
+bool
+vr_state_authz_add(VrState *state, const VrStateAuthz *entry, GError **error)
+{
+    g_autoptr(sqlite3_stmt) stmt =
+        vr_state_prepare(state,
+                         "INSERT INTO authorizations (pattern, storage, trust_group, created)"
+                         " VALUES (?1, ?2, ?3, ?4)",
+                         error);
+    int rc;
+
+    if (stmt == NULL)
+        return false;
+    sqlite3_bind_text(stmt, 1, entry->pattern, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, entry->storage, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 3, entry->trust_group, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(stmt, 4, vr_state_now());
+    rc = sqlite3_step(stmt);
+    if (rc == SQLITE_DONE)
+        return true;
+    if (sqlite3_extended_errcode(state->db) == SQLITE_CONSTRAINT_PRIMARYKEY) {
+        g_set_error(error, VR_STATE_ERROR, VR_STATE_ERROR_EXISTS,
+                    "state database '%s': an authorization entry for '%s' is there already",
+                    state->path, entry->pattern);
+        return false;
+    }
+    return vr_state_sqlite_error(state, error, "store an authorization entry");
+}
+
+bool
+vr_state_authz_delete(VrState *state, const char *pattern, GError **error)
+{
+    g_autoptr(sqlite3_stmt) stmt =
+        vr_state_prepare(state, "DELETE FROM authorizations WHERE pattern = ?1", error);
+
+    if (stmt == NULL)
+        return false;
+    sqlite3_bind_text(stmt, 1, pattern, -1, SQLITE_STATIC);
+    if (!vr_state_step_done(state, stmt, "remove an authorization entry", error))
+        return false;
+    if (sqlite3_changes(state->db) == 0) {
+        g_set_error(error, VR_STATE_ERROR, VR_STATE_ERROR_NOT_FOUND,
+                    "no authorization entry for '%s'", pattern);
+        return false;
+    }
+    return true;
+}
+
+GPtrArray *
+vr_state_authz_list(VrState *state, GError **error)
+{
+    g_autoptr(sqlite3_stmt) stmt = vr_state_prepare(
+        state, "SELECT pattern, storage, trust_group, created FROM authorizations ORDER BY rowid",
+        error);
+    g_autoptr(GPtrArray) list = g_ptr_array_new_with_free_func((GDestroyNotify)vr_state_authz_free);
+    int rc;
+
+    if (stmt == NULL)
+        return NULL;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        VrStateAuthz *e = g_new0(VrStateAuthz, 1);
+
+        e->pattern = g_strdup((const char *)sqlite3_column_text(stmt, 0));
+        e->storage = g_strdup((const char *)sqlite3_column_text(stmt, 1));
+        e->trust_group = g_strdup((const char *)sqlite3_column_text(stmt, 2));
+        e->created = sqlite3_column_int64(stmt, 3);
+        g_ptr_array_add(list, e);
+    }
+    if (rc != SQLITE_DONE) {
+        vr_state_sqlite_error(state, error, "list the authorization entries");
+        return NULL;
+    }
+    return g_steal_pointer(&list);
 }

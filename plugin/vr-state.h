@@ -41,10 +41,15 @@ typedef enum {
     VR_STATE_ERROR_VERSION,   /* made by a newer schema than this code knows */
     VR_STATE_ERROR_NOT_FOUND, /* no such relationship */
     VR_STATE_ERROR_INVALID,   /* a value breaks a rule (named) */
+    VR_STATE_ERROR_EXISTS,    /* a row with that key is there already */
 } VrStateErrorCode;
 
-/* The schema version this code writes. */
-#define VR_STATE_SCHEMA_VERSION 1
+/*
+ * The schema version this code writes. 1: relationships, cycles, recovery points; 2: the
+ * replica's authorization entries made through the API. Older databases are upgraded step
+ * by step in one transaction when they are opened.
+ */
+#define VR_STATE_SCHEMA_VERSION 2
 
 typedef struct _VrState VrState;
 
@@ -152,5 +157,32 @@ GPtrArray *vr_state_disk_list(VrState *state, const char *id, GError **error);
 
 /* The points of @disk of @id, oldest first. (transfer full: a GArray of VrReplicaPoint) */
 GArray *vr_state_points_list(VrState *state, const char *id, const char *disk, GError **error);
+
+/* ---- authorization entries (replica) ------------------------------------------------- */
+
+/*
+ * The entries of the replica's authorization table that were added through the API
+ * (vr-authz.h, VR_AUTHZ_ORIGIN_API): the configuration file's are never stored here. The
+ * values are checked by vr_authz_add_origin() before they come here; this store only keeps
+ * them.
+ */
+typedef struct {
+    char *pattern;     /* lower case, the table's key */
+    char *storage;     /* absolute path of the storage root */
+    char *trust_group; /* [a-z0-9-]{1,32} */
+    int64_t created;   /* wall-clock seconds; set by the store */
+} VrStateAuthz;
+
+void vr_state_authz_free(VrStateAuthz *entry);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrStateAuthz, vr_state_authz_free)
+
+/* Store @entry (its created time is set here). EXISTS when its pattern is there already. */
+bool vr_state_authz_add(VrState *state, const VrStateAuthz *entry, GError **error);
+
+/* Remove the entry of @pattern; NOT_FOUND when there is none. */
+bool vr_state_authz_delete(VrState *state, const char *pattern, GError **error);
+
+/* Every entry, in the order they were added. (transfer full: a GPtrArray of VrStateAuthz) */
+GPtrArray *vr_state_authz_list(VrState *state, GError **error);
 
 G_END_DECLS

@@ -25,27 +25,48 @@ vr_authz_error_quark(void)
 }
 
 typedef struct {
-    char *prefix; /* the pattern, or what comes before its '*' */
-    char *suffix; /* what comes after the '*', or NULL without one */
+    char *pattern; /* folded to lower case */
+    char *prefix;  /* the pattern, or what comes before its '*' */
+    char *suffix;  /* what comes after the '*', or NULL without one */
     char *storage_root;
     char *group;
+    VrAuthzOrigin origin;
     bool any; /* the bare pattern "*": any authenticated primary */
-} VrAuthzEntry;
+} VrAuthzRule;
 
 struct _VrAuthz {
-    GPtrArray *entries; /* VrAuthzEntry; a single "*" entry when any is allowed */
+    GMutex lock;      /* guards rules: the receiver's threads look up, the daemon edits */
+    GPtrArray *rules; /* VrAuthzRule in match order; a single "*" rule when any is allowed */
 };
 
 static void
-vr_authz_entry_free(gpointer data)
+vr_authz_rule_free(gpointer data)
 {
-    VrAuthzEntry *e = data;
+    VrAuthzRule *r = data;
 
-    g_free(e->prefix);
-    g_free(e->suffix);
-    g_free(e->storage_root);
-    g_free(e->group);
-    g_free(e);
+    g_free(r->pattern);
+    g_free(r->prefix);
+    g_free(r->suffix);
+    g_free(r->storage_root);
+    g_free(r->group);
+    g_free(r);
+}
+
+void
+vr_authz_entry_free(VrAuthzEntry *entry)
+{
+    if (entry == NULL)
+        return;
+    g_free(entry->pattern);
+    g_free(entry->storage_root);
+    g_free(entry->group);
+    g_free(entry);
+}
+
+const char *
+vr_authz_origin_to_string(VrAuthzOrigin origin)
+{
+    return origin == VR_AUTHZ_ORIGIN_CONFIG ? "config" : "api";
 }
 
 VrAuthz *
@@ -53,7 +74,8 @@ vr_authz_new_table(void)
 {
     VrAuthz *authz = g_new0(VrAuthz, 1);
 
-    authz->entries = g_ptr_array_new_with_free_func(vr_authz_entry_free);
+    g_mutex_init(&authz->lock);
+    authz->rules = g_ptr_array_new_with_free_func(vr_authz_rule_free);
     return authz;
 }
 
@@ -62,7 +84,8 @@ vr_authz_free(VrAuthz *authz)
 {
     if (authz == NULL)
         return;
-    g_ptr_array_unref(authz->entries);
+    g_ptr_array_unref(authz->rules);
+    g_mutex_clear(&authz->lock);
     g_free(authz);
 }
 
@@ -97,11 +120,37 @@ vr_authz_pattern_valid(const char *pattern, bool wildcard)
     return stars <= (wildcard ? 1u : 0u);
 }
 
-bool
-vr_authz_add(VrAuthz *authz, const char *pattern, const char *storage_root, const char *group,
-             GError **error)
+/* The index of the rule of @folded (a lower-case pattern), or -1. Called with the lock held. */
+static int
+vr_authz_find_locked(VrAuthz *authz, const char *folded)
 {
-    VrAuthzEntry *e;
+    for (guint i = 0; i < authz->rules->len; i++) {
+        VrAuthzRule *r = g_ptr_array_index(authz->rules, i);
+
+        if (strcmp(r->pattern, folded) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+static VrAuthzEntry *
+vr_authz_rule_copy(const VrAuthzRule *r)
+{
+    VrAuthzEntry *e = g_new0(VrAuthzEntry, 1);
+
+    e->pattern = g_strdup(r->pattern);
+    e->storage_root = g_strdup(r->storage_root);
+    e->group = g_strdup(r->group);
+    e->origin = r->origin;
+    return e;
+}
+
+bool
+vr_authz_add_origin(VrAuthz *authz, const char *pattern, const char *storage_root,
+                    const char *group, VrAuthzOrigin origin, GError **error)
+{
+    g_autoptr(GMutexLocker) locker = NULL;
+    VrAuthzRule *r;
     const char *star;
 
     if (!g_str_equal(pattern, "*") && !vr_authz_pattern_valid(pattern, true)) {
@@ -121,19 +170,86 @@ vr_authz_add(VrAuthz *authz, const char *pattern, const char *storage_root, cons
                     VR_AUTHZ_GROUP_MAX);
         return false;
     }
-    e = g_new0(VrAuthzEntry, 1);
-    e->any = g_str_equal(pattern, "*");
-    star = strchr(pattern, '*');
+    r = g_new0(VrAuthzRule, 1);
+    r->pattern = g_ascii_strdown(pattern, -1);
+    r->any = g_str_equal(pattern, "*");
+    star = strchr(r->pattern, '*');
     if (star != NULL) {
-        e->prefix = g_ascii_strdown(pattern, star - pattern);
-        e->suffix = g_ascii_strdown(star + 1, -1);
+        r->prefix = g_strndup(r->pattern, star - r->pattern);
+        r->suffix = g_strdup(star + 1);
     } else {
-        e->prefix = g_ascii_strdown(pattern, -1);
+        r->prefix = g_strdup(r->pattern);
     }
-    e->storage_root = g_strdup(storage_root);
-    e->group = g_strdup(group);
-    g_ptr_array_add(authz->entries, e);
+    r->storage_root = g_strdup(storage_root);
+    r->group = g_strdup(group);
+    r->origin = origin;
+    locker = g_mutex_locker_new(&authz->lock);
+    if (vr_authz_find_locked(authz, r->pattern) >= 0) {
+        g_set_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_EXISTS,
+                    "pattern '%s' has an authorization entry already", r->pattern);
+        vr_authz_rule_free(r);
+        return false;
+    }
+    g_ptr_array_add(authz->rules, r);
     return true;
+}
+
+bool
+vr_authz_add(VrAuthz *authz, const char *pattern, const char *storage_root, const char *group,
+             GError **error)
+{
+    return vr_authz_add_origin(authz, pattern, storage_root, group, VR_AUTHZ_ORIGIN_CONFIG, error);
+}
+
+bool
+vr_authz_remove(VrAuthz *authz, const char *pattern, GError **error)
+{
+    g_autofree char *folded = g_ascii_strdown(pattern, -1);
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&authz->lock);
+    int i = vr_authz_find_locked(authz, folded);
+    VrAuthzRule *r;
+
+    if (i < 0) {
+        g_set_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_NOT_FOUND,
+                    "no authorization entry for pattern '%s'", pattern);
+        return false;
+    }
+    r = g_ptr_array_index(authz->rules, i);
+    if (r->origin == VR_AUTHZ_ORIGIN_CONFIG) {
+        g_set_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_FIXED,
+                    "the authorization entry of pattern '%s' comes from the configuration file",
+                    r->pattern);
+        return false;
+    }
+    /* Order matters (the first match wins): not g_ptr_array_remove_index_fast(). */
+    g_ptr_array_remove_index(authz->rules, (guint)i);
+    return true;
+}
+
+GPtrArray *
+vr_authz_list(VrAuthz *authz)
+{
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&authz->lock);
+    GPtrArray *list = g_ptr_array_new_with_free_func((GDestroyNotify)vr_authz_entry_free);
+
+    for (guint i = 0; i < authz->rules->len; i++)
+        g_ptr_array_add(list, vr_authz_rule_copy(g_ptr_array_index(authz->rules, i)));
+    return list;
+}
+
+VrAuthzEntry *
+vr_authz_get(VrAuthz *authz, const char *pattern, GError **error)
+{
+    g_autofree char *folded = g_ascii_strdown(pattern, -1);
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&authz->lock);
+    int i = vr_authz_find_locked(authz, folded);
+
+    if (i < 0) {
+        g_set_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_NOT_FOUND,
+                    "no authorization entry for pattern '%s'", pattern);
+        return NULL;
+    }
+    return vr_authz_rule_copy(g_ptr_array_index(authz->rules, i));
 }
 
 VrAuthz *
@@ -148,7 +264,7 @@ vr_authz_new_allow_any(const char *storage_root, const char *group, GError **err
 
 /* The '*' stands for one or more characters of a single label: no '.' in what it covers. */
 static bool
-vr_authz_entry_matches(VrAuthzEntry *e, const char *peer)
+vr_authz_rule_matches(const VrAuthzRule *e, const char *peer)
 {
     gsize len = strlen(peer);
     gsize pre = strlen(e->prefix);
@@ -170,10 +286,10 @@ vr_authz_entry_matches(VrAuthzEntry *e, const char *peer)
 }
 
 bool
-vr_authz_lookup(VrAuthz *authz, const char *peer, const char **storage_root, const char **group,
-                GError **error)
+vr_authz_lookup(VrAuthz *authz, const char *peer, char **storage_root, char **group, GError **error)
 {
     g_autofree char *name = NULL;
+    g_autoptr(GMutexLocker) locker = NULL;
 
     if (peer == NULL || !vr_authz_pattern_valid(peer, false)) {
         g_set_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_FORBIDDEN,
@@ -181,12 +297,13 @@ vr_authz_lookup(VrAuthz *authz, const char *peer, const char **storage_root, con
         return false;
     }
     name = g_ascii_strdown(peer, -1);
-    for (guint i = 0; i < authz->entries->len; i++) {
-        VrAuthzEntry *e = g_ptr_array_index(authz->entries, i);
+    locker = g_mutex_locker_new(&authz->lock);
+    for (guint i = 0; i < authz->rules->len; i++) {
+        VrAuthzRule *r = g_ptr_array_index(authz->rules, i);
 
-        if (vr_authz_entry_matches(e, name)) {
-            *storage_root = e->storage_root;
-            *group = e->group;
+        if (vr_authz_rule_matches(r, name)) {
+            *storage_root = g_strdup(r->storage_root);
+            *group = g_strdup(r->group);
             return true;
         }
     }
@@ -198,8 +315,8 @@ vr_authz_lookup(VrAuthz *authz, const char *peer, const char **storage_root, con
 bool
 vr_authz_may_write(VrAuthz *authz, const char *peer, const char *owner_group, GError **error)
 {
-    const char *root;
-    const char *group;
+    g_autofree char *root = NULL;
+    g_autofree char *group = NULL;
 
     if (!vr_authz_lookup(authz, peer, &root, &group, error))
         return false;

@@ -1081,6 +1081,8 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
     VrReceiver *receiver = user_data;
     g_autoptr(GError) error = NULL;
     g_autofree char *peer_name = NULL;
+    g_autofree char *storage_root = NULL;
+    g_autofree char *group = NULL;
     g_autofree char *reason = NULL;
     GTlsCertificate *peer = vr_receiver_peer_certificate(msg);
     const char *method = soup_server_message_get_method(msg);
@@ -1111,11 +1113,14 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
         return;
     }
     who.name = peer_name;
-    if (!vr_authz_lookup(receiver->authz, peer_name, &who.storage_root, &who.group, &error)) {
+    /* Copies: the daemon may remove the entry meanwhile (vr_authz_remove()). */
+    if (!vr_authz_lookup(receiver->authz, peer_name, &storage_root, &group, &error)) {
         vr_receiver_refused(receiver, msg, error->message);
         vr_receiver_reply(msg, SOUP_STATUS_FORBIDDEN, error->message);
         return;
     }
+    who.storage_root = storage_root;
+    who.group = group;
     if (g_uri_get_query(soup_server_message_get_uri(msg)) != NULL) {
         vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, "a query is not allowed");
         return;

@@ -49,7 +49,11 @@
 /* Progress shows once a wait lasts this long (an answer at once shows none)... */
 #define VR_CLI_PROGRESS_DELAY_MS 500
 /* ...and without a terminal, one line then and one per interval. */
-#define VR_CLI_PLAIN_PROGRESS_S 60
+#define VR_CLI_PLAIN_PROGRESS_S 10
+/* A wait that follows a cycle asks for its progress this often. */
+#define VR_CLI_POLL_MS 1000
+/* The progress bar's width in characters. */
+#define VR_CLI_BAR_WIDTH 24
 
 /* Exit statuses (virt-replica(1), "EXIT STATUS"). */
 enum {
@@ -68,7 +72,6 @@ typedef enum {
     VR_CLI_ERROR_ANSWER,      /* an answer that is not the API's */
     VR_CLI_ERROR_API,         /* the daemon's error reply (its message) */
     VR_CLI_ERROR_USAGE,       /* bad command line: exit 2 */
-    VR_CLI_ERROR_UNAVAILABLE, /* a command without a daemon endpoint yet: exit 2 */
 } VrCliErrorCode;
 
 static GQuark
@@ -112,6 +115,7 @@ typedef enum {
     VR_CLI_ARG_LIBVIRT_DOMAIN, /* DOMAIN of libvirt (replica-enable) */
     VR_CLI_ARG_PATTERN,        /* replica-auth-* */
     VR_CLI_ARG_COMMAND,        /* help */
+    VR_CLI_ARG_PATH,           /* a directory (replica-import) */
 } VrCliArgKind;
 
 struct _VrCliCommand {
@@ -141,8 +145,7 @@ struct _VrCli {
 static int
 vr_cli_exit_status(const GError *error)
 {
-    if (error->domain == VR_CLI_ERROR &&
-        (error->code == VR_CLI_ERROR_USAGE || error->code == VR_CLI_ERROR_UNAVAILABLE))
+    if (g_error_matches(error, VR_CLI_ERROR, VR_CLI_ERROR_USAGE))
         return VR_CLI_EXIT_USAGE;
     if (g_error_matches(error, VR_CLI_ERROR, VR_CLI_ERROR_INTERRUPTED))
         return VR_CLI_EXIT_INTERRUPTED;
@@ -396,6 +399,7 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrCliReply, vr_cli_reply_free)
 typedef struct {
     const char *what;            /* "waiting for the replica's acknowledgement" */
     const char *after_interrupt; /* what goes on when the user gives up */
+    bool follow;                 /* the wait is for a cycle of the target: show its progress */
 } VrCliWait;
 
 typedef struct {
@@ -413,6 +417,11 @@ typedef struct {
     gint64 next_plain; /* monotonic us of the next plain progress line */
     const VrCli *cli;
     const VrCliWait *wait;
+    /* Following the cycle (wait->follow): its status polled on a second connection. */
+    GCancellable *poll_cancellable;
+    SoupMessage *poll; /* in flight, or NULL */
+    gint64 next_poll;
+    json_object *progress; /* the status' "progress" member last seen, or NULL */
 } VrCliCall;
 
 static void
@@ -446,7 +455,90 @@ vr_cli_call_signal(gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
-/* The spinner on a terminal (stderr), a plain line now and then otherwise. */
+static void
+vr_cli_poll_done(GObject *source, GAsyncResult *result, gpointer data)
+{
+    VrCliCall *call = data;
+    g_autoptr(GBytes) body = soup_session_send_and_read_finish(SOUP_SESSION(source), result, NULL);
+    g_autoptr(SoupMessage) msg = g_steal_pointer(&call->poll);
+    g_autoptr(json_object) status = NULL;
+    json_object *progress;
+    gsize len = 0;
+    const char *text = body != NULL ? g_bytes_get_data(body, &len) : NULL;
+    g_autofree char *copy = NULL;
+
+    /* A status that cannot be had leaves the last one shown: the wait itself decides. */
+    if (text == NULL || soup_message_get_status(msg) != SOUP_STATUS_OK)
+        return;
+    copy = g_strndup(text, len); /* NUL-terminated for json-c */
+    status = json_tokener_parse(copy);
+    if (status == NULL)
+        return;
+    progress = vr_cli_json_get(status, "progress");
+    g_clear_pointer(&call->progress, json_object_put);
+    if (json_object_is_type(progress, json_type_object))
+        call->progress = json_object_get(progress);
+}
+
+/* Ask for the target's status, unless a request for it is in flight. */
+static void
+vr_cli_poll(VrCliCall *call, gint64 now)
+{
+    g_autofree char *escaped = g_uri_escape_string(call->cli->target, NULL, FALSE);
+    g_autofree char *uri = g_strconcat("http://localhost/v1/relationships/", escaped, NULL);
+
+    if (call->poll != NULL || now < call->next_poll)
+        return;
+    call->next_poll = now + VR_CLI_POLL_MS * 1000;
+    call->poll = soup_message_new(SOUP_METHOD_GET, uri);
+    if (call->poll == NULL)
+        return;
+    soup_session_send_and_read_async(call->cli->session, call->poll, G_PRIORITY_DEFAULT,
+                                     call->poll_cancellable, vr_cli_poll_done, call);
+}
+
+/*
+ * The cycle's progress as the daemon tells it (docs/api.md, "progress"): "45%, send vda,
+ * 1.0 MiB/s, ETA 12s". (transfer full)
+ */
+static char *
+vr_cli_progress_text(json_object *progress, double *fraction)
+{
+    GString *text = g_string_new(NULL);
+    json_object *member;
+    const char *phase = vr_cli_json_text(progress, "phase");
+    const char *disk = vr_cli_json_string(progress, "disk");
+    uint64_t rate = vr_cli_json_uint(progress, "rate_bytes_per_s");
+    int64_t eta;
+
+    *fraction = json_object_object_get_ex(progress, "fraction", &member)
+                    ? CLAMP(json_object_get_double(member), 0.0, 1.0)
+                    : 0.0;
+    g_string_append_printf(text, "%3d%%, cycle %" G_GUINT64_FORMAT, (int)(*fraction * 100),
+                           vr_cli_json_uint(progress, "cycle"));
+    if (json_object_object_get_ex(progress, "resync", &member) && json_object_get_boolean(member))
+        g_string_append(text, " (resync)");
+    if (g_strcmp0(phase, "cut") == 0)
+        g_string_append(text, ": cutting");
+    else
+        g_string_append_printf(text, ": %s %s", phase, disk != NULL ? disk : "");
+    if (rate > 0) {
+        g_autofree char *size = vr_cli_format_size(rate);
+
+        g_string_append_printf(text, ", %s/s", size);
+    }
+    if (vr_cli_json_int(progress, "eta_s", &eta) && eta >= 0) {
+        g_autofree char *left = vr_cli_format_seconds((uint64_t)eta);
+
+        g_string_append_printf(text, ", ETA %s", left);
+    }
+    return g_string_free(text, FALSE);
+}
+
+/*
+ * On a terminal (stderr): a bar with the cycle's progress when the wait follows one and
+ * the daemon told it, else a spinner. Otherwise a plain line now and then.
+ */
 static gboolean
 vr_cli_call_progress(gpointer data)
 {
@@ -456,8 +548,30 @@ vr_cli_call_progress(gpointer data)
     g_autofree char *elapsed = vr_cli_format_seconds((uint64_t)((now - call->started) / 1000000));
     const VrCli *cli = call->cli;
 
+    if (call->wait->follow)
+        vr_cli_poll(call, now);
     if (now - call->started < VR_CLI_PROGRESS_DELAY_MS * 1000)
         return G_SOURCE_CONTINUE;
+    if (call->progress != NULL) {
+        double fraction;
+        g_autofree char *text = vr_cli_progress_text(call->progress, &fraction);
+
+        if (cli->tty) {
+            char bar[VR_CLI_BAR_WIDTH + 1];
+            int filled = (int)(fraction * VR_CLI_BAR_WIDTH);
+
+            memset(bar, '#', (size_t)filled);
+            memset(bar + filled, '-', (size_t)(VR_CLI_BAR_WIDTH - filled));
+            bar[VR_CLI_BAR_WIDTH] = '\0';
+            g_printerr("\r[%s] %s (%s) \033[K", bar, text, elapsed);
+            call->drawn = true;
+        } else if (now >= call->next_plain) {
+            g_printerr("virt-replica: %s %s: %s (%s)\n", cli->cmd->name, cli->target, text,
+                       elapsed);
+            call->next_plain = now + (gint64)VR_CLI_PLAIN_PROGRESS_S * G_USEC_PER_SEC;
+        }
+        return G_SOURCE_CONTINUE;
+    }
     if (cli->tty) {
         g_printerr("\r%c %s %s: %s (%s) \033[K", spinner[call->spin++ % 4], cli->cmd->name,
                    cli->target, call->wait->what, elapsed);
@@ -479,9 +593,11 @@ vr_cli_send(VrCli *cli, SoupMessage *msg, guint timeout_s, const VrCliWait *wait
 {
     g_autoptr(GMainLoop) loop = g_main_loop_new(NULL, FALSE);
     g_autoptr(GCancellable) cancellable = g_cancellable_new();
+    g_autoptr(GCancellable) poll_cancellable = g_cancellable_new();
     VrCliCall call = {
         .loop = loop,
         .cancellable = cancellable,
+        .poll_cancellable = poll_cancellable,
         .started = g_get_monotonic_time(),
         .cli = cli,
         .wait = wait,
@@ -504,6 +620,11 @@ vr_cli_send(VrCli *cli, SoupMessage *msg, guint timeout_s, const VrCliWait *wait
         g_main_loop_run(loop);
     for (guint i = 0; i < n; i++)
         g_source_remove(sources[i]);
+    /* A status request still in flight holds @call: let it end first. */
+    g_cancellable_cancel(poll_cancellable);
+    while (call.poll != NULL)
+        g_main_context_iteration(NULL, TRUE);
+    g_clear_pointer(&call.progress, json_object_put);
     if (call.timer != 0)
         g_source_remove(call.timer);
     if (call.drawn)
@@ -721,7 +842,9 @@ vr_cli_parse_args(const VrCliCommand *cmd, int argc, char **argv, VrCliArgs *arg
     if (args->positional->len < cmd->min_args || args->positional->len > cmd->max_args) {
         if (args->positional->len < cmd->min_args)
             return vr_cli_usage_error(error, "missing %s",
-                                      cmd->arg == VR_CLI_ARG_PATTERN ? "PATTERN" : "DOMAIN");
+                                      cmd->arg == VR_CLI_ARG_PATTERN ? "PATTERN"
+                                      : cmd->arg == VR_CLI_ARG_PATH  ? "PATH"
+                                                                     : "DOMAIN");
         return vr_cli_usage_error(error, "unexpected argument '%s'",
                                   (const char *)args->positional->pdata[cmd->max_args]);
     }
@@ -784,8 +907,16 @@ vr_cli_print_status(json_object *status)
                  vr_cli_json_text(status, "peer"));
     vr_cli_field(w, "State", "%s", vr_cli_json_text(status, "state"));
     vr_cli_field(w, "Health", "%s", vr_cli_json_text(status, "health"));
-    if (running != NULL)
+    if (running != NULL &&
+        json_object_is_type(vr_cli_json_get(status, "progress"), json_type_object)) {
+        double fraction;
+        g_autofree char *text =
+            vr_cli_progress_text(vr_cli_json_get(status, "progress"), &fraction);
+
+        vr_cli_field(w, "Cycle running", "yes: %s", g_strchug(text));
+    } else if (running != NULL) {
         vr_cli_field(w, "Cycle running", "%s", json_object_get_boolean(running) ? "yes" : "no");
+    }
     if (last != NULL && vr_cli_json_int(last, "time_ms", &v)) {
         g_autofree char *when = vr_cli_format_time(v / 1000);
 
@@ -805,8 +936,9 @@ vr_cli_print_status(json_object *status)
         g_autofree char *pending = vr_cli_format_size((uint64_t)MAX(v, 0));
 
         vr_cli_field(w, "Pending replication size", "%s", pending);
-    } else {
-        vr_cli_field(w, "Pending replication size", "- (not reported)");
+    } else if (json_object_object_get_ex(status, "pending_bytes", NULL)) {
+        /* null: before the first acknowledged cycle, or the domain does not run */
+        vr_cli_field(w, "Pending replication size", "- (not known)");
     }
     if (vr_cli_json_int(status, "monitoring_interval_s", &v)) {
         g_autofree char *interval = vr_cli_format_seconds((uint64_t)MAX(v, 0));
@@ -983,6 +1115,7 @@ vr_cli_cmd_points(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError *
 static const VrCliWait vr_cli_sync_wait = {
     .what = "waiting for the replica to acknowledge the cycle",
     .after_interrupt = "the cycle goes on in virt-replicad (see replica-status)",
+    .follow = true,
 };
 
 /* POST .../sync: cut a cycle now and wait, without a time limit, until it is acknowledged. */
@@ -1162,9 +1295,14 @@ vr_cli_cmd_enable(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError *
     g_autoptr(VrCliReply) reply = NULL;
     bool json = vr_cli_flag(args, "json");
     bool wait = vr_cli_flag(args, "wait");
+    const char *initial = NULL;
+    const char *export = NULL; /* the initial copy's directory with --initial export:PATH */
 
     if (request == NULL)
         return false;
+    initial = vr_cli_json_string(request, "initial");
+    if (initial != NULL && g_str_has_prefix(initial, "export:"))
+        export = initial + strlen("export:");
     reply = vr_cli_request(cli, SOUP_METHOD_POST, "/v1/relationships", request, -1, NULL, error);
     if (reply == NULL)
         return false;
@@ -1176,6 +1314,12 @@ vr_cli_cmd_enable(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError *
         printf("Replication of '%s' to %s enabled: relationship %s, state %s.\n", cli->target,
                vr_cli_arg(args, "server"), vr_cli_json_text(reply->json, "id"),
                vr_cli_json_text(reply->json, "state"));
+        if (!wait && export != NULL) {
+            printf("The first cycle writes the initial copy to '%s'; import it on the replica "
+                   "with 'virt-replica replica-import %s'.\n",
+                   export, export);
+            return true;
+        }
         if (!wait) {
             printf("The first cycle sends the initial copy; follow it with 'virt-replica "
                    "replica-status %s'.\n",
@@ -1184,10 +1328,14 @@ vr_cli_cmd_enable(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError *
         }
         fflush(stdout);
     }
-    if (!vr_cli_sync(cli, json ? VR_CLI_PRINT_NONE : VR_CLI_PRINT_HUMAN, error)) {
+    if (!vr_cli_sync(cli, json || export != NULL ? VR_CLI_PRINT_NONE : VR_CLI_PRINT_HUMAN, error)) {
         g_prefix_error(error, "enabled, but the first cycle did not complete: ");
         return false;
     }
+    if (export != NULL && !json)
+        printf("The initial copy of '%s' is in '%s': import it on the replica with "
+               "'virt-replica replica-import %s'.\n",
+               cli->target, export, export);
     if (json) {
         /* One JSON document: the status after the first cycle. */
         g_autoptr(VrCliReply) status = vr_cli_get_status(cli, cli->target, error);
@@ -1199,31 +1347,195 @@ vr_cli_cmd_enable(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError *
     return true;
 }
 
-static bool
-vr_cli_cmd_server_config(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
-{
-    const gsize w = 18;
-    g_autoptr(VrCliReply) reply =
-        vr_cli_request(cli, SOUP_METHOD_GET, "/v1/daemon", NULL, -1, NULL, error);
-    json_object *roles;
-    json_object *replica;
-    json_object *primary;
-    g_autofree char *started = NULL;
-    int64_t v;
+static const VrCliWait vr_cli_import_wait = {
+    .what = "verifying and applying the export",
+    .after_interrupt = "the import goes on in virt-replicad",
+};
 
+/* POST /v1/imports: the initial copy exported by a primary, imported on this replica. */
+static bool
+vr_cli_cmd_import(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
+{
+    g_autoptr(json_object) request = json_object_new_object();
+    g_autoptr(VrCliReply) reply = NULL;
+    g_autofree char *path = g_canonicalize_filename(cli->target, NULL);
+    g_autofree char *bytes = NULL;
+
+    json_object_object_add(request, "path", json_object_new_string(path));
+    reply = vr_cli_request(cli, SOUP_METHOD_POST, "/v1/imports", request, 0, &vr_cli_import_wait,
+                           error);
     if (reply == NULL)
         return false;
     if (vr_cli_flag(args, "json")) {
         vr_cli_print_raw(reply);
         return true;
     }
+    bytes = vr_cli_format_size(vr_cli_json_uint(reply->json, "bytes"));
+    printf("Imported cycle %" G_GUINT64_FORMAT " of '%s' (relationship %s, primary %s): %s.\n",
+           vr_cli_json_uint(reply->json, "cycle"), vr_cli_json_text(reply->json, "domain"),
+           vr_cli_json_text(reply->json, "relationship"), vr_cli_json_text(reply->json, "primary"),
+           bytes);
+    printf("The primary's next cycle replicates over the network from it.\n");
+    return true;
+}
+
+/*
+ * replica-failover, -failover-complete, -failover-cancel (replica host): POST
+ * .../failover{,-complete,-cancel} with {"point", "test"}, answered with what the failover
+ * did (docs/failover.md).
+ */
+static bool
+vr_cli_cmd_failover(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
+{
+    const char *action = cmd->name + strlen("replica-");
+    const char *point = vr_cli_arg(args, "point");
+    bool test = vr_cli_flag(args, "test");
+    g_autoptr(json_object) request = json_object_new_object();
+    g_autofree char *path = vr_cli_relationship_path(cli->target, action);
+    g_autoptr(VrCliReply) reply = NULL;
+    const char *domain;
+    guint64 cycle;
+
+    if (point != NULL && strcmp(point, "latest") != 0) {
+        if (!g_ascii_string_to_unsigned(point, 10, 1, G_MAXUINT64, &cycle, NULL))
+            return vr_cli_usage_error(
+                error, "option '--point': '%s' is not a cycle number or 'latest'", point);
+        json_object_object_add(request, "point", json_object_new_uint64(cycle));
+    } else if (point != NULL) {
+        json_object_object_add(request, "point", json_object_new_string("latest"));
+    }
+    if (test)
+        json_object_object_add(request, "test", json_object_new_boolean(true));
+    /* Starting a domain under TCG, or removing points, takes a while: no default limit. */
+    reply = vr_cli_request(cli, SOUP_METHOD_POST, path, request, 0, NULL, error);
+    if (reply == NULL)
+        return false;
+    if (vr_cli_flag(args, "json")) {
+        vr_cli_print_raw(reply);
+        return true;
+    }
+    domain = vr_cli_json_text(reply->json, "domain");
+    cycle = vr_cli_json_uint(reply->json, "point");
+    if (strcmp(action, "failover") == 0 && test)
+        printf("Test failover of '%s': '%s' runs on recovery point %" G_GUINT64_FORMAT
+               " (its own overlay; replication goes on). Remove it with "
+               "replica-failover-cancel %s --test.\n",
+               cli->target, domain, cycle, cli->target);
+    else if (strcmp(action, "failover") == 0)
+        printf("Failed over '%s': '%s' runs on recovery point %" G_GUINT64_FORMAT
+               " (epoch %" G_GUINT64_FORMAT ", state %s); cycles from the primary are refused. "
+               "Then replica-failover-complete or replica-failover-cancel.\n",
+               cli->target, domain, cycle, vr_cli_json_uint(reply->json, "epoch"),
+               vr_cli_json_text(reply->json, "state"));
+    else if (strcmp(action, "failover-complete") == 0)
+        printf("Failover of '%s' completed: the recovery points but %" G_GUINT64_FORMAT
+               " and those it is based on are removed.\n",
+               cli->target, cycle);
+    else if (test)
+        printf("Test failover of '%s' cancelled: '%s' and its overlays are removed.\n", cli->target,
+               domain);
+    else
+        printf("Failover of '%s' cancelled: '%s' is stopped, its overlays removed; the "
+               "replica accepts cycles again (state %s).\n",
+               cli->target, domain, vr_cli_json_text(reply->json, "state"));
+    return true;
+}
+
+/* "2027-11-24T10:20:31+01:00 (in 364 days)", or "... (EXPIRED)". */
+static char *
+vr_cli_format_expiry(int64_t seconds)
+{
+    g_autofree char *when = vr_cli_format_time(seconds);
+    int64_t left = seconds - g_get_real_time() / G_USEC_PER_SEC;
+
+    if (left <= 0)
+        return g_strdup_printf("%s (EXPIRED)", when);
+    return g_strdup_printf("%s (in %" G_GINT64_FORMAT " days)", when, left / 86400);
+}
+
+/* The members of GET /v1/server (docs/api.md), as fields. */
+static void
+vr_cli_print_server(json_object *server, gsize w)
+{
+    json_object *certs = vr_cli_json_get(server, "certificates");
+    json_object *check = vr_cli_json_get(certs, "check_revocation");
+    json_object *any = vr_cli_json_get(server, "allow_any");
+    g_autoptr(GString) names = g_string_new(NULL);
+    const char *const lists[] = { "dns_names", "ip_addresses" };
+    int64_t v;
+
+    vr_cli_field(w, "Listen", "%s", vr_cli_json_text(server, "listen"));
+    vr_cli_field(w, "Network", "%s", vr_cli_json_text(server, "network"));
+    vr_cli_field(w, "Address", "%s", vr_cli_json_text(server, "address"));
+    vr_cli_field(w, "Port", "%" G_GUINT64_FORMAT, vr_cli_json_uint(server, "port"));
+    vr_cli_field(w, "Server name", "%s", vr_cli_json_text(server, "server_name"));
+    vr_cli_field(w, "Certificate", "%s", vr_cli_json_text(certs, "cert"));
+    if (vr_cli_json_string(certs, "cert_error") != NULL) {
+        vr_cli_field(w, "  Problem", "%s", vr_cli_json_text(certs, "cert_error"));
+    } else {
+        vr_cli_field(w, "  Subject", "%s", vr_cli_json_text(certs, "subject"));
+        for (guint l = 0; l < G_N_ELEMENTS(lists); l++) {
+            json_object *list = vr_cli_json_get(certs, lists[l]);
+
+            for (size_t i = 0;
+                 json_object_is_type(list, json_type_array) && i < json_object_array_length(list);
+                 i++)
+                g_string_append_printf(names, "%s%s", names->len > 0 ? ", " : "",
+                                       json_object_get_string(json_object_array_get_idx(list, i)));
+        }
+        vr_cli_field(w, "  Names", "%s", names->len > 0 ? names->str : "-");
+        if (vr_cli_json_int(certs, "not_after", &v)) {
+            g_autofree char *expiry = vr_cli_format_expiry(v);
+
+            vr_cli_field(w, "  Valid until", "%s", expiry);
+        }
+    }
+    vr_cli_field(w, "Key", "%s", vr_cli_json_text(certs, "key"));
+    vr_cli_field(w, "CA", "%s", vr_cli_json_text(certs, "ca"));
+    vr_cli_field(w, "CRL", "%s", vr_cli_json_text(certs, "crl"));
+    vr_cli_field(w, "Check revocation", "%s",
+                 check != NULL && !json_object_get_boolean(check) ? "no" : "yes");
+    if (any != NULL && json_object_get_boolean(any))
+        vr_cli_field(w, "Authorization", "any authenticated primary ([replica] allow-any)");
+    else
+        vr_cli_field(w, "Authorization", "%" G_GUINT64_FORMAT " entries (replica-auth-list)",
+                     vr_cli_json_uint(server, "authorizations"));
+    vr_cli_field(w, "Default storage", "%s", vr_cli_json_text(server, "default_storage"));
+    vr_cli_field(w, "Default trust group", "%s", vr_cli_json_text(server, "default_trust_group"));
+}
+
+static bool
+vr_cli_cmd_server_config(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
+{
+    const gsize w = 20;
+    g_autoptr(VrCliReply) reply = NULL;
+    g_autoptr(VrCliReply) server = NULL;
+    json_object *roles;
+    json_object *replica;
+    json_object *primary;
+    g_autofree char *started = NULL;
+    int64_t v;
+
+    if (vr_cli_flag(args, "json")) {
+        /* GET /v1/server as is; 503 "no-replica-role" when the replica role is off. */
+        server = vr_cli_request(cli, SOUP_METHOD_GET, "/v1/server", NULL, -1, NULL, error);
+        if (server == NULL)
+            return false;
+        vr_cli_print_raw(server);
+        return true;
+    }
+    reply = vr_cli_request(cli, SOUP_METHOD_GET, "/v1/daemon", NULL, -1, NULL, error);
+    if (reply == NULL)
+        return false;
     roles = vr_cli_json_get(reply->json, "roles");
     replica = vr_cli_json_get(reply->json, "replica");
     primary = vr_cli_json_get(roles, "primary");
     if (replica != NULL) {
+        server = vr_cli_request(cli, SOUP_METHOD_GET, "/v1/server", NULL, -1, NULL, error);
+        if (server == NULL)
+            return false;
         vr_cli_field(w, "Replica role", "on");
-        vr_cli_field(w, "Address", "%s", vr_cli_json_text(replica, "address"));
-        vr_cli_field(w, "Port", "%" G_GUINT64_FORMAT, vr_cli_json_uint(replica, "port"));
+        vr_cli_print_server(server->json, w);
     } else {
         vr_cli_field(w, "Replica role", "off ([replica] enabled in virt-replica.conf)");
     }
@@ -1235,21 +1547,99 @@ vr_cli_cmd_server_config(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, G
                  vr_cli_json_text(reply->json, "version"), vr_cli_json_uint(reply->json, "pid"),
                  started);
     vr_cli_field(w, "State directory", "%s", vr_cli_json_text(reply->json, "state_dir"));
-    /* Not in GET /v1/daemon yet: said plainly rather than guessed from a file. */
-    vr_cli_field(w, "Certificates",
-                 "not reported by the API yet ([certificates] in "
-                 "virt-replica.conf)");
+    return true;
+}
+
+/* "/v1/authorizations/PATTERN" with PATTERN escaped as one path segment ('*' too). */
+static char *
+vr_cli_authorization_path(const char *pattern)
+{
+    g_autofree char *escaped = g_uri_escape_string(pattern, NULL, FALSE);
+
+    return g_strconcat("/v1/authorizations/", escaped, NULL);
+}
+
+static bool
+vr_cli_cmd_auth_add(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
+{
+    const char *storage = vr_cli_arg(args, "storage");
+    const char *group = vr_cli_arg(args, "trust-group");
+    g_autoptr(json_object) request = json_object_new_object();
+    g_autoptr(VrCliReply) reply = NULL;
+    g_autofree char *absolute = NULL;
+
+    if (storage == NULL || storage[0] == '\0')
+        return vr_cli_usage_error(error, "option '--storage' is required");
+    /* The daemon runs on this host: a relative directory is the caller's. */
+    absolute = g_canonicalize_filename(storage, NULL);
+    json_object_object_add(request, "pattern", json_object_new_string(cli->target));
+    json_object_object_add(request, "storage", json_object_new_string(absolute));
+    if (group != NULL)
+        json_object_object_add(request, "trust_group", json_object_new_string(group));
+    reply = vr_cli_request(cli, SOUP_METHOD_POST, "/v1/authorizations", request, -1, NULL, error);
+    if (reply == NULL)
+        return false;
+    if (vr_cli_flag(args, "json")) {
+        vr_cli_print_raw(reply);
+        return true;
+    }
+    printf("Primaries matching '%s' are authorized: storage %s, trust group %s.\n",
+           vr_cli_json_text(reply->json, "pattern"), vr_cli_json_text(reply->json, "storage"),
+           vr_cli_json_text(reply->json, "trust_group"));
     return true;
 }
 
 static bool
-vr_cli_cmd_unavailable(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
+vr_cli_cmd_auth_list(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
 {
-    g_set_error(error, VR_CLI_ERROR, VR_CLI_ERROR_UNAVAILABLE,
-                "not available yet: virt-replicad has no API for the replica's authorization "
-                "entries; set [replica] allow-any and default-storage in virt-replica.conf "
-                "instead (virt-replica.conf(5))");
-    return false;
+    static const char *const header[] = { "Pattern", "Storage", "Trust group", "Origin", NULL };
+    g_autoptr(VrCliReply) reply =
+        vr_cli_request(cli, SOUP_METHOD_GET, "/v1/authorizations", NULL, -1, NULL, error);
+    g_autoptr(GPtrArray) rows = g_ptr_array_new_with_free_func((GDestroyNotify)g_strfreev);
+    json_object *any;
+    json_object *list;
+
+    if (reply == NULL)
+        return false;
+    if (vr_cli_flag(args, "json")) {
+        vr_cli_print_raw(reply);
+        return true;
+    }
+    list = vr_cli_json_get(reply->json, "authorizations");
+    if (!json_object_is_type(list, json_type_array)) {
+        g_set_error(error, VR_CLI_ERROR, VR_CLI_ERROR_ANSWER,
+                    "the daemon's answer has no 'authorizations' array");
+        return false;
+    }
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        json_object *entry = json_object_array_get_idx(list, i);
+        char **row = g_new0(char *, 5);
+
+        row[0] = g_strdup(vr_cli_json_text(entry, "pattern"));
+        row[1] = g_strdup(vr_cli_json_text(entry, "storage"));
+        row[2] = g_strdup(vr_cli_json_text(entry, "trust_group"));
+        row[3] = g_strdup(vr_cli_json_text(entry, "origin"));
+        g_ptr_array_add(rows, row);
+    }
+    any = vr_cli_json_get(reply->json, "allow_any");
+    if (any != NULL && json_object_get_boolean(any))
+        printf("Any authenticated primary is accepted ([replica] allow-any = true); the table "
+               "is not consulted.\n\n");
+    vr_cli_print_table(header, rows);
+    return true;
+}
+
+static bool
+vr_cli_cmd_auth_remove(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
+{
+    g_autofree char *path = vr_cli_authorization_path(cli->target);
+    g_autoptr(VrCliReply) reply =
+        vr_cli_request(cli, SOUP_METHOD_DELETE, path, NULL, -1, NULL, error);
+
+    if (reply == NULL)
+        return false;
+    printf("Authorization of '%s' removed.\n", cli->target);
+    return true;
 }
 
 /* ---- help and completion ----------------------------------------------------------------- */
@@ -1302,13 +1692,34 @@ static const VrCliOption vr_cli_enable_options[] = {
     { NULL },
 };
 
+static const char *const vr_cli_point_values[] = { "latest", NULL };
+
+static const VrCliOption vr_cli_failover_options[] = {
+    { "point", "ID|latest", VR_CLI_OPT_VALUE, vr_cli_point_values,
+      "the recovery point (a cycle of replica-recovery-points; default: the latest every "
+      "disk holds)" },
+    { "test", NULL, VR_CLI_OPT_FLAG, NULL,
+      "boot a copy on its own overlays and the test network while replication goes on" },
+    { "json", NULL, VR_CLI_OPT_FLAG, NULL, "print the daemon's JSON answer as it is" },
+    { NULL },
+};
+
+static const VrCliOption vr_cli_failover_cancel_options[] = {
+    { "test", NULL, VR_CLI_OPT_FLAG, NULL, "remove the test failover's copy instead" },
+    { "json", NULL, VR_CLI_OPT_FLAG, NULL, "print the daemon's JSON answer as it is" },
+    { NULL },
+};
+
 static const VrCliOption vr_cli_no_options[] = {
     { NULL },
 };
 
 static const VrCliOption vr_cli_auth_add_options[] = {
-    { "storage", "DIR", VR_CLI_OPT_VALUE, NULL, "where the matching primaries store" },
-    { "trust-group", "NAME", VR_CLI_OPT_VALUE, NULL, "the trust group of those primaries" },
+    { "storage", "DIR", VR_CLI_OPT_VALUE, NULL,
+      "the existing directory where the matching primaries store (required)" },
+    { "trust-group", "NAME", VR_CLI_OPT_VALUE, NULL,
+      "the trust group of those primaries (default: [replica] default-trust-group)" },
+    { "json", NULL, VR_CLI_OPT_FLAG, NULL, "print the daemon's JSON answer as it is" },
     { NULL },
 };
 
@@ -1358,20 +1769,53 @@ static const VrCliCommand vr_cli_commands[] = {
       "Lists the recovery points of DOMAIN on this host (the replica), per disk, oldest "
       "first.",
       VR_CLI_ARG_DOMAIN, 1, 1, vr_cli_json_option, vr_cli_cmd_points },
+    { "replica-failover", "DOMAIN [--point ID|latest] [--test] [--json]",
+      "fail over to the replica (or --test: boot a test copy)",
+      "On the replica host, when the primary is lost: refuses further cycles of DOMAIN, "
+      "creates a throwaway overlay on the chosen recovery point for each disk and starts the "
+      "standby domain on it (state FailedOver, the epoch incremented). With --test, starts a "
+      "copy of the standby with its own name and UUID, on overlays of its own and the test "
+      "network, while replication goes on. The recovery points are never written.",
+      VR_CLI_ARG_DOMAIN, 1, 1, vr_cli_failover_options, vr_cli_cmd_failover },
+    { "replica-failover-complete", "DOMAIN [--json]",
+      "keep only the failed-over point and discard the others",
+      "Completes the failover of DOMAIN (Hyper-V's Complete-VMFailover): every other recovery "
+      "point is removed, except those the chosen point is based on (the running standby "
+      "reads them). The failover cannot be cancelled afterwards.",
+      VR_CLI_ARG_DOMAIN, 1, 1, vr_cli_json_option, vr_cli_cmd_failover },
+    { "replica-failover-cancel", "DOMAIN [--test] [--json]",
+      "undo a failover (or --test: remove the test copy)",
+      "Cancels the failover of DOMAIN: the standby is destroyed, its overlays removed, its "
+      "marker and epoch set back; the replica accepts cycles again and every recovery point "
+      "is intact. With --test, destroys and undefines the test copy and removes its "
+      "overlays.",
+      VR_CLI_ARG_DOMAIN, 1, 1, vr_cli_failover_cancel_options, vr_cli_cmd_failover },
+    { "replica-import", "PATH [--json]", "import an initial copy exported to PATH",
+      "On the replica host: imports the initial copy that a primary exported to the directory "
+      "PATH (replica-enable --initial export:PATH), after verifying its manifest and every "
+      "stream; the primary must be authorized as if it had connected. The primary's next "
+      "cycle then goes over the network as an incremental one.",
+      VR_CLI_ARG_PATH, 1, 1, vr_cli_json_option, vr_cli_cmd_import },
     { "replica-server-config", "[--json]", "show this host's replica role",
-      "Shows the replica role of this host's daemon: whether it runs, and the address and "
-      "port it listens on.",
+      "Shows the replica role of this host's daemon: whether it runs, the address and port it "
+      "listens on, its certificates (with the host certificate's names and expiry), the "
+      "revocation check and how primaries are authorized. --json prints GET /v1/server.",
       VR_CLI_ARG_NONE, 0, 0, vr_cli_json_option, vr_cli_cmd_server_config },
-    { "replica-auth-add", "PATTERN --storage DIR [--trust-group NAME]",
-      "authorize primaries (not available yet)",
-      "Not available yet: the daemon has no API for authorization entries.", VR_CLI_ARG_PATTERN, 0,
-      1, vr_cli_auth_add_options, vr_cli_cmd_unavailable },
-    { "replica-auth-list", "", "list authorized primaries (not available yet)",
-      "Not available yet: the daemon has no API for authorization entries.", VR_CLI_ARG_NONE, 0, 0,
-      vr_cli_no_options, vr_cli_cmd_unavailable },
-    { "replica-auth-remove", "PATTERN", "remove an authorization (not available yet)",
-      "Not available yet: the daemon has no API for authorization entries.", VR_CLI_ARG_PATTERN, 0,
-      1, vr_cli_no_options, vr_cli_cmd_unavailable },
+    { "replica-auth-add", "PATTERN --storage DIR [--trust-group NAME] [--json]",
+      "authorize primaries to replicate to this host",
+      "Authorizes the primaries whose certificate name matches PATTERN (a DNS name with at most "
+      "one '*' standing for one label's characters) to replicate to this host, storing beneath "
+      "DIR, in trust group NAME. In effect at once, kept across restarts; entries of the "
+      "configuration file come first. Refused with [replica] allow-any = true.",
+      VR_CLI_ARG_PATTERN, 1, 1, vr_cli_auth_add_options, vr_cli_cmd_auth_add },
+    { "replica-auth-list", "[--json]", "list the authorized primaries",
+      "Lists the authorization entries in match order (the first match wins): pattern, storage, "
+      "trust group, and whether the entry comes from the configuration file or the API.",
+      VR_CLI_ARG_NONE, 0, 0, vr_cli_json_option, vr_cli_cmd_auth_list },
+    { "replica-auth-remove", "PATTERN", "remove an authorization added with replica-auth-add",
+      "Removes the authorization entry of PATTERN: the next request of a matching primary is "
+      "refused. Entries of the configuration file are changed there.",
+      VR_CLI_ARG_PATTERN, 1, 1, vr_cli_no_options, vr_cli_cmd_auth_remove },
     { "help", "[COMMAND | --virsh]", "show the commands, or one command's options",
       "Shows the commands, or the usage and options of COMMAND.", VR_CLI_ARG_COMMAND, 0, 1,
       vr_cli_help_options, vr_cli_cmd_help },
@@ -1567,6 +2011,26 @@ vr_cli_relationship_names(VrCli *cli)
     return g_steal_pointer(&names);
 }
 
+/* The patterns of the replica's authorization entries, or NULL when it cannot say. */
+static GPtrArray *
+vr_cli_authorization_patterns(VrCli *cli)
+{
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(VrCliReply) reply = vr_cli_request(cli, SOUP_METHOD_GET, "/v1/authorizations", NULL,
+                                                 VR_CLI_COMPLETE_TIMEOUT_S, NULL, NULL);
+    json_object *list = reply != NULL ? vr_cli_json_get(reply->json, "authorizations") : NULL;
+
+    if (!json_object_is_type(list, json_type_array))
+        return NULL;
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        const char *name = vr_cli_json_string(json_object_array_get_idx(list, i), "pattern");
+
+        if (name != NULL)
+            g_ptr_array_add(names, g_strdup(name));
+    }
+    return g_steal_pointer(&names);
+}
+
 /* libvirt's domains, as `virsh list --all --name` tells them (replica-enable). */
 static GPtrArray *
 vr_cli_libvirt_names(void)
@@ -1657,6 +2121,9 @@ vr_cli_complete(VrCli *cli, int argc, char **argv)
             break;
         case VR_CLI_ARG_LIBVIRT_DOMAIN:
             names = vr_cli_libvirt_names();
+            break;
+        case VR_CLI_ARG_PATTERN:
+            names = vr_cli_authorization_patterns(cli);
             break;
         case VR_CLI_ARG_COMMAND:
             names = g_ptr_array_new_with_free_func(g_free);
@@ -1807,8 +2274,7 @@ main(int argc, char **argv)
         args.positional->len > 0)
         cli.target = args.positional->pdata[0];
 
-    if (cli.cmd->run != vr_cli_cmd_help && cli.cmd->run != vr_cli_cmd_unavailable &&
-        !vr_cli_open(&cli, &error)) {
+    if (cli.cmd->run != vr_cli_cmd_help && !vr_cli_open(&cli, &error)) {
         vr_cli_print_error(&cli, error);
         return vr_cli_exit_status(error);
     }

@@ -64,3 +64,91 @@ tap_free_port() {
 tap_api() {
     python3 "$(dirname "${BASH_SOURCE[0]}")/vr-api.py" "$@"
 }
+
+# --- daemons and a domain, for the tests that run virt-replicad (test-auth.sh) -----------------
+# They use $work, $daemon_bin and the array pids (the caller's cleanup kills what is in it).
+
+# tap_daemon_start NAME CONFIG: virt-replicad with CONFIG (whose socket is $work/NAME.sock),
+# output appended to $work/NAME.out and .err, its pid in ${NAME}_pid and in pids; waits until
+# its API answers. Fails (with the end of its log) when it does not.
+tap_daemon_start() {
+    "$daemon_bin" --config "$2" >>"$work/$1.out" 2>>"$work/$1.err" &
+    local pid=$!
+    pids+=("$pid")
+    eval "${1}_pid=$pid"
+    for _ in $(seq 100); do
+        tap_api "$work/$1.sock" GET /v1/daemon >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    diag "$1 did not start:" "$(tail -n 20 "$work/$1.err")"
+    return 1
+}
+
+# tap_daemon_stop NAME: SIGTERM, then its exit status in $stop_status.
+tap_daemon_stop() {
+    local pid
+    eval "pid=\$${1}_pid"
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    stop_status=$?
+}
+
+# tap_need_libvirt: whether libvirtd's system instance can be used here (root, virsh, an
+# answer); the reason in $tap_no_libvirt otherwise.
+tap_need_libvirt() {
+    tap_no_libvirt=
+    if [ "$(id -u)" != 0 ]; then
+        tap_no_libvirt="needs root (libvirtd's system instance)"
+    elif ! command -v virsh >/dev/null; then
+        tap_no_libvirt="virsh is missing (libvirt-clients)"
+    elif ! virsh -q -c qemu:///system version >/dev/null 2>&1; then
+        tap_no_libvirt="libvirtd does not answer"
+    fi
+    [ -z "$tap_no_libvirt" ]
+}
+
+# tap_domain_start NAME: a running libvirt domain NAME (KVM when usable, else TCG; TCG with
+# VR_TEST_ACCEL=tcg) with a 64 MiB qcow2 disk vda ($work/NAME.qcow2) and no OS; the disk's
+# qdev for HMP qemu-io in $qdev. Remove it with tap_domain_remove.
+tap_domain_start() {
+    local accel=qemu
+    [ -w /dev/kvm ] && [ "${VR_TEST_ACCEL:-auto}" != tcg ] && accel=kvm
+    qemu-img create -q -f qcow2 "$work/$1.qcow2" 64M || return 1
+    cat >"$work/$1.xml" <<XML
+<domain type='$accel'>
+  <name>$1</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$work/$1.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+XML
+    virsh -q -c qemu:///system define "$work/$1.xml" >/dev/null &&
+        virsh -q -c qemu:///system start "$1" >/dev/null || return 1
+    qdev=$(virsh -q -c qemu:///system qemu-monitor-command "$1" '{"execute":"query-block"}' |
+        python3 -c 'import json,sys; print([b["qdev"] for b in json.load(sys.stdin)["return"] if b.get("inserted")][0])')
+    diag "domain $1 ($accel), vda is $qdev"
+}
+
+# tap_domain_remove NAME...: destroyed and undefined, whatever their state; quiet.
+tap_domain_remove() {
+    local d
+    for d in "$@"; do
+        virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
+        virsh -q -c qemu:///system undefine "$d" --checkpoints-metadata >/dev/null 2>&1
+    done
+    return 0
+}
+
+# tap_guest_write DOMAIN PATTERN OFFSET LENGTH: a guest write through HMP qemu-io ($qdev).
+tap_guest_write() {
+    virsh -q -c qemu:///system qemu-monitor-command "$1" --hmp \
+        "qemu-io -d $qdev \"write -P $2 $3 $4\"" >/dev/null
+}

@@ -4,9 +4,10 @@
 # with a qcow2 disk and no OS (guest writes through HMP qemu-io), replication enabled through
 # the primary's API: the initial copy, the standby domain defined on the replica, a sync
 # whose point holds exactly what the guest wrote, the 5 s schedule, cycles missed while the
-# replica is down with health going Warning then Critical and back to Normal, disable.
+# replica is down with health going Warning then Critical and back to Normal, disable; a
+# slowed cycle's progress in the status and as the CLI's bar, and the pending bytes.
 #
-#   test-e2e.sh VR-TRANSFER VIRT-REPLICAD     (through run-isolated.sh --libvirt; TAP)
+#   test-e2e.sh VR-TRANSFER VIRT-REPLICAD VIRT-REPLICA  (through run-isolated.sh --libvirt; TAP)
 #
 # SPDX-License-Identifier: LGPL-2.1-or-later
 set -u
@@ -15,7 +16,8 @@ srcdir=$(cd "$(dirname "$0")" && pwd)
 . "$srcdir/lib-tap.sh"
 
 daemon_bin=$2
-tests=25
+cli=$3
+tests=34
 
 tap_work_dir vre2e
 pids=()
@@ -214,6 +216,41 @@ start replica "$work/replica.conf" || true
 check "replica back: cycles succeed again and health returns to Normal" \
     wait_for 60 "$work/primary.sock" 'j["health"] == "Normal" and j["stats"]["cycles_ok"] >= 1'
 
+# --- shut off: the final cycle (the hook's "stopped", sent as the hook sends it), started again ---
+hook() { # hook OPERATION
+    api "$work/primary.sock" POST /v1/hooks/qemu \
+        "{\"domain\": \"$dom\", \"operation\": \"$1\", \"sub_operation\": \"-\", \"extra\": \"-\"}" >/dev/null
+}
+status_of "$work/primary.sock"
+before=$(field 'j["last_cycle"]["seq"]')
+guest_write 0xee 20M 64k
+virsh -q -c qemu:///system destroy "$dom" >/dev/null
+hook stopped
+# A scheduled cycle may end after the stop with a cut from before the write: the final cycle
+# is the last one, once none runs.
+check "virsh destroy and the hook's stopped: the final cycle is acknowledged, state PausedDomainOff" \
+    wait_for 60 "$work/primary.sock" 'j["state"] == "PausedDomainOff" and not j["cycle_running"] and j["last_cycle"]["seq"] > '"$before"
+final=$(field 'j["last_cycle"]["seq"]')
+diag "final cycle $final: $(field 'j["last_cycle"]')"
+check "the final cycle's point reads what the guest wrote right before the shutdown (0xee at 20M)" \
+    sh -c "qemu-io -r -f qcow2 -c 'read -P 0xee 20M 64k' '$work/storage/$rel/vda/rp-$final.qcow2' |
+        grep -q 'Pattern verification failed' && exit 1 || exit 0"
+sleep 12
+status_of "$work/primary.sock"
+check "shut off for more than the RPO after its final cycle: health Normal, not Critical" \
+    test "$(field 'j["health"]')" = Normal -a "$(field 'j["state"]')" = PausedDomainOff
+# The daemon does not keep whether the final cycle was acknowledged: after a restart it cuts
+# it again while the domain stays off (nothing is left to send), and counts the RPO meanwhile.
+stop primary
+start primary "$work/primary.conf" || true
+check "a restart while shut off: the final cycle again, acknowledged; PausedDomainOff, health Normal" \
+    wait_for 30 "$work/primary.sock" 'j["state"] == "PausedDomainOff" and j["health"] == "Normal" and j["last_cycle"]["seq"] > '"$final"
+final=$(field 'j["last_cycle"]["seq"]')
+virsh -q -c qemu:///system start "$dom" >/dev/null
+hook started
+check "virsh start and the hook's started: state Replicating, a cycle at once on top of the final one" \
+    wait_for 30 "$work/primary.sock" 'j["state"] == "Replicating" and j["last_cycle"]["seq"] > '"$final"
+
 # --- 13-15: metrics, disable ------------------------------------------------------------------------
 metrics=$(api "$work/primary.sock" GET /metrics)
 check "/metrics of the primary carries the relationship" \
@@ -254,9 +291,14 @@ head -c $((6 * 1024 * 1024)) /dev/urandom >"$work/random.bin"
 chmod 644 "$work/random.bin"
 guest() { hmp "qemu-io -d $qdev \"$1\"" >/dev/null; }
 guest "write -s $work/random.bin 8M 6M"
+check "pending_bytes counts the 6 MiB written since the last acknowledged cycle" \
+    wait_for 12 "$work/primary.sock" 'j["pending_bytes"] is not None and j["pending_bytes"] >= 6291456'
 api "$work/primary.sock" POST "/v1/relationships/$dom/sync" >"$work/sync.out" 2>&1 &
 sync_pid=$!
 wait_for 20 "$work/primary.sock" 'j["cycle_running"]' >/dev/null
+# At 1 MB/s the 6 MiB take some 6 s to send: the status follows the upload.
+check "progress of the running cycle: phase send of vda, a fraction, the rate near 1 MB/s, an ETA" \
+    wait_for 10 "$work/primary.sock" 'j["progress"] is not None and j["progress"]["phase"] == "send" and j["progress"]["disk"] == "vda" and 0.66 <= j["progress"]["fraction"] < 1 and 300000 < j["progress"]["rate_bytes_per_s"] < 3000000 and j["progress"]["eta_s"] is not None and j["progress"]["eta_s"] <= 20'
 reply=$(api "$work/primary.sock" DELETE "/v1/relationships/$dom")
 check "disable while a cycle runs: 409 busy" test "$(code_of "$reply")" = "409 busy"
 sleep 1
@@ -280,11 +322,28 @@ start primary "$work/primary.conf"
 diag "$(grep -i 'warning\|error' "$work/primary.err" | tail -n 5)"
 status_of "$work/primary.sock"
 check "after a restart the relationship is back from the state" test "$(field 'j["id"]')" = "$rel2"
-reply=$(api "$work/primary.sock" POST "/v1/relationships/$dom/sync")
-body=$(tail -n +2 <<<"$reply")
-diag "sync after the restart: $(tr -d '\n' <<<"$body")" "$(tail -n 6 "$work/primary.err")"
+# The sync through the CLI on a terminal (script(1)): the bar while the 6 MiB go at 1 MB/s.
+if command -v script >/dev/null; then
+    timeout 120 script -qec "'$cli' --socket '$work/primary.sock' replica-sync '$dom' --json" \
+        "$work/typescript" >/dev/null 2>&1
+    # The JSON answer follows the bar's erasure (ESC [K); the terminal made \n into \r\n.
+    body=$(python3 -c 'import sys; t = open(sys.argv[1], errors="replace").read().replace("\r", "")
+t = t[t.rfind("\x1b[K") + 3:] if "\x1b[K" in t else t
+print(t[t.find("{"):t.rfind("}") + 1])' "$work/typescript")
+    bars=$(tr '\r' '\n' <"$work/typescript" | grep -Ec '^\[[#-]{24}\] +[0-9]+%, cycle [0-9]+: send vda, [0-9.]+ (KiB|MiB)/s, ETA [0-9]+s')
+    diag "the sync after the restart: $body; bar frames with a rate and ETA: $bars" \
+        "$(tr '\r' '\n' <"$work/typescript" | grep -m 3 '^\[')"
+    check "replica-sync on a terminal draws the cycle's bar: percentage, phase, disk, rate, ETA" \
+        test "$bars" -ge 3
+else
+    reply=$(api "$work/primary.sock" POST "/v1/relationships/$dom/sync")
+    body=$(tail -n +2 <<<"$reply")
+    tap_ok "# SKIP script(1) is missing (bsdutils): no terminal for the progress bar"
+fi
 check "a sync after the restart is acknowledged and carries the 6 MiB written" \
-    test "$(head -n 1 <<<"$reply")" = 200 -a "$(field 'j["bytes"] >= 6291456')" = True
+    test "$(field 'j["bytes"] >= 6291456')" = True
+check "after that sync nothing is pending: pending_bytes is 0 (a guest without OS writes nothing)" \
+    wait_for 8 "$work/primary.sock" 'j["pending_bytes"] == 0'
 stop primary
 stop replica
 [ "$failures" = 0 ]

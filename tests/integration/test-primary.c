@@ -18,6 +18,7 @@
  */
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -196,12 +197,12 @@ sender_new(Fixture *fx)
 
 /* ---- the domain ----------------------------------------------------------------------- */
 
+static void domain_boot(Fixture *fx);
+
 static void
 domain_start(Fixture *fx)
 {
     g_autoptr(GString) xml = g_string_new(NULL);
-    g_autoptr(GError) error = NULL;
-    g_autofree char *live = NULL;
 
     g_string_append_printf(xml,
                            "<domain type='%s'><name>%s</name><memory unit='MiB'>64</memory>"
@@ -218,11 +219,23 @@ domain_start(Fixture *fx)
     g_test_message("domain '%s' with %u disks (%s)", fx->name, fx->n_disks, vr_test_accel());
     fx->domain = virDomainDefineXML(fx->test_conn, xml->str);
     g_assert_nonnull(fx->domain);
+    domain_boot(fx);
+}
+
+/* Start the defined domain, and connect the test's QMP client to it. */
+static void
+domain_boot(Fixture *fx)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *live = NULL;
+
     g_assert_cmpint(virDomainCreate(fx->domain), ==, 0);
 
     /* The test's own QMP client, for the guest's writes and for looking at bitmaps. */
-    fx->context = g_main_context_new();
-    g_main_context_push_thread_default(fx->context);
+    if (fx->context == NULL) {
+        fx->context = g_main_context_new();
+        g_main_context_push_thread_default(fx->context);
+    }
     fx->client = vr_qmp_client_new(vr_qmp_channel_libvirt_new(fx->domain));
     vr_qmp_client_connect(fx->client, NULL, &error);
     g_assert_no_error(error);
@@ -417,7 +430,7 @@ typedef struct {
     uint64_t epoch; /* 0: 1 */
     bool allow_resync;
     bool app_consistent;
-    VrSenderProgress progress;
+    VrPrimaryProgressFunc progress;
     gpointer progress_data;
     GCancellable *cancellable;
     const char *const *disks; /* NULL: every disk of the fixture */
@@ -790,9 +803,14 @@ typedef struct {
 } Interrupt;
 
 static void
-interrupt_progress(uint64_t offset, uint64_t total, gpointer user_data)
+interrupt_progress(const VrPrimaryProgress *progress, gpointer user_data)
 {
     Interrupt *in = user_data;
+    uint64_t offset = progress->done;
+    uint64_t total = progress->total;
+
+    if (progress->phase != VR_PRIMARY_PHASE_SEND || total == 0)
+        return;
 
     if (!in->fired && in->streams == in->stream && offset >= in->after && offset < total) {
         g_test_message("interrupting stream %u at %" PRIu64 " of %" PRIu64 " bytes", in->stream,
@@ -1029,6 +1047,376 @@ test_resync_new_disk(Fixture *fx, gconstpointer data)
     vr_primary_result_clear(&r);
 }
 
+/* ---- the final cycle of a shut-off domain --------------------------------------------- */
+
+/* Shut the domain off: virsh destroy (SIGTERM: QEMU closes its images cleanly), or a kill -9
+ * of QEMU (its persistent bitmaps are not written). */
+static void
+domain_stop(Fixture *fx, bool kill_qemu)
+{
+    vr_qmp_client_close(fx->client);
+    g_clear_object(&fx->client);
+    while (g_main_context_iteration(fx->context, FALSE))
+        ;
+    if (kill_qemu) {
+        g_autofree char *path = g_strdup_printf("/run/libvirt/qemu/%s.pid", fx->name);
+        g_autofree char *text = NULL;
+        g_autoptr(GError) error = NULL;
+        guint64 pid = 0;
+
+        g_assert_true(g_file_get_contents(path, &text, NULL, &error));
+        g_assert_no_error(error);
+        g_assert_true(g_ascii_string_to_unsigned(g_strstrip(text), 10, 2, G_MAXINT, &pid, NULL));
+        g_test_message("kill -9 of QEMU %" G_GUINT64_FORMAT, pid);
+        g_assert_no_errno(kill((pid_t)pid, SIGKILL));
+        for (guint i = 0; i < 500 && virDomainIsActive(fx->domain) != 0; i++)
+            g_usleep(20000);
+    } else {
+        g_assert_cmpint(virDomainDestroy(fx->domain), ==, 0);
+    }
+    g_assert_cmpint(virDomainIsActive(fx->domain), ==, 0);
+    if (kill_qemu) {
+        /* What QEMU had not flushed (qcow2 metadata of new clusters, so their data) is
+         * lost: the model becomes what the images hold now. */
+        for (guint i = 0; i < fx->n_disks; i++) {
+            g_autofree char *raw = g_build_filename(fx->dir, "model.raw", NULL);
+            const char *argv[] = { "qemu-img", "convert",          "-U", "-f", "qcow2", "-O",
+                                   "raw",      fx->disks[i].image, raw,  NULL };
+            g_autoptr(GError) error = NULL;
+            g_autofree char *bytes = NULL;
+            gsize len = 0;
+
+            g_free(vr_test_run(argv));
+            g_assert_true(g_file_get_contents(raw, &bytes, &len, &error));
+            g_assert_no_error(error);
+            g_assert_cmpuint(len, ==, DISK_SIZE);
+            memcpy(fx->disks[i].model, bytes, DISK_SIZE);
+            g_unlink(raw);
+        }
+    }
+}
+
+/* Our bitmaps in @disk's closed image, by cycle, each with its flags: "1:auto 2:auto". */
+static char *
+image_bitmaps(Fixture *fx, guint disk)
+{
+    const char *argv[] = { "qemu-img", "info",  "--output=json",       "--force-share",
+                           "-f",       "qcow2", fx->disks[disk].image, NULL };
+    g_autofree char *text = vr_test_run(argv);
+    g_autoptr(json_object) info = json_tokener_parse(text);
+    json_object *data = vr_json_get_object(vr_json_get_object(info, "format-specific"), "data");
+    json_object *list = vr_json_get_array(data, "bitmaps");
+    g_autoptr(GPtrArray) items = g_ptr_array_new_with_free_func(g_free);
+    const char *prefix = "vr-" RELATIONSHIP "-";
+
+    for (size_t i = 0; list != NULL && i < json_object_array_length(list); i++) {
+        json_object *b = json_object_array_get_idx(list, i);
+        const char *name = vr_json_get_string(b, "name");
+        json_object *flags = vr_json_get_array(b, "flags");
+        g_autoptr(GString) item = g_string_new(NULL);
+        guint64 cycle = 0;
+
+        if (name == NULL || !g_str_has_prefix(name, prefix))
+            continue;
+        g_assert_true(
+            g_ascii_string_to_unsigned(name + strlen(prefix), 10, 1, G_MAXUINT64, &cycle, NULL));
+        g_string_append_printf(item, "%" G_GUINT64_FORMAT ":", cycle);
+        for (size_t j = 0; flags != NULL && j < json_object_array_length(flags); j++) {
+            g_string_append_printf(item, "%s%s", j > 0 ? "," : "",
+                                   json_object_get_string(json_object_array_get_idx(flags, j)));
+        }
+        g_ptr_array_add(items, g_string_free(g_steal_pointer(&item), FALSE));
+    }
+    g_ptr_array_sort(items, compare_names);
+    g_ptr_array_add(items, NULL);
+    return g_strjoinv(" ", (char **)items->pdata);
+}
+
+static void
+assert_image_bitmaps(Fixture *fx, const char *expected)
+{
+    for (guint i = 0; i < fx->n_disks; i++) {
+        g_autofree char *got = image_bitmaps(fx, i);
+
+        g_assert_cmpstr(got, ==, expected);
+    }
+}
+
+static bool
+run_offline(Fixture *fx, uint64_t base, uint64_t target, VrPrimaryProgressFunc progress,
+            gpointer progress_data, VrPrimaryResult *result, GError **error)
+{
+    const char *disks[MAX_DISKS + 1] = { NULL };
+    VrPrimaryConfig config = {
+        .conn = fx->conn,
+        .domain = fx->name,
+        .relationship = RELATIONSHIP,
+        .epoch = 1,
+        .disks = disks,
+        .workdir = fx->workdir,
+        .sender = fx->sender,
+    };
+    bool ok;
+
+    for (guint i = 0; i < fx->n_disks; i++)
+        disks[i] = fx->disks[i].target;
+    ok = vr_primary_run_offline_cycle(&config, base, target, progress, progress_data, NULL, result,
+                                      error);
+    if (ok) {
+        g_test_message("final cycle %" PRIu64 " from %" PRIu64 ": %" PRIu64 " bytes, %" PRIu64
+                       " stream bytes, done after %" PRId64 " ms",
+                       target, base, result->bytes, result->wire_bytes,
+                       result->finished_ms - result->started_ms);
+    } else {
+        g_test_message("final cycle %" PRIu64 " from %" PRIu64 ": %s", target, base,
+                       (*error)->message);
+    }
+    return ok;
+}
+
+/* Nothing of the final cycle is left: no file in the work directory, no qemu-nbd. */
+static void
+assert_offline_clean(Fixture *fx)
+{
+    g_autofree char *files = vr_test_list_dir(fx->workdir);
+
+    g_assert_cmpstr(files, ==, "");
+    vr_test_assert_no_process("qemu-nbd", fx->workdir);
+}
+
+/*
+ * A domain shut off cleanly (virsh destroy: SIGTERM, QEMU writes its bitmaps): its final
+ * cycle sends what was written since the last cycle, from the closed images, and moves the
+ * images' bitmaps on; started again, the domain's next online cycle builds on it.
+ */
+static void
+test_offline(Fixture *fx, gconstpointer data)
+{
+    CycleOptions opt = { 0 };
+    VrPrimaryResult r = { 0 };
+    g_autoptr(GError) error = NULL;
+
+    if (fx->client == NULL)
+        return;
+    guest_write(fx, 0, 0, MiB, 0x51);
+    guest_write(fx, 1, 4 * MiB, MiB, 0x52);
+    run_cycle_ok(fx, &opt, 0, 1, &r);
+    assert_cycle(fx, &r);
+    published(fx);
+    vr_primary_result_clear(&r);
+
+    guest_write(fx, 0, 3 * MiB, GRANULARITY, 0x53);
+    guest_write_random(fx, 0, 20 * MiB, 3 * GRANULARITY);
+    guest_write(fx, 1, 4 * MiB, GRANULARITY, 0x54);
+    guest_zero(fx, 1, 4 * MiB + GRANULARITY, GRANULARITY);
+    /* No online cycle after these writes: only the final cycle can carry them. */
+    domain_stop(fx, false);
+    /* The clean close wrote B(1): recording ("auto"), not in use. */
+    assert_image_bitmaps(fx, "1:auto");
+
+    g_assert_true(run_offline(fx, 1, 2, NULL, NULL, &r, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(r.cycle, ==, 2);
+    g_assert_cmpuint(r.flags, ==, 0);
+    g_assert_cmpuint(r.bytes, ==, dirty_bytes(fx));
+    g_assert_cmpuint(r.bytes, ==, (1 + 3 + 1 + 1) * GRANULARITY);
+    g_assert_cmpint(r.cut_ms, <=, r.started_ms);
+    assert_published(fx, &r);
+    assert_offline_clean(fx);
+    assert_cycles(fx, 0, "1 2");
+    assert_cycles(fx, 1, "1 2");
+    /* B(2) empty and recording, B(1) released. */
+    assert_image_bitmaps(fx, "2:auto");
+    published(fx);
+    vr_primary_result_clear(&r);
+
+    /* Started again: QEMU tracks from B(2), and the next online cycle builds on cycle 2. */
+    domain_boot(fx);
+    assert_bitmaps(fx, "2");
+    guest_write(fx, 0, 9 * MiB, GRANULARITY, 0x55);
+    guest_write(fx, 1, 0, 2 * GRANULARITY, 0x56);
+    run_cycle_ok(fx, &opt, 2, 3, &r);
+    g_assert_cmpuint(r.bytes, ==, dirty_bytes(fx));
+    g_assert_cmpuint(r.bytes, ==, 3 * GRANULARITY);
+    assert_cycle(fx, &r);
+    assert_cycles(fx, 0, "1 2 3");
+    vr_primary_result_clear(&r);
+}
+
+/*
+ * QEMU killed (kill -9): the bitmaps QEMU made since it started are not in the image, those
+ * it loaded stay "in-use". Either way the final cycle reports that the tracking is lost
+ * (RESYNC_REQUIRED) and sends nothing; the next online cycle resynchronizes.
+ */
+static void
+test_offline_unclean(Fixture *fx, gconstpointer data)
+{
+    CycleOptions opt = { .allow_resync = true };
+    VrPrimaryResult r = { 0 };
+    g_autoptr(GError) error = NULL;
+
+    if (fx->client == NULL)
+        return;
+    guest_write(fx, 0, 0, MiB, 0x61);
+    run_cycle_ok(fx, &opt, 0, 1, &r);
+    assert_cycle(fx, &r);
+    published(fx);
+    vr_primary_result_clear(&r);
+
+    /* B(1) was made by this QEMU: only in its memory. */
+    guest_write(fx, 0, 2 * MiB, GRANULARITY, 0x62);
+    domain_stop(fx, true);
+    assert_image_bitmaps(fx, "");
+    g_assert_false(run_offline(fx, 1, 2, NULL, NULL, &r, &error));
+    g_assert_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_RESYNC_REQUIRED);
+    g_assert_nonnull(strstr(error->message, "is missing"));
+    g_clear_error(&error);
+    assert_cycles(fx, 0, "1");
+    assert_offline_clean(fx);
+
+    /* Online again: the resync, then a clean stop writes B(2); QEMU loads it at the next
+     * start and marks it "in-use" in the image; a kill leaves it so. */
+    domain_boot(fx);
+    run_cycle_ok(fx, &opt, 1, 2, &r);
+    g_assert_cmpuint(r.flags, ==, VR_WIRE_FLAG_RESYNC);
+    assert_cycle(fx, &r);
+    published(fx);
+    vr_primary_result_clear(&r);
+    domain_stop(fx, false);
+    assert_image_bitmaps(fx, "2:auto");
+    domain_boot(fx);
+    guest_write(fx, 0, 5 * MiB, GRANULARITY, 0x63);
+    domain_stop(fx, true);
+    assert_image_bitmaps(fx, "2:in-use,auto");
+    g_assert_false(run_offline(fx, 2, 3, NULL, NULL, &r, &error));
+    g_assert_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_RESYNC_REQUIRED);
+    g_assert_nonnull(strstr(error->message, "in use"));
+    g_clear_error(&error);
+    assert_cycles(fx, 0, "1 2");
+    assert_image_bitmaps(fx, "2:in-use,auto");
+    assert_offline_clean(fx);
+
+    /* QEMU loads it as inconsistent: the online cycle resynchronizes. */
+    domain_boot(fx);
+    run_cycle_ok(fx, &opt, 2, 3, &r);
+    g_assert_cmpuint(r.flags, ==, VR_WIRE_FLAG_RESYNC);
+    assert_cycle(fx, &r);
+    vr_primary_result_clear(&r);
+}
+
+typedef struct {
+    Fixture *fx;
+    VrPrimaryPhase phase; /* start the domain when the final cycle first reports this */
+    bool started;
+} StartDuring;
+
+/* An administrator starts the domain while its final cycle runs: the start must go through
+ * (no lock of ours in its way: domain_boot() asserts it). */
+static void
+start_during(const VrPrimaryProgress *progress, gpointer user_data)
+{
+    StartDuring *sd = user_data;
+
+    if (sd->started || progress->phase != sd->phase)
+        return;
+    sd->started = true;
+    g_test_message("starting the domain during the final cycle's %s",
+                   vr_primary_phase_name(progress->phase));
+    domain_boot(sd->fx);
+}
+
+/*
+ * Started while the final cycle reads the images: the start is not blocked, nothing is
+ * published, no bitmap is touched; the next online cycle is the same cycle from the same
+ * base, and holds every write.
+ */
+static void
+test_offline_start_read(Fixture *fx, gconstpointer data)
+{
+    CycleOptions opt = { 0 };
+    VrPrimaryResult r = { 0 };
+    StartDuring sd = { fx, VR_PRIMARY_PHASE_READ, false };
+    g_autoptr(GError) error = NULL;
+
+    if (fx->client == NULL)
+        return;
+    guest_write(fx, 0, 0, MiB, 0x71);
+    run_cycle_ok(fx, &opt, 0, 1, &r);
+    published(fx);
+    vr_primary_result_clear(&r);
+    guest_write(fx, 0, 8 * MiB, 4 * MiB, 0x72);
+    domain_stop(fx, false);
+
+    g_assert_false(run_offline(fx, 1, 2, start_during, &sd, &r, &error));
+    g_assert_true(sd.started);
+    g_assert_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_CANCELLED);
+    g_assert_nonnull(strstr(error->message, "nothing sent"));
+    g_clear_error(&error);
+    g_assert_cmpint(virDomainIsActive(fx->domain), ==, 1);
+    assert_cycles(fx, 0, "1");
+    assert_bitmaps(fx, "1");
+    assert_offline_clean(fx);
+
+    guest_write(fx, 0, 9 * MiB, GRANULARITY, 0x73);
+    run_cycle_ok(fx, &opt, 1, 2, &r);
+    g_assert_cmpuint(r.bytes, ==, dirty_bytes(fx));
+    assert_cycle(fx, &r);
+    vr_primary_result_clear(&r);
+}
+
+/*
+ * Started while the final cycle sends: the point it sends is the images as QEMU left them,
+ * and the replica publishes it, but the bitmaps cannot move on (the domain runs): the cycle
+ * fails. The next online cycle is cycle 2 from base 1 again: the replica answers it as
+ * published, and the cycle merges B(1) into its B(2), so that cycle 3 from 2 carries
+ * everything written since the shutdown.
+ */
+static void
+test_offline_start_send(Fixture *fx, gconstpointer data)
+{
+    CycleOptions opt = { 0 };
+    VrPrimaryResult r = { 0 };
+    StartDuring sd = { fx, VR_PRIMARY_PHASE_SEND, false };
+    g_autoptr(GError) error = NULL;
+    g_autofree uint8_t *at_stop = NULL;
+
+    if (fx->client == NULL)
+        return;
+    guest_write(fx, 0, 0, MiB, 0x81);
+    run_cycle_ok(fx, &opt, 0, 1, &r);
+    published(fx);
+    vr_primary_result_clear(&r);
+    guest_write(fx, 0, 8 * MiB, MiB, 0x82);
+    domain_stop(fx, false);
+    at_stop = g_memdup2(fx->disks[0].model, DISK_SIZE);
+
+    g_assert_false(run_offline(fx, 1, 2, start_during, &sd, &r, &error));
+    g_assert_true(sd.started);
+    g_assert_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_CANCELLED);
+    g_assert_nonnull(strstr(error->message, "published, but the bitmaps stay at cycle 1"));
+    g_clear_error(&error);
+    g_assert_cmpint(virDomainIsActive(fx->domain), ==, 1);
+    /* The replica's point 2 is the disk as it was shut off. */
+    assert_cycles(fx, 0, "1 2");
+    assert_point_is(fx, 0, 2, at_stop);
+    assert_bitmaps(fx, "1");
+    assert_offline_clean(fx);
+
+    guest_write(fx, 0, 8 * MiB + GRANULARITY, GRANULARITY, 0x83);
+    guest_write(fx, 0, 30 * MiB, GRANULARITY, 0x84);
+    run_cycle_ok(fx, &opt, 1, 2, &r);
+    assert_cycles(fx, 0, "1 2");
+    assert_bitmaps(fx, "2");
+    vr_primary_result_clear(&r);
+    guest_write(fx, 0, 40 * MiB, GRANULARITY, 0x85);
+    run_cycle_ok(fx, &opt, 2, 3, &r);
+    /* A superset of what changed since the shutdown: B(1)'s granules and the new one. */
+    g_assert_cmpuint(r.bytes, >=, 3 * GRANULARITY);
+    assert_cycle(fx, &r);
+    assert_cycles(fx, 0, "1 2 3");
+    vr_primary_result_clear(&r);
+}
+
 static void
 cancel(gpointer data)
 {
@@ -1131,6 +1519,10 @@ main(int argc, char **argv)
     ADD("resync-new-disk", test_resync_new_disk, 2);
     ADD("partial", test_partial, 2);
     ADD("errors", test_errors, 1);
+    ADD("offline/final", test_offline, 2);
+    ADD("offline/unclean", test_offline_unclean, 1);
+    ADD("offline/start-during-read", test_offline_start_read, 1);
+    ADD("offline/start-during-send", test_offline_start_send, 1);
 #undef ADD
 
     rc = g_test_run();

@@ -84,8 +84,8 @@ test_lookup(Fixture *fx, gconstpointer data)
 
     for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autoptr(GError) error = NULL;
-        const char *root = NULL;
-        const char *group = NULL;
+        g_autofree char *root = NULL;
+        g_autofree char *group = NULL;
         bool ok = vr_authz_lookup(authz, cases[i].peer, &root, &group, &error);
 
         if (cases[i].entry < 0) {
@@ -141,15 +141,17 @@ test_allow_any_and_groups(Fixture *fx, gconstpointer data)
     g_autoptr(GError) error = NULL;
     g_autoptr(VrAuthz) any = vr_authz_new_allow_any(fx->a, "default", &error);
     g_autoptr(VrAuthz) table = make_table(fx);
-    const char *root = NULL;
-    const char *group = NULL;
+    g_autofree char *root = NULL;
+    g_autofree char *group = NULL;
+    char *untouched = NULL;
 
     g_assert_no_error(error);
     g_assert_true(vr_authz_lookup(any, "whoever.example", &root, &group, &error));
     g_assert_cmpstr(root, ==, fx->a);
     g_assert_cmpstr(group, ==, "default");
-    /* Still no path-like identity. */
-    g_assert_false(vr_authz_lookup(any, "../etc", &root, &group, &error));
+    /* Still no path-like identity; the outputs are untouched on failure. */
+    g_assert_false(vr_authz_lookup(any, "../etc", &untouched, &untouched, &error));
+    g_assert_null(untouched);
     g_assert_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_FORBIDDEN);
     g_clear_error(&error);
 
@@ -248,6 +250,147 @@ test_open_beneath(Fixture *fx, gconstpointer data)
     }
 }
 
+/* Entries added at runtime go after the configuration's, and only they can be removed. */
+static void
+test_runtime(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrAuthz) authz = make_table(fx);
+    g_autoptr(GPtrArray) list = NULL;
+    g_autoptr(VrAuthzEntry) entry = NULL;
+    g_autofree char *root = NULL;
+    g_autofree char *group = NULL;
+    VrAuthzEntry *e;
+
+    /* Not authorized until an entry names it. */
+    g_assert_false(vr_authz_lookup(authz, "p1.dc3.example", &root, &group, &error));
+    g_assert_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_FORBIDDEN);
+    g_clear_error(&error);
+    g_assert_true(
+        vr_authz_add_origin(authz, "*.DC3.example", fx->c, "g4", VR_AUTHZ_ORIGIN_API, &error));
+    g_assert_no_error(error);
+    g_assert_true(vr_authz_lookup(authz, "p1.dc3.example", &root, &group, &error));
+    g_assert_cmpstr(root, ==, fx->c);
+    g_assert_cmpstr(group, ==, "g4");
+
+    /* A pattern once only, whatever its case and origin. */
+    g_assert_false(
+        vr_authz_add_origin(authz, "*.dc3.EXAMPLE", fx->a, "g5", VR_AUTHZ_ORIGIN_API, &error));
+    g_assert_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_EXISTS);
+    g_assert_nonnull(strstr(error->message, "'*.dc3.example'"));
+    g_clear_error(&error);
+    g_assert_false(vr_authz_add_origin(authz, "primary1.dc1.example", fx->a, "g1",
+                                       VR_AUTHZ_ORIGIN_API, &error));
+    g_assert_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_EXISTS);
+    g_clear_error(&error);
+    /* The same rules as the configuration's. */
+    g_assert_false(
+        vr_authz_add_origin(authz, "a*b*.example", fx->a, "g", VR_AUTHZ_ORIGIN_API, &error));
+    g_assert_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_CONFIG);
+    g_clear_error(&error);
+
+    /* Listed in match order, the configuration's first, with their origins. */
+    list = vr_authz_list(authz);
+    g_assert_cmpuint(list->len, ==, 4);
+    e = list->pdata[0];
+    g_assert_cmpstr(e->pattern, ==, "primary1.dc1.example");
+    g_assert_cmpstr(e->storage_root, ==, fx->a);
+    g_assert_cmpstr(e->group, ==, "g1");
+    g_assert_cmpint(e->origin, ==, VR_AUTHZ_ORIGIN_CONFIG);
+    e = list->pdata[3];
+    g_assert_cmpstr(e->pattern, ==, "*.dc3.example");
+    g_assert_cmpstr(vr_authz_origin_to_string(e->origin), ==, "api");
+    entry = vr_authz_get(authz, "*.Dc3.example", &error);
+    g_assert_no_error(error);
+    g_assert_cmpstr(entry->storage_root, ==, fx->c);
+    g_assert_null(vr_authz_get(authz, "*.dc9.example", &error));
+    g_assert_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_NOT_FOUND);
+    g_clear_error(&error);
+
+    /* The configuration's entries stay; an unknown pattern is NOT_FOUND. */
+    g_assert_false(vr_authz_remove(authz, "*.dc2.example", &error));
+    g_assert_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_FIXED);
+    g_assert_nonnull(strstr(error->message, "configuration file"));
+    g_clear_error(&error);
+    g_assert_false(vr_authz_remove(authz, "nobody.example", &error));
+    g_assert_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_NOT_FOUND);
+    g_clear_error(&error);
+
+    /* Removed: what a lookup returned before stays valid (copies); the next is refused. */
+    g_assert_true(vr_authz_remove(authz, "*.DC3.example", &error));
+    g_assert_no_error(error);
+    g_assert_cmpstr(root, ==, fx->c);
+    g_clear_pointer(&root, g_free);
+    g_clear_pointer(&group, g_free);
+    g_assert_false(vr_authz_lookup(authz, "p1.dc3.example", &root, &group, &error));
+    g_assert_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_FORBIDDEN);
+    g_clear_error(&error);
+    g_assert_false(vr_authz_may_write(authz, "p1.dc3.example", "g4", &error));
+    g_assert_error(error, VR_AUTHZ_ERROR, VR_AUTHZ_ERROR_FORBIDDEN);
+    g_clear_error(&error);
+    g_clear_pointer(&list, g_ptr_array_unref);
+    list = vr_authz_list(authz);
+    g_assert_cmpuint(list->len, ==, 3);
+    /* And the order of the rest is kept: the first match still wins. */
+    g_assert_true(
+        vr_authz_add_origin(authz, "x.dc2.example", fx->a, "g9", VR_AUTHZ_ORIGIN_API, &error));
+    g_assert_true(vr_authz_lookup(authz, "x.dc2.example", &root, &group, &error));
+    g_assert_cmpstr(root, ==, fx->b);
+}
+
+typedef struct {
+    VrAuthz *authz;
+    const char *root;
+    gint stop;
+    guint seen;
+} Lookups;
+
+static gpointer
+lookups_thread(gpointer data)
+{
+    Lookups *l = data;
+
+    while (!g_atomic_int_get(&l->stop)) {
+        g_autofree char *root = NULL;
+        g_autofree char *group = NULL;
+
+        if (vr_authz_lookup(l->authz, "p1.dc4.example", &root, &group, NULL)) {
+            /* Never a half-made or freed entry: the copy is whole. */
+            g_assert_cmpstr(root, ==, l->root);
+            g_assert_cmpstr(group, ==, "g4");
+            l->seen++;
+        }
+    }
+    return NULL;
+}
+
+/* Lookups on other threads while entries come and go (run it under ASan or valgrind too). */
+static void
+test_threads(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(VrAuthz) authz = make_table(fx);
+    Lookups l = { authz, fx->c, 0, 0 };
+    GThread *threads[2];
+
+    for (guint i = 0; i < G_N_ELEMENTS(threads); i++)
+        threads[i] = g_thread_new("lookups", lookups_thread, &l);
+    for (guint i = 0; i < 2000; i++) {
+        g_autoptr(GError) error = NULL;
+        g_autoptr(GPtrArray) list = NULL;
+
+        g_assert_true(
+            vr_authz_add_origin(authz, "*.dc4.example", fx->c, "g4", VR_AUTHZ_ORIGIN_API, &error));
+        list = vr_authz_list(authz);
+        g_assert_cmpuint(list->len, ==, 4);
+        g_assert_true(vr_authz_remove(authz, "*.dc4.example", &error));
+        g_assert_no_error(error);
+    }
+    g_atomic_int_set(&l.stop, 1);
+    for (guint i = 0; i < G_N_ELEMENTS(threads); i++)
+        g_thread_join(threads[i]);
+    g_test_message("%u successful lookups while the entry came and went", l.seen);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -257,6 +400,8 @@ main(int argc, char **argv)
     ADD("/authz/config-errors", test_config_errors);
     ADD("/authz/allow-any-and-groups", test_allow_any_and_groups);
     ADD("/authz/open-beneath", test_open_beneath);
+    ADD("/authz/runtime", test_runtime);
+    ADD("/authz/threads", test_threads);
 #undef ADD
     g_test_add_func("/authz/names", test_names);
     return g_test_run();

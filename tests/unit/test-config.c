@@ -54,6 +54,7 @@ static const char full_file[] =
     "point-interval = 0\n"
     "standby-name-rule = %n-replica\n"
     "max-body-size = 64G\n"
+    "test-network = dr-test\n"
     "\n"
     "[authorization:*.dc1.example]\n"
     "storage = /srv/replicas/dc1\n"
@@ -98,6 +99,7 @@ static const char *const all_keys[] = {
     "point-interval",
     "standby-name-rule",
     "max-body-size",
+    "test-network",
     "storage",
     "trust-group",
 };
@@ -181,6 +183,7 @@ test_full(void)
     g_assert_cmpuint(cfg->replica.point_interval, ==, 0);
     g_assert_cmpstr(cfg->replica.standby_name_rule, ==, "%n-replica");
     g_assert_cmpuint(cfg->replica.max_body_size, ==, G_GUINT64_CONSTANT(64) << 30);
+    g_assert_cmpstr(cfg->replica.test_network, ==, "dr-test");
 
     g_assert_cmpuint(cfg->replica.authorizations->len, ==, 2);
     e = g_ptr_array_index(cfg->replica.authorizations, 0);
@@ -234,6 +237,7 @@ assert_defaults(const VrConfig *cfg)
     g_assert_cmpuint(cfg->replica.point_interval, ==, 3600);
     g_assert_null(cfg->replica.standby_name_rule);
     g_assert_cmpuint(cfg->replica.max_body_size, ==, G_MAXUINT64);
+    g_assert_null(cfg->replica.test_network);
     g_assert_nonnull(cfg->replica.authorizations);
     g_assert_cmpuint(cfg->replica.authorizations->len, ==, 0);
     g_assert_nonnull(cfg->network_map);
@@ -397,7 +401,7 @@ static const ErrorCase error_cases[] = {
     { "[replica]\nsize = 1\n", VR_CONFIG_ERROR_INVALID,
       ":2: [replica] size: unknown key; [replica] has enabled, listen, port, server-name, "
       "allow-any, default-storage, default-trust-group, point-interval, standby-name-rule, "
-      "max-body-size" },
+      "max-body-size, test-network" },
     { "[daemon]\nport = 1\n", VR_CONFIG_ERROR_INVALID,
       ":2: [daemon] port: unknown key; [daemon] has state-dir, socket, socket-group, "
       "libvirt-uri, log-level, max-active-transfers, monitoring-interval, history-days" },
@@ -801,8 +805,8 @@ test_system(void)
     g_autoptr(GPtrArray) problems = NULL;
     g_autoptr(VrConfig) cfg = NULL;
     g_autoptr(VrAuthz) authz = NULL;
-    const char *root = NULL;
-    const char *group = NULL;
+    g_autofree char *root = NULL;
+    g_autofree char *group = NULL;
 
     g_assert_no_error(error);
     g_assert_cmpint(g_mkdir(store, 0700), ==, 0);

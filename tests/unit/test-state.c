@@ -105,7 +105,7 @@ put_relationship(VrState *state, const char *id, uint64_t epoch, const char *sta
     g_assert_no_error(error);
 }
 
-/* A new database: mode 0600, WAL, synchronous FULL per connection, schema version 1. */
+/* A new database: mode 0600, WAL, synchronous FULL per connection, schema version 2. */
 static void
 test_create(Fixture *fx, gconstpointer data)
 {
@@ -121,10 +121,10 @@ test_create(Fixture *fx, gconstpointer data)
     mode = query_text(fx, "PRAGMA journal_mode");
     g_assert_cmpstr(mode, ==, "wal");
     version = query_text(fx, "PRAGMA user_version");
-    g_assert_cmpstr(version, ==, "1");
+    g_assert_cmpstr(version, ==, "2");
     tables = query_text(fx, "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_schema "
                             "WHERE type = 'table' ORDER BY name)");
-    g_assert_cmpstr(tables, ==, "cycles recovery_points relationships");
+    g_assert_cmpstr(tables, ==, "authorizations cycles recovery_points relationships");
 
     /* Opening again keeps the schema (and what is in it). */
     put_relationship(state, "r1", 1, "Replicating");
@@ -395,11 +395,11 @@ test_version(Fixture *fx, gconstpointer data)
     VrState *state = state_open(fx);
 
     vr_state_free(state);
-    exec_sql(fx, "PRAGMA user_version = 2");
+    exec_sql(fx, "PRAGMA user_version = 3");
     g_assert_null(vr_state_open(fx->path, &error));
     g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_VERSION);
     g_assert_nonnull(strstr(error->message, fx->path));
-    g_assert_nonnull(strstr(error->message, "schema version 2"));
+    g_assert_nonnull(strstr(error->message, "schema version 3"));
 }
 
 static void
@@ -475,6 +475,85 @@ test_kill(Fixture *fx, gconstpointer data)
     g_assert_cmpuint(g_ascii_strtoull(count, NULL, 10), <=, reported + 1);
 }
 
+/* A version 1 database (before the authorization entries) is upgraded in place, data kept. */
+static void
+test_upgrade_v1(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrState) state = state_open(fx);
+    g_autoptr(GPtrArray) list = NULL;
+    g_autofree char *version = NULL;
+    g_autofree char *sql = NULL;
+
+    put_relationship(state, "r1", 1, "Replicating");
+    g_clear_pointer(&state, vr_state_free);
+    /* Exactly version 1's schema: version 2 only added this table. */
+    exec_sql(fx, "DROP TABLE authorizations; PRAGMA user_version = 1");
+    state = state_open(fx);
+    version = query_text(fx, "PRAGMA user_version");
+    g_assert_cmpstr(version, ==, "2");
+    sql = query_text(fx, "SELECT sql FROM sqlite_schema WHERE name = 'authorizations'");
+    g_assert_nonnull(strstr(sql, "STRICT"));
+    list = vr_state_relationship_list(state, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(list->len, ==, 1);
+    g_clear_pointer(&list, g_ptr_array_unref);
+    list = vr_state_authz_list(state, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(list->len, ==, 0);
+}
+
+/* The API's authorization entries: stored in order, kept across opens, one per pattern. */
+static void
+test_authz(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrState) state = state_open(fx);
+    g_autoptr(GPtrArray) list = NULL;
+    VrStateAuthz a = { (char *)"*.dc2.example", (char *)"/srv/b", (char *)"g2", 0 };
+    VrStateAuthz b = { (char *)"primary1.example", (char *)"/srv/a", (char *)"g1", 0 };
+    VrStateAuthz upper = { (char *)"Upper.example", (char *)"/srv/a", (char *)"g1", 0 };
+    VrStateAuthz relative = { (char *)"x.example", (char *)"srv", (char *)"g1", 0 };
+    const VrStateAuthz *e;
+
+    g_assert_true(vr_state_authz_add(state, &a, &error));
+    g_assert_true(vr_state_authz_add(state, &b, &error));
+    g_assert_no_error(error);
+    g_assert_false(vr_state_authz_add(state, &a, &error));
+    g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_EXISTS);
+    g_assert_nonnull(strstr(error->message, "'*.dc2.example'"));
+    g_clear_error(&error);
+    /* The table's checks: a folded pattern, an absolute root. */
+    g_assert_false(vr_state_authz_add(state, &upper, &error));
+    g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_FAILED);
+    g_clear_error(&error);
+    g_assert_false(vr_state_authz_add(state, &relative, &error));
+    g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_FAILED);
+    g_clear_error(&error);
+
+    g_clear_pointer(&state, vr_state_free);
+    state = state_open(fx);
+    list = vr_state_authz_list(state, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(list->len, ==, 2);
+    e = list->pdata[0];
+    g_assert_cmpstr(e->pattern, ==, "*.dc2.example");
+    g_assert_cmpstr(e->storage, ==, "/srv/b");
+    g_assert_cmpstr(e->trust_group, ==, "g2");
+    g_assert_cmpint(e->created, >, 0);
+    e = list->pdata[1];
+    g_assert_cmpstr(e->pattern, ==, "primary1.example");
+
+    g_assert_true(vr_state_authz_delete(state, "*.dc2.example", &error));
+    g_assert_no_error(error);
+    g_assert_false(vr_state_authz_delete(state, "*.dc2.example", &error));
+    g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_NOT_FOUND);
+    g_clear_error(&error);
+    g_clear_pointer(&list, g_ptr_array_unref);
+    list = vr_state_authz_list(state, &error);
+    g_assert_cmpuint(list->len, ==, 1);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -487,6 +566,8 @@ main(int argc, char **argv)
     ADD("stats", test_stats);
     ADD("points", test_points);
     ADD("version", test_version);
+    ADD("upgrade-v1", test_upgrade_v1);
+    ADD("authz", test_authz);
     ADD("corrupt", test_corrupt);
     ADD("kill", test_kill);
 #undef ADD

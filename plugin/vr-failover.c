@@ -1,0 +1,1246 @@
+/*
+ * vr-failover.c: unplanned failover, its completion and cancel, and test failover, on the
+ * replica host
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <libvirt/virterror.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <libxml/xpath.h>
+
+#include "vr-failover.h"
+#include "vr-qmp-json.h"
+#include "vr-replica-store.h"
+#include "vr-standby.h"
+
+G_DEFINE_QUARK(vr - failover - error - quark, vr_failover_error)
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathContext, xmlXPathFreeContext)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathObject, xmlXPathFreeObject)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(virDomain, virDomainFree)
+
+/* Modes a failover gives: QEMU's group reads the chain and passes the directories. */
+#define VR_FAILOVER_POINT_MODE 0640
+#define VR_FAILOVER_DIR_MODE   0710
+/* The test copy's name: the standby's with this suffix. */
+#define VR_FAILOVER_TEST_SUFFIX "-test"
+
+struct _VrFailover {
+    VrState *state;
+    VrReplicaSink *sink;
+    VrAuthz *authz;
+    virConnectPtr conn;
+    char *test_network;
+};
+
+/* One disk of the standby: its target, its store's directory and the store. */
+typedef struct {
+    char *target;
+    char *dir;
+    VrReplicaStore *store; /* the sink's (transfer none) */
+} VrFailoverDisk;
+
+static void
+vr_failover_disk_free(gpointer data)
+{
+    VrFailoverDisk *disk = data;
+
+    g_free(disk->target);
+    g_free(disk->dir);
+    g_free(disk);
+}
+
+/* What one operation works on. */
+typedef struct {
+    VrStateRelationship *rel;
+    json_object *config; /* rel->config, parsed */
+    char *root;          /* the storage root of the relationship's primary */
+    virDomainPtr standby;
+    char *standby_xml; /* inactive, secure */
+    GPtrArray *disks;  /* VrFailoverDisk */
+} VrFailoverJob;
+
+static void
+vr_failover_job_free(VrFailoverJob *job)
+{
+    if (job == NULL)
+        return;
+    vr_state_relationship_free(job->rel);
+    if (job->config != NULL)
+        json_object_put(job->config);
+    g_free(job->root);
+    if (job->standby != NULL)
+        virDomainFree(job->standby);
+    g_free(job->standby_xml);
+    if (job->disks != NULL)
+        g_ptr_array_unref(job->disks);
+    g_free(job);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrFailoverJob, vr_failover_job_free)
+
+static bool vr_failover_fail(GError **error, VrFailoverErrorCode code, const char *format, ...)
+    G_GNUC_PRINTF(3, 4);
+
+static bool
+vr_failover_fail(GError **error, VrFailoverErrorCode code, const char *format, ...)
+{
+    va_list args;
+
+    va_start(args, format);
+    g_propagate_error(error, g_error_new_valist(VR_FAILOVER_ERROR, code, format, args));
+    va_end(args);
+    return false;
+}
+
+static bool
+vr_failover_libvirt_error(GError **error, const char *what, const char *name)
+{
+    return vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "cannot %s '%s': %s", what, name,
+                            virGetLastErrorMessage());
+}
+
+const char *
+vr_failover_error_code(const GError *error, guint *status)
+{
+    *status = 500;
+    if (error->domain != VR_FAILOVER_ERROR)
+        return "failed";
+    switch ((VrFailoverErrorCode)error->code) {
+    case VR_FAILOVER_ERROR_NOT_FOUND:
+        *status = 404;
+        return "unknown-domain";
+    case VR_FAILOVER_ERROR_NO_POINT:
+        *status = 404;
+        return "unknown-point";
+    case VR_FAILOVER_ERROR_CONFLICT:
+        *status = 409;
+        return "wrong-state";
+    case VR_FAILOVER_ERROR_INVALID:
+        *status = 400;
+        return "invalid";
+    case VR_FAILOVER_ERROR_FAILED:
+        break;
+    }
+    return "failed";
+}
+
+VrFailover *
+vr_failover_new(const VrFailoverConfig *config)
+{
+    VrFailover *failover = g_new0(VrFailover, 1);
+    g_autoptr(GPtrArray) list = NULL;
+    g_autoptr(GError) local = NULL;
+
+    failover->state = config->state;
+    failover->sink = config->sink;
+    failover->authz = config->authz;
+    failover->conn = config->conn;
+    failover->test_network = g_strdup(config->test_network);
+
+    /* The test failovers of before a restart hold their points again. */
+    list = vr_state_relationship_list(failover->state, &local);
+    for (guint i = 0; list != NULL && i < list->len; i++) {
+        VrStateRelationship *rel = list->pdata[i];
+        g_autoptr(json_object) cfg = json_tokener_parse(rel->config != NULL ? rel->config : "{}");
+        g_autofree char *root = NULL;
+        g_autofree char *group = NULL;
+        json_object *test, *disks, *point;
+
+        if (cfg == NULL || !json_object_object_get_ex(cfg, "test_failover", &test) ||
+            !json_object_object_get_ex(test, "disks", &disks) ||
+            !json_object_object_get_ex(test, "point", &point))
+            continue;
+        if (!vr_authz_lookup(failover->authz, rel->peer, &root, &group, &local)) {
+            g_debug("test failover of '%s': its points are not held: %s", rel->id, local->message);
+            g_clear_error(&local);
+            continue;
+        }
+        for (size_t d = 0; d < json_object_array_length(disks); d++) {
+            const char *name = json_object_get_string(json_object_array_get_idx(disks, d));
+            VrReplicaStore *store =
+                vr_replica_sink_get_store(failover->sink, root, rel->id, name, &local);
+
+            if (store == NULL ||
+                !vr_replica_store_hold(store, (uint64_t)json_object_get_uint64(point), &local)) {
+                g_debug("test failover of '%s': point of disk '%s' not held: %s", rel->id, name,
+                        local->message);
+                g_clear_error(&local);
+            }
+        }
+    }
+    if (local != NULL)
+        g_debug("test failovers not held again: %s", local->message);
+    return failover;
+}
+
+void
+vr_failover_free(VrFailover *failover)
+{
+    if (failover == NULL)
+        return;
+    g_free(failover->test_network);
+    g_free(failover);
+}
+
+/* ---- finding what a failover works on ------------------------------------------------- */
+
+/*
+ * The standby domain (not a test copy) of @relationship whose disks are beneath @rel_dir,
+ * or NULL. The disks tell the standby of this replica's store from a domain of another
+ * replica daemon sharing the libvirtd (tests) with the same relationship id. (transfer full)
+ */
+static virDomainPtr
+vr_failover_find_standby(VrFailover *failover, const char *relationship, const char *rel_dir)
+{
+    g_autofree char *prefix = g_strconcat("file='", rel_dir, "/", NULL);
+    virDomainPtr *domains = NULL;
+    virDomainPtr found = NULL;
+    int n = virConnectListAllDomains(failover->conn, &domains, VIR_CONNECT_LIST_DOMAINS_PERSISTENT);
+
+    for (int i = 0; i < n; i++) {
+        g_autoptr(VrStandbyInfo) info = NULL;
+        g_autofree char *xml = NULL;
+
+        if (found == NULL && (info = vr_standby_info_get(domains[i])) != NULL &&
+            strcmp(info->relationship, relationship) == 0 &&
+            g_strcmp0(info->state, VR_FAILOVER_MARKER_TEST) != 0 &&
+            (xml = virDomainGetXMLDesc(domains[i], VIR_DOMAIN_XML_INACTIVE)) != NULL &&
+            strstr(xml, prefix) != NULL) {
+            found = domains[i];
+            continue;
+        }
+        virDomainFree(domains[i]);
+    }
+    free(domains);
+    return found;
+}
+
+/* A relationship by id, by the primary's domain name, or by the name of its standby. */
+static VrStateRelationship *
+vr_failover_find(VrFailover *failover, const char *name, GError **error)
+{
+    g_autoptr(GPtrArray) list = vr_state_relationship_list(failover->state, error);
+    g_autoptr(virDomain) dom = NULL;
+    g_autofree char *relationship = NULL;
+
+    if (list == NULL)
+        return NULL;
+    for (guint i = 0; i < list->len; i++) {
+        VrStateRelationship *rel = list->pdata[i];
+
+        if (strcmp(rel->id, name) == 0 || g_strcmp0(rel->domain_name, name) == 0)
+            return g_ptr_array_steal_index(list, i);
+    }
+    dom = virDomainLookupByName(failover->conn, name);
+    if (dom != NULL && vr_standby_is_standby(dom, &relationship)) {
+        for (guint i = 0; i < list->len; i++) {
+            VrStateRelationship *rel = list->pdata[i];
+
+            if (strcmp(rel->id, relationship) == 0)
+                return g_ptr_array_steal_index(list, i);
+        }
+    }
+    vr_failover_fail(error, VR_FAILOVER_ERROR_NOT_FOUND, "no replication of '%s' on this host",
+                     name);
+    return NULL;
+}
+
+/* The target dev and source file of every <disk device='disk'> of @xml. */
+static bool
+vr_failover_xml_disks(const char *xml, GPtrArray *targets, GPtrArray *files, GError **error)
+{
+    g_autoptr(xmlDoc) doc =
+        xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
+                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    g_autoptr(xmlXPathContext) ctx = NULL;
+    g_autoptr(xmlXPathObject) obj = NULL;
+
+    if (doc == NULL)
+        return vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "a domain XML does not parse");
+    ctx = xmlXPathNewContext(doc);
+    obj = xmlXPathEvalExpression(
+        (const xmlChar *)"/domain/devices/disk[not(@device) or @device='disk']", ctx);
+    for (int i = 0; obj != NULL && obj->nodesetval != NULL && i < obj->nodesetval->nodeNr; i++) {
+        xmlNode *disk = obj->nodesetval->nodeTab[i];
+        xmlChar *dev = NULL;
+        xmlChar *file = NULL;
+
+        for (xmlNode *c = disk->children; c != NULL; c = c->next) {
+            if (c->type != XML_ELEMENT_NODE)
+                continue;
+            if (strcmp((const char *)c->name, "target") == 0 && dev == NULL)
+                dev = xmlGetProp(c, (const xmlChar *)"dev");
+            else if (strcmp((const char *)c->name, "source") == 0 && file == NULL)
+                file = xmlGetProp(c, (const xmlChar *)"file");
+        }
+        g_ptr_array_add(targets, g_strdup(dev != NULL ? (const char *)dev : ""));
+        g_ptr_array_add(files, g_strdup(file != NULL ? (const char *)file : ""));
+        xmlFree(dev);
+        xmlFree(file);
+    }
+    return true;
+}
+
+/*
+ * The relationship @name, its config, its primary's storage root, its standby and the
+ * standby's disks with their stores. @need_standby: no standby is an error.
+ */
+static VrFailoverJob *
+vr_failover_job_new(VrFailover *failover, const char *name, GError **error)
+{
+    g_autoptr(VrFailoverJob) job = g_new0(VrFailoverJob, 1);
+    g_autoptr(GPtrArray) targets = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) files = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GError) local = NULL;
+    g_autofree char *group = NULL;
+
+    job->rel = vr_failover_find(failover, name, error);
+    if (job->rel == NULL)
+        return NULL;
+    if (job->rel->role != VR_STATE_ROLE_REPLICA) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "'%s' is replicated from this host (role primary): a failover runs on "
+                         "the replica host",
+                         name);
+        return NULL;
+    }
+    job->config = json_tokener_parse(job->rel->config != NULL ? job->rel->config : "{}");
+    if (job->config == NULL || !json_object_is_type(job->config, json_type_object)) {
+        if (job->config != NULL)
+            json_object_put(job->config);
+        job->config = json_object_new_object();
+    }
+    if (!vr_authz_lookup(failover->authz, job->rel->peer, &job->root, &group, &local)) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED,
+                         "the storage root of relationship '%s' (primary '%s') is unknown: %s",
+                         job->rel->id, job->rel->peer, local->message);
+        return NULL;
+    }
+    {
+        g_autofree char *rel_dir = g_build_filename(job->root, job->rel->id, NULL);
+
+        job->standby = vr_failover_find_standby(failover, job->rel->id, rel_dir);
+    }
+    if (job->standby == NULL) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "relationship '%s' has no standby domain in this host's libvirt (it is "
+                         "defined once the primary's domain XML and a recovery point are here)",
+                         job->rel->id);
+        return NULL;
+    }
+    job->standby_xml =
+        virDomainGetXMLDesc(job->standby, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    if (job->standby_xml == NULL) {
+        vr_failover_libvirt_error(error, "read the definition of", virDomainGetName(job->standby));
+        return NULL;
+    }
+    if (!vr_failover_xml_disks(job->standby_xml, targets, files, error))
+        return NULL;
+    job->disks = g_ptr_array_new_with_free_func(vr_failover_disk_free);
+    for (guint i = 0; i < targets->len; i++) {
+        VrFailoverDisk *disk = g_new0(VrFailoverDisk, 1);
+        g_autofree char *expected = NULL;
+
+        disk->target = g_strdup(targets->pdata[i]);
+        disk->dir = g_build_filename(job->root, job->rel->id, disk->target, NULL);
+        g_ptr_array_add(job->disks, disk);
+        expected = g_build_filename(disk->dir, VR_FAILOVER_OVERLAY, NULL);
+        if (strcmp(files->pdata[i], expected) != 0) {
+            vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                             "disk '%s' of standby '%s' is '%s', not the failover overlay '%s'",
+                             disk->target, virDomainGetName(job->standby),
+                             (const char *)files->pdata[i], expected);
+            return NULL;
+        }
+        disk->store =
+            vr_replica_sink_get_store(failover->sink, job->root, job->rel->id, disk->target, error);
+        if (disk->store == NULL) {
+            g_prefix_error(error, "disk '%s' of relationship '%s': ", disk->target, job->rel->id);
+            return NULL;
+        }
+    }
+    if (job->disks->len == 0) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT, "standby '%s' has no disk",
+                         virDomainGetName(job->standby));
+        return NULL;
+    }
+    return g_steal_pointer(&job);
+}
+
+/*
+ * The cycle @point names ("latest" or NULL: the newest cycle every disk has, the disks of
+ * one cut being crash-consistent together; else a cycle every disk must have).
+ */
+static bool
+vr_failover_choose(VrFailoverJob *job, const char *point, uint64_t *cycle_out, GError **error)
+{
+    uint64_t wanted = 0;
+
+    if (point != NULL && strcmp(point, "latest") != 0) {
+        guint64 v;
+
+        if (!g_ascii_string_to_unsigned(point, 10, 1, G_MAXUINT64, &v, NULL))
+            return vr_failover_fail(error, VR_FAILOVER_ERROR_INVALID,
+                                    "'%s' is not a recovery point: a cycle number or 'latest'",
+                                    point);
+        wanted = v;
+    }
+    if (wanted != 0) {
+        for (guint d = 0; d < job->disks->len; d++) {
+            VrFailoverDisk *disk = job->disks->pdata[d];
+            g_autofree char *image = vr_replica_store_image_path(disk->store, wanted);
+
+            if (image == NULL)
+                return vr_failover_fail(error, VR_FAILOVER_ERROR_NO_POINT,
+                                        "disk '%s' of relationship '%s' has no recovery point "
+                                        "of cycle %" PRIu64,
+                                        disk->target, job->rel->id, wanted);
+        }
+        *cycle_out = wanted;
+        return true;
+    }
+    {
+        VrFailoverDisk *first = job->disks->pdata[0];
+        const VrReplicaPoint *points;
+        guint n;
+
+        points = vr_replica_store_points(first->store, &n);
+        for (guint i = n; i-- > 0;) {
+            bool everywhere = true;
+
+            for (guint d = 1; d < job->disks->len && everywhere; d++) {
+                VrFailoverDisk *disk = job->disks->pdata[d];
+                g_autofree char *image = vr_replica_store_image_path(disk->store, points[i].cycle);
+
+                everywhere = image != NULL;
+            }
+            if (everywhere) {
+                *cycle_out = points[i].cycle;
+                return true;
+            }
+        }
+    }
+    return vr_failover_fail(error, VR_FAILOVER_ERROR_NO_POINT,
+                            "relationship '%s' has no recovery point that every disk holds",
+                            job->rel->id);
+}
+
+/* ---- QEMU's user and the files it opens ---------------------------------------------- */
+
+/* "+64055" or "libvirt-qemu" as a uid (@group false) or gid. */
+static bool
+vr_failover_parse_id(const char *text, bool group, guint *id)
+{
+    guint64 v;
+
+    if (text[0] == '+')
+        text++;
+    if (g_ascii_string_to_unsigned(text, 10, 0, G_MAXUINT32 - 1, &v, NULL)) {
+        *id = (guint)v;
+        return true;
+    }
+    if (group) {
+        struct group *gr = getgrnam(text);
+
+        if (gr != NULL)
+            *id = gr->gr_gid;
+        return gr != NULL;
+    }
+    {
+        struct passwd *pw = getpwnam(text);
+
+        if (pw != NULL)
+            *id = pw->pw_uid;
+        return pw != NULL;
+    }
+}
+
+/*
+ * The user and group QEMU runs as for a domain of @virt_type ("kvm", "qemu"): the DAC base
+ * label of the host's capabilities (qemu.conf's user and group). 0 and 0 when libvirt has no
+ * DAC model (QEMU runs as root).
+ */
+static bool
+vr_failover_qemu_ids(VrFailover *failover, const char *virt_type, guint *uid, guint *gid,
+                     GError **error)
+{
+    g_autofree char *caps = virConnectGetCapabilities(failover->conn);
+    g_autoptr(xmlDoc) doc = NULL;
+    g_autoptr(xmlXPathContext) ctx = NULL;
+    g_autoptr(xmlXPathObject) obj = NULL;
+    g_autofree char *expr = NULL;
+    g_auto(GStrv) ids = NULL;
+
+    *uid = 0;
+    *gid = 0;
+    if (caps == NULL)
+        return vr_failover_libvirt_error(error, "read the capabilities of", "libvirt");
+    doc = xmlReadMemory(caps, (int)strlen(caps), "capabilities.xml", NULL, XML_PARSE_NONET);
+    if (doc == NULL)
+        return vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED,
+                                "libvirt's capabilities do not parse");
+    ctx = xmlXPathNewContext(doc);
+    expr = g_strdup_printf("string(/capabilities/host/secmodel[model='dac']/baselabel[@type='%s'])",
+                           virt_type);
+    obj = xmlXPathEvalExpression((const xmlChar *)expr, ctx);
+    if (obj == NULL || obj->stringval == NULL || obj->stringval[0] == '\0')
+        return true;
+    ids = g_strsplit((const char *)obj->stringval, ":", 2);
+    if (g_strv_length(ids) != 2 || !vr_failover_parse_id(ids[0], false, uid) ||
+        !vr_failover_parse_id(ids[1], true, gid))
+        return vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED,
+                                "libvirt's DAC label '%s' is not user:group",
+                                (const char *)obj->stringval);
+    return true;
+}
+
+/* The virt type of a domain XML (<domain type='kvm'>). (transfer full) */
+static char *
+vr_failover_virt_type(const char *xml)
+{
+    g_autoptr(xmlDoc) doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
+                                          XML_PARSE_NONET | XML_PARSE_NOERROR);
+    xmlNode *root = doc != NULL ? xmlDocGetRootElement(doc) : NULL;
+    xmlChar *type = root != NULL ? xmlGetProp(root, (const xmlChar *)"type") : NULL;
+    char *out = g_strdup(type != NULL ? (const char *)type : "kvm");
+
+    xmlFree(type);
+    return out;
+}
+
+static bool
+vr_failover_errno(GError **error, int errsv, const char *what, const char *path)
+{
+    return vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "cannot %s '%s': %s", what, path,
+                            g_strerror(errsv));
+}
+
+/* @path gets group @gid and @mode (the owner stays: root). */
+static bool
+vr_failover_label(const char *path, guint gid, mode_t mode, GError **error)
+{
+    if (gid != 0 && lchown(path, (uid_t)-1, (gid_t)gid) < 0)
+        return vr_failover_errno(error, errno, "give QEMU's group", path);
+    if (chmod(path, mode) < 0)
+        return vr_failover_errno(error, errno, "change the mode of", path);
+    return true;
+}
+
+/*
+ * Let QEMU (group @gid) read point @cycle of @disk and the points it is based on, and pass
+ * the relationship's and the disk's directories: never write them.
+ */
+static bool
+vr_failover_label_chain(VrFailoverDisk *disk, uint64_t cycle, guint gid, GError **error)
+{
+    g_autofree char *rel_dir = g_path_get_dirname(disk->dir);
+    const VrReplicaPoint *points;
+    uint64_t first;
+    guint n;
+
+    if (!vr_replica_store_chain(disk->store, cycle, &first, error) ||
+        !vr_failover_label(rel_dir, gid, VR_FAILOVER_DIR_MODE, error) ||
+        !vr_failover_label(disk->dir, gid, VR_FAILOVER_DIR_MODE, error))
+        return false;
+    points = vr_replica_store_points(disk->store, &n);
+    for (guint i = 0; i < n; i++) {
+        g_autofree char *image = NULL;
+
+        if (points[i].cycle < first || points[i].cycle > cycle)
+            continue;
+        image = vr_replica_store_image_path(disk->store, points[i].cycle);
+        if (!vr_failover_label(image, gid, VR_FAILOVER_POINT_MODE, error))
+            return false;
+    }
+    return true;
+}
+
+static bool
+vr_failover_sync_dir(const char *dir, GError **error)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    if (fd < 0 || fsync(fd) < 0) {
+        int errsv = errno;
+
+        if (fd >= 0)
+            close(fd);
+        return vr_failover_errno(error, errsv, "sync directory", dir);
+    }
+    close(fd);
+    return true;
+}
+
+/*
+ * A new throwaway overlay @name of point @cycle in @disk's directory, owned by QEMU's user
+ * (@uid, @gid), mode 0600: made as @name.tmp (a leftover goes first), synced, renamed.
+ */
+static bool
+vr_failover_overlay_create(VrFailoverDisk *disk, const char *name, uint64_t cycle, guint uid,
+                           guint gid, GError **error)
+{
+    g_autofree char *path = g_build_filename(disk->dir, name, NULL);
+    g_autofree char *tmp = g_strconcat(path, ".tmp", NULL);
+    g_autofree char *backing = g_strdup_printf("rp-%" PRIu64 ".qcow2", cycle);
+    g_autofree char *err = NULL;
+    g_autoptr(GError) local = NULL;
+    /* The backing by a relative name, as the points' own: the directory can move. */
+    const char *argv[] = { "qemu-img", "create", "-q",    "-f", "qcow2", "-F",
+                           "qcow2",    "-b",     backing, tmp,  NULL };
+    int status = 0;
+    int fd;
+
+    if (unlink(tmp) < 0 && errno != ENOENT)
+        return vr_failover_errno(error, errno, "remove", tmp);
+    if (!g_spawn_sync(disk->dir, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, &err,
+                      &status, &local) ||
+        !g_spawn_check_wait_status(status, &local)) {
+        unlink(tmp);
+        return vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED,
+                                "cannot create the overlay '%s' of cycle %" PRIu64 ": %s%s%s", path,
+                                cycle, local->message, err != NULL && *err ? ": " : "",
+                                err != NULL ? g_strstrip(err) : "");
+    }
+    fd = open(tmp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0 || fsync(fd) < 0 || (uid != 0 && fchown(fd, uid, gid) < 0) || fchmod(fd, 0600) < 0) {
+        int errsv = errno;
+
+        if (fd >= 0)
+            close(fd);
+        unlink(tmp);
+        return vr_failover_errno(error, errsv, "prepare the overlay", tmp);
+    }
+    close(fd);
+    if (rename(tmp, path) < 0) {
+        int errsv = errno;
+
+        unlink(tmp);
+        return vr_failover_errno(error, errsv, "rename", tmp);
+    }
+    return vr_failover_sync_dir(disk->dir, error);
+}
+
+/* Remove overlay @name of every disk of @job (best effort: a leftover is named). */
+static bool
+vr_failover_overlays_remove(VrFailoverJob *job, const char *name, GError **error)
+{
+    bool ok = true;
+
+    for (guint d = 0; d < job->disks->len; d++) {
+        VrFailoverDisk *disk = job->disks->pdata[d];
+        g_autofree char *path = g_build_filename(disk->dir, name, NULL);
+        g_autofree char *tmp = g_strconcat(path, ".tmp", NULL);
+
+        unlink(tmp);
+        if (unlink(path) < 0 && errno != ENOENT && ok) {
+            ok = vr_failover_errno(error, errno, "remove", path);
+            continue;
+        }
+        vr_failover_sync_dir(disk->dir, NULL);
+    }
+    return ok;
+}
+
+/* ---- domain XML ---------------------------------------------------------------------- */
+
+static bool
+vr_failover_is(const xmlNode *node, const char *name)
+{
+    return node->type == XML_ELEMENT_NODE && node->ns == NULL &&
+           strcmp((const char *)node->name, name) == 0;
+}
+
+static xmlNode *
+vr_failover_child(xmlNode *parent, const char *name)
+{
+    for (xmlNode *c = parent->children; c != NULL; c = c->next) {
+        if (vr_failover_is(c, name))
+            return c;
+    }
+    return NULL;
+}
+
+static void
+vr_failover_remove_children(xmlNode *parent, const char *name)
+{
+    xmlNode *c = parent->children;
+
+    while (c != NULL) {
+        xmlNode *next = c->next;
+
+        if (vr_failover_is(c, name)) {
+            xmlUnlinkNode(c);
+            xmlFreeNode(c);
+        }
+        c = next;
+    }
+}
+
+/*
+ * For the test copy: each interface on @network (type network), or, with none, a tap of its
+ * own connected to nothing, link down (the guest keeps its NIC, MAC and address).
+ */
+static void
+vr_failover_xml_interfaces(xmlNode *devices, const char *network)
+{
+    for (xmlNode *iface = devices->children; iface != NULL; iface = iface->next) {
+        xmlNode *node;
+
+        if (!vr_failover_is(iface, "interface"))
+            continue;
+        vr_failover_remove_children(iface, "source");
+        vr_failover_remove_children(iface, "target");
+        vr_failover_remove_children(iface, "virtualport");
+        vr_failover_remove_children(iface, "link");
+        if (network != NULL) {
+            xmlSetProp(iface, (const xmlChar *)"type", (const xmlChar *)"network");
+            node = xmlNewChild(iface, NULL, (const xmlChar *)"source", NULL);
+            xmlSetProp(node, (const xmlChar *)"network", (const xmlChar *)network);
+        } else {
+            xmlSetProp(iface, (const xmlChar *)"type", (const xmlChar *)"ethernet");
+            node = xmlNewChild(iface, NULL, (const xmlChar *)"link", NULL);
+            xmlSetProp(node, (const xmlChar *)"state", (const xmlChar *)"down");
+        }
+    }
+}
+
+/*
+ * @xml (the standby's inactive definition) with the marker's @state and @epoch and each
+ * disk's <source> given <seclabel model='dac' relabel='no'/> (the failover labels the chain
+ * itself: see vr-failover.h). With @copy_name, the test copy: that name, no UUID (libvirt
+ * makes one), a new genid, no NVRAM path (libvirt makes one for the name), disks on the
+ * test overlays and interfaces as vr_failover_xml_interfaces() makes them. (transfer full)
+ */
+static char *
+vr_failover_xml_edit(const char *xml, const char *state, uint64_t epoch, const char *copy_name,
+                     const char *network, GError **error)
+{
+    g_autoptr(xmlDoc) doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
+                                          XML_PARSE_NONET | XML_PARSE_NOERROR);
+    xmlNode *root = doc != NULL ? xmlDocGetRootElement(doc) : NULL;
+    xmlNode *metadata, *devices, *os;
+    bool marked = false;
+    xmlChar *out = NULL;
+    int len = 0;
+    char *result;
+    char epoch_text[32];
+
+    if (root == NULL) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "the standby's XML does not parse");
+        return NULL;
+    }
+    g_snprintf(epoch_text, sizeof(epoch_text), "%" PRIu64, epoch);
+    metadata = vr_failover_child(root, "metadata");
+    for (xmlNode *c = metadata != NULL ? metadata->children : NULL; c != NULL; c = c->next) {
+        if (c->type == XML_ELEMENT_NODE && c->ns != NULL && c->ns->href != NULL &&
+            strcmp((const char *)c->ns->href, VR_STANDBY_XMLNS) == 0 &&
+            strcmp((const char *)c->name, "standby") == 0) {
+            xmlSetProp(c, (const xmlChar *)"state", (const xmlChar *)state);
+            xmlSetProp(c, (const xmlChar *)"epoch", (const xmlChar *)epoch_text);
+            marked = true;
+        }
+    }
+    if (!marked) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "the standby's XML has no marker");
+        return NULL;
+    }
+    devices = vr_failover_child(root, "devices");
+    for (xmlNode *disk = devices != NULL ? devices->children : NULL; disk != NULL;
+         disk = disk->next) {
+        xmlNode *source, *label;
+        xmlChar *device;
+        bool is_disk;
+
+        if (!vr_failover_is(disk, "disk"))
+            continue;
+        device = xmlGetProp(disk, (const xmlChar *)"device");
+        is_disk = device == NULL || strcmp((const char *)device, "disk") == 0;
+        xmlFree(device);
+        source = vr_failover_child(disk, "source");
+        if (!is_disk || source == NULL)
+            continue;
+        if (copy_name != NULL) {
+            xmlChar *file = xmlGetProp(source, (const xmlChar *)"file");
+            g_autofree char *dir = g_path_get_dirname(file != NULL ? (const char *)file : "");
+            g_autofree char *test = g_build_filename(dir, VR_FAILOVER_TEST_OVERLAY, NULL);
+
+            xmlFree(file);
+            xmlSetProp(source, (const xmlChar *)"file", (const xmlChar *)test);
+        }
+        vr_failover_remove_children(source, "seclabel");
+        label = xmlNewChild(source, NULL, (const xmlChar *)"seclabel", NULL);
+        xmlSetProp(label, (const xmlChar *)"model", (const xmlChar *)"dac");
+        xmlSetProp(label, (const xmlChar *)"relabel", (const xmlChar *)"no");
+    }
+    if (copy_name != NULL) {
+        xmlNode *name = vr_failover_child(root, "name");
+        xmlNode *genid = vr_failover_child(root, "genid");
+
+        if (name != NULL)
+            xmlNodeSetContent(name, (const xmlChar *)copy_name);
+        vr_failover_remove_children(root, "uuid");
+        if (genid != NULL)
+            xmlNodeSetContent(genid, NULL);
+        os = vr_failover_child(root, "os");
+        if (os != NULL && vr_failover_child(os, "nvram") != NULL)
+            xmlNodeSetContent(vr_failover_child(os, "nvram"), NULL);
+        if (devices != NULL)
+            vr_failover_xml_interfaces(devices, network);
+    }
+    xmlDocDumpMemory(doc, &out, &len);
+    result = g_strndup((const char *)out, (gsize)len);
+    xmlFree(out);
+    return result;
+}
+
+/* ---- the state database -------------------------------------------------------------- */
+
+/* @job's relationship with @state, @epoch and its config as @job->config holds it now. */
+static bool
+vr_failover_state_put(VrFailover *failover, VrFailoverJob *job, const char *state, uint64_t epoch,
+                      GError **error)
+{
+    g_autoptr(GError) local = NULL;
+    char *copy = g_strdup(state); /* @state may be job->rel->state itself */
+
+    g_free(job->rel->state);
+    job->rel->state = copy;
+    job->rel->epoch = epoch;
+    g_free(job->rel->config);
+    job->rel->config =
+        g_strdup(json_object_to_json_string_ext(job->config, JSON_C_TO_STRING_PLAIN));
+    if (!vr_state_relationship_put(failover->state, job->rel, &local))
+        return vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED,
+                                "cannot record relationship '%s' in the state database: %s",
+                                job->rel->id, local->message);
+    return true;
+}
+
+static json_object *
+vr_failover_result(VrFailoverJob *job, const char *domain, uint64_t point, bool test)
+{
+    json_object *obj = json_object_new_object();
+
+    json_object_object_add(obj, "relationship", json_object_new_string(job->rel->id));
+    json_object_object_add(obj, "domain", domain != NULL ? json_object_new_string(domain) : NULL);
+    json_object_object_add(obj, "point", point != 0 ? json_object_new_uint64(point) : NULL);
+    json_object_object_add(obj, "epoch", json_object_new_uint64(job->rel->epoch));
+    json_object_object_add(obj, "state", json_object_new_string(job->rel->state));
+    json_object_object_add(obj, "test", json_object_new_boolean(test));
+    return obj;
+}
+
+/* ---- unplanned failover --------------------------------------------------------------- */
+
+/* The standby redefined from @xml; a failure names the domain. */
+static bool
+vr_failover_define(VrFailover *failover, const char *xml, const char *name, GError **error)
+{
+    virDomainPtr dom = virDomainDefineXML(failover->conn, xml);
+
+    if (dom == NULL)
+        return vr_failover_libvirt_error(error, "define", name);
+    virDomainFree(dom);
+    return true;
+}
+
+static json_object *
+vr_failover_unplanned(VrFailover *failover, VrFailoverJob *job, const char *point, GError **error)
+{
+    const char *name = virDomainGetName(job->standby);
+    g_autofree char *virt_type = vr_failover_virt_type(job->standby_xml);
+    g_autofree char *failed_xml = NULL;
+    g_autofree char *replica_xml = NULL;
+    json_object *record;
+    uint64_t old_epoch = job->rel->epoch;
+    uint64_t cycle = 0;
+    guint uid, gid;
+    bool created = false;
+    bool defined = false;
+    bool recorded = false;
+
+    if (virDomainIsActive(job->standby) == 1) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "standby '%s' of relationship '%s' is running already", name,
+                         job->rel->id);
+        return NULL;
+    }
+    /* 1. No cycle from now on, and none half-applied: the latest point is complete. */
+    vr_replica_sink_fence(failover->sink, job->rel->id);
+    if (!vr_failover_choose(job, point, &cycle, error) ||
+        !vr_failover_qemu_ids(failover, virt_type, &uid, &gid, error))
+        goto rollback;
+    /* 2. The overlays, on the chosen point of every disk. */
+    created = true;
+    for (guint d = 0; d < job->disks->len; d++) {
+        VrFailoverDisk *disk = job->disks->pdata[d];
+
+        if (!vr_failover_label_chain(disk, cycle, gid, error) ||
+            !vr_failover_overlay_create(disk, VR_FAILOVER_OVERLAY, cycle, uid, gid, error))
+            goto rollback;
+    }
+    /* 3. The marker allows the start (the hook), at the next epoch. */
+    failed_xml = vr_failover_xml_edit(job->standby_xml, VR_FAILOVER_MARKER_FAILED_OVER,
+                                      old_epoch + 1, NULL, NULL, error);
+    if (failed_xml == NULL || !vr_failover_define(failover, failed_xml, name, error))
+        goto rollback;
+    defined = true;
+    /* 4. The state: refused cycles survive a restart from here on. */
+    record = json_object_new_object();
+    json_object_object_add(record, "point", json_object_new_uint64(cycle));
+    json_object_object_add(record, "previous_epoch", json_object_new_uint64(old_epoch));
+    json_object_object_add(record, "domain", json_object_new_string(name));
+    json_object_object_add(record, "completed", json_object_new_boolean(false));
+    json_object_object_add(record, "time", json_object_new_int64(g_get_real_time() / 1000000));
+    json_object_object_add(job->config, "failover", record);
+    if (!vr_failover_state_put(failover, job, VR_FAILOVER_STATE_FAILED_OVER, old_epoch + 1, error))
+        goto rollback;
+    recorded = true;
+    /* 5. Start. */
+    if (virDomainCreate(job->standby) < 0) {
+        vr_failover_libvirt_error(error, "start the standby", name);
+        goto rollback;
+    }
+    g_info("failover of '%s': standby '%s' runs on cycle %" PRIu64 " at epoch %" PRIu64,
+           job->rel->id, name, cycle, old_epoch + 1);
+    return vr_failover_result(job, name, cycle, false);
+
+rollback:
+    g_prefix_error(error, "failover of '%s': ", job->rel->id);
+    if (recorded) {
+        json_object_object_del(job->config, "failover");
+        vr_failover_state_put(failover, job, VR_FAILOVER_STATE_REPLICATING, old_epoch, NULL);
+    }
+    if (defined) {
+        replica_xml = vr_failover_xml_edit(job->standby_xml, VR_STANDBY_STATE_REPLICA, old_epoch,
+                                           NULL, NULL, NULL);
+        if (replica_xml != NULL)
+            vr_failover_define(failover, replica_xml, name, NULL);
+    }
+    if (created)
+        vr_failover_overlays_remove(job, VR_FAILOVER_OVERLAY, NULL);
+    vr_replica_sink_unfence(failover->sink, job->rel->id);
+    return NULL;
+}
+
+/* The running failover of @job: its record in the config, or NULL with CONFLICT. */
+static json_object *
+vr_failover_record(VrFailoverJob *job, GError **error)
+{
+    json_object *record = NULL;
+
+    if (g_strcmp0(job->rel->state, VR_FAILOVER_STATE_FAILED_OVER) != 0 ||
+        !json_object_object_get_ex(job->config, "failover", &record)) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "relationship '%s' is in state %s, not FailedOver", job->rel->id,
+                         job->rel->state);
+        return NULL;
+    }
+    return record;
+}
+
+json_object *
+vr_failover_complete(VrFailover *failover, const char *name, GError **error)
+{
+    g_autoptr(VrFailoverJob) job = vr_failover_job_new(failover, name, error);
+    json_object *record, *point, *completed;
+    uint64_t cycle;
+
+    if (job == NULL || (record = vr_failover_record(job, error)) == NULL)
+        return NULL;
+    json_object_object_get_ex(record, "point", &point);
+    cycle = (uint64_t)json_object_get_uint64(point);
+    /* Again when a crash interrupted it: what is gone stays gone. */
+    for (guint d = 0; d < job->disks->len; d++) {
+        VrFailoverDisk *disk = job->disks->pdata[d];
+        g_autoptr(GError) local = NULL;
+        const VrReplicaPoint *points;
+        guint n;
+
+        if (!vr_replica_store_keep_chain(disk->store, cycle, &local)) {
+            vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED,
+                             "cannot complete the failover of '%s': disk '%s': %s", job->rel->id,
+                             disk->target, local->message);
+            return NULL;
+        }
+        /* The manifest is the commit point; the state mirrors it (again at the next start). */
+        points = vr_replica_store_points(disk->store, &n);
+        if (!vr_state_points_sync(failover->state, job->rel->id, disk->target, points, n, &local))
+            g_debug("points of '%s' not mirrored: %s", disk->dir, local->message);
+    }
+    completed = json_object_new_boolean(true);
+    json_object_object_add(record, "completed", completed);
+    if (!vr_failover_state_put(failover, job, VR_FAILOVER_STATE_FAILED_OVER, job->rel->epoch,
+                               error))
+        return NULL;
+    g_info("failover of '%s' completed: cycle %" PRIu64 " and its chain kept", job->rel->id, cycle);
+    return vr_failover_result(job, virDomainGetName(job->standby), cycle, false);
+}
+
+static json_object *
+vr_failover_cancel_unplanned(VrFailover *failover, VrFailoverJob *job, GError **error)
+{
+    const char *name = virDomainGetName(job->standby);
+    g_autofree char *replica_xml = NULL;
+    json_object *record, *value;
+    uint64_t previous;
+
+    if ((record = vr_failover_record(job, error)) == NULL)
+        return NULL;
+    if (json_object_object_get_ex(record, "completed", &value) && json_object_get_boolean(value)) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "the failover of '%s' is completed (state FailedOver, completed): it "
+                         "cannot be cancelled",
+                         job->rel->id);
+        return NULL;
+    }
+    json_object_object_get_ex(record, "previous_epoch", &value);
+    previous = (uint64_t)json_object_get_uint64(value);
+    if (previous == 0)
+        previous = job->rel->epoch > 1 ? job->rel->epoch - 1 : 1;
+    if (virDomainIsActive(job->standby) == 1 && virDomainDestroy(job->standby) < 0) {
+        vr_failover_libvirt_error(error, "stop the standby", name);
+        return NULL;
+    }
+    if (!vr_failover_overlays_remove(job, VR_FAILOVER_OVERLAY, error))
+        return NULL;
+    replica_xml = vr_failover_xml_edit(job->standby_xml, VR_STANDBY_STATE_REPLICA, previous, NULL,
+                                       NULL, error);
+    if (replica_xml == NULL || !vr_failover_define(failover, replica_xml, name, error))
+        return NULL;
+    json_object_object_del(job->config, "failover");
+    if (!vr_failover_state_put(failover, job, VR_FAILOVER_STATE_REPLICATING, previous, error))
+        return NULL;
+    vr_replica_sink_unfence(failover->sink, job->rel->id);
+    g_info("failover of '%s' cancelled: standby '%s' stopped, cycles accepted again at epoch "
+           "%" PRIu64,
+           job->rel->id, name, previous);
+    return vr_failover_result(job, name, 0, false);
+}
+
+/* ---- test failover -------------------------------------------------------------------- */
+
+static void
+vr_failover_release(VrFailoverJob *job, uint64_t cycle)
+{
+    for (guint d = 0; d < job->disks->len; d++)
+        vr_replica_store_release(((VrFailoverDisk *)job->disks->pdata[d])->store, cycle);
+}
+
+/*
+ * A copy of this relationship named @name that a crash left (the state does not record it):
+ * destroyed and undefined. Another domain of that name is a CONFLICT, never touched.
+ */
+static bool
+vr_failover_remove_leftover(VrFailover *failover, VrFailoverJob *job, const char *name,
+                            GError **error)
+{
+    g_autoptr(virDomain) dom = virDomainLookupByName(failover->conn, name);
+    g_autoptr(VrStandbyInfo) info = NULL;
+
+    if (dom == NULL)
+        return true;
+    info = vr_standby_info_get(dom);
+    if (info == NULL || strcmp(info->relationship, job->rel->id) != 0 ||
+        g_strcmp0(info->state, VR_FAILOVER_MARKER_TEST) != 0)
+        return vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                                "a domain named '%s' exists and is not the test copy of "
+                                "relationship '%s'",
+                                name, job->rel->id);
+    g_debug("removing the test copy '%s' a crash left", name);
+    if ((virDomainIsActive(dom) == 1 && virDomainDestroy(dom) < 0) ||
+        virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_NVRAM) < 0)
+        return vr_failover_libvirt_error(error, "remove the earlier test copy", name);
+    return true;
+}
+
+static json_object *
+vr_failover_test(VrFailover *failover, VrFailoverJob *job, const char *point, GError **error)
+{
+    const char *standby = virDomainGetName(job->standby);
+    g_autofree char *copy_name = g_strconcat(standby, VR_FAILOVER_TEST_SUFFIX, NULL);
+    g_autofree char *virt_type = vr_failover_virt_type(job->standby_xml);
+    g_autofree char *xml = NULL;
+    g_autoptr(virDomain) copy = NULL;
+    json_object *record, *disks;
+    uint64_t cycle = 0;
+    guint held = 0;
+    guint uid, gid;
+    bool created = false;
+
+    if (g_strcmp0(job->rel->state, VR_FAILOVER_STATE_FAILED_OVER) == 0) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "relationship '%s' is in state FailedOver: a test failover needs "
+                         "replication",
+                         job->rel->id);
+        return NULL;
+    }
+    if (!vr_failover_choose(job, point, &cycle, error) ||
+        !vr_failover_qemu_ids(failover, virt_type, &uid, &gid, error))
+        goto rollback;
+    /* The point and its chain stay while the copy runs, whatever retention selects. */
+    for (; held < job->disks->len; held++) {
+        VrFailoverDisk *disk = job->disks->pdata[held];
+        g_autoptr(GError) local = NULL;
+
+        if (!vr_replica_store_hold(disk->store, cycle, &local)) {
+            vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "%s", local->message);
+            goto rollback;
+        }
+    }
+    created = true;
+    for (guint d = 0; d < job->disks->len; d++) {
+        VrFailoverDisk *disk = job->disks->pdata[d];
+
+        if (!vr_failover_label_chain(disk, cycle, gid, error) ||
+            !vr_failover_overlay_create(disk, VR_FAILOVER_TEST_OVERLAY, cycle, uid, gid, error))
+            goto rollback;
+    }
+    xml = vr_failover_xml_edit(job->standby_xml, VR_FAILOVER_MARKER_TEST, job->rel->epoch,
+                               copy_name, failover->test_network, error);
+    if (xml == NULL || !vr_failover_remove_leftover(failover, job, copy_name, error))
+        goto rollback;
+    copy = virDomainDefineXML(failover->conn, xml);
+    if (copy == NULL) {
+        vr_failover_libvirt_error(error, "define the test copy", copy_name);
+        goto rollback;
+    }
+    if (virDomainCreate(copy) < 0) {
+        vr_failover_libvirt_error(error, "start the test copy", copy_name);
+        goto rollback;
+    }
+    record = json_object_new_object();
+    disks = json_object_new_array();
+    for (guint d = 0; d < job->disks->len; d++)
+        json_object_array_add(
+            disks, json_object_new_string(((VrFailoverDisk *)job->disks->pdata[d])->target));
+    json_object_object_add(record, "point", json_object_new_uint64(cycle));
+    json_object_object_add(record, "domain", json_object_new_string(copy_name));
+    json_object_object_add(record, "disks", disks);
+    json_object_object_add(record, "time", json_object_new_int64(g_get_real_time() / 1000000));
+    json_object_object_add(job->config, "test_failover", record);
+    if (!vr_failover_state_put(failover, job, job->rel->state, job->rel->epoch, error))
+        goto rollback;
+    g_info("test failover of '%s': '%s' runs on cycle %" PRIu64, job->rel->id, copy_name, cycle);
+    return vr_failover_result(job, copy_name, cycle, true);
+
+rollback:
+    g_prefix_error(error, "test failover of '%s': ", job->rel->id);
+    if (copy != NULL) {
+        if (virDomainIsActive(copy) == 1)
+            virDomainDestroy(copy);
+        virDomainUndefineFlags(copy, VIR_DOMAIN_UNDEFINE_NVRAM);
+    }
+    if (created)
+        vr_failover_overlays_remove(job, VR_FAILOVER_TEST_OVERLAY, NULL);
+    for (guint d = 0; d < held; d++)
+        vr_replica_store_release(((VrFailoverDisk *)job->disks->pdata[d])->store, cycle);
+    return NULL;
+}
+
+static json_object *
+vr_failover_cancel_test(VrFailover *failover, VrFailoverJob *job, GError **error)
+{
+    g_autoptr(virDomain) copy = NULL;
+    g_autofree char *copy_name = NULL;
+    json_object *record, *value;
+    uint64_t cycle;
+
+    if (!json_object_object_get_ex(job->config, "test_failover", &record)) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "relationship '%s' has no test failover (state %s)", job->rel->id,
+                         job->rel->state);
+        return NULL;
+    }
+    json_object_object_get_ex(record, "domain", &value);
+    copy_name = g_strdup(json_object_get_string(value));
+    json_object_object_get_ex(record, "point", &value);
+    cycle = (uint64_t)json_object_get_uint64(value);
+    copy = copy_name != NULL ? virDomainLookupByName(failover->conn, copy_name) : NULL;
+    if (copy != NULL) {
+        g_autoptr(VrStandbyInfo) info = vr_standby_info_get(copy);
+
+        /* Only the copy this relationship made: never another domain of that name. */
+        if (info == NULL || strcmp(info->relationship, job->rel->id) != 0 ||
+            g_strcmp0(info->state, VR_FAILOVER_MARKER_TEST) != 0) {
+            vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                             "domain '%s' is not the test copy of relationship '%s'", copy_name,
+                             job->rel->id);
+            return NULL;
+        }
+        if (virDomainIsActive(copy) == 1 && virDomainDestroy(copy) < 0) {
+            vr_failover_libvirt_error(error, "stop the test copy", copy_name);
+            return NULL;
+        }
+        if (virDomainUndefineFlags(copy, VIR_DOMAIN_UNDEFINE_NVRAM |
+                                             VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                                             VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
+                                             VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA) < 0) {
+            vr_failover_libvirt_error(error, "undefine the test copy", copy_name);
+            return NULL;
+        }
+    }
+    if (!vr_failover_overlays_remove(job, VR_FAILOVER_TEST_OVERLAY, error))
+        return NULL;
+    vr_failover_release(job, cycle);
+    json_object_object_del(job->config, "test_failover");
+    if (!vr_failover_state_put(failover, job, job->rel->state, job->rel->epoch, error))
+        return NULL;
+    g_info("test failover of '%s' cancelled: '%s' removed", job->rel->id,
+           copy_name != NULL ? copy_name : "?");
+    return vr_failover_result(job, copy_name, cycle, true);
+}
+
+/* ---- entry points -------------------------------------------------------------------- */
+
+json_object *
+vr_failover_start(VrFailover *failover, const char *name, const char *point, bool test,
+                  GError **error)
+{
+    g_autoptr(VrFailoverJob) job = vr_failover_job_new(failover, name, error);
+    json_object *record;
+
+    if (job == NULL)
+        return NULL;
+    if (json_object_object_get_ex(job->config, "test_failover", &record)) {
+        json_object *domain = NULL;
+
+        json_object_object_get_ex(record, "domain", &domain);
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "a test failover of '%s' runs (domain '%s'): cancel it first with "
+                         "replica-failover-cancel --test",
+                         job->rel->id, json_object_get_string(domain));
+        return NULL;
+    }
+    if (test)
+        return vr_failover_test(failover, job, point, error);
+    if (g_strcmp0(job->rel->state, VR_FAILOVER_STATE_FAILED_OVER) == 0) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "relationship '%s' is in state FailedOver already", job->rel->id);
+        return NULL;
+    }
+    return vr_failover_unplanned(failover, job, point, error);
+}
+
+json_object *
+vr_failover_cancel(VrFailover *failover, const char *name, bool test, GError **error)
+{
+    g_autoptr(VrFailoverJob) job = vr_failover_job_new(failover, name, error);
+
+    if (job == NULL)
+        return NULL;
+    return test ? vr_failover_cancel_test(failover, job, error)
+                : vr_failover_cancel_unplanned(failover, job, error);
+}

@@ -1,0 +1,121 @@
+/*
+ * vr-failover.h: unplanned failover, its completion and cancel, and test failover, on the
+ * replica host
+ *
+ * Hyper-V Replica's failover family on the standby domain (vr-standby.h) and the recovery
+ * points (vr-replica-store.h) of a relationship this host replicates. docs/failover.md is
+ * the operator's runbook.
+ *
+ * Unplanned failover (vr_failover_start(), test false), when the primary is lost:
+ *   1. the sink refuses every further cycle of the relationship (409) and aborts a cycle
+ *      being received, before its commit (vr_replica_sink_fence()): the latest published
+ *      point of each disk is complete and stays the latest;
+ *   2. the point is chosen: "latest" is the newest cycle every disk has (the cycles of one
+ *      cut are crash-consistent across disks), or a cycle the caller names;
+ *   3. on each disk, a throwaway qcow2 overlay of that point is made at the standby's disk
+ *      path, <disk dir>/failover.qcow2, owned by libvirt's QEMU user (the DAC base label in
+ *      the host's capabilities); the point and the images it is based on are made readable,
+ *      never writable, by QEMU's group (mode 0640, group of the DAC label) and the
+ *      relationship's and disk's directories traversable by it (0710);
+ *   4. the standby's definition: marker state "failed-over" at the next epoch, and
+ *      <seclabel model='dac' relabel='no'/> on each disk source, so that libvirt's DAC
+ *      driver leaves the backing chain alone (libvirt 9.0 would chown every image of the
+ *      chain to QEMU's user, 0600, and never restore the backing images: the points would
+ *      stay writable by QEMU);
+ *   5. the state database: epoch + 1, state "FailedOver", the failover in the
+ *      relationship's config ({"failover": {...}});
+ *   6. the standby starts (virDomainCreate). A failure at any step undoes the steps before.
+ * vr_failover_complete() then keeps, on each disk, only the chosen point and the points its
+ * image is based on (the running domain reads them), removing every other point; until then
+ * vr_failover_cancel() destroys the standby, removes the overlays, puts the marker back to
+ * "replica" at the old epoch and allows cycles again: every point is intact.
+ *
+ * Test failover (vr_failover_start(), test true), while replication goes on: a copy of the
+ * standby, named "<standby>-test", with a UUID of its own (libvirt's), marker state "test",
+ * each disk on an overlay of its own (<disk dir>/test-failover.qcow2), each interface on the
+ * configured test network (or, without one, an unconnected tap with its link down: the
+ * guest keeps its NICs and reaches nothing). The chosen point is held in each store
+ * (vr_replica_store_hold()): retention keeps it and its chain while the copy runs.
+ * vr_failover_cancel() with test destroys and undefines the copy and removes its overlays.
+ * Recovery points are never written, by either kind.
+ *
+ * Errors are VR_FAILOVER_ERROR. Called from the daemon's main context only (the sink's
+ * thread): the steps block on qemu-img and libvirt meanwhile, and no cycle is applied
+ * between them.
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#pragma once
+
+#include <stdbool.h>
+
+#include <glib.h>
+#include <json-c/json.h>
+#include <libvirt/libvirt.h>
+
+#include "vr-authz.h"
+#include "vr-replica-sink.h"
+#include "vr-state.h"
+
+G_BEGIN_DECLS
+
+#define VR_FAILOVER_ERROR (vr_failover_error_quark())
+GQuark vr_failover_error_quark(void);
+
+typedef enum {
+    VR_FAILOVER_ERROR_NOT_FOUND, /* no such relationship (API: 404 unknown-domain) */
+    VR_FAILOVER_ERROR_NO_POINT,  /* no such recovery point on every disk (404 unknown-point) */
+    VR_FAILOVER_ERROR_CONFLICT,  /* the relationship's state does not allow it (named) */
+    VR_FAILOVER_ERROR_INVALID,   /* a bad argument (a point that is not a cycle number) */
+    VR_FAILOVER_ERROR_FAILED,    /* libvirt, qemu-img, a store or the state failed */
+} VrFailoverErrorCode;
+
+/* The relationship states a failover sets (VrStateRelationship.state). */
+#define VR_FAILOVER_STATE_FAILED_OVER "FailedOver"
+#define VR_FAILOVER_STATE_REPLICATING "Replicating"
+/* The standby marker's states besides VR_STANDBY_STATE_REPLICA. */
+#define VR_FAILOVER_MARKER_FAILED_OVER "failed-over"
+#define VR_FAILOVER_MARKER_TEST        "test"
+/* Overlay names in a disk's directory. */
+#define VR_FAILOVER_OVERLAY      "failover.qcow2"
+#define VR_FAILOVER_TEST_OVERLAY "test-failover.qcow2"
+
+typedef struct {
+    VrState *state;      /* borrowed; outlives the object */
+    VrReplicaSink *sink; /* borrowed; outlives the object */
+    VrAuthz *authz;      /* the storage root of a relationship's primary; borrowed */
+    virConnectPtr conn;  /* the replica's libvirt; borrowed */
+    /* The libvirt network of a test failover's interfaces; NULL: none connected. */
+    const char *test_network;
+} VrFailoverConfig;
+
+typedef struct _VrFailover VrFailover;
+
+/*
+ * Holds again the points of the test failovers the state database records (they survive a
+ * daemon restart). A relationship whose stores cannot be opened is skipped (debug
+ * message). (transfer full)
+ */
+VrFailover *vr_failover_new(const VrFailoverConfig *config);
+void vr_failover_free(VrFailover *failover);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrFailover, vr_failover_free)
+
+/*
+ * Fail over @name (a relationship id, the primary's domain name or the standby's name) to
+ * @point (NULL or "latest": the newest cycle every disk has; else a cycle number), or with
+ * @test, start a test copy (see above). The result (transfer full): {"relationship",
+ * "domain" (the domain started), "point", "epoch", "state", "test"}.
+ */
+json_object *vr_failover_start(VrFailover *failover, const char *name, const char *point, bool test,
+                               GError **error);
+
+/* Keep only the failover's point and its chain on every disk; the state stays FailedOver. */
+json_object *vr_failover_complete(VrFailover *failover, const char *name, GError **error);
+
+/* Cancel the failover (or, with @test, the test failover) of @name, as above. */
+json_object *vr_failover_cancel(VrFailover *failover, const char *name, bool test, GError **error);
+
+/* The API's error code of @error ("unknown-domain", "wrong-state", ...) and its status. */
+const char *vr_failover_error_code(const GError *error, guint *status);
+
+G_END_DECLS
