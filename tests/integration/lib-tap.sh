@@ -152,3 +152,69 @@ tap_guest_write() {
     virsh -q -c qemu:///system qemu-monitor-command "$1" --hmp \
         "qemu-io -d $qdev \"write -P $2 $3 $4\"" >/dev/null
 }
+
+# tap_pair_conf: the configurations of a replica daemon and a primary daemon that talk over
+# loopback with the test PKI in $pki (tap_make_pki): $work/replica.conf and
+# $work/primary.conf, sockets $work/replica.sock and $work/primary.sock, state directories
+# $work/replica-state and $work/primary-state. The replica listens on 127.0.0.1:$port as
+# replica.example, allows any authenticated primary into $work/storage (made here, 0711:
+# QEMU's user passes it at a failover, docs/failover.md), names standby domains
+# "%n-replica" (both daemons share the one libvirtd) and keeps a point per cycle. Both use
+# [daemon] monitoring-interval = ${TAP_MONITORING_INTERVAL:-10}. The replica's file ends in
+# its [replica] group and the primary's in [certificates]: append keys or whole groups.
+tap_pair_conf() {
+    mkdir -p "$work/storage" && chmod 0711 "$work/storage" || return 1
+    local side cert
+    for side in replica primary; do
+        cert=client-ok
+        [ "$side" = replica ] && cert=server-ok
+        cat >"$work/$side.conf" <<CONF
+[daemon]
+state-dir = $work/$side-state
+socket = $work/$side.sock
+monitoring-interval = ${TAP_MONITORING_INTERVAL:-10}
+
+[certificates]
+ca = $pki/ca.pem
+cert = $pki/$cert.pem
+key = $pki/$cert-key.pem
+crl = $pki/crl.pem
+CONF
+    done
+    cat >>"$work/replica.conf" <<CONF
+
+[replica]
+enabled = true
+listen = address:127.0.0.1
+port = $port
+server-name = replica.example
+allow-any = true
+default-storage = $work/storage
+standby-name-rule = %n-replica
+point-interval = 0
+CONF
+}
+
+# tap_field EXPR: a Python expression over the JSON document in $body (as `j`), printed;
+# empty when it fails.
+tap_field() {
+    python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print($1)" <<<"$body" 2>/dev/null
+}
+
+# tap_status SOCKET NAME: $body is the status of relationship NAME (id or domain) there.
+tap_status() {
+    body=$(tap_api "$1" GET "/v1/relationships/$2" | tail -n +2)
+}
+
+# tap_wait_status SECONDS SOCKET NAME EXPR: until EXPR (tap_field) of NAME's status is True,
+# checked each second; the last status in $body either way.
+tap_wait_status() {
+    local i
+    for i in $(seq "$1"); do
+        tap_status "$2" "$3"
+        [ "$(tap_field "$4")" = True ] && return 0
+        sleep 1
+    done
+    diag "waited $1 s for $4 on $2:" "$body"
+    return 1
+}

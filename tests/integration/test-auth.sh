@@ -95,7 +95,7 @@ api() {
     status=$(head -n 1 <<<"$reply")
     body=$(tail -n +2 <<<"$reply")
 }
-field() { python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print($1)" <<<"$body" 2>/dev/null; }
+field() { tap_field "$1"; }
 out_field() { python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print($1)" <<<"$out" 2>/dev/null; }
 
 # send CYCLE: a primary1 cycle of relationship r1 through vr-transfer; $send_status, $send_err.

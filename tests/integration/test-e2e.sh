@@ -28,136 +28,37 @@ cleanup() {
     sleep 0.5
     for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
     wait 2>/dev/null
-    for d in "$dom" "$dom-replica"; do
-        virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
-        virsh -q -c qemu:///system undefine "$d" >/dev/null 2>&1
-    done
+    tap_domain_remove "$dom" "$dom-replica"
     [ -n "$work_own" ] && rm -rf "$work_own"
 }
 trap cleanup EXIT
 
-[ "$(id -u)" = 0 ] || skip_all "needs root (libvirtd's system instance)"
-command -v virsh >/dev/null || skip_all "virsh is missing (libvirt-clients)"
-virsh -q -c qemu:///system version >/dev/null 2>&1 || skip_all "libvirtd does not answer"
+tap_need_libvirt || skip_all "$tap_no_libvirt"
 pki=$work/pki
 tap_make_pki "$pki"
 
 port=$(tap_free_port)
-mkdir -p "$work/storage"
 # A replica host and a primary host; both daemons reach the one libvirtd, so the standby
 # gets its own name ("%n-replica").
-cat >"$work/replica.conf" <<EOF
-[daemon]
-state-dir = $work/replica-state
-socket = $work/replica.sock
-monitoring-interval = 10
+tap_pair_conf
+printf '\n[primary]\nrpo-critical-factor = 2\n' >>"$work/primary.conf"
 
-[certificates]
-ca = $pki/ca.pem
-cert = $pki/server-ok.pem
-key = $pki/server-ok-key.pem
-crl = $pki/crl.pem
-
-[replica]
-enabled = true
-listen = address:127.0.0.1
-port = $port
-server-name = replica.example
-allow-any = true
-default-storage = $work/storage
-standby-name-rule = %n-replica
-point-interval = 0
-EOF
-cat >"$work/primary.conf" <<EOF
-[daemon]
-state-dir = $work/primary-state
-socket = $work/primary.sock
-monitoring-interval = 10
-
-[certificates]
-ca = $pki/ca.pem
-cert = $pki/client-ok.pem
-key = $pki/client-ok-key.pem
-crl = $pki/crl.pem
-
-[primary]
-rpo-critical-factor = 2
-EOF
-
-# api SOCKET METHOD PATH [BODY]: the status code on the first line, then the body.
 api() { tap_api "$@"; }
-# field EXPR: a Python expression over the JSON body in $body (as `j`); empty if it fails.
-field() { python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print($1)" <<<"$body" 2>/dev/null; }
-status_of() { # status_of SOCKET: sets $body to the relationship's status
-    body=$(api "$1" GET "/v1/relationships/$dom" | tail -n +2)
-}
-
-# start NAME CONFIG: a daemon, waited for until its API answers.
-start() {
-    ${VR_E2E_WRAPPER:-} "$daemon_bin" --config "$2" >>"$work/$1.out" 2>>"$work/$1.err" &
-    local pid=$!
-    pids+=("$pid")
-    eval "${1}_pid=$pid"
-    for _ in $(seq 100); do
-        api "$work/$1.sock" GET /v1/daemon >/dev/null 2>&1 && return 0
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    diag "$1 did not start:" "$(tail -n 20 "$work/$1.err")"
-    return 1
-}
-stop() { # stop NAME: SIGTERM, then its exit status in $stop_status
-    local pid
-    eval "pid=\$${1}_pid"
-    kill -TERM "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-    stop_status=$?
-}
-# wait_for SECONDS SOCKET EXPR: until the status makes EXPR true.
-wait_for() {
-    local i
-    for i in $(seq "$1"); do
-        status_of "$2"
-        [ "$(field "$3")" = True ] && return 0
-        sleep 1
-    done
-    diag "waited $1 s for $3 on $2:" "$body"
-    return 1
-}
+field() { tap_field "$1"; }
+status_of() { tap_status "$1" "$dom"; } # status_of SOCKET
+start() { tap_daemon_start "$@"; }      # start NAME CONFIG
+stop() { tap_daemon_stop "$1"; }        # stop NAME: its exit status in $stop_status
+wait_for() { tap_wait_status "$1" "$2" "$dom" "$3"; } # wait_for SECONDS SOCKET EXPR
 hmp() { virsh -q -c qemu:///system qemu-monitor-command "$dom" --hmp "$1"; }
-guest_write() { # guest_write PATTERN OFFSET LENGTH
-    hmp "qemu-io -d $qdev \"write -P $1 $2 $3\"" >/dev/null
-}
+guest_write() { tap_guest_write "$dom" "$@"; } # guest_write PATTERN OFFSET LENGTH
 
 echo "1..$tests"
 
 # --- the domain ---------------------------------------------------------------------------------
-accel=qemu
-[ -w /dev/kvm ] && [ "${VR_TEST_ACCEL:-auto}" != tcg ] && accel=kvm
-qemu-img create -q -f qcow2 "$work/vm1.qcow2" 64M
-cat >"$work/vm1.xml" <<EOF
-<domain type='$accel'>
-  <name>$dom</name>
-  <memory unit='MiB'>64</memory>
-  <os><type arch='x86_64' machine='q35'>hvm</type></os>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='$work/vm1.qcow2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-EOF
-virsh -q -c qemu:///system define "$work/vm1.xml" >/dev/null &&
-    virsh -q -c qemu:///system start "$dom" >/dev/null || {
+tap_domain_start "$dom" || {
     diag "cannot start the domain"
     exit 1
 }
-qdev=$(virsh -q -c qemu:///system qemu-monitor-command "$dom" '{"execute":"query-block"}' |
-    python3 -c 'import json,sys; print([b["qdev"] for b in json.load(sys.stdin)["return"] if b.get("inserted")][0])')
-diag "domain $dom ($accel), vda is $qdev"
 guest_write 0x5a 0 1M
 
 # --- 1-4: enable, the initial copy, the standby -------------------------------------------------

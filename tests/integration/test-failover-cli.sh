@@ -41,43 +41,9 @@ pki=$work/pki
 tap_make_pki "$pki"
 
 port=$(tap_free_port)
-# QEMU's user passes the storage root (docs/failover.md).
-mkdir -p "$work/storage"
-chmod 0711 "$work/storage"
-cat >"$work/replica.conf" <<EOF
-[daemon]
-state-dir = $work/replica-state
-socket = $work/replica.sock
+tap_pair_conf
 
-[certificates]
-ca = $pki/ca.pem
-cert = $pki/server-ok.pem
-key = $pki/server-ok-key.pem
-crl = $pki/crl.pem
-
-[replica]
-enabled = true
-listen = address:127.0.0.1
-port = $port
-server-name = replica.example
-allow-any = true
-default-storage = $work/storage
-standby-name-rule = %n-replica
-point-interval = 0
-EOF
-cat >"$work/primary.conf" <<EOF
-[daemon]
-state-dir = $work/primary-state
-socket = $work/primary.sock
-
-[certificates]
-ca = $pki/ca.pem
-cert = $pki/client-ok.pem
-key = $pki/client-ok-key.pem
-crl = $pki/crl.pem
-EOF
-
-field() { python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print($1)" <<<"$body" 2>/dev/null; }
+field() { tap_field "$1"; }
 # pcli ARGS / rcli ARGS: the CLI on the primary's or the replica's daemon.
 pcli() { "$cli" --socket "$work/primary.sock" "$@"; }
 quiet() { "$@" >/dev/null 2>&1; }
