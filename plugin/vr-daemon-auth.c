@@ -6,6 +6,8 @@
  */
 #include "vr-daemon-auth.h"
 
+#include "vr-daemon-api.h"
+
 #include <string.h>
 
 #include <gio/gio.h>

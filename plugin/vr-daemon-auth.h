@@ -29,13 +29,6 @@
 
 G_BEGIN_DECLS
 
-/* vr-daemon.c's JSON replies, shared with the handlers here. */
-void vr_daemon_reply_json(SoupServerMessage *msg, guint status, json_object *body);
-void vr_daemon_reply_error(SoupServerMessage *msg, guint status, const char *code, const char *fmt,
-                           ...) G_GNUC_PRINTF(4, 5);
-/* The request body as a JSON object, or NULL after a 400 reply. (transfer full) */
-json_object *vr_daemon_request_json(SoupServerMessage *msg);
-
 /* What the handlers see of the daemon (borrowed). */
 typedef struct {
     const VrConfig *config;

@@ -5,6 +5,8 @@
  */
 #include "vr-daemon-import.h"
 
+#include "vr-daemon-api.h"
+
 #include <inttypes.h>
 #include <string.h>
 
@@ -19,29 +21,6 @@ struct _VrDaemonImports {
     SoupServerMessage *msg;   /* its request, paused */
     char *path;
 };
-
-static void
-vr_daemon_import_reply(SoupServerMessage *msg, guint status, json_object *body)
-{
-    const char *text = json_object_to_json_string_ext(
-        body, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE);
-
-    soup_server_message_set_status(msg, status, NULL);
-    soup_server_message_set_response(msg, "application/json", SOUP_MEMORY_COPY, text, strlen(text));
-}
-
-/* {"error": {"code": @code, "message": @message}} as everywhere in the API. */
-static void
-vr_daemon_import_error(SoupServerMessage *msg, guint status, const char *code, const char *message)
-{
-    g_autoptr(json_object) body = json_object_new_object();
-    json_object *error = json_object_new_object();
-
-    json_object_object_add(error, "code", json_object_new_string(code));
-    json_object_object_add(error, "message", json_object_new_string(message));
-    json_object_object_add(body, "error", error);
-    vr_daemon_import_reply(msg, status, body);
-}
 
 /* The API's status and code of an import's @error (docs/api.md). */
 static guint
@@ -82,7 +61,7 @@ vr_daemon_import_failed(SoupServerMessage *msg, const char *path, const GError *
     guint status = vr_daemon_import_status(error, &code);
 
     g_warning("replica: import of '%s' refused: %s", path, error->message);
-    vr_daemon_import_error(msg, status, code, error->message);
+    vr_daemon_reply_error(msg, status, code, "%s", error->message);
 }
 
 static void
@@ -126,7 +105,7 @@ vr_daemon_import_done(VrReplicaImport *import, gpointer user_data)
         json_object_array_add(disks, item);
     }
     json_object_object_add(body, "disks", disks);
-    vr_daemon_import_reply(msg, SOUP_STATUS_OK, body);
+    vr_daemon_reply_json(msg, SOUP_STATUS_OK, body);
     soup_server_message_unpause(msg);
 }
 
@@ -152,20 +131,20 @@ vr_daemon_imports_post(VrDaemonImports *imports, SoupServerMessage *msg, json_ob
         if (!g_strv_contains(members, key)) {
             g_autofree char *message = g_strdup_printf("unknown member '%s'", key);
 
-            vr_daemon_import_error(msg, SOUP_STATUS_BAD_REQUEST, "invalid", message);
+            vr_daemon_reply_error(msg, SOUP_STATUS_BAD_REQUEST, "invalid", "%s", message);
             return;
         }
     }
     if (path == NULL || !g_path_is_absolute(path)) {
-        vr_daemon_import_error(msg, SOUP_STATUS_BAD_REQUEST, "invalid",
-                               "'path' (the export directory, absolute) is required");
+        vr_daemon_reply_error(msg, SOUP_STATUS_BAD_REQUEST, "invalid", "%s",
+                              "'path' (the export directory, absolute) is required");
         return;
     }
     if (imports->running != NULL) {
         g_autofree char *message = g_strdup_printf(
             "an import runs already (of '%s'): try again when it ended", imports->path);
 
-        vr_daemon_import_error(msg, SOUP_STATUS_CONFLICT, "conflict", message);
+        vr_daemon_reply_error(msg, SOUP_STATUS_CONFLICT, "conflict", "%s", message);
         return;
     }
     imports->running =

@@ -17,6 +17,7 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include "vr-daemon-api.h"
 #include "vr-daemon-import.h"
 #include "vr-daemon-auth.h"
 #include "vr-daemon-failover.h"

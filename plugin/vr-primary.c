@@ -328,6 +328,37 @@ vr_primary_cancelled(VrPrimaryRun *run, GError **error)
     return g_cancellable_set_error_if_cancelled(run->cancellable, error);
 }
 
+/* The domain and its UUID, which must be running (@running) or shut off (else). */
+static bool
+vr_primary_open_domain(VrPrimaryRun *run, bool running, GError **error)
+{
+    const VrPrimaryConfig *config = run->config;
+    int active;
+
+    run->domain = virDomainLookupByName(config->conn, config->domain);
+    if (run->domain == NULL)
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_DOMAIN, "cannot find domain '%s'",
+                                        config->domain);
+    active = virDomainIsActive(run->domain);
+    if (active < 0)
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
+                                        "cannot get the state of domain '%s'", config->domain);
+    if (active == 0 && running) {
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_DOMAIN, "domain '%s' is not running",
+                    config->domain);
+        return false;
+    }
+    if (active == 1 && !running) {
+        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_DOMAIN,
+                    "domain '%s' is running: its cycles are cut through QEMU", config->domain);
+        return false;
+    }
+    if (virDomainGetUUID(run->domain, run->uuid) < 0)
+        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
+                                        "cannot get the UUID of domain '%s'", config->domain);
+    return true;
+}
+
 /* The running domain, its QMP monitor through libvirt, and each disk's node, resolved now. */
 static bool
 vr_primary_connect(VrPrimaryRun *run, GError **error)
@@ -335,24 +366,8 @@ vr_primary_connect(VrPrimaryRun *run, GError **error)
     const VrPrimaryConfig *config = run->config;
     g_autofree char *xml = NULL;
 
-    run->domain = virDomainLookupByName(config->conn, config->domain);
-    if (run->domain == NULL)
-        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_DOMAIN, "cannot find domain '%s'",
-                                        config->domain);
-    switch (virDomainIsActive(run->domain)) {
-    case 1:
-        break;
-    case 0:
-        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_DOMAIN, "domain '%s' is not running",
-                    config->domain);
+    if (!vr_primary_open_domain(run, true, error))
         return false;
-    default:
-        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
-                                        "cannot get the state of domain '%s'", config->domain);
-    }
-    if (virDomainGetUUID(run->domain, run->uuid) < 0)
-        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
-                                        "cannot get the UUID of domain '%s'", config->domain);
 
     run->client = vr_qmp_client_new(vr_qmp_channel_libvirt_new(run->domain));
     if (!vr_qmp_client_connect(run->client, run->cancellable, error)) {
@@ -1110,24 +1125,8 @@ vr_primary_offline_open(VrPrimaryRun *run, VrPrimaryImage *images, GError **erro
     const VrPrimaryConfig *config = run->config;
     g_autofree char *xml = NULL;
 
-    run->domain = virDomainLookupByName(config->conn, config->domain);
-    if (run->domain == NULL)
-        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_DOMAIN, "cannot find domain '%s'",
-                                        config->domain);
-    switch (virDomainIsActive(run->domain)) {
-    case 0:
-        break;
-    case 1:
-        g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_DOMAIN,
-                    "domain '%s' is running: its cycles are cut through QEMU", config->domain);
+    if (!vr_primary_open_domain(run, false, error))
         return false;
-    default:
-        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
-                                        "cannot get the state of domain '%s'", config->domain);
-    }
-    if (virDomainGetUUID(run->domain, run->uuid) < 0)
-        return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,
-                                        "cannot get the UUID of domain '%s'", config->domain);
     xml = virDomainGetXMLDesc(run->domain, VIR_DOMAIN_XML_INACTIVE);
     if (xml == NULL)
         return vr_primary_libvirt_error(error, VR_PRIMARY_ERROR_FAILED,

@@ -1991,19 +1991,22 @@ vr_cli_command_lines(const char *const *argv, guint timeout_s)
     return g_strsplit(out != NULL ? out : "", "\n", -1);
 }
 
-/* The domain names of the daemon's relationships, or NULL when it cannot say. */
+/*
+ * The member @member of each object of the array @array of GET @path, or NULL when the
+ * daemon cannot say (for completion: quick, never an error).
+ */
 static GPtrArray *
-vr_cli_relationship_names(VrCli *cli)
+vr_cli_list_members(VrCli *cli, const char *path, const char *array, const char *member)
 {
     g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
-    g_autoptr(VrCliReply) reply = vr_cli_request(cli, SOUP_METHOD_GET, "/v1/relationships", NULL,
-                                                 VR_CLI_COMPLETE_TIMEOUT_S, NULL, NULL);
-    json_object *list = reply != NULL ? vr_cli_json_get(reply->json, "relationships") : NULL;
+    g_autoptr(VrCliReply) reply =
+        vr_cli_request(cli, SOUP_METHOD_GET, path, NULL, VR_CLI_COMPLETE_TIMEOUT_S, NULL, NULL);
+    json_object *list = reply != NULL ? vr_cli_json_get(reply->json, array) : NULL;
 
     if (!json_object_is_type(list, json_type_array))
         return NULL;
     for (size_t i = 0; i < json_object_array_length(list); i++) {
-        const char *name = vr_cli_json_string(json_object_array_get_idx(list, i), "domain");
+        const char *name = vr_cli_json_string(json_object_array_get_idx(list, i), member);
 
         if (name != NULL)
             g_ptr_array_add(names, g_strdup(name));
@@ -2011,24 +2014,18 @@ vr_cli_relationship_names(VrCli *cli)
     return g_steal_pointer(&names);
 }
 
+/* The domain names of the daemon's relationships, or NULL when it cannot say. */
+static GPtrArray *
+vr_cli_relationship_names(VrCli *cli)
+{
+    return vr_cli_list_members(cli, "/v1/relationships", "relationships", "domain");
+}
+
 /* The patterns of the replica's authorization entries, or NULL when it cannot say. */
 static GPtrArray *
 vr_cli_authorization_patterns(VrCli *cli)
 {
-    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
-    g_autoptr(VrCliReply) reply = vr_cli_request(cli, SOUP_METHOD_GET, "/v1/authorizations", NULL,
-                                                 VR_CLI_COMPLETE_TIMEOUT_S, NULL, NULL);
-    json_object *list = reply != NULL ? vr_cli_json_get(reply->json, "authorizations") : NULL;
-
-    if (!json_object_is_type(list, json_type_array))
-        return NULL;
-    for (size_t i = 0; i < json_object_array_length(list); i++) {
-        const char *name = vr_cli_json_string(json_object_array_get_idx(list, i), "pattern");
-
-        if (name != NULL)
-            g_ptr_array_add(names, g_strdup(name));
-    }
-    return g_steal_pointer(&names);
+    return vr_cli_list_members(cli, "/v1/authorizations", "authorizations", "pattern");
 }
 
 /* libvirt's domains, as `virsh list --all --name` tells them (replica-enable). */
