@@ -16,6 +16,8 @@
 #include <libnbd.h>
 
 #include "vr-capture.h"
+
+#include "vr-ship.h"
 #include "vr-hashlist.h"
 #include "vr-qemu-nbd.h"
 #include "vr-qmp-block.h"
@@ -94,6 +96,9 @@ struct _VrCaptureCycle {
     gpointer progress_data;
     uint64_t progress_size;  /* the virtual size of the disk being read */
     uint64_t progress_bytes; /* bytes of it taken so far, zero extents included */
+    /* Spools are written as wire streams directly (vr_capture_cycle_set_stream()). */
+    char *stream_relationship; /* NULL: spools (vr-spool.h) */
+    uint64_t stream_epoch;
 };
 
 /* ---- names -------------------------------------------------------------------------- */
@@ -399,6 +404,14 @@ vr_capture_remove_node(VrCapture *capture, const char *node_name)
 }
 
 void
+vr_capture_cycle_set_stream(VrCaptureCycle *cycle, const char *relationship, uint64_t epoch)
+{
+    g_free(cycle->stream_relationship);
+    cycle->stream_relationship = g_strdup(relationship);
+    cycle->stream_epoch = epoch;
+}
+
+void
 vr_capture_cycle_set_progress(VrCaptureCycle *cycle, VrCaptureProgress progress, gpointer data)
 {
     cycle->progress = progress;
@@ -483,6 +496,7 @@ vr_capture_cycle_free(VrCaptureCycle *cycle)
     g_ptr_array_unref(cycle->disks);
     g_free(cycle->socket_path);
     g_free(cycle->attached_bitmap);
+    g_free(cycle->stream_relationship);
     g_free(cycle);
 }
 
@@ -1062,8 +1076,40 @@ vr_capture_is_zero(const uint8_t *buf, size_t len)
 typedef bool (*VrCaptureChunkFunc)(uint64_t offset, const uint8_t *buf, size_t len, gpointer data,
                                    GError **error);
 
+/* Where the changes of a disk go: a spool, or a wire stream (one of the two is set). */
 typedef struct {
-    VrSpoolWriter *writer;
+    VrSpoolWriter *spool;
+    VrShipWriter *stream;
+} VrCaptureWriter;
+
+static bool
+vr_capture_writer_data(VrCaptureWriter *writer, uint64_t offset, const uint8_t *data, size_t len,
+                       GError **error)
+{
+    return writer->stream != NULL
+               ? vr_ship_writer_add_data(writer->stream, offset, data, len, error)
+               : vr_spool_writer_add_data(writer->spool, offset, data, len, error);
+}
+
+static bool
+vr_capture_writer_zero(VrCaptureWriter *writer, uint64_t offset, uint64_t len, GError **error)
+{
+    return writer->stream != NULL ? vr_ship_writer_add_zero(writer->stream, offset, len, error)
+                                  : vr_spool_writer_add_zero(writer->spool, offset, len, error);
+}
+
+/* Unfinished, what it made is removed. */
+static void
+vr_capture_writer_clear(VrCaptureWriter *writer)
+{
+    g_clear_pointer(&writer->spool, vr_spool_writer_free);
+    g_clear_pointer(&writer->stream, vr_ship_writer_free);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(VrCaptureWriter, vr_capture_writer_clear)
+
+typedef struct {
+    VrCaptureWriter *writer;
     uint32_t block;
 } VrCaptureSpoolSink;
 
@@ -1077,7 +1123,7 @@ vr_capture_spool_chunk(uint64_t offset, const uint8_t *buf, size_t len, gpointer
     size_t start = 0;
 
     if (buf == NULL)
-        return vr_spool_writer_add_zero(sink->writer, offset, len, error);
+        return vr_capture_writer_zero(sink->writer, offset, len, error);
     while (start < len) {
         size_t first = MIN(block - (offset + start) % block, len - start);
         bool zero = vr_capture_is_zero(buf + start, first);
@@ -1090,9 +1136,9 @@ vr_capture_spool_chunk(uint64_t offset, const uint8_t *buf, size_t len, gpointer
                 break;
             end += n;
         }
-        if (zero ? !vr_spool_writer_add_zero(sink->writer, offset + start, end - start, error)
-                 : !vr_spool_writer_add_data(sink->writer, offset + start, buf + start, end - start,
-                                             error))
+        if (zero ? !vr_capture_writer_zero(sink->writer, offset + start, end - start, error)
+                 : !vr_capture_writer_data(sink->writer, offset + start, buf + start, end - start,
+                                           error))
             return false;
         start = end;
     }
@@ -1100,7 +1146,7 @@ vr_capture_spool_chunk(uint64_t offset, const uint8_t *buf, size_t len, gpointer
 }
 
 typedef struct {
-    VrSpoolWriter *writer;
+    VrCaptureWriter *writer;
     VrHashlistReader *remote;
     uint8_t zero_digest[VR_HASHLIST_DIGEST_SIZE]; /* of a whole zero block */
     uint8_t *zeroes;                              /* a zero block, for a short last one */
@@ -1129,8 +1175,8 @@ vr_capture_resync_chunk(uint64_t offset, const uint8_t *buf, size_t len, gpointe
             vr_hashlist_digest(zero ? sink->zeroes : buf + at, n, local);
         if (memcmp(local, remote, sizeof(local)) == 0)
             continue;
-        if (zero ? !vr_spool_writer_add_zero(sink->writer, offset + at, n, error)
-                 : !vr_spool_writer_add_data(sink->writer, offset + at, buf + at, n, error))
+        if (zero ? !vr_capture_writer_zero(sink->writer, offset + at, n, error)
+                 : !vr_capture_writer_data(sink->writer, offset + at, buf + at, n, error))
             return false;
     }
     return true;
@@ -1294,9 +1340,10 @@ vr_capture_map_window(struct nbd_handle *nbd, const char *context, VrCaptureMapM
     return true;
 }
 
-static VrSpoolWriter *
+/* Open @writer on @path: a spool, or the wire stream the spool would become. */
+static bool
 vr_capture_spool_new(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, uint32_t flags, const char *path,
-                     GError **error)
+                     VrCaptureWriter *writer, GError **error)
 {
     VrSpoolHeader header = { 0 };
 
@@ -1307,19 +1354,35 @@ vr_capture_spool_new(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, uint32_t flag
     header.flags = flags | (cycle->app_consistent ? VR_SPOOL_FLAG_APP_CONSISTENT : 0);
     header.base_cycle = cycle->base;
     header.cycle = cycle->cycle;
-    return vr_spool_writer_new(path, &header, error);
+    if (cycle->stream_relationship != NULL) {
+        VrShipIdentity id = { cycle->stream_relationship, cycle->stream_epoch };
+
+        writer->stream = vr_ship_writer_new(path, &header, &id, error);
+        return writer->stream != NULL;
+    }
+    writer->spool = vr_spool_writer_new(path, &header, error);
+    return writer->spool != NULL;
 }
 
 /* After the reads: the budget once more (a spool taken while the fleece overflowed is not
  * trusted), then the spool is made durable. */
 static bool
-vr_capture_spool_finish(VrCaptureCycle *cycle, struct nbd_handle *nbd, VrSpoolWriter *writer,
+vr_capture_spool_finish(VrCaptureCycle *cycle, struct nbd_handle *nbd, VrCaptureWriter *writer,
                         VrSpoolTotals *totals, GError **error)
 {
+    VrShipTotals stream_totals;
+
     nbd_shutdown(nbd, 0);
     if (!vr_capture_cycle_events_ok(cycle, error))
         return false;
-    return vr_spool_writer_finish(writer, totals, error);
+    if (writer->spool != NULL)
+        return vr_spool_writer_finish(writer->spool, totals, error);
+    if (!vr_ship_writer_finish(writer->stream, &stream_totals, error))
+        return false;
+    if (totals != NULL)
+        *totals = (VrSpoolTotals){ stream_totals.records, stream_totals.data_bytes,
+                                   stream_totals.zero_bytes };
+    return true;
 }
 
 bool
@@ -1328,7 +1391,7 @@ vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path, VrS
 {
     VrCaptureCycleDisk *d;
     g_autoptr(VrNbdHandle) nbd = NULL;
-    g_autoptr(VrSpoolWriter) writer = NULL;
+    g_auto(VrCaptureWriter) writer = { 0 };
     g_autoptr(GArray) extents = g_array_new(FALSE, FALSE, sizeof(VrCaptureExtent));
     g_autofree char *context = NULL;
     VrCaptureSpoolSink sink = { NULL, cycle->granularity };
@@ -1347,10 +1410,10 @@ vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path, VrS
     nbd = vr_capture_connect_export(cycle, d, context, error);
     if (nbd == NULL)
         return false;
-    writer = vr_capture_spool_new(cycle, d, cycle->base == 0 ? VR_SPOOL_FLAG_FULL : 0, path, error);
-    if (writer == NULL)
+    if (!vr_capture_spool_new(cycle, d, cycle->base == 0 ? VR_SPOOL_FLAG_FULL : 0, path, &writer,
+                              error))
         return false;
-    sink.writer = writer;
+    sink.writer = &writer;
     for (uint64_t w = 0; w < d->disk.virtual_size; w += VR_CAPTURE_WINDOW) {
         uint64_t end = MIN(d->disk.virtual_size, w + VR_CAPTURE_WINDOW);
 
@@ -1360,7 +1423,7 @@ vr_capture_cycle_spool(VrCaptureCycle *cycle, guint index, const char *path, VrS
             !vr_capture_read_extents(cycle, nbd, extents, vr_capture_spool_chunk, &sink, error))
             return false;
     }
-    return vr_capture_spool_finish(cycle, nbd, writer, totals, error);
+    return vr_capture_spool_finish(cycle, nbd, &writer, totals, error);
 }
 
 bool
@@ -1369,7 +1432,7 @@ vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const char *ha
 {
     VrCaptureCycleDisk *d;
     g_autoptr(VrNbdHandle) nbd = NULL;
-    g_autoptr(VrSpoolWriter) writer = NULL;
+    g_auto(VrCaptureWriter) writer = { 0 };
     g_autoptr(VrHashlistReader) remote = NULL;
     g_autoptr(GArray) extents = g_array_new(FALSE, FALSE, sizeof(VrCaptureExtent));
     g_autofree uint8_t *zeroes = NULL;
@@ -1396,11 +1459,10 @@ vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const char *ha
     nbd = vr_capture_connect_export(cycle, d, LIBNBD_CONTEXT_BASE_ALLOCATION, error);
     if (nbd == NULL)
         return false;
-    writer = vr_capture_spool_new(cycle, d, VR_SPOOL_FLAG_RESYNC, path, error);
-    if (writer == NULL)
+    if (!vr_capture_spool_new(cycle, d, VR_SPOOL_FLAG_RESYNC, path, &writer, error))
         return false;
     zeroes = g_malloc0(VR_HASHLIST_BLOCK_SIZE);
-    sink.writer = writer;
+    sink.writer = &writer;
     sink.remote = remote;
     sink.zeroes = zeroes;
     vr_hashlist_digest(zeroes, VR_HASHLIST_BLOCK_SIZE, sink.zero_digest);
@@ -1416,7 +1478,7 @@ vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const char *ha
         if (!vr_capture_read_extents(cycle, nbd, blocks, vr_capture_resync_chunk, &sink, error))
             return false;
     }
-    return vr_capture_spool_finish(cycle, nbd, writer, totals, error);
+    return vr_capture_spool_finish(cycle, nbd, &writer, totals, error);
 }
 
 /* ---- after the cycle ---------------------------------------------------------------- */

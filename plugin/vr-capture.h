@@ -182,6 +182,15 @@ bool vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const cha
                                    const char *path, VrSpoolTotals *totals, GError **error);
 
 /*
+ * Write the spools that follow as the wire streams vr_ship_encode() would make of them, for
+ * relationship @relationship at @epoch (vr-ship.h, VrShipIdentity): the path given to
+ * vr_capture_cycle_spool() and vr_capture_cycle_spool_resync() is then the stream's, and
+ * their @totals count its records. This saves the encoding pass (read the spool, write the
+ * stream, sync it again): the records are encoded as they are read.
+ */
+void vr_capture_cycle_set_stream(VrCaptureCycle *cycle, const char *relationship, uint64_t epoch);
+
+/*
  * Progress of a spool: called on the spooling thread after each chunk taken, with the disk
  * offset reached (extents come in ascending order), the disk's virtual size, and the bytes
  * taken so far (zero extents included).

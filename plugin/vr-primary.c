@@ -54,8 +54,9 @@ typedef struct {
     uint8_t digest[VR_WIRE_DIGEST_SIZE];
     /* The replica had published this stream's cycle before this run sent a byte of it. */
     bool replayed;
-    char *hashes;      /* the replica's hash list (resync), or NULL */
-    bool resync_whole; /* resync, but the replica cannot compare: spool what is allocated */
+    char *hashes;        /* the replica's hash list (resync), or NULL */
+    bool resync_whole;   /* resync, but the replica cannot compare: spool what is allocated */
+    VrShipTotals totals; /* of its stream, once read */
 } VrPrimaryDisk;
 
 /* Everything one run of vr_primary_run_cycle() holds, undone by vr_primary_run_clear(). */
@@ -113,8 +114,6 @@ vr_primary_phase_name(VrPrimaryPhase phase)
         return "cut";
     case VR_PRIMARY_PHASE_READ:
         return "read";
-    case VR_PRIMARY_PHASE_ENCODE:
-        return "encode";
     case VR_PRIMARY_PHASE_SEND:
         return "send";
     }
@@ -122,8 +121,9 @@ vr_primary_phase_name(VrPrimaryPhase phase)
 }
 
 /*
- * Each disk weighs the same, and within it each of the three passes (read, encode, send):
- * they take about as long as each other (docs/bench-cycle.md). The cut counts for nothing.
+ * Each disk weighs the same, and within it each of its two passes: the read (encoded into
+ * the stream as it goes) and the send take about as long as each other on a fast link
+ * (docs/bench-cycle.md). The cut counts for nothing.
  */
 double
 vr_primary_progress_fraction(const VrPrimaryProgress *progress)
@@ -133,7 +133,7 @@ vr_primary_progress_fraction(const VrPrimaryProgress *progress)
     if (progress->phase == VR_PRIMARY_PHASE_CUT || progress->n_disks == 0)
         return 0.0;
     within = progress->total > 0 ? MIN((double)progress->done / (double)progress->total, 1.0) : 0.0;
-    within = ((double)(progress->phase - VR_PRIMARY_PHASE_READ) + within) / 3.0;
+    within = ((progress->phase == VR_PRIMARY_PHASE_SEND ? 1.0 : 0.0) + within) / 2.0;
     return MIN(((double)progress->disk + within) / (double)progress->n_disks, 1.0);
 }
 
@@ -160,14 +160,6 @@ vr_primary_on_read(uint64_t offset, uint64_t size, uint64_t bytes, gpointer data
     VrPrimaryRun *run = data;
 
     vr_primary_report(run, VR_PRIMARY_PHASE_READ, run->where.disk, offset, size, bytes);
-}
-
-static void
-vr_primary_on_encode(uint64_t offset, uint64_t size, uint64_t bytes, gpointer data)
-{
-    VrPrimaryRun *run = data;
-
-    vr_primary_report(run, VR_PRIMARY_PHASE_ENCODE, run->where.disk, offset, size, bytes);
 }
 
 static void
@@ -528,25 +520,62 @@ vr_primary_cut(VrPrimaryRun *run, GError **error)
     return true;
 }
 
-/* Read every disk's changes into its spool, then tear the fleece down at once. */
+/* Where disk @index's wire stream goes: the export directory, or the work directory. */
+static char *
+vr_primary_stream_path(VrPrimaryRun *run, guint index)
+{
+    return run->export != NULL ? vr_export_stream_path(run->export, index)
+                               : vr_primary_file(run, index, ".stream");
+}
+
+/*
+ * Read disk @index of @cycle into its wire stream: the records are encoded as they are read
+ * (vr_capture_cycle_set_stream()), so the stream file is the local copy the design's spool
+ * is, checksummed record by record, and no second pass re-reads and re-writes it.
+ */
+static bool
+vr_primary_read_disk(VrPrimaryRun *run, VrCaptureCycle *cycle, guint cycle_index, guint index,
+                     GError **error)
+{
+    VrPrimaryDisk *state = &run->state[index];
+    g_autofree char *stream = vr_primary_stream_path(run, index);
+    VrSpoolTotals totals;
+    struct stat st;
+    bool ok;
+
+    vr_capture_cycle_set_stream(cycle, run->config->relationship, run->config->epoch);
+    if (run->progress != NULL)
+        vr_capture_cycle_set_progress(cycle, vr_primary_on_read, run);
+    vr_primary_report(run, VR_PRIMARY_PHASE_READ, index, 0, 0, 0);
+    if (run->resync && !state->resync_whole)
+        ok = vr_capture_cycle_spool_resync(cycle, cycle_index, state->hashes, stream, &totals,
+                                           error);
+    else
+        ok = vr_capture_cycle_spool(cycle, cycle_index, stream, &totals, error);
+    if (!ok)
+        return false;
+    if (stat(stream, &st) < 0) {
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "cannot stat '%s': %s", stream,
+                    g_strerror(errno));
+        return false;
+    }
+    state->totals = (VrShipTotals){
+        .records = totals.records,
+        .data_bytes = totals.data_bytes,
+        .zero_bytes = totals.zero_bytes,
+        .stream_bytes = (uint64_t)st.st_size,
+    };
+    return vr_primary_stream_digest(stream, &state->totals, state->digest, error);
+}
+
+/* Read every disk's changes into its stream, then tear the fleece down at once. */
 static bool
 vr_primary_spool(VrPrimaryRun *run, GError **error)
 {
-    if (run->progress != NULL)
-        vr_capture_cycle_set_progress(run->cycle, vr_primary_on_read, run);
     for (guint i = 0; i < run->n_disks; i++) {
-        g_autofree char *spool = vr_primary_file(run, i, ".spool");
-        const char *hashes = run->state[i].hashes;
-        bool ok;
-
         if (vr_primary_cancelled(run, error))
             return false;
-        vr_primary_report(run, VR_PRIMARY_PHASE_READ, i, 0, 0, 0);
-        if (run->resync && !run->state[i].resync_whole)
-            ok = vr_capture_cycle_spool_resync(run->cycle, i, hashes, spool, NULL, error);
-        else
-            ok = vr_capture_cycle_spool(run->cycle, i, spool, NULL, error);
-        if (!ok) {
+        if (!vr_primary_read_disk(run, run->cycle, i, i, error)) {
             g_prefix_error(error, "cannot read disk '%s': ", run->config->disks[i]);
             return false;
         }
@@ -555,31 +584,17 @@ vr_primary_spool(VrPrimaryRun *run, GError **error)
     return true;
 }
 
-/* Encode each disk's spool into its stream and upload it; each file goes once it is used. */
+/* Upload each disk's stream (or leave it in the export); each file goes once it is used. */
 static bool
 vr_primary_ship(VrPrimaryRun *run, GError **error)
 {
-    VrShipIdentity id = { run->config->relationship, run->config->epoch };
-
     for (guint i = 0; i < run->n_disks; i++) {
         VrPrimaryDisk *state = &run->state[i];
-        g_autofree char *spool = vr_primary_file(run, i, ".spool");
-        g_autofree char *stream = run->export != NULL ? vr_export_stream_path(run->export, i)
-                                                      : vr_primary_file(run, i, ".stream");
-        VrShipTotals totals;
+        g_autofree char *stream = vr_primary_stream_path(run, i);
+        const VrShipTotals totals = state->totals;
         bool ok;
 
         if (vr_primary_cancelled(run, error))
-            return false;
-        vr_primary_report(run, VR_PRIMARY_PHASE_ENCODE, i, 0, 0, 0);
-        if (!vr_ship_encode_with_progress(spool, &id, stream,
-                                          run->progress != NULL ? vr_primary_on_encode : NULL, run,
-                                          &totals, error)) {
-            g_prefix_error(error, "cannot encode disk '%s': ", run->config->disks[i]);
-            return false;
-        }
-        g_unlink(spool);
-        if (!vr_primary_stream_digest(stream, &totals, state->digest, error))
             return false;
         if (run->export != NULL) {
             /* Exported: the stream stays in the export directory, nothing is sent. */
@@ -1159,8 +1174,8 @@ vr_primary_offline_open(VrPrimaryRun *run, VrPrimaryImage *images, GError **erro
 }
 
 /*
- * Read every disk's changes since B(base) into its spool, with the same reader as a cut
- * (vr_capture_cycle_spool() of an attached cycle), from qemu-nbd serving the closed image
+ * Read every disk's changes since B(base) into its stream, with the same reader as a cut
+ * (vr_primary_read_disk() of an attached cycle), from qemu-nbd serving the closed image
  * with B(base) (vr_qemu_nbd_start_shared(): no lock, so a start is never refused; the reads
  * are checked afterwards instead).
  */
@@ -1175,7 +1190,6 @@ vr_primary_offline_read(VrPrimaryRun *run, VrPrimaryImage *images, GError **erro
 
     for (guint i = 0; i < run->n_disks; i++) {
         const char *target = run->config->disks[i];
-        g_autofree char *spool = vr_primary_file(run, i, ".spool");
         VrCaptureDisk disk = { target, NULL, NULL, images[i].size };
         VrQemuNbd nbd = VR_QEMU_NBD_INIT;
         g_autoptr(VrCaptureCycle) cycle = NULL;
@@ -1192,11 +1206,7 @@ vr_primary_offline_read(VrPrimaryRun *run, VrPrimaryImage *images, GError **erro
         }
         cycle =
             vr_capture_cycle_attach(run->capture, &disk, 1, run->base, run->target, socket, error);
-        ok = cycle != NULL;
-        if (ok && run->progress != NULL)
-            vr_capture_cycle_set_progress(cycle, vr_primary_on_read, run);
-        vr_primary_report(run, VR_PRIMARY_PHASE_READ, i, 0, 0, 0);
-        ok = ok && vr_capture_cycle_spool(cycle, 0, spool, NULL, error);
+        ok = cycle != NULL && vr_primary_read_disk(run, cycle, 0, i, error);
         g_clear_pointer(&cycle, vr_capture_cycle_free);
         ok = vr_qemu_nbd_stop(&nbd, images[i].image, SIGTERM, VR_PRIMARY_QEMU_NBD_TIMEOUT,
                               ok ? error : NULL) &&

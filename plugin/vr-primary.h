@@ -10,15 +10,18 @@
  *   2. cut: vr_capture_cycle_begin() with base @base_cycle (0: FULL) and the new cycle
  *      @target_cycle; a health check that says the tracking was lost (RESYNC_REQUIRED)
  *      turns the cycle into a resynchronization when @allow_resync: fetch the replica's
- *      hash list of every disk (vr_sender_fetch_hashes) and cut with base 0, spooling
+ *      hash list of every disk (vr_sender_fetch_hashes) and cut with base 0, reading
  *      only the blocks that differ (vr_capture_cycle_spool_resync);
- *   3. spool every disk into @workdir, then end the cycle at once (fleece torn down);
- *   4. encode each spool into a wire stream (vr_ship_encode) and upload it (vr_sender);
- *      only when the replica acknowledged every disk (204: published) is the cycle done;
+ *   3. read every disk into its wire stream in @workdir, the records encoded as they are
+ *      read (vr_capture_cycle_set_stream(): the stream is the cycle's local copy, with
+ *      the spool's rules, and no second pass re-encodes it), then end the cycle at once
+ *      (fleece torn down);
+ *   4. upload each stream (vr_sender); only when the replica acknowledged every disk (204:
+ *      published) is the cycle done;
  *      with @export_dir (the initial copy on external media, vr-export.h) the streams and a
  *      manifest are written there instead, and the cycle is done once the manifest is;
  *   5. acknowledge: vr_capture_ack() removes the bitmaps older than B(@target_cycle);
- *   6. remove the cycle's spools and streams.
+ *   6. remove the cycle's streams.
  *
  * A failure at any step leaves B(@base_cycle) in place and removes the cycle's files: the
  * next cycle is cut from the same base again (a superset). An upload that the replica
@@ -96,21 +99,20 @@ typedef struct {
 
 void vr_primary_result_clear(VrPrimaryResult *result);
 
-/* Where a cycle is: each disk is read, then encoded, then sent, one disk after another. */
+/* Where a cycle is: each disk is read (into its wire stream), then sent, one after another. */
 typedef enum {
-    VR_PRIMARY_PHASE_CUT,    /* connect, check the tracking, fetch hash lists, cut */
-    VR_PRIMARY_PHASE_READ,   /* read disk @disk into its spool */
-    VR_PRIMARY_PHASE_ENCODE, /* encode its spool into its wire stream */
-    VR_PRIMARY_PHASE_SEND,   /* upload that stream */
+    VR_PRIMARY_PHASE_CUT,  /* connect, check the tracking, fetch hash lists, cut */
+    VR_PRIMARY_PHASE_READ, /* read disk @disk into its wire stream */
+    VR_PRIMARY_PHASE_SEND, /* upload that stream */
 } VrPrimaryPhase;
 
 typedef struct {
     VrPrimaryPhase phase;
     guint disk; /* index in the config's disks */
     guint n_disks;
-    uint64_t done;  /* READ, ENCODE: the disk offset reached; SEND: stream bytes sent */
-    uint64_t total; /* READ, ENCODE: the disk's virtual size; SEND: the stream's size */
-    uint64_t bytes; /* READ, ENCODE: disk bytes taken so far (zeroes too); SEND: as @done */
+    uint64_t done;  /* READ: the disk offset reached; SEND: stream bytes sent */
+    uint64_t total; /* READ: the disk's virtual size; SEND: the stream's size */
+    uint64_t bytes; /* READ: disk bytes taken so far (zeroes too); SEND: as @done */
 } VrPrimaryProgress;
 
 /* Called on the cycle's thread, often (after each chunk): keep it cheap. */
@@ -119,7 +121,7 @@ typedef void (*VrPrimaryProgressFunc)(const VrPrimaryProgress *progress, gpointe
 /* The fraction of the whole cycle that @progress stands for, in [0, 1]. */
 double vr_primary_progress_fraction(const VrPrimaryProgress *progress);
 
-/* "cut", "read", "encode", "send" (docs/api.md). */
+/* "cut", "read", "send" (docs/api.md). */
 const char *vr_primary_phase_name(VrPrimaryPhase phase);
 
 /*

@@ -41,13 +41,14 @@ vr_ship_io_error(GError **error, int errsv, const char *what, const char *path)
 }
 
 /*
- * The BEGIN identity of the stream of @h. The spool and the wire have the same flags with the
- * same rules (FULL and RESYNC exclude each other; base 0 exactly with one of them), and the
- * spool reader has checked them; they are mapped one by one all the same, and the wire's own
- * check decides, so a spool flag the wire does not know is refused instead of dropped.
+ * The BEGIN identity of the stream of @h (@what names the stream in errors). The spool and the wire
+ * have the same flags with the same rules (FULL and RESYNC exclude each other; base 0 exactly with
+ * one of them), and the spool reader has checked them; they are mapped one by one all the same, and
+ * the wire's own check decides, so a spool flag the wire does not know is refused instead of
+ * dropped.
  */
 static bool
-vr_ship_identity(const char *spool_path, const VrSpoolHeader *h, const VrShipIdentity *id,
+vr_ship_identity(const char *what, const VrSpoolHeader *h, const VrShipIdentity *id,
                  VrWireIdentity *out, GError **error)
 {
     const uint32_t known = VR_SPOOL_FLAG_FULL | VR_SPOOL_FLAG_RESYNC | VR_SPOOL_FLAG_APP_CONSISTENT;
@@ -56,7 +57,7 @@ vr_ship_identity(const char *spool_path, const VrSpoolHeader *h, const VrShipIde
 
     if ((h->flags & ~known) != 0) {
         g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_INVALID,
-                    "spool '%s' has flags 0x%x that the wire cannot carry", spool_path, h->flags);
+                    "%s would have flags 0x%x that the wire cannot carry", what, h->flags);
         return false;
     }
     g_strlcpy(wid.relationship, id->relationship, sizeof(wid.relationship));
@@ -74,8 +75,8 @@ vr_ship_identity(const char *spool_path, const VrSpoolHeader *h, const VrShipIde
     if (h->flags & VR_SPOOL_FLAG_APP_CONSISTENT)
         wid.flags |= VR_WIRE_FLAG_APP_CONSISTENT;
     if (!vr_wire_identity_check(&wid, &local)) {
-        g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_INVALID, "spool '%s' cannot be shipped: %s",
-                    spool_path, local->message);
+        g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_INVALID, "%s cannot be shipped: %s", what,
+                    local->message);
         return false;
     }
     *out = wid;
@@ -107,61 +108,6 @@ vr_ship_flush(int fd, GByteArray *out, const char *path, GError **error)
 
     g_byte_array_set_size(out, 0);
     return ok;
-}
-
-/*
- * Every record of @reader through @encoder into @fd, END included, then fdatasync. One spool
- * record at a time: the reader hands out a record only after checking it, and its END check
- * (counts, digest, nothing after it) comes before the stream's END is written.
- */
-static bool
-vr_ship_write_records(VrSpoolReader *reader, VrWireEncoder *encoder, int fd, const char *spool_path,
-                      const char *part_path, VrShipProgress progress, gpointer progress_data,
-                      GError **error)
-{
-    uint64_t size = vr_spool_reader_get_header(reader)->virtual_size;
-    g_autoptr(GByteArray) out = g_byte_array_sized_new(VR_SHIP_FLUSH_SIZE + VR_WIRE_HEADER_SIZE);
-    g_autoptr(GError) local = NULL;
-    VrSpoolRecord rec;
-    VrSpoolTotals spool_totals = { 0 };
-    VrWireTotals wire_totals;
-
-    if (!vr_wire_encoder_begin(encoder, out, error))
-        return false;
-    while (vr_spool_reader_next(reader, &rec, &spool_totals, &local)) {
-        bool ok;
-
-        if (rec.type == VR_SPOOL_RECORD_DATA) {
-            ok = vr_wire_encoder_add_data(encoder, rec.offset, rec.data, rec.length, out, error);
-        } else {
-            ok = vr_wire_encoder_add_zero(encoder, rec.offset, rec.length, out, error);
-        }
-        /* Not expected: the reader checks the same order and bounds as the encoder. */
-        if (!ok) {
-            g_prefix_error(error, "spool '%s': ", spool_path);
-            return false;
-        }
-        if (out->len >= VR_SHIP_FLUSH_SIZE && !vr_ship_flush(fd, out, part_path, error))
-            return false;
-        if (progress != NULL)
-            progress(rec.offset + rec.length, size,
-                     spool_totals.data_bytes + spool_totals.zero_bytes, progress_data);
-    }
-    if (local != NULL) {
-        g_propagate_error(error, g_steal_pointer(&local));
-        return false;
-    }
-    if (!vr_wire_encoder_end(encoder, out, error))
-        return false;
-    vr_wire_encoder_get_totals(encoder, &wire_totals);
-    g_assert(wire_totals.records == spool_totals.records &&
-             wire_totals.data_bytes == spool_totals.data_bytes &&
-             wire_totals.zero_bytes == spool_totals.zero_bytes);
-    if (!vr_ship_flush(fd, out, part_path, error))
-        return false;
-    if (fdatasync(fd) < 0)
-        return vr_ship_io_error(error, errno, "sync", part_path);
-    return true;
 }
 
 /* Rename @from to @to, never over an existing @to. */
@@ -208,77 +154,114 @@ vr_ship_sync_dir(const char *path, GError **error)
     return vr_ship_io_error(error, errsv, "sync directory", dir);
 }
 
-bool
-vr_ship_encode(const char *spool_path, const VrShipIdentity *id, const char *stream_path,
-               VrShipTotals *totals, GError **error)
-{
-    return vr_ship_encode_with_progress(spool_path, id, stream_path, NULL, NULL, totals, error);
-}
+/* ---- the stream writer ------------------------------------------------------------ */
 
-bool
-vr_ship_encode_with_progress(const char *spool_path, const VrShipIdentity *id,
-                             const char *stream_path, VrShipProgress progress,
-                             gpointer progress_data, VrShipTotals *totals, GError **error)
+struct _VrShipWriter {
+    char *path;      /* the stream */
+    char *part_path; /* "@path.part" until the rename */
+    VrWireEncoder *encoder;
+    GByteArray *out; /* encoded, not written yet */
+    int fd;          /* of the ".part" file; -1 once closed */
+    bool renamed;    /* the ".part" file became @path */
+    bool finished;
+};
+
+VrShipWriter *
+vr_ship_writer_new(const char *stream_path, const VrSpoolHeader *header, const VrShipIdentity *id,
+                   GError **error)
 {
-    g_autofree char *part_path = g_strconcat(stream_path, ".part", NULL);
-    g_autoptr(VrSpoolReader) reader = NULL;
-    g_autoptr(VrWireEncoder) encoder = NULL;
+    g_autoptr(VrShipWriter) writer = NULL;
+    g_autofree char *what = g_strdup_printf("the stream '%s'", stream_path);
     VrWireIdentity wid;
-    VrWireTotals wire_totals;
     struct stat st;
-    bool renamed = false;
-    int fd;
 
     if (id->relationship == NULL || strlen(id->relationship) > VR_WIRE_RELATIONSHIP_MAX) {
         g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_INVALID,
                     "relationship id '%s' is not [a-z0-9]{1,16}",
                     id->relationship != NULL ? id->relationship : "(null)");
-        return false;
+        return NULL;
     }
     /* Checked first for a clear error before any work; the rename checks again. */
     if (lstat(stream_path, &st) == 0) {
         g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_EXISTS, "stream '%s' exists", stream_path);
-        return false;
+        return NULL;
     }
-    if (errno != ENOENT)
-        return vr_ship_io_error(error, errno, "check", stream_path);
-
-    reader = vr_spool_reader_open(spool_path, error);
-    if (reader == NULL)
-        return false;
-    if (!vr_ship_identity(spool_path, vr_spool_reader_get_header(reader), id, &wid, error))
-        return false;
-    encoder = vr_wire_encoder_new(&wid, error);
-    if (encoder == NULL)
-        return false;
-
+    if (errno != ENOENT) {
+        vr_ship_io_error(error, errno, "check", stream_path);
+        return NULL;
+    }
+    if (!vr_ship_identity(what, header, id, &wid, error))
+        return NULL;
+    writer = g_new0(VrShipWriter, 1);
+    writer->fd = -1;
+    writer->path = g_strdup(stream_path);
+    writer->part_path = g_strconcat(stream_path, ".part", NULL);
+    writer->out = g_byte_array_sized_new(VR_SHIP_FLUSH_SIZE + VR_WIRE_HEADER_SIZE);
+    writer->encoder = vr_wire_encoder_new(&wid, error);
+    if (writer->encoder == NULL || !vr_wire_encoder_begin(writer->encoder, writer->out, error))
+        return NULL;
     /* Exclusive: a ".part" file that exists is another encoder's, or a crash's, not ours. */
-    fd = open(part_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        if (errno == EEXIST) {
+    writer->fd = open(writer->part_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (writer->fd < 0) {
+        if (errno == EEXIST)
             g_set_error(error, VR_SHIP_ERROR, VR_SHIP_ERROR_EXISTS,
-                        "'%s' exists: another encoder's, or left by a crash", part_path);
-            return false;
-        }
-        return vr_ship_io_error(error, errno, "create", part_path);
+                        "'%s' exists: another encoder's, or left by a crash", writer->part_path);
+        else
+            vr_ship_io_error(error, errno, "create", writer->part_path);
+        g_clear_pointer(&writer->part_path, g_free); /* not ours: left alone */
+        return NULL;
     }
-    if (!vr_ship_write_records(reader, encoder, fd, spool_path, part_path, progress, progress_data,
-                               error))
-        goto rollback;
-    if (close(fd) < 0) {
-        fd = -1;
-        vr_ship_io_error(error, errno, "close", part_path);
-        goto rollback;
-    }
-    fd = -1;
-    if (!vr_ship_rename(part_path, stream_path, error))
-        goto rollback;
-    renamed = true;
-    if (!vr_ship_sync_dir(stream_path, error))
-        goto rollback;
+    return g_steal_pointer(&writer);
+}
 
+/* Write the buffer out once it holds enough (or always, with @all). */
+static bool
+vr_ship_writer_drain(VrShipWriter *writer, bool all, GError **error)
+{
+    if (writer->out->len < (all ? 1 : VR_SHIP_FLUSH_SIZE))
+        return true;
+    return vr_ship_flush(writer->fd, writer->out, writer->part_path, error);
+}
+
+bool
+vr_ship_writer_add_data(VrShipWriter *writer, uint64_t offset, const void *data, size_t len,
+                        GError **error)
+{
+    return vr_wire_encoder_add_data(writer->encoder, offset, data, len, writer->out, error) &&
+           vr_ship_writer_drain(writer, false, error);
+}
+
+bool
+vr_ship_writer_add_zero(VrShipWriter *writer, uint64_t offset, uint64_t len, GError **error)
+{
+    return vr_wire_encoder_add_zero(writer->encoder, offset, len, writer->out, error) &&
+           vr_ship_writer_drain(writer, false, error);
+}
+
+bool
+vr_ship_writer_finish(VrShipWriter *writer, VrShipTotals *totals, GError **error)
+{
+    VrWireTotals wire_totals;
+    int fd;
+
+    g_return_val_if_fail(!writer->finished && writer->fd >= 0, false);
+    if (!vr_wire_encoder_end(writer->encoder, writer->out, error) ||
+        !vr_ship_writer_drain(writer, true, error))
+        return false;
+    if (fdatasync(writer->fd) < 0)
+        return vr_ship_io_error(error, errno, "sync", writer->part_path);
+    fd = writer->fd;
+    writer->fd = -1;
+    if (close(fd) < 0)
+        return vr_ship_io_error(error, errno, "close", writer->part_path);
+    if (!vr_ship_rename(writer->part_path, writer->path, error))
+        return false;
+    writer->renamed = true;
+    if (!vr_ship_sync_dir(writer->path, error))
+        return false;
+    writer->finished = true;
     if (totals != NULL) {
-        vr_wire_encoder_get_totals(encoder, &wire_totals);
+        vr_wire_encoder_get_totals(writer->encoder, &wire_totals);
         *totals = (VrShipTotals){
             .records = wire_totals.records,
             .data_bytes = wire_totals.data_bytes,
@@ -288,11 +271,73 @@ vr_ship_encode_with_progress(const char *spool_path, const VrShipIdentity *id,
         };
     }
     return true;
+}
 
-rollback:
-    if (fd >= 0)
-        close(fd);
-    /* Ours either way: the ".part" we created, or the stream it became. */
-    unlink(renamed ? stream_path : part_path);
-    return false;
+void
+vr_ship_writer_free(VrShipWriter *writer)
+{
+    if (writer == NULL)
+        return;
+    if (writer->fd >= 0)
+        close(writer->fd);
+    /* Ours either way when unfinished: the ".part" we created, or the stream it became. */
+    if (!writer->finished && writer->part_path != NULL)
+        unlink(writer->renamed ? writer->path : writer->part_path);
+    vr_wire_encoder_free(writer->encoder);
+    if (writer->out != NULL)
+        g_byte_array_unref(writer->out);
+    g_free(writer->part_path);
+    g_free(writer->path);
+    g_free(writer);
+}
+
+/* ---- a spool into a stream ------------------------------------------------------------ */
+
+/*
+ * Every record of the spool into the writer, one at a time: the reader hands out a record
+ * only after checking it, and its END check (counts, digest, nothing after it) comes before
+ * the stream's END is written.
+ */
+bool
+vr_ship_encode(const char *spool_path, const VrShipIdentity *id, const char *stream_path,
+               VrShipTotals *totals, GError **error)
+{
+    g_autoptr(VrSpoolReader) reader = NULL;
+    g_autoptr(VrShipWriter) writer = NULL;
+    g_autoptr(GError) local = NULL;
+    VrSpoolRecord rec;
+    VrSpoolTotals spool_totals = { 0 };
+    VrShipTotals ship_totals;
+
+    reader = vr_spool_reader_open(spool_path, error);
+    if (reader == NULL)
+        return false;
+    writer = vr_ship_writer_new(stream_path, vr_spool_reader_get_header(reader), id, error);
+    if (writer == NULL) {
+        g_prefix_error(error, "spool '%s': ", spool_path);
+        return false;
+    }
+    while (vr_spool_reader_next(reader, &rec, &spool_totals, &local)) {
+        bool ok = rec.type == VR_SPOOL_RECORD_DATA
+                      ? vr_ship_writer_add_data(writer, rec.offset, rec.data, rec.length, error)
+                      : vr_ship_writer_add_zero(writer, rec.offset, rec.length, error);
+
+        /* Not expected but for I/O: the reader checks the same order and bounds. */
+        if (!ok) {
+            g_prefix_error(error, "spool '%s': ", spool_path);
+            return false;
+        }
+    }
+    if (local != NULL) {
+        g_propagate_error(error, g_steal_pointer(&local));
+        return false;
+    }
+    if (!vr_ship_writer_finish(writer, &ship_totals, error))
+        return false;
+    g_assert(ship_totals.records == spool_totals.records &&
+             ship_totals.data_bytes == spool_totals.data_bytes &&
+             ship_totals.zero_bytes == spool_totals.zero_bytes);
+    if (totals != NULL)
+        *totals = ship_totals;
+    return true;
 }

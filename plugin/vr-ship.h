@@ -1,12 +1,13 @@
 /*
- * vr-ship.h: turn the spool of a captured cycle into the wire stream that is uploaded
+ * vr-ship.h: the wire stream that is uploaded, written from a cycle's records
  *
- * Capture leaves one spool file per disk and cycle (vr-spool.h); the upload client
- * (vr-sender.h) sends a wire stream file (vr-wire.h). vr_ship_encode() reads the one and
- * writes the other, record by record: every spool record is verified by the reader before it
- * is encoded, and memory stays bounded by one record whatever the size of the cycle. The
- * stream is written as "NAME.part", synced and renamed, so it is complete or absent, as a
- * spool is. docs/ship.md has the details.
+ * The upload client (vr-sender.h) sends a wire stream file (vr-wire.h). A VrShipWriter
+ * writes one record by record, as the capture reads a disk (vr_capture_cycle_set_stream():
+ * what the primary's cycles do, so no spool is written and read again). vr_ship_encode()
+ * turns a finished spool file (vr-spool.h) into a stream through the same writer: every spool
+ * record is verified by the reader before it is encoded. Memory stays bounded by one record
+ * whatever the size of the cycle. The stream is written as "NAME.part", synced and renamed,
+ * so it is complete or absent, as a spool is. docs/ship.md has the details.
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
@@ -16,6 +17,8 @@
 #include <stdint.h>
 
 #include <glib.h>
+
+#include "vr-spool.h"
 
 G_BEGIN_DECLS
 
@@ -66,14 +69,26 @@ bool vr_ship_encode(const char *spool_path, const VrShipIdentity *id, const char
                     VrShipTotals *totals, GError **error);
 
 /*
- * Progress of an encoding, after each record: the disk offset reached (records come in
- * ascending order), the disk's virtual size, and the disk bytes encoded so far.
+ * A wire stream written record by record, without a spool: what vr_ship_encode() does with
+ * a spool's records, for a producer that has them in hand (the capture reading a disk).
+ * vr_ship_writer_new() checks that @stream_path does not exist and creates
+ * "@stream_path.part" exclusively, with the BEGIN record of @header's identity (the spool
+ * header the records would have had) and @id. Records go in disk order as the spool's rules
+ * say (vr-spool.h). vr_ship_writer_finish() writes END, fdatasyncs, renames the file to
+ * @stream_path (never over an existing file) and fsyncs the directory. Freeing a writer that
+ * did not finish removes what it made; an existing ".part" (VR_SHIP_ERROR_EXISTS) is left
+ * alone. Memory stays bounded by one record plus a 1 MiB buffer.
  */
-typedef void (*VrShipProgress)(uint64_t offset, uint64_t size, uint64_t bytes, gpointer data);
+typedef struct _VrShipWriter VrShipWriter;
 
-/* vr_ship_encode() with @progress (may be NULL) called on this thread. */
-bool vr_ship_encode_with_progress(const char *spool_path, const VrShipIdentity *id,
-                                  const char *stream_path, VrShipProgress progress,
-                                  gpointer progress_data, VrShipTotals *totals, GError **error);
+VrShipWriter *vr_ship_writer_new(const char *stream_path, const VrSpoolHeader *header,
+                                 const VrShipIdentity *id, GError **error);
+bool vr_ship_writer_add_data(VrShipWriter *writer, uint64_t offset, const void *data, size_t len,
+                             GError **error);
+bool vr_ship_writer_add_zero(VrShipWriter *writer, uint64_t offset, uint64_t len, GError **error);
+/* @totals may be NULL. */
+bool vr_ship_writer_finish(VrShipWriter *writer, VrShipTotals *totals, GError **error);
+void vr_ship_writer_free(VrShipWriter *writer);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrShipWriter, vr_ship_writer_free)
 
 G_END_DECLS
