@@ -28,6 +28,11 @@ vr_config_error_quark(void)
 #define VR_CONFIG_MAX_SIZE     (1024 * 1024)
 
 #define VR_CONFIG_AUTHZ_PREFIX "authorization:"
+#define VR_CONFIG_MAP_PREFIX   "network-map:"
+#define VR_CONFIG_IFACE_PREFIX "interface:"
+/* In a network map: "bridge:NAME" is a host bridge, "network:NAME" (or NAME) a network. */
+#define VR_CONFIG_BRIDGE_PREFIX  "bridge:"
+#define VR_CONFIG_NETWORK_PREFIX "network:"
 
 typedef enum {
     VR_CONFIG_KIND_STRING,    /* char *, checked by the key's check function */
@@ -225,6 +230,134 @@ vr_config_check_network_name(const char *value, GError **error)
     return ok;
 }
 
+/* A Linux interface name as the kernel takes one (dev_valid_name): 1-15 bytes, not "." or
+ * "..", no '/', ':' or white space. */
+static bool
+vr_config_check_bridge_name(const char *value, GError **error)
+{
+    gsize len = strlen(value);
+    bool ok = len > 0 && len < 16 && !g_str_equal(value, ".") && !g_str_equal(value, "..");
+
+    for (const char *p = value; ok && *p != '\0'; p++)
+        ok = *p != '/' && *p != ':' && !g_ascii_isspace(*p) && !g_ascii_iscntrl(*p);
+    if (!ok) {
+        g_set_error(error, VR_CONFIG_ERROR, VR_CONFIG_ERROR_INVALID,
+                    "'%s' is not a bridge name (1-15 bytes, no '/', ':' or white space)", value);
+    }
+    return ok;
+}
+
+/*
+ * One side of a network map: "bridge:NAME" (a bridge), "network:NAME" or NAME (a network).
+ * @normal_out: the form the maps hold, "bridge:NAME" or NAME. (transfer full)
+ */
+static bool
+vr_config_check_map_side(const char *value, char **normal_out, GError **error)
+{
+    if (g_str_has_prefix(value, VR_CONFIG_BRIDGE_PREFIX)) {
+        if (!vr_config_check_bridge_name(value + strlen(VR_CONFIG_BRIDGE_PREFIX), error))
+            return false;
+        *normal_out = g_strdup(value);
+        return true;
+    }
+    if (g_str_has_prefix(value, VR_CONFIG_NETWORK_PREFIX))
+        value += strlen(VR_CONFIG_NETWORK_PREFIX);
+    if (!vr_config_check_network_name(value, error))
+        return false;
+    *normal_out = g_strdup(value);
+    return true;
+}
+
+/* An address of @family with a prefix length: "192.0.2.10/24", "2001:db8::10/64". */
+static bool
+vr_config_check_cidr(const char *value, GSocketFamily family, GError **error)
+{
+    const char *slash = strchr(value, '/');
+    g_autofree char *host = slash != NULL ? g_strndup(value, slash - value) : NULL;
+    g_autoptr(GInetAddress) address = host != NULL ? g_inet_address_new_from_string(host) : NULL;
+    guint max = family == G_SOCKET_FAMILY_IPV4 ? 32 : 128;
+    guint64 prefix;
+
+    if (address == NULL || g_inet_address_get_family(address) != family ||
+        !g_ascii_string_to_unsigned(slash + 1, 10, 0, max, &prefix, NULL)) {
+        g_set_error(error, VR_CONFIG_ERROR, VR_CONFIG_ERROR_INVALID,
+                    "'%s' is not an %s address with its prefix length (%s)", value,
+                    family == G_SOCKET_FAMILY_IPV4 ? "IPv4" : "IPv6",
+                    family == G_SOCKET_FAMILY_IPV4 ? "192.0.2.10/24" : "2001:db8::10/64");
+        return false;
+    }
+    return true;
+}
+
+static bool
+vr_config_check_address(const char *value, GSocketFamily family, GError **error)
+{
+    g_autoptr(GInetAddress) address = g_inet_address_new_from_string(value);
+
+    if (address == NULL ||
+        (family != G_SOCKET_FAMILY_INVALID && g_inet_address_get_family(address) != family)) {
+        g_set_error(error, VR_CONFIG_ERROR, VR_CONFIG_ERROR_INVALID, "'%s' is not an %s address",
+                    value,
+                    family == G_SOCKET_FAMILY_IPV4   ? "IPv4"
+                    : family == G_SOCKET_FAMILY_IPV6 ? "IPv6"
+                                                     : "IP");
+        return false;
+    }
+    return true;
+}
+
+static bool
+vr_config_check_ipv4(const char *value, GError **error)
+{
+    return vr_config_check_cidr(value, G_SOCKET_FAMILY_IPV4, error);
+}
+
+static bool
+vr_config_check_ipv6(const char *value, GError **error)
+{
+    return vr_config_check_cidr(value, G_SOCKET_FAMILY_IPV6, error);
+}
+
+static bool
+vr_config_check_ipv4_gateway(const char *value, GError **error)
+{
+    return vr_config_check_address(value, G_SOCKET_FAMILY_IPV4, error);
+}
+
+static bool
+vr_config_check_ipv6_gateway(const char *value, GError **error)
+{
+    return vr_config_check_address(value, G_SOCKET_FAMILY_IPV6, error);
+}
+
+/* DNS servers: IP addresses separated by ',' or white space, three at most (resolv.conf). */
+static bool
+vr_config_check_dns(const char *value, GError **error)
+{
+    g_auto(GStrv) servers = g_strsplit_set(value, ", \t", -1);
+    guint n = 0;
+
+    for (guint i = 0; servers[i] != NULL; i++) {
+        if (servers[i][0] == '\0')
+            continue;
+        if (!vr_config_check_address(servers[i], G_SOCKET_FAMILY_INVALID, error))
+            return false;
+        n++;
+    }
+    if (n == 0 || n > 3) {
+        g_set_error(error, VR_CONFIG_ERROR, VR_CONFIG_ERROR_INVALID,
+                    "'%s' is not one to three DNS server addresses", value);
+        return false;
+    }
+    return true;
+}
+
+static bool
+vr_config_check_interface_network(const char *value, GError **error)
+{
+    return vr_config_check_network_name(value, error);
+}
+
 /* ---- the tables ---------------------------------------------------------------------- */
 
 #define F(field) offsetof(VrConfig, field)
@@ -281,6 +414,8 @@ static const VrConfigKey vr_config_keys[] = {
       .check = vr_config_check_name_rule },
     { "replica", "max-body-size", VR_CONFIG_KIND_SIZE, F(replica.max_body_size), "unlimited" },
     { "replica", "test-network", VR_CONFIG_KIND_STRING, F(replica.test_network), NULL },
+    { "replica", "guest-agent-wait", VR_CONFIG_KIND_UINT, F(replica.guest_agent_wait), "300", 0,
+      3600, "a number of seconds" },
 };
 
 #undef F
@@ -292,6 +427,24 @@ static const VrConfigKey vr_config_authz_keys[] = {
       NULL },
     { "authorization", "trust-group", VR_CONFIG_KIND_STRING,
       offsetof(VrConfigAuthzEntry, trust_group), "default" },
+};
+
+/* The keys of an [interface:MAC] group; offsets into a VrConfigInterface. */
+static const VrConfigKey vr_config_interface_keys[] = {
+    { "interface", "network", VR_CONFIG_KIND_STRING, offsetof(VrConfigInterface, network), NULL,
+      .check = vr_config_check_interface_network },
+    { "interface", "bridge", VR_CONFIG_KIND_STRING, offsetof(VrConfigInterface, bridge), NULL,
+      .check = vr_config_check_bridge_name },
+    { "interface", "ipv4", VR_CONFIG_KIND_STRING, offsetof(VrConfigInterface, ipv4), NULL,
+      .check = vr_config_check_ipv4 },
+    { "interface", "ipv4-gateway", VR_CONFIG_KIND_STRING, offsetof(VrConfigInterface, ipv4_gateway),
+      NULL, .check = vr_config_check_ipv4_gateway },
+    { "interface", "ipv6", VR_CONFIG_KIND_STRING, offsetof(VrConfigInterface, ipv6), NULL,
+      .check = vr_config_check_ipv6 },
+    { "interface", "ipv6-gateway", VR_CONFIG_KIND_STRING, offsetof(VrConfigInterface, ipv6_gateway),
+      NULL, .check = vr_config_check_ipv6_gateway },
+    { "interface", "dns", VR_CONFIG_KIND_STRING, offsetof(VrConfigInterface, dns), NULL,
+      .check = vr_config_check_dns },
 };
 
 /* The fixed groups, in the order the documentation has them. */
@@ -745,28 +898,126 @@ vr_config_parse_authz(VrConfigParse *p, VrConfig *cfg, const char *group, GHashT
     }
 }
 
+/*
+ * [network-map] into @map: keys and values are NAME or "network:NAME" (a libvirt network)
+ * or "bridge:NAME" (a host bridge), held as NAME and "bridge:NAME".
+ */
 static void
-vr_config_parse_network_map(VrConfigParse *p, VrConfig *cfg, const char *group)
+vr_config_parse_network_map(VrConfigParse *p, GHashTable *map, const char *group)
 {
     g_auto(GStrv) keys = g_key_file_get_keys(p->kf, group, NULL, NULL);
     g_autoptr(GHashTable) seen = g_hash_table_new(g_str_hash, g_str_equal);
 
     for (guint i = 0; keys != NULL && keys[i] != NULL; i++) {
         g_autofree char *value = NULL;
+        g_autofree char *key = NULL;
+        g_autofree char *target = NULL;
         g_autoptr(GError) local = NULL;
 
         if (!g_hash_table_add(seen, keys[i]))
             continue; /* repeated: GKeyFile gives the last value */
-        if (!vr_config_check_network_name(keys[i], &local)) {
+        if (!vr_config_check_map_side(keys[i], &key, &local)) {
             vr_config_problem(p, group, keys[i], "%s", local->message);
             continue;
         }
         value = vr_config_value(p, group, keys[i], &local);
-        if (value == NULL || !vr_config_check_network_name(value, &local)) {
+        if (value == NULL || !vr_config_check_map_side(value, &target, &local)) {
             vr_config_problem(p, group, keys[i], "%s", local->message);
             continue;
         }
-        g_hash_table_insert(cfg->network_map, g_strdup(keys[i]), g_steal_pointer(&value));
+        if (g_hash_table_contains(map, key)) {
+            vr_config_problem(p, group, keys[i], "maps '%s' a second time (as '%s' and '%s')", key,
+                              (const char *)g_hash_table_lookup(map, key), target);
+            continue;
+        }
+        g_hash_table_insert(map, g_steal_pointer(&key), g_steal_pointer(&target));
+    }
+}
+
+static GHashTable *
+vr_config_map_new(void)
+{
+    return g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+}
+
+/* [network-map:NAME]: NAME is a relationship id or a primary's domain name. */
+static void
+vr_config_parse_scoped_map(VrConfigParse *p, VrConfig *cfg, const char *group)
+{
+    const char *scope = group + strlen(VR_CONFIG_MAP_PREFIX);
+    g_autoptr(GError) local = NULL;
+    GHashTable *map;
+
+    if (!vr_config_check_network_name(scope, &local)) {
+        g_prefix_error(&local, "not a domain name or relationship id: ");
+        vr_config_problem(p, group, NULL, "%s", local->message);
+        return;
+    }
+    map = vr_config_map_new();
+    g_hash_table_insert(cfg->network_maps, g_strdup(scope), map);
+    vr_config_parse_network_map(p, map, group);
+}
+
+static void
+vr_config_interface_free(gpointer data)
+{
+    VrConfigInterface *iface = data;
+
+    g_free(iface->mac);
+    for (gsize i = 0; i < G_N_ELEMENTS(vr_config_interface_keys); i++)
+        g_free(*(char **)((char *)iface + vr_config_interface_keys[i].offset));
+    g_free(iface);
+}
+
+/* "52:54:00:12:34:56" in any case. (transfer full: lower case), NULL when not a MAC */
+static char *
+vr_config_mac(const char *text)
+{
+    g_auto(GStrv) octets = g_strsplit(text, ":", -1);
+
+    if (g_strv_length(octets) != 6)
+        return NULL;
+    for (guint i = 0; i < 6; i++) {
+        if (strlen(octets[i]) != 2 || !g_ascii_isxdigit(octets[i][0]) ||
+            !g_ascii_isxdigit(octets[i][1]))
+            return NULL;
+    }
+    return g_ascii_strdown(text, -1);
+}
+
+/* One [interface:MAC] group. */
+static void
+vr_config_parse_interface(VrConfigParse *p, VrConfig *cfg, const char *group)
+{
+    g_autofree char *mac = vr_config_mac(group + strlen(VR_CONFIG_IFACE_PREFIX));
+    VrConfigInterface *iface;
+
+    if (mac == NULL) {
+        vr_config_problem(p, group, NULL,
+                          "'%s' is not a MAC address (six hexadecimal octets separated by ':')",
+                          group + strlen(VR_CONFIG_IFACE_PREFIX));
+        return;
+    }
+    if (g_hash_table_contains(cfg->interfaces, mac)) {
+        vr_config_problem(p, group, NULL,
+                          "MAC %s has a group already (MACs compare without regard to case)", mac);
+        return;
+    }
+    iface = g_new0(VrConfigInterface, 1);
+    iface->mac = g_strdup(mac);
+    g_hash_table_insert(cfg->interfaces, g_steal_pointer(&mac), iface);
+    vr_config_parse_keys(p, group, "interface", vr_config_interface_keys,
+                         G_N_ELEMENTS(vr_config_interface_keys), iface);
+    if (iface->network != NULL && iface->bridge != NULL) {
+        vr_config_problem(p, group, "bridge",
+                          "network and bridge exclude each other: the interface is connected to "
+                          "one of them");
+    }
+    if (iface->ipv4_gateway != NULL && iface->ipv4 == NULL && !vr_config_is_bad(p, group, "ipv4")) {
+        vr_config_problem(p, group, "ipv4-gateway", "needs ipv4 (the interface's address)");
+    }
+    if (iface->ipv6_gateway != NULL && iface->ipv6 == NULL && !vr_config_is_bad(p, group, "ipv6")) {
+        vr_config_problem(p, group, "ipv6-gateway", "needs ipv6 (the interface's address)");
     }
 }
 
@@ -775,6 +1026,12 @@ vr_config_unknown_group(VrConfigParse *p, const char *group)
 {
     g_autofree char *hint = NULL;
 
+    if (g_str_equal(group, "interface")) {
+        vr_config_problem(p, group, NULL,
+                          "an interface group names the MAC address it applies to: "
+                          "[interface:52:54:00:12:34:56]");
+        return;
+    }
     if (g_str_equal(group, "authorization")) {
         vr_config_problem(p, group, NULL,
                           "an authorization group names the primaries it applies to: "
@@ -788,7 +1045,8 @@ vr_config_unknown_group(VrConfigParse *p, const char *group)
     }
     vr_config_problem(p, group, NULL,
                       "unknown group; the groups are [daemon], [certificates], [primary], "
-                      "[replica], [network-map] and [authorization:PATTERN]");
+                      "[replica], [network-map], [network-map:DOMAIN], [interface:MAC] and "
+                      "[authorization:PATTERN]");
 }
 
 /* Whether the optional @key is unset without its own problem already reported. */
@@ -964,7 +1222,11 @@ vr_config_new(const char *origin)
 
     cfg->origin = g_strdup(origin);
     cfg->replica.authorizations = g_ptr_array_new_with_free_func(vr_config_authz_entry_free);
-    cfg->network_map = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    cfg->network_map = vr_config_map_new();
+    cfg->network_maps =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_hash_table_unref);
+    cfg->interfaces =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, vr_config_interface_free);
     vr_config_set_defaults(vr_config_keys, G_N_ELEMENTS(vr_config_keys), cfg);
     return cfg;
 }
@@ -983,6 +1245,8 @@ vr_config_free(VrConfig *config)
     vr_rate_schedule_free(config->primary.schedule);
     g_ptr_array_unref(config->replica.authorizations);
     g_hash_table_unref(config->network_map);
+    g_hash_table_unref(config->network_maps);
+    g_hash_table_unref(config->interfaces);
     g_free(config->origin);
     g_free(config);
 }
@@ -1032,7 +1296,11 @@ vr_config_parse(const char *data, gssize len, const char *origin, VrConfigCheckF
         if (g_str_has_prefix(group, VR_CONFIG_AUTHZ_PREFIX))
             vr_config_parse_authz(&p, cfg, group, patterns);
         else if (g_str_equal(group, "network-map"))
-            vr_config_parse_network_map(&p, cfg, group);
+            vr_config_parse_network_map(&p, cfg->network_map, group);
+        else if (g_str_has_prefix(group, VR_CONFIG_MAP_PREFIX))
+            vr_config_parse_scoped_map(&p, cfg, group);
+        else if (g_str_has_prefix(group, VR_CONFIG_IFACE_PREFIX))
+            vr_config_parse_interface(&p, cfg, group);
         else if (fixed)
             vr_config_parse_keys(&p, group, group, vr_config_keys, G_N_ELEMENTS(vr_config_keys),
                                  cfg);

@@ -60,6 +60,21 @@ typedef struct {
 } VrConfigAuthzEntry;
 
 /*
+ * One [interface:MAC] group: where one virtual NIC of a failed-over domain is connected and
+ * the address its guest gets (Hyper-V's failover TCP/IP per virtual NIC; docs/failover.md).
+ */
+typedef struct {
+    char *mac;          /* the group's MAC, lower case: "52:54:00:12:34:56" */
+    char *network;      /* a replica libvirt network; NULL: by the network maps */
+    char *bridge;       /* or a replica host bridge; never both */
+    char *ipv4;         /* "192.0.2.10/24"; NULL: none */
+    char *ipv4_gateway; /* "192.0.2.1"; needs ipv4 */
+    char *ipv6;         /* "2001:db8::10/64"; NULL: none */
+    char *ipv6_gateway; /* needs ipv6 */
+    char *dns;          /* as written: addresses separated by ',' or ' '; NULL: none */
+} VrConfigInterface;
+
+/*
  * The typed configuration. Strings are NULL when an optional key is not set; every other
  * field holds its default when its key is absent (docs/config.md).
  */
@@ -107,11 +122,21 @@ typedef struct {
         guint point_interval;      /* seconds, 3600, 0..86400: spacing of recovery points */
         char *standby_name_rule;   /* "%n-replica"; NULL: the primary's name and UUID */
         char *test_network;        /* libvirt network of test failovers; NULL: none connected */
+        guint guest_agent_wait;    /* seconds, 300, 0..3600: failover TCP/IP waits for the agent */
         uint64_t max_body_size;    /* bytes; G_MAXUINT64 (the default): no limit */
         GPtrArray *authorizations; /* VrConfigAuthzEntry in file order; never NULL */
     } replica;
 
-    GHashTable *network_map; /* primary network name -> replica network name; never NULL */
+    /*
+     * [network-map]: a primary network name, or "bridge:NAME" for a primary bridge -> a
+     * replica network name, or "bridge:NAME" for a replica bridge (vr-failover-net.h).
+     * Never NULL.
+     */
+    GHashTable *network_map;
+    /* [network-map:NAME]: NAME (relationship id or primary domain name) -> a map as above. */
+    GHashTable *network_maps;
+    /* [interface:MAC]: lower-case MAC -> VrConfigInterface. Never NULL. */
+    GHashTable *interfaces;
 } VrConfig;
 
 /* Read and validate the file @path. (transfer full) */

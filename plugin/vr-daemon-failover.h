@@ -16,6 +16,7 @@
 #include <libsoup/soup.h>
 
 #include "vr-failover.h"
+#include "vr-scheduler.h"
 
 G_BEGIN_DECLS
 
@@ -29,5 +30,47 @@ void vr_daemon_failover_post(VrFailover *failover, SoupServerMessage *msg, const
 
 /* Whether @action is one of the above. */
 bool vr_daemon_failover_is_action(const char *action);
+
+/* What the planned failover's handlers use (borrowed; owned by the daemon). */
+typedef struct {
+    VrFailover *failover;   /* NULL: no replica role (with libvirt) */
+    VrScheduler *scheduler; /* NULL: no primary role */
+    VrState *state;
+    virConnectPtr conn;
+    char *identity; /* this host's certificate identity, or NULL */
+} VrDaemonPlanned;
+
+/*
+ * The replica sink's planned-failover handler (VrReplicaSinkFailoverFunc, @user_data the
+ * VrDaemonPlanned): POST /v1/failover/{relationship} from the primary's daemon, {"cycle": k,
+ * "epoch": e, "digests": {"vda": hex, ...}, "reverse": {...}} ("reverse" optional, nothing
+ * else), answered with vr_failover_start_planned()'s result and "identity" (this host's
+ * certificate identity). With "reverse" ({"server", "port", "address", "frequency"}: the
+ * old primary's replica role), the failover overlays get B(k) and the relationship becomes
+ * this host's primary one, adopted by the scheduler (undone with the failover when that
+ * fails). Its errors as receiver errors: CONFLICT and NO_POINT 409, NOT_FOUND 404, INVALID
+ * 400, FAILED 500.
+ */
+json_object *vr_daemon_failover_planned(const char *relationship, const char *peer_name,
+                                        json_object *request, gpointer user_data, GError **error);
+
+/*
+ * The scheduler's reverse handler (VrSchedulerReverseFunc, @user_data the VrDaemonPlanned):
+ * this host, the old primary, becomes the replica (vr_failover_reverse_adopt()).
+ */
+bool vr_daemon_failover_reverse(const VrSchedulerReverse *reverse, gpointer user_data,
+                                GError **error);
+
+/*
+ * POST /v1/relationships/{x}/reverse (replica-reverse, docs/failover.md): on a host that
+ * failed over (role replica, FailedOver), {"server", "port", "address", "frequency"}: the
+ * relationship becomes its primary one, replicating to the old primary's replica role, a
+ * hash resynchronization first. On the old primary, {"accept": true, "primary": identity}
+ * (the identity defaults to the relationship's server name): its shut-off domain becomes
+ * the standby, its disk the seed (point 1 at its epoch), the relationship the replica
+ * role's. Errors of VR_FAILOVER_ERROR. (transfer full)
+ */
+json_object *vr_daemon_failover_reverse_request(VrDaemonPlanned *planned, const char *name,
+                                                json_object *request, GError **error);
 
 G_END_DECLS

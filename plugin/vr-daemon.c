@@ -22,6 +22,7 @@
 #include "vr-daemon-auth.h"
 #include "vr-daemon-failover.h"
 #include "vr-failover.h"
+#include "vr-failover-net.h"
 #include "vr-net.h"
 #include "vr-qmp-channel.h"
 #include "vr-qmp-json.h"
@@ -60,7 +61,8 @@ struct _VrDaemon {
     VrReplicaSink *sink;
     VrDaemonImports *imports; /* POST /v1/imports */
     VrReceiver *receiver;
-    VrFailover *failover; /* NULL without libvirt */
+    VrFailover *failover;    /* NULL without libvirt */
+    VrDaemonPlanned planned; /* the planned failover's handlers (both roles) */
     char *replica_address;
     guint16 replica_port;
 };
@@ -193,6 +195,8 @@ vr_daemon_relationship_json(VrDaemon *daemon, const VrStateRelationship *rel, GE
         json_object_object_add(obj, "rpo_seconds", NULL);
     }
     json_object_object_add(obj, "stats", vr_daemon_stats_json(&stats));
+    if (rel->role == VR_STATE_ROLE_REPLICA)
+        json_object_object_add(obj, "failover_network", vr_failover_net_status(rel->config));
     json_object_object_add(obj, "monitoring_interval_s",
                            json_object_new_uint64(daemon->config->daemon.monitoring_interval));
     return g_steal_pointer(&obj);
@@ -421,6 +425,8 @@ vr_daemon_reply_scheduler_error(SoupServerMessage *msg, const GError *error)
         { VR_SCHEDULER_ERROR_BUSY, SOUP_STATUS_CONFLICT },
         { VR_SCHEDULER_ERROR_UNSUPPORTED, SOUP_STATUS_UNPROCESSABLE_ENTITY },
         { VR_SCHEDULER_ERROR_CYCLE_FAILED, SOUP_STATUS_BAD_GATEWAY },
+        { VR_SCHEDULER_ERROR_SHUTDOWN_TIMEOUT, SOUP_STATUS_CONFLICT },
+        { VR_SCHEDULER_ERROR_REFUSED, SOUP_STATUS_CONFLICT },
     };
     guint status = SOUP_STATUS_INTERNAL_SERVER_ERROR;
 
@@ -527,6 +533,86 @@ vr_daemon_post_action(VrDaemon *daemon, SoupServerMessage *msg, const char *name
         return;
     }
     vr_daemon_get_relationship(daemon, msg, name, false);
+}
+
+static void
+vr_daemon_planned_done(GObject *source, GAsyncResult *result, gpointer data)
+{
+    VrDaemonSync *sync = data;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(json_object) body = NULL;
+
+    body = vr_scheduler_planned_failover_finish(NULL, result, &error);
+    if (sync->daemon->stopping) {
+        g_object_unref(sync->msg);
+        g_free(sync);
+        return;
+    }
+    if (body != NULL)
+        vr_daemon_reply_json(sync->msg, SOUP_STATUS_OK, body);
+    else
+        vr_daemon_reply_scheduler_error(sync->msg, error);
+    soup_server_message_unpause(sync->msg);
+    g_object_unref(sync->msg);
+    g_free(sync);
+}
+
+/*
+ * POST /v1/relationships/{x}/planned-failover (docs/api.md): answered when the failover is
+ * done or failed, as sync is; the CLI shows the final cycle's progress meanwhile.
+ */
+static void
+vr_daemon_post_planned_failover(VrDaemon *daemon, SoupServerMessage *msg, const char *name)
+{
+    g_autoptr(json_object) request = NULL;
+    SoupMessageBody *body = soup_server_message_get_request_body(msg);
+    VrDaemonSync *sync;
+
+    if (!vr_daemon_primary_role(daemon, msg))
+        return;
+    if (body->length == 0)
+        request = json_object_new_object();
+    else if ((request = vr_daemon_request_json(msg)) == NULL)
+        return;
+    /* Reverse replication: where the new primary reaches this host's replica role. */
+    json_object_object_del(request, "reverse_peer");
+    if (daemon->receiver != NULL && daemon->config->replica.server_name != NULL) {
+        json_object *peer = json_object_new_object();
+
+        json_object_object_add(peer, "server",
+                               json_object_new_string(daemon->config->replica.server_name));
+        json_object_object_add(peer, "port", json_object_new_int(daemon->replica_port));
+        json_object_object_add(peer, "address", json_object_new_string(daemon->replica_address));
+        json_object_object_add(request, "reverse_peer", peer);
+    }
+    sync = g_new0(VrDaemonSync, 1);
+    sync->daemon = daemon;
+    sync->msg = g_object_ref(msg);
+    soup_server_message_pause(msg);
+    vr_scheduler_planned_failover_async(daemon->scheduler, name, request, vr_daemon_planned_done,
+                                        sync);
+}
+
+/* POST /v1/relationships/{x}/reverse: replica-reverse (vr-daemon-failover.h). */
+static void
+vr_daemon_post_reverse(VrDaemon *daemon, SoupServerMessage *msg, const char *name)
+{
+    g_autoptr(json_object) request = NULL;
+    g_autoptr(json_object) result = NULL;
+    g_autoptr(GError) error = NULL;
+
+    if ((request = vr_daemon_request_json(msg)) == NULL)
+        return;
+    result = vr_daemon_failover_reverse_request(&daemon->planned, name, request, &error);
+    if (result == NULL) {
+        guint status;
+        const char *code = vr_failover_error_code(error, &status);
+
+        g_warning("reverse of '%s': %s", name, error->message);
+        vr_daemon_reply_error(msg, status, code, "%s", error->message);
+        return;
+    }
+    vr_daemon_reply_json(msg, SOUP_STATUS_OK, result);
 }
 
 /* POST /v1/imports: replica-import (vr-daemon-import.h). */
@@ -705,6 +791,12 @@ vr_daemon_api_handler(SoupServer *server, SoupServerMessage *msg, const char *pa
                 strcmp(parts[2], "resume") == 0 || strcmp(parts[2], "resync") == 0)) {
         vr_daemon_post_action(daemon, msg, parts[1], parts[2]);
     } else if (n == 3 && strcmp(parts[0], "relationships") == 0 && parts[1][0] != '\0' && post &&
+               strcmp(parts[2], "planned-failover") == 0) {
+        vr_daemon_post_planned_failover(daemon, msg, parts[1]);
+    } else if (n == 3 && strcmp(parts[0], "relationships") == 0 && parts[1][0] != '\0' && post &&
+               strcmp(parts[2], "reverse") == 0) {
+        vr_daemon_post_reverse(daemon, msg, parts[1]);
+    } else if (n == 3 && strcmp(parts[0], "relationships") == 0 && parts[1][0] != '\0' && post &&
                vr_daemon_failover_is_action(parts[2])) {
         vr_daemon_failover_post(daemon->failover, msg, parts[1], parts[2]);
     } else if (n == 2 && strcmp(parts[0], "hooks") == 0 && strcmp(parts[1], "qemu") == 0 && post) {
@@ -878,7 +970,11 @@ vr_daemon_replica_start(VrDaemon *daemon, GError **error)
             .authz = daemon->authz,
             .conn = daemon->conn,
             .test_network = config->replica.test_network,
+            .config = config,
         });
+        /* A planned failover asked by a primary (POST /v1/failover/...): the daemon's. */
+        vr_replica_sink_set_failover_handler(daemon->sink, vr_daemon_failover_planned,
+                                             &daemon->planned);
     } else
         g_warning("replica: no standby domains: libvirt at '%s' cannot be reached",
                   config->daemon.libvirt_uri);
@@ -960,6 +1056,22 @@ vr_daemon_new(VrConfig *config, GError **error)
     }
     if (config->replica.enabled && !vr_daemon_replica_start(daemon, error))
         return NULL;
+    /* Planned failover: this host as the old primary becomes the replica (--reverse), or as
+     * the replica adopts the relationship as its primary. */
+    daemon->planned.failover = daemon->failover;
+    daemon->planned.scheduler = daemon->scheduler;
+    daemon->planned.state = daemon->state;
+    daemon->planned.conn = daemon->conn;
+    if (config->certificates.cert != NULL) {
+        g_autoptr(GTlsCertificate) cert =
+            g_tls_certificate_new_from_file(config->certificates.cert, NULL);
+
+        if (cert != NULL)
+            daemon->planned.identity = vr_tls_policy_peer_name_gtls(cert, NULL);
+    }
+    if (daemon->scheduler != NULL)
+        vr_scheduler_set_reverse_handler(daemon->scheduler, vr_daemon_failover_reverse,
+                                         &daemon->planned);
     g_info("started: API on '%s', state in '%s'%s", daemon->socket_path, db,
            daemon->receiver != NULL ? ", replica role on" : "");
     return g_steal_pointer(&daemon);
@@ -1019,6 +1131,7 @@ vr_daemon_free(VrDaemon *daemon)
     if (daemon->socket_path != NULL)
         unlink(daemon->socket_path);
     g_free(daemon->socket_path);
+    g_free(daemon->planned.identity);
     g_free(daemon->replica_address);
     if (daemon->conn != NULL)
         virConnectClose(daemon->conn);

@@ -20,6 +20,7 @@
 #include <libxml/xpath.h>
 
 #include "vr-failover.h"
+#include "vr-failover-net.h"
 #include "vr-qmp-json.h"
 #include "vr-replica-store.h"
 #include "vr-standby.h"
@@ -43,6 +44,7 @@ struct _VrFailover {
     VrAuthz *authz;
     virConnectPtr conn;
     char *test_network;
+    VrFailoverNet *net; /* network mapping and failover TCP/IP */
 };
 
 /* One disk of the standby: its target, its store's directory and the store. */
@@ -70,6 +72,9 @@ typedef struct {
     virDomainPtr standby;
     char *standby_xml; /* inactive, secure */
     GPtrArray *disks;  /* VrFailoverDisk */
+    /* A planned failover with reverse replication: the persistent bitmap each overlay gets
+     * before the standby starts (borrowed), or NULL. */
+    const char *track_bitmap;
 } VrFailoverJob;
 
 static void
@@ -148,6 +153,7 @@ vr_failover_new(const VrFailoverConfig *config)
     failover->authz = config->authz;
     failover->conn = config->conn;
     failover->test_network = g_strdup(config->test_network);
+    failover->net = vr_failover_net_new(config->config, config->conn, config->state);
 
     /* The test failovers of before a restart hold their points again. */
     list = vr_state_relationship_list(failover->state, &local);
@@ -190,6 +196,7 @@ vr_failover_free(VrFailover *failover)
 {
     if (failover == NULL)
         return;
+    vr_failover_net_free(failover->net);
     g_free(failover->test_network);
     g_free(failover);
 }
@@ -632,6 +639,30 @@ vr_failover_overlay_create(VrFailoverDisk *disk, const char *name, uint64_t cycl
     return vr_failover_sync_dir(disk->dir, error);
 }
 
+/*
+ * The persistent bitmap @bitmap (empty, recording, 64 KiB granularity: the capture's) in
+ * @disk's failover overlay, before QEMU opens it: every write of the standby is tracked
+ * from its first one, so reverse replication sends only what it wrote (docs/failover.md).
+ */
+static bool
+vr_failover_overlay_bitmap(VrFailoverDisk *disk, const char *bitmap, GError **error)
+{
+    g_autofree char *path = g_build_filename(disk->dir, VR_FAILOVER_OVERLAY, NULL);
+    g_autofree char *err = NULL;
+    g_autoptr(GError) local = NULL;
+    const char *argv[] = { "qemu-img", "bitmap", "--add", "--granularity", "65536",
+                           "-f",       "qcow2",  path,    bitmap,          NULL };
+    int status = 0;
+
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, &err,
+                      &status, &local) ||
+        !g_spawn_check_wait_status(status, &local))
+        return vr_failover_fail(
+            error, VR_FAILOVER_ERROR_FAILED, "cannot add bitmap '%s' to '%s': %s%s%s", bitmap, path,
+            local->message, err != NULL && *err ? ": " : "", err != NULL ? g_strstrip(err) : "");
+    return true;
+}
+
 /* Remove overlay @name of every disk of @job (best effort: a leftover is named). */
 static bool
 vr_failover_overlays_remove(VrFailoverJob *job, const char *name, GError **error)
@@ -842,6 +873,54 @@ vr_failover_result(VrFailoverJob *job, const char *domain, uint64_t point, bool 
     return obj;
 }
 
+/* ---- networks (vr-failover-net.h) ----------------------------------------------------- */
+
+/* *@xml with its interfaces mapped to this host's networks; @report_out: what was done. */
+static bool
+vr_failover_map_networks(VrFailover *failover, char **xml, json_object **report_out, GError **error)
+{
+    char *mapped = vr_failover_net_prepare(failover->net, *xml, report_out, error);
+
+    if (mapped == NULL)
+        return false;
+    g_free(*xml);
+    *xml = mapped;
+    return true;
+}
+
+/*
+ * @result (transfer full) with "network": @report (made when NULL) and failover TCP/IP
+ * pushed into @dom, which has just started (recorded under @record).
+ */
+static json_object *
+vr_failover_net_result(VrFailover *failover, VrFailoverJob *job, virDomainPtr dom,
+                       const char *record, json_object *result, json_object *report)
+{
+    json_object *network = report != NULL ? json_object_get(report) : json_object_new_object();
+
+    vr_failover_net_guest_ip(failover->net, dom, job->rel->id, record, network);
+    json_object_object_add(result, "network", network);
+    return result;
+}
+
+json_object *
+vr_failover_start_with_interfaces(VrFailover *failover, const char *name, const char *point,
+                                  bool test, json_object *interfaces, GError **error)
+{
+    g_autoptr(GError) local = NULL;
+    g_autoptr(VrConfig) request = vr_failover_net_parse_request(interfaces, &local);
+    json_object *result;
+
+    if (request == NULL) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_INVALID, "%s", local->message);
+        return NULL;
+    }
+    vr_failover_net_set_request(failover->net, request);
+    result = vr_failover_start(failover, name, point, test, error);
+    vr_failover_net_set_request(failover->net, NULL);
+    return result;
+}
+
 /* ---- unplanned failover --------------------------------------------------------------- */
 
 /* The standby redefined from @xml; a failure names the domain. */
@@ -857,12 +936,14 @@ vr_failover_define(VrFailover *failover, const char *xml, const char *name, GErr
 }
 
 static json_object *
-vr_failover_unplanned(VrFailover *failover, VrFailoverJob *job, const char *point, GError **error)
+vr_failover_unplanned(VrFailover *failover, VrFailoverJob *job, const char *point, bool planned,
+                      GError **error)
 {
     const char *name = virDomainGetName(job->standby);
     g_autofree char *virt_type = vr_failover_virt_type(job->standby_xml);
     g_autofree char *failed_xml = NULL;
     g_autofree char *replica_xml = NULL;
+    g_autoptr(json_object) net_report = NULL;
     json_object *record;
     uint64_t old_epoch = job->rel->epoch;
     uint64_t cycle = 0;
@@ -888,12 +969,17 @@ vr_failover_unplanned(VrFailover *failover, VrFailoverJob *job, const char *poin
         VrFailoverDisk *disk = job->disks->pdata[d];
 
         if (!vr_failover_label_chain(disk, cycle, gid, error) ||
-            !vr_failover_overlay_create(disk, VR_FAILOVER_OVERLAY, cycle, uid, gid, error))
+            !vr_failover_overlay_create(disk, VR_FAILOVER_OVERLAY, cycle, uid, gid, error) ||
+            (job->track_bitmap != NULL &&
+             !vr_failover_overlay_bitmap(disk, job->track_bitmap, error)))
             goto rollback;
     }
     /* 3. The marker allows the start (the hook), at the next epoch. */
     failed_xml = vr_failover_xml_edit(job->standby_xml, VR_FAILOVER_MARKER_FAILED_OVER,
                                       old_epoch + 1, NULL, NULL, error);
+    /* 3b. Interfaces on this host's networks (vr-failover-net.h). */
+    if (failed_xml != NULL && !vr_failover_map_networks(failover, &failed_xml, &net_report, error))
+        goto rollback;
     if (failed_xml == NULL || !vr_failover_define(failover, failed_xml, name, error))
         goto rollback;
     defined = true;
@@ -903,6 +989,7 @@ vr_failover_unplanned(VrFailover *failover, VrFailoverJob *job, const char *poin
     json_object_object_add(record, "previous_epoch", json_object_new_uint64(old_epoch));
     json_object_object_add(record, "domain", json_object_new_string(name));
     json_object_object_add(record, "completed", json_object_new_boolean(false));
+    json_object_object_add(record, "planned", json_object_new_boolean(planned));
     json_object_object_add(record, "time", json_object_new_int64(g_get_real_time() / 1000000));
     json_object_object_add(job->config, "failover", record);
     if (!vr_failover_state_put(failover, job, VR_FAILOVER_STATE_FAILED_OVER, old_epoch + 1, error))
@@ -913,9 +1000,10 @@ vr_failover_unplanned(VrFailover *failover, VrFailoverJob *job, const char *poin
         vr_failover_libvirt_error(error, "start the standby", name);
         goto rollback;
     }
-    g_info("failover of '%s': standby '%s' runs on cycle %" PRIu64 " at epoch %" PRIu64,
-           job->rel->id, name, cycle, old_epoch + 1);
-    return vr_failover_result(job, name, cycle, false);
+    g_info("%s failover of '%s': standby '%s' runs on cycle %" PRIu64 " at epoch %" PRIu64,
+           planned ? "planned" : "unplanned", job->rel->id, name, cycle, old_epoch + 1);
+    return vr_failover_net_result(failover, job, job->standby, "failover",
+                                  vr_failover_result(job, name, cycle, false), net_report);
 
 rollback:
     g_prefix_error(error, "failover of '%s': ", job->rel->id);
@@ -1074,6 +1162,7 @@ vr_failover_test(VrFailover *failover, VrFailoverJob *job, const char *point, GE
     g_autofree char *virt_type = vr_failover_virt_type(job->standby_xml);
     g_autofree char *xml = NULL;
     g_autoptr(virDomain) copy = NULL;
+    g_autoptr(json_object) net_report = NULL;
     json_object *record, *disks;
     uint64_t cycle = 0;
     guint held = 0;
@@ -1108,8 +1197,9 @@ vr_failover_test(VrFailover *failover, VrFailoverJob *job, const char *point, GE
             !vr_failover_overlay_create(disk, VR_FAILOVER_TEST_OVERLAY, cycle, uid, gid, error))
             goto rollback;
     }
-    xml = vr_failover_xml_edit(job->standby_xml, VR_FAILOVER_MARKER_TEST, job->rel->epoch,
-                               copy_name, failover->test_network, error);
+    xml = vr_failover_xml_edit(
+        job->standby_xml, VR_FAILOVER_MARKER_TEST, job->rel->epoch, copy_name,
+        vr_failover_net_test_network(failover->net, failover->test_network, &net_report), error);
     if (xml == NULL || !vr_failover_remove_leftover(failover, job, copy_name, error))
         goto rollback;
     copy = virDomainDefineXML(failover->conn, xml);
@@ -1134,7 +1224,8 @@ vr_failover_test(VrFailover *failover, VrFailoverJob *job, const char *point, GE
     if (!vr_failover_state_put(failover, job, job->rel->state, job->rel->epoch, error))
         goto rollback;
     g_info("test failover of '%s': '%s' runs on cycle %" PRIu64, job->rel->id, copy_name, cycle);
-    return vr_failover_result(job, copy_name, cycle, true);
+    return vr_failover_net_result(failover, job, copy, "test_failover",
+                                  vr_failover_result(job, copy_name, cycle, true), net_report);
 
 rollback:
     g_prefix_error(error, "test failover of '%s': ", job->rel->id);
@@ -1231,7 +1322,119 @@ vr_failover_start(VrFailover *failover, const char *name, const char *point, boo
                          "relationship '%s' is in state FailedOver already", job->rel->id);
         return NULL;
     }
-    return vr_failover_unplanned(failover, job, point, error);
+    return vr_failover_unplanned(failover, job, point, false, error);
+}
+
+/*
+ * Does every disk of @job hold cycle @cycle of epoch @epoch as its latest point, made by the
+ * stream whose digest @digests names ({"vda": hex, ...}: every disk, nothing else)?
+ */
+static bool
+vr_failover_check_final(VrFailoverJob *job, uint64_t cycle, uint64_t epoch, json_object *digests,
+                        GError **error)
+{
+    if (!json_object_is_type(digests, json_type_object) ||
+        (guint)json_object_object_length(digests) != job->disks->len)
+        return vr_failover_fail(
+            error, VR_FAILOVER_ERROR_CONFLICT,
+            "the replica does not hold the final state: the primary sent "
+            "digests of %d disks, the standby has %u",
+            json_object_is_type(digests, json_type_object) ? json_object_object_length(digests) : 0,
+            job->disks->len);
+    for (guint d = 0; d < job->disks->len; d++) {
+        VrFailoverDisk *disk = job->disks->pdata[d];
+        const VrReplicaPoint *points, *latest;
+        char hex[VR_WIRE_DIGEST_SIZE * 2 + 1];
+        json_object *want;
+        guint n;
+
+        if (!json_object_object_get_ex(digests, disk->target, &want) ||
+            !json_object_is_type(want, json_type_string))
+            return vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                                    "the replica does not hold the final state: no digest of "
+                                    "disk '%s'",
+                                    disk->target);
+        points = vr_replica_store_points(disk->store, &n);
+        if (n == 0)
+            return vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                                    "the replica does not hold the final state: disk '%s' has "
+                                    "no recovery point",
+                                    disk->target);
+        latest = &points[n - 1];
+        for (guint b = 0; b < VR_WIRE_DIGEST_SIZE; b++)
+            g_snprintf(hex + b * 2, 3, "%02x", latest->digest[b]);
+        if (latest->cycle != cycle || latest->epoch != epoch ||
+            g_ascii_strcasecmp(hex, json_object_get_string(want)) != 0)
+            return vr_failover_fail(
+                error, VR_FAILOVER_ERROR_CONFLICT,
+                "the replica does not hold the final state: disk '%s' has cycle %" PRIu64
+                " of epoch %" PRIu64 " (digest %.16s...) as its latest point, the primary's "
+                "final cycle is %" PRIu64 " of epoch %" PRIu64 " (digest %.16s...)",
+                disk->target, latest->cycle, latest->epoch, hex, cycle, epoch,
+                json_object_get_string(want));
+    }
+    return true;
+}
+
+json_object *
+vr_failover_start_planned(VrFailover *failover, const char *relationship, uint64_t cycle,
+                          uint64_t epoch, json_object *digests, const char *track_bitmap,
+                          GError **error)
+{
+    g_autoptr(VrFailoverJob) job = vr_failover_job_new(failover, relationship, error);
+    json_object *record, *value;
+    g_autofree char *point = g_strdup_printf("%" PRIu64, cycle);
+
+    if (job == NULL)
+        return NULL;
+    if (strcmp(job->rel->id, relationship) != 0) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_NOT_FOUND, "no relationship '%s' here",
+                         relationship);
+        return NULL;
+    }
+    if (json_object_object_get_ex(job->config, "test_failover", &record)) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "a test failover of '%s' runs on the replica: cancel it there first",
+                         job->rel->id);
+        return NULL;
+    }
+    if (g_strcmp0(job->rel->state, VR_FAILOVER_STATE_FAILED_OVER) == 0) {
+        /* A repeated request (its answer was lost): the same answer. */
+        if (json_object_object_get_ex(job->config, "failover", &record) &&
+            json_object_object_get_ex(record, "planned", &value) &&
+            json_object_get_boolean(value) && json_object_object_get_ex(record, "point", &value) &&
+            (uint64_t)json_object_get_uint64(value) == cycle &&
+            json_object_object_get_ex(record, "previous_epoch", &value) &&
+            (uint64_t)json_object_get_uint64(value) == epoch) {
+            json_object *result =
+                vr_failover_result(job, virDomainGetName(job->standby), cycle, false);
+
+            json_object_object_add(result, "planned", json_object_new_boolean(true));
+            return result;
+        }
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "relationship '%s' is in state FailedOver already on the replica",
+                         job->rel->id);
+        return NULL;
+    }
+    if (job->rel->epoch != epoch) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT,
+                         "the replica does not hold the final state: relationship '%s' is at "
+                         "epoch %" PRIu64 " here, the primary's is %" PRIu64,
+                         job->rel->id, job->rel->epoch, epoch);
+        return NULL;
+    }
+    /* No cycle may land between the check and the failover (the primary sends none now). */
+    vr_replica_sink_fence(failover->sink, job->rel->id);
+    if (!vr_failover_check_final(job, cycle, epoch, digests, error)) {
+        vr_replica_sink_unfence(failover->sink, job->rel->id);
+        return NULL;
+    }
+    job->track_bitmap = track_bitmap;
+    record = vr_failover_unplanned(failover, job, point, true, error);
+    if (record != NULL)
+        json_object_object_add(record, "planned", json_object_new_boolean(true));
+    return record;
 }
 
 json_object *
@@ -1243,4 +1446,145 @@ vr_failover_cancel(VrFailover *failover, const char *name, bool test, GError **e
         return NULL;
     return test ? vr_failover_cancel_test(failover, job, error)
                 : vr_failover_cancel_unplanned(failover, job, error);
+}
+
+/* ---- reverse replication: the old primary becomes the replica ---------------------------- */
+
+/* @path made (mode 0700) when missing; an existing directory is fine. */
+static bool
+vr_failover_mkdir(const char *path, GError **error)
+{
+    if (mkdir(path, 0700) < 0 && errno != EEXIST)
+        return vr_failover_errno(error, errno, "make the directory", path);
+    return true;
+}
+
+json_object *
+vr_failover_reverse_adopt(VrFailover *failover, const char *relationship, const char *domain,
+                          const char *peer, uint64_t cycle, uint64_t epoch, GError **error)
+{
+    g_autoptr(GPtrArray) targets = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) files = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GHashTable) paths = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    g_autoptr(virDomain) dom = virDomainLookupByName(failover->conn, domain);
+    g_autoptr(VrStandbyInfo) info = NULL;
+    g_autoptr(GError) local = NULL;
+    g_autoptr(virDomain) standby = NULL;
+    g_autofree char *root = NULL;
+    g_autofree char *group = NULL;
+    g_autofree char *rel_dir = NULL;
+    g_autofree char *owner = NULL;
+    g_autofree char *owner_line = NULL;
+    g_autofree char *xml = NULL;
+    g_autofree char *standby_xml = NULL;
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    json_object *result;
+
+    if (!vr_authz_lookup(failover->authz, peer, &root, &group, &local)) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED,
+                         "this host does not authorize '%s' (the new primary) as a primary: %s",
+                         peer, local->message);
+        return NULL;
+    }
+    if (dom == NULL) {
+        vr_failover_libvirt_error(error, "find domain", domain);
+        return NULL;
+    }
+    if (virDomainIsActive(dom) == 1) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_CONFLICT, "domain '%s' runs: it must be off",
+                         domain);
+        return NULL;
+    }
+    xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    if (xml == NULL || virDomainGetUUIDString(dom, uuid) < 0) {
+        vr_failover_libvirt_error(error, "read the definition of", domain);
+        return NULL;
+    }
+    if (!vr_failover_xml_disks(xml, targets, files, error))
+        return NULL;
+    rel_dir = g_build_filename(root, relationship, NULL);
+    owner = g_build_filename(rel_dir, "owner", NULL);
+    owner_line = g_strdup_printf("%s\n", group);
+    if (!vr_failover_mkdir(rel_dir, error))
+        return NULL;
+    if (!g_file_test(owner, G_FILE_TEST_EXISTS) &&
+        !g_file_set_contents_full(owner, owner_line, -1,
+                                  G_FILE_SET_CONTENTS_CONSISTENT | G_FILE_SET_CONTENTS_DURABLE,
+                                  0600, &local)) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "%s", local->message);
+        return NULL;
+    }
+    /* Point @cycle of every disk: a copy of this host's own closed image. */
+    for (guint i = 0; i < targets->len; i++) {
+        const char *target = targets->pdata[i];
+        g_autofree char *dir = g_build_filename(rel_dir, target, NULL);
+        g_autoptr(VrReplicaStore) store = NULL;
+        const VrReplicaPoint *points;
+        guint n;
+
+        if (!vr_failover_mkdir(dir, error))
+            return NULL;
+        store = vr_replica_store_open(dir, &local);
+        if (store == NULL || !vr_replica_store_seed_cycle(store, files->pdata[i], "qcow2", epoch,
+                                                          cycle, NULL, &local)) {
+            vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "disk '%s': %s", target,
+                             local->message);
+            return NULL;
+        }
+        points = vr_replica_store_points(store, &n);
+        if (!vr_state_points_sync(failover->state, relationship, target, points, n, &local)) {
+            g_debug("points of '%s' not mirrored: %s", dir, local->message);
+            g_clear_error(&local);
+        }
+        g_hash_table_insert(paths, g_strdup(target),
+                            g_build_filename(dir, VR_FAILOVER_OVERLAY, NULL));
+    }
+    /* The domain itself is the standby now: same name and UUID, disks on the overlays. */
+    standby_xml = vr_standby_build_xml(xml,
+                                       &(VrStandbyConfig){
+                                           .relationship = relationship,
+                                           .primary_host = peer,
+                                           .epoch = epoch,
+                                           .disk_paths = paths,
+                                       },
+                                       &local);
+    if (standby_xml == NULL) {
+        vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "cannot make '%s' the standby: %s",
+                         domain, local->message);
+        return NULL;
+    }
+    standby = virDomainDefineXML(failover->conn, standby_xml);
+    if (standby == NULL) {
+        vr_failover_libvirt_error(error, "redefine as the standby", domain);
+        return NULL;
+    }
+    virDomainSetAutostart(standby, 0);
+    {
+        VrStateRelationship rel = {
+            .id = (char *)relationship,
+            .role = VR_STATE_ROLE_REPLICA,
+            .domain_name = (char *)domain,
+            .domain_uuid = uuid,
+            .peer = (char *)peer,
+            .epoch = epoch,
+            .state = (char *)VR_FAILOVER_STATE_REPLICATING,
+            .config = (char *)"{\"reversed\": true}",
+        };
+
+        if (!vr_state_relationship_put(failover->state, &rel, &local)) {
+            vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "cannot record relationship '%s': %s",
+                             relationship, local->message);
+            return NULL;
+        }
+    }
+    vr_replica_sink_unfence(failover->sink, relationship);
+    g_info("reverse replication of '%s': domain '%s' is its standby here, point %" PRIu64
+           " of epoch %" PRIu64 " from its own disk; '%s' replicates to this host",
+           relationship, domain, cycle, epoch, peer);
+    result = json_object_new_object();
+    json_object_object_add(result, "relationship", json_object_new_string(relationship));
+    json_object_object_add(result, "standby", json_object_new_string(domain));
+    json_object_object_add(result, "point", json_object_new_uint64(cycle));
+    json_object_object_add(result, "epoch", json_object_new_uint64(epoch));
+    return result;
 }

@@ -21,10 +21,14 @@
  *      <seclabel model='dac' relabel='no'/> on each disk source, so that libvirt's DAC
  *      driver leaves the backing chain alone (libvirt 9.0 would chown every image of the
  *      chain to QEMU's user, 0600, and never restore the backing images: the points would
- *      stay writable by QEMU);
+ *      stay writable by QEMU); each interface on this host's network for it, or left
+ *      unconnected with a warning (vr-failover-net.h);
  *   5. the state database: epoch + 1, state "FailedOver", the failover in the
  *      relationship's config ({"failover": {...}});
- *   6. the standby starts (virDomainCreate). A failure at any step undoes the steps before.
+ *   6. the standby starts (virDomainCreate). A failure at any step undoes the steps before;
+ *   7. failover TCP/IP, when configured (vr-failover-net.h): never a failure of the failover.
+ * The answer's "network" member says how each interface was connected and what failover
+ * TCP/IP did.
  * vr_failover_complete() then keeps, on each disk, only the chosen point and the points its
  * image is based on (the running domain reads them), removing every other point; until then
  * vr_failover_cancel() destroys the standby, removes the overlays, puts the marker back to
@@ -33,9 +37,10 @@
  * Test failover (vr_failover_start(), test true), while replication goes on: a copy of the
  * standby, named "<standby>-test", with a UUID of its own (libvirt's), marker state "test",
  * each disk on an overlay of its own (<disk dir>/test-failover.qcow2), each interface on the
- * configured test network (or, without one, an unconnected tap with its link down: the
- * guest keeps its NICs and reaches nothing). The chosen point is held in each store
- * (vr_replica_store_hold()): retention keeps it and its chain while the copy runs.
+ * configured test network (or, without one or when it is not an active network here, an
+ * unconnected tap with its link down: the guest keeps its NICs and reaches nothing). The
+ * chosen point is held in each store (vr_replica_store_hold()): retention keeps it and its
+ * chain while the copy runs.
  * vr_failover_cancel() with test destroys and undefines the copy and removes its overlays.
  * Recovery points are never written, by either kind.
  *
@@ -54,6 +59,7 @@
 #include <libvirt/libvirt.h>
 
 #include "vr-authz.h"
+#include "vr-config.h"
 #include "vr-replica-sink.h"
 #include "vr-state.h"
 
@@ -87,6 +93,8 @@ typedef struct {
     virConnectPtr conn;  /* the replica's libvirt; borrowed */
     /* The libvirt network of a test failover's interfaces; NULL: none connected. */
     const char *test_network;
+    /* Network maps and failover TCP/IP (vr-failover-net.h); borrowed; NULL: none. */
+    const VrConfig *config;
 } VrFailoverConfig;
 
 typedef struct _VrFailover VrFailover;
@@ -108,6 +116,47 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrFailover, vr_failover_free)
  */
 json_object *vr_failover_start(VrFailover *failover, const char *name, const char *point, bool test,
                                GError **error);
+
+/*
+ * The planned failover of @relationship (its id), asked by its primary after its final
+ * cycle (docs/failover.md, "Planned failover"): the zero-data-loss check, then the failover
+ * of vr_failover_start() to that cycle. Every disk's latest recovery point must be cycle
+ * @cycle of epoch @epoch, made by the stream whose digest @digests names ({"vda": "<64 hex
+ * digits>", ...}, every disk of the standby and no other), and the relationship must be at
+ * @epoch: else CONFLICT ("the replica does not hold the final state: ..."), nothing done.
+ * The failover is recorded as planned ({"failover": {"planned": true, ...}}). Asked again
+ * after it succeeded (the primary's retry after a lost answer), the same answer. The result
+ * is vr_failover_start()'s with "planned": true. With @track_bitmap (reverse replication),
+ * each failover overlay gets that persistent bitmap (empty, recording) before the standby
+ * starts, so its writes are tracked from the first one. (transfer full)
+ */
+json_object *vr_failover_start_planned(VrFailover *failover, const char *relationship,
+                                       uint64_t cycle, uint64_t epoch, json_object *digests,
+                                       const char *track_bitmap, GError **error);
+
+/*
+ * Reverse replication after a planned failover away, on the old primary (docs/failover.md):
+ * the shut-off domain @domain becomes the standby of @relationship, replicated from @peer
+ * (the new primary's certificate identity, authorized here). Each disk's store beneath the
+ * peer's storage root gets point @cycle of @epoch, a copy of the domain's own closed image
+ * (vr_replica_store_seed_cycle(); a zero-copy adoption is later work), the domain is
+ * redefined as the standby (same name and UUID, disks on the stores' failover overlay paths,
+ * marker "replica" at @epoch: the hook refuses to start it), and the relationship is
+ * recorded with the replica role at @epoch. The result: {"relationship", "standby", "point",
+ * "epoch"}. (transfer full)
+ */
+json_object *vr_failover_reverse_adopt(VrFailover *failover, const char *relationship,
+                                       const char *domain, const char *peer, uint64_t cycle,
+                                       uint64_t epoch, GError **error);
+
+/*
+ * vr_failover_start() with the failover TCP/IP of the request, @interfaces ({"MAC":
+ * {"ipv4": ..., ...}}, vr_failover_net_parse_request()), over the configuration's for those
+ * MACs. A bad @interfaces is INVALID before anything is done.
+ */
+json_object *vr_failover_start_with_interfaces(VrFailover *failover, const char *name,
+                                               const char *point, bool test,
+                                               json_object *interfaces, GError **error);
 
 /* Keep only the failover's point and its chain on every disk; the state stays FailedOver. */
 json_object *vr_failover_complete(VrFailover *failover, const char *name, GError **error);

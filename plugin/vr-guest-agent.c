@@ -26,11 +26,7 @@ vr_guest_agent_error(GError **error, const char *what, virDomainPtr domain)
     return false;
 }
 
-/*
- * The state libvirt shows for the agent channel in the live XML: "connected" when an agent
- * runs in the guest. (transfer full), NULL when the domain has no agent channel.
- */
-static char *
+char *
 vr_guest_agent_channel_state(virDomainPtr domain)
 {
     g_autofree char *xml = virDomainGetXMLDesc(domain, 0);

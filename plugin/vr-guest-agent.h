@@ -18,4 +18,10 @@ G_BEGIN_DECLS
 /* The freezer; its data is the virDomainPtr (transfer none: the caller keeps it alive). */
 extern const VrCaptureFreezer vr_guest_agent_freezer;
 
+/*
+ * The state libvirt shows for the agent channel in the live XML: "connected" when an agent
+ * runs in the guest. (transfer full), NULL when the domain has no agent channel.
+ */
+char *vr_guest_agent_channel_state(virDomainPtr domain);
+
 G_END_DECLS

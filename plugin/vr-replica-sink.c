@@ -79,6 +79,9 @@ struct _VrReplicaSink {
     GHashTable *standby_defined;
     GError *standby_error;
     GHashTable *fenced; /* relationships failed over here (vr_replica_sink_fence()) */
+    /* A planned failover's request (vr_replica_sink_set_failover_handler()), or NULL. */
+    VrReplicaSinkFailoverFunc failover;
+    gpointer failover_data;
 };
 
 /* A receiver handle: one stream into one disk. */
@@ -1475,6 +1478,63 @@ vr_replica_sink_domain(const char *relationship, const VrReceiverPeer *peer, con
     return true;
 }
 
+/*
+ * POST /v1/failover/{relationship}: the trust group as for reading (the relationship must
+ * exist), the body one JSON object, then the daemon's handler runs the failover.
+ */
+static bool
+vr_replica_sink_failover(const char *relationship, const VrReceiverPeer *peer, const char *body,
+                         gsize len, gpointer user_data, char **reply_out, GError **error)
+{
+    VrReplicaSink *sink = user_data;
+    g_auto(VrReplicaSinkFd) rel_fd = -1;
+    VrReceiverKey key = { 0 };
+    json_object *request;
+    json_object *reply;
+    json_tokener *tok;
+
+    if (!vr_authz_check_name("relationship", relationship, error))
+        return false;
+    if (sink->failover == NULL) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_BUSY,
+                    "this replica cannot fail over now (no libvirt connection)");
+        return false;
+    }
+    g_strlcpy(key.relationship, relationship, sizeof(key.relationship));
+    rel_fd = vr_replica_sink_rel_open(sink, &key, peer, false, error);
+    if (rel_fd < 0)
+        return false;
+    tok = json_tokener_new();
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+    request = json_tokener_parse_ex(tok, body, (int)len);
+    if (request != NULL && (json_tokener_get_parse_end(tok) != len ||
+                            !json_object_is_type(request, json_type_object))) {
+        json_object_put(request);
+        request = NULL;
+    }
+    json_tokener_free(tok);
+    if (request == NULL) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_INVALID,
+                    "the failover request is not one JSON object");
+        return false;
+    }
+    reply = sink->failover(relationship, peer->name, request, sink->failover_data, error);
+    json_object_put(request);
+    if (reply == NULL)
+        return false;
+    *reply_out = g_strdup(json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PLAIN));
+    json_object_put(reply);
+    return true;
+}
+
+void
+vr_replica_sink_set_failover_handler(VrReplicaSink *sink, VrReplicaSinkFailoverFunc func,
+                                     gpointer user_data)
+{
+    sink->failover = func;
+    sink->failover_data = user_data;
+}
+
 static const VrReceiverSink vr_replica_sink_callbacks = {
 
     .begin = vr_replica_sink_begin,
@@ -1483,6 +1543,7 @@ static const VrReceiverSink vr_replica_sink_callbacks = {
     .abort = vr_replica_sink_abort,
     .hashes = vr_replica_sink_hashes,
     .domain = vr_replica_sink_domain,
+    .failover = vr_replica_sink_failover,
 };
 
 void

@@ -47,6 +47,7 @@
 #pragma once
 
 #include <glib.h>
+#include <json-c/json.h>
 #include <libvirt/libvirt.h>
 
 #include "vr-authz.h"
@@ -142,6 +143,22 @@ void vr_replica_sink_unfence(VrReplicaSink *sink, const char *relationship);
 VrReplicaStore *vr_replica_sink_get_store(VrReplicaSink *sink, const char *root,
                                           const char *relationship, const char *disk,
                                           GError **error);
+
+/*
+ * A planned failover asked by the primary (POST /v1/failover/{relationship}, docs/failover.md):
+ * the sink checks that the peer may write @relationship (its trust group, as for a cycle; a
+ * relationship without an owner is NOT_FOUND) and that the body is one JSON object, then
+ * hands it to this function, which runs the failover and returns the answer (transfer full),
+ * or NULL and an error of VR_RECEIVER_ERROR whose code gives the status (CONFLICT 409, ...).
+ * The daemon owns the failover: the sink knows it only through this function.
+ */
+typedef json_object *(*VrReplicaSinkFailoverFunc)(const char *relationship, const char *peer_name,
+                                                  json_object *request, gpointer user_data,
+                                                  GError **error);
+
+/* Set the function above (NULL: none; the request is answered 501). */
+void vr_replica_sink_set_failover_handler(VrReplicaSink *sink, VrReplicaSinkFailoverFunc func,
+                                          gpointer user_data);
 
 /* The callbacks, for VrReceiverConfig.sink; sink_data is the VrReplicaSink. (transfer none) */
 const VrReceiverSink *vr_replica_sink_get_sink(void);

@@ -1773,7 +1773,15 @@ bool
 vr_replica_store_seed(VrReplicaStore *store, const char *image, const char *format, uint64_t epoch,
                       uint64_t *cycle_out, GError **error)
 {
-    g_autofree char *name = vr_replica_image_name(VR_REPLICA_STORE_SEED_CYCLE);
+    return vr_replica_store_seed_cycle(store, image, format, epoch, VR_REPLICA_STORE_SEED_CYCLE,
+                                       cycle_out, error);
+}
+
+bool
+vr_replica_store_seed_cycle(VrReplicaStore *store, const char *image, const char *format,
+                            uint64_t epoch, uint64_t cycle, uint64_t *cycle_out, GError **error)
+{
+    g_autofree char *name = vr_replica_image_name(cycle);
     g_autofree char *path = g_build_filename(store->dir, name, NULL);
     g_autofree char *what = NULL;
     g_autoptr(GChecksum) sum = NULL;
@@ -1803,9 +1811,9 @@ vr_replica_store_seed(VrReplicaStore *store, const char *image, const char *form
                     image, format != NULL ? format : "");
         return false;
     }
-    if (epoch == 0) {
+    if (epoch == 0 || cycle == 0) {
         g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
-                    "cannot seed '%s': epoch 0", store->dir);
+                    "cannot seed '%s': epoch or cycle 0", store->dir);
         return false;
     }
     /* A copy: the administrator's image is only read, and the seed is a fresh image whose
@@ -1822,7 +1830,7 @@ vr_replica_store_seed(VrReplicaStore *store, const char *image, const char *form
                     store->dir, image, point.virtual_size, VR_REPLICA_SECTOR);
         goto fail;
     }
-    point.cycle = VR_REPLICA_STORE_SEED_CYCLE;
+    point.cycle = cycle;
     point.epoch = epoch;
     point.flags = VR_WIRE_FLAG_FULL; /* an image of its own */
     point.published = g_get_real_time() / G_USEC_PER_SEC;

@@ -245,6 +245,16 @@ bool vr_replica_store_seed(VrReplicaStore *store, const char *image, const char 
                            uint64_t epoch, uint64_t *cycle_out, GError **error);
 
 /*
+ * vr_replica_store_seed() as cycle @cycle (> 0) instead: the reverse replication after a
+ * planned failover seeds the old primary's store with its own closed disk as the final
+ * cycle both sides hold (docs/failover.md), so the first reverse cycle is an incremental
+ * on it.
+ */
+bool vr_replica_store_seed_cycle(VrReplicaStore *store, const char *image, const char *format,
+                                 uint64_t epoch, uint64_t cycle, uint64_t *cycle_out,
+                                 GError **error);
+
+/*
  * Import a stream kept in the file @path (vr-wire.h), e.g. an initial copy the primary
  * exported for offline transport: decoded and verified as it is read (1 MiB at a time),
  * applied, and published only when the whole stream verified (END, nothing after it); on

@@ -19,6 +19,7 @@
 #include "vr-primary.h"
 #include "vr-qmp-json.h"
 #include "vr-rate-limit.h"
+#include "vr-standby.h"
 #include "vr-tls-policy.h"
 #include "vr-wire.h"
 
@@ -52,7 +53,9 @@ struct _VrScheduler {
     GHashTable *jobs;        /* id -> VrSchedulerJob */
     VrRateLimit *host_limit; /* [primary] bandwidth, or NULL */
     VrSchedulerToken *token;
-    GSource *pending_timer; /* measures the pending bytes */
+    GSource *pending_timer;              /* measures the pending bytes */
+    VrSchedulerReverseFunc reverse_func; /* vr_scheduler_set_reverse_handler() */
+    gpointer reverse_data;
 };
 
 struct _VrSchedulerJob {
@@ -119,9 +122,32 @@ struct _VrSchedulerJob {
     bool final_ok;      /* the final cycle was acknowledged: the replica has all of the data */
     bool cycle_final;   /* the queued or running cycle is the final one */
     bool final_retry;   /* it failed in a way the next try may not (the replica unreachable) */
+    /* A planned failover (vr_scheduler_planned_failover_async()). */
+    GTask *failover_task;    /* the request, while the failover is asked or runs */
+    bool failover_waiting;   /* asked while a cycle ran: it begins when that cycle ended */
+    bool cycle_planned;      /* the queued or running work is the planned failover */
+    guint shutdown_timeout;  /* seconds */
+    bool force;              /* destroy a guest that does not shut down in time */
+    bool failed_over;        /* state FailedOver: the replica runs the domain, no cycles */
+    uint64_t failover_cycle; /* the final cycle the replica failed over to */
+    char *failover_standby;  /* the replica's domain that runs now */
+    /* Set by the failover's worker, read by its completion. */
+    bool failover_off;      /* the domain is shut off (it was, or the worker shut it down) */
+    bool failover_forced;   /* it was destroyed after the timeout */
+    bool failover_cycle_ok; /* the final cycle was acknowledged (job->result) */
+    gint64 failover_next;   /* monotonic µs: when the next cycle was due before the request */
+    json_object *failover_reverse; /* "reverse_peer" of a request with reverse, or NULL */
+    char *failover_identity;       /* the replica's certificate identity (its answer) */
+    bool adopted; /* reversed: the old primary's own domain is the standby, no XML sent */
+    uint64_t failover_epoch; /* the replica's epoch after its failover */
 };
 
 static void vr_scheduler_start_cycle(VrSchedulerJob *job);
+static void vr_scheduler_planned_worker(VrSchedulerJob *job, VrScheduler *scheduler);
+static void vr_scheduler_failover_done(VrSchedulerJob *job);
+static void vr_scheduler_failover_begin(VrSchedulerJob *job);
+static bool vr_scheduler_load_one(VrScheduler *scheduler, const VrStateRelationship *rel,
+                                  guint delay, GError **error);
 static VrSchedulerJob *vr_scheduler_find(VrScheduler *scheduler, const char *name, GError **error);
 static void vr_scheduler_measure_pending(VrSchedulerJob *job);
 
@@ -138,6 +164,8 @@ vr_scheduler_error_code(const GError *error)
         [VR_SCHEDULER_ERROR_UNSUPPORTED] = "unsupported",
         [VR_SCHEDULER_ERROR_CYCLE_FAILED] = "cycle-failed",
         [VR_SCHEDULER_ERROR_FAILED] = "failed",
+        [VR_SCHEDULER_ERROR_SHUTDOWN_TIMEOUT] = "shutdown-timeout",
+        [VR_SCHEDULER_ERROR_REFUSED] = "refused",
     };
 
     if (error == NULL || error->domain != VR_SCHEDULER_ERROR ||
@@ -197,6 +225,10 @@ vr_scheduler_job_free(gpointer data)
     g_free(job->export_dir);
     g_strfreev(job->disks);
     g_free(job->domain_xml_sent);
+    g_free(job->failover_standby);
+    g_free(job->failover_identity);
+    if (job->failover_reverse != NULL)
+        json_object_put(job->failover_reverse);
     vr_sender_free(job->sender);
     vr_tls_policy_free(job->policy);
     vr_rate_limit_free(job->limit);
@@ -231,6 +263,18 @@ vr_scheduler_job_config(VrSchedulerJob *job)
     json_object_object_add(obj, "disks", disks);
     if (job->export_dir != NULL)
         json_object_object_add(obj, "initial_export", json_object_new_string(job->export_dir));
+    if (job->adopted)
+        json_object_object_add(obj, "reverse", json_object_new_boolean(true));
+    if (job->failed_over) {
+        json_object *failover = json_object_new_object();
+
+        json_object_object_add(failover, "planned", json_object_new_boolean(true));
+        json_object_object_add(failover, "cycle", json_object_new_uint64(job->failover_cycle));
+        json_object_object_add(
+            failover, "standby",
+            job->failover_standby != NULL ? json_object_new_string(job->failover_standby) : NULL);
+        json_object_object_add(obj, "failover", failover);
+    }
     return g_strdup(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN));
 }
 
@@ -264,6 +308,8 @@ vr_scheduler_job_save(VrSchedulerJob *job, const char *uuid, const char *state_n
 static const char *
 vr_scheduler_job_state(VrSchedulerJob *job)
 {
+    if (job->failed_over)
+        return "FailedOver";
     if (job->refused)
         return "Error";
     if (job->suspended)
@@ -534,7 +580,7 @@ vr_scheduler_worker(gpointer data, gpointer user_data)
     } else {
         config.export_identity = identity;
         /* An export carries the domain XML in its manifest: nothing goes to the replica. */
-        if (!job->cycle_export)
+        if (!job->cycle_export && !job->adopted)
             vr_scheduler_send_domain(job);
         job->ok = vr_primary_run_cycle(&config, job->cycle_base, job->cycle_base + 1,
                                        vr_scheduler_on_progress, job, job->cancellable,
@@ -616,7 +662,9 @@ vr_scheduler_pool_run(gpointer data, gpointer user_data)
 {
     VrSchedulerJob *job = data;
 
-    if (job->cycle_final)
+    if (job->cycle_planned)
+        vr_scheduler_planned_worker(job, user_data);
+    else if (job->cycle_final)
         vr_scheduler_final_worker(job, user_data);
     else
         vr_scheduler_worker(data, user_data);
@@ -640,6 +688,9 @@ vr_scheduler_save_state(VrSchedulerJob *job)
 static void
 vr_scheduler_start_final(VrSchedulerJob *job)
 {
+    /* A planned failover reads the final cycle itself. */
+    if (job->failover_task != NULL || job->failed_over)
+        return;
     if (job->acked == 0 || job->resync_next || job->awaiting_import || job->export_dir != NULL) {
         g_info("relationship '%s': domain '%s' shut off; no final cycle (%s)", job->id, job->domain,
                job->resync_next ? "a resynchronization is pending"
@@ -669,7 +720,8 @@ vr_scheduler_start_final(VrSchedulerJob *job)
 static void
 vr_scheduler_domain_stopped(VrSchedulerJob *job)
 {
-    if (job->suspended || job->refused || job->paused)
+    if (job->suspended || job->refused || job->paused || job->failover_task != NULL ||
+        job->failed_over)
         return;
     job->paused = true;
     job->final_ok = false;
@@ -707,7 +759,8 @@ vr_scheduler_start_cycle(VrSchedulerJob *job)
     VrScheduler *scheduler = job->scheduler;
     gint64 now = g_get_real_time() / G_USEC_PER_SEC;
 
-    if (job->running || job->suspended || job->refused)
+    if (job->running || job->suspended || job->refused || job->failed_over ||
+        job->failover_task != NULL)
         return;
     if (job->migrating) {
         vr_scheduler_schedule(job, job->frequency);
@@ -792,6 +845,10 @@ vr_scheduler_cycle_done(VrSchedulerJob *job)
     int64_t now_ms = g_get_real_time() / 1000;
     bool final = job->cycle_final;
 
+    if (job->cycle_planned) {
+        vr_scheduler_failover_done(job);
+        return;
+    }
     job->running = false;
     job->cycle_final = false;
     if (final) {
@@ -861,6 +918,9 @@ vr_scheduler_cycle_done(VrSchedulerJob *job)
         /* The domain started during its final cycle: resume now. */
         vr_scheduler_schedule(job, 0);
     }
+    /* A planned failover asked while this cycle ran begins now. */
+    if (job->failover_waiting)
+        vr_scheduler_failover_begin(job);
 }
 
 /* ---- pending bytes ------------------------------------------------------------------- */
@@ -1125,6 +1185,8 @@ vr_scheduler_job_settings(VrSchedulerJob *job, json_object *obj, bool request, G
                                            "initial",
                                            "disks",
                                            "initial_export",
+                                           "failover",
+                                           "reverse",
                                            NULL };
     const VrConfig *config = job->scheduler->config;
     g_autofree char *bandwidth = NULL;
@@ -1203,6 +1265,26 @@ vr_scheduler_job_settings(VrSchedulerJob *job, json_object *obj, bool request, G
             return vr_scheduler_invalid(
                 error, "'initial' '%s' is none of 'network', 'existing' and 'export:PATH'",
                 initial);
+        }
+    }
+    /* Only in the stored settings: a relationship adopted by a reverse failover. */
+    if (json_object_object_get_ex(obj, "reverse", &member)) {
+        if (request || !json_object_is_type(member, json_type_boolean))
+            return vr_scheduler_invalid(error, "unknown member 'reverse'");
+        job->adopted = json_object_get_boolean(member);
+    }
+    /* Only in the stored settings: the planned failover this host made. */
+    if (json_object_object_get_ex(obj, "failover", &member)) {
+        json_object *item;
+
+        if (request || !json_object_is_type(member, json_type_object))
+            return vr_scheduler_invalid(error, "unknown member 'failover'");
+        if (json_object_object_get_ex(member, "cycle", &item))
+            job->failover_cycle = (uint64_t)json_object_get_uint64(item);
+        if (json_object_object_get_ex(member, "standby", &item) &&
+            json_object_is_type(item, json_type_string)) {
+            g_free(job->failover_standby);
+            job->failover_standby = g_strdup(json_object_get_string(item));
         }
     }
     /* Only in the stored settings: the export still to write. */
@@ -1410,13 +1492,27 @@ vr_scheduler_load(VrScheduler *scheduler, GError **error)
         return false;
     for (guint i = 0; i < list->len; i++) {
         const VrStateRelationship *rel = list->pdata[i];
+        g_autoptr(GError) local = NULL;
+
+        if (rel->role != VR_STATE_ROLE_PRIMARY)
+            continue;
+        if (!vr_scheduler_load_one(scheduler, rel, 0, &local))
+            g_warning("%s", local->message);
+    }
+    return true;
+}
+
+/* One primary relationship of the state database, scheduled in @delay seconds. */
+static bool
+vr_scheduler_load_one(VrScheduler *scheduler, const VrStateRelationship *rel, guint delay,
+                      GError **error)
+{
+    {
         g_autoptr(json_object) settings = NULL;
         g_autoptr(GError) local = NULL;
         VrSchedulerJob *job;
         VrStateStats stats;
 
-        if (rel->role != VR_STATE_ROLE_PRIMARY)
-            continue;
         job = vr_scheduler_job_new(scheduler);
         job->id = g_strdup(rel->id);
         job->domain = g_strdup(rel->domain_name);
@@ -1424,6 +1520,7 @@ vr_scheduler_load(VrScheduler *scheduler, GError **error)
         job->suspended = g_strcmp0(rel->state, "Suspended") == 0;
         job->resync_next = g_strcmp0(rel->state, "ResynchronizationRequired") == 0;
         job->refused = g_strcmp0(rel->state, "Error") == 0;
+        job->failed_over = g_strcmp0(rel->state, "FailedOver") == 0;
         /*
          * Whether its final cycle was acknowledged is not kept: it runs again once the domain
          * is found off (an empty cycle when it had been, the missing one when the daemon
@@ -1436,18 +1533,69 @@ vr_scheduler_load(VrScheduler *scheduler, GError **error)
         if (settings == NULL || !vr_scheduler_job_settings(job, settings, false, &local) ||
             job->disks == NULL || !vr_scheduler_job_transport(job, &local) ||
             !vr_state_stats(scheduler->state, rel->id, 0, &stats, &local)) {
-            g_warning("relationship '%s' of domain '%s' cannot be resumed: %s", rel->id,
-                      rel->domain_name,
-                      local != NULL ? local->message : "its settings do not parse");
+            g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                        "relationship '%s' of domain '%s' cannot be resumed: %s", rel->id,
+                        rel->domain_name,
+                        local != NULL ? local->message : "its settings do not parse");
             vr_scheduler_job_free(job);
-            continue;
+            return false;
         }
         job->acked = stats.last_ok_cycle;
         /* Exported already, or still to export (the stored settings say). */
         job->awaiting_import = job->awaiting_import && job->export_dir == NULL;
-        vr_scheduler_add(scheduler, job, 0);
+        vr_scheduler_add(scheduler, job, delay);
     }
     return true;
+}
+
+bool
+vr_scheduler_adopt(VrScheduler *scheduler, const char *id, GError **error)
+{
+    g_autoptr(VrStateRelationship) rel = vr_state_relationship_get(scheduler->state, id, error);
+
+    if (rel == NULL)
+        return false;
+    if (g_hash_table_contains(scheduler->jobs, id)) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_ALREADY_ENABLED,
+                    "relationship '%s' is scheduled already", id);
+        return false;
+    }
+    if (rel->role != VR_STATE_ROLE_PRIMARY) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "relationship '%s' does not have the primary role here", id);
+        return false;
+    }
+    if (!vr_scheduler_load_one(scheduler, rel, 0, error))
+        return false;
+    {
+        VrSchedulerJob *job = g_hash_table_lookup(scheduler->jobs, id);
+
+        /* Not at once: the old primary becomes the replica meanwhile. */
+        vr_scheduler_schedule(job, job->frequency);
+        g_info("relationship '%s': replicating domain '%s' to %s every %u s (reversed, from "
+               "cycle %" PRIu64 ")",
+               job->id, job->domain, job->server, job->frequency, job->acked);
+    }
+    return true;
+}
+
+void
+vr_scheduler_forget(VrScheduler *scheduler, const char *id)
+{
+    VrSchedulerJob *job = g_hash_table_lookup(scheduler->jobs, id);
+
+    if (job == NULL || job->running || job->failover_task != NULL || job->waiters != NULL)
+        return;
+    g_info("relationship '%s': no longer replicated from this host", id);
+    g_hash_table_remove(scheduler->jobs, id);
+}
+
+void
+vr_scheduler_set_reverse_handler(VrScheduler *scheduler, VrSchedulerReverseFunc func,
+                                 gpointer user_data)
+{
+    scheduler->reverse_func = func;
+    scheduler->reverse_data = user_data;
 }
 
 VrScheduler *
@@ -1504,6 +1652,13 @@ vr_scheduler_free(VrScheduler *scheduler)
     while (g_hash_table_iter_next(&iter, NULL, &value)) {
         VrSchedulerJob *job = value;
 
+        if (job->failover_task != NULL) {
+            GTask *task = g_steal_pointer(&job->failover_task);
+
+            g_task_return_new_error(task, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                                    "the daemon is stopping: the planned failover was aborted");
+            g_object_unref(task);
+        }
         if (job->waiters != NULL) {
             g_clear_error(&job->error);
             g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
@@ -1516,6 +1671,508 @@ vr_scheduler_free(VrScheduler *scheduler)
     vr_rate_limit_free(scheduler->host_limit);
     g_main_context_unref(scheduler->context);
     g_free(scheduler);
+}
+
+/* ---- planned failover ------------------------------------------------------------------ */
+
+/* How often the shutdown is polled (µs). */
+#define VR_SCHEDULER_SHUTDOWN_POLL            (200 * 1000)
+#define VR_SCHEDULER_DEFAULT_SHUTDOWN_TIMEOUT 120
+#define VR_SCHEDULER_MAX_SHUTDOWN_TIMEOUT     86400
+
+/*
+ * The marker on the domain's own definition after a planned failover away: the libvirt
+ * hook refuses to start a domain with state "old-primary" (docs/hook.md), so nobody starts
+ * it here by mistake while the replica host runs it (split brain).
+ */
+static bool
+vr_scheduler_guard_domain(VrSchedulerJob *job, GError **error)
+{
+    g_autofree char *marker = g_markup_printf_escaped(
+        "<standby relationship=\"%s\" primary-name=\"%s\" epoch=\"%" PRIu64 "\" state=\"%s\"/>",
+        job->id, job->domain, job->epoch, VR_SCHEDULER_MARKER_OLD_PRIMARY);
+    virDomainPtr dom = virDomainLookupByName(job->scheduler->conn, job->domain);
+    int rc;
+
+    if (dom == NULL) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "libvirt has no domain '%s' to guard: %s", job->domain,
+                    virGetLastErrorMessage());
+        return false;
+    }
+    rc = virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, marker, "vr", VR_STANDBY_XMLNS,
+                              VIR_DOMAIN_AFFECT_CONFIG);
+    virDomainFree(dom);
+    if (rc < 0) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "cannot mark domain '%s' as failed over: %s", job->domain,
+                    virGetLastErrorMessage());
+        return false;
+    }
+    return true;
+}
+
+/* The guard goes (replica-disable of a failed-over relationship); a failure is logged. */
+static void
+vr_scheduler_unguard_domain(VrSchedulerJob *job)
+{
+    virDomainPtr dom = virDomainLookupByName(job->scheduler->conn, job->domain);
+    g_autoptr(VrStandbyInfo) info = dom != NULL ? vr_standby_info_get(dom) : NULL;
+
+    /* Only our own marker: never a standby's. */
+    if (info != NULL && strcmp(info->relationship, job->id) == 0 &&
+        g_strcmp0(info->state, VR_SCHEDULER_MARKER_OLD_PRIMARY) == 0 &&
+        virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, NULL, NULL, VR_STANDBY_XMLNS,
+                             VIR_DOMAIN_AFFECT_CONFIG) < 0)
+        g_warning("relationship '%s': the failover marker of domain '%s' stays: %s", job->id,
+                  job->domain, virGetLastErrorMessage());
+    if (dom != NULL)
+        virDomainFree(dom);
+}
+
+/* Whether the cycle's result says a disk was published by an earlier cut (zero digest). */
+static bool
+vr_scheduler_result_replayed(const VrPrimaryResult *result)
+{
+    static const uint8_t zero[VR_WIRE_DIGEST_SIZE] = { 0 };
+
+    for (guint i = 0; result->digests != NULL && i < result->digests->len; i++) {
+        if (memcmp(&g_array_index(result->digests, uint8_t, i * VR_WIRE_DIGEST_SIZE), zero,
+                   VR_WIRE_DIGEST_SIZE) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Shut the domain down (ACPI), up to the timeout; then, with force, destroy it. */
+static bool
+vr_scheduler_shutdown(VrSchedulerJob *job, virDomainPtr dom, GError **error)
+{
+    gint64 deadline = g_get_monotonic_time() + (gint64)job->shutdown_timeout * G_USEC_PER_SEC;
+
+    if (virDomainIsActive(dom) != 1)
+        return true;
+    g_info("relationship '%s': planned failover: shutting domain '%s' down (up to %u s)", job->id,
+           job->domain, job->shutdown_timeout);
+    if (virDomainShutdown(dom) < 0 && virDomainIsActive(dom) == 1) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "cannot shut domain '%s' down: %s", job->domain, virGetLastErrorMessage());
+        return false;
+    }
+    while (virDomainIsActive(dom) == 1 && g_get_monotonic_time() < deadline &&
+           !g_cancellable_is_cancelled(job->cancellable))
+        g_usleep(VR_SCHEDULER_SHUTDOWN_POLL);
+    if (virDomainIsActive(dom) != 1)
+        return true;
+    if (g_cancellable_is_cancelled(job->cancellable)) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "the daemon is stopping: the planned failover was aborted");
+        return false;
+    }
+    if (!job->force) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_SHUTDOWN_TIMEOUT,
+                    "the guest did not shut down within %u s; shut it down from inside the "
+                    "guest or use --force",
+                    job->shutdown_timeout);
+        return false;
+    }
+    /* SIGTERM first: QEMU closes its images cleanly and stores the persistent bitmaps. */
+    g_warning("relationship '%s': domain '%s' did not shut down within %u s: destroying it",
+              job->id, job->domain, job->shutdown_timeout);
+    job->failover_forced = true;
+    if (virDomainDestroyFlags(dom, VIR_DOMAIN_DESTROY_GRACEFUL) < 0 &&
+        virDomainIsActive(dom) == 1 && virDomainDestroy(dom) < 0 && virDomainIsActive(dom) == 1) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "cannot destroy domain '%s': %s", job->domain, virGetLastErrorMessage());
+        return false;
+    }
+    return true;
+}
+
+/* The request to the replica: the final cycle, its epoch and every disk's stream digest. */
+static char *
+vr_scheduler_failover_request(VrSchedulerJob *job)
+{
+    g_autoptr(json_object) obj = json_object_new_object();
+    json_object *digests = json_object_new_object();
+
+    for (guint i = 0; job->disks[i] != NULL && i < job->result.digests->len; i++) {
+        const uint8_t *digest =
+            &g_array_index(job->result.digests, uint8_t, i * VR_WIRE_DIGEST_SIZE);
+        char hex[VR_WIRE_DIGEST_SIZE * 2 + 1];
+
+        for (guint b = 0; b < VR_WIRE_DIGEST_SIZE; b++)
+            g_snprintf(hex + b * 2, 3, "%02x", digest[b]);
+        json_object_object_add(digests, job->disks[i], json_object_new_string(hex));
+    }
+    json_object_object_add(obj, "cycle", json_object_new_uint64(job->result.cycle));
+    json_object_object_add(obj, "epoch", json_object_new_uint64(job->epoch));
+    json_object_object_add(obj, "digests", digests);
+    if (job->failover_reverse != NULL) {
+        json_object *reverse = NULL;
+
+        /* A deep copy: the worker thread owns nothing the main context changes. */
+        json_object_deep_copy(job->failover_reverse, &reverse, NULL);
+        json_object_object_add(reverse, "frequency", json_object_new_int((int)job->frequency));
+        json_object_object_add(obj, "reverse", reverse);
+    }
+    return g_strdup(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN));
+}
+
+/*
+ * The planned failover's steps that block: the shutdown, the final cycle, the replica's
+ * check and failover. Its completion is vr_scheduler_failover_done(). Worker thread.
+ */
+static void
+vr_scheduler_planned_worker(VrSchedulerJob *job, VrScheduler *scheduler)
+{
+    g_autofree char *workdir =
+        g_build_filename(scheduler->config->daemon.state_dir, "work", job->id, NULL);
+    g_autoptr(GSource) source = NULL;
+    g_autoptr(GError) local = NULL;
+    g_autofree char *request = NULL;
+    g_autofree char *reply = NULL;
+    g_autoptr(json_object) answer = NULL;
+    VrSchedulerDone *done = g_new0(VrSchedulerDone, 1);
+    VrPrimaryConfig config = {
+        .conn = scheduler->conn,
+        .domain = job->domain,
+        .relationship = job->id,
+        .epoch = job->epoch,
+        .disks = (const char *const *)job->disks,
+        .workdir = workdir,
+        .sender = job->sender,
+    };
+    virDomainPtr dom = virDomainLookupByName(scheduler->conn, job->domain);
+    uint64_t base = job->acked;
+    json_object *value;
+
+    job->ok = false;
+    if (dom == NULL) {
+        g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_UNKNOWN_DOMAIN,
+                    "libvirt has no domain '%s'", job->domain);
+        goto out;
+    }
+    if (!vr_scheduler_shutdown(job, dom, &job->error))
+        goto out;
+    job->failover_off = true;
+    if (g_mkdir_with_parents(workdir, 0700) < 0) {
+        int errsv = errno;
+
+        g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "cannot make the work directory '%s': %s", workdir, g_strerror(errsv));
+        goto out;
+    }
+    /*
+     * The final cycle from the last acknowledged one (empty when the domain's final cycle
+     * ran already). A disk the replica had from an earlier cut of the same cycle (a lost
+     * acknowledgement) holds that cut, not the closed image: one more cycle sends the rest.
+     */
+    for (guint attempt = 0;; attempt++) {
+        vr_primary_result_clear(&job->result);
+        if (!vr_primary_run_offline_cycle(&config, base, base + 1, vr_scheduler_on_progress, job,
+                                          job->cancellable, &job->result, &local)) {
+            g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_CYCLE_FAILED,
+                        "the domain is shut off, but its final cycle failed (nothing changed "
+                        "on the replica): %s",
+                        local->message);
+            goto out;
+        }
+        job->failover_cycle_ok = true;
+        base = job->result.cycle;
+        if (!vr_scheduler_result_replayed(&job->result))
+            break;
+        if (attempt > 0) {
+            g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                        "the final cycle %" PRIu64 " was published by an earlier cut twice",
+                        job->result.cycle);
+            goto out;
+        }
+        g_info("relationship '%s': final cycle %" PRIu64 " was an earlier cut's: one more", job->id,
+               job->result.cycle);
+    }
+    /* The zero-data-loss check and the failover, in one request to the replica. */
+    request = vr_scheduler_failover_request(job);
+    if (!vr_sender_post_failover(job->sender, job->id, request, &reply, &local)) {
+        g_set_error(&job->error, VR_SCHEDULER_ERROR,
+                    g_error_matches(local, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT)
+                        ? VR_SCHEDULER_ERROR_REFUSED
+                        : VR_SCHEDULER_ERROR_FAILED,
+                    "the final cycle %" PRIu64 " is on the replica, but it did not fail over "
+                    "(the domain stays shut off here): %s",
+                    job->result.cycle, local->message);
+        goto out;
+    }
+    answer = json_tokener_parse(reply);
+    if (answer == NULL || !json_object_object_get_ex(answer, "epoch", &value) ||
+        !json_object_is_type(value, json_type_int)) {
+        g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "the replica's answer to the failover is not understood: %.200s", reply);
+        goto out;
+    }
+    job->failover_epoch = (uint64_t)json_object_get_int64(value);
+    g_free(job->failover_standby);
+    job->failover_standby = g_strdup(vr_json_get_string(answer, "domain"));
+    g_free(job->failover_identity);
+    job->failover_identity = g_strdup(vr_json_get_string(answer, "identity"));
+    if (job->failover_reverse != NULL && job->failover_identity == NULL) {
+        g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "the replica failed over, but its answer does not say its identity: no "
+                    "reverse replication (%.200s)",
+                    reply);
+        goto out;
+    }
+    job->ok = true;
+out:
+    if (dom != NULL)
+        virDomainFree(dom);
+    g_atomic_int_inc(&scheduler->token->ref);
+    done->token = scheduler->token;
+    done->id = g_strdup(job->id);
+    source = g_idle_source_new();
+    g_source_set_callback(source, vr_scheduler_on_done, done, vr_scheduler_done_free);
+    g_source_attach(source, scheduler->context);
+}
+
+/* Queue the planned failover's worker (no cycle runs). */
+static void
+vr_scheduler_failover_begin(VrSchedulerJob *job)
+{
+    job->failover_waiting = false;
+    vr_scheduler_cancel_timer(job);
+    job->running = true;
+    job->cycle_planned = true;
+    job->cycle_final = false;
+    job->last_start = g_get_monotonic_time();
+    g_mutex_lock(&job->progress_lock);
+    job->progress = (VrPrimaryProgress){ .phase = VR_PRIMARY_PHASE_CUT };
+    job->progress_started = job->last_start;
+    job->rate_time = job->last_start;
+    job->rate_bytes = 0;
+    job->rate_done = 0;
+    job->rate = 0;
+    job->pace = 0;
+    g_mutex_unlock(&job->progress_lock);
+    job->cycle_base = job->acked;
+    job->cycle_resync = false;
+    job->failover_off = false;
+    job->failover_forced = false;
+    job->failover_cycle_ok = false;
+    g_clear_object(&job->cancellable);
+    job->cancellable = g_cancellable_new();
+    vr_primary_result_clear(&job->result);
+    g_clear_error(&job->error);
+    g_info("relationship '%s': planned failover of domain '%s' begins", job->id, job->domain);
+    g_thread_pool_push(job->scheduler->pool, job, NULL);
+}
+
+/* The planned failover's outcome: the state database, the guard, the request's answer. */
+static void
+vr_scheduler_failover_done(VrSchedulerJob *job)
+{
+    GTask *task = g_steal_pointer(&job->failover_task);
+    g_autoptr(GError) local = NULL;
+    VrStateCycle cycle = { 0 };
+
+    job->running = false;
+    job->cycle_planned = false;
+    if (job->failover_cycle_ok) {
+        cycle.cycle = job->result.cycle;
+        cycle.result = VR_STATE_CYCLE_OK;
+        cycle.flags = job->result.flags;
+        cycle.started_ms = job->result.started_ms;
+        cycle.finished_ms = job->result.finished_ms;
+        cycle.bytes = job->result.bytes;
+        cycle.wire_bytes = job->result.wire_bytes;
+        job->acked = job->result.cycle;
+        job->final_ok = true;
+        if (!vr_state_cycle_add(job->scheduler->state, job->id, &cycle, &local)) {
+            g_warning("relationship '%s': cannot record the final cycle: %s", job->id,
+                      local->message);
+            g_clear_error(&local);
+        }
+    }
+    if (job->ok) {
+        json_object *obj = json_object_new_object();
+
+        job->failed_over = true;
+        job->paused = false;
+        job->epoch = job->failover_epoch;
+        job->failover_cycle = job->result.cycle;
+        if (!vr_scheduler_guard_domain(job, &local)) {
+            g_warning("relationship '%s': %s: nothing keeps it from starting here", job->id,
+                      local->message);
+            json_object_object_add(obj, "warning", json_object_new_string(local->message));
+            g_clear_error(&local);
+        }
+        vr_scheduler_save_state(job);
+        if (job->failover_reverse != NULL) {
+            VrSchedulerReverse reverse = {
+                .relationship = job->id,
+                .domain = job->domain,
+                .peer = job->failover_identity,
+                .cycle = job->failover_cycle,
+                .epoch = job->epoch,
+            };
+
+            if (!job->scheduler->reverse_func(&reverse, job->scheduler->reverse_data, &local)) {
+                g_prefix_error(&local, "failed over to the replica host (state FailedOver), "
+                                       "but this host could not become its replica: ");
+                g_warning("relationship '%s': %s", job->id, local->message);
+                json_object_put(obj);
+                if (task != NULL)
+                    g_task_return_error(task, g_steal_pointer(&local));
+                g_clear_object(&task);
+                return;
+            }
+            g_info("relationship '%s': reversed: '%s' replicates to this host, domain '%s' is "
+                   "its standby here (epoch %" PRIu64 ")",
+                   job->id, job->failover_identity, job->domain, job->epoch);
+            json_object_object_add(obj, "relationship", json_object_new_string(job->id));
+            json_object_object_add(obj, "domain", json_object_new_string(job->domain));
+            json_object_object_add(obj, "cycle", json_object_new_uint64(job->failover_cycle));
+            json_object_object_add(obj, "epoch", json_object_new_uint64(job->epoch));
+            json_object_object_add(obj, "state", json_object_new_string("FailedOver"));
+            json_object_object_add(obj, "standby",
+                                   job->failover_standby != NULL
+                                       ? json_object_new_string(job->failover_standby)
+                                       : NULL);
+            json_object_object_add(obj, "bytes", json_object_new_uint64(job->result.bytes));
+            json_object_object_add(obj, "forced", json_object_new_boolean(job->failover_forced));
+            json_object_object_add(obj, "reverse", json_object_new_boolean(true));
+            json_object_object_add(obj, "reverse_primary",
+                                   json_object_new_string(job->failover_identity));
+            if (task != NULL)
+                g_task_return_pointer(task, obj, vr_scheduler_json_free);
+            else
+                json_object_put(obj);
+            g_clear_object(&task);
+            /* The row is the replica role's now: this scheduler lets go of it. */
+            g_hash_table_remove(job->scheduler->jobs, job->id);
+            return;
+        }
+        g_info("relationship '%s': planned failover done: '%s' runs on the replica host from "
+               "cycle %" PRIu64 " (epoch %" PRIu64 "); domain '%s' stays shut off here",
+               job->id, job->failover_standby != NULL ? job->failover_standby : "?",
+               job->failover_cycle, job->epoch, job->domain);
+        json_object_object_add(obj, "relationship", json_object_new_string(job->id));
+        json_object_object_add(obj, "domain", json_object_new_string(job->domain));
+        json_object_object_add(obj, "cycle", json_object_new_uint64(job->failover_cycle));
+        json_object_object_add(obj, "epoch", json_object_new_uint64(job->epoch));
+        json_object_object_add(obj, "state", json_object_new_string("FailedOver"));
+        json_object_object_add(
+            obj, "standby",
+            job->failover_standby != NULL ? json_object_new_string(job->failover_standby) : NULL);
+        json_object_object_add(obj, "bytes", json_object_new_uint64(job->result.bytes));
+        json_object_object_add(obj, "forced", json_object_new_boolean(job->failover_forced));
+        if (task != NULL)
+            g_task_return_pointer(task, obj, vr_scheduler_json_free);
+        else
+            json_object_put(obj);
+    } else {
+        g_warning("relationship '%s': planned failover failed: %s", job->id, job->error->message);
+        if (job->failover_off) {
+            /* Shut off: no cycles until it starts again (the hook's "started" resumes). */
+            job->paused = true;
+            vr_scheduler_save_state(job);
+        } else {
+            /* Nothing changed: the schedule goes on as it was before the request. */
+            gint64 wait = job->failover_next - g_get_monotonic_time();
+
+            vr_scheduler_schedule(job, (guint)CLAMP(wait / G_USEC_PER_SEC, 1, job->frequency));
+        }
+        if (task != NULL)
+            g_task_return_error(task, g_error_copy(job->error));
+    }
+    g_clear_object(&task);
+}
+
+void
+vr_scheduler_planned_failover_async(VrScheduler *scheduler, const char *id, json_object *request,
+                                    GAsyncReadyCallback callback, gpointer user_data)
+{
+    GTask *task = g_task_new(NULL, NULL, callback, user_data);
+    g_autoptr(GError) error = NULL;
+    VrSchedulerJob *job = vr_scheduler_find(scheduler, id, &error);
+    guint timeout = VR_SCHEDULER_DEFAULT_SHUTDOWN_TIMEOUT;
+    bool force = false;
+    bool reverse = false;
+    json_object *reverse_peer = NULL;
+
+    if (job == NULL)
+        goto fail;
+    json_object_object_foreach (request, key, value) {
+        if (strcmp(key, "force") == 0 || strcmp(key, "reverse") == 0) {
+            if (!json_object_is_type(value, json_type_boolean)) {
+                vr_scheduler_invalid(&error, "'%s' must be true or false", key);
+                goto fail;
+            }
+            if (strcmp(key, "force") == 0)
+                force = json_object_get_boolean(value);
+            else
+                reverse = json_object_get_boolean(value);
+        } else if (strcmp(key, "reverse_peer") == 0 &&
+                   json_object_is_type(value, json_type_object)) {
+            reverse_peer = value;
+        } else if (strcmp(key, "shutdown_timeout") != 0) {
+            vr_scheduler_invalid(&error, "planned-failover takes no member '%s'", key);
+            goto fail;
+        }
+    }
+    if (!vr_scheduler_get_uint(request, "shutdown_timeout", 1, VR_SCHEDULER_MAX_SHUTDOWN_TIMEOUT,
+                               &timeout, &error))
+        goto fail;
+    if (reverse && (reverse_peer == NULL || scheduler->reverse_func == NULL)) {
+        vr_scheduler_invalid(&error, "reverse replication needs this host's replica role "
+                                     "([replica] enabled, with its server-name): the old "
+                                     "primary becomes the replica");
+        goto fail;
+    }
+    if (job->failed_over || job->failover_task != NULL) {
+        g_set_error(&error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_BUSY, "domain '%s' %s",
+                    job->domain,
+                    job->failed_over ? "failed over to its replica host already (state FailedOver)"
+                                     : "is failing over already");
+        goto fail;
+    }
+    if (job->suspended || job->refused) {
+        g_set_error(&error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_BUSY,
+                    "replication of domain '%s' is %s: resume it first", job->domain,
+                    job->suspended ? "suspended" : "stopped by an error");
+        goto fail;
+    }
+    if (job->acked == 0 || job->resync_next || job->awaiting_import || job->export_dir != NULL) {
+        g_set_error(&error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_BUSY,
+                    "the replica of domain '%s' is not complete (state %s): a planned failover "
+                    "needs an acknowledged cycle to build the final one on",
+                    job->domain, vr_scheduler_job_state(job));
+        goto fail;
+    }
+    job->failover_task = task;
+    if (job->failover_reverse != NULL)
+        json_object_put(job->failover_reverse);
+    job->failover_reverse = reverse ? json_object_get(reverse_peer) : NULL;
+    job->failover_next = job->last_start + (gint64)job->frequency * G_USEC_PER_SEC;
+    job->shutdown_timeout = timeout;
+    job->force = force;
+    vr_scheduler_cancel_timer(job);
+    if (job->running) {
+        /* No new cycle from now on; the one that runs ends first (a final one too). */
+        job->failover_waiting = true;
+        return;
+    }
+    vr_scheduler_failover_begin(job);
+    return;
+
+fail:
+    g_task_return_error(task, g_steal_pointer(&error));
+    g_object_unref(task);
+}
+
+json_object *
+vr_scheduler_planned_failover_finish(VrScheduler *scheduler, GAsyncResult *result, GError **error)
+{
+    return g_task_propagate_pointer(G_TASK(result), error);
 }
 
 /* ---- commands --------------------------------------------------------------------------- */
@@ -1545,7 +2202,7 @@ vr_scheduler_disable(VrScheduler *scheduler, const char *id, GError **error)
 
     if (job == NULL)
         return false;
-    if (job->running) {
+    if (job->running || job->failover_task != NULL) {
         g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_BUSY,
                     "a cycle of domain '%s' is running: disable it when the cycle ended (or "
                     "suspend it first)",
@@ -1554,6 +2211,9 @@ vr_scheduler_disable(VrScheduler *scheduler, const char *id, GError **error)
     }
     if (!vr_state_relationship_delete(scheduler->state, job->id, error))
         return false;
+    /* Failed over away: the guard that kept the domain from starting goes with it. */
+    if (job->failed_over)
+        vr_scheduler_unguard_domain(job);
     g_info("relationship '%s': replication of domain '%s' disabled", job->id, job->domain);
     g_hash_table_remove(scheduler->jobs, job->id);
     return true;
@@ -1566,6 +2226,14 @@ vr_scheduler_action(VrScheduler *scheduler, const char *id, const char *action, 
 
     if (job == NULL)
         return false;
+    if (job->failed_over || job->failover_task != NULL) {
+        g_set_error(error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_BUSY, "domain '%s' %s: no %s",
+                    job->domain,
+                    job->failed_over ? "failed over to its replica host (state FailedOver)"
+                                     : "is failing over",
+                    action);
+        return false;
+    }
     if (strcmp(action, "suspend") == 0) {
         job->suspended = true;
         vr_scheduler_cancel_timer(job);
@@ -1597,6 +2265,15 @@ vr_scheduler_sync_async(VrScheduler *scheduler, const char *id, GCancellable *ca
         g_object_unref(task);
         return;
     }
+    if (job->failed_over || job->failover_task != NULL) {
+        g_task_return_new_error(task, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_BUSY,
+                                "domain '%s' %s: no more cycles from this host", job->domain,
+                                job->failed_over
+                                    ? "failed over to its replica host (state FailedOver)"
+                                    : "is failing over");
+        g_object_unref(task);
+        return;
+    }
     if (job->suspended || job->refused) {
         g_task_return_new_error(task, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_BUSY,
                                 "replication of domain '%s' is %s: resume it first", job->domain,
@@ -1620,7 +2297,7 @@ vr_scheduler_notify(VrScheduler *scheduler, const char *domain, const char *oper
 {
     VrSchedulerJob *job = vr_scheduler_find(scheduler, domain, NULL);
 
-    if (job == NULL || strcmp(job->domain, domain) != 0)
+    if (job == NULL || strcmp(job->domain, domain) != 0 || job->failed_over)
         return;
     if (strcmp(operation, "started") == 0 || strcmp(operation, "reconnect") == 0) {
         job->migrating = false;
@@ -1663,6 +2340,9 @@ vr_scheduler_health(VrScheduler *scheduler, const VrStateRelationship *rel,
     if (g_strcmp0(rel->state, "Error") == 0 ||
         g_strcmp0(rel->state, "ResynchronizationRequired") == 0)
         return "Critical";
+    /* Failed over on purpose: the replica host runs the domain; nothing is pending here. */
+    if (g_strcmp0(rel->state, "FailedOver") == 0)
+        return "Normal";
     /* The replica has no copy until the export is imported: not a failure, not yet healthy. */
     if (g_strcmp0(rel->state, "WaitingForInitialReplication") == 0)
         return "Warning";

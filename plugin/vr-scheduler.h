@@ -43,13 +43,15 @@ GQuark vr_scheduler_error_quark(void);
 
 /* Each code is the API's error code (docs/api.md) of the same name. */
 typedef enum {
-    VR_SCHEDULER_ERROR_INVALID,         /* "invalid": a bad request member, named */
-    VR_SCHEDULER_ERROR_UNKNOWN_DOMAIN,  /* "unknown-domain" */
-    VR_SCHEDULER_ERROR_ALREADY_ENABLED, /* "already-enabled" */
-    VR_SCHEDULER_ERROR_BUSY,            /* "busy": a cycle of it runs */
-    VR_SCHEDULER_ERROR_UNSUPPORTED,     /* "unsupported": a disk that cannot be replicated */
-    VR_SCHEDULER_ERROR_CYCLE_FAILED,    /* "cycle-failed": the message is the cycle's error */
-    VR_SCHEDULER_ERROR_FAILED,          /* "state" and others: the message says */
+    VR_SCHEDULER_ERROR_INVALID,          /* "invalid": a bad request member, named */
+    VR_SCHEDULER_ERROR_UNKNOWN_DOMAIN,   /* "unknown-domain" */
+    VR_SCHEDULER_ERROR_ALREADY_ENABLED,  /* "already-enabled" */
+    VR_SCHEDULER_ERROR_BUSY,             /* "busy": a cycle of it runs */
+    VR_SCHEDULER_ERROR_UNSUPPORTED,      /* "unsupported": a disk that cannot be replicated */
+    VR_SCHEDULER_ERROR_CYCLE_FAILED,     /* "cycle-failed": the message is the cycle's error */
+    VR_SCHEDULER_ERROR_FAILED,           /* "state" and others: the message says */
+    VR_SCHEDULER_ERROR_SHUTDOWN_TIMEOUT, /* "shutdown-timeout": the guest did not shut down */
+    VR_SCHEDULER_ERROR_REFUSED,          /* "refused": the replica refused (its message) */
 } VrSchedulerErrorCode;
 
 /* The API's error code of @error ("invalid", ...), for any error of this domain. */
@@ -124,6 +126,69 @@ json_object *vr_scheduler_progress_json(VrScheduler *scheduler, const char *id);
  * when not known: no cycle acknowledged yet, the domain not running, the tracking lost.
  */
 int64_t vr_scheduler_pending_bytes(VrScheduler *scheduler, const char *id);
+
+/*
+ * The planned failover of @id (docs/failover.md, "Planned failover"), from the JSON request
+ * of POST /v1/relationships/{id}/planned-failover ({"shutdown_timeout": S, "force": bool,
+ * "reverse": bool}, each optional): no new cycles, a running one ends first; the domain is
+ * shut down (ACPI, polled up to S seconds, default 120; then, with "force", destroyed:
+ * SIGTERM first, so QEMU stores the persistent bitmaps); its final cycle is read from the
+ * closed images (vr_primary_run_offline_cycle(), a replay of an earlier cut is followed by
+ * one more); the replica checks it holds exactly that state and fails over
+ * (vr_sender_post_failover()). Then the relationship is FailedOver at the replica's epoch,
+ * has no more cycles, and the domain's definition carries the marker state "old-primary"
+ * that the libvirt hook refuses to start (split brain). A guest that does not shut down in
+ * time without "force": SHUTDOWN_TIMEOUT, nothing changed, replication goes on. A failure
+ * after the shutdown: the domain stays off, the relationship PausedDomainOff, the error
+ * says which step failed; the replica's side is all or nothing. The result: {"relationship",
+ * "domain", "cycle", "epoch", "state", "standby", "bytes", "forced"}.
+ *
+ * With "reverse": true the request must also carry "reverse_peer": {"server", "port",
+ * "address"}, this host's replica role as the replica host will reach it (the daemon adds
+ * it; INVALID without). The replica host then adds B(final cycle) to its failover overlays
+ * and becomes the primary of the same relationship, and here the reverse handler
+ * (vr_scheduler_set_reverse_handler()) makes the domain the standby of it; the relationship
+ * then leaves this scheduler (its row is the replica role's). The result has "reverse":
+ * true and "reverse_primary" (the new primary's certificate identity).
+ */
+void vr_scheduler_planned_failover_async(VrScheduler *scheduler, const char *id,
+                                         json_object *request, GAsyncReadyCallback callback,
+                                         gpointer user_data);
+json_object *vr_scheduler_planned_failover_finish(VrScheduler *scheduler, GAsyncResult *result,
+                                                  GError **error);
+
+/* What the reverse handler gets: the relationship as this host replicates it from now on. */
+typedef struct {
+    const char *relationship;
+    const char *domain; /* the domain here, shut off: the standby from now on */
+    const char *peer;   /* the new primary's certificate identity */
+    uint64_t cycle;     /* the final cycle: the point both sides hold */
+    uint64_t epoch;     /* the relationship's epoch after the failover */
+} VrSchedulerReverse;
+
+typedef bool (*VrSchedulerReverseFunc)(const VrSchedulerReverse *reverse, gpointer user_data,
+                                       GError **error);
+
+/* Set the function that makes this host the replica after a planned failover --reverse. */
+void vr_scheduler_set_reverse_handler(VrScheduler *scheduler, VrSchedulerReverseFunc func,
+                                      gpointer user_data);
+
+/*
+ * Adopt the relationship @id that the state database now records with the primary role
+ * (the replica host after a planned failover with reverse replication): it is scheduled as
+ * at a start, its first cycle after one period (or a sync). Its domain XML is not sent to
+ * the replica (the old primary's own domain is the standby there).
+ */
+bool vr_scheduler_adopt(VrScheduler *scheduler, const char *id, GError **error);
+
+/*
+ * Let go of @id without touching the state database (its row is another role's now: the
+ * old primary accepted to become the replica). Nothing when no job or a cycle runs.
+ */
+void vr_scheduler_forget(VrScheduler *scheduler, const char *id);
+
+/* The marker state of a primary's own domain after a planned failover away. */
+#define VR_SCHEDULER_MARKER_OLD_PRIMARY "old-primary"
 
 /* Whether a cycle of @id runs now. */
 bool vr_scheduler_is_running(VrScheduler *scheduler, const char *id);

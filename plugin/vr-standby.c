@@ -26,6 +26,8 @@ vr_standby_error_quark(void)
 #define VR_STANDBY_XMLNS_PREFIX "vr"
 #define VR_STANDBY_MARKER       "standby"
 #define VR_STANDBY_UUID_LEN     16
+/* In the network map: a host bridge rather than a libvirt network. */
+#define VR_STANDBY_BRIDGE_PREFIX "bridge:"
 
 /* A FAILED error: what failed (@format), then libvirt's message of the last error. */
 static void vr_standby_libvirt_error(GError **error, const char *format, ...) G_GNUC_PRINTF(2, 3);
@@ -245,7 +247,33 @@ typedef struct {
     const VrStandbyConfig *cfg;
     GHashTable *disks_seen; /* target dev (owned) -> its path (borrowed from cfg) */
     GHashTable *paths_seen; /* path -> target dev (both borrowed) */
+    GPtrArray *sources;     /* VrStandbySource: the primary's interfaces, for the marker */
+    guint interfaces;       /* interfaces seen so far */
 } VrStandbyBuild;
+
+/*
+ * What an interface of the primary is connected to, recorded in the marker as
+ * <vr:interface index="0" mac="..." type="network|bridge" source="NAME"/>: a failover maps
+ * it again against the configuration and the networks of that moment (vr-failover-net.h).
+ */
+typedef struct {
+    char *index;
+    char *mac;
+    char *type;
+    char *source;
+} VrStandbySource;
+
+static void
+vr_standby_source_free(gpointer data)
+{
+    VrStandbySource *src = data;
+
+    g_free(src->index);
+    g_free(src->mac);
+    g_free(src->type);
+    g_free(src->source);
+    g_free(src);
+}
 
 static bool vr_standby_invalid(GError **error, const char *format, ...) G_GNUC_PRINTF(2, 3);
 
@@ -268,7 +296,39 @@ vr_standby_map_network(const VrStandbyConfig *cfg, const char *name)
 
     if (cfg->network_map != NULL)
         mapped = g_hash_table_lookup(cfg->network_map, name);
-    return mapped != NULL ? mapped : name;
+    /* A network mapped to a bridge: listen addresses stay on the network's name. */
+    return mapped != NULL && !g_str_has_prefix(mapped, VR_STANDBY_BRIDGE_PREFIX) ? mapped : name;
+}
+
+/*
+ * @iface (of @type "network" or "bridge", on @name) connected as the map says: a key
+ * NAME (a network) or "bridge:NAME" (a bridge), a value likewise; unlisted: unchanged.
+ */
+static void
+vr_standby_map_interface(const VrStandbyConfig *cfg, xmlNode *iface, xmlNode *source,
+                         const char *type, const char *name)
+{
+    g_autofree char *key = g_str_equal(type, "bridge")
+                               ? g_strconcat(VR_STANDBY_BRIDGE_PREFIX, name, NULL)
+                               : g_strdup(name);
+    const char *mapped =
+        cfg->network_map != NULL ? g_hash_table_lookup(cfg->network_map, key) : NULL;
+    const char *new_type = "network";
+
+    if (mapped == NULL)
+        return;
+    if (g_str_has_prefix(mapped, VR_STANDBY_BRIDGE_PREFIX)) {
+        new_type = "bridge";
+        mapped += strlen(VR_STANDBY_BRIDGE_PREFIX);
+    }
+    if (!g_str_equal(type, new_type)) {
+        /* Another kind of source: what belonged to the old one goes. */
+        vr_xml_unset(source, type);
+        vr_xml_unset(source, "portgroup");
+        vr_xml_remove_children(iface, "virtualport");
+        vr_xml_set(iface, "type", new_type);
+    }
+    vr_xml_set(source, new_type, mapped);
 }
 
 /*
@@ -375,15 +435,29 @@ vr_standby_interface(VrStandbyBuild *b, xmlNode *iface, GError **error)
         return vr_standby_invalid(error, "an interface of type 'hostdev' is bound to the "
                                          "primary host's hardware");
     }
-    if (g_strcmp0(type, "network") != 0 || source == NULL)
+    b->interfaces++;
+    if ((g_strcmp0(type, "network") != 0 && g_strcmp0(type, "bridge") != 0) || source == NULL)
         return true;
-    network = vr_xml_prop(source, "network");
-    if (network != NULL)
-        vr_xml_set(source, "network", vr_standby_map_network(b->cfg, network));
-    /* The primary's port and bridge of that network (in live XML only). */
-    vr_xml_unset(source, "portid");
-    vr_xml_unset(source, "bridge");
+    network = vr_xml_prop(source, type);
+    if (network == NULL)
+        return true;
+    {
+        VrStandbySource *src = g_new0(VrStandbySource, 1);
+
+        src->index = g_strdup_printf("%u", b->interfaces - 1);
+        src->mac = vr_xml_prop(
+            vr_xml_child(iface, "mac") != NULL ? vr_xml_child(iface, "mac") : iface, "address");
+        src->type = g_strdup(type);
+        src->source = g_strdup(network);
+        g_ptr_array_add(b->sources, src);
+    }
+    if (g_str_equal(type, "network")) {
+        /* The primary's port and bridge of that network (in live XML only). */
+        vr_xml_unset(source, "portid");
+        vr_xml_unset(source, "bridge");
+    }
     vr_xml_remove_children(iface, "actual");
+    vr_standby_map_interface(b->cfg, iface, source, type, network);
     return true;
 }
 
@@ -517,7 +591,7 @@ vr_standby_is_marker(const xmlNode *node)
 
 static void
 vr_standby_add_marker(xmlNode *root, const VrStandbyConfig *cfg, const char *primary_name,
-                      const char *primary_uuid)
+                      const char *primary_uuid, GPtrArray *sources)
 {
     xmlNode *metadata = vr_xml_child(root, "metadata");
     g_autofree char *epoch = g_strdup_printf("%" G_GUINT64_FORMAT, cfg->epoch);
@@ -547,6 +621,16 @@ vr_standby_add_marker(xmlNode *root, const VrStandbyConfig *cfg, const char *pri
     vr_xml_set(marker, "primary-uuid", primary_uuid);
     vr_xml_set(marker, "epoch", epoch);
     vr_xml_set(marker, "state", VR_STANDBY_STATE_REPLICA);
+    for (guint i = 0; i < sources->len; i++) {
+        VrStandbySource *src = sources->pdata[i];
+        xmlNode *record = xmlNewChild(marker, ns, (const xmlChar *)"interface", NULL);
+
+        vr_xml_set(record, "index", src->index);
+        if (src->mac != NULL)
+            vr_xml_set(record, "mac", src->mac);
+        vr_xml_set(record, "type", src->type);
+        vr_xml_set(record, "source", src->source);
+    }
 }
 
 typedef struct {
@@ -597,7 +681,8 @@ vr_standby_build(const char *primary_xml, const VrStandbyConfig *cfg, GError **e
     g_autoptr(xmlBuffer) buf = NULL;
     g_autofree char *primary_name = NULL;
     g_autofree char *primary_uuid = NULL;
-    VrStandbyBuild b = { cfg, disks_seen, paths_seen };
+    g_autoptr(GPtrArray) sources = g_ptr_array_new_with_free_func(vr_standby_source_free);
+    VrStandbyBuild b = { cfg, disks_seen, paths_seen, sources, 0 };
     uint8_t uuid_bytes[VR_STANDBY_UUID_LEN];
     xmlNode *root;
     xmlNode *name_node;
@@ -666,7 +751,7 @@ vr_standby_build(const char *primary_xml, const VrStandbyConfig *cfg, GError **e
         }
     }
     vr_standby_strip_seclabels(root);
-    vr_standby_add_marker(root, cfg, primary_name, primary_uuid);
+    vr_standby_add_marker(root, cfg, primary_name, primary_uuid, sources);
 
     buf = xmlBufferCreate();
     if (buf == NULL || xmlNodeDump(buf, doc, root, 0, 1) < 0) {

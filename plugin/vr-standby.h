@@ -7,8 +7,10 @@
  *
  *   - every disk (device='disk') is a file on the replica, given by target dev: a qcow2
  *     without <backingStore>; cdrom and floppy drives are defined empty;
- *   - <interface type='network'> (and graphics listening on a network) use the replica's
- *     network names through a map; names the map lacks stay as they are;
+ *   - <interface type='network'> and <interface type='bridge'> (and graphics listening on a
+ *     network) use the replica's networks and bridges through a map; names the map lacks
+ *     stay as they are; the primary's source of each interface is recorded in the marker
+ *     (a failover maps it again: vr-failover-net.h);
  *   - what is host-specific and would break a define or a start on another host goes:
  *     <emulator> (libvirt picks the replica's), the NVRAM path (libvirt makes one for the
  *     standby's name; the template stays), security labels, listen addresses of graphics
@@ -19,7 +21,9 @@
  *   - <metadata> holds the marker (namespace VR_STANDBY_XMLNS):
  *       <vr:standby xmlns:vr="https://virt-replica.org/xmlns/standby/1" relationship="r1"
  *                   primary-host="pri.example" primary-name="web" primary-uuid="..."
- *                   epoch="1" state="replica"/>
+ *                   epoch="1" state="replica">
+ *         <vr:interface index="0" mac="52:54:00:12:34:56" type="network" source="prod"/>
+ *       </vr:standby>
  *
  * Guard: a standby must not run outside a failover (it would boot an inconsistent disk, and
  * a recovery point must never be written). Two locks, both documented in docs/standby.md:
@@ -78,7 +82,11 @@ typedef struct {
      * else. NULL: no disk may be present.
      */
     GHashTable *disk_paths;
-    /* Primary network name -> replica network name; unmapped names stay. NULL: none. */
+    /*
+     * Primary network name, or "bridge:NAME" for a primary bridge -> replica network name,
+     * or "bridge:NAME" for a replica bridge (VrConfig's [network-map]); unmapped names stay.
+     * NULL: none.
+     */
     GHashTable *network_map;
     /*
      * NULL: the standby has the primary's name and UUID (separate hosts). Else the

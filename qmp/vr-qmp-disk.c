@@ -157,6 +157,26 @@ vr_qmp_block_node_is_filter_over(VrQmpBlockNode *filter, VrQmpBlockNode *node)
            g_strcmp0(vr_qmp_spec_filename(child), node->filename) == 0;
 }
 
+/*
+ * Whether format node @node reads the file @path. A node whose backing chain QEMU opened
+ * itself (an image with a backing file that the XML does not describe, as a failover's
+ * overlay with relabel='no') reports "json:{...}" with its file's spec under "file".
+ */
+static bool
+vr_qmp_node_reads(const VrQmpBlockNode *node, const char *path)
+{
+    g_autoptr(json_object) spec = NULL;
+    json_object *file = NULL;
+
+    if (node->filename == NULL || !g_str_has_prefix(node->filename, "json:"))
+        return g_strcmp0(node->filename, path) == 0;
+    spec = json_tokener_parse(node->filename + strlen("json:"));
+    if (spec == NULL || !json_object_object_get_ex(spec, "file", &file) ||
+        !json_object_is_type(file, json_type_object))
+        return false;
+    return g_strcmp0(vr_qmp_spec_filename(file), path) == 0;
+}
+
 VrQmpDiskNode *
 vr_qmp_disk_resolve(VrQmpClient *client, const char *domain_xml, const char *target, GError **error)
 {
@@ -186,7 +206,7 @@ vr_qmp_disk_resolve(VrQmpClient *client, const char *domain_xml, const char *tar
                          disk->node_name, node->drv, disk->format);
         return NULL;
     }
-    if (disk->source != NULL && g_strcmp0(node->filename, disk->source) != 0) {
+    if (disk->source != NULL && !vr_qmp_node_reads(node, disk->source)) {
         vr_qmp_disk_fail(error, target, "node '%s' is '%s' but the XML says '%s'", disk->node_name,
                          node->filename, disk->source);
         return NULL;

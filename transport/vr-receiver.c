@@ -22,7 +22,8 @@
  *
  * PUT of a domain XML is small (VR_RECEIVER_DOMAIN_MAX at most): got-chunk appends its body
  * to a buffer of the declared Content-Length (accumulation stays off), and the handler hands
- * the whole of it to the sink's domain(). It takes no turn.
+ * the whole of it to the sink's domain(). It takes no turn. POST of a planned failover is
+ * collected the same way (VR_RECEIVER_FAILOVER_MAX at most) and goes to the sink's failover().
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
@@ -37,14 +38,15 @@
 
 #include <libsoup/soup.h>
 
-#define VR_RECEIVER_PREFIX         "/v1/cycles/"
-#define VR_RECEIVER_HASHES_PREFIX  "/v1/hashes/"
-#define VR_RECEIVER_DOMAINS_PREFIX "/v1/domains/"
-#define VR_RECEIVER_HEADER_OFFSET  "VR-Offset"
-#define VR_RECEIVER_HEADER_LENGTH  "VR-Length"
-#define VR_RECEIVER_HEADER_STATE   "VR-State"
-#define VR_RECEIVER_HEADER_CYCLE   "VR-Cycle"
-#define VR_RECEIVER_HEADER_EPOCH   "VR-Epoch"
+#define VR_RECEIVER_PREFIX          "/v1/cycles/"
+#define VR_RECEIVER_HASHES_PREFIX   "/v1/hashes/"
+#define VR_RECEIVER_DOMAINS_PREFIX  "/v1/domains/"
+#define VR_RECEIVER_FAILOVER_PREFIX "/v1/failover/"
+#define VR_RECEIVER_HEADER_OFFSET   "VR-Offset"
+#define VR_RECEIVER_HEADER_LENGTH   "VR-Length"
+#define VR_RECEIVER_HEADER_STATE    "VR-State"
+#define VR_RECEIVER_HEADER_CYCLE    "VR-Cycle"
+#define VR_RECEIVER_HEADER_EPOCH    "VR-Epoch"
 /* A hash list goes out in pieces of this size, at most this many read ahead of the socket. */
 #define VR_RECEIVER_HASHES_CHUNK (256 * 1024)
 #define VR_RECEIVER_HASHES_AHEAD 2
@@ -432,13 +434,17 @@ vr_receiver_parse_hashes_path(const char *path, VrReceiverKey *key, GError **err
            vr_receiver_take_name(&p, VR_WIRE_DISK_MAX, '\0', "disk", key->disk, error);
 }
 
-/* Split "/v1/domains/{relationship}" into @key's relationship (the rest of @key stays 0). */
+/*
+ * Split "/v1/domains/{relationship}" (or "/v1/failover/{relationship}": @prefix) into @key's
+ * relationship (the rest of @key stays 0).
+ */
 static bool
-vr_receiver_parse_domain_path(const char *path, VrReceiverKey *key, GError **error)
+vr_receiver_parse_domain_path(const char *path, const char *prefix, VrReceiverKey *key,
+                              GError **error)
 {
-    const char *p = path + strlen(VR_RECEIVER_DOMAINS_PREFIX);
+    const char *p = path + strlen(prefix);
 
-    g_assert(g_str_has_prefix(path, VR_RECEIVER_DOMAINS_PREFIX));
+    g_assert(g_str_has_prefix(path, prefix));
     memset(key, 0, sizeof(*key));
     return vr_receiver_take_name(&p, VR_WIRE_RELATIONSHIP_MAX, '\0', "relationship",
                                  key->relationship, error);
@@ -747,10 +753,14 @@ vr_receiver_get_hashes(VrReceiver *receiver, SoupServerMessage *msg, const VrRec
 
 /* ---- domain XML ------------------------------------------------------------------------ */
 
-/* PUT of a domain XML: its body, collected up to the Content-Length it declared. */
+/*
+ * PUT of a domain XML (or POST of a planned failover: @failover): its body, collected up to
+ * the Content-Length it declared.
+ */
 typedef struct {
     VrReceiver *receiver; /* a reference: a message can outlive vr_receiver_free() */
-    VrReceiverKey key;    /* the relationship only */
+    bool failover;
+    VrReceiverKey key; /* the relationship only */
     char *peer_name;
     char *storage_root;
     char *group;
@@ -792,17 +802,21 @@ vr_receiver_domain_on_got_chunk(SoupServerMessage *msg, GBytes *chunk, gpointer 
  */
 static void
 vr_receiver_put_domain(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKey *key,
-                       const VrReceiverPeer *peer)
+                       const VrReceiverPeer *peer, bool failover)
 {
     SoupMessageHeaders *headers = soup_server_message_get_request_headers(msg);
     g_autofree char *reason = NULL;
     VrReceiverDomain *domain;
+    const char *what = failover ? "a failover request" : "a domain XML";
+    const char *media = failover ? "application/json" : "application/xml";
+    goffset limit = failover ? VR_RECEIVER_FAILOVER_MAX : VR_RECEIVER_DOMAIN_MAX;
     const char *type;
     goffset body;
 
-    if (receiver->sink->domain == NULL) {
+    if ((failover ? (void *)receiver->sink->failover : (void *)receiver->sink->domain) == NULL) {
         vr_receiver_reply(msg, SOUP_STATUS_NOT_IMPLEMENTED,
-                          "this replica does not take domain definitions");
+                          failover ? "this replica does not take planned failovers"
+                                   : "this replica does not take domain definitions");
         return;
     }
     if (soup_message_headers_get_encoding(headers) != SOUP_ENCODING_CONTENT_LENGTH) {
@@ -810,25 +824,27 @@ vr_receiver_put_domain(VrReceiver *receiver, SoupServerMessage *msg, const VrRec
         return;
     }
     body = soup_message_headers_get_content_length(headers);
-    if (body > VR_RECEIVER_DOMAIN_MAX) {
-        reason = g_strdup_printf("a domain XML of %" G_GINT64_FORMAT
-                                 " bytes is larger than the limit of %d",
-                                 (gint64)body, VR_RECEIVER_DOMAIN_MAX);
+    if (body > limit) {
+        reason = g_strdup_printf("%s of %" G_GINT64_FORMAT " bytes is larger than the limit of "
+                                 "%" G_GINT64_FORMAT,
+                                 what, (gint64)body, (gint64)limit);
         vr_receiver_reply(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, reason);
         return;
     }
     type = soup_message_headers_get_content_type(headers, NULL);
-    if (type == NULL || g_ascii_strcasecmp(type, "application/xml") != 0) {
-        vr_receiver_reply(msg, SOUP_STATUS_UNSUPPORTED_MEDIA_TYPE,
-                          "a domain XML is sent as application/xml");
+    if (type == NULL || g_ascii_strcasecmp(type, media) != 0) {
+        reason = g_strdup_printf("%s is sent as %s", what, media);
+        vr_receiver_reply(msg, SOUP_STATUS_UNSUPPORTED_MEDIA_TYPE, reason);
         return;
     }
     if (body <= 0) {
-        vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, "the domain XML is empty");
+        vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST,
+                          failover ? "the failover request is empty" : "the domain XML is empty");
         return;
     }
     domain = g_new0(VrReceiverDomain, 1);
     domain->receiver = g_rc_box_acquire(receiver);
+    domain->failover = failover;
     domain->key = *key;
     domain->peer_name = g_strdup(peer->name);
     domain->storage_root = g_strdup(peer->storage_root);
@@ -858,6 +874,20 @@ vr_receiver_domain_finish(VrReceiverDomain *domain, SoupServerMessage *msg)
         return;
     }
     g_byte_array_append(domain->body, (const guint8 *)"", 1); /* a NUL after the XML */
+    if (domain->failover) {
+        g_autofree char *reply = NULL;
+
+        if (!receiver->sink->failover(domain->key.relationship, &peer,
+                                      (const char *)domain->body->data, domain->expected,
+                                      receiver->sink_data, &reply, &error)) {
+            vr_receiver_reply(msg, vr_receiver_status_for(error), error->message);
+            return;
+        }
+        soup_server_message_set_status(msg, SOUP_STATUS_OK, NULL);
+        soup_server_message_set_response(msg, "application/json", SOUP_MEMORY_TAKE,
+                                         g_steal_pointer(&reply), strlen(reply));
+        return;
+    }
     if (!receiver->sink->domain(domain->key.relationship, &peer, (const char *)domain->body->data,
                                 domain->expected, receiver->sink_data, &error)) {
         vr_receiver_reply(msg, vr_receiver_status_for(error), error->message);
@@ -1097,11 +1127,11 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
      */
     soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), FALSE);
     if (strcmp(method, SOUP_METHOD_PUT) != 0 && strcmp(method, SOUP_METHOD_HEAD) != 0 &&
-        strcmp(method, SOUP_METHOD_GET) != 0) {
+        strcmp(method, SOUP_METHOD_GET) != 0 && strcmp(method, SOUP_METHOD_POST) != 0) {
         soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow",
-                                     "GET, PUT, HEAD");
+                                     "GET, PUT, HEAD, POST");
         vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED,
-                          "only GET, PUT and HEAD are allowed");
+                          "only GET, PUT, HEAD and POST are allowed");
         return;
     }
     /* Per request: a CRL reloaded since the handshake cuts off a live connection. */
@@ -1139,7 +1169,7 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
         return;
     }
     if (g_str_has_prefix(path, VR_RECEIVER_DOMAINS_PREFIX)) {
-        if (!vr_receiver_parse_domain_path(path, &key, &error)) {
+        if (!vr_receiver_parse_domain_path(path, VR_RECEIVER_DOMAINS_PREFIX, &key, &error)) {
             vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, error->message);
         } else if (strcmp(method, SOUP_METHOD_PUT) != 0) {
             soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow",
@@ -1147,8 +1177,28 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
             vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED,
                               "a domain XML is only written (PUT)");
         } else {
-            vr_receiver_put_domain(receiver, msg, &key, &who);
+            vr_receiver_put_domain(receiver, msg, &key, &who, false);
         }
+        return;
+    }
+    if (g_str_has_prefix(path, VR_RECEIVER_FAILOVER_PREFIX)) {
+        if (!vr_receiver_parse_domain_path(path, VR_RECEIVER_FAILOVER_PREFIX, &key, &error)) {
+            vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, error->message);
+        } else if (strcmp(method, SOUP_METHOD_POST) != 0) {
+            soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow",
+                                         "POST");
+            vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED,
+                              "a planned failover is asked with POST");
+        } else {
+            vr_receiver_put_domain(receiver, msg, &key, &who, true);
+        }
+        return;
+    }
+    if (strcmp(method, SOUP_METHOD_POST) == 0) {
+        soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow",
+                                     "GET, PUT, HEAD");
+        vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED,
+                          "POST is only for /v1/failover/{relationship}");
         return;
     }
     if (!vr_receiver_parse_path(path, &key, &error)) {

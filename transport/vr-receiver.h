@@ -10,7 +10,10 @@
  * GET /v1/hashes/{relationship}/{disk} serves the hash list of the disk's latest recovery
  * point, a file the sink names, streamed from the file in pieces (for a resync). PUT
  * /v1/domains/{relationship} hands the primary's domain XML (at most VR_RECEIVER_DOMAIN_MAX
- * bytes, collected in memory) to the sink, which defines the standby domain from it.
+ * bytes, collected in memory) to the sink, which defines the standby domain from it. POST
+ * /v1/failover/{relationship} (a planned failover's last step: a JSON object of at most
+ * VR_RECEIVER_FAILOVER_MAX bytes) goes to the sink's failover(), whose JSON answer is the
+ * reply (200).
  *
  * The client's certificate goes through the certificate policy (vr-tls-policy.h) in the
  * TLS handshake and again on every request, then through authorization (vr-authz.h). At
@@ -41,6 +44,9 @@ GQuark vr_receiver_error_quark(void);
 
 /* The largest domain XML PUT /v1/domains/{relationship} takes (a larger one is 413). */
 #define VR_RECEIVER_DOMAIN_MAX (1024 * 1024)
+
+/* The largest request body POST /v1/failover/{relationship} takes (a larger one is 413). */
+#define VR_RECEIVER_FAILOVER_MAX (64 * 1024)
 
 /*
  * What a sink may answer to steer the HTTP status. Other errors: G_IO_ERROR_NO_SPACE is
@@ -74,8 +80,8 @@ typedef struct {
 } VrReceiverPeer;
 
 /*
- * Where the verified records of one stream go. Every member is required but hashes() and
- * domain().
+ * Where the verified records of one stream go. Every member is required but hashes(),
+ * domain() and failover().
  * begin() is called
  * once per stream, when its first request (offset 0) has its headers and before any of its
  * body is read; then record() for every record in stream order (BEGIN, whose identity the
@@ -125,6 +131,16 @@ typedef struct {
      */
     bool (*domain)(const char *relationship, const VrReceiverPeer *peer, const char *xml, gsize len,
                    gpointer user_data, GError **error);
+    /*
+     * Optional (NULL: POST /v1/failover/... is answered 501). A planned failover asked by
+     * the primary (docs/failover.md): @body holds @len bytes (1 to VR_RECEIVER_FAILOVER_MAX,
+     * application/json, not parsed here) followed by a NUL. *@reply_out (transfer full) is
+     * the JSON answer, sent with 200. The trust-group rule and what the body means are the
+     * sink's; an error's code gives the status as for domain(). Called once the whole body
+     * is in, on the receiver's thread, without a turn; it may block the thread meanwhile.
+     */
+    bool (*failover)(const char *relationship, const VrReceiverPeer *peer, const char *body,
+                     gsize len, gpointer user_data, char **reply_out, GError **error);
 } VrReceiverSink;
 
 /*

@@ -1194,6 +1194,103 @@ vr_sender_put_domain(VrSender *sender, const char *relationship, const char *xml
     return ok;
 }
 
+/* ---- a planned failover ------------------------------------------------------------------ */
+
+/* The largest answer to a failover request that is read. */
+#define VR_SENDER_FAILOVER_REPLY_MAX (64 * 1024)
+
+typedef struct {
+    GBytes *body;
+    char *reply; /* the 200 answer */
+} VrSenderFailover;
+
+/* One POST of a planned failover; a 200 answer is read whole (it is small). */
+static VrSenderOutcome
+vr_sender_post_failover_attempt(VrSenderUpload *call, SoupSession *session, gpointer data,
+                                GError **error)
+{
+    VrSenderFailover *failover = data;
+    g_autoptr(SoupMessage) msg = vr_sender_message_new(call, SOUP_METHOD_POST);
+    g_autoptr(GInputStream) reply = NULL;
+    g_autofree char *reason = NULL;
+    g_autofree char *buf = NULL;
+    gsize got = 0;
+    guint status;
+
+    soup_message_set_request_body_from_bytes(msg, "application/json", failover->body);
+    call->stats->requests++;
+    g_debug("POST %s", call->uri);
+    reply = soup_session_send(session, msg, call->cancellable, error);
+    if (reply == NULL)
+        return VR_SENDER_RETRY;
+    vr_sender_note_retry_after(call, msg);
+    status = soup_message_get_status(msg);
+    if (status == SOUP_STATUS_OK) {
+        buf = g_malloc(VR_SENDER_FAILOVER_REPLY_MAX + 1);
+        if (!g_input_stream_read_all(reply, buf, VR_SENDER_FAILOVER_REPLY_MAX, &got,
+                                     call->cancellable, error))
+            return VR_SENDER_RETRY;
+        g_input_stream_close(reply, NULL, NULL);
+        buf[got] = '\0';
+        g_free(failover->reply);
+        failover->reply = g_steal_pointer(&buf);
+        return VR_SENDER_DONE;
+    }
+    reason = vr_sender_read_reason(call, session, reply, false, error);
+    if (reason == NULL)
+        return VR_SENDER_RETRY;
+    if (reason[0] == '\0') {
+        g_free(reason);
+        reason = g_strdup(soup_message_get_reason_phrase(msg));
+    }
+    switch (status) {
+    case SOUP_STATUS_CONFLICT:
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT, "%s", reason);
+        return VR_SENDER_FAILED;
+    case SOUP_STATUS_NOT_FOUND:
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NOT_FOUND,
+                    "the replica refused %s: 404 %s", call->uri, reason);
+        return VR_SENDER_FAILED;
+    default:
+        break;
+    }
+    if (SOUP_STATUS_IS_SERVER_ERROR(status) && status != SOUP_STATUS_NOT_IMPLEMENTED &&
+        status != SOUP_STATUS_INTERNAL_SERVER_ERROR) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
+                    "the replica failed: %u %s", status, reason);
+        return status == SOUP_STATUS_SERVICE_UNAVAILABLE ? VR_SENDER_BUSY : VR_SENDER_RETRY;
+    }
+    /* A 500 is the failover's own failure (undone on the replica): final, not retried. */
+    g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED, "the replica refused %s: %u %s",
+                call->uri, status, reason);
+    return VR_SENDER_FAILED;
+}
+
+bool
+vr_sender_post_failover(VrSender *sender, const char *relationship, const char *json,
+                        char **reply_out, GError **error)
+{
+    g_autofree char *rel = g_uri_escape_string(relationship, NULL, FALSE);
+    VrSenderFailover failover = { g_bytes_new(json, strlen(json)), NULL };
+    VrSenderStats stats = { 0 };
+    VrSenderUpload call = { 0 };
+    bool ok;
+
+    call.sender = sender;
+    call.fd = -1;
+    call.stats = &stats;
+    call.uri =
+        g_strdup_printf("https://%s:%u/v1/failover/%s", sender->server_name, sender->port, rel);
+    ok = vr_sender_call(&call, "ask for the failover at", vr_sender_post_failover_attempt,
+                        &failover, error);
+    g_free(call.uri);
+    g_bytes_unref(failover.body);
+    if (ok)
+        *reply_out = g_steal_pointer(&failover.reply);
+    g_free(failover.reply);
+    return ok;
+}
+
 /* ---- the sender ------------------------------------------------------------------------- */
 
 VrSender *

@@ -124,4 +124,15 @@ bool vr_sender_fetch_hashes(VrSender *sender, const char *relationship, const ch
 bool vr_sender_put_domain(VrSender *sender, const char *relationship, const char *xml,
                           GError **error);
 
+/*
+ * Ask the replica for the planned failover of @relationship (docs/failover.md): POST
+ * /v1/failover/{relationship} with @json (NUL-terminated, application/json); *@reply_out
+ * (transfer full) gets the replica's JSON answer (200), at most 64 KiB. Retried like
+ * vr_sender_put_domain() (the replica answers a repeated request of a failover it made with
+ * the same answer); final: VR_SENDER_ERROR_CONFLICT (409: the message is the replica's
+ * reason), _REFUSED, _NOT_FOUND, _CERTIFICATE. Blocks its thread, like an upload.
+ */
+bool vr_sender_post_failover(VrSender *sender, const char *relationship, const char *json,
+                             char **reply_out, GError **error);
+
 G_END_DECLS

@@ -8,7 +8,8 @@
  *
  *   - prepare: the standby guard (docs/standby.md). A domain whose <metadata> carries the
  *     virt-replica standby marker with state="replica" is refused (exit 1, one line on
- *     stderr, which libvirt puts into its error): a standby starts only through a failover.
+ *     stderr, which libvirt puts into its error): a standby starts only through a failover;
+ *     so is a primary's own domain after a planned failover away (state="old-primary").
  *   - started, stopped, release, migrate, reconnect: one notification to virt-replicad over
  *     its unix socket (POST /v1/hooks/qemu), within 1 s from the start of the program,
  *     whatever the daemon does; exit 0 in every case, with a one-line warning on stderr when
@@ -71,6 +72,8 @@
 #define VR_HOOK_STANDBY_XMLNS   "https://virt-replica.org/xmlns/standby/1"
 #define VR_HOOK_STANDBY_ELEMENT "standby"
 #define VR_HOOK_STANDBY_REPLICA "replica"
+/* The marker of a primary's own domain after a planned failover away (docs/failover.md). */
+#define VR_HOOK_STANDBY_OLD_PRIMARY "old-primary"
 
 /* The errors of a notification, each logged once, in main(). */
 #define VR_HOOK_ERROR (vr_hook_error_quark())
@@ -309,6 +312,16 @@ vr_hook_prepare(const char *name, const VrHookInput *input)
         return 1;
     }
     vr_hook_domain_parse(&domain, input->bytes);
+    if (domain.standby && g_strcmp0(domain.state, VR_HOOK_STANDBY_OLD_PRIMARY) == 0) {
+        g_autofree char *relationship = vr_hook_printable(domain.relationship);
+
+        vr_hook_warn("refusing to start domain '%s': it failed over to its replica host "
+                     "(relationship '%s', state '%s'), where it runs now; starting it here too "
+                     "would split the brain. 'virt-replica replica-disable %s' removes this "
+                     "guard",
+                     shown, relationship, VR_HOOK_STANDBY_OLD_PRIMARY, shown);
+        return 1;
+    }
     if (!domain.standby || g_strcmp0(domain.state, VR_HOOK_STANDBY_REPLICA) != 0)
         return 0;
 

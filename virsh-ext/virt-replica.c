@@ -1347,6 +1347,111 @@ vr_cli_cmd_enable(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError *
     return true;
 }
 
+static const VrCliWait vr_cli_planned_wait = {
+    .what = "shutting the domain down, sending its final cycle, failing over",
+    .after_interrupt = "the planned failover goes on in virt-replicad (see replica-status)",
+    .follow = true,
+};
+
+/*
+ * replica-planned-failover (primary host): POST .../planned-failover {"shutdown_timeout",
+ * "force", "reverse"}, answered when the replica runs the domain (docs/failover.md).
+ */
+static bool
+vr_cli_cmd_planned_failover(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
+{
+    g_autoptr(json_object) request = json_object_new_object();
+    g_autofree char *path = vr_cli_relationship_path(cli->target, "planned-failover");
+    g_autoptr(VrCliReply) reply = NULL;
+    g_autofree char *bytes = NULL;
+
+    if (!vr_cli_arg_uint(args, "shutdown-timeout", 1, 86400, request, "shutdown_timeout", error))
+        return false;
+    if (vr_cli_flag(args, "force"))
+        json_object_object_add(request, "force", json_object_new_boolean(true));
+    if (vr_cli_flag(args, "reverse"))
+        json_object_object_add(request, "reverse", json_object_new_boolean(true));
+    /* The guest's shutdown and the final cycle take what they take: no default limit. */
+    reply = vr_cli_request(cli, SOUP_METHOD_POST, path, request, 0, &vr_cli_planned_wait, error);
+    if (reply == NULL)
+        return false;
+    if (vr_cli_flag(args, "json")) {
+        vr_cli_print_raw(reply);
+        return true;
+    }
+    bytes = vr_cli_format_size(vr_cli_json_uint(reply->json, "bytes"));
+    printf("Planned failover of '%s': %s; final cycle %" G_GUINT64_FORMAT " (%s) verified on "
+           "the replica, where '%s' runs now (epoch %" G_GUINT64_FORMAT ", state %s). '%s' "
+           "stays shut off here and refuses to start.\n",
+           cli->target,
+           json_object_get_boolean(vr_cli_json_get(reply->json, "forced"))
+               ? "destroyed after the shutdown timeout"
+               : "shut down",
+           vr_cli_json_uint(reply->json, "cycle"), bytes, vr_cli_json_text(reply->json, "standby"),
+           vr_cli_json_uint(reply->json, "epoch"), vr_cli_json_text(reply->json, "state"),
+           vr_cli_json_text(reply->json, "domain"));
+    if (vr_cli_json_get(reply->json, "reverse") != NULL)
+        printf("Reverse replication: '%s' (%s) replicates to this host; '%s' is its standby "
+               "here.\n",
+               vr_cli_json_text(reply->json, "standby"),
+               vr_cli_json_text(reply->json, "reverse_primary"),
+               vr_cli_json_text(reply->json, "domain"));
+    if (vr_cli_json_get(reply->json, "warning") != NULL)
+        printf("Warning: %s\n", vr_cli_json_text(reply->json, "warning"));
+    return true;
+}
+
+/*
+ * replica-reverse: POST .../reverse, on the failed-over host ({"server", "port", "address"})
+ * or with --accept on the old primary ({"accept": true, "primary"}) (docs/failover.md).
+ */
+static bool
+vr_cli_cmd_reverse(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
+{
+    g_autoptr(json_object) request = json_object_new_object();
+    g_autofree char *path = vr_cli_relationship_path(cli->target, "reverse");
+    g_autoptr(VrCliReply) reply = NULL;
+    bool accept = vr_cli_flag(args, "accept");
+    const char *server = vr_cli_arg(args, "server");
+
+    if (accept == (server != NULL))
+        return vr_cli_usage_error(error, "give either --server NAME (on the failed-over host) "
+                                         "or --accept (on the old primary)");
+    if (accept) {
+        json_object_object_add(request, "accept", json_object_new_boolean(true));
+        if (vr_cli_arg(args, "primary") != NULL)
+            json_object_object_add(request, "primary",
+                                   json_object_new_string(vr_cli_arg(args, "primary")));
+    } else {
+        json_object_object_add(request, "server", json_object_new_string(server));
+        if (vr_cli_arg(args, "address") != NULL)
+            json_object_object_add(request, "address",
+                                   json_object_new_string(vr_cli_arg(args, "address")));
+        if (!vr_cli_arg_uint(args, "port", 1, 65535, request, "port", error))
+            return false;
+    }
+    reply = vr_cli_request(cli, SOUP_METHOD_POST, path, request, 0, NULL, error);
+    if (reply == NULL)
+        return false;
+    if (vr_cli_flag(args, "json")) {
+        vr_cli_print_raw(reply);
+        return true;
+    }
+    if (accept)
+        printf("'%s' is the replica of relationship %s now: '%s' is its standby, its disk the "
+               "seed (point %" G_GUINT64_FORMAT ", epoch %" G_GUINT64_FORMAT ").\n",
+               cli->target, vr_cli_json_text(reply->json, "relationship"),
+               vr_cli_json_text(reply->json, "standby"), vr_cli_json_uint(reply->json, "point"),
+               vr_cli_json_uint(reply->json, "epoch"));
+    else
+        printf("'%s' replicates to %s from now on (relationship %s, epoch %" G_GUINT64_FORMAT
+               "); its first cycle is a hash resynchronization.\n",
+               vr_cli_json_text(reply->json, "domain"), server,
+               vr_cli_json_text(reply->json, "relationship"),
+               vr_cli_json_uint(reply->json, "epoch"));
+    return true;
+}
+
 static const VrCliWait vr_cli_import_wait = {
     .what = "verifying and applying the export",
     .after_interrupt = "the import goes on in virt-replicad",
@@ -1380,6 +1485,61 @@ vr_cli_cmd_import(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError *
 }
 
 /*
+ * The "interfaces" member of a failover request from --ip values "MAC,KEY=VALUE,...": the
+ * daemon checks the keys and values (docs/failover.md, "Failover TCP/IP"). (transfer full)
+ */
+static json_object *
+vr_cli_failover_interfaces(GPtrArray *values, GError **error)
+{
+    g_autoptr(json_object) interfaces = json_object_new_object();
+
+    for (guint i = 0; i < values->len; i++) {
+        g_auto(GStrv) parts = g_strsplit(values->pdata[i], ",", -1);
+        json_object *settings = json_object_new_object();
+
+        json_object_object_add(interfaces, parts[0], settings);
+        if (parts[0][0] == '\0' || parts[1] == NULL) {
+            vr_cli_usage_error(error, "option '--ip': '%s' is not MAC,KEY=VALUE,...",
+                               (const char *)values->pdata[i]);
+            return NULL;
+        }
+        for (guint p = 1; parts[p] != NULL; p++) {
+            char *eq = strchr(parts[p], '=');
+
+            if (eq == NULL || eq == parts[p]) {
+                vr_cli_usage_error(error, "option '--ip': '%s' is not KEY=VALUE", parts[p]);
+                return NULL;
+            }
+            *eq = '\0';
+            /* DNS servers joined by '+' ("192.0.2.53+192.0.2.54"): the daemon splits on ' '. */
+            g_strdelimit(eq + 1, "+", ' ');
+            json_object_object_add(settings, parts[p], json_object_new_string(eq + 1));
+        }
+    }
+    return g_steal_pointer(&interfaces);
+}
+
+/*
+ * After a failover line: each network warning (an interface left unconnected) and the
+ * failover TCP/IP outcome unless nothing was configured (docs/failover.md).
+ */
+static void
+vr_cli_print_failover_network(json_object *reply)
+{
+    json_object *network = vr_cli_json_get(reply, "network");
+    json_object *warnings = vr_cli_json_get(network, "warnings");
+    json_object *guest_ip = vr_cli_json_get(network, "guest_ip");
+    const char *state = vr_cli_json_string(guest_ip, "state");
+    const char *reason = vr_cli_json_string(guest_ip, "reason");
+
+    for (size_t i = 0; warnings != NULL && i < json_object_array_length(warnings); i++)
+        printf("Warning: %s\n", json_object_get_string(json_object_array_get_idx(warnings, i)));
+    if (state != NULL && strcmp(state, "not-configured") != 0)
+        printf("Failover TCP/IP: %s%s%s\n", state, reason != NULL ? ": " : "",
+               reason != NULL ? reason : "");
+}
+
+/*
  * replica-failover, -failover-complete, -failover-cancel (replica host): POST
  * .../failover{,-complete,-cancel} with {"point", "test"}, answered with what the failover
  * did (docs/failover.md).
@@ -1406,6 +1566,13 @@ vr_cli_cmd_failover(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError
     }
     if (test)
         json_object_object_add(request, "test", json_object_new_boolean(true));
+    if (args->repeated->len > 0) {
+        json_object *interfaces = vr_cli_failover_interfaces(args->repeated, error);
+
+        if (interfaces == NULL)
+            return false;
+        json_object_object_add(request, "interfaces", interfaces);
+    }
     /* Starting a domain under TCG, or removing points, takes a while: no default limit. */
     reply = vr_cli_request(cli, SOUP_METHOD_POST, path, request, 0, NULL, error);
     if (reply == NULL)
@@ -1438,6 +1605,8 @@ vr_cli_cmd_failover(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError
         printf("Failover of '%s' cancelled: '%s' is stopped, its overlays removed; the "
                "replica accepts cycles again (state %s).\n",
                cli->target, domain, vr_cli_json_text(reply->json, "state"));
+    if (strcmp(action, "failover") == 0)
+        vr_cli_print_failover_network(reply->json);
     return true;
 }
 
@@ -1700,6 +1869,33 @@ static const VrCliOption vr_cli_failover_options[] = {
       "disk holds)" },
     { "test", NULL, VR_CLI_OPT_FLAG, NULL,
       "boot a copy on its own overlays and the test network while replication goes on" },
+    { "ip", "MAC,KEY=VALUE,...", VR_CLI_OPT_VALUE | VR_CLI_OPT_REPEAT, NULL,
+      "failover TCP/IP of one NIC, over [interface:MAC] of the configuration: keys ipv4, "
+      "ipv4-gateway, ipv6, ipv6-gateway, dns (servers joined by '+'); repeat for more NICs" },
+    { "json", NULL, VR_CLI_OPT_FLAG, NULL, "print the daemon's JSON answer as it is" },
+    { NULL },
+};
+
+static const VrCliOption vr_cli_planned_failover_options[] = {
+    { "shutdown-timeout", "S", VR_CLI_OPT_VALUE, NULL,
+      "seconds the guest has to shut down (ACPI) before the failover gives up (default 120)" },
+    { "force", NULL, VR_CLI_OPT_FLAG, NULL,
+      "destroy the domain when it did not shut down in time, instead of giving up" },
+    { "reverse", NULL, VR_CLI_OPT_FLAG, NULL,
+      "then replicate back: the replica host becomes the primary, this host its replica" },
+    { "json", NULL, VR_CLI_OPT_FLAG, NULL, "print the daemon's JSON answer as it is" },
+    { NULL },
+};
+
+static const VrCliOption vr_cli_reverse_options[] = {
+    { "server", "NAME", VR_CLI_OPT_VALUE, NULL,
+      "the old primary's replica role: its DNS name (on the failed-over host)" },
+    { "port", "N", VR_CLI_OPT_VALUE, NULL, "its port (default 8443)" },
+    { "address", "IP", VR_CLI_OPT_VALUE, NULL, "its address on the replication network" },
+    { "accept", NULL, VR_CLI_OPT_FLAG, NULL,
+      "on the old primary: become the replica, the domain's disk the seed" },
+    { "primary", "IDENTITY", VR_CLI_OPT_VALUE, NULL,
+      "with --accept: the new primary's certificate identity (default: the replica's name)" },
     { "json", NULL, VR_CLI_OPT_FLAG, NULL, "print the daemon's JSON answer as it is" },
     { NULL },
 };
@@ -1769,13 +1965,14 @@ static const VrCliCommand vr_cli_commands[] = {
       "Lists the recovery points of DOMAIN on this host (the replica), per disk, oldest "
       "first.",
       VR_CLI_ARG_DOMAIN, 1, 1, vr_cli_json_option, vr_cli_cmd_points },
-    { "replica-failover", "DOMAIN [--point ID|latest] [--test] [--json]",
+    { "replica-failover", "DOMAIN [--point ID|latest] [--test] [--ip MAC,KEY=VALUE,...] [--json]",
       "fail over to the replica (or --test: boot a test copy)",
       "On the replica host, when the primary is lost: refuses further cycles of DOMAIN, "
       "creates a throwaway overlay on the chosen recovery point for each disk and starts the "
       "standby domain on it (state FailedOver, the epoch incremented). With --test, starts a "
       "copy of the standby with its own name and UUID, on overlays of its own and the test "
-      "network, while replication goes on. The recovery points are never written.",
+      "network, while replication goes on. The recovery points are never written. --ip sets "
+      "the addresses pushed into a Linux guest through its agent (failover TCP/IP).",
       VR_CLI_ARG_DOMAIN, 1, 1, vr_cli_failover_options, vr_cli_cmd_failover },
     { "replica-failover-complete", "DOMAIN [--json]",
       "keep only the failed-over point and discard the others",
@@ -1790,6 +1987,24 @@ static const VrCliCommand vr_cli_commands[] = {
       "is intact. With --test, destroys and undefines the test copy and removes its "
       "overlays.",
       VR_CLI_ARG_DOMAIN, 1, 1, vr_cli_failover_cancel_options, vr_cli_cmd_failover },
+    { "replica-planned-failover", "DOMAIN [--shutdown-timeout S] [--force] [--reverse] [--json]",
+      "shut the domain down and fail over to the replica with no data loss",
+      "On the primary host: stops the cycles of DOMAIN, shuts it down (ACPI; after "
+      "--shutdown-timeout seconds, default 120, it gives up with an error and replication "
+      "goes on, or with --force destroys the domain), sends its final cycle from the closed "
+      "disks, and asks the replica to check that it holds exactly that state and to start "
+      "the standby on it. DOMAIN then stays shut off here, guarded against a start (state "
+      "FailedOver). With --reverse the replica host then replicates the domain back to this "
+      "host (its replica role must run), whose DOMAIN becomes the standby.",
+      VR_CLI_ARG_DOMAIN, 1, 1, vr_cli_planned_failover_options, vr_cli_cmd_planned_failover },
+    { "replica-reverse", "DOMAIN (--server NAME [--port N] [--address IP] | --accept) [--json]",
+      "replicate back after an unplanned failover",
+      "On the host that failed over (state FailedOver): DOMAIN replicates from here to the "
+      "old primary's replica role NAME, the first cycle a hash resynchronization. On the old "
+      "primary, once it is back and its domain shut off, --accept first: its domain becomes "
+      "the standby and its disk the seed. Split brain is never resolved by itself: both "
+      "steps are the operator's.",
+      VR_CLI_ARG_DOMAIN, 1, 1, vr_cli_reverse_options, vr_cli_cmd_reverse },
     { "replica-import", "PATH [--json]", "import an initial copy exported to PATH",
       "On the replica host: imports the initial copy that a primary exported to the directory "
       "PATH (replica-enable --initial export:PATH), after verifying its manifest and every "

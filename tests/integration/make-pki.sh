@@ -10,6 +10,8 @@
 #   ca, ca2                  the CA (ECDSA P-256, signs certificates and CRLs), an unrelated CA
 #   client-ok                EKU clientAuth, CN primary1
 #   server-ok                EKU serverAuth, CN replica.example, DNS replica.example, *.dr.example
+#   both-primary, both-replica  EKU clientAuth and serverAuth, CN and DNS primary.example,
+#                            replica.example (hosts in both roles)
 #   server-multiwild         EKU serverAuth, CN multi, DNS *.*.example (two wildcards)
 #   server-clientauth-only   EKU clientAuth only, CN replica.example
 #   client-expired           valid 2020-01-01 .. 2021-01-01
@@ -91,6 +93,15 @@ leaf server-ok ca "cn = replica.example
 dns_name = replica.example
 dns_name = *.dr.example
 $server"
+
+# Hosts that play both roles (reverse replication after a planned failover): both EKUs.
+for host in primary replica; do
+    key "both-$host"
+    leaf "both-$host" ca "cn = $host.example
+dns_name = $host.example
+$client
+tls_www_server"
+done
 
 key server-multiwild
 leaf server-multiwild ca "cn = multi

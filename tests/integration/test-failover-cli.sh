@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Failover through both daemons and the CLI (docs/failover.md): a primary virt-replicad and
 # a replica virt-replicad on loopback (the test PKI), a running QEMU domain under libvirtd
-# (no OS; guest writes through HMP qemu-io), replication enabled with --wait. On the
+# (no OS; guest writes through HMP qemu-io) with a NIC on an isolated network of the test's
+# own that the replica maps to a missing one, replication enabled with --wait. On the
 # replica's socket: a test failover while the primary syncs, its cancel; the API's errors;
 # an unplanned failover to the older point (the standby's disk equals it), the primary's
 # sync refused, cancel, the primary's sync accepted again; a failover to the latest point
@@ -17,12 +18,14 @@ srcdir=$(cd "$(dirname "$0")" && pwd)
 
 daemon_bin=$2
 cli=$3
-tests=22
+tests=25
 
 tap_work_dir vrfailover
 pids=()
 prefix=${VR_TEST_PREFIX:-vrtest-$$}
 dom=$prefix-fo
+net=$prefix-fonet
+mac=52:54:00:fa:11:01
 cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
     sleep 0.5
@@ -32,6 +35,7 @@ cleanup() {
         virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
         virsh -q -c qemu:///system undefine "$d" --nvram >/dev/null 2>&1
     done
+    virsh -q -c qemu:///system net-destroy "$net" >/dev/null 2>&1
     [ -n "$work_own" ] && rm -rf "$work_own"
 }
 trap cleanup EXIT
@@ -42,6 +46,17 @@ tap_make_pki "$pki"
 
 port=$(tap_free_port)
 tap_pair_conf
+# Networks at failover and failover TCP/IP (docs/failover.md): the NIC's network is mapped
+# to one this host lacks; its address cannot be pushed (no guest agent).
+cat >>"$work/replica.conf" <<CONF
+guest-agent-wait = 0
+
+[network-map]
+$net = $prefix-fogone
+
+[interface:$mac]
+ipv4 = 192.0.2.10/24
+CONF
 
 field() { tap_field "$1"; }
 # pcli ARGS / rcli ARGS: the CLI on the primary's or the replica's daemon.
@@ -67,6 +82,11 @@ state_of() { virsh -q -c qemu:///system domstate "$1" 2>&1; }
 echo "1..$tests"
 
 tap_domain_start "$dom" || exit 1
+# The NIC, in the persistent definition the primary sends (isolated network, no address).
+echo "<network><name>$net</name></network>" >"$work/net.xml"
+virsh -q -c qemu:///system net-create "$work/net.xml" >/dev/null &&
+    virsh -q -c qemu:///system attach-interface "$dom" network "$net" --mac "$mac" \
+        --model virtio --config >/dev/null || exit 1
 tap_guest_write "$dom" 0x11 0 1M
 tap_daemon_start replica "$work/replica.conf" || exit 1
 tap_daemon_start primary "$work/primary.conf" || exit 1
@@ -99,7 +119,7 @@ diag "$out"
 virsh -q -c qemu:///system dominfo "$dom-replica-test" >/dev/null 2>&1
 check "the test copy is undefined" test $? != 0
 
-# --- 9-13: the API's errors ----------------------------------------------------------------------
+# --- 9-14: the API's errors ----------------------------------------------------------------------
 rapi POST /v1/relationships/nosuch/failover
 check "failover of an unknown domain: 404 unknown-domain" \
     test "$code" = 404 -a "$(field 'j["error"]["code"]')" = unknown-domain
@@ -115,13 +135,26 @@ out=$(rcli replica-failover-cancel "$dom" 2>&1)
 check "replica-failover-cancel without a failover: exit 1, one line" \
     test $? = 1 -a "$(wc -l <<<"$out")" = 1
 diag "$out"
+out=$(rcli replica-failover "$dom" --ip "$mac,ipv4=192.0.2.10" 2>&1)
+check "replica-failover --ip with a bad address: exit 1, the key named, nothing started" \
+    test $? = 1 -a -n "$(grep "ipv4: '192.0.2.10' is not an IPv4 address" <<<"$out")" \
+    -a "$(state_of "$dom-replica")" = "shut off"
+diag "$out"
 
-# --- 14-19: unplanned failover to an older point, refused cycles, cancel ---------------------
+# --- 15-22: unplanned failover to an older point, networks, refused cycles, cancel -----------
 sums=$(cd "$disk" && sha256sum rp-*.qcow2)
-out=$(rcli replica-failover "$dom" --point 2 2>&1)
+out=$(rcli replica-failover "$dom" --point 2 \
+    --ip "$mac,ipv4=198.51.100.7/24,dns=192.0.2.53+192.0.2.54" 2>&1)
 check "replica-failover --point 2: the standby runs" \
     test $? = 0 -a "$(state_of "$dom-replica")" = running
 diag "$out"
+warned=$(grep "^Warning: interface $mac: network '$prefix-fogone'.*left unconnected" <<<"$out")
+unplugged=$(virsh -q -c qemu:///system dumpxml "$dom-replica" |
+    grep -A3 "<interface type='ethernet'>" | grep "$mac")
+check "the NIC's mapped network is missing: unconnected, a warning names its MAC" \
+    test -n "$warned" -a -n "$unplugged"
+check "failover TCP/IP: not applied, no guest agent (and the failover succeeded)" \
+    test -n "$(grep "^Failover TCP/IP: not-applied: no guest agent" <<<"$out")"
 check "the standby's disk equals point 2" same "$disk/failover.qcow2" 2
 rapi GET "/v1/relationships/$dom"
 check "the replica's state: FailedOver at epoch 2" \
@@ -139,7 +172,7 @@ diag "$out"
 pcli replica-resume "$dom" >/dev/null 2>&1
 check "the primary's sync is accepted again" quiet pcli replica-sync "$dom"
 
-# --- 20-22: failover to the point before the latest, by the standby's name; complete --------
+# --- 23-25: failover to the point before the latest, by the standby's name; complete --------
 all=$(points)
 older=$(awk '{print $(NF - 1)}' <<<"$all")
 kept=$(awk -v p="$older" '{ s = ""; for (i = 1; i <= NF; i++) if ($i <= p) s = s (s ? " " : "") $i; print s }' <<<"$all")

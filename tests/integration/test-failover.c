@@ -29,9 +29,9 @@
 #include "vr-sender.h"
 #include "vr-standby.h"
 #include "vr-state.h"
+#include "vr-test-replica.h"
 #include "vr-test-transport.h"
 #include "vr-test-util.h"
-#include "vr-wire.h"
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(virDomain, virDomainFree)
 
@@ -43,16 +43,8 @@ static char *pki;
 static char *pki_skip_why;
 
 typedef struct {
-    char *root;
-    char *work;
-    VrTlsPolicy *client_policy;
-    VrTlsPolicy *server_policy;
-    VrAuthz *authz;
-    VrState *state;
-    VrReplicaSink *sink;
-    VrReceiver *receiver;
+    VrTestReplica r; /* with a state database, its standby in conn */
     VrFailover *failover;
-    guint16 port;
     virConnectPtr conn;
     char *name;            /* the primary */
     char *standby_name;    /* <name>-replica */
@@ -62,53 +54,16 @@ typedef struct {
     GPtrArray *domains;
 } Fixture;
 
-static void
-quiet_libvirt(void *opaque, virErrorPtr error)
-{
-}
-
-static char *
-pki_path(const char *name)
-{
-    return g_build_filename(pki, name, NULL);
-}
-
 /* The replica's side, as a daemon starts it: sink, receiver (a new port), failover. */
 static void
 replica_start(Fixture *fx)
 {
-    g_autofree char *cert = pki_path("server-ok.pem");
-    g_autofree char *key = pki_path("server-ok-key.pem");
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
-    g_autoptr(GSocketAddress) address = g_inet_socket_address_new(loopback, 0);
-    GSList *uris;
-
-    fx->sink = vr_replica_sink_new(fx->authz, &error);
-    g_assert_no_error(error);
-    vr_replica_sink_set_point_interval(fx->sink, 0);
-    vr_replica_sink_set_state(fx->sink, fx->state);
-    vr_replica_sink_set_standby(fx->sink, fx->conn, "%n-replica", NULL);
-    fx->receiver = vr_receiver_new(
-        &(VrReceiverConfig){
-            .cert_file = cert,
-            .key_file = key,
-            .policy = fx->client_policy,
-            .authz = fx->authz,
-            .address = G_INET_SOCKET_ADDRESS(address),
-            .max_body_size = 256 * MiB,
-            .sink = vr_replica_sink_get_sink(),
-            .sink_data = fx->sink,
-        },
-        &error);
-    g_assert_no_error(error);
-    uris = vr_receiver_get_uris(fx->receiver);
-    fx->port = (guint16)g_uri_get_port(uris->data);
-    g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
+    fx->r.port = 0;
+    vr_test_replica_start(&fx->r, pki, fx->conn, 256 * MiB);
     fx->failover = vr_failover_new(&(VrFailoverConfig){
-        .state = fx->state,
-        .sink = fx->sink,
-        .authz = fx->authz,
+        .state = fx->r.state,
+        .sink = fx->r.sink,
+        .authz = fx->r.authz,
         .conn = fx->conn,
     });
 }
@@ -118,43 +73,26 @@ static void
 replica_stop(Fixture *fx)
 {
     g_clear_pointer(&fx->failover, vr_failover_free);
-    g_clear_pointer(&fx->receiver, vr_receiver_free);
-    g_clear_pointer(&fx->sink, vr_replica_sink_free);
+    vr_test_replica_stop(&fx->r);
 }
 
 static void
 fixture_setup(Fixture *fx, gconstpointer data)
 {
     static guint serial;
-    g_autofree char *crl = NULL;
-    g_autofree char *name = NULL;
     g_autofree char *image = NULL;
-    g_autofree char *db = NULL;
     g_autofree char *xml = NULL;
+    g_autofree char *iface = NULL;
     g_autoptr(GError) error = NULL;
-    virDomainPtr primary;
 
     fx->domains = g_ptr_array_new_with_free_func(g_free);
-    if (pki == NULL) {
-        g_test_skip(pki_skip_why);
-        return;
-    }
-    if (vr_test_skip_without("qemu-img") || vr_test_skip_without("qemu-nbd"))
-        return;
-    fx->conn = vr_test_libvirt_connect();
+    fx->conn = vr_test_replica_connect(pki, pki_skip_why);
     if (fx->conn == NULL)
         return;
 
-    name = g_strdup_printf("root%u", serial);
-    fx->root = vr_test_path(name);
-    g_free(name);
-    name = g_strdup_printf("work%u", serial);
-    fx->work = vr_test_path(name);
     /* QEMU's user passes the storage root (docs/failover.md), never lists it. */
-    g_assert_no_errno(g_mkdir_with_parents(fx->root, 0711));
-    g_assert_no_errno(chmod(fx->root, 0711));
-    g_assert_no_errno(g_mkdir_with_parents(fx->work, 0755));
-    fx->disk_dir = g_build_filename(fx->root, "r1", "vda", NULL);
+    vr_test_dirs(serial, 0711, &fx->r.root, &fx->r.work);
+    fx->disk_dir = g_build_filename(fx->r.root, "r1", "vda", NULL);
 
     fx->name = g_strdup_printf("%s-%u", vr_test_prefix(), serial++);
     fx->standby_name = g_strdup_printf("%s-replica", fx->name);
@@ -162,7 +100,7 @@ fixture_setup(Fixture *fx, gconstpointer data)
     g_ptr_array_add(fx->domains, g_strdup(fx->copy_name));
     g_ptr_array_add(fx->domains, g_strdup(fx->standby_name));
     g_ptr_array_add(fx->domains, g_strdup(fx->name));
-    image = g_build_filename(fx->work, "vda.qcow2", NULL);
+    image = g_build_filename(fx->r.work, "vda.qcow2", NULL);
     vr_test_qcow2_create(image, "16M");
     /*
      * The primary's network, on the replica too (the standby uses it; the test copy must
@@ -172,39 +110,16 @@ fixture_setup(Fixture *fx, gconstpointer data)
     fx->network = virNetworkCreateXML(fx->conn, xml);
     if (fx->network == NULL)
         g_error("cannot create network '%s-net': %s", fx->name, virGetLastErrorMessage());
-    g_clear_pointer(&xml, g_free);
-    xml = g_strdup_printf("<domain type='qemu'>"
-                          "  <name>%s</name>"
-                          "  <memory unit='MiB'>64</memory>"
-                          "  <os><type arch='x86_64' machine='q35'>hvm</type></os>"
-                          "  <devices>"
-                          "    <disk type='file' device='disk'>"
-                          "      <driver name='qemu' type='qcow2'/>"
-                          "      <source file='%s'/>"
-                          "      <target dev='vda' bus='virtio'/>"
-                          "    </disk>"
-                          "    <interface type='network'>"
-                          "      <mac address='52:54:00:12:34:56'/>"
-                          "      <source network='%s-net'/>"
-                          "      <model type='virtio'/>"
-                          "    </interface>"
-                          "    <memballoon model='none'/>"
-                          "  </devices>"
-                          "</domain>",
-                          fx->name, image, fx->name);
-    primary = virDomainDefineXML(fx->conn, xml);
-    if (primary == NULL)
-        g_error("cannot define the primary '%s': %s", fx->name, virGetLastErrorMessage());
-    virDomainFree(primary);
+    iface = g_strdup_printf("<interface type='network'>"
+                            "  <mac address='52:54:00:12:34:56'/>"
+                            "  <source network='%s-net'/>"
+                            "  <model type='virtio'/>"
+                            "</interface>",
+                            fx->name);
+    virDomainFree(vr_test_domain_define(fx->conn, fx->name, image, iface));
 
-    crl = pki_path("crl.pem");
-    fx->client_policy = vr_test_policy_new(pki, crl, true, NULL);
-    fx->server_policy = vr_test_policy_new(pki, crl, true, "replica.example");
-    fx->authz = vr_authz_new_allow_any(fx->root, "a", &error);
-    g_assert_no_error(error);
-    db = g_build_filename(fx->work, "state.db", NULL);
-    fx->state = vr_state_open(db, &error);
-    g_assert_no_error(error);
+    vr_test_replica_init(&fx->r, pki);
+    vr_test_replica_open_state(&fx->r);
 
     replica_start(fx);
 
@@ -213,17 +128,10 @@ fixture_setup(Fixture *fx, gconstpointer data)
         g_autoptr(virDomain) dom = virDomainLookupByName(fx->conn, fx->name);
         g_autofree char *primary_xml =
             virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
-        VrTestDomain put = {
-            .pki = pki,
-            .client_cert = "client-ok",
-            .policy = fx->server_policy,
-            .port = fx->port,
-            .relationship = "r1",
-            .xml = primary_xml,
-        };
 
-        g_assert_true(vr_test_domain_wait(&put, g_thread_new("domain", vr_test_domain_run, &put)));
-        g_assert_no_error(put.error);
+        g_assert_true(vr_test_put_domain(pki, "client-ok", fx->r.server_policy, fx->r.port, "r1",
+                                         primary_xml, &error));
+        g_assert_no_error(error);
     }
 }
 
@@ -231,28 +139,15 @@ static void
 fixture_teardown(Fixture *fx, gconstpointer data)
 {
     replica_stop(fx);
-    for (guint i = 0; fx->conn != NULL && i < fx->domains->len; i++) {
-        virDomainPtr dom = virDomainLookupByName(fx->conn, fx->domains->pdata[i]);
-
-        if (dom == NULL)
-            continue;
-        if (virDomainIsActive(dom) == 1)
-            virDomainDestroy(dom);
-        virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_NVRAM);
-        virDomainFree(dom);
-    }
+    if (fx->conn != NULL)
+        vr_test_domains_undefine(fx->conn, fx->domains);
     if (fx->network != NULL) {
         virNetworkDestroy(fx->network);
         virNetworkFree(fx->network);
     }
     g_clear_pointer(&fx->conn, virConnectClose);
     g_clear_pointer(&fx->domains, g_ptr_array_unref);
-    g_clear_pointer(&fx->state, vr_state_free);
-    g_clear_pointer(&fx->authz, vr_authz_free);
-    g_clear_pointer(&fx->client_policy, vr_tls_policy_free);
-    g_clear_pointer(&fx->server_policy, vr_tls_policy_free);
-    g_free(fx->root);
-    g_free(fx->work);
+    vr_test_replica_clear(&fx->r);
     g_free(fx->name);
     g_free(fx->standby_name);
     g_free(fx->copy_name);
@@ -268,47 +163,7 @@ fixture_teardown(Fixture *fx, gconstpointer data)
 static char *
 make_cycle(Fixture *fx, uint64_t epoch, uint64_t base, uint64_t target, guint blocks)
 {
-    g_autofree char *name = g_strdup_printf("r1-%" G_GUINT64_FORMAT "-%u.vrw", target, blocks);
-    char *path = g_build_filename(fx->work, name, NULL);
-    g_autofree uint8_t *data = g_malloc(BLOCK);
-    g_autoptr(GByteArray) out = g_byte_array_new();
-    g_autoptr(VrWireEncoder) encoder = NULL;
-    g_autoptr(GError) error = NULL;
-    VrWireIdentity id = { 0 };
-
-    id.kind = VR_WIRE_KIND_CYCLE;
-    g_strlcpy(id.relationship, "r1", sizeof(id.relationship));
-    g_strlcpy(id.disk, "vda", sizeof(id.disk));
-    memset(id.domain_uuid, 0x3f, sizeof(id.domain_uuid));
-    id.epoch = epoch;
-    id.base_cycle = base;
-    id.target_cycle = target;
-    id.virtual_size = DISK_SIZE;
-    id.granularity = BLOCK;
-    id.flags = base == 0 ? VR_WIRE_FLAG_FULL : 0;
-    memset(data, (int)target, BLOCK);
-    encoder = vr_wire_encoder_new(&id, &error);
-    g_assert_no_error(error);
-    g_assert_true(vr_wire_encoder_begin(encoder, out, &error));
-    for (guint b = 0; b < blocks; b++) {
-        /* Random-looking bytes past the first block: zstd cannot shrink the slow stream. */
-        if (b == 1) {
-            g_autoptr(GRand) rand = g_rand_new_with_seed((guint32)target);
-
-            for (guint i = 0; i < BLOCK; i += 4) {
-                guint32 v = g_rand_int(rand);
-
-                memcpy(data + i, &v, 4);
-            }
-        }
-        g_assert_true(vr_wire_encoder_add_data(encoder, (target + b) * BLOCK % DISK_SIZE, data,
-                                               BLOCK, out, &error));
-    }
-    g_assert_true(vr_wire_encoder_end(encoder, out, &error));
-    g_assert_no_error(error);
-    g_assert_true(g_file_set_contents(path, (const char *)out->data, out->len, &error));
-    g_assert_no_error(error);
-    return path;
+    return vr_test_cycle_file(fx->r.work, epoch, base, target, blocks, DISK_SIZE);
 }
 
 /* Upload cycle @target (one block) at @epoch; its outcome (the error in *@error_out). */
@@ -316,20 +171,9 @@ static bool
 upload(Fixture *fx, uint64_t epoch, uint64_t base, uint64_t target, GError **error_out)
 {
     g_autofree char *path = make_cycle(fx, epoch, base, target, 1);
-    VrTestUpload send = {
-        .pki = pki,
-        .client_cert = "client-ok",
-        .policy = fx->server_policy,
-        .port = fx->port,
-        .path = path,
-        .max_attempts = 1,
-    };
-    bool ok = vr_test_upload_wait(&send, g_thread_new("sender", vr_test_upload_run, &send));
 
-    if (error_out != NULL)
-        *error_out = g_steal_pointer(&send.error);
-    g_clear_error(&send.error);
-    return ok;
+    return vr_test_upload(pki, "client-ok", fx->r.server_policy, fx->r.port, path, 1, NULL,
+                          error_out);
 }
 
 static void
@@ -387,7 +231,7 @@ static char *
 points(Fixture *fx)
 {
     g_autoptr(GError) error = NULL;
-    VrReplicaStore *store = vr_replica_sink_get_store(fx->sink, fx->root, "r1", "vda", &error);
+    VrReplicaStore *store = vr_replica_sink_get_store(fx->r.sink, fx->r.root, "r1", "vda", &error);
     g_autoptr(GString) out = g_string_new(NULL);
     const VrReplicaPoint *p;
     guint n;
@@ -446,7 +290,7 @@ static void
 assert_relationship(Fixture *fx, const char *state, uint64_t epoch)
 {
     g_autoptr(GError) error = NULL;
-    g_autoptr(VrStateRelationship) rel = vr_state_relationship_get(fx->state, "r1", &error);
+    g_autoptr(VrStateRelationship) rel = vr_state_relationship_get(fx->r.state, "r1", &error);
 
     g_assert_no_error(error);
     g_assert_cmpstr(rel->state, ==, state);
@@ -520,7 +364,7 @@ test_test_failover(Fixture *fx, gconstpointer data)
 
     if (fx->conn == NULL)
         return;
-    vr_replica_sink_set_recovery_points(fx->sink, 2);
+    vr_replica_sink_set_recovery_points(fx->r.sink, 2);
     upload_ok(fx, 0, 1);
     upload_ok(fx, 1, 2);
     upload_ok(fx, 2, 3);
@@ -567,9 +411,9 @@ test_test_failover(Fixture *fx, gconstpointer data)
     replica_stop(fx);
     replica_start(fx);
     /* Replication goes on: cycle 4 applies; retention keeps 3 (held) and its chain. */
-    vr_replica_sink_set_recovery_points(fx->sink, 0);
+    vr_replica_sink_set_recovery_points(fx->r.sink, 0);
     upload_ok(fx, 3, 4);
-    g_assert_null(vr_replica_sink_get_retention_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_retention_error(fx->r.sink));
     list = points(fx);
     g_assert_cmpstr(list, ==, "1 2 3 4");
 
@@ -610,7 +454,7 @@ test_unplanned(Fixture *fx, gconstpointer data)
 
     if (fx->conn == NULL)
         return;
-    vr_replica_sink_set_recovery_points(fx->sink, 4);
+    vr_replica_sink_set_recovery_points(fx->r.sink, 4);
     upload_ok(fx, 0, 1);
     upload_ok(fx, 1, 2);
     upload_ok(fx, 2, 3);
@@ -651,9 +495,9 @@ test_unplanned(Fixture *fx, gconstpointer data)
     g_assert_cmpuint(st.st_uid, !=, 0); /* QEMU's user (libvirt-qemu on Debian) */
     /* The primary is refused; after a restart (no fence in memory) by the state. */
     upload_refused(fx, 1, 4, 5, "failed over");
-    vr_replica_sink_unfence(fx->sink, "r1");
+    vr_replica_sink_unfence(fx->r.sink, "r1");
     upload_refused(fx, 1, 4, 5, "in state FailedOver");
-    vr_replica_sink_fence(fx->sink, "r1");
+    vr_replica_sink_fence(fx->r.sink, "r1");
     g_assert_null(vr_failover_start(fx->failover, "r1", NULL, false, &error));
     g_assert_error(error, VR_FAILOVER_ERROR, VR_FAILOVER_ERROR_CONFLICT);
     g_clear_error(&error);
@@ -703,14 +547,14 @@ test_unplanned(Fixture *fx, gconstpointer data)
     upload_refused(fx, 1, 5, 6, "failed over");
     /* A stale epoch, even once the relationship replicates again (reverse replication). */
     {
-        g_autoptr(VrStateRelationship) rel = vr_state_relationship_get(fx->state, "r1", &error);
+        g_autoptr(VrStateRelationship) rel = vr_state_relationship_get(fx->r.state, "r1", &error);
 
         g_assert_no_error(error);
         g_free(rel->state);
         rel->state = g_strdup("Replicating");
-        g_assert_true(vr_state_relationship_put(fx->state, rel, &error));
+        g_assert_true(vr_state_relationship_put(fx->r.state, rel, &error));
         g_assert_no_error(error);
-        vr_replica_sink_unfence(fx->sink, "r1");
+        vr_replica_sink_unfence(fx->r.sink, "r1");
         upload_refused(fx, 1, 2, 6, "older than the relationship's epoch 2");
     }
     for (guint k = 0; k < G_N_ELEMENTS(sums); k++)
@@ -744,8 +588,8 @@ test_during_apply(Fixture *fx, gconstpointer data)
     send = (VrTestUpload){
         .pki = pki,
         .client_cert = "client-ok",
-        .policy = fx->server_policy,
-        .port = fx->port,
+        .policy = fx->r.server_policy,
+        .port = fx->r.port,
         .path = path,
         .limit = limit,
         .max_attempts = 1,
@@ -785,11 +629,7 @@ test_during_apply(Fixture *fx, gconstpointer data)
 int
 main(int argc, char **argv)
 {
-    int rc;
-
-    g_test_init(&argc, &argv, NULL);
-    g_unsetenv("VR_FAILPOINT");
-    virSetErrorFunc(NULL, quiet_libvirt);
+    vr_test_init(&argc, &argv);
     pki = vr_test_make_pki(&pki_skip_why);
 
 #define ADD(path, func) \
@@ -799,8 +639,5 @@ main(int argc, char **argv)
     ADD("during-apply", test_during_apply);
 #undef ADD
 
-    rc = g_test_run();
-    g_free(pki);
-    g_free(pki_skip_why);
-    return rc;
+    return vr_test_run_pki(pki, pki_skip_why);
 }

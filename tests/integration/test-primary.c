@@ -32,6 +32,7 @@
 #include "vr-qmp-json.h"
 #include "vr-receiver.h"
 #include "vr-replica-sink.h"
+#include "vr-test-replica.h"
 #include "vr-test-transport.h"
 #include "vr-test-util.h"
 #include "vr-wire.h"
@@ -57,21 +58,15 @@ typedef struct {
 
 typedef struct {
     char *dir;
-    char *root;    /* the replica's storage root */
     char *workdir; /* the primary's */
     guint n_disks;
     Disk disks[MAX_DISKS];
 
-    /* the replica, in its thread */
-    VrTlsPolicy *client_policy;
-    VrTlsPolicy *server_policy;
-    VrAuthz *authz;
+    /* the replica, in its thread: its storage root <dir>/replica, no work directory */
+    VrTestReplica r;
     GThread *replica;
     GMainContext *replica_context;
     GMainLoop *replica_loop;
-    VrReplicaSink *sink;
-    VrReceiver *receiver;
-    guint16 port; /* kept across restarts */
     GMutex lock;
     GCond cond;
     bool replica_ready;
@@ -102,34 +97,10 @@ static gpointer
 replica_main(gpointer data)
 {
     Fixture *fx = data;
-    g_autofree char *cert = pki_path("server-ok.pem");
-    g_autofree char *key = pki_path("server-ok-key.pem");
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
-    g_autoptr(GSocketAddress) address = g_inet_socket_address_new(loopback, fx->port);
-    GSList *uris;
 
     /* The receiver and the sink run on this thread's context; qemu-nbd dies with the thread. */
     g_main_context_push_thread_default(fx->replica_context);
-    fx->sink = vr_replica_sink_new(fx->authz, &error);
-    g_assert_no_error(error);
-    vr_replica_sink_set_point_interval(fx->sink, 0);
-    fx->receiver = vr_receiver_new(
-        &(VrReceiverConfig){
-            .cert_file = cert,
-            .key_file = key,
-            .policy = fx->client_policy,
-            .authz = fx->authz,
-            .address = G_INET_SOCKET_ADDRESS(address),
-            .max_body_size = 1024 * MiB,
-            .sink = vr_replica_sink_get_sink(),
-            .sink_data = fx->sink,
-        },
-        &error);
-    g_assert_no_error(error);
-    uris = vr_receiver_get_uris(fx->receiver);
-    fx->port = (guint16)g_uri_get_port(uris->data);
-    g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
+    vr_test_replica_start(&fx->r, pki, NULL, 1024 * MiB);
 
     g_mutex_lock(&fx->lock);
     fx->replica_ready = true;
@@ -138,8 +109,7 @@ replica_main(gpointer data)
 
     g_main_loop_run(fx->replica_loop);
     /* As a replica that stops: the receiver aborts what it holds, then the stores close. */
-    g_clear_pointer(&fx->receiver, vr_receiver_free);
-    g_clear_pointer(&fx->sink, vr_replica_sink_free);
+    vr_test_replica_stop(&fx->r);
     g_main_context_pop_thread_default(fx->replica_context);
     return NULL;
 }
@@ -181,11 +151,11 @@ sender_new(Fixture *fx)
     fx->sender = vr_sender_new(
         &(VrSenderConfig){
             .server_name = "replica.example",
-            .port = fx->port,
+            .port = fx->r.port,
             .connect_address = loopback,
             .cert_file = cert,
             .key_file = key,
-            .policy = fx->server_policy,
+            .policy = fx->r.server_policy,
             .max_attempts = 2,
             .backoff_min_ms = 20,
             .backoff_max_ms = 200,
@@ -254,21 +224,9 @@ static void
 fixture_setup(Fixture *fx, gconstpointer data)
 {
     static guint serial;
-    g_autofree char *crl = NULL;
     g_autofree char *name = NULL;
-    g_autoptr(GError) error = NULL;
 
-    if (pki == NULL) {
-        g_test_skip(pki_skip_why);
-        return;
-    }
-    if (!g_tls_backend_supports_tls(g_tls_backend_get_default())) {
-        g_test_skip("no GIO TLS backend (glib-networking)");
-        return;
-    }
-    if (vr_test_skip_without("qemu-img") || vr_test_skip_without("qemu-nbd"))
-        return;
-    fx->test_conn = vr_test_libvirt_connect();
+    fx->test_conn = vr_test_replica_connect(pki, pki_skip_why);
     if (fx->test_conn == NULL)
         return;
     fx->conn = vr_test_libvirt_connect();
@@ -276,9 +234,9 @@ fixture_setup(Fixture *fx, gconstpointer data)
     fx->n_disks = data != NULL ? GPOINTER_TO_UINT(data) : 1;
     fx->name = g_strdup_printf("%s-pri%u", vr_test_prefix(), serial++);
     fx->dir = vr_test_path(fx->name);
-    fx->root = g_build_filename(fx->dir, "replica", NULL);
+    fx->r.root = g_build_filename(fx->dir, "replica", NULL);
     fx->workdir = g_build_filename(fx->dir, "work", NULL);
-    g_assert_no_errno(g_mkdir_with_parents(fx->root, 0700));
+    g_assert_no_errno(g_mkdir_with_parents(fx->r.root, 0700));
     g_assert_no_errno(g_mkdir_with_parents(fx->workdir, 0700));
     g_assert_no_errno(chmod(fx->dir, 0755));
     for (guint i = 0; i < fx->n_disks; i++) {
@@ -294,11 +252,7 @@ fixture_setup(Fixture *fx, gconstpointer data)
 
     g_mutex_init(&fx->lock);
     g_cond_init(&fx->cond);
-    crl = pki_path("crl.pem");
-    fx->client_policy = vr_test_policy_new(pki, crl, true, NULL);
-    fx->server_policy = vr_test_policy_new(pki, crl, true, "replica.example");
-    fx->authz = vr_authz_new_allow_any(fx->root, "a", &error);
-    g_assert_no_error(error);
+    vr_test_replica_init(&fx->r, pki);
     replica_start(fx);
     sender_new(fx);
     domain_start(fx);
@@ -314,9 +268,7 @@ fixture_teardown(Fixture *fx, gconstpointer data)
     g_clear_pointer(&fx->conn, virConnectClose);
     replica_stop(fx);
     g_clear_pointer(&fx->sender, vr_sender_free);
-    g_clear_pointer(&fx->authz, vr_authz_free);
-    g_clear_pointer(&fx->client_policy, vr_tls_policy_free);
-    g_clear_pointer(&fx->server_policy, vr_tls_policy_free);
+    vr_test_replica_clear(&fx->r);
     if (fx->dir != NULL) {
         g_mutex_clear(&fx->lock);
         g_cond_clear(&fx->cond);
@@ -327,7 +279,6 @@ fixture_teardown(Fixture *fx, gconstpointer data)
     }
     g_free(fx->name);
     g_free(fx->dir);
-    g_free(fx->root);
     g_free(fx->workdir);
 }
 
@@ -496,7 +447,7 @@ run_cycle_ok(Fixture *fx, const CycleOptions *opt, uint64_t base, uint64_t targe
 static char *
 disk_dir(Fixture *fx, guint disk)
 {
-    return g_build_filename(fx->root, RELATIONSHIP, fx->disks[disk].target, NULL);
+    return g_build_filename(fx->r.root, RELATIONSHIP, fx->disks[disk].target, NULL);
 }
 
 /* The manifest's points of @disk: "1 2 3", "" for none; @digest gets the latest's digest. */
@@ -504,29 +455,8 @@ static char *
 manifest_cycles(Fixture *fx, guint disk, char **digest)
 {
     g_autofree char *dir = disk_dir(fx, disk);
-    g_autofree char *path = g_build_filename(dir, "manifest.json", NULL);
-    g_autofree char *text = NULL;
-    g_autoptr(json_object) manifest = NULL;
-    g_autoptr(GString) cycles = g_string_new(NULL);
-    json_object *points;
 
-    if (digest != NULL)
-        *digest = NULL;
-    if (!g_file_get_contents(path, &text, NULL, NULL))
-        return g_strdup("");
-    manifest = json_tokener_parse(text);
-    points = vr_json_get_array(manifest, "points");
-    g_assert_nonnull(points);
-    for (size_t i = 0; i < json_object_array_length(points); i++) {
-        json_object *point = json_object_array_get_idx(points, i);
-        uint64_t cycle = 0;
-
-        g_assert_true(vr_json_get_uint64(point, "cycle", &cycle));
-        g_string_append_printf(cycles, "%s%" PRIu64, i > 0 ? " " : "", cycle);
-        if (digest != NULL && i + 1 == json_object_array_length(points))
-            *digest = g_strdup(vr_json_get_string(point, "digest"));
-    }
-    return g_string_free(g_steal_pointer(&cycles), FALSE);
+    return vr_test_manifest_cycles(dir, digest);
 }
 
 static void
@@ -1503,8 +1433,6 @@ test_errors(Fixture *fx, gconstpointer data)
 int
 main(int argc, char **argv)
 {
-    int rc;
-
     g_test_init(&argc, &argv, NULL);
     pki = vr_test_make_pki(&pki_skip_why);
 
@@ -1525,8 +1453,5 @@ main(int argc, char **argv)
     ADD("offline/start-during-send", test_offline_start_send, 1);
 #undef ADD
 
-    rc = g_test_run();
-    g_free(pki);
-    g_free(pki_skip_why);
-    return rc;
+    return vr_test_run_pki(pki, pki_skip_why);
 }

@@ -261,15 +261,7 @@ typedef struct {
 static bool
 skip_without_pki(void)
 {
-    if (pki == NULL) {
-        g_test_skip(pki_skip_why);
-        return true;
-    }
-    if (!g_tls_backend_supports_tls(g_tls_backend_get_default())) {
-        g_test_skip("no GIO TLS backend (glib-networking)");
-        return true;
-    }
-    return false;
+    return vr_test_skip_without_tls(pki, pki_skip_why);
 }
 
 static void
@@ -287,13 +279,8 @@ static void
 fixture_start(Fixture *fx, uint64_t max_body_size)
 {
     g_autofree char *crl_src = pki_path("crl.pem");
-    g_autofree char *cert = pki_path("server-ok.pem");
-    g_autofree char *key = pki_path("server-ok-key.pem");
     g_autofree char *contents = NULL;
     g_autoptr(GError) error = NULL;
-    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
-    g_autoptr(GSocketAddress) address = g_inet_socket_address_new(loopback, 0);
-    GSList *uris;
     gsize len = 0;
 
     g_autofree char *storage = vr_test_path("storage");
@@ -311,34 +298,25 @@ fixture_start(Fixture *fx, uint64_t max_body_size)
     fx->client_policy = vr_test_policy_new(pki, fx->crl, !fx->no_revocation, NULL);
     fx->server_policy = vr_test_policy_new(pki, crl_src, true, "replica.example");
 
-    fx->receiver = vr_receiver_new(
-        &(VrReceiverConfig){
-            .cert_file = cert,
-            .key_file = key,
-            .policy = fx->client_policy,
-            .authz = fx->authz,
-            .address = G_INET_SOCKET_ADDRESS(address),
-            .max_body_size = max_body_size,
-            .sink = fx->take_domains   ? &test_sink_domains
-                    : fx->serve_hashes ? &test_sink_hashes
-                                       : &test_sink,
-            .sink_data = &fx->sink,
-            .max_active = fx->max_active,
-            .io_timeout_s = fx->io_timeout_s,
-            .queue_timeout_s = fx->queue_timeout_s,
-            .max_open_uploads = fx->max_open_uploads,
-            .refused = fixture_on_refused,
-            .refused_data = fx,
-        },
-        &error);
-    g_assert_no_error(error);
-    uris = vr_receiver_get_uris(fx->receiver);
-    g_assert_nonnull(uris);
-    g_assert_cmpstr(g_uri_get_scheme(uris->data), ==, "https");
-    g_assert_cmpint(g_uri_get_port(uris->data), >, 0);
-    fx->port = (guint16)g_uri_get_port(uris->data);
-    fx->base = g_strdup_printf("https://127.0.0.1:%d", g_uri_get_port(uris->data));
-    g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
+    fx->port = 0;
+    fx->receiver = vr_test_receiver_new(pki,
+                                        &(VrReceiverConfig){
+                                            .policy = fx->client_policy,
+                                            .authz = fx->authz,
+                                            .max_body_size = max_body_size,
+                                            .sink = fx->take_domains   ? &test_sink_domains
+                                                    : fx->serve_hashes ? &test_sink_hashes
+                                                                       : &test_sink,
+                                            .sink_data = &fx->sink,
+                                            .max_active = fx->max_active,
+                                            .io_timeout_s = fx->io_timeout_s,
+                                            .queue_timeout_s = fx->queue_timeout_s,
+                                            .max_open_uploads = fx->max_open_uploads,
+                                            .refused = fixture_on_refused,
+                                            .refused_data = fx,
+                                        },
+                                        &fx->port);
+    fx->base = g_strdup_printf("https://127.0.0.1:%d", fx->port);
 }
 
 /* Start the receiver again, with the fixture's settings as a test changed them. */
@@ -2147,24 +2125,8 @@ static bool
 fetch_hashes(Fixture *fx, const char *relationship, const char *disk, const char *path,
              uint64_t *cycle, uint64_t *epoch, GError **error)
 {
-    VrTestFetch f = {
-        .pki = pki,
-        .client_cert = "client-ok",
-        .policy = fx->server_policy,
-        .port = fx->port,
-        .relationship = relationship,
-        .disk = disk,
-        .path = path,
-    };
-    bool ok = vr_test_fetch_wait(&f, g_thread_new("fetch", vr_test_fetch_run, &f));
-
-    if (!ok) {
-        g_propagate_error(error, f.error);
-        return false;
-    }
-    *cycle = f.cycle;
-    *epoch = f.epoch;
-    return true;
+    return vr_test_fetch_hashes(pki, "client-ok", fx->server_policy, fx->port, relationship, disk,
+                                path, cycle, epoch, error);
 }
 
 /* Neither @path nor @path.part exists. */
@@ -2189,8 +2151,10 @@ test_hashes_none(Fixture *fx, gconstpointer data)
         const char *path;
         const char *allow;
     } methods[] = {
-        { "PUT", "/v1/hashes/r1/vda", "GET" },  { "HEAD", "/v1/hashes/r1/vda", "GET" },
-        { "GET", PATH_VDA, "PUT, HEAD" },       { "DELETE", "/v1/hashes/r1/vda", "GET, PUT, HEAD" },
+        { "PUT", "/v1/hashes/r1/vda", "GET" },
+        { "HEAD", "/v1/hashes/r1/vda", "GET" },
+        { "GET", PATH_VDA, "PUT, HEAD" },
+        { "DELETE", "/v1/hashes/r1/vda", "GET, PUT, HEAD, POST" },
         { "POST", PATH_VDA, "GET, PUT, HEAD" },
     };
     g_autoptr(SoupSession) session = NULL;
@@ -2407,19 +2371,7 @@ static const char domain_xml[] = "<domain type='qemu'>\n"
 static bool
 put_domain(Fixture *fx, const char *client_cert, const char *xml, GError **error)
 {
-    VrTestDomain put = {
-        .pki = pki,
-        .client_cert = client_cert,
-        .policy = fx->server_policy,
-        .port = fx->port,
-        .relationship = "r1",
-        .xml = xml,
-    };
-    bool ok = vr_test_domain_wait(&put, g_thread_new("domain", vr_test_domain_run, &put));
-
-    if (!ok)
-        g_propagate_error(error, put.error);
-    return ok;
+    return vr_test_put_domain(pki, client_cert, fx->server_policy, fx->port, "r1", xml, error);
 }
 
 /* PUT @body as @content_type to @path as client-ok: the status (0: failed), the reply's text. */
@@ -2682,8 +2634,6 @@ test_domain_no_turn(Fixture *fx, gconstpointer data)
 int
 main(int argc, char **argv)
 {
-    int rc;
-
     g_test_init(&argc, &argv, NULL);
     pki = vr_test_make_pki(&pki_skip_why);
 
@@ -2718,8 +2668,5 @@ main(int argc, char **argv)
     ADD("domain/none", 0, test_domain_none);
     ADD("domain/no-turn", 0, test_domain_no_turn);
 
-    rc = g_test_run();
-    g_free(pki);
-    g_free(pki_skip_why);
-    return rc;
+    return vr_test_run_pki(pki, pki_skip_why);
 }

@@ -29,6 +29,7 @@
 #include "vr-replica-store.h"
 #include "vr-sender.h"
 #include "vr-state.h"
+#include "vr-test-replica.h"
 #include "vr-test-transport.h"
 #include "vr-test-util.h"
 #include "vr-wire.h"
@@ -90,78 +91,35 @@ static const Cycle cycle2 = { "r1", 1, 1, 2, CYCLE_OPS(second_ops) };
 static const Cycle cycle3 = { "r1", 1, 2, 3, CYCLE_OPS(third_ops) };
 
 typedef struct {
-    char *root; /* the storage root */
-    char *work; /* streams and models, outside the root */
-    VrTlsPolicy *client_policy;
-    VrTlsPolicy *server_policy;
-    VrAuthz *authz;
-    VrReplicaSink *sink;
-    VrReceiver *receiver;
-    guint16 port; /* kept across restarts, so a sender's retry finds the new receiver */
+    /*
+     * work: streams and models; port kept across restarts, so a sender's retry finds the
+     * new receiver; state given to the sink when set before fixture_start()
+     */
+    VrTestReplica r;
     GRand *rand;
-    VrState *state; /* given to the sink when set before fixture_start() */
 } Fixture;
 
-static char *
-pki_path(const char *name)
-{
-    return g_build_filename(pki, name, NULL);
-}
-
+/* Every point counts (point interval 0): /replica-sink/hourly tests the hourly default. */
 static void
 fixture_start(Fixture *fx)
 {
-    g_autofree char *cert = pki_path("server-ok.pem");
-    g_autofree char *key = pki_path("server-ok-key.pem");
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
-    g_autoptr(GSocketAddress) address = g_inet_socket_address_new(loopback, fx->port);
-    GSList *uris;
-
-    fx->sink = vr_replica_sink_new(fx->authz, &error);
-    g_assert_no_error(error);
-    /* Every point counts (the hourly default would merge points published in one hour:
-     * /replica-sink/hourly tests that). */
-    vr_replica_sink_set_point_interval(fx->sink, 0);
-    if (fx->state != NULL)
-        vr_replica_sink_set_state(fx->sink, fx->state);
-    fx->receiver = vr_receiver_new(
-        &(VrReceiverConfig){
-            .cert_file = cert,
-            .key_file = key,
-            .policy = fx->client_policy,
-            .authz = fx->authz,
-            .address = G_INET_SOCKET_ADDRESS(address),
-            .max_body_size = 1024 * MiB,
-            .sink = vr_replica_sink_get_sink(),
-            .sink_data = fx->sink,
-        },
-        &error);
-    g_assert_no_error(error);
-    uris = vr_receiver_get_uris(fx->receiver);
-    fx->port = (guint16)g_uri_get_port(uris->data);
-    g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
+    vr_test_replica_start(&fx->r, pki, NULL, 1024 * MiB);
 }
 
 /* As a replica restart: the receiver aborts what it holds, then the sink closes its stores. */
 static void
 fixture_stop(Fixture *fx)
 {
-    g_clear_pointer(&fx->receiver, vr_receiver_free);
-    g_clear_pointer(&fx->sink, vr_replica_sink_free);
+    vr_test_replica_stop(&fx->r);
 }
 
 /* Restart the receiver and sink, the sink now recording into a state database. */
 static void
 fixture_with_state(Fixture *fx)
 {
-    g_autofree char *db = g_build_filename(fx->work, "state.db", NULL);
-    g_autoptr(GError) error = NULL;
-
     fixture_stop(fx);
-    fx->state = vr_state_open(db, &error);
-    g_assert_no_error(error);
-    fx->port = 0; /* no upload spans the restart: any free port */
+    vr_test_replica_open_state(&fx->r);
+    fx->r.port = 0; /* no upload spans the restart: any free port */
     fixture_start(fx);
 }
 
@@ -169,50 +127,23 @@ static void
 fixture_setup(Fixture *fx, gconstpointer data)
 {
     static guint serial;
-    g_autofree char *crl = NULL;
-    g_autofree char *name = NULL;
-    g_autoptr(GError) error = NULL;
     guint32 seed = g_test_rand_int();
 
-    if (pki == NULL) {
-        g_test_skip(pki_skip_why);
+    if (vr_test_replica_skip(pki, pki_skip_why))
         return;
-    }
-    if (!g_tls_backend_supports_tls(g_tls_backend_get_default())) {
-        g_test_skip("no GIO TLS backend (glib-networking)");
-        return;
-    }
-    if (vr_test_skip_without("qemu-img") || vr_test_skip_without("qemu-nbd"))
-        return;
-    name = g_strdup_printf("root%u", serial);
-    fx->root = vr_test_path(name);
-    g_free(name);
-    name = g_strdup_printf("work%u", serial++);
-    fx->work = vr_test_path(name);
-    g_assert_no_errno(g_mkdir_with_parents(fx->root, 0700));
-    g_assert_no_errno(g_mkdir_with_parents(fx->work, 0755));
+    vr_test_dirs(serial++, 0700, &fx->r.root, &fx->r.work);
     g_test_message("seed %u", seed);
     fx->rand = g_rand_new_with_seed(seed);
 
-    crl = pki_path("crl.pem"); /* primary3 (client-later-revoked) is valid under it */
-    fx->client_policy = vr_test_policy_new(pki, crl, true, NULL);
-    fx->server_policy = vr_test_policy_new(pki, crl, true, "replica.example");
-    fx->authz = vr_authz_new_allow_any(fx->root, "a", &error);
-    g_assert_no_error(error);
+    vr_test_replica_init(&fx->r, pki); /* crl.pem: primary3 (client-later-revoked) is valid */
     fixture_start(fx);
 }
 
 static void
 fixture_teardown(Fixture *fx, gconstpointer data)
 {
-    fixture_stop(fx);
-    g_clear_pointer(&fx->state, vr_state_free);
-    vr_authz_free(fx->authz);
-    vr_tls_policy_free(fx->client_policy);
-    vr_tls_policy_free(fx->server_policy);
+    vr_test_replica_clear(&fx->r);
     g_clear_pointer(&fx->rand, g_rand_free);
-    g_free(fx->root);
-    g_free(fx->work);
 }
 
 /* ---- streams and models --------------------------------------------------------------- */
@@ -223,7 +154,7 @@ model_path(Fixture *fx, const char *relationship, uint64_t cycle)
     g_autofree char *name =
         g_strdup_printf("model-%s-%" G_GUINT64_FORMAT ".raw", relationship, cycle);
 
-    return g_build_filename(fx->work, name, NULL);
+    return g_build_filename(fx->r.work, name, NULL);
 }
 
 /* Random bytes, or a repeated byte (zstd), so that both encodings are applied. */
@@ -255,7 +186,7 @@ stream_prepare(Fixture *fx, const Cycle *c, bool random, uint64_t *offsets)
     g_autofree uint8_t *buf = g_malloc(VR_WIRE_MAX_DATA);
     g_autoptr(GByteArray) out = g_byte_array_new();
     g_autoptr(VrWireEncoder) encoder = NULL;
-    char *path = g_build_filename(fx->work, name, NULL);
+    char *path = g_build_filename(fx->r.work, name, NULL);
     VrWireIdentity id = { 0 };
     uint64_t written = 0;
     FILE *f;
@@ -326,8 +257,8 @@ upload_new(Fixture *fx, const char *client_cert, const char *path)
     return (VrTestUpload){
         .pki = pki,
         .client_cert = client_cert,
-        .policy = fx->server_policy,
-        .port = fx->port,
+        .policy = fx->r.server_policy,
+        .port = fx->r.port,
         .path = path,
     };
 }
@@ -336,14 +267,7 @@ upload_new(Fixture *fx, const char *client_cert, const char *path)
 static bool
 upload(Fixture *fx, const char *client_cert, const char *path, VrSenderStats *stats, GError **error)
 {
-    VrTestUpload send = upload_new(fx, client_cert, path);
-    bool ok = vr_test_upload_wait(&send, g_thread_new("sender", vr_test_upload_run, &send));
-
-    if (stats != NULL)
-        *stats = send.stats;
-    if (!ok)
-        g_propagate_error(error, send.error);
-    return ok;
+    return vr_test_upload(pki, client_cert, fx->r.server_policy, fx->r.port, path, 0, stats, error);
 }
 
 /* Prepare and upload @c as primary1; it must be published. */
@@ -364,7 +288,7 @@ upload_ok(Fixture *fx, const Cycle *c)
 static char *
 disk_dir(Fixture *fx, const char *relationship)
 {
-    return g_build_filename(fx->root, relationship, "vda", NULL);
+    return g_build_filename(fx->r.root, relationship, "vda", NULL);
 }
 
 /* The published cycles in the manifest of @relationship's disk: "1 2 3", "" for none. */
@@ -372,24 +296,8 @@ static char *
 manifest_cycles(Fixture *fx, const char *relationship)
 {
     g_autofree char *dir = disk_dir(fx, relationship);
-    g_autofree char *path = g_build_filename(dir, "manifest.json", NULL);
-    g_autofree char *text = NULL;
-    g_autoptr(json_object) manifest = NULL;
-    g_autoptr(GString) cycles = g_string_new(NULL);
-    json_object *points;
 
-    if (!g_file_get_contents(path, &text, NULL, NULL))
-        return g_strdup("");
-    manifest = json_tokener_parse(text);
-    points = vr_json_get_array(manifest, "points");
-    g_assert_nonnull(points);
-    for (size_t i = 0; i < json_object_array_length(points); i++) {
-        uint64_t cycle = 0;
-
-        g_assert_true(vr_json_get_uint64(json_object_array_get_idx(points, i), "cycle", &cycle));
-        g_string_append_printf(cycles, "%s%" G_GUINT64_FORMAT, i > 0 ? " " : "", cycle);
-    }
-    return g_string_free(g_steal_pointer(&cycles), FALSE);
+    return vr_test_manifest_cycles(dir, NULL);
 }
 
 static void
@@ -439,24 +347,8 @@ static bool
 fetch(Fixture *fx, const char *client_cert, const char *relationship, const char *disk,
       const char *path, uint64_t *cycle, uint64_t *epoch, GError **error)
 {
-    VrTestFetch f = {
-        .pki = pki,
-        .client_cert = client_cert,
-        .policy = fx->server_policy,
-        .port = fx->port,
-        .relationship = relationship,
-        .disk = disk,
-        .path = path,
-    };
-    bool ok = vr_test_fetch_wait(&f, g_thread_new("fetch", vr_test_fetch_run, &f));
-
-    if (!ok) {
-        g_propagate_error(error, f.error);
-        return false;
-    }
-    *cycle = f.cycle;
-    *epoch = f.epoch;
-    return true;
+    return vr_test_fetch_hashes(pki, client_cert, fx->r.server_policy, fx->r.port, relationship,
+                                disk, path, cycle, epoch, error);
 }
 
 /* The hash list @path: each entry is the SHA-256 of its 64 KiB block of the model of @cycle. */
@@ -524,7 +416,7 @@ test_chain(Fixture *fx, gconstpointer data)
     g_autofree char *owner = NULL;
     struct stat st;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     upload_ok(fx, &cycle1);
     assert_cycles(fx, "r1", "1");
@@ -540,7 +432,7 @@ test_chain(Fixture *fx, gconstpointer data)
     assert_listing(fx, "r1", "manifest.json rp-1.qcow2 rp-2.qcow2 rp-3.qcow2");
 
     /* The layout: the relationship owned by the writer's group, directories private. */
-    rel = g_build_filename(fx->root, "r1", NULL);
+    rel = g_build_filename(fx->r.root, "r1", NULL);
     owner = read_text(rel, "owner");
     g_assert_cmpstr(owner, ==, "a\n");
     {
@@ -570,7 +462,7 @@ test_replay(Fixture *fx, gconstpointer data)
     g_autofree char *manifest = NULL;
     VrSenderStats stats;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     upload_ok(fx, &cycle1);
     path = stream_prepare(fx, &cycle2, false, NULL);
@@ -584,7 +476,7 @@ test_replay(Fixture *fx, gconstpointer data)
 
         if (round == 1) {
             fixture_stop(fx);
-            fx->port = 0; /* no upload spans the restart: any free port */
+            fx->r.port = 0; /* no upload spans the restart: any free port */
             fixture_start(fx);
         }
         g_assert_true(upload(fx, "client-ok", path, &stats, &error));
@@ -622,7 +514,7 @@ test_wrong_base(Fixture *fx, gconstpointer data)
     g_autoptr(GError) error = NULL;
     VrSenderStats stats;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     upload_ok(fx, &cycle1);
     upload_ok(fx, &cycle2);
@@ -653,13 +545,13 @@ test_trust_groups(Fixture *fx, gconstpointer data)
     g_autoptr(GError) error = NULL;
     VrSenderStats stats;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     fixture_stop(fx);
-    vr_authz_free(fx->authz);
-    fx->authz = vr_authz_new_table();
-    g_assert_true(vr_authz_add(fx->authz, "primary1", fx->root, "a", &error));
-    g_assert_true(vr_authz_add(fx->authz, "primary3", fx->root, "b", &error));
+    vr_authz_free(fx->r.authz);
+    fx->r.authz = vr_authz_new_table();
+    g_assert_true(vr_authz_add(fx->r.authz, "primary1", fx->r.root, "a", &error));
+    g_assert_true(vr_authz_add(fx->r.authz, "primary3", fx->r.root, "b", &error));
     g_assert_no_error(error);
     fixture_start(fx);
 
@@ -679,7 +571,7 @@ test_trust_groups(Fixture *fx, gconstpointer data)
     pathb1 = stream_prepare(fx, &b1, false, NULL);
     g_assert_true(upload(fx, "client-later-revoked", pathb1, &stats, &error));
     g_assert_no_error(error);
-    rel = g_build_filename(fx->root, "r3", NULL);
+    rel = g_build_filename(fx->r.root, "r3", NULL);
     owner = read_text(rel, "owner");
     g_assert_cmpstr(owner, ==, "b\n");
     pathb2 = stream_prepare(fx, &b2, false, NULL);
@@ -724,7 +616,7 @@ test_state(Fixture *fx, gconstpointer data)
     guint n;
     int fd;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     fixture_with_state(fx);
     for (guint i = 0; i < G_N_ELEMENTS(full_ops); i++)
@@ -743,16 +635,16 @@ test_state(Fixture *fx, gconstpointer data)
     g_assert_false(upload(fx, "client-ok", path, NULL, &error));
     g_clear_error(&error);
     upload_ok(fx, &cycle2);
-    g_assert_null(vr_replica_sink_get_state_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_state_error(fx->r.sink));
 
-    rel = vr_state_relationship_get(fx->state, "r1", &error);
+    rel = vr_state_relationship_get(fx->r.state, "r1", &error);
     g_assert_no_error(error);
     g_assert_cmpint(rel->role, ==, VR_STATE_ROLE_REPLICA);
     g_assert_cmpstr(rel->peer, ==, "primary1"); /* client-ok's certificate */
     g_assert_cmpuint(rel->epoch, ==, 1);
     g_assert_true(g_uuid_string_is_valid(rel->domain_uuid));
 
-    g_assert_true(vr_state_stats(fx->state, "r1", 0, &stats, &error));
+    g_assert_true(vr_state_stats(fx->r.state, "r1", 0, &stats, &error));
     g_assert_no_error(error);
     g_assert_cmpuint(stats.cycles_ok, ==, 2);
     g_assert_cmpuint(stats.cycles_failed, ==, 1);
@@ -768,7 +660,7 @@ test_state(Fixture *fx, gconstpointer data)
     g_assert_no_error(error);
     points = vr_replica_store_points(store, &n);
     g_assert_cmpuint(n, ==, 2);
-    mirrored = vr_state_points_list(fx->state, "r1", "vda", &error);
+    mirrored = vr_state_points_list(fx->r.state, "r1", "vda", &error);
     g_assert_no_error(error);
     g_assert_cmpuint(mirrored->len, ==, n);
     g_assert_cmpmem(mirrored->data, n * sizeof(VrReplicaPoint), points, n * sizeof(VrReplicaPoint));
@@ -784,9 +676,9 @@ test_hourly(Fixture *fx, gconstpointer data)
 {
     g_autofree char *cycles = NULL;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
-    vr_replica_sink_set_point_interval(fx->sink, 3600);
+    vr_replica_sink_set_point_interval(fx->r.sink, 3600);
     upload_ok(fx, &cycle1);
     upload_ok(fx, &cycle2);
     upload_ok(fx, &cycle3);
@@ -797,7 +689,7 @@ test_hourly(Fixture *fx, gconstpointer data)
     g_assert_true(strcmp(cycles, "3") == 0 || strcmp(cycles, "1 3") == 0 ||
                   strcmp(cycles, "2 3") == 0);
     assert_point(fx, "r1", 3);
-    g_assert_null(vr_replica_sink_get_retention_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_retention_error(fx->r.sink));
 }
 
 /* One flipped byte in a DATA payload: 400, nothing published, the image removed. */
@@ -810,7 +702,7 @@ test_corrupt(Fixture *fx, gconstpointer data)
     uint8_t byte;
     int fd;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     upload_ok(fx, &cycle1);
     path = stream_prepare(fx, &cycle2, false, offsets);
@@ -851,14 +743,14 @@ test_symlink(Fixture *fx, gconstpointer data)
         { "r3", "r3/vda" },
         { "r4", "r4/owner" },
     };
-    g_autofree char *outside = g_build_filename(fx->work, "outside", NULL);
+    g_autofree char *outside = g_build_filename(fx->r.work, "outside", NULL);
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     g_assert_no_errno(g_mkdir(outside, 0755));
     for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
         const Cycle c = { cases[i].relationship, 1, 0, 1, CYCLE_OPS(third_ops) };
-        g_autofree char *link = g_build_filename(fx->root, cases[i].link, NULL);
+        g_autofree char *link = g_build_filename(fx->r.root, cases[i].link, NULL);
         g_autofree char *parent = g_path_get_dirname(link);
         g_autofree char *target = g_strcmp0(cases[i].link, "r4/owner") == 0
                                       ? g_build_filename(outside, "owner", NULL)
@@ -898,7 +790,7 @@ test_restart(Fixture *fx, gconstpointer data)
     guint active = 0;
     guint queued = 0;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     upload_ok(fx, &cycle1);
     path = stream_prepare(fx, &slow, true, NULL);
@@ -912,7 +804,7 @@ test_restart(Fixture *fx, gconstpointer data)
     until = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
     while (g_get_monotonic_time() < until) {
         g_main_context_iteration(NULL, FALSE);
-        vr_receiver_get_load(fx->receiver, &active, &queued);
+        vr_receiver_get_load(fx->r.receiver, &active, &queued);
         if (active == 1 && g_file_test(image, G_FILE_TEST_EXISTS))
             break;
         g_usleep(1000);
@@ -953,14 +845,14 @@ test_restart(Fixture *fx, gconstpointer data)
 static void
 test_retention(Fixture *fx, gconstpointer data)
 {
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
-    vr_replica_sink_set_recovery_points(fx->sink, 1);
+    vr_replica_sink_set_recovery_points(fx->r.sink, 1);
     upload_ok(fx, &cycle1);
     upload_ok(fx, &cycle2);
     assert_cycles(fx, "r1", "1 2");
     upload_ok(fx, &cycle3);
-    g_assert_null(vr_replica_sink_get_retention_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_retention_error(fx->r.sink));
     assert_cycles(fx, "r1", "2 3");
     assert_listing(fx, "r1", "manifest.json rp-2.qcow2 rp-3.qcow2");
     /* the merged point still reads as cycle 2, and the latest as cycle 3 */
@@ -986,12 +878,12 @@ test_disk_full(Fixture *fx, gconstpointer data)
         { VR_WIRE_RECORD_DATA, 44 * MiB, 4 * MiB }, { VR_WIRE_RECORD_DATA, 48 * MiB, 4 * MiB },
     };
     const Cycle big = { "r1", 1, 1, 2, CYCLE_OPS(big_ops) };
-    g_autofree char *small = g_build_filename(fx->work, "small", NULL);
+    g_autofree char *small = g_build_filename(fx->r.work, "small", NULL);
     g_autofree char *path = NULL;
     g_autoptr(GError) error = NULL;
     VrSenderStats stats;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     if (geteuid() != 0) {
         g_test_skip("mounting a small tmpfs needs root");
@@ -1006,10 +898,10 @@ test_disk_full(Fixture *fx, gconstpointer data)
         return;
     }
     fixture_stop(fx);
-    vr_authz_free(fx->authz);
-    g_free(fx->root);
-    fx->root = g_strdup(small);
-    fx->authz = vr_authz_new_allow_any(fx->root, "a", &error);
+    vr_authz_free(fx->r.authz);
+    g_free(fx->r.root);
+    fx->r.root = g_strdup(small);
+    fx->r.authz = vr_authz_new_allow_any(fx->r.root, "a", &error);
     g_assert_no_error(error);
     fixture_start(fx);
 
@@ -1089,11 +981,11 @@ test_hashes(Fixture *fx, gconstpointer data)
     uint64_t cycle = 0;
     uint64_t epoch = 0;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     dir = disk_dir(fx, "r1");
-    list1 = g_build_filename(fx->work, "list1", NULL);
-    list2 = g_build_filename(fx->work, "list2", NULL);
+    list1 = g_build_filename(fx->r.work, "list1", NULL);
+    list2 = g_build_filename(fx->r.work, "list2", NULL);
     part = g_strconcat(list1, ".part", NULL);
     cached1 = g_build_filename(dir, "hashes-1", NULL);
     cached2 = g_build_filename(dir, "hashes-2", NULL);
@@ -1134,7 +1026,7 @@ test_hashes(Fixture *fx, gconstpointer data)
     /* a restart of the replica keeps it: a published point never changes */
     g_assert_no_errno(g_stat(cached2, &before));
     fixture_stop(fx);
-    fx->port = 0; /* no request spans the restart: any free port */
+    fx->r.port = 0; /* no request spans the restart: any free port */
     fixture_start(fx);
     g_assert_true(fetch(fx, "client-ok", "r1", "vda", list2, &cycle, &epoch, &error));
     g_assert_cmpuint(cycle, ==, 2);
@@ -1145,7 +1037,7 @@ test_hashes(Fixture *fx, gconstpointer data)
     /* no such relationship, disk, or point: 404, and nothing is made */
     {
         /* a disk whose first stream never made it */
-        g_autofree char *vdc = g_build_filename(fx->root, "r1", "vdc", NULL);
+        g_autofree char *vdc = g_build_filename(fx->r.root, "r1", "vdc", NULL);
 
         g_assert_no_errno(g_mkdir(vdc, 0700));
     }
@@ -1159,8 +1051,8 @@ test_hashes(Fixture *fx, gconstpointer data)
         g_assert_false(g_file_test(part, G_FILE_TEST_EXISTS));
     }
     {
-        g_autofree char *names = vr_test_list_dir(fx->root);
-        g_autofree char *rel = g_build_filename(fx->root, "r1", NULL);
+        g_autofree char *names = vr_test_list_dir(fx->r.root);
+        g_autofree char *rel = g_build_filename(fx->r.root, "r1", NULL);
         g_autofree char *rel_names = vr_test_list_dir(rel);
         g_autofree char *vdc = g_build_filename(rel, "vdc", NULL);
         g_autofree char *vdc_names = vr_test_list_dir(vdc);
@@ -1197,16 +1089,16 @@ test_hashes_trust_groups(Fixture *fx, gconstpointer data)
     uint64_t cycle = 0;
     uint64_t epoch = 0;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     fixture_stop(fx);
-    vr_authz_free(fx->authz);
-    fx->authz = vr_authz_new_table();
-    g_assert_true(vr_authz_add(fx->authz, "primary1", fx->root, "a", &error));
-    g_assert_true(vr_authz_add(fx->authz, "primary3", fx->root, "b", &error));
+    vr_authz_free(fx->r.authz);
+    fx->r.authz = vr_authz_new_table();
+    g_assert_true(vr_authz_add(fx->r.authz, "primary1", fx->r.root, "a", &error));
+    g_assert_true(vr_authz_add(fx->r.authz, "primary3", fx->r.root, "b", &error));
     g_assert_no_error(error);
     fixture_start(fx);
-    list = g_build_filename(fx->work, "list", NULL);
+    list = g_build_filename(fx->r.work, "list", NULL);
 
     upload_ok(fx, &cycle1); /* primary1 creates r1: group a */
     g_assert_false(fetch(fx, "client-later-revoked", "r1", "vda", list, &cycle, &epoch, &error));
@@ -1245,13 +1137,13 @@ test_hashes_busy(Fixture *fx, gconstpointer data)
     gint64 until;
     gint64 start;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     upload_ok(fx, &cycle1);
     path = stream_prepare(fx, &slow, true, NULL);
     dir = disk_dir(fx, "r1");
     image = g_build_filename(dir, "rp-2.qcow2", NULL);
-    list = g_build_filename(fx->work, "list", NULL);
+    list = g_build_filename(fx->r.work, "list", NULL);
     send = upload_new(fx, "client-ok", path);
     send.limit = limit;
     sender = g_thread_new("sender", vr_test_upload_run, &send);
@@ -1263,8 +1155,8 @@ test_hashes_busy(Fixture *fx, gconstpointer data)
     get = (VrTestFetch){
         .pki = pki,
         .client_cert = "client-ok",
-        .policy = fx->server_policy,
-        .port = fx->port,
+        .policy = fx->r.server_policy,
+        .port = fx->r.port,
         .relationship = "r1",
         .disk = "vda",
         .path = list,
@@ -1316,19 +1208,8 @@ static bool
 put_domain(Fixture *fx, const char *client_cert, const char *relationship, const char *xml,
            GError **error)
 {
-    VrTestDomain put = {
-        .pki = pki,
-        .client_cert = client_cert,
-        .policy = fx->server_policy,
-        .port = fx->port,
-        .relationship = relationship,
-        .xml = xml,
-    };
-    bool ok = vr_test_domain_wait(&put, g_thread_new("domain", vr_test_domain_run, &put));
-
-    if (!ok)
-        g_propagate_error(error, put.error);
-    return ok;
+    return vr_test_put_domain(pki, client_cert, fx->r.server_policy, fx->r.port, relationship, xml,
+                              error);
 }
 
 /* The mode bits of @path (not following a link). */
@@ -1345,7 +1226,7 @@ file_mode(const char *path)
 static void
 assert_domain_file(Fixture *fx, const char *relationship, const char *expected)
 {
-    g_autofree char *rel = g_build_filename(fx->root, relationship, NULL);
+    g_autofree char *rel = g_build_filename(fx->r.root, relationship, NULL);
     g_autofree char *path = g_build_filename(rel, "domain.xml", NULL);
     g_autofree char *text = read_text(rel, "domain.xml");
 
@@ -1399,12 +1280,12 @@ test_domain(Fixture *fx, gconstpointer data)
     g_autofree char *names = NULL;
     g_autoptr(GError) error = NULL;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     g_assert_true(put_domain(fx, "client-ok", "r1", xml, &error));
     g_assert_no_error(error);
     assert_domain_file(fx, "r1", xml);
-    rel = g_build_filename(fx->root, "r1", NULL);
+    rel = g_build_filename(fx->r.root, "r1", NULL);
     owner = read_text(rel, "owner");
     g_assert_cmpstr(owner, ==, "a\n");
     names = vr_test_list_dir(rel);
@@ -1416,7 +1297,7 @@ test_domain(Fixture *fx, gconstpointer data)
     assert_domain_file(fx, "r1", bigger);
 
     for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
-        g_autofree char *r2 = g_build_filename(fx->root, "r2", NULL);
+        g_autofree char *r2 = g_build_filename(fx->r.root, "r2", NULL);
 
         g_assert_false(put_domain(fx, "client-ok", "r1", bad[i].xml, &error));
         g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
@@ -1435,7 +1316,7 @@ test_domain(Fixture *fx, gconstpointer data)
     /* No standby configured: a published cycle is all there is. */
     upload_ok(fx, &cycle1);
     assert_cycles(fx, "r1", "1");
-    g_assert_null(vr_replica_sink_get_standby_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_standby_error(fx->r.sink));
 }
 
 /*
@@ -1451,13 +1332,13 @@ test_domain_trust_groups(Fixture *fx, gconstpointer data)
     g_autofree char *owner = NULL;
     g_autoptr(GError) error = NULL;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     fixture_stop(fx);
-    vr_authz_free(fx->authz);
-    fx->authz = vr_authz_new_table();
-    g_assert_true(vr_authz_add(fx->authz, "primary1", fx->root, "a", &error));
-    g_assert_true(vr_authz_add(fx->authz, "primary3", fx->root, "b", &error));
+    vr_authz_free(fx->r.authz);
+    fx->r.authz = vr_authz_new_table();
+    g_assert_true(vr_authz_add(fx->r.authz, "primary1", fx->r.root, "a", &error));
+    g_assert_true(vr_authz_add(fx->r.authz, "primary3", fx->r.root, "b", &error));
     g_assert_no_error(error);
     fixture_start(fx);
 
@@ -1472,7 +1353,7 @@ test_domain_trust_groups(Fixture *fx, gconstpointer data)
 
     g_assert_true(put_domain(fx, "client-later-revoked", "r3", other, &error));
     g_assert_no_error(error);
-    r3 = g_build_filename(fx->root, "r3", NULL);
+    r3 = g_build_filename(fx->r.root, "r3", NULL);
     owner = read_text(r3, "owner");
     g_assert_cmpstr(owner, ==, "b\n");
     assert_domain_file(fx, "r3", other);
@@ -1491,20 +1372,20 @@ static void
 test_domain_symlink(Fixture *fx, gconstpointer data)
 {
     g_autofree char *xml = domain_xml("web", "64");
-    g_autofree char *outside = g_build_filename(fx->work, "outside", NULL);
+    g_autofree char *outside = g_build_filename(fx->r.work, "outside", NULL);
     g_autofree char *victim = NULL;
     g_autofree char *link = NULL;
     g_autofree char *names = NULL;
     g_autofree char *text = NULL;
     g_autoptr(GError) error = NULL;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     g_assert_no_errno(g_mkdir(outside, 0755));
     victim = g_build_filename(outside, "victim", NULL);
     g_assert_true(g_file_set_contents(victim, "untouched", -1, NULL));
 
-    link = g_build_filename(fx->root, "r2", NULL);
+    link = g_build_filename(fx->r.root, "r2", NULL);
     g_assert_no_errno(symlink(outside, link));
     g_assert_false(put_domain(fx, "client-ok", "r2", xml, &error));
     g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
@@ -1517,10 +1398,10 @@ test_domain_symlink(Fixture *fx, gconstpointer data)
     g_clear_pointer(&link, g_free);
 
     g_assert_true(put_domain(fx, "client-ok", "r5", xml, &error));
-    link = g_build_filename(fx->root, "r5", "domain.xml.tmp", NULL);
+    link = g_build_filename(fx->r.root, "r5", "domain.xml.tmp", NULL);
     g_assert_no_errno(symlink(victim, link));
     g_clear_pointer(&link, g_free);
-    link = g_build_filename(fx->root, "r5", "domain.xml", NULL);
+    link = g_build_filename(fx->r.root, "r5", "domain.xml", NULL);
     g_assert_no_errno(unlink(link));
     g_assert_no_errno(symlink(victim, link));
     g_assert_true(put_domain(fx, "client-ok", "r5", xml, &error));
@@ -1529,7 +1410,7 @@ test_domain_symlink(Fixture *fx, gconstpointer data)
     g_assert_true(g_file_get_contents(victim, &text, NULL, NULL));
     g_assert_cmpstr(text, ==, "untouched");
     g_clear_pointer(&link, g_free);
-    link = g_build_filename(fx->root, "r5", NULL);
+    link = g_build_filename(fx->r.root, "r5", NULL);
     names = vr_test_list_dir(link);
     g_assert_cmpstr(names, ==, "domain.xml owner");
 }
@@ -1546,18 +1427,18 @@ test_domain_state(Fixture *fx, gconstpointer data)
     g_autoptr(VrStateRelationship) rel = NULL;
     g_autoptr(GError) error = NULL;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     fixture_with_state(fx);
     g_assert_true(put_domain(fx, "client-ok", "r1", xml, &error));
     g_assert_no_error(error);
-    rel = vr_state_relationship_get(fx->state, "r1", &error);
+    rel = vr_state_relationship_get(fx->r.state, "r1", &error);
     g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_NOT_FOUND); /* made by a stream */
     g_clear_error(&error);
 
     upload_ok(fx, &cycle1);
-    g_assert_null(vr_replica_sink_get_state_error(fx->sink));
-    rel = vr_state_relationship_get(fx->state, "r1", &error);
+    g_assert_null(vr_replica_sink_get_state_error(fx->r.sink));
+    rel = vr_state_relationship_get(fx->r.state, "r1", &error);
     g_assert_no_error(error);
     g_assert_cmpstr(rel->domain_name, ==, "web");
     g_assert_cmpstr(rel->peer, ==, "primary1");
@@ -1565,8 +1446,8 @@ test_domain_state(Fixture *fx, gconstpointer data)
 
     g_assert_true(put_domain(fx, "client-ok", "r1", renamed, &error));
     g_assert_no_error(error);
-    g_assert_null(vr_replica_sink_get_state_error(fx->sink));
-    rel = vr_state_relationship_get(fx->state, "r1", &error);
+    g_assert_null(vr_replica_sink_get_state_error(fx->r.sink));
+    rel = vr_state_relationship_get(fx->r.state, "r1", &error);
     g_assert_no_error(error);
     g_assert_cmpstr(rel->domain_name, ==, "web2");
     g_assert_cmpuint(rel->epoch, ==, 1);
@@ -1575,10 +1456,7 @@ test_domain_state(Fixture *fx, gconstpointer data)
 int
 main(int argc, char **argv)
 {
-    int rc;
-
-    g_test_init(&argc, &argv, NULL);
-    g_unsetenv("VR_FAILPOINT");
+    vr_test_init(&argc, &argv);
     pki = vr_test_make_pki(&pki_skip_why);
 
 #define ADD(path, func) \
@@ -1603,8 +1481,5 @@ main(int argc, char **argv)
     ADD("domain/state", test_domain_state);
 #undef ADD
 
-    rc = g_test_run();
-    g_free(pki);
-    g_free(pki_skip_why);
-    return rc;
+    return vr_test_run_pki(pki, pki_skip_why);
 }

@@ -29,9 +29,9 @@
 #include "vr-sender.h"
 #include "vr-standby.h"
 #include "vr-state.h"
+#include "vr-test-replica.h"
 #include "vr-test-transport.h"
 #include "vr-test-util.h"
-#include "vr-wire.h"
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathContext, xmlXPathFreeContext)
@@ -44,15 +44,7 @@ static char *pki;          /* where make-pki.sh wrote the PKI, or NULL */
 static char *pki_skip_why; /* why every test skips */
 
 typedef struct {
-    char *root; /* the storage root */
-    char *work; /* streams, the primary's image, the state database */
-    VrTlsPolicy *client_policy;
-    VrTlsPolicy *server_policy;
-    VrAuthz *authz;
-    VrState *state;
-    VrReplicaSink *sink;
-    VrReceiver *receiver;
-    guint16 port; /* kept across restarts */
+    VrTestReplica r; /* with a state database; work has the primary's image */
     virConnectPtr conn;
     char *name;         /* the primary: <prefix>-<serial> */
     char *standby_name; /* <name>-replica */
@@ -62,134 +54,51 @@ typedef struct {
     GPtrArray *domains; /* names of every domain the test may have made */
 } Fixture;
 
-static void
-quiet_libvirt(void *opaque, virErrorPtr error)
-{
-    /* The tests read libvirt's errors from the GError; do not print them twice. */
-}
-
-static char *
-pki_path(const char *name)
-{
-    return g_build_filename(pki, name, NULL);
-}
-
 /* The receiver and the sink (as at a replica's start), the standby in the fixture's libvirtd. */
 static void
 fixture_start(Fixture *fx)
 {
-    g_autofree char *cert = pki_path("server-ok.pem");
-    g_autofree char *key = pki_path("server-ok-key.pem");
-    g_autoptr(GError) error = NULL;
-    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
-    g_autoptr(GSocketAddress) address = g_inet_socket_address_new(loopback, fx->port);
-    GSList *uris;
-
-    fx->sink = vr_replica_sink_new(fx->authz, &error);
-    g_assert_no_error(error);
-    vr_replica_sink_set_point_interval(fx->sink, 0);
-    vr_replica_sink_set_state(fx->sink, fx->state);
-    vr_replica_sink_set_standby(fx->sink, fx->conn, "%n-replica", NULL);
-    fx->receiver = vr_receiver_new(
-        &(VrReceiverConfig){
-            .cert_file = cert,
-            .key_file = key,
-            .policy = fx->client_policy,
-            .authz = fx->authz,
-            .address = G_INET_SOCKET_ADDRESS(address),
-            .max_body_size = 256 * MiB,
-            .sink = vr_replica_sink_get_sink(),
-            .sink_data = fx->sink,
-        },
-        &error);
-    g_assert_no_error(error);
-    uris = vr_receiver_get_uris(fx->receiver);
-    fx->port = (guint16)g_uri_get_port(uris->data);
-    g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
+    vr_test_replica_start(&fx->r, pki, fx->conn, 256 * MiB);
 }
 
 static void
 fixture_stop(Fixture *fx)
 {
-    g_clear_pointer(&fx->receiver, vr_receiver_free);
-    g_clear_pointer(&fx->sink, vr_replica_sink_free);
+    vr_test_replica_stop(&fx->r);
 }
 
 static void
 fixture_setup(Fixture *fx, gconstpointer data)
 {
     static guint serial;
-    g_autofree char *crl = NULL;
-    g_autofree char *name = NULL;
     g_autofree char *image = NULL;
-    g_autofree char *db = NULL;
-    g_autofree char *xml = NULL;
-    g_autoptr(GError) error = NULL;
     virDomainPtr primary;
     char uuid[VIR_UUID_STRING_BUFLEN];
 
     fx->domains = g_ptr_array_new_with_free_func(g_free);
-    if (pki == NULL) {
-        g_test_skip(pki_skip_why);
-        return;
-    }
-    if (!g_tls_backend_supports_tls(g_tls_backend_get_default())) {
-        g_test_skip("no GIO TLS backend (glib-networking)");
-        return;
-    }
-    if (vr_test_skip_without("qemu-img") || vr_test_skip_without("qemu-nbd"))
-        return;
-    fx->conn = vr_test_libvirt_connect();
+    fx->conn = vr_test_replica_connect(pki, pki_skip_why);
     if (fx->conn == NULL)
         return;
 
-    name = g_strdup_printf("root%u", serial);
-    fx->root = vr_test_path(name);
-    g_free(name);
-    name = g_strdup_printf("work%u", serial);
-    fx->work = vr_test_path(name);
-    g_assert_no_errno(g_mkdir_with_parents(fx->root, 0700));
-    g_assert_no_errno(g_mkdir_with_parents(fx->work, 0755));
-    fx->failover = g_build_filename(fx->root, "r1", "vda", "failover.qcow2", NULL);
+    vr_test_dirs(serial, 0700, &fx->r.root, &fx->r.work);
+    fx->failover = g_build_filename(fx->r.root, "r1", "vda", "failover.qcow2", NULL);
 
     /* The primary: defined, never started. */
     fx->name = g_strdup_printf("%s-%u", vr_test_prefix(), serial++);
     fx->standby_name = g_strdup_printf("%s-replica", fx->name);
     g_ptr_array_add(fx->domains, g_strdup(fx->name));
     g_ptr_array_add(fx->domains, g_strdup(fx->standby_name));
-    image = g_build_filename(fx->work, "vda.qcow2", NULL);
+    image = g_build_filename(fx->r.work, "vda.qcow2", NULL);
     vr_test_qcow2_create(image, "16M");
-    xml = g_strdup_printf("<domain type='qemu'>"
-                          "  <name>%s</name>"
-                          "  <memory unit='MiB'>64</memory>"
-                          "  <os><type arch='x86_64' machine='q35'>hvm</type></os>"
-                          "  <devices>"
-                          "    <disk type='file' device='disk'>"
-                          "      <driver name='qemu' type='qcow2'/>"
-                          "      <source file='%s'/>"
-                          "      <target dev='vda' bus='virtio'/>"
-                          "    </disk>"
-                          "    <memballoon model='none'/>"
-                          "  </devices>"
-                          "</domain>",
-                          fx->name, image);
-    primary = virDomainDefineXML(fx->conn, xml);
-    if (primary == NULL)
-        g_error("cannot define the primary '%s': %s", fx->name, virGetLastErrorMessage());
+    primary = vr_test_domain_define(fx->conn, fx->name, image, NULL);
     fx->primary_xml = virDomainGetXMLDesc(primary, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
     g_assert_nonnull(fx->primary_xml);
     g_assert_cmpint(virDomainGetUUIDString(primary, uuid), ==, 0);
     fx->primary_uuid = g_strdup(uuid);
     virDomainFree(primary);
 
-    crl = pki_path("crl.pem");
-    fx->client_policy = vr_test_policy_new(pki, crl, true, NULL);
-    fx->server_policy = vr_test_policy_new(pki, crl, true, "replica.example");
-    fx->authz = vr_authz_new_allow_any(fx->root, "a", &error);
-    g_assert_no_error(error);
-    db = g_build_filename(fx->work, "state.db", NULL);
-    fx->state = vr_state_open(db, &error);
-    g_assert_no_error(error);
+    vr_test_replica_init(&fx->r, pki);
+    vr_test_replica_open_state(&fx->r);
     fixture_start(fx);
 }
 
@@ -198,24 +107,11 @@ static void
 fixture_teardown(Fixture *fx, gconstpointer data)
 {
     fixture_stop(fx);
-    for (guint i = 0; fx->conn != NULL && i < fx->domains->len; i++) {
-        virDomainPtr dom = virDomainLookupByName(fx->conn, fx->domains->pdata[i]);
-
-        if (dom == NULL)
-            continue;
-        if (virDomainIsActive(dom) == 1)
-            virDomainDestroy(dom);
-        g_assert_cmpint(virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_NVRAM), ==, 0);
-        virDomainFree(dom);
-    }
+    if (fx->conn != NULL)
+        g_assert_true(vr_test_domains_undefine(fx->conn, fx->domains));
     g_clear_pointer(&fx->conn, virConnectClose);
     g_clear_pointer(&fx->domains, g_ptr_array_unref);
-    g_clear_pointer(&fx->state, vr_state_free);
-    g_clear_pointer(&fx->authz, vr_authz_free);
-    g_clear_pointer(&fx->client_policy, vr_tls_policy_free);
-    g_clear_pointer(&fx->server_policy, vr_tls_policy_free);
-    g_free(fx->root);
-    g_free(fx->work);
+    vr_test_replica_clear(&fx->r);
     g_free(fx->name);
     g_free(fx->standby_name);
     g_free(fx->primary_xml);
@@ -229,17 +125,11 @@ fixture_teardown(Fixture *fx, gconstpointer data)
 static void
 put_domain(Fixture *fx, const char *xml)
 {
-    VrTestDomain put = {
-        .pki = pki,
-        .client_cert = "client-ok",
-        .policy = fx->server_policy,
-        .port = fx->port,
-        .relationship = "r1",
-        .xml = xml,
-    };
+    g_autoptr(GError) error = NULL;
 
-    g_assert_true(vr_test_domain_wait(&put, g_thread_new("domain", vr_test_domain_run, &put)));
-    g_assert_no_error(put.error);
+    g_assert_true(
+        vr_test_put_domain(pki, "client-ok", fx->r.server_policy, fx->r.port, "r1", xml, &error));
+    g_assert_no_error(error);
 }
 
 /*
@@ -249,44 +139,14 @@ put_domain(Fixture *fx, const char *xml)
 static void
 upload_cycle(Fixture *fx, uint64_t base, uint64_t target)
 {
-    g_autofree char *name = g_strdup_printf("r1-%" G_GUINT64_FORMAT ".vrw", target);
-    g_autofree char *path = g_build_filename(fx->work, name, NULL);
-    g_autofree uint8_t *data = g_malloc(65536);
-    g_autoptr(GByteArray) out = g_byte_array_new();
-    g_autoptr(VrWireEncoder) encoder = NULL;
+    g_autofree char *path = vr_test_cycle_file(fx->r.work, 1, base, target, 1, DISK_SIZE);
     g_autoptr(GError) error = NULL;
-    VrWireIdentity id = { 0 };
-    VrTestUpload send = {
-        .pki = pki,
-        .client_cert = "client-ok",
-        .policy = fx->server_policy,
-        .port = fx->port,
-        .path = path,
-    };
+    VrSenderStats stats;
 
-    id.kind = VR_WIRE_KIND_CYCLE;
-    g_strlcpy(id.relationship, "r1", sizeof(id.relationship));
-    g_strlcpy(id.disk, "vda", sizeof(id.disk));
-    memset(id.domain_uuid, 0x3f, sizeof(id.domain_uuid));
-    id.epoch = 1;
-    id.base_cycle = base;
-    id.target_cycle = target;
-    id.virtual_size = DISK_SIZE;
-    id.granularity = 65536;
-    id.flags = base == 0 ? VR_WIRE_FLAG_FULL : 0;
-    memset(data, (int)target, 65536);
-    encoder = vr_wire_encoder_new(&id, &error);
+    g_assert_true(
+        vr_test_upload(pki, "client-ok", fx->r.server_policy, fx->r.port, path, 0, &stats, &error));
     g_assert_no_error(error);
-    g_assert_true(vr_wire_encoder_begin(encoder, out, &error));
-    g_assert_true(vr_wire_encoder_add_data(encoder, target * 65536, data, 65536, out, &error));
-    g_assert_true(vr_wire_encoder_end(encoder, out, &error));
-    g_assert_no_error(error);
-    g_assert_true(g_file_set_contents(path, (const char *)out->data, out->len, &error));
-    g_assert_no_error(error);
-
-    g_assert_true(vr_test_upload_wait(&send, g_thread_new("sender", vr_test_upload_run, &send)));
-    g_assert_no_error(send.error);
-    g_assert_false(send.stats.already_committed);
+    g_assert_false(stats.already_committed);
 }
 
 /* ---- what the replica's libvirt holds ------------------------------------------------- */
@@ -398,20 +258,20 @@ test_define(Fixture *fx, gconstpointer data)
     const char *message;
     struct stat st;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     put_domain(fx, fx->primary_xml);
-    rel_dir = g_build_filename(fx->root, "r1", NULL);
+    rel_dir = g_build_filename(fx->r.root, "r1", NULL);
     stored = g_build_filename(rel_dir, "domain.xml", NULL);
     g_assert_no_errno(lstat(stored, &st));
     g_assert_cmpuint(st.st_mode & 07777, ==, 0600);
     g_assert_no_errno(lstat(rel_dir, &st));
     g_assert_cmpuint(st.st_mode & 07777, ==, 0700);
     assert_no_standby(fx);
-    g_assert_null(vr_replica_sink_get_standby_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_standby_error(fx->r.sink));
 
     upload_cycle(fx, 0, 1);
-    g_assert_null(vr_replica_sink_get_standby_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_standby_error(fx->r.sink));
     uuid = assert_standby(fx, "65536");
 
     /* The guard: the overlay does not exist, so libvirt refuses before QEMU runs. */
@@ -425,20 +285,20 @@ test_define(Fixture *fx, gconstpointer data)
     g_assert_cmpint(virDomainIsActive(dom), ==, 0);
     virDomainFree(dom);
 
-    rel = vr_state_relationship_get(fx->state, "r1", &error);
+    rel = vr_state_relationship_get(fx->r.state, "r1", &error);
     g_assert_no_error(error);
     g_assert_cmpstr(rel->domain_name, ==, fx->name);
-    g_assert_null(vr_replica_sink_get_state_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_state_error(fx->r.sink));
 
     /* More memory: the same standby (its UUID), redefined. */
     more = primary_xml_with_memory(fx, "131072");
     put_domain(fx, more);
-    g_assert_null(vr_replica_sink_get_standby_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_standby_error(fx->r.sink));
     again = assert_standby(fx, "131072");
     g_assert_cmpstr(again, ==, uuid);
     g_clear_pointer(&again, g_free);
     upload_cycle(fx, 1, 2);
-    g_assert_null(vr_replica_sink_get_standby_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_standby_error(fx->r.sink));
     again = assert_standby(fx, "131072");
     g_assert_cmpstr(again, ==, uuid);
 
@@ -455,20 +315,20 @@ test_put_after_cycle(Fixture *fx, gconstpointer data)
     g_autoptr(VrStateRelationship) rel = NULL;
     g_autoptr(GError) error = NULL;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     upload_cycle(fx, 0, 1);
-    g_assert_null(vr_replica_sink_get_standby_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_standby_error(fx->r.sink));
     assert_no_standby(fx);
-    rel = vr_state_relationship_get(fx->state, "r1", &error);
+    rel = vr_state_relationship_get(fx->r.state, "r1", &error);
     g_assert_no_error(error);
     g_assert_cmpstr(rel->domain_name, ==, "r1"); /* until the XML names it */
     g_clear_pointer(&rel, vr_state_relationship_free);
 
     put_domain(fx, fx->primary_xml);
-    g_assert_null(vr_replica_sink_get_standby_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_standby_error(fx->r.sink));
     uuid = assert_standby(fx, "65536");
-    rel = vr_state_relationship_get(fx->state, "r1", &error);
+    rel = vr_state_relationship_get(fx->r.state, "r1", &error);
     g_assert_no_error(error);
     g_assert_cmpstr(rel->domain_name, ==, fx->name);
 }
@@ -491,7 +351,7 @@ test_define_fails(Fixture *fx, gconstpointer data)
     virDomainPtr dom;
     gsize start, end;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     /* The primary's XML under the standby's name, without its UUID: libvirt makes one. */
     g_assert_cmpuint(g_string_replace(foreign, name, standby_name, 1), ==, 1);
@@ -506,7 +366,7 @@ test_define_fails(Fixture *fx, gconstpointer data)
 
     put_domain(fx, fx->primary_xml);
     upload_cycle(fx, 0, 1);
-    kept = vr_replica_sink_get_standby_error(fx->sink);
+    kept = vr_replica_sink_get_standby_error(fx->r.sink);
     g_assert_nonnull(kept);
     g_test_message("kept: %s", kept->message);
     g_assert_error(kept, VR_STANDBY_ERROR, VR_STANDBY_ERROR_CONFLICT);
@@ -520,7 +380,7 @@ test_define_fails(Fixture *fx, gconstpointer data)
     virDomainFree(dom);
 
     upload_cycle(fx, 1, 2);
-    g_assert_null(vr_replica_sink_get_standby_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_standby_error(fx->r.sink));
     uuid = assert_standby(fx, "65536");
 }
 
@@ -534,7 +394,7 @@ test_restart(Fixture *fx, gconstpointer data)
     g_autofree char *uuid = NULL;
     g_autofree char *again = NULL;
 
-    if (fx->receiver == NULL)
+    if (fx->r.receiver == NULL)
         return;
     put_domain(fx, fx->primary_xml);
     upload_cycle(fx, 0, 1);
@@ -542,10 +402,10 @@ test_restart(Fixture *fx, gconstpointer data)
     fixture_stop(fx);
     /* A new port: no upload spans the restart, and the old one may be taken meanwhile (an
      * ephemeral port of a parallel test's connection). */
-    fx->port = 0;
+    fx->r.port = 0;
     fixture_start(fx);
     upload_cycle(fx, 1, 2);
-    g_assert_null(vr_replica_sink_get_standby_error(fx->sink));
+    g_assert_null(vr_replica_sink_get_standby_error(fx->r.sink));
     again = assert_standby(fx, "65536");
     g_assert_cmpstr(again, ==, uuid);
 }
@@ -553,11 +413,7 @@ test_restart(Fixture *fx, gconstpointer data)
 int
 main(int argc, char **argv)
 {
-    int rc;
-
-    g_test_init(&argc, &argv, NULL);
-    g_unsetenv("VR_FAILPOINT");
-    virSetErrorFunc(NULL, quiet_libvirt);
+    vr_test_init(&argc, &argv);
     pki = vr_test_make_pki(&pki_skip_why);
 
 #define ADD(path, func) \
@@ -568,8 +424,5 @@ main(int argc, char **argv)
     ADD("restart", test_restart);
 #undef ADD
 
-    rc = g_test_run();
-    g_free(pki);
-    g_free(pki_skip_why);
-    return rc;
+    return vr_test_run_pki(pki, pki_skip_why);
 }

@@ -307,6 +307,43 @@ test_xml_networks(void)
     xml_teardown(&s);
 }
 
+/*
+ * Bridges in the map ("bridge:NAME" on either side): a bridge becomes a network, a network a
+ * bridge; the marker records every primary source for the failover (vr-failover-net.h).
+ */
+static void
+test_xml_bridges(void)
+{
+    XmlSetup s;
+    g_autofree char *out = NULL;
+    Xml x = { 0 };
+
+    xml_setup(&s);
+    g_hash_table_insert(s.networks, "backup", "bridge:br-backup");
+    g_hash_table_insert(s.networks, "bridge:br0", "dr-lan");
+    out = build(primary_xml, &s.cfg);
+    xml_open(&x, out);
+    assert_xml_str(&x, "/domain/devices/interface[1]/@type", "network");
+    assert_xml_str(&x, "/domain/devices/interface[1]/source/@network", "dr-prod");
+    assert_xml_str(&x, "/domain/devices/interface[2]/@type", "bridge");
+    assert_xml_str(&x, "/domain/devices/interface[2]/source/@bridge", "br-backup");
+    g_assert_cmpint(xml_count(&x, "/domain/devices/interface[2]/source/@network"), ==, 0);
+    assert_xml_str(&x, "/domain/devices/interface[3]/@type", "network");
+    assert_xml_str(&x, "/domain/devices/interface[3]/source/@network", "dr-lan");
+    g_assert_cmpint(xml_count(&x, "/domain/devices/interface[3]/source/@bridge"), ==, 0);
+    /* The primary's sources, unmapped, by position and MAC. */
+    g_assert_cmpint(xml_count(&x, "//vr:standby/vr:interface"), ==, 3);
+    assert_xml_str(&x, "//vr:standby/vr:interface[1]/@mac", "52:54:00:11:22:33");
+    assert_xml_str(&x, "//vr:standby/vr:interface[1]/@source", "prod");
+    assert_xml_str(&x, "//vr:standby/vr:interface[2]/@index", "1");
+    g_assert_cmpint(xml_count(&x, "//vr:standby/vr:interface[2]/@mac"), ==, 0);
+    assert_xml_str(&x, "//vr:standby/vr:interface[2]/@source", "backup");
+    assert_xml_str(&x, "//vr:standby/vr:interface[3]/@type", "bridge");
+    assert_xml_str(&x, "//vr:standby/vr:interface[3]/@source", "br0");
+    xml_close(&x);
+    xml_teardown(&s);
+}
+
 static void
 test_xml_host_specific(void)
 {
@@ -495,12 +532,6 @@ typedef struct {
     VrStandbyConfig cfg;
 } Fixture;
 
-static void
-quiet_libvirt(void *opaque, virErrorPtr error)
-{
-    /* The tests read libvirt's errors from the GError; do not print them twice. */
-}
-
 static char *
 fixture_file(Fixture *fx, const char *suffix)
 {
@@ -520,7 +551,7 @@ fixture_setup(Fixture *fx, gconstpointer data)
     g_autofree char *vdb = NULL;
     g_autofree char *iso = NULL;
     g_autofree char *iface = NULL;
-    g_autofree char *xml = NULL;
+    g_autofree char *devices = NULL;
 
     fx->files = g_ptr_array_new_with_free_func(g_free);
     fx->domains = g_ptr_array_new_with_free_func(g_free);
@@ -545,35 +576,20 @@ fixture_setup(Fixture *fx, gconstpointer data)
                                 fx->name);
     }
     /* TCG: the standby starts (paused) where there is no KVM too. */
-    xml = g_strdup_printf("<domain type='qemu'>"
-                          "  <name>%s</name>"
-                          "  <memory unit='MiB'>64</memory>"
-                          "  <os><type arch='x86_64' machine='q35'>hvm</type></os>"
-                          "  <devices>"
-                          "    <disk type='file' device='disk'>"
-                          "      <driver name='qemu' type='qcow2'/>"
-                          "      <source file='%s'/>"
-                          "      <target dev='vda' bus='virtio'/>"
-                          "    </disk>"
-                          "    <disk type='file' device='disk'>"
-                          "      <driver name='qemu' type='qcow2'/>"
-                          "      <source file='%s'/>"
-                          "      <target dev='vdb' bus='virtio'/>"
-                          "    </disk>"
-                          "    <disk type='file' device='cdrom'>"
-                          "      <driver name='qemu' type='raw'/>"
-                          "      <source file='%s'/>"
-                          "      <target dev='sda' bus='sata'/>"
-                          "      <readonly/>"
-                          "    </disk>"
-                          "    %s"
-                          "    <memballoon model='none'/>"
-                          "  </devices>"
-                          "</domain>",
-                          fx->name, vda, vdb, iso, iface != NULL ? iface : "");
-    fx->primary = virDomainDefineXML(fx->conn, xml);
-    if (fx->primary == NULL)
-        g_error("cannot define the primary '%s': %s", fx->name, virGetLastErrorMessage());
+    devices = g_strdup_printf("<disk type='file' device='disk'>"
+                              "  <driver name='qemu' type='qcow2'/>"
+                              "  <source file='%s'/>"
+                              "  <target dev='vdb' bus='virtio'/>"
+                              "</disk>"
+                              "<disk type='file' device='cdrom'>"
+                              "  <driver name='qemu' type='raw'/>"
+                              "  <source file='%s'/>"
+                              "  <target dev='sda' bus='sata'/>"
+                              "  <readonly/>"
+                              "</disk>"
+                              "%s",
+                              vdb, iso, iface != NULL ? iface : "");
+    fx->primary = vr_test_domain_define(fx->conn, fx->name, vda, devices);
     g_ptr_array_add(fx->domains, g_strdup(fx->name));
     fx->primary_xml =
         virDomainGetXMLDesc(fx->primary, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
@@ -600,16 +616,8 @@ fixture_setup(Fixture *fx, gconstpointer data)
 static void
 fixture_teardown(Fixture *fx, gconstpointer data)
 {
-    for (guint i = 0; fx->conn != NULL && i < fx->domains->len; i++) {
-        virDomainPtr dom = virDomainLookupByName(fx->conn, fx->domains->pdata[i]);
-
-        if (dom == NULL)
-            continue;
-        if (virDomainIsActive(dom) == 1)
-            virDomainDestroy(dom);
-        virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_NVRAM);
-        virDomainFree(dom);
-    }
+    if (fx->conn != NULL)
+        vr_test_domains_undefine(fx->conn, fx->domains);
     for (guint i = 0; i < fx->files->len; i++)
         unlink(fx->files->pdata[i]);
     g_clear_pointer(&fx->primary, virDomainFree);
@@ -924,13 +932,13 @@ test_undefine(Fixture *fx, gconstpointer data)
 int
 main(int argc, char **argv)
 {
-    g_test_init(&argc, &argv, NULL);
-    virSetErrorFunc(NULL, quiet_libvirt);
+    vr_test_init(&argc, &argv);
 
     g_test_add_func("/standby/xml/name-rule", test_xml_name_rule);
     g_test_add_func("/standby/xml/same-name", test_xml_same_name);
     g_test_add_func("/standby/xml/disks", test_xml_disks);
     g_test_add_func("/standby/xml/networks", test_xml_networks);
+    g_test_add_func("/standby/xml/bridges", test_xml_bridges);
     g_test_add_func("/standby/xml/host-specific", test_xml_host_specific);
     g_test_add_func("/standby/xml/metadata", test_xml_metadata);
     g_test_add_func("/standby/xml/refused", test_xml_refused);

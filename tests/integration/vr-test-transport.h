@@ -11,6 +11,7 @@
 #include <gio/gio.h>
 
 #include "vr-rate-limit.h"
+#include "vr-receiver.h"
 #include "vr-sender.h"
 #include "vr-tls-policy.h"
 
@@ -21,6 +22,27 @@
  */
 VrTlsPolicy *vr_test_policy_new(const char *pki, const char *crl, bool check_revocation,
                                 const char *server_name);
+
+/*
+ * Skip the current test (and return true) when there is no test PKI (@pki NULL: make-pki.sh
+ * said why in @skip_why) or GIO has no TLS backend (glib-networking).
+ */
+bool vr_test_skip_without_tls(const char *pki, const char *skip_why);
+
+/*
+ * The two policies of a replica test, both checking <pki>/crl.pem: *@client the replica's
+ * (its clients, the primaries), *@server the primary's (the replica, replica.example).
+ * Asserts success. (transfer full: both)
+ */
+void vr_test_policies_new(const char *pki, VrTlsPolicy **client, VrTlsPolicy **server);
+
+/*
+ * A receiver as replica.example (server-ok of the test PKI in @pki) on 127.0.0.1, port *@port
+ * (0: any free one), with the other fields of @config (its cert_file, key_file and address
+ * are replaced). Asserts that it started and listens on https; its port in *@port, so that
+ * a restart with the same *@port is found by a sender's retry. (transfer full)
+ */
+VrReceiver *vr_test_receiver_new(const char *pki, const VrReceiverConfig *config, guint16 *port);
 
 typedef struct {
     /* in */
@@ -45,6 +67,26 @@ gpointer vr_test_upload_run(gpointer data);
 
 /* Iterate the default main context until @upload's @thread is done, join it: its ok. */
 bool vr_test_upload_wait(VrTestUpload *upload, GThread *thread);
+
+/*
+ * Upload the stream file @path as @client_cert (a PKI name) to replica.example at
+ * 127.0.0.1:@port, checked with @policy, in a thread while the default main context runs
+ * here (the receiver's); @max_attempts 0: 3. Its ok; the sender's counters in *@stats (may
+ * be NULL), the error in *@error (may be NULL).
+ */
+bool vr_test_upload(const char *pki, const char *client_cert, VrTlsPolicy *policy, guint16 port,
+                    const char *path, guint max_attempts, VrSenderStats *stats, GError **error);
+
+/*
+ * The stream file of cycle @target of r1's disk vda (domain UUID bytes 0x3f) at @epoch on
+ * @base (0: FULL), @virtual_size bytes, granularity 64 KiB: @blocks DATA records of 64 KiB,
+ * block b at offset (@target + b) * 64 KiB modulo @virtual_size, the first all byte @target,
+ * the others one block of random bytes seeded by @target (zstd cannot shrink a slow stream).
+ * Written as
+ * <@dir>/r1-<target>-<blocks>.vrw. (transfer full: its path)
+ */
+char *vr_test_cycle_file(const char *dir, uint64_t epoch, uint64_t base, uint64_t target,
+                         guint blocks, uint64_t virtual_size);
 
 typedef struct {
     /* in */
@@ -71,6 +113,16 @@ gpointer vr_test_fetch_run(gpointer data);
 /* Iterate the default main context until @fetch's @thread is done, join it: its ok. */
 bool vr_test_fetch_wait(VrTestFetch *fetch, GThread *thread);
 
+/*
+ * vr_sender_fetch_hashes() of @relationship's @disk into @path as @client_cert (a PKI name)
+ * from replica.example at 127.0.0.1:@port, checked with @policy, in a thread while the
+ * default main context runs here (the receiver's). Its ok: then the list's cycle and epoch
+ * in *@cycle and *@epoch (untouched otherwise), else the error in *@error (may be NULL).
+ */
+bool vr_test_fetch_hashes(const char *pki, const char *client_cert, VrTlsPolicy *policy,
+                          guint16 port, const char *relationship, const char *disk,
+                          const char *path, uint64_t *cycle, uint64_t *epoch, GError **error);
+
 typedef struct {
     /* in */
     const char *pki;         /* the directory make-pki.sh wrote */
@@ -91,3 +143,11 @@ gpointer vr_test_domain_run(gpointer data);
 
 /* Iterate the default main context until @put's @thread is done, join it: its ok. */
 bool vr_test_domain_wait(VrTestDomain *put, GThread *thread);
+
+/*
+ * vr_sender_put_domain() of @xml for @relationship as @client_cert (a PKI name) to
+ * replica.example at 127.0.0.1:@port, checked with @policy, in a thread while the default
+ * main context runs here (the receiver's). Its ok; the error in *@error (may be NULL).
+ */
+bool vr_test_put_domain(const char *pki, const char *client_cert, VrTlsPolicy *policy, guint16 port,
+                        const char *relationship, const char *xml, GError **error);

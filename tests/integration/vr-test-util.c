@@ -14,6 +14,7 @@
 
 #include <gio/gio.h>
 #include <glib/gstdio.h>
+#include <libvirt/virterror.h>
 
 #include "vr-qmp-block.h"
 #include "vr-test-util.h"
@@ -34,6 +35,29 @@ vr_test_tmpdir_remove(void)
         g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, NULL,
                      NULL);
     }
+}
+
+static void
+vr_test_quiet_libvirt(void *opaque, virErrorPtr error)
+{
+}
+
+void
+vr_test_init(int *argc, char ***argv)
+{
+    g_test_init(argc, argv, NULL);
+    g_unsetenv("VR_FAILPOINT");
+    virSetErrorFunc(NULL, vr_test_quiet_libvirt);
+}
+
+int
+vr_test_run_pki(char *pki, char *skip_why)
+{
+    int rc = g_test_run();
+
+    g_free(pki);
+    g_free(skip_why);
+    return rc;
 }
 
 const char *
@@ -323,6 +347,63 @@ vr_test_libvirt_teardown(GMainContext **context, virDomainPtr *domain, virConnec
     }
     if (*conn != NULL)
         g_clear_pointer(conn, virConnectClose);
+}
+
+void
+vr_test_dirs(guint serial, mode_t root_mode, char **root, char **work)
+{
+    g_autofree char *root_name = g_strdup_printf("root%u", serial);
+    g_autofree char *work_name = g_strdup_printf("work%u", serial);
+
+    *root = vr_test_path(root_name);
+    *work = vr_test_path(work_name);
+    g_assert_no_errno(g_mkdir_with_parents(*root, root_mode));
+    g_assert_no_errno(chmod(*root, root_mode));
+    g_assert_no_errno(g_mkdir_with_parents(*work, 0755));
+}
+
+virDomainPtr
+vr_test_domain_define(virConnectPtr conn, const char *name, const char *vda, const char *devices)
+{
+    g_autofree char *xml = g_strdup_printf("<domain type='qemu'>"
+                                           "  <name>%s</name>"
+                                           "  <memory unit='MiB'>64</memory>"
+                                           "  <os><type arch='x86_64' machine='q35'>hvm</type></os>"
+                                           "  <devices>"
+                                           "    <disk type='file' device='disk'>"
+                                           "      <driver name='qemu' type='qcow2'/>"
+                                           "      <source file='%s'/>"
+                                           "      <target dev='vda' bus='virtio'/>"
+                                           "    </disk>"
+                                           "    %s"
+                                           "    <memballoon model='none'/>"
+                                           "  </devices>"
+                                           "</domain>",
+                                           name, vda, devices != NULL ? devices : "");
+    virDomainPtr dom = virDomainDefineXML(conn, xml);
+
+    if (dom == NULL)
+        g_error("cannot define the domain '%s': %s", name, virGetLastErrorMessage());
+    return dom;
+}
+
+bool
+vr_test_domains_undefine(virConnectPtr conn, GPtrArray *names)
+{
+    bool ok = true;
+
+    for (guint i = 0; i < names->len; i++) {
+        virDomainPtr dom = virDomainLookupByName(conn, names->pdata[i]);
+
+        if (dom == NULL)
+            continue;
+        if (virDomainIsActive(dom) == 1)
+            virDomainDestroy(dom);
+        if (virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_NVRAM) != 0)
+            ok = false;
+        virDomainFree(dom);
+    }
+    return ok;
 }
 
 static int

@@ -18,6 +18,19 @@
 
 G_BEGIN_DECLS
 
+/*
+ * The start of the main() of a test of the daemon's parts: g_test_init(), VR_FAILPOINT unset
+ * (no failpoint from the caller's environment), libvirt's errors not printed (the tests read
+ * them from the GError or from virGetLastErrorMessage()).
+ */
+void vr_test_init(int *argc, char ***argv);
+
+/*
+ * The end of the main() of a test that made the test PKI with vr_test_make_pki(): g_test_run(),
+ * then free @pki and @skip_why (either may be NULL). Its exit status.
+ */
+int vr_test_run_pki(char *pki, char *skip_why);
+
 /* A scratch directory for this test process, under $VR_TEST_TMPDIR when the wrapper set it. */
 const char *vr_test_tmpdir(void);
 
@@ -69,6 +82,14 @@ guint vr_test_count_processes(const char *program, const char *dir);
 /* Within 5 s no @program of @dir runs (a parent-death signal takes a moment). */
 void vr_test_assert_no_process(const char *program, const char *dir);
 
+/*
+ * A replica test's directories for fixture @serial: *@root, the storage root
+ * "root<serial>" in the scratch directory, mode @root_mode (chmod: whatever the umask);
+ * *@work, "work<serial>" (mode 0755) for what must stay outside it (streams, images, a
+ * state database). Fails the test when they cannot be made. (transfer full: both)
+ */
+void vr_test_dirs(guint serial, mode_t root_mode, char **root, char **work);
+
 /* The names in the directory @path, sorted, separated by single spaces. (transfer full) */
 char *vr_test_list_dir(const char *path);
 
@@ -104,6 +125,21 @@ char *vr_test_make_pki(char **skip_why);
  * NULL; each is cleared.
  */
 void vr_test_libvirt_teardown(GMainContext **context, virDomainPtr *domain, virConnectPtr *conn);
+
+/*
+ * Define (never start) domain @name in @conn: type 'qemu' (TCG: it starts where there is no
+ * KVM too), 64 MiB, q35, no OS, the qcow2 image @vda as its virtio disk vda, then the
+ * device XML @devices (NULL: none), no balloon. Fails the test when libvirt refuses it.
+ * (transfer full)
+ */
+virDomainPtr vr_test_domain_define(virConnectPtr conn, const char *name, const char *vda,
+                                   const char *devices);
+
+/*
+ * Destroy (when running) and undefine, NVRAM included, each domain named in @names that
+ * @conn has. False when an undefine failed (all the others were still tried).
+ */
+bool vr_test_domains_undefine(virConnectPtr conn, GPtrArray *names);
 
 /* Connect a client over a unix QMP socket; fails the test on error. (transfer full) */
 VrQmpClient *vr_test_connect_unix(const char *path);

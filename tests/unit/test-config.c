@@ -55,6 +55,7 @@ static const char full_file[] =
     "standby-name-rule = %n-replica\n"
     "max-body-size = 64G\n"
     "test-network = dr-test\n"
+    "guest-agent-wait = 60\n"
     "\n"
     "[authorization:*.dc1.example]\n"
     "storage = /srv/replicas/dc1\n"
@@ -65,7 +66,23 @@ static const char full_file[] =
     "\n"
     "[network-map]\n"
     "default = dr-default\n"
-    "lan = dr lan\n";
+    "lan = dr lan\n"
+    "bridge:br0 = bridge:br-dr\n"
+    "network:dmz = bridge:br-dmz\n"
+    "\n"
+    "[network-map:web]\n"
+    "default = network:dr-web\n"
+    "\n"
+    "[interface:52:54:00:AA:bb:01]\n"
+    "network = dr-special\n"
+    "ipv4 = 192.0.2.10/24\n"
+    "ipv4-gateway = 192.0.2.1\n"
+    "ipv6 = 2001:db8::10/64\n"
+    "ipv6-gateway = 2001:db8::1\n"
+    "dns = 192.0.2.53, 2001:db8::53\n"
+    "\n"
+    "[interface:52:54:00:aa:bb:02]\n"
+    "bridge = br-dr\n";
 
 /* The keys of full_file, for the documentation test. */
 static const char *const all_keys[] = {
@@ -100,8 +117,15 @@ static const char *const all_keys[] = {
     "standby-name-rule",
     "max-body-size",
     "test-network",
+    "guest-agent-wait",
     "storage",
     "trust-group",
+    "bridge",
+    "ipv4",
+    "ipv4-gateway",
+    "ipv6",
+    "ipv6-gateway",
+    "dns",
 };
 
 static VrConfig *
@@ -195,9 +219,33 @@ test_full(void)
     g_assert_cmpstr(e->storage, ==, "/srv/replicas/p9");
     g_assert_cmpstr(e->trust_group, ==, "default");
 
-    g_assert_cmpuint(g_hash_table_size(cfg->network_map), ==, 2);
+    g_assert_cmpuint(cfg->replica.guest_agent_wait, ==, 60);
+    g_assert_cmpuint(g_hash_table_size(cfg->network_map), ==, 4);
     g_assert_cmpstr(g_hash_table_lookup(cfg->network_map, "default"), ==, "dr-default");
     g_assert_cmpstr(g_hash_table_lookup(cfg->network_map, "lan"), ==, "dr lan");
+    g_assert_cmpstr(g_hash_table_lookup(cfg->network_map, "bridge:br0"), ==, "bridge:br-dr");
+    g_assert_cmpstr(g_hash_table_lookup(cfg->network_map, "dmz"), ==, "bridge:br-dmz");
+    g_assert_cmpuint(g_hash_table_size(cfg->network_maps), ==, 1);
+    g_assert_cmpstr(g_hash_table_lookup(g_hash_table_lookup(cfg->network_maps, "web"), "default"),
+                    ==, "dr-web");
+    g_assert_cmpuint(g_hash_table_size(cfg->interfaces), ==, 2);
+    {
+        VrConfigInterface *i1 = g_hash_table_lookup(cfg->interfaces, "52:54:00:aa:bb:01");
+        VrConfigInterface *i2 = g_hash_table_lookup(cfg->interfaces, "52:54:00:aa:bb:02");
+
+        g_assert_nonnull(i1);
+        g_assert_cmpstr(i1->mac, ==, "52:54:00:aa:bb:01");
+        g_assert_cmpstr(i1->network, ==, "dr-special");
+        g_assert_null(i1->bridge);
+        g_assert_cmpstr(i1->ipv4, ==, "192.0.2.10/24");
+        g_assert_cmpstr(i1->ipv4_gateway, ==, "192.0.2.1");
+        g_assert_cmpstr(i1->ipv6, ==, "2001:db8::10/64");
+        g_assert_cmpstr(i1->ipv6_gateway, ==, "2001:db8::1");
+        g_assert_cmpstr(i1->dns, ==, "192.0.2.53, 2001:db8::53");
+        g_assert_nonnull(i2);
+        g_assert_cmpstr(i2->bridge, ==, "br-dr");
+        g_assert_null(i2->ipv4);
+    }
 }
 
 static void
@@ -387,7 +435,8 @@ static const ErrorCase error_cases[] = {
       ":1: [Daemon]: unknown group, did you mean 'daemon'?" },
     { "[storage]\nx = 1\n", VR_CONFIG_ERROR_INVALID,
       ":1: [storage]: unknown group; the groups are [daemon], [certificates], [primary], "
-      "[replica], [network-map] and [authorization:PATTERN]" },
+      "[replica], [network-map], [network-map:DOMAIN], [interface:MAC] and "
+      "[authorization:PATTERN]" },
     { "[authorization]\nstorage = /s\n", VR_CONFIG_ERROR_INVALID,
       ":1: [authorization]: an authorization group names the primaries it applies to: "
       "[authorization:PATTERN]" },
@@ -401,7 +450,7 @@ static const ErrorCase error_cases[] = {
     { "[replica]\nsize = 1\n", VR_CONFIG_ERROR_INVALID,
       ":2: [replica] size: unknown key; [replica] has enabled, listen, port, server-name, "
       "allow-any, default-storage, default-trust-group, point-interval, standby-name-rule, "
-      "max-body-size, test-network" },
+      "max-body-size, test-network, guest-agent-wait" },
     { "[daemon]\nport = 1\n", VR_CONFIG_ERROR_INVALID,
       ":2: [daemon] port: unknown key; [daemon] has state-dir, socket, socket-group, "
       "libvirt-uri, log-level, max-active-transfers, monitoring-interval, history-days" },
@@ -594,6 +643,57 @@ static const ErrorCase error_cases[] = {
       ":2: [network-map] a/b: 'a/b' is not a libvirt network name (1-255 bytes, no '/' or "
       "control character)" },
 
+    { "[network-map]\nbridge:br/0 = x\n", VR_CONFIG_ERROR_INVALID,
+      ":2: [network-map] bridge:br/0: 'br/0' is not a bridge name (1-15 bytes, no '/', ':' or "
+      "white space)" },
+    { "[network-map]\nlan = bridge:a-very-long-bridge\n", VR_CONFIG_ERROR_INVALID,
+      ":2: [network-map] lan: 'a-very-long-bridge' is not a bridge name (1-15 bytes, no '/', "
+      "':' or white space)" },
+    { "[network-map]\nlan = a\nnetwork:lan = b\n", VR_CONFIG_ERROR_INVALID,
+      ":3: [network-map] network:lan: maps 'lan' a second time (as 'a' and 'b')" },
+    { "[network-map:w/x]\nlan = a\n", VR_CONFIG_ERROR_INVALID,
+      ":1: [network-map:w/x]: not a domain name or relationship id: 'w/x' is not a libvirt "
+      "network name (1-255 bytes, no '/' or control character)" },
+
+    /* [interface:MAC] */
+    { "[interface:52:54:00:12:34]\nnetwork = a\n", VR_CONFIG_ERROR_INVALID,
+      ":1: [interface:52:54:00:12:34]: '52:54:00:12:34' is not a MAC address (six hexadecimal "
+      "octets separated by ':')" },
+    { "[interface]\nnetwork = a\n", VR_CONFIG_ERROR_INVALID,
+      ":1: [interface]: an interface group names the MAC address it applies to: "
+      "[interface:52:54:00:12:34:56]" },
+    { "[interface:52:54:00:AB:34:56]\n[interface:52:54:00:ab:34:56]\n", VR_CONFIG_ERROR_INVALID,
+      ":2: [interface:52:54:00:ab:34:56]: MAC 52:54:00:ab:34:56 has a group already (MACs compare "
+      "without regard to case)" },
+    { "[interface:52:54:00:12:34:56]\nipv4 = 192.0.2.10\n", VR_CONFIG_ERROR_INVALID,
+      ":2: [interface:52:54:00:12:34:56] ipv4: '192.0.2.10' is not an IPv4 address with its "
+      "prefix length (192.0.2.10/24)" },
+    { "[interface:52:54:00:12:34:56]\nipv4 = 2001:db8::1/64\n", VR_CONFIG_ERROR_INVALID,
+      ":2: [interface:52:54:00:12:34:56] ipv4: '2001:db8::1/64' is not an IPv4 address with its "
+      "prefix length (192.0.2.10/24)" },
+    { "[interface:52:54:00:12:34:56]\nipv6 = 2001:db8::1/129\n", VR_CONFIG_ERROR_INVALID,
+      ":2: [interface:52:54:00:12:34:56] ipv6: '2001:db8::1/129' is not an IPv6 address with its "
+      "prefix length (2001:db8::10/64)" },
+    { "[interface:52:54:00:12:34:56]\nipv4-gateway = 192.0.2.1\n", VR_CONFIG_ERROR_INVALID,
+      ":2: [interface:52:54:00:12:34:56] ipv4-gateway: needs ipv4 (the interface's address)" },
+    { "[interface:52:54:00:12:34:56]\nipv6 = 2001:db8::1/64\nipv6-gateway = 192.0.2.1\n",
+      VR_CONFIG_ERROR_INVALID,
+      ":3: [interface:52:54:00:12:34:56] ipv6-gateway: '192.0.2.1' is not an IPv6 address" },
+    { "[interface:52:54:00:12:34:56]\ndns = 1.2.3.4 x\n", VR_CONFIG_ERROR_INVALID,
+      ":2: [interface:52:54:00:12:34:56] dns: 'x' is not an IP address" },
+    { "[interface:52:54:00:12:34:56]\ndns = 1.1.1.1 2.2.2.2 3.3.3.3 4.4.4.4\n",
+      VR_CONFIG_ERROR_INVALID,
+      ":2: [interface:52:54:00:12:34:56] dns: '1.1.1.1 2.2.2.2 3.3.3.3 4.4.4.4' is not one to "
+      "three DNS server addresses" },
+    { "[interface:52:54:00:12:34:56]\nnetwork = a\nbridge = b\n", VR_CONFIG_ERROR_INVALID,
+      ":3: [interface:52:54:00:12:34:56] bridge: network and bridge exclude each other: the "
+      "interface is connected to one of them" },
+    { "[interface:52:54:00:12:34:56]\naddress = 1\n", VR_CONFIG_ERROR_INVALID,
+      ":2: [interface:52:54:00:12:34:56] address: unknown key; [interface:52:54:00:12:34:56] has "
+      "network, bridge, ipv4, ipv4-gateway, ipv6, ipv6-gateway, dns" },
+    { "[replica]\nguest-agent-wait = 3601\n", VR_CONFIG_ERROR_INVALID,
+      ":2: [replica] guest-agent-wait: '3601' is not a number of seconds (0-3600)" },
+
     /* Escapes and encoding. */
     { "[replica]\nserver-name = r\\q\n", VR_CONFIG_ERROR_INVALID,
       ":2: [replica] server-name: 'r\\q' has an escape sequence GKeyFile does not know (\\s, "
@@ -602,7 +702,8 @@ static const ErrorCase error_cases[] = {
       ":2: [replica] server-name: the value is not UTF-8" },
     { "[d\xff]\n", VR_CONFIG_ERROR_INVALID,
       ":1: [d\xef\xbf\xbd]: unknown group; the groups are [daemon], [certificates], [primary], "
-      "[replica], [network-map] and [authorization:PATTERN]" },
+      "[replica], [network-map], [network-map:DOMAIN], [interface:MAC] and "
+      "[authorization:PATTERN]" },
     { "[daemon]\r\nhistory-days = 0\r\n", VR_CONFIG_ERROR_INVALID,
       ":2: [daemon] history-days: '0' is not a number of days (1-3650)" },
 };

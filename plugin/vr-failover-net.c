@@ -1,0 +1,1009 @@
+/*
+ * vr-failover-net.c: networks and guest IP configuration of a failed-over domain
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#include <string.h>
+
+#include <libvirt/libvirt-qemu.h>
+#include <libvirt/virterror.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+
+#include "vr-failover-net.h"
+#include "vr-failover.h"
+#include "vr-guest-agent.h"
+#include "vr-qmp-json.h"
+#include "vr-standby.h"
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(virDomain, virDomainFree)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(virNetwork, virNetworkFree)
+
+#define VR_FAILOVER_NET_BRIDGE "bridge:"
+/* The watcher's period, and the agent's answer time for each command (seconds). */
+#define VR_FAILOVER_NET_RETRY_S 2
+#define VR_FAILOVER_NET_AGENT_S 5
+/* How long one command may run in the guest (ms). */
+#define VR_FAILOVER_NET_EXEC_MS 10000
+
+/* ---- libxml2 helpers ------------------------------------------------------------------ */
+
+static bool
+vr_net_is(const xmlNode *node, const char *name)
+{
+    return node->type == XML_ELEMENT_NODE && node->ns == NULL &&
+           strcmp((const char *)node->name, name) == 0;
+}
+
+static xmlNode *
+vr_net_child(xmlNode *parent, const char *name)
+{
+    for (xmlNode *c = parent->children; c != NULL; c = c->next) {
+        if (vr_net_is(c, name))
+            return c;
+    }
+    return NULL;
+}
+
+/* (transfer full) */
+static char *
+vr_net_prop(xmlNode *node, const char *name)
+{
+    xmlChar *value = node != NULL ? xmlGetNoNsProp(node, (const xmlChar *)name) : NULL;
+    char *copy = g_strdup((const char *)value);
+
+    xmlFree(value);
+    return copy;
+}
+
+static void
+vr_net_remove_children(xmlNode *parent, const char *name)
+{
+    xmlNode *next;
+
+    for (xmlNode *c = parent->children; c != NULL; c = next) {
+        next = c->next;
+        if (vr_net_is(c, name)) {
+            xmlUnlinkNode(c);
+            xmlFreeNode(c);
+        }
+    }
+}
+
+static xmlNode *
+vr_net_marker(xmlNode *root)
+{
+    xmlNode *metadata = vr_net_child(root, "metadata");
+
+    for (xmlNode *c = metadata != NULL ? metadata->children : NULL; c != NULL; c = c->next) {
+        if (c->type == XML_ELEMENT_NODE && c->ns != NULL && c->ns->href != NULL &&
+            strcmp((const char *)c->ns->href, VR_STANDBY_XMLNS) == 0 &&
+            strcmp((const char *)c->name, "standby") == 0)
+            return c;
+    }
+    return NULL;
+}
+
+/* ---- step 1: the mapping (pure) -------------------------------------------------------- */
+
+static json_object *vr_net_string_printf(const char *format, ...) G_GNUC_PRINTF(1, 2);
+
+static json_object *
+vr_net_string_printf(const char *format, ...)
+{
+    g_autofree char *text = NULL;
+    va_list args;
+
+    va_start(args, format);
+    text = g_strdup_vprintf(format, args);
+    va_end(args);
+    return json_object_new_string(text);
+}
+
+/* The primary's source of interface number @index with MAC @mac, as the marker records it. */
+static xmlNode *
+vr_net_record(xmlNode *marker, const char *mac, guint index)
+{
+    g_autofree char *wanted = g_strdup_printf("%u", index);
+
+    for (xmlNode *c = marker != NULL ? marker->children : NULL; c != NULL; c = c->next) {
+        g_autofree char *rmac = NULL;
+        g_autofree char *rindex = NULL;
+
+        if (c->type != XML_ELEMENT_NODE || strcmp((const char *)c->name, VR_FAILOVER_NET_RECORD))
+            continue;
+        rmac = vr_net_prop(c, "mac");
+        rindex = vr_net_prop(c, "index");
+        if (mac != NULL ? (rmac != NULL && g_ascii_strcasecmp(rmac, mac) == 0)
+                        : g_strcmp0(rindex, wanted) == 0)
+            return c;
+    }
+    return NULL;
+}
+
+/* @key ("NAME" or "bridge:NAME") through @map, or NULL. */
+static const char *
+vr_net_lookup(GHashTable *map, const char *key)
+{
+    return map != NULL ? g_hash_table_lookup(map, key) : NULL;
+}
+
+/*
+ * Where the interface whose primary source is @key goes, and by which @rule_out. (transfer
+ * full: "NAME" or "bridge:NAME")
+ */
+static char *
+vr_net_resolve(const VrConfig *config, const char *mac, const char *relationship,
+               const char *primary_name, const char *key, char **rule_out)
+{
+    const VrConfigInterface *iface = NULL;
+    const char *scopes[] = { relationship, primary_name };
+    const char *target;
+
+    if (config == NULL) {
+        *rule_out = g_strdup("same-name");
+        return g_strdup(key);
+    }
+    if (mac != NULL) {
+        g_autofree char *lower = g_ascii_strdown(mac, -1);
+
+        iface = g_hash_table_lookup(config->interfaces, lower);
+    }
+    if (iface != NULL && (iface->network != NULL || iface->bridge != NULL)) {
+        *rule_out = g_strdup_printf("interface:%s", iface->mac);
+        return iface->network != NULL ? g_strdup(iface->network)
+                                      : g_strconcat(VR_FAILOVER_NET_BRIDGE, iface->bridge, NULL);
+    }
+    for (guint i = 0; i < G_N_ELEMENTS(scopes); i++) {
+        if (scopes[i] == NULL)
+            continue;
+        target = vr_net_lookup(g_hash_table_lookup(config->network_maps, scopes[i]), key);
+        if (target != NULL) {
+            *rule_out = g_strdup_printf("network-map:%s", scopes[i]);
+            return g_strdup(target);
+        }
+    }
+    target = vr_net_lookup(config->network_map, key);
+    if (target != NULL) {
+        *rule_out = g_strdup("network-map");
+        return g_strdup(target);
+    }
+    *rule_out = g_strdup("same-name");
+    return g_strdup(key);
+}
+
+/* "bridge:NAME" -> "bridge", NAME; "NAME" -> "network", NAME. */
+static const char *
+vr_net_split(const char *target, const char **name_out)
+{
+    if (g_str_has_prefix(target, VR_FAILOVER_NET_BRIDGE)) {
+        *name_out = target + strlen(VR_FAILOVER_NET_BRIDGE);
+        return "bridge";
+    }
+    *name_out = target;
+    return "network";
+}
+
+/* Connect @iface to @kind @name, its source rebuilt only when it changes (a portgroup, a
+ * virtualport of the same source stay). */
+static void
+vr_net_connect(xmlNode *iface, const char *kind, const char *name)
+{
+    g_autofree char *type = vr_net_prop(iface, "type");
+    xmlNode *source = vr_net_child(iface, "source");
+    g_autofree char *current = vr_net_prop(source, kind);
+    xmlNode *mac;
+
+    if (g_strcmp0(type, kind) == 0 && g_strcmp0(current, name) == 0)
+        return;
+    /* Unconnected by an earlier failover (vr_net_disconnect()): its link-down was ours. */
+    if (g_strcmp0(type, "ethernet") == 0)
+        vr_net_remove_children(iface, "link");
+    vr_net_remove_children(iface, "source");
+    vr_net_remove_children(iface, "virtualport");
+    vr_net_remove_children(iface, "actual");
+    xmlSetProp(iface, (const xmlChar *)"type", (const xmlChar *)kind);
+    source = xmlNewNode(NULL, (const xmlChar *)"source");
+    xmlSetProp(source, (const xmlChar *)kind, (const xmlChar *)name);
+    mac = vr_net_child(iface, "mac");
+    if (mac != NULL)
+        xmlAddNextSibling(mac, source);
+    else if (iface->children != NULL)
+        xmlAddPrevSibling(iface->children, source);
+    else
+        xmlAddChild(iface, source);
+}
+
+/* @iface on a tap of its own, attached to nothing, link down; its MAC and model stay. */
+static void
+vr_net_disconnect(xmlNode *iface)
+{
+    xmlNode *link;
+
+    vr_net_remove_children(iface, "source");
+    vr_net_remove_children(iface, "virtualport");
+    vr_net_remove_children(iface, "actual");
+    vr_net_remove_children(iface, "link");
+    xmlSetProp(iface, (const xmlChar *)"type", (const xmlChar *)"ethernet");
+    link = xmlNewChild(iface, NULL, (const xmlChar *)"link", NULL);
+    xmlSetProp(link, (const xmlChar *)"state", (const xmlChar *)"down");
+}
+
+char *
+vr_failover_net_map_xml(const char *xml, const VrConfig *config, VrFailoverNetExistsFunc exists,
+                        gpointer data, json_object **report_out, GError **error)
+{
+    g_autoptr(xmlDoc) doc =
+        xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
+                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    g_autoptr(json_object) report = json_object_new_array();
+    g_autofree char *relationship = NULL;
+    g_autofree char *primary_name = NULL;
+    xmlNode *root = doc != NULL ? xmlDocGetRootElement(doc) : NULL;
+    xmlNode *marker, *devices;
+    xmlChar *out = NULL;
+    int len = 0;
+    guint index = 0;
+    char *result;
+
+    if (root == NULL || !vr_net_is(root, "domain")) {
+        g_set_error(error, VR_FAILOVER_ERROR, VR_FAILOVER_ERROR_FAILED,
+                    "the domain XML to map the networks of does not parse");
+        return NULL;
+    }
+    marker = vr_net_marker(root);
+    relationship = vr_net_prop(marker, "relationship");
+    primary_name = vr_net_prop(marker, "primary-name");
+    devices = vr_net_child(root, "devices");
+    for (xmlNode *iface = devices != NULL ? devices->children : NULL; iface != NULL;
+         iface = iface->next) {
+        g_autofree char *mac = NULL;
+        g_autofree char *type = NULL;
+        g_autofree char *kind = NULL;
+        g_autofree char *source = NULL;
+        g_autofree char *key = NULL;
+        g_autofree char *target = NULL;
+        g_autofree char *rule = NULL;
+        const char *target_kind;
+        const char *target_name;
+        xmlNode *record;
+        json_object *entry;
+        bool connected;
+
+        if (!vr_net_is(iface, "interface"))
+            continue;
+        mac = vr_net_prop(vr_net_child(iface, "mac"), "address");
+        record = vr_net_record(marker, mac, index++);
+        if (record != NULL) {
+            kind = vr_net_prop(record, "type");
+            source = vr_net_prop(record, "source");
+        } else {
+            /* A standby defined before the marker recorded sources: its own. */
+            type = vr_net_prop(iface, "type");
+            if (g_strcmp0(type, "network") == 0 || g_strcmp0(type, "bridge") == 0) {
+                kind = g_strdup(type);
+                source = vr_net_prop(vr_net_child(iface, "source"), type);
+            }
+        }
+        if (source == NULL || (g_strcmp0(kind, "network") != 0 && g_strcmp0(kind, "bridge") != 0))
+            continue; /* direct, user, ethernet, ...: bound to nothing we map */
+        key = g_strcmp0(kind, "bridge") == 0 ? g_strconcat(VR_FAILOVER_NET_BRIDGE, source, NULL)
+                                             : g_strdup(source);
+        target = vr_net_resolve(config, mac, relationship, primary_name, key, &rule);
+        target_kind = vr_net_split(target, &target_name);
+        connected = exists == NULL || exists(target_kind, target_name, data);
+
+        entry = json_object_new_object();
+        json_object_object_add(entry, "mac", mac != NULL ? json_object_new_string(mac) : NULL);
+        json_object_object_add(entry, "primary", vr_net_string_printf("%s:%s", kind, source));
+        json_object_object_add(entry, "rule", json_object_new_string(rule));
+        if (connected) {
+            vr_net_connect(iface, target_kind, target_name);
+            json_object_object_add(entry, "source",
+                                   vr_net_string_printf("%s:%s", target_kind, target_name));
+        } else {
+            vr_net_disconnect(iface);
+            json_object_object_add(entry, "source", NULL);
+            json_object_object_add(
+                entry, "warning",
+                vr_net_string_printf(
+                    "interface %s: %s '%s' (%s:%s by %s) %s on this host: the interface is "
+                    "left unconnected (link down)",
+                    mac != NULL ? mac : "?", target_kind, target_name, kind, source, rule,
+                    g_str_equal(target_kind, "network") ? "is not an active network"
+                                                        : "does not exist"));
+        }
+        json_object_object_add(entry, "connected", json_object_new_boolean(connected));
+        json_object_array_add(report, entry);
+    }
+    xmlDocDumpMemory(doc, &out, &len);
+    result = g_strndup((const char *)out, (gsize)len);
+    xmlFree(out);
+    *report_out = g_steal_pointer(&report);
+    return result;
+}
+
+/* ---- step 2: the commands (pure) ------------------------------------------------------- */
+
+static void
+vr_net_add_command(GPtrArray *commands, ...)
+{
+    g_autoptr(GStrvBuilder) builder = g_strv_builder_new();
+    const char *arg;
+    va_list args;
+
+    va_start(args, commands);
+    while ((arg = va_arg(args, const char *)) != NULL)
+        g_strv_builder_add(builder, arg);
+    va_end(args);
+    g_ptr_array_add(commands, g_strv_builder_end(builder));
+}
+
+GPtrArray *
+vr_failover_net_guest_commands(const VrConfigInterface *iface, const char *ifname)
+{
+    GPtrArray *commands = g_ptr_array_new_with_free_func((GDestroyNotify)g_strfreev);
+    struct {
+        const char *flag, *address, *gateway;
+    } families[] = {
+        { "-4", iface->ipv4, iface->ipv4_gateway },
+        { "-6", iface->ipv6, iface->ipv6_gateway },
+    };
+
+    vr_net_add_command(commands, "ip", "link", "set", "dev", ifname, "up", NULL);
+    for (guint i = 0; i < G_N_ELEMENTS(families); i++) {
+        if (families[i].address == NULL)
+            continue;
+        /* The primary site's addresses go (DHCP leases too); link-local ones stay. */
+        vr_net_add_command(commands, "ip", families[i].flag, "address", "flush", "dev", ifname,
+                           "scope", "global", NULL);
+        vr_net_add_command(commands, "ip", families[i].flag, "address", "add", families[i].address,
+                           "dev", ifname, NULL);
+        if (families[i].gateway != NULL)
+            vr_net_add_command(commands, "ip", families[i].flag, "route", "replace", "default",
+                               "via", families[i].gateway, "dev", ifname, NULL);
+    }
+    if (iface->dns != NULL) {
+        g_auto(GStrv) servers = g_strsplit_set(iface->dns, ", \t", -1);
+        g_autoptr(GStrvBuilder) builder = g_strv_builder_new();
+
+        g_strv_builder_add_many(builder, "resolvectl", "dns", ifname, NULL);
+        for (guint i = 0; servers[i] != NULL; i++) {
+            if (servers[i][0] != '\0')
+                g_strv_builder_add(builder, servers[i]);
+        }
+        g_ptr_array_add(commands, g_strv_builder_end(builder));
+    }
+    return commands;
+}
+
+/* ---- the object ---------------------------------------------------------------------- */
+
+struct _VrFailoverNet {
+    const VrConfig *config;
+    const VrConfig *request; /* the failover request's [interface:MAC], or NULL */
+    virConnectPtr conn;
+    VrState *state;
+    GPtrArray *watchers; /* VrNetWatcher */
+};
+
+typedef struct {
+    VrFailoverNet *net;
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    char *name;
+    char *relationship;
+    char *record;
+    gint64 deadline;   /* monotonic, µs */
+    GSource *source;   /* on the caller's thread-default main context */
+    GPtrArray *ifaces; /* VrConfigInterface, copies: a request's are gone after the start */
+} VrNetWatcher;
+
+static void
+vr_net_iface_free(gpointer data)
+{
+    VrConfigInterface *iface = data;
+
+    g_free(iface->mac);
+    g_free(iface->network);
+    g_free(iface->bridge);
+    g_free(iface->ipv4);
+    g_free(iface->ipv4_gateway);
+    g_free(iface->ipv6);
+    g_free(iface->ipv6_gateway);
+    g_free(iface->dns);
+    g_free(iface);
+}
+
+static VrConfigInterface *
+vr_net_iface_copy(const VrConfigInterface *iface)
+{
+    VrConfigInterface *copy = g_new0(VrConfigInterface, 1);
+
+    copy->mac = g_strdup(iface->mac);
+    copy->network = g_strdup(iface->network);
+    copy->bridge = g_strdup(iface->bridge);
+    copy->ipv4 = g_strdup(iface->ipv4);
+    copy->ipv4_gateway = g_strdup(iface->ipv4_gateway);
+    copy->ipv6 = g_strdup(iface->ipv6);
+    copy->ipv6_gateway = g_strdup(iface->ipv6_gateway);
+    copy->dns = g_strdup(iface->dns);
+    return copy;
+}
+
+static void
+vr_net_watcher_free(gpointer data)
+{
+    VrNetWatcher *w = data;
+
+    if (w->source != NULL) {
+        g_source_destroy(w->source);
+        g_source_unref(w->source);
+    }
+    if (w->ifaces != NULL)
+        g_ptr_array_unref(w->ifaces);
+    g_free(w->name);
+    g_free(w->relationship);
+    g_free(w->record);
+    g_free(w);
+}
+
+VrFailoverNet *
+vr_failover_net_new(const VrConfig *config, virConnectPtr conn, VrState *state)
+{
+    VrFailoverNet *net = g_new0(VrFailoverNet, 1);
+
+    net->config = config;
+    net->conn = conn;
+    net->state = state;
+    net->watchers = g_ptr_array_new_with_free_func(vr_net_watcher_free);
+    return net;
+}
+
+void
+vr_failover_net_free(VrFailoverNet *net)
+{
+    if (net == NULL)
+        return;
+    g_ptr_array_unref(net->watchers);
+    g_free(net);
+}
+
+/* An active libvirt network, or a host interface (a bridge) by that name. */
+static bool
+vr_net_exists(const char *kind, const char *name, gpointer data)
+{
+    VrFailoverNet *net = data;
+
+    if (strcmp(kind, "network") == 0) {
+        g_autoptr(virNetwork) network = virNetworkLookupByName(net->conn, name);
+
+        return network != NULL && virNetworkIsActive(network) == 1;
+    }
+    {
+        g_autofree char *path = g_build_filename("/sys/class/net", name, NULL);
+
+        return g_file_test(path, G_FILE_TEST_EXISTS);
+    }
+}
+
+static void
+vr_net_warn(json_object *report, const char *message)
+{
+    json_object *warnings = NULL;
+
+    if (!json_object_object_get_ex(report, "warnings", &warnings)) {
+        warnings = json_object_new_array();
+        json_object_object_add(report, "warnings", warnings);
+    }
+    json_object_array_add(warnings, json_object_new_string(message));
+    g_message("%s", message);
+}
+
+char *
+vr_failover_net_prepare(VrFailoverNet *net, const char *xml, json_object **report_out,
+                        GError **error)
+{
+    g_autoptr(json_object) report = json_object_new_object();
+    json_object *interfaces = NULL;
+    char *mapped =
+        vr_failover_net_map_xml(xml, net->config, vr_net_exists, net, &interfaces, error);
+
+    if (mapped == NULL)
+        return NULL;
+    json_object_object_add(report, "interfaces", interfaces);
+    json_object_object_add(report, "warnings", json_object_new_array());
+    for (size_t i = 0; i < json_object_array_length(interfaces); i++) {
+        json_object *warning = NULL;
+
+        if (json_object_object_get_ex(json_object_array_get_idx(interfaces, i), "warning",
+                                      &warning))
+            vr_net_warn(report, json_object_get_string(warning));
+    }
+    *report_out = g_steal_pointer(&report);
+    return mapped;
+}
+
+const char *
+vr_failover_net_test_network(VrFailoverNet *net, const char *test_network, json_object **report)
+{
+    g_autofree char *message = NULL;
+
+    if (*report == NULL) {
+        *report = json_object_new_object();
+        json_object_object_add(*report, "warnings", json_object_new_array());
+    }
+    json_object_object_add(*report, "test_network",
+                           test_network != NULL ? json_object_new_string(test_network) : NULL);
+    if (test_network == NULL || vr_net_exists("network", test_network, net))
+        return test_network;
+    message = g_strdup_printf("[replica] test-network '%s' is not an active network on this "
+                              "host: the test copy's interfaces are left unconnected (link down)",
+                              test_network);
+    vr_net_warn(*report, message);
+    return NULL;
+}
+
+/* ---- step 2: the guest agent ---------------------------------------------------------- */
+
+typedef enum {
+    VR_NET_IP_DONE, /* applied or failed: @state says */
+    VR_NET_IP_WAIT, /* the agent does not answer (yet) */
+} VrNetIpStep;
+
+/* The agent's "return" of @command (JSON text), or NULL with @why. (transfer full) */
+static json_object *
+vr_net_agent(virDomainPtr dom, const char *command, char **why)
+{
+    g_autofree char *reply = virDomainQemuAgentCommand(dom, command, VR_FAILOVER_NET_AGENT_S, 0);
+    g_autoptr(json_object) obj = NULL;
+    json_object *ret = NULL;
+
+    if (reply == NULL) {
+        *why = g_strdup(virGetLastErrorMessage());
+        return NULL;
+    }
+    obj = json_tokener_parse(reply);
+    if (obj == NULL || !json_object_object_get_ex(obj, "return", &ret)) {
+        *why = g_strdup_printf("the guest agent's answer to %s is not understood", command);
+        return NULL;
+    }
+    return json_object_get(ret);
+}
+
+/* @argv run in the guest by guest-exec; its exit code (-1: it did not run) and stderr. */
+static int
+vr_net_exec(virDomainPtr dom, char **argv, char **err_out)
+{
+    g_autoptr(json_object) cmd = json_object_new_object();
+    g_autoptr(json_object) ret = NULL;
+    json_object *args = json_object_new_object();
+    json_object *list = json_object_new_array();
+    json_object *pid = NULL;
+    g_autofree char *why = NULL;
+    gint64 deadline = g_get_monotonic_time() + VR_FAILOVER_NET_EXEC_MS * 1000;
+
+    for (guint i = 1; argv[i] != NULL; i++)
+        json_object_array_add(list, json_object_new_string(argv[i]));
+    json_object_object_add(args, "path", json_object_new_string(argv[0]));
+    json_object_object_add(args, "arg", list);
+    json_object_object_add(args, "capture-output", json_object_new_boolean(true));
+    json_object_object_add(cmd, "execute", json_object_new_string("guest-exec"));
+    json_object_object_add(cmd, "arguments", args);
+    ret = vr_net_agent(dom, json_object_to_json_string_ext(cmd, JSON_C_TO_STRING_PLAIN), &why);
+    if (ret == NULL || !json_object_object_get_ex(ret, "pid", &pid)) {
+        *err_out = g_strdup_printf("guest-exec failed: %s", why != NULL ? why : "no pid");
+        return -1;
+    }
+    while (g_get_monotonic_time() < deadline) {
+        g_autofree char *status_cmd = g_strdup_printf(
+            "{\"execute\":\"guest-exec-status\",\"arguments\":{\"pid\":%" G_GINT64_FORMAT "}}",
+            json_object_get_int64(pid));
+        g_autoptr(json_object) status = NULL;
+        json_object *exited = NULL, *code = NULL, *err = NULL;
+
+        g_clear_pointer(&why, g_free);
+        status = vr_net_agent(dom, status_cmd, &why);
+        if (status == NULL) {
+            *err_out = g_strdup_printf("guest-exec-status failed: %s", why);
+            return -1;
+        }
+        if (json_object_object_get_ex(status, "exited", &exited) &&
+            json_object_get_boolean(exited)) {
+            gsize len = 0;
+            g_autofree guchar *text = NULL;
+
+            if (json_object_object_get_ex(status, "err-data", &err)) {
+                text = g_base64_decode(json_object_get_string(err), &len);
+                *err_out = g_utf8_make_valid((const char *)text, (gssize)len);
+                g_strstrip(*err_out);
+            }
+            json_object_object_get_ex(status, "exitcode", &code);
+            return code != NULL ? json_object_get_int(code) : -1;
+        }
+        g_usleep(100 * 1000);
+    }
+    *err_out = g_strdup_printf("still running after %d s", VR_FAILOVER_NET_EXEC_MS / 1000);
+    return -1;
+}
+
+VrConfig *
+vr_failover_net_parse_request(json_object *interfaces, GError **error)
+{
+    static const char *const keys[] = { "ipv4", "ipv4-gateway", "ipv6", "ipv6-gateway", "dns" };
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autofree char *data = NULL;
+
+    if (!json_object_is_type(interfaces, json_type_object)) {
+        g_set_error(error, VR_CONFIG_ERROR, VR_CONFIG_ERROR_INVALID,
+                    "\"interfaces\" is an object of MAC addresses");
+        return NULL;
+    }
+    json_object_object_foreach (interfaces, mac, settings) {
+        g_autofree char *group = g_strconcat("interface:", mac, NULL);
+
+        g_auto(GStrv) octets = g_strsplit(mac, ":", -1);
+        bool ok = g_strv_length(octets) == 6;
+
+        /* The MAC becomes a group name: nothing but what a MAC is made of. */
+        for (guint i = 0; ok && octets[i] != NULL; i++)
+            ok = strlen(octets[i]) == 2 && g_ascii_isxdigit(octets[i][0]) &&
+                 g_ascii_isxdigit(octets[i][1]);
+        if (!ok) {
+            g_set_error(error, VR_CONFIG_ERROR, VR_CONFIG_ERROR_INVALID,
+                        "failover request: '%s' is not a MAC address (six hexadecimal octets "
+                        "separated by ':')",
+                        mac);
+            return NULL;
+        }
+        if (!json_object_is_type(settings, json_type_object)) {
+            g_set_error(error, VR_CONFIG_ERROR, VR_CONFIG_ERROR_INVALID,
+                        "failover request: interface %s: not an object of settings", mac);
+            return NULL;
+        }
+        json_object_object_foreach (settings, key, value) {
+            bool known = false;
+
+            for (guint i = 0; i < G_N_ELEMENTS(keys); i++)
+                known = known || strcmp(key, keys[i]) == 0;
+            if (!known || !json_object_is_type(value, json_type_string)) {
+                g_set_error(error, VR_CONFIG_ERROR, VR_CONFIG_ERROR_INVALID,
+                            "failover request: interface %s: '%s' is not one of ipv4, "
+                            "ipv4-gateway, ipv6, ipv6-gateway, dns with a string value",
+                            mac, key);
+                return NULL;
+            }
+            /* GKeyFile escapes the value: no line of it can become a key or a group. */
+            g_key_file_set_string(kf, group, key, json_object_get_string(value));
+        }
+    }
+    data = g_key_file_to_data(kf, NULL, NULL);
+    return vr_config_load_data(data, -1, "failover request", error);
+}
+
+void
+vr_failover_net_set_request(VrFailoverNet *net, const VrConfig *request)
+{
+    net->request = request;
+}
+
+/* The [interface:MAC] of @lower: the request's, else the configuration's, or NULL. */
+static VrConfigInterface *
+vr_net_interface(VrFailoverNet *net, const char *lower)
+{
+    VrConfigInterface *iface = NULL;
+
+    if (net->request != NULL)
+        iface = g_hash_table_lookup(net->request->interfaces, lower);
+    if (iface == NULL && net->config != NULL)
+        iface = g_hash_table_lookup(net->config->interfaces, lower);
+    return iface;
+}
+
+/* The configured interfaces of @dom: VrConfigInterface with an address or DNS. */
+static GPtrArray *
+vr_net_ip_interfaces(VrFailoverNet *net, virDomainPtr dom)
+{
+    GPtrArray *out = g_ptr_array_new();
+    g_autofree char *xml = NULL;
+    g_autoptr(xmlDoc) doc = NULL;
+    xmlNode *root, *devices;
+
+    if ((net->config == NULL || g_hash_table_size(net->config->interfaces) == 0) &&
+        (net->request == NULL || g_hash_table_size(net->request->interfaces) == 0))
+        return out;
+    xml = virDomainGetXMLDesc(dom, 0);
+    doc = xml != NULL ? xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
+                                      XML_PARSE_NONET | XML_PARSE_NOERROR)
+                      : NULL;
+    root = doc != NULL ? xmlDocGetRootElement(doc) : NULL;
+    devices = root != NULL ? vr_net_child(root, "devices") : NULL;
+    for (xmlNode *c = devices != NULL ? devices->children : NULL; c != NULL; c = c->next) {
+        g_autofree char *mac = NULL;
+        g_autofree char *lower = NULL;
+        VrConfigInterface *iface;
+
+        if (!vr_net_is(c, "interface"))
+            continue;
+        mac = vr_net_prop(vr_net_child(c, "mac"), "address");
+        lower = mac != NULL ? g_ascii_strdown(mac, -1) : NULL;
+        iface = lower != NULL ? vr_net_interface(net, lower) : NULL;
+        if (iface != NULL && (iface->ipv4 != NULL || iface->ipv6 != NULL || iface->dns != NULL))
+            g_ptr_array_add(out, iface);
+    }
+    return out;
+}
+
+/* The guest's name of the interface with @mac, from guest-network-get-interfaces. */
+static char *
+vr_net_guest_ifname(json_object *list, const char *mac)
+{
+    for (size_t i = 0; list != NULL && i < json_object_array_length(list); i++) {
+        json_object *item = json_object_array_get_idx(list, i);
+        json_object *hw = NULL, *name = NULL;
+
+        if (json_object_object_get_ex(item, "hardware-address", &hw) &&
+            g_ascii_strcasecmp(json_object_get_string(hw), mac) == 0 &&
+            json_object_object_get_ex(item, "name", &name))
+            return g_strdup(json_object_get_string(name));
+    }
+    return NULL;
+}
+
+static void
+vr_net_set(json_object *guest_ip, const char *state, const char *reason)
+{
+    json_object_object_add(guest_ip, "state", json_object_new_string(state));
+    json_object_object_add(guest_ip, "reason",
+                           reason != NULL ? json_object_new_string(reason) : NULL);
+}
+
+/*
+ * One attempt at failover TCP/IP for @ifaces of @dom: WAIT while the agent does not
+ * answer, else DONE with @guest_ip's state and reason set and its "interfaces".
+ */
+static VrNetIpStep
+vr_net_ip_try(virDomainPtr dom, GPtrArray *ifaces, json_object *guest_ip)
+{
+    g_autofree char *channel = vr_guest_agent_channel_state(dom);
+    g_autofree char *why = NULL;
+    g_autoptr(json_object) ping = NULL;
+    g_autoptr(json_object) osinfo = NULL;
+    g_autoptr(json_object) list = NULL;
+    json_object *kernel = NULL, *out;
+    bool all_ok = true;
+
+    if (channel == NULL || !g_str_equal(channel, "connected")) {
+        g_autofree char *reason =
+            g_strdup_printf("no guest agent answers (channel org.qemu.guest_agent.0: %s)",
+                            channel != NULL ? channel : "absent");
+
+        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_NOT_APPLIED, reason);
+        return VR_NET_IP_WAIT;
+    }
+    ping = vr_net_agent(dom, "{\"execute\":\"guest-ping\"}", &why);
+    if (ping == NULL) {
+        g_autofree char *reason = g_strdup_printf("the guest agent does not answer: %s", why);
+
+        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_NOT_APPLIED, reason);
+        return VR_NET_IP_WAIT;
+    }
+    g_clear_pointer(&why, g_free);
+    osinfo = vr_net_agent(dom, "{\"execute\":\"guest-get-osinfo\"}", &why);
+    if (osinfo == NULL || !json_object_object_get_ex(osinfo, "kernel-name", &kernel) ||
+        g_strcmp0(json_object_get_string(kernel), "Linux") != 0) {
+        g_autofree char *reason = g_strdup_printf(
+            "the guest is not Linux (%s): failover TCP/IP runs the guest's ip and resolvectl",
+            kernel != NULL ? json_object_get_string(kernel) : why);
+
+        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_NOT_APPLIED, reason);
+        return VR_NET_IP_DONE;
+    }
+    g_clear_pointer(&why, g_free);
+    list = vr_net_agent(dom, "{\"execute\":\"guest-network-get-interfaces\"}", &why);
+    out = json_object_new_array();
+    json_object_object_add(guest_ip, "interfaces", out);
+    for (guint i = 0; i < ifaces->len; i++) {
+        const VrConfigInterface *iface = ifaces->pdata[i];
+        g_autofree char *ifname = vr_net_guest_ifname(list, iface->mac);
+        json_object *entry = json_object_new_object();
+        json_object *commands = json_object_new_array();
+        g_autoptr(GPtrArray) argvs = NULL;
+
+        json_object_array_add(out, entry);
+        json_object_object_add(entry, "mac", json_object_new_string(iface->mac));
+        json_object_object_add(entry, "ifname",
+                               ifname != NULL ? json_object_new_string(ifname) : NULL);
+        json_object_object_add(entry, "commands", commands);
+        if (ifname == NULL) {
+            all_ok = false;
+            json_object_object_add(entry, "error",
+                                   json_object_new_string("the guest has no interface with this "
+                                                          "MAC"));
+            continue;
+        }
+        argvs = vr_failover_net_guest_commands(iface, ifname);
+        for (guint c = 0; c < argvs->len; c++) {
+            char **argv = argvs->pdata[c];
+            g_autofree char *err = NULL;
+            g_autofree char *line = g_strjoinv(" ", argv);
+            int code = vr_net_exec(dom, argv, &err);
+            json_object *item = json_object_new_object();
+
+            json_object_object_add(item, "command", json_object_new_string(line));
+            json_object_object_add(item, "exit", json_object_new_int(code));
+            if (err != NULL && err[0] != '\0')
+                json_object_object_add(item, "stderr", json_object_new_string(err));
+            json_object_array_add(commands, item);
+            all_ok = all_ok && code == 0;
+        }
+    }
+    if (all_ok)
+        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_APPLIED, NULL);
+    else
+        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_FAILED,
+                   "a command failed in the guest (see interfaces)");
+    return VR_NET_IP_DONE;
+}
+
+/* @guest_ip into the "network" member of the @record of @relationship for domain @name. */
+static void
+vr_net_record_state(VrFailoverNet *net, const char *relationship, const char *record,
+                    const char *name, json_object *network)
+{
+    g_autoptr(GError) local = NULL;
+    g_autoptr(VrStateRelationship) rel = NULL;
+    g_autoptr(json_object) config = NULL;
+    json_object *rec = NULL, *domain = NULL;
+
+    if (net->state == NULL)
+        return;
+    rel = vr_state_relationship_get(net->state, relationship, &local);
+    config = rel != NULL ? json_tokener_parse(rel->config != NULL ? rel->config : "{}") : NULL;
+    if (config == NULL || !json_object_object_get_ex(config, record, &rec) ||
+        !json_object_object_get_ex(rec, "domain", &domain) ||
+        g_strcmp0(json_object_get_string(domain), name) != 0) {
+        g_debug("failover TCP/IP of '%s' not recorded: no %s of '%s'", relationship, record, name);
+        return;
+    }
+    json_object_object_add(rec, "network", json_object_get(network));
+    g_free(rel->config);
+    rel->config = g_strdup(json_object_to_json_string_ext(config, JSON_C_TO_STRING_PLAIN));
+    if (!vr_state_relationship_put(net->state, rel, &local))
+        g_debug("failover TCP/IP of '%s' not recorded: %s", relationship, local->message);
+}
+
+static gboolean
+vr_net_watch(gpointer data)
+{
+    VrNetWatcher *w = data;
+    VrFailoverNet *net = w->net;
+    g_autoptr(virDomain) dom = virDomainLookupByUUIDString(net->conn, w->uuid);
+    g_autoptr(json_object) network = json_object_new_object();
+    json_object *guest_ip = json_object_new_object();
+    bool done;
+
+    json_object_object_add(network, "guest_ip", guest_ip);
+    if (dom == NULL || virDomainIsActive(dom) != 1) {
+        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_NOT_APPLIED,
+                   "the domain stopped before its guest agent answered");
+        done = true;
+    } else {
+        done = vr_net_ip_try(dom, w->ifaces, guest_ip) == VR_NET_IP_DONE ||
+               g_get_monotonic_time() >= w->deadline;
+    }
+    if (!done)
+        return G_SOURCE_CONTINUE;
+    {
+        json_object *state = NULL, *reason = NULL;
+
+        json_object_object_get_ex(guest_ip, "state", &state);
+        json_object_object_get_ex(guest_ip, "reason", &reason);
+        if (g_strcmp0(json_object_get_string(state), VR_FAILOVER_NET_IP_APPLIED) == 0)
+            g_info("failover TCP/IP of '%s' applied in the guest", w->name);
+        else
+            g_message("failover TCP/IP of '%s' %s: %s", w->name, json_object_get_string(state),
+                      json_object_get_string(reason));
+    }
+    {
+        /* The whole "network" member: the mapping of the start stays beside it. */
+        g_autoptr(GError) local = NULL;
+        g_autoptr(VrStateRelationship) rel =
+            net->state != NULL ? vr_state_relationship_get(net->state, w->relationship, &local)
+                               : NULL;
+        g_autoptr(json_object) config =
+            rel != NULL ? json_tokener_parse(rel->config != NULL ? rel->config : "{}") : NULL;
+        json_object *rec = NULL, *recorded = NULL;
+
+        if (config != NULL && json_object_object_get_ex(config, w->record, &rec) &&
+            json_object_object_get_ex(rec, "network", &recorded)) {
+            json_object_object_add(recorded, "guest_ip", json_object_get(guest_ip));
+            vr_net_record_state(net, w->relationship, w->record, w->name, recorded);
+        }
+    }
+    g_ptr_array_remove(net->watchers, w);
+    return G_SOURCE_REMOVE;
+}
+
+void
+vr_failover_net_guest_ip(VrFailoverNet *net, virDomainPtr dom, const char *relationship,
+                         const char *record, json_object *report)
+{
+    g_autoptr(GPtrArray) ifaces = vr_net_ip_interfaces(net, dom);
+    g_autofree char *channel = NULL;
+    json_object *guest_ip = json_object_new_object();
+    guint wait = net->config != NULL ? net->config->replica.guest_agent_wait : 0;
+
+    json_object_object_add(report, "guest_ip", guest_ip);
+    if (ifaces->len == 0) {
+        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_NONE,
+                   "no [interface:MAC] group of this domain has an address or DNS servers");
+    } else if ((channel = vr_guest_agent_channel_state(dom)) == NULL) {
+        g_autofree char *reason =
+            g_strdup_printf("no guest agent: domain '%s' has no channel org.qemu.guest_agent.0",
+                            virDomainGetName(dom));
+
+        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_NOT_APPLIED, reason);
+        g_message("failover TCP/IP of '%s' not applied: %s", virDomainGetName(dom), reason);
+    } else if (vr_net_ip_try(dom, ifaces, guest_ip) == VR_NET_IP_WAIT) {
+        if (wait == 0) {
+            json_object *reason = NULL;
+
+            json_object_object_get_ex(guest_ip, "reason", &reason);
+            g_message("failover TCP/IP of '%s' not applied: %s", virDomainGetName(dom),
+                      json_object_get_string(reason));
+        } else {
+            VrNetWatcher *w = g_new0(VrNetWatcher, 1);
+
+            /* A watcher of an earlier failover of this relationship has nothing to do. */
+            for (guint i = net->watchers->len; i-- > 0;) {
+                VrNetWatcher *old = net->watchers->pdata[i];
+
+                if (g_str_equal(old->relationship, relationship) &&
+                    g_str_equal(old->record, record))
+                    g_ptr_array_remove_index(net->watchers, i);
+            }
+            json_object *reason = NULL;
+            g_autofree char *why = NULL;
+
+            json_object_object_get_ex(guest_ip, "reason", &reason);
+            why = g_strdup_printf("%s; retried every %d s for %u s", json_object_get_string(reason),
+                                  VR_FAILOVER_NET_RETRY_S, wait);
+            vr_net_set(guest_ip, VR_FAILOVER_NET_IP_PENDING, why);
+            w->net = net;
+            virDomainGetUUIDString(dom, w->uuid);
+            w->name = g_strdup(virDomainGetName(dom));
+            w->relationship = g_strdup(relationship);
+            w->record = g_strdup(record);
+            w->deadline = g_get_monotonic_time() + (gint64)wait * G_USEC_PER_SEC;
+            w->ifaces = g_ptr_array_new_with_free_func(vr_net_iface_free);
+            for (guint i = 0; i < ifaces->len; i++)
+                g_ptr_array_add(w->ifaces, vr_net_iface_copy(ifaces->pdata[i]));
+            w->source = g_timeout_source_new_seconds(VR_FAILOVER_NET_RETRY_S);
+            g_source_set_callback(w->source, vr_net_watch, w, NULL);
+            g_source_attach(w->source, g_main_context_get_thread_default());
+            g_ptr_array_add(net->watchers, w);
+        }
+    }
+    vr_net_record_state(net, relationship, record, virDomainGetName(dom), report);
+}
+
+json_object *
+vr_failover_net_status(const char *config_json)
+{
+    static const char *const records[] = { "failover", "test_failover" };
+    g_autoptr(json_object) config = json_tokener_parse(config_json != NULL ? config_json : "{}");
+    g_autoptr(json_object) out = json_object_new_object();
+    bool any = false;
+
+    for (guint i = 0; config != NULL && i < G_N_ELEMENTS(records); i++) {
+        json_object *rec = NULL, *network = NULL;
+
+        if (json_object_object_get_ex(config, records[i], &rec) &&
+            json_object_object_get_ex(rec, "network", &network)) {
+            json_object_object_add(out, records[i], json_object_get(network));
+            any = true;
+        }
+    }
+    return any ? g_steal_pointer(&out) : NULL;
+}
