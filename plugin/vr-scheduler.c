@@ -489,6 +489,21 @@ vr_scheduler_send_domain(VrSchedulerJob *job)
     job->domain_xml_sent = g_steal_pointer(&digest);
 }
 
+/* A new cycle of @job starts (at job->last_start): its progress from nothing. */
+static void
+vr_scheduler_progress_reset(VrSchedulerJob *job)
+{
+    g_mutex_lock(&job->progress_lock);
+    job->progress = (VrPrimaryProgress){ .phase = VR_PRIMARY_PHASE_CUT };
+    job->progress_started = job->last_start;
+    job->rate_time = job->last_start;
+    job->rate_bytes = 0;
+    job->rate_done = 0;
+    job->rate = 0;
+    job->pace = 0;
+    g_mutex_unlock(&job->progress_lock);
+}
+
 /*
  * The cycle's progress, for the status: the phase and the figures as they come, and a rate
  * smoothed over samples of at least half a second. A new pass starts the rate again: a read
@@ -541,16 +556,32 @@ vr_scheduler_identity(VrScheduler *scheduler)
     return name;
 }
 
-/* The worker: one cycle, then its completion on the scheduler's context. */
-static void
-vr_scheduler_worker(gpointer data, gpointer user_data)
+/* The work directory of @job's cycles (its spools, streams, fleece images). (transfer full) */
+static char *
+vr_scheduler_workdir(VrScheduler *scheduler, VrSchedulerJob *job)
 {
-    VrSchedulerJob *job = data;
-    VrScheduler *scheduler = user_data;
-    g_autofree char *workdir =
-        g_build_filename(scheduler->config->daemon.state_dir, "work", job->id, NULL);
-    g_autoptr(GSource) source = NULL;
-    VrSchedulerDone *done = g_new0(VrSchedulerDone, 1);
+    return g_build_filename(scheduler->config->daemon.state_dir, "work", job->id, NULL);
+}
+
+/* Make the work directory @workdir, or say why not in a VR_PRIMARY_ERROR. */
+static bool
+vr_scheduler_make_workdir(const char *workdir, GError **error)
+{
+    int errsv;
+
+    if (g_mkdir_with_parents(workdir, 0700) == 0)
+        return true;
+    errsv = errno;
+    g_set_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
+                "cannot make the work directory '%s': %s", workdir, g_strerror(errsv));
+    return false;
+}
+
+/* An online cycle. Worker thread. */
+static void
+vr_scheduler_worker(VrSchedulerJob *job, VrScheduler *scheduler)
+{
+    g_autofree char *workdir = vr_scheduler_workdir(scheduler, job);
     VrPrimaryConfig config = {
         .conn = scheduler->conn,
         .domain = job->domain,
@@ -567,11 +598,7 @@ vr_scheduler_worker(gpointer data, gpointer user_data)
     };
     g_autofree char *identity = job->cycle_export ? vr_scheduler_identity(scheduler) : NULL;
 
-    if (g_mkdir_with_parents(workdir, 0700) < 0) {
-        int errsv = errno;
-
-        g_set_error(&job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
-                    "cannot make the work directory '%s': %s", workdir, g_strerror(errsv));
+    if (!vr_scheduler_make_workdir(workdir, &job->error)) {
         job->ok = false;
     } else if (job->cycle_export && identity == NULL) {
         g_set_error(&job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
@@ -586,12 +613,6 @@ vr_scheduler_worker(gpointer data, gpointer user_data)
                                        vr_scheduler_on_progress, job, job->cancellable,
                                        &job->result, &job->error);
     }
-    g_atomic_int_inc(&scheduler->token->ref);
-    done->token = scheduler->token;
-    done->id = g_strdup(job->id);
-    source = g_idle_source_new();
-    g_source_set_callback(source, vr_scheduler_on_done, done, vr_scheduler_done_free);
-    g_source_attach(source, scheduler->context);
 }
 
 /* ---- the final cycle of a shut-off domain (the hook's "stopped") ----------------------- */
@@ -608,10 +629,7 @@ vr_scheduler_worker(gpointer data, gpointer user_data)
 static void
 vr_scheduler_final_worker(VrSchedulerJob *job, VrScheduler *scheduler)
 {
-    g_autofree char *workdir =
-        g_build_filename(scheduler->config->daemon.state_dir, "work", job->id, NULL);
-    g_autoptr(GSource) source = NULL;
-    VrSchedulerDone *done = g_new0(VrSchedulerDone, 1);
+    g_autofree char *workdir = vr_scheduler_workdir(scheduler, job);
     VrPrimaryConfig config = {
         .conn = scheduler->conn,
         .domain = job->domain,
@@ -637,37 +655,39 @@ vr_scheduler_final_worker(VrSchedulerJob *job, VrScheduler *scheduler)
         g_set_error(&job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_CANCELLED,
                     "no final cycle: domain '%s' was migrated to another host", job->domain);
         job->ok = false;
-    } else if (g_mkdir_with_parents(workdir, 0700) < 0) {
-        int errsv = errno;
-
-        g_set_error(&job->error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_FAILED,
-                    "cannot make the work directory '%s': %s", workdir, g_strerror(errsv));
+    } else if (!vr_scheduler_make_workdir(workdir, &job->error)) {
         job->ok = false;
     } else {
         job->ok = vr_primary_run_offline_cycle(&config, job->cycle_base, job->cycle_base + 1,
                                                vr_scheduler_on_progress, job, job->cancellable,
                                                &job->result, &job->error);
     }
+}
+
+/*
+ * The pool's function: a planned failover, the final cycle or an online one, then its
+ * completion on the scheduler's context.
+ */
+static void
+vr_scheduler_pool_run(gpointer data, gpointer user_data)
+{
+    VrSchedulerJob *job = data;
+    VrScheduler *scheduler = user_data;
+    VrSchedulerDone *done = g_new0(VrSchedulerDone, 1);
+    g_autoptr(GSource) source = NULL;
+
+    if (job->cycle_planned)
+        vr_scheduler_planned_worker(job, scheduler);
+    else if (job->cycle_final)
+        vr_scheduler_final_worker(job, scheduler);
+    else
+        vr_scheduler_worker(job, scheduler);
     g_atomic_int_inc(&scheduler->token->ref);
     done->token = scheduler->token;
     done->id = g_strdup(job->id);
     source = g_idle_source_new();
     g_source_set_callback(source, vr_scheduler_on_done, done, vr_scheduler_done_free);
     g_source_attach(source, scheduler->context);
-}
-
-/* The pool's function: the final cycle or an online one. */
-static void
-vr_scheduler_pool_run(gpointer data, gpointer user_data)
-{
-    VrSchedulerJob *job = data;
-
-    if (job->cycle_planned)
-        vr_scheduler_planned_worker(job, user_data);
-    else if (job->cycle_final)
-        vr_scheduler_final_worker(job, user_data);
-    else
-        vr_scheduler_worker(data, user_data);
 }
 
 /* Record the state now (a pause, a resume) rather than at the next cycle's end. */
@@ -708,7 +728,7 @@ vr_scheduler_start_final(VrSchedulerJob *job)
     job->cancellable = g_cancellable_new();
     vr_primary_result_clear(&job->result);
     g_clear_error(&job->error);
-    vr_scheduler_on_progress(&(VrPrimaryProgress){ .phase = VR_PRIMARY_PHASE_CUT }, job);
+    vr_scheduler_progress_reset(job);
     g_info("relationship '%s': domain '%s' shut off: final cycle %" PRIu64 " from %" PRIu64
            " queued",
            job->id, job->domain, job->cycle_base + 1, job->cycle_base);
@@ -776,15 +796,7 @@ vr_scheduler_start_cycle(VrSchedulerJob *job)
     job->paused = false; /* it runs: also after a start the hook did not tell */
     job->running = true;
     job->last_start = g_get_monotonic_time();
-    g_mutex_lock(&job->progress_lock);
-    job->progress = (VrPrimaryProgress){ .phase = VR_PRIMARY_PHASE_CUT };
-    job->progress_started = job->last_start;
-    job->rate_time = job->last_start;
-    job->rate_bytes = 0;
-    job->rate_done = 0;
-    job->rate = 0;
-    job->pace = 0;
-    g_mutex_unlock(&job->progress_lock);
+    vr_scheduler_progress_reset(job);
     job->want_app_consistent =
         job->app_consistent_hours != 0 &&
         now - job->last_app_consistent >= (gint64)job->app_consistent_hours * 3600;
@@ -1826,14 +1838,11 @@ vr_scheduler_failover_request(VrSchedulerJob *job)
 static void
 vr_scheduler_planned_worker(VrSchedulerJob *job, VrScheduler *scheduler)
 {
-    g_autofree char *workdir =
-        g_build_filename(scheduler->config->daemon.state_dir, "work", job->id, NULL);
-    g_autoptr(GSource) source = NULL;
+    g_autofree char *workdir = vr_scheduler_workdir(scheduler, job);
     g_autoptr(GError) local = NULL;
     g_autofree char *request = NULL;
     g_autofree char *reply = NULL;
     g_autoptr(json_object) answer = NULL;
-    VrSchedulerDone *done = g_new0(VrSchedulerDone, 1);
     VrPrimaryConfig config = {
         .conn = scheduler->conn,
         .domain = job->domain,
@@ -1856,13 +1865,8 @@ vr_scheduler_planned_worker(VrSchedulerJob *job, VrScheduler *scheduler)
     if (!vr_scheduler_shutdown(job, dom, &job->error))
         goto out;
     job->failover_off = true;
-    if (g_mkdir_with_parents(workdir, 0700) < 0) {
-        int errsv = errno;
-
-        g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
-                    "cannot make the work directory '%s': %s", workdir, g_strerror(errsv));
+    if (!vr_scheduler_make_workdir(workdir, &job->error))
         goto out;
-    }
     /*
      * The final cycle from the last acknowledged one (empty when the domain's final cycle
      * ran already). A disk the replica had from an earlier cut of the same cycle (a lost
@@ -1926,12 +1930,6 @@ vr_scheduler_planned_worker(VrSchedulerJob *job, VrScheduler *scheduler)
 out:
     if (dom != NULL)
         virDomainFree(dom);
-    g_atomic_int_inc(&scheduler->token->ref);
-    done->token = scheduler->token;
-    done->id = g_strdup(job->id);
-    source = g_idle_source_new();
-    g_source_set_callback(source, vr_scheduler_on_done, done, vr_scheduler_done_free);
-    g_source_attach(source, scheduler->context);
 }
 
 /* Queue the planned failover's worker (no cycle runs). */
@@ -1944,15 +1942,7 @@ vr_scheduler_failover_begin(VrSchedulerJob *job)
     job->cycle_planned = true;
     job->cycle_final = false;
     job->last_start = g_get_monotonic_time();
-    g_mutex_lock(&job->progress_lock);
-    job->progress = (VrPrimaryProgress){ .phase = VR_PRIMARY_PHASE_CUT };
-    job->progress_started = job->last_start;
-    job->rate_time = job->last_start;
-    job->rate_bytes = 0;
-    job->rate_done = 0;
-    job->rate = 0;
-    job->pace = 0;
-    g_mutex_unlock(&job->progress_lock);
+    vr_scheduler_progress_reset(job);
     job->cycle_base = job->acked;
     job->cycle_resync = false;
     job->failover_off = false;

@@ -1011,28 +1011,48 @@ vr_cli_cmd_status(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError *
     return true;
 }
 
+/*
+ * GET @path for a table: with --json the answer is printed as it came, and NULL is returned
+ * with *@printed set; otherwise its member @member, which must be of @type (an error
+ * otherwise). The member lives as long as *@reply. (transfer none)
+ */
+static json_object *
+vr_cli_get_member(VrCli *cli, VrCliArgs *args, const char *path, const char *member, json_type type,
+                  VrCliReply **reply, bool *printed, GError **error)
+{
+    json_object *obj;
+
+    *printed = false;
+    *reply = vr_cli_request(cli, SOUP_METHOD_GET, path, NULL, -1, NULL, error);
+    if (*reply == NULL)
+        return NULL;
+    if (vr_cli_flag(args, "json")) {
+        vr_cli_print_raw(*reply);
+        *printed = true;
+        return NULL;
+    }
+    obj = vr_cli_json_get((*reply)->json, member);
+    if (!json_object_is_type(obj, type)) {
+        g_set_error(error, VR_CLI_ERROR, VR_CLI_ERROR_ANSWER, "the daemon's answer has no '%s' %s",
+                    member, type == json_type_array ? "array" : "object");
+        return NULL;
+    }
+    return obj;
+}
+
 static bool
 vr_cli_cmd_list(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
 {
     static const char *const header[] = { "Domain",           "Role", "State", "Health",
                                           "Last replication", "RPO",  "Peer",  NULL };
-    g_autoptr(VrCliReply) reply =
-        vr_cli_request(cli, SOUP_METHOD_GET, "/v1/relationships", NULL, -1, NULL, error);
+    g_autoptr(VrCliReply) reply = NULL;
     g_autoptr(GPtrArray) rows = g_ptr_array_new_with_free_func((GDestroyNotify)g_strfreev);
-    json_object *list;
+    bool printed;
+    json_object *list = vr_cli_get_member(cli, args, "/v1/relationships", "relationships",
+                                          json_type_array, &reply, &printed, error);
 
-    if (reply == NULL)
-        return false;
-    if (vr_cli_flag(args, "json")) {
-        vr_cli_print_raw(reply);
-        return true;
-    }
-    list = vr_cli_json_get(reply->json, "relationships");
-    if (!json_object_is_type(list, json_type_array)) {
-        g_set_error(error, VR_CLI_ERROR, VR_CLI_ERROR_ANSWER,
-                    "the daemon's list has no 'relationships' array");
-        return false;
-    }
+    if (list == NULL)
+        return printed;
     for (size_t i = 0; i < json_object_array_length(list); i++) {
         json_object *rel = json_object_array_get_idx(list, i);
         json_object *last = vr_cli_json_get(rel, "last_cycle");
@@ -1066,22 +1086,14 @@ vr_cli_cmd_points(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError *
     static const char *const header[] = { "Disk", "Cycle",          "Epoch", "Published",
                                           "Size", "App-consistent", "Chain", NULL };
     g_autofree char *path = vr_cli_relationship_path(cli->target, "recovery-points");
-    g_autoptr(VrCliReply) reply = vr_cli_request(cli, SOUP_METHOD_GET, path, NULL, -1, NULL, error);
+    g_autoptr(VrCliReply) reply = NULL;
     g_autoptr(GPtrArray) rows = g_ptr_array_new_with_free_func((GDestroyNotify)g_strfreev);
-    json_object *disks;
+    bool printed;
+    json_object *disks = vr_cli_get_member(cli, args, path, "recovery_points", json_type_object,
+                                           &reply, &printed, error);
 
-    if (reply == NULL)
-        return false;
-    if (vr_cli_flag(args, "json")) {
-        vr_cli_print_raw(reply);
-        return true;
-    }
-    disks = vr_cli_json_get(reply->json, "recovery_points");
-    if (!json_object_is_type(disks, json_type_object)) {
-        g_set_error(error, VR_CLI_ERROR, VR_CLI_ERROR_ANSWER,
-                    "the daemon's answer has no 'recovery_points' object");
-        return false;
-    }
+    if (disks == NULL)
+        return printed;
     json_object_object_foreach (disks, disk, list) {
         for (size_t i = 0;
              json_object_is_type(list, json_type_array) && i < json_object_array_length(list);
@@ -1762,24 +1774,15 @@ static bool
 vr_cli_cmd_auth_list(VrCli *cli, const VrCliCommand *cmd, VrCliArgs *args, GError **error)
 {
     static const char *const header[] = { "Pattern", "Storage", "Trust group", "Origin", NULL };
-    g_autoptr(VrCliReply) reply =
-        vr_cli_request(cli, SOUP_METHOD_GET, "/v1/authorizations", NULL, -1, NULL, error);
+    g_autoptr(VrCliReply) reply = NULL;
     g_autoptr(GPtrArray) rows = g_ptr_array_new_with_free_func((GDestroyNotify)g_strfreev);
     json_object *any;
-    json_object *list;
+    bool printed;
+    json_object *list = vr_cli_get_member(cli, args, "/v1/authorizations", "authorizations",
+                                          json_type_array, &reply, &printed, error);
 
-    if (reply == NULL)
-        return false;
-    if (vr_cli_flag(args, "json")) {
-        vr_cli_print_raw(reply);
-        return true;
-    }
-    list = vr_cli_json_get(reply->json, "authorizations");
-    if (!json_object_is_type(list, json_type_array)) {
-        g_set_error(error, VR_CLI_ERROR, VR_CLI_ERROR_ANSWER,
-                    "the daemon's answer has no 'authorizations' array");
-        return false;
-    }
+    if (list == NULL)
+        return printed;
     for (size_t i = 0; i < json_object_array_length(list); i++) {
         json_object *entry = json_object_array_get_idx(list, i);
         char **row = g_new0(char *, 5);
