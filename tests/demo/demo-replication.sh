@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Demo: a domain replicated from a primary host to a replica host over a dedicated replication
-# network, on one machine, as issue 6 tells it ("The demo: ./run demo").
+# network, on one machine, as issue 6 tells it ("The demo: ./run demo"); then, as issue 7
+# tells it, a test failover on the replica host and a planned failover with reverse
+# replication started on the primary host (docs/failover.md).
 #
 #   demo-replication.sh [BUILD-DIR]      (as root; BUILD-DIR defaults to build/)
 #
@@ -19,14 +21,23 @@
 #
 # One virt-replicad runs in each namespace; both reach the one libvirtd over its unix socket
 # (unix sockets with a path are not network-namespaced), so the standby domain gets a name of
-# its own (standby-name-rule = %n-replica). The certificates come from
-# tests/integration/make-pki.sh: server-ok (replica.example) for the replica, client-ok
-# (CN primary1) for the primary.
+# its own (standby-name-rule = %n-replica). Both daemons run both roles (the primary's replica
+# role, server-name primary.example, listening on its own replication address, receives the
+# reverse replication after the planned failover), so their certificates come from
+# tests/integration/make-pki.sh with both extended key usages, clientAuth and serverAuth:
+# both-replica (CN replica.example) and both-primary (CN primary.example).
 #
 # The domain is a real QEMU (KVM when /dev/kvm is usable, else TCG) with a 256 MiB qcow2 disk
 # and no OS; the "guest" writes through HMP qemu-io. Most writes copy random bytes from a
 # file the domain has as a read-only CD-ROM: random, so that compression cannot hide them
 # from the interface counters; a CD-ROM, so that QEMU may read the file under AppArmor too.
+# Its one NIC is on vrdemo-prod, an isolated libvirt network of the demo's (no address, no
+# forward); a test failover connects its copy's NIC to vrdemo-test, another isolated one
+# ([replica] test-network). Both are transient: they go when the demo destroys them.
+#
+# The libvirt hook is not installed by the demo (it would be a change to the host's libvirt):
+# where the hook would refuse a start, the demo shows the domain's marker and runs the built
+# hook program on the domain's XML as libvirtd would run it.
 #
 # Every check that fails stops the demo with "demo: FAILED: ..." and exit status 1. The demo
 # removes everything it made on exit (processes, namespaces, /etc/netns entries, domains,
@@ -49,8 +60,12 @@ repl=vrdemo-repl
 p_mgmt_ip=10.210.0.1 r_mgmt_ip=10.210.0.2
 p_repl_ip=10.211.0.1 r_repl_ip=10.211.0.2
 net=vrdemo-replication
+prodnet=vrdemo-prod # the domain's NIC: an isolated network of this "site"
+testnet=vrdemo-test # the test failover's copy: another isolated one
 dom=vrdemo-vm
 standby=$dom-replica
+testcopy=$standby-test # the test failover's copy of the standby
+hook=$build/virsh-ext/virt-replica-hook
 work=/var/tmp/vrdemo-replication
 lock=/run/vrdemo-replication.lock
 psock=$work/primary.sock
@@ -86,12 +101,18 @@ remove_all() {
             kill -KILL "$pid" 2>/dev/null || true
         done
     done
-    for d in "$dom" "$standby"; do
+    # The test copy, the standby and the domain; after a failover either may carry a marker
+    # and run on an overlay: both go with $work.
+    for d in "$testcopy" "$standby" "$dom"; do
         virsh -q destroy "$d" >/dev/null 2>&1 || true
-        virsh -q undefine "$d" >/dev/null 2>&1 || true
+        virsh -q undefine "$d" --nvram >/dev/null 2>&1 ||
+            virsh -q undefine "$d" >/dev/null 2>&1 || true
     done
     virsh -q net-destroy "$net" >/dev/null 2>&1 || true
     virsh -q net-undefine "$net" >/dev/null 2>&1 || true
+    for d in "$prodnet" "$testnet"; do # transient: destroyed is gone
+        virsh -q net-destroy "$d" >/dev/null 2>&1 || true
+    done
     for ns in "$nsp" "$nsr"; do
         ip netns del "$ns" 2>/dev/null || true # its veths go with it
         rm -rf "/etc/netns/$ns"
@@ -112,6 +133,7 @@ failed_logs() {
 on_exit() {
     local status=$?
     trap - EXIT
+    trap '' INT TERM # a second signal must not cut the cleanup short
     if ((status != 0)); then
         failed_logs
         say "exit status $status; cleaning up"
@@ -119,8 +141,9 @@ on_exit() {
         step "Clean up"
     fi
     remove_all
-    say "removed the daemons, namespaces, /etc/netns entries, domains $dom and $standby," \
-        "network $net and $work"
+    say "removed the daemons, namespaces, /etc/netns entries, domains $dom, $standby and" \
+        "$testcopy, networks $net, $prodnet and $testnet, and $work (the stores of both" \
+        "hosts, the overlays, the relationship's state on both sides)"
     exit "$status"
 }
 
@@ -169,16 +192,32 @@ check() {
     say "ok: $what"
 }
 
-hmp() { virsh -q qemu-monitor-command "$dom" --hmp "$1"; }
+# guest_write_on HOST DOMAIN QDEV ARGS: a guest write of DOMAIN through its virtio-blk device
+# QDEV (qemu-io's "write ARGS"), shown as typed on HOST. qemu-io reports to QEMU's stdout, so
+# HMP answers nothing on success.
+guest_write_on() {
+    local host=$1 domain=$2 dev=$3 out
+    shift 3
+    printf '[%s]# %s\n' "$host" "$(shown virsh qemu-monitor-command "$domain" --hmp \
+        "qemu-io -d $dev \"write $*\"")"
+    out=$(virsh -q qemu-monitor-command "$domain" --hmp "qemu-io -d $dev \"write $*\"")
+    [[ -z "$out" ]] || die "HMP qemu-io 'write $*' on $domain failed: $out"
+}
 
-# guest_write ARGS: a guest write through the virtio-blk device (qemu-io's "write ARGS").
-# qemu-io reports to QEMU's stdout, so HMP answers nothing on success.
-guest_write() {
-    local out
-    printf '[primary]# %s\n' "$(shown virsh qemu-monitor-command "$dom" --hmp \
-        "qemu-io -d $qdev \"write $*\"")"
-    out=$(hmp "qemu-io -d $qdev \"write $*\"")
-    [[ -z "$out" ]] || die "HMP qemu-io 'write $*' failed: $out"
+# guest_write ARGS: the same on the primary's domain.
+guest_write() { guest_write_on primary "$dom" "$qdev" "$@"; }
+
+# qdev_of DOMAIN FILE: QEMU's name of the block device of DOMAIN that has FILE inserted. The
+# image's name is FILE, or QEMU's "json:{...}" of FILE on its backing chain (a failover
+# overlay, whose backing files are the recovery points).
+qdev_of() {
+    virsh -q qemu-monitor-command "$1" '{"execute":"query-block"}' | python3 -c '
+import json, sys
+for b in json.load(sys.stdin)["return"]:
+    name = b.get("inserted", {}).get("image", {}).get("filename", "")
+    if name == sys.argv[1] or (name.startswith("json:") and json.dumps(sys.argv[1]) in name):
+        print(b["qdev"])
+' "$2"
 }
 
 # random_write OFFSET MIB: MIB MiB of the random file at OFFSET; counted in $written.
@@ -204,17 +243,21 @@ counters() {
     done
 }
 
-status_field() { json primary "$1" virt-replica replica-status "$dom" --json; }
+# status_at HOST NAME EXPR: EXPR over the status of relationship NAME on HOST.
+status_at() { json "$1" "$3" virt-replica replica-status "$2" --json; }
+status_field() { status_at primary "$dom" "$1"; }
 
 # A cycle the scheduler started before our writes would answer replica-sync without them:
-# wait until none runs, so that the sync's cycle is cut after them.
-wait_idle() {
+# wait until none runs, so that the sync's cycle is cut after them. wait_idle_at HOST NAME:
+# the same for relationship NAME on HOST (after the reverse, the replica host's).
+wait_idle_at() {
     for _ in $(seq 600); do
-        [[ "$(status_field 'j.get("cycle_running", False)')" == False ]] && return 0
+        [[ "$(status_at "$1" "$2" 'j.get("cycle_running", False)')" == False ]] && return 0
         sleep 0.2
     done
-    die "a cycle of $dom still runs after 120 s"
+    die "a cycle of $2 on the $1 host still runs after 120 s"
 }
+wait_idle() { wait_idle_at primary "$dom"; }
 
 # sync_now MIN-BYTES: virsh replica-sync on the primary; the recovery point the cycle made on
 # the replica must hold MIN-BYTES of its own (not in its backing chain). Sets $last_seq.
@@ -294,7 +337,7 @@ done
 # ip netns exec bind-mounts /etc/netns/NS/hosts over /etc/hosts: the hosts' "DNS".
 mkdir -p "/etc/netns/$nsp" "/etc/netns/$nsr"
 printf '127.0.0.1 localhost\n%s replica.example\n' "$r_mgmt_ip" >"/etc/netns/$nsp/hosts"
-printf '127.0.0.1 localhost\n%s primary1\n' "$p_mgmt_ip" >"/etc/netns/$nsr/hosts"
+printf '127.0.0.1 localhost\n%s primary.example\n' "$p_mgmt_ip" >"/etc/netns/$nsr/hosts"
 on primary ip -br -4 addr show
 on replica ip -br -4 addr show
 on primary getent hosts replica.example
@@ -316,12 +359,20 @@ virsh -q net-define "$work/network.xml" >/dev/null
 on primary virsh net-list --all
 say "defined, not started: network:$net is the address of interface $repl in the caller's" \
     "namespace (docs/network.md)"
+say "and two isolated networks (no address, no forward): $prodnet for the domain's NIC," \
+    "$testnet for a test failover's copy"
+for n in "$prodnet" "$testnet"; do
+    printf '<network>\n  <name>%s</name>\n</network>\n' "$n" >"$work/$n.xml"
+    virsh -q net-create "$work/$n.xml" >/dev/null || die "cannot create the network $n"
+done
 
 step "3. A private CA and the hosts' certificates (certtool, tests/integration/make-pki.sh)"
 pki=$work/pki
 sh "$root/tests/integration/make-pki.sh" "$pki" >"$work/make-pki.log" 2>&1 ||
     die "make-pki.sh failed: $(tail -n 3 "$work/make-pki.log")"
-for what in ca:"the CA" server-ok:"the replica" client-ok:"the primary"; do
+say "each host is client and server of the other after a reverse: both EKUs, clientAuth" \
+    "and serverAuth"
+for what in ca:"the CA" both-replica:"the replica" both-primary:"the primary"; do
     file=${what%%:*}
     printf '%-12s %-14s %s\n' "${what#*:}" "$file.pem" "$(certtool -i --infile "$pki/$file.pem" |
         sed -n 's/^\s*Subject: //p; s/^\s*DNSname: /DNS:/p' | paste -sd ' ')"
@@ -330,7 +381,9 @@ done
 # --- 2: the daemons -----------------------------------------------------------------------
 
 step "4. The daemons: virt-replicad in each namespace"
-mkdir -p "$work/replica-storage"
+# QEMU's user must pass the storage roots (0711) when a failover starts a domain there.
+mkdir "$work/replica-storage" "$work/primary-storage"
+chmod 0711 "$work/replica-storage" "$work/primary-storage"
 cat >"$work/replica.conf" <<EOF
 # the replica host: receives on its replication address only
 [daemon]
@@ -339,8 +392,8 @@ socket = $rsock
 
 [certificates]
 ca = $pki/ca.pem
-cert = $pki/server-ok.pem
-key = $pki/server-ok-key.pem
+cert = $pki/both-replica.pem
+key = $pki/both-replica-key.pem
 crl = $pki/crl.pem
 
 [replica]
@@ -351,23 +404,36 @@ server-name = replica.example
 point-interval = 0
 # primary and replica share one libvirtd here: the standby needs a name of its own
 standby-name-rule = %n-replica
+# a test failover's copy: its NICs on this isolated network
+test-network = $testnet
 
 # Hyper-V's "allow replication from the specified servers"
-[authorization:primary1]
+[authorization:primary.example]
 storage = $work/replica-storage
 trust-group = demo
 EOF
 cat >"$work/primary.conf" <<EOF
-# the primary host
+# the primary host; its replica role receives the reverse replication after a planned
+# failover
 [daemon]
 state-dir = $work/primary-state
 socket = $psock
 
 [certificates]
 ca = $pki/ca.pem
-cert = $pki/client-ok.pem
-key = $pki/client-ok-key.pem
+cert = $pki/both-primary.pem
+key = $pki/both-primary-key.pem
 crl = $pki/crl.pem
+
+[replica]
+enabled = true
+listen = network:$net
+server-name = primary.example
+point-interval = 0
+
+[authorization:replica.example]
+storage = $work/primary-storage
+trust-group = demo
 EOF
 sed 's/^/    /' "$work/replica.conf" "$work/primary.conf"
 for host in replica primary; do
@@ -397,6 +463,8 @@ on replica virsh replica-server-config
 on replica ss -ltnH
 check "the replica listens on its replication address $r_repl_ip:8443 only" \
     test "$(at replica ss -ltnH | awk '$4 ~ /:8443$/ {print $4}')" = "$r_repl_ip:8443"
+check "so does the primary's replica role, on $p_repl_ip:8443 (for the reverse replication)" \
+    test "$(at primary ss -ltnH | awk '$4 ~ /:8443$/ {print $4}')" = "$p_repl_ip:8443"
 
 # --- 3: the domain ------------------------------------------------------------------------
 
@@ -425,6 +493,11 @@ cat >"$work/$dom.xml" <<EOF
       <target dev='sda' bus='sata'/>
       <readonly/>
     </disk>
+    <interface type='network'>
+      <source network='$prodnet'/>
+      <model type='virtio'/>
+      <rom enabled='no'/>
+    </interface>
     <memballoon model='none'/>
   </devices>
 </domain>
@@ -432,12 +505,7 @@ EOF
 virsh -q define "$work/$dom.xml" >/dev/null
 virsh -q start "$dom" >/dev/null || die "cannot start the domain $dom"
 on primary virsh domblklist "$dom"
-qdev=$(virsh -q qemu-monitor-command "$dom" '{"execute":"query-block"}' | python3 -c '
-import json, sys
-for b in json.load(sys.stdin)["return"]:
-    if b.get("inserted", {}).get("image", {}).get("filename") == sys.argv[1]:
-        print(b["qdev"])
-' "$disk")
+qdev=$(qdev_of "$dom" "$disk")
 [[ -n "$qdev" ]] || die "no block device of $dom has $disk inserted"
 say "running under $([[ $accel == kvm ]] && echo KVM || echo TCG); vda is $qdev in QEMU"
 say "the guest writes 32 MiB of random data at 0 and a 1 MiB pattern 0x5a at 200 MiB:"
@@ -533,14 +601,147 @@ latest=$(json replica 'j["recovery_points"]["vda"][-1]["cycle"]' \
     virt-replica replica-recovery-points "$dom" --json)
 check "the replica's latest point of vda is cycle $final, the paused cut" test "$latest" = "$final"
 point=$work/replica-storage/$rel/vda/rp-$latest.qcow2
-say "the domain is destroyed, so that QEMU closes its image (it was paused since the cut)"
-on primary virsh destroy "$dom"
+say "the domain is still paused since the cut: QEMU flushed its image when it paused, so" \
+    "qemu-img may read it beside QEMU (-U)"
 on replica qemu-io -r -f qcow2 -c 'read -P 0x5a 200M 1M' -c 'read -P 0xa1 44M 64k' \
     -c 'read -P 0xa2 100M 64k' -c 'read -P 0xa3 60M 64k' "$point" | tee "$work/patterns.out"
 check "the point reads every pattern the guest wrote" \
     test -z "$(grep -i 'verification failed\|error' "$work/patterns.out")"
-on replica qemu-img compare -f qcow2 -F qcow2 "$disk" "$point" ||
+on replica qemu-img compare -U -f qcow2 -F qcow2 "$disk" "$point" ||
     die "recovery point $latest differs from the primary's disk"
 say "ok: recovery point $latest is byte for byte the primary's disk at the cut"
+on primary virsh resume "$dom"
+
+# --- 6: test failover on the replica host ---------------------------------------------------
+
+# uuid_of DOMAIN, source_nets_of DOMAIN: from its live definition.
+uuid_of() { virsh -q domuuid "$1"; }
+source_nets_of() {
+    virsh -q dumpxml "$1" | python3 -c '
+import sys, xml.etree.ElementTree as ET
+print(" ".join(i.find("source").get("network", "-") if i.find("source") is not None else "-"
+               for i in ET.parse(sys.stdin).getroot().iter("interface")))'
+}
+domstate() { virsh -q domstate "$1" 2>&1; }
+not() { ! "$@" >/dev/null 2>&1; }
+
+step "15. Test failover on the replica host: a copy of the standby, while replication goes on"
+vda_dir=$work/replica-storage/$rel/vda
+tested=$final
+sum_before=$(sha256sum <"$vda_dir/rp-$tested.qcow2" | awk '{print $1}')
+say "the latest recovery point, rp-$tested.qcow2: SHA-256 $sum_before"
+on replica virsh replica-failover "$dom" --test || die "replica-failover --test failed"
+on replica virsh dominfo "$testcopy" | grep -E '^(\[replica\]|(Name|UUID|State):)'
+check "the test copy $testcopy runs" test "$(domstate "$testcopy")" = running
+check "it has a UUID of its own (the standby's is $(uuid_of "$standby"))" \
+    test "$(uuid_of "$testcopy")" != "$(uuid_of "$standby")" \
+    -a "$(uuid_of "$testcopy")" != "$(uuid_of "$dom")"
+check "the standby $standby itself is untouched: shut off" \
+    test "$(domstate "$standby")" = "shut off"
+on replica virsh domiflist "$testcopy"
+check "its NIC is on the isolated test network $testnet, not on $prodnet" \
+    test "$(source_nets_of "$testcopy")" = "$testnet"
+on replica virsh domblklist "$testcopy"
+check "its disk is an overlay of its own on rp-$tested" \
+    test "$(virsh -q domblklist "$testcopy" | awk '$1 == "vda" {print $2}')" = \
+    "$vda_dir/test-failover.qcow2"
+say "meanwhile the guest on the primary writes 4 MiB, and the primary syncs:"
+written_before=$written
+random_write 160 4
+sync_now $((written - written_before))
+on replica virsh replica-failover-cancel "$dom" --test ||
+    die "replica-failover-cancel --test failed"
+check "the test copy is gone" not virsh -q dominfo "$testcopy"
+check "and its overlay with everything it wrote" test ! -e "$vda_dir/test-failover.qcow2"
+sum_after=$(sha256sum <"$vda_dir/rp-$tested.qcow2" | awk '{print $1}')
+say "rp-$tested.qcow2 now: SHA-256 $sum_after"
+check "the recovery point the test ran on is unchanged" test "$sum_after" = "$sum_before"
+
+# --- 7: planned failover with reverse replication ---------------------------------------
+
+step "16. Planned failover with reverse replication, started on the primary host"
+say "a last write of the guest, which the final cycle must carry (zero data loss):"
+guest_write -P 0xa4 220M 1M
+say "the guest has no OS: nothing answers ACPI's shutdown request, so --force destroys it" \
+    "after --shutdown-timeout (gracefully: QEMU closes its images and stores its dirty" \
+    "bitmaps); 5 s rather than the default 120"
+wait_idle
+on primary virsh replica-planned-failover "$dom" --shutdown-timeout 5 --force --reverse ||
+    die "replica-planned-failover --force --reverse failed"
+pf_final=$(status_at replica "$standby" 'j["last_cycle"]["seq"]')
+
+step "17. After the failover: the domain runs on the replica host, the roles are swapped"
+on replica virsh domstate "$standby"
+on primary virsh domstate "$dom"
+check "$standby runs on the replica host, $dom is shut off on the primary host" \
+    test "$(domstate "$standby")" = running -a "$(domstate "$dom")" = "shut off"
+check "its NIC is on $prodnet again (same name on this host: [network-map] maps none)" \
+    test "$(source_nets_of "$standby")" = "$prodnet"
+on primary virsh replica-status "$dom"
+echo
+on replica virsh replica-status "$standby"
+check "the primary host: role replica of relationship $rel, Replicating at epoch 2" \
+    test "$(status_at primary "$dom" 'j["role"], j["state"], j["epoch"]')" = \
+    "replica Replicating 2"
+check "the replica host: role primary of the same relationship, Replicating at epoch 2" \
+    test "$(status_at replica "$standby" 'j["role"], j["state"], j["epoch"]')" = \
+    "primary Replicating 2"
+on replica qemu-img compare -U -f qcow2 -F qcow2 "$disk" "$vda_dir/failover.qcow2" ||
+    die "the standby's disk differs from the primary's final disk"
+say "ok: zero data loss: the standby's disk is byte for byte the primary's at its shutdown"
+
+step "18. The old primary's domain: the standby of the reversed relationship"
+pri_vda=$work/primary-storage/$rel/vda
+on primary virsh metadata "$dom" https://virt-replica.org/xmlns/standby/1 --config
+check "its marker: state 'replica' at epoch 2" \
+    test -n "$(virsh -q metadata "$dom" https://virt-replica.org/xmlns/standby/1 --config |
+        grep -E "state=.replica." | grep -E "epoch=.2.")"
+on primary virsh domblklist "$dom"
+check "its disk is the failover overlay of its store, which only a failover makes" \
+    test "$(virsh -q domblklist "$dom" | awk '$1 == "vda" {print $2}')" = \
+    "$pri_vda/failover.qcow2" -a ! -e "$pri_vda/failover.qcow2"
+on primary ls "$pri_vda"
+check "its store holds the final cycle's point rp-$pf_final, made from its own disk" \
+    qemu-img compare -q -f qcow2 -F qcow2 "$disk" "$pri_vda/rp-$pf_final.qcow2"
+say "libvirt cannot start it: its disk does not exist, beneath directories that only a" \
+    "failover opens to QEMU's user"
+if out=$(on primary virsh start "$dom" 2>&1); then
+    printf '%s\n' "$out"
+    die "the old primary's domain $dom started: split brain"
+fi
+printf '%s\n' "$out"
+check "virsh start $dom is refused; it stays shut off" test "$(domstate "$dom")" = "shut off"
+say "and the libvirt hook (docs/hook.md; not installed by the demo), as libvirtd runs it:"
+printf '[primary]# %s < <(virsh dumpxml --inactive %s)\n' \
+    "$(shown virt-replica-hook "$dom" prepare begin -)" "$dom"
+if out=$("$hook" "$dom" prepare begin - < <(virsh -q dumpxml --inactive "$dom") 2>&1); then
+    printf '%s\n' "$out"
+    die "the hook lets the old primary's domain $dom start"
+fi
+printf '%s\n' "$out"
+say "ok: the hook refuses it (exit status 1)"
+
+step "19. Reverse replication: the new primary's writes, and only those, go back"
+bdev=$(qdev_of "$standby" "$vda_dir/failover.qcow2")
+[[ -n "$bdev" ]] || die "no block device of $standby has $vda_dir/failover.qcow2 inserted:" \
+    "$(virsh -q qemu-monitor-command "$standby" '{"execute":"query-block"}')"
+wait_idle_at replica "$standby"
+guest_write_on replica "$standby" "$bdev" -P 0xb1 8M 1M
+guest_write_on replica "$standby" "$bdev" -P 0xb2 130M 512k
+reverse_written=$((MiB + MiB / 2))
+on replica virsh suspend "$standby"
+out=$(on replica virsh replica-sync "$standby" --json) || die "the reverse replica-sync failed"
+printf '%s\n' "$out"
+read -r rev_seq rev_bytes < <(tail -n +2 <<<"$out" |
+    python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["seq"], j["bytes"])')
+say "the reverse cycle $rev_seq carried $rev_bytes bytes; the guest wrote $reverse_written"
+check "it carried exactly the bytes the new primary wrote, no full copy" \
+    test "$rev_bytes" = "$reverse_written"
+on primary ls "$pri_vda"
+on primary qemu-img compare -U -f qcow2 -F qcow2 "$pri_vda/rp-$rev_seq.qcow2" \
+    "$vda_dir/failover.qcow2" ||
+    die "the old primary's point $rev_seq differs from the new primary's disk"
+say "ok: the old primary's recovery point $rev_seq is byte for byte the new primary's disk" \
+    "(paused since the cut)"
 
 say "done in $((SECONDS - started)) s"

@@ -142,7 +142,7 @@ tap_domain_remove() {
     local d
     for d in "$@"; do
         virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
-        virsh -q -c qemu:///system undefine "$d" --checkpoints-metadata >/dev/null 2>&1
+        virsh -q -c qemu:///system undefine "$d" --nvram --checkpoints-metadata >/dev/null 2>&1
     done
     return 0
 }
@@ -217,4 +217,14 @@ tap_wait_status() {
     done
     diag "waited $1 s for $4 on $2:" "$body"
     return 1
+}
+
+# tap_stop_all: every process in the array pids gets SIGTERM, then SIGKILL half a second
+# later, and is waited for (a test's cleanup).
+tap_stop_all() {
+    local pid
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    sleep 0.5
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    wait 2>/dev/null
 }

@@ -33,10 +33,7 @@ prefix=${VR_TEST_PREFIX:-vrtest-$$}
 dom=$prefix-auth
 domain_made=
 cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    sleep 0.3
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-    wait 2>/dev/null
+    tap_stop_all
     [ -n "$domain_made" ] && tap_domain_remove "$dom" "$dom-replica"
     [ -n "$work_own" ] && rm -rf "$work_own"
 }

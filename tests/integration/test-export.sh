@@ -29,10 +29,7 @@ pids=()
 prefix=${VR_TEST_PREFIX:-vrtest-$$}
 dom=$prefix-vm1
 cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    sleep 0.5
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-    wait 2>/dev/null
+    tap_stop_all
     tap_domain_remove "$dom" "$dom-replica"
     [ -n "$work_own" ] && rm -rf "$work_own"
 }

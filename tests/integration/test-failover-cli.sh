@@ -27,14 +27,8 @@ dom=$prefix-fo
 net=$prefix-fonet
 mac=52:54:00:fa:11:01
 cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    sleep 0.5
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-    wait 2>/dev/null
-    for d in "$dom-replica-test" "$dom-replica" "$dom"; do
-        virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
-        virsh -q -c qemu:///system undefine "$d" --nvram >/dev/null 2>&1
-    done
+    tap_stop_all
+    tap_domain_remove "$dom-replica-test" "$dom-replica" "$dom"
     virsh -q -c qemu:///system net-destroy "$net" >/dev/null 2>&1
     [ -n "$work_own" ] && rm -rf "$work_own"
 }

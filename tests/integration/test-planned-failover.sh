@@ -40,14 +40,8 @@ prefix=${VR_TEST_PREFIX:-vrtest-$$}
 dom=$prefix-pf
 dom2=$prefix-uf
 cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    sleep 0.5
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-    wait 2>/dev/null
-    for d in "$dom-replica" "$dom" "$dom2-replica" "$dom2"; do
-        virsh -q -c qemu:///system destroy "$d" >/dev/null 2>&1
-        virsh -q -c qemu:///system undefine "$d" --nvram --checkpoints-metadata >/dev/null 2>&1
-    done
+    tap_stop_all
+    tap_domain_remove "$dom-replica" "$dom" "$dom2-replica" "$dom2"
     [ -n "$work_own" ] && rm -rf "$work_own"
 }
 trap cleanup EXIT
