@@ -10,6 +10,7 @@
 #include "vr-receiver.h"
 
 #include "vr-daemon-api.h"
+#include "vr-failpoint.h"
 #include "vr-qmp-json.h"
 
 /* The request body: one JSON object, or nothing (then {}). NULL: answered 400. */
@@ -142,7 +143,8 @@ vr_daemon_failover_reverse(const VrSchedulerReverse *reverse, gpointer user_data
         return false;
     }
     result = vr_failover_reverse_adopt(planned->failover, reverse->relationship, reverse->domain,
-                                       reverse->peer, reverse->cycle, reverse->epoch, error);
+                                       reverse->peer, reverse->cycle, reverse->epoch,
+                                       reverse->disks, reverse->digests, error);
     json_object_put(result);
     return result != NULL;
 }
@@ -302,20 +304,28 @@ vr_daemon_failover_planned(const char *relationship, const char *peer_name, json
         g_autoptr(GError) undo = NULL;
         json_object *undone = vr_failover_cancel(failover, relationship, false, &undo);
 
-        if (undone == NULL)
-            g_warning("planned failover of '%s': cannot undo it: %s", relationship, undo->message);
-        else
-            json_object_put(undone);
         json_object_put(result);
         result = NULL;
-        g_prefix_error(&local, "reverse replication could not be set up (the failover was "
-                               "undone): ");
+        if (undone == NULL) {
+            /* Not "undone": the primary must keep its domain guarded (a 500 is no refusal). */
+            g_warning("planned failover of '%s': cannot undo it: %s", relationship, undo->message);
+            g_prefix_error(&local,
+                           "reverse replication could not be set up, and the failover could "
+                           "not be undone (%s): the standby may run on this host: ",
+                           undo->message);
+        } else {
+            json_object_put(undone);
+            g_prefix_error(&local, "reverse replication could not be set up (the failover was "
+                                   "undone): ");
+        }
         local->domain = VR_FAILOVER_ERROR;
         local->code = VR_FAILOVER_ERROR_FAILED;
     }
     if (result != NULL) {
         if (planned->identity != NULL)
             json_object_object_add(result, "identity", json_object_new_string(planned->identity));
+        /* Failed over, and the answer not sent yet: the primary learns nothing (tests). */
+        vr_failpoint("failover-answer");
         return result;
     }
     g_warning("planned failover of '%s': %s", relationship, local->message);
@@ -436,7 +446,7 @@ vr_daemon_failover_reverse_accept(VrDaemonPlanned *planned, VrStateRelationship 
                         ? vr_json_get_string(request, "primary")
                         : rel->peer);
     result = vr_failover_reverse_adopt(planned->failover, rel->id, rel->domain_name, peer,
-                                       VR_REPLICA_STORE_SEED_CYCLE, epoch, &local);
+                                       VR_REPLICA_STORE_SEED_CYCLE, epoch, NULL, NULL, &local);
     if (result == NULL) {
         g_propagate_error(error, g_steal_pointer(&local));
         return NULL;

@@ -1461,7 +1461,8 @@ vr_failover_mkdir(const char *path, GError **error)
 
 json_object *
 vr_failover_reverse_adopt(VrFailover *failover, const char *relationship, const char *domain,
-                          const char *peer, uint64_t cycle, uint64_t epoch, GError **error)
+                          const char *peer, uint64_t cycle, uint64_t epoch,
+                          const char *const *digest_disks, const GArray *digests, GError **error)
 {
     g_autoptr(GPtrArray) targets = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GPtrArray) files = g_ptr_array_new_with_free_func(g_free);
@@ -1514,22 +1515,44 @@ vr_failover_reverse_adopt(VrFailover *failover, const char *relationship, const 
         vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "%s", local->message);
         return NULL;
     }
-    /* Point @cycle of every disk: a copy of this host's own closed image. */
+    /*
+     * Point @cycle of every disk: a copy of this host's own closed image, or, on a failback
+     * (this host was the replica before: its domain ran on the failover overlay of this very
+     * store), that overlay itself, adopted by the store without a copy.
+     */
     for (guint i = 0; i < targets->len; i++) {
         const char *target = targets->pdata[i];
         g_autofree char *dir = g_build_filename(rel_dir, target, NULL);
-        g_autoptr(VrReplicaStore) store = NULL;
+        g_autofree char *overlay = g_build_filename(dir, VR_FAILOVER_OVERLAY, NULL);
+        g_autoptr(VrReplicaStore) own = NULL;
+        VrReplicaStore *store;
         const VrReplicaPoint *points;
+        const uint8_t *digest = NULL;
         guint n;
 
         if (!vr_failover_mkdir(dir, error))
             return NULL;
-        store = vr_replica_store_open(dir, &local);
-        if (store == NULL || !vr_replica_store_seed_cycle(store, files->pdata[i], "qcow2", epoch,
-                                                          cycle, NULL, &local)) {
-            vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "disk '%s': %s", target,
-                             local->message);
-            return NULL;
+        for (guint d = 0; digest_disks != NULL && digest_disks[d] != NULL; d++) {
+            if (strcmp(digest_disks[d], target) == 0 && digests != NULL && d < digests->len)
+                digest = (const uint8_t *)digests->data + (gsize)d * VR_WIRE_DIGEST_SIZE;
+        }
+        if (strcmp(files->pdata[i], overlay) == 0) {
+            /* The sink keeps this store open from the time it received into it. */
+            store = vr_replica_sink_get_store(failover->sink, root, relationship, target, &local);
+            if (store == NULL ||
+                !vr_replica_store_adopt(store, VR_FAILOVER_OVERLAY, epoch, cycle, digest, &local)) {
+                vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "disk '%s': %s", target,
+                                 local->message);
+                return NULL;
+            }
+        } else {
+            store = own = vr_replica_store_open(dir, &local);
+            if (store == NULL || !vr_replica_store_seed_cycle(store, files->pdata[i], "qcow2",
+                                                              epoch, cycle, NULL, &local)) {
+                vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED, "disk '%s': %s", target,
+                                 local->message);
+                return NULL;
+            }
         }
         points = vr_replica_store_points(store, &n);
         if (!vr_state_points_sync(failover->state, relationship, target, points, n, &local)) {

@@ -138,16 +138,19 @@ json_object *vr_failover_start_planned(VrFailover *failover, const char *relatio
  * Reverse replication after a planned failover away, on the old primary (docs/failover.md):
  * the shut-off domain @domain becomes the standby of @relationship, replicated from @peer
  * (the new primary's certificate identity, authorized here). Each disk's store beneath the
- * peer's storage root gets point @cycle of @epoch, a copy of the domain's own closed image
- * (vr_replica_store_seed_cycle(); a zero-copy adoption is later work), the domain is
- * redefined as the standby (same name and UUID, disks on the stores' failover overlay paths,
- * marker "replica" at @epoch: the hook refuses to start it), and the relationship is
- * recorded with the replica role at @epoch. The result: {"relationship", "standby", "point",
- * "epoch"}. (transfer full)
+ * peer's storage root gets point @cycle of @epoch: a copy of the domain's own closed image
+ * (vr_replica_store_seed_cycle()), or, on a failback, when the disk is that store's failover
+ * overlay (this host was the replica and failed over), the overlay itself, adopted without a
+ * copy (vr_replica_store_adopt(), with the digest @digests gives the disk: @digest_disks
+ * names the disks in its order; both may be NULL). Then the domain is redefined as the
+ * standby (same name and UUID, disks on the stores' failover overlay paths, marker "replica"
+ * at @epoch: the hook refuses to start it), and the relationship is recorded with the replica
+ * role at @epoch. The result: {"relationship", "standby", "point", "epoch"}. (transfer full)
  */
 json_object *vr_failover_reverse_adopt(VrFailover *failover, const char *relationship,
                                        const char *domain, const char *peer, uint64_t cycle,
-                                       uint64_t epoch, GError **error);
+                                       uint64_t epoch, const char *const *digest_disks,
+                                       const GArray *digests, GError **error);
 
 /*
  * vr_failover_start() with the failover TCP/IP of the request, @interfaces ({"MAC":

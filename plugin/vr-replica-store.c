@@ -1859,6 +1859,180 @@ fail:
     return false;
 }
 
+/* ---- adoption of an overlay in the directory ------------------------------------------ */
+
+/* The point @name's qcow2 header names as its backing file ("rp-<cycle>.qcow2"). */
+static bool
+vr_replica_image_base(VrReplicaStore *store, const char *name, uint64_t *base_out, GError **error)
+{
+    uint8_t header[20];
+    char backing[256];
+    uint64_t offset;
+    uint32_t length;
+    ssize_t got;
+    int fd;
+
+    fd = openat(store->dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return vr_replica_errno_error(error, errno, "open", name);
+    got = pread(fd, header, sizeof(header), 0);
+    if (got == (ssize_t)sizeof(header) && memcmp(header, "QFI\xfb", 4) == 0) {
+        memcpy(&offset, header + 8, sizeof(offset));
+        memcpy(&length, header + 16, sizeof(length));
+        offset = GUINT64_FROM_BE(offset);
+        length = GUINT32_FROM_BE(length);
+        got = offset != 0 && length > 0 && length < sizeof(backing)
+                  ? pread(fd, backing, length, (off_t)offset)
+                  : -1;
+    } else {
+        got = -1;
+    }
+    close(fd);
+    if (got >= 0 && (size_t)got == length) {
+        backing[length] = '\0';
+        if (vr_replica_parse_name(backing, "rp-", ".qcow2", base_out))
+            return true;
+    }
+    g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                "'%s/%s' is not a qcow2 overlay of a recovery point of this store (by its "
+                "relative name rp-<cycle>.qcow2)",
+                store->dir, name);
+    return false;
+}
+
+/* The second half of an adoption: the point is the store's, @name goes. */
+static bool
+vr_replica_store_adopt_finish(VrReplicaStore *store, const char *name, const char *point_name,
+                              GError **error)
+{
+    g_autofree char *path = g_build_filename(store->dir, point_name, NULL);
+
+    /* A published point is root's and written by nobody (the overlay was QEMU's). */
+    if (fchownat(store->dirfd, point_name, geteuid(), getegid(), AT_SYMLINK_NOFOLLOW) < 0 ||
+        fchmodat(store->dirfd, point_name, 0600, 0) < 0)
+        return vr_replica_errno_error(error, errno, "take over", path);
+    vr_failpoint("adopt-unlink");
+    if (!vr_replica_unlink(store, name, error) || !vr_replica_fsync_at(store, ".", error))
+        return false;
+    return true;
+}
+
+bool
+vr_replica_store_adopt(VrReplicaStore *store, const char *name, uint64_t epoch, uint64_t cycle,
+                       const uint8_t *digest, GError **error)
+{
+    g_autofree char *point_name = vr_replica_image_name(cycle);
+    g_autofree char *path = g_build_filename(store->dir, name, NULL);
+    g_autoptr(GArray) points = NULL;
+    const VrReplicaPoint *latest, *base;
+    VrReplicaPoint point = { 0 };
+    struct stat a, b;
+    uint64_t base_cycle;
+    bool renamed = false;
+
+    if (store->apply != NULL) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_BUSY,
+                    "cannot adopt '%s': cycle %" PRIu64 " is being applied", path,
+                    store->apply->identity.target_cycle);
+        return false;
+    }
+    if (store->merge_from != 0 && !vr_replica_store_finish_merge(store, error))
+        return false;
+    latest = vr_replica_store_latest(store);
+    /* Adopted already (a crash came after the commit point): finish what is left. */
+    if (latest != NULL && latest->cycle == cycle && latest->epoch == epoch) {
+        if (fstatat(store->dirfd, name, &a, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT)
+            return true;
+        if (fstatat(store->dirfd, name, &a, AT_SYMLINK_NOFOLLOW) == 0 &&
+            fstatat(store->dirfd, point_name, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
+            a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+            return vr_replica_store_adopt_finish(store, name, point_name, error);
+    }
+    if (!vr_replica_image_base(store, name, &base_cycle, error))
+        return false;
+    base = vr_replica_store_find(store, base_cycle);
+    if (base == NULL) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                    "cannot adopt '%s': it is based on cycle %" PRIu64 ", which store '%s' "
+                    "does not hold",
+                    path, base_cycle, store->dir);
+        return false;
+    }
+    if (cycle <= base->cycle || epoch == 0 || epoch < base->epoch) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                    "cannot adopt '%s' as cycle %" PRIu64 " of epoch %" PRIu64
+                    ": it is based on cycle %" PRIu64 " of epoch %" PRIu64,
+                    path, cycle, epoch, base->cycle, base->epoch);
+        return false;
+    }
+    /* Everything is checked before anything changes: a refused adoption keeps every point. */
+    if (!vr_replica_image_header(store, name, NULL, &point.virtual_size, error))
+        return false;
+    if (point.virtual_size < base->virtual_size || point.virtual_size % VR_REPLICA_SECTOR != 0) {
+        g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT,
+                    "cannot adopt '%s': its size %" PRIu64 " is below cycle %" PRIu64 "'s %" PRIu64
+                    " or not a multiple of %d",
+                    path, point.virtual_size, base->cycle, base->virtual_size, VR_REPLICA_SECTOR);
+        return false;
+    }
+    /* Only the overlay's chain stays: points after its base (or of an older chain) would
+     * sit between the base and the new point, which is not based on them. */
+    if (!vr_replica_store_keep_chain(store, base_cycle, error))
+        return false;
+    base = vr_replica_store_latest(store);
+    point.cycle = cycle;
+    point.epoch = epoch;
+    point.flags = 0; /* an overlay of the latest point, as an incremental cycle's */
+    point.published = g_get_real_time() / G_USEC_PER_SEC;
+    if (digest != NULL) {
+        memcpy(point.digest, digest, sizeof(point.digest));
+    } else {
+        g_autoptr(GChecksum) sum = g_checksum_new(G_CHECKSUM_SHA256);
+        uint64_t nonce[2] = { g_random_int(), g_random_int() };
+        gsize len = sizeof(point.digest);
+
+        /* No stream is known to have made it: the digest names this adoption. */
+        g_checksum_update(sum, (const guchar *)"virt-replica adopt", -1);
+        g_checksum_update(sum, (const guchar *)&point, sizeof(point));
+        g_checksum_update(sum, (const guchar *)nonce, sizeof(nonce));
+        g_checksum_get_digest(sum, point.digest, &len);
+    }
+    vr_replica_point_chain(base->chain, point.digest, point.chain);
+    /*
+     * A second name, not a rename: until the manifest lists the point, the open's sweep
+     * removes rp-<cycle>.qcow2 as an unpublished image, and @name must still be there.
+     */
+    vr_replica_unlink(store, point_name, NULL);
+    if (!vr_replica_fsync_at(store, name, error))
+        return false;
+    if (linkat(store->dirfd, name, store->dirfd, point_name, 0) < 0)
+        return vr_replica_errno_error(error, errno, "link", path);
+    if (!vr_replica_fsync_at(store, ".", error))
+        goto fail;
+    vr_failpoint("adopt-link");
+    points = g_array_copy(store->points);
+    g_array_append_val(points, point);
+    if (!vr_replica_store_write_manifest(store, points, 0, 0, "adopt-tmp", "adopt", &renamed,
+                                         error)) {
+        if (renamed) {
+            g_prefix_error(error,
+                           "cycle %" PRIu64 " is in the manifest, but its rename may not "
+                           "be durable: ",
+                           cycle);
+            return false;
+        }
+        goto fail;
+    }
+    g_debug("adopted '%s' as cycle %" PRIu64 " of epoch %" PRIu64 " on cycle %" PRIu64, path, cycle,
+            epoch, base_cycle);
+    return vr_replica_store_adopt_finish(store, name, point_name, error);
+
+fail:
+    vr_replica_unlink(store, point_name, NULL);
+    g_prefix_error(error, "cannot adopt '%s': ", path);
+    return false;
+}
+
 /* ---- import of a stream file ---------------------------------------------------------- */
 
 typedef struct {

@@ -255,6 +255,26 @@ bool vr_replica_store_seed_cycle(VrReplicaStore *store, const char *image, const
                                  GError **error);
 
 /*
+ * Publish @name, a file in the store's directory, as point @cycle of @epoch without a copy:
+ * a qcow2 overlay backed by a listed point by its relative name (rp-<base>.qcow2), e.g. the
+ * failover overlay a domain ran on, adopted when that domain's host becomes the replica
+ * again (failback with reverse replication, docs/failover.md). Points not in the chain of
+ * its base go first (vr_replica_store_keep_chain(): points after the base, an older chain),
+ * then: fsync @name, link it as rp-<cycle>.qcow2 (a second name: the open's sweep removes an
+ * image no manifest lists, and @name must survive a crash until the commit), fsync the
+ * directory, failpoint "adopt-link", the manifest with the point (failpoints "adopt-tmp",
+ * "adopt": the commit point), the image made root's and 0600, failpoint "adopt-unlink",
+ * @name removed, fsync the directory. @digest (NULL: a digest naming this adoption) is the
+ * stream digest of the cycle that left the disk in this state; the chain follows from the
+ * base's as for an applied cycle. Called again after a crash that came after the commit
+ * point, it finishes (the image's owner, @name removed). CONFLICT for an image that is not
+ * such an overlay, a base the store does not hold, a cycle not after the base, an epoch below
+ * the base's or a smaller size; BUSY while an apply runs.
+ */
+bool vr_replica_store_adopt(VrReplicaStore *store, const char *name, uint64_t epoch, uint64_t cycle,
+                            const uint8_t *digest, GError **error);
+
+/*
  * Import a stream kept in the file @path (vr-wire.h), e.g. an initial copy the primary
  * exported for offline transport: decoded and verified as it is read (1 MiB at a time),
  * applied, and published only when the whole stream verified (END, nothing after it); on

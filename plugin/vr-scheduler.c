@@ -135,6 +135,8 @@ struct _VrSchedulerJob {
     bool failover_off;      /* the domain is shut off (it was, or the worker shut it down) */
     bool failover_forced;   /* it was destroyed after the timeout */
     bool failover_cycle_ok; /* the final cycle was acknowledged (job->result) */
+    bool failover_guarded;  /* the domain carries the "failing-over" marker */
+    bool failover_unknown;  /* the replica may have failed over: the marker stays */
     gint64 failover_next;   /* monotonic µs: when the next cycle was due before the request */
     json_object *failover_reverse; /* "reverse_peer" of a request with reverse, or NULL */
     char *failover_identity;       /* the replica's certificate identity (its answer) */
@@ -1693,16 +1695,19 @@ vr_scheduler_free(VrScheduler *scheduler)
 #define VR_SCHEDULER_MAX_SHUTDOWN_TIMEOUT     86400
 
 /*
- * The marker on the domain's own definition after a planned failover away: the libvirt
- * hook refuses to start a domain with state "old-primary" (docs/hook.md), so nobody starts
- * it here by mistake while the replica host runs it (split brain).
+ * The marker on the domain's own definition during and after a planned failover away: the
+ * libvirt hook refuses to start a domain with state "failing-over" (from the shutdown until
+ * the replica's answer is known) or "old-primary" (after it: the replica host runs it), so
+ * nobody starts it here by mistake while the replica host may run it (split brain).
  */
 static bool
-vr_scheduler_guard_domain(VrSchedulerJob *job, GError **error)
+vr_scheduler_guard_domain_full(VrSchedulerJob *job, const char *state, const char *final,
+                               GError **error)
 {
     g_autofree char *marker = g_markup_printf_escaped(
-        "<standby relationship=\"%s\" primary-name=\"%s\" epoch=\"%" PRIu64 "\" state=\"%s\"/>",
-        job->id, job->domain, job->epoch, VR_SCHEDULER_MARKER_OLD_PRIMARY);
+        "<standby relationship=\"%s\" primary-name=\"%s\" epoch=\"%" PRIu64
+        "\" state=\"%s\" final=\"%s\"/>",
+        job->id, job->domain, job->epoch, state, final != NULL ? final : "");
     virDomainPtr dom = virDomainLookupByName(job->scheduler->conn, job->domain);
     int rc;
 
@@ -1724,7 +1729,97 @@ vr_scheduler_guard_domain(VrSchedulerJob *job, GError **error)
     return true;
 }
 
-/* The guard goes (replica-disable of a failed-over relationship); a failure is logged. */
+static bool
+vr_scheduler_guard_domain(VrSchedulerJob *job, const char *state, GError **error)
+{
+    return vr_scheduler_guard_domain_full(job, state, NULL, error);
+}
+
+/*
+ * The final cycle of a planned failover as its guard records it, "CYCLE:DISK=HEX,DISK=HEX"
+ * (a retry after an unknown outcome sends the same request again). (transfer full)
+ */
+static char *
+vr_scheduler_final_record(VrSchedulerJob *job)
+{
+    GString *text = g_string_new(NULL);
+
+    g_string_append_printf(text, "%" PRIu64 ":", job->result.cycle);
+    for (guint i = 0; job->disks[i] != NULL && i < job->result.digests->len; i++) {
+        const uint8_t *digest =
+            &g_array_index(job->result.digests, uint8_t, i * VR_WIRE_DIGEST_SIZE);
+
+        g_string_append_printf(text, "%s%s=", i > 0 ? "," : "", job->disks[i]);
+        for (guint b = 0; b < VR_WIRE_DIGEST_SIZE; b++)
+            g_string_append_printf(text, "%02x", digest[b]);
+    }
+    return g_string_free(text, FALSE);
+}
+
+/*
+ * Whether @dom carries this relationship's "failing-over" guard with a final cycle that is
+ * still the last acknowledged one: then *@result gets that cycle and its digests, in the
+ * order of the job's disks (the images have not changed since: the guard kept the domain
+ * from starting). Worker thread.
+ */
+static bool
+vr_scheduler_final_recorded(VrSchedulerJob *job, virDomainPtr dom, VrPrimaryResult *result)
+{
+    g_autofree char *xml = virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, VR_STANDBY_XMLNS,
+                                                VIR_DOMAIN_AFFECT_CONFIG);
+    g_autoptr(VrStandbyInfo) info = xml != NULL ? vr_standby_info_from_xml(xml) : NULL;
+    g_autofree char *final = NULL;
+    g_auto(GStrv) disks = NULL;
+    const char *start;
+    const char *end;
+    guint64 cycle;
+    char *colon;
+
+    if (info == NULL || g_strcmp0(info->relationship, job->id) != 0 ||
+        g_strcmp0(info->state, VR_SCHEDULER_MARKER_FAILING_OVER) != 0 ||
+        (start = strstr(xml, " final=\"")) == NULL ||
+        (end = strchr(start + strlen(" final=\""), '"')) == NULL)
+        return false;
+    start += strlen(" final=\"");
+    final = g_strndup(start, end - start);
+    colon = strchr(final, ':');
+    if (colon == NULL)
+        return false;
+    *colon = '\0';
+    if (!g_ascii_string_to_unsigned(final, 10, 1, G_MAXUINT64, &cycle, NULL) || cycle != job->acked)
+        return false;
+    disks = g_strsplit(colon + 1, ",", -1);
+    if (g_strv_length(disks) != g_strv_length(job->disks))
+        return false;
+    memset(result, 0, sizeof(*result));
+    result->cycle = cycle;
+    result->digests = g_array_sized_new(FALSE, TRUE, VR_WIRE_DIGEST_SIZE, g_strv_length(disks));
+    for (guint i = 0; disks[i] != NULL; i++) {
+        uint8_t digest[VR_WIRE_DIGEST_SIZE];
+        const char *hex = strchr(disks[i], '=');
+
+        if (hex == NULL || strncmp(disks[i], job->disks[i], hex - disks[i]) != 0 ||
+            job->disks[i][hex - disks[i]] != '\0' || strlen(hex + 1) != VR_WIRE_DIGEST_SIZE * 2) {
+            vr_primary_result_clear(result);
+            return false;
+        }
+        for (guint b = 0; b < VR_WIRE_DIGEST_SIZE; b++) {
+            int hi = g_ascii_xdigit_value(hex[1 + 2 * b]);
+            int lo = g_ascii_xdigit_value(hex[2 + 2 * b]);
+
+            if (hi < 0 || lo < 0) {
+                vr_primary_result_clear(result);
+                return false;
+            }
+            digest[b] = (uint8_t)(hi << 4 | lo);
+        }
+        g_array_append_vals(result->digests, digest, 1);
+    }
+    return true;
+}
+
+/* The guard goes (replica-disable of a failed-over relationship, a planned failover that
+ * definitely did not happen); a failure is logged. */
 static void
 vr_scheduler_unguard_domain(VrSchedulerJob *job)
 {
@@ -1733,7 +1828,8 @@ vr_scheduler_unguard_domain(VrSchedulerJob *job)
 
     /* Only our own marker: never a standby's. */
     if (info != NULL && strcmp(info->relationship, job->id) == 0 &&
-        g_strcmp0(info->state, VR_SCHEDULER_MARKER_OLD_PRIMARY) == 0 &&
+        (g_strcmp0(info->state, VR_SCHEDULER_MARKER_OLD_PRIMARY) == 0 ||
+         g_strcmp0(info->state, VR_SCHEDULER_MARKER_FAILING_OVER) == 0) &&
         virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, NULL, NULL, VR_STANDBY_XMLNS,
                              VIR_DOMAIN_AFFECT_CONFIG) < 0)
         g_warning("relationship '%s': the failover marker of domain '%s' stays: %s", job->id,
@@ -1831,6 +1927,18 @@ vr_scheduler_failover_request(VrSchedulerJob *job)
     return g_strdup(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN));
 }
 
+/* The planned failover's error when the replica's answer did not come: see the runbook. */
+static void
+vr_scheduler_unknown_outcome(VrSchedulerJob *job, const char *why)
+{
+    g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                "the final cycle %" PRIu64 " is on the replica, but whether it failed over is "
+                "not known (%s): domain '%s' stays shut off and guarded here (the libvirt hook "
+                "refuses to start it); run replica-planned-failover again to finish or settle "
+                "it, and see replica-status on the replica host",
+                job->result.cycle, why, job->domain);
+}
+
 /*
  * The planned failover's steps that block: the shutdown, the final cycle, the replica's
  * check and failover. Its completion is vr_scheduler_failover_done(). Worker thread.
@@ -1865,6 +1973,27 @@ vr_scheduler_planned_worker(VrSchedulerJob *job, VrScheduler *scheduler)
     if (!vr_scheduler_shutdown(job, dom, &job->error))
         goto out;
     job->failover_off = true;
+    /*
+     * A guard left by an earlier try whose outcome is unknown: the replica may have failed
+     * over already (then it refuses any new cycle), so its final cycle is sent again as it
+     * was, and the guard stays until the replica answers for sure.
+     */
+    vr_primary_result_clear(&job->result);
+    if (vr_scheduler_final_recorded(job, dom, &job->result)) {
+        job->failover_unknown = true;
+        job->failover_guarded = true;
+        g_info("relationship '%s': an earlier planned failover ended without an answer: its "
+               "final cycle %" PRIu64 " is sent to the replica again",
+               job->id, job->result.cycle);
+        goto request;
+    }
+    /*
+     * Guarded from here until the replica's answer is known: the final cycle holds what the
+     * closed images hold, so nothing may start the domain and write after it.
+     */
+    if (!vr_scheduler_guard_domain(job, VR_SCHEDULER_MARKER_FAILING_OVER, &job->error))
+        goto out;
+    job->failover_guarded = true;
     if (!vr_scheduler_make_workdir(workdir, &job->error))
         goto out;
     /*
@@ -1895,23 +2024,52 @@ vr_scheduler_planned_worker(VrSchedulerJob *job, VrScheduler *scheduler)
         g_info("relationship '%s': final cycle %" PRIu64 " was an earlier cut's: one more", job->id,
                job->result.cycle);
     }
+    /* Kept with the guard, so that a retry after an unknown outcome can send it again. */
+    {
+        g_autofree char *final = vr_scheduler_final_record(job);
+
+        if (!vr_scheduler_guard_domain_full(job, VR_SCHEDULER_MARKER_FAILING_OVER, final, &local)) {
+            g_warning("relationship '%s': %s (a retry after a lost answer will cut another "
+                      "final cycle)",
+                      job->id, local->message);
+            g_clear_error(&local);
+        }
+    }
+request:
     /* The zero-data-loss check and the failover, in one request to the replica. */
     request = vr_scheduler_failover_request(job);
     if (!vr_sender_post_failover(job->sender, job->id, request, &reply, &local)) {
-        g_set_error(&job->error, VR_SCHEDULER_ERROR,
-                    g_error_matches(local, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT)
-                        ? VR_SCHEDULER_ERROR_REFUSED
-                        : VR_SCHEDULER_ERROR_FAILED,
-                    "the final cycle %" PRIu64 " is on the replica, but it did not fail over "
-                    "(the domain stays shut off here): %s",
-                    job->result.cycle, local->message);
+        /*
+         * A refusal is definite: the replica's failover is all or nothing, and it did
+         * nothing. Anything else (no answer, a 5xx) may have come after the replica acted.
+         */
+        bool refused = local->domain == VR_SENDER_ERROR &&
+                       local->code != VR_SENDER_ERROR_UNREACHABLE &&
+                       local->code != VR_SENDER_ERROR_NO_SPACE;
+
+        if (refused) {
+            job->failover_unknown = false;
+            g_set_error(&job->error, VR_SCHEDULER_ERROR,
+                        g_error_matches(local, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT)
+                            ? VR_SCHEDULER_ERROR_REFUSED
+                            : VR_SCHEDULER_ERROR_FAILED,
+                        "the final cycle %" PRIu64 " is on the replica, but it refused to fail "
+                        "over (nothing changed there; the domain stays shut off here and may be "
+                        "started again): %s",
+                        job->result.cycle, local->message);
+        } else {
+            job->failover_unknown = true;
+            vr_scheduler_unknown_outcome(job, local->message);
+        }
         goto out;
     }
     answer = json_tokener_parse(reply);
     if (answer == NULL || !json_object_object_get_ex(answer, "epoch", &value) ||
         !json_object_is_type(value, json_type_int)) {
-        g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
-                    "the replica's answer to the failover is not understood: %.200s", reply);
+        g_autofree char *why = g_strdup_printf("its answer is not understood: %.200s", reply);
+
+        job->failover_unknown = true;
+        vr_scheduler_unknown_outcome(job, why);
         goto out;
     }
     job->failover_epoch = (uint64_t)json_object_get_int64(value);
@@ -1922,12 +2080,16 @@ vr_scheduler_planned_worker(VrSchedulerJob *job, VrScheduler *scheduler)
     if (job->failover_reverse != NULL && job->failover_identity == NULL) {
         g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
                     "the replica failed over, but its answer does not say its identity: no "
-                    "reverse replication (%.200s)",
-                    reply);
+                    "reverse replication (%.200s); domain '%s' stays shut off and guarded here",
+                    reply, job->domain);
+        job->failover_unknown = true;
         goto out;
     }
     job->ok = true;
 out:
+    /* Definitely not failed over: the guard goes, the domain may start again. */
+    if (!job->ok && job->failover_guarded && !job->failover_unknown)
+        vr_scheduler_unguard_domain(job);
     if (dom != NULL)
         virDomainFree(dom);
 }
@@ -1948,6 +2110,8 @@ vr_scheduler_failover_begin(VrSchedulerJob *job)
     job->failover_off = false;
     job->failover_forced = false;
     job->failover_cycle_ok = false;
+    job->failover_guarded = false;
+    job->failover_unknown = false;
     g_clear_object(&job->cancellable);
     job->cancellable = g_cancellable_new();
     vr_primary_result_clear(&job->result);
@@ -1982,6 +2146,26 @@ vr_scheduler_failover_done(VrSchedulerJob *job)
             g_clear_error(&local);
         }
     }
+    if (job->ok && vr_scheduler_domain_active(job)) {
+        /* Started here after the final cycle (a start the hook could not refuse). */
+        job->failed_over = true;
+        job->paused = false;
+        job->epoch = job->failover_epoch;
+        job->failover_cycle = job->result.cycle;
+        vr_scheduler_save_state(job);
+        g_clear_error(&job->error);
+        g_set_error(&job->error, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_FAILED,
+                    "split brain: the replica host runs '%s' from cycle %" PRIu64 " (epoch %" PRIu64
+                    "), and domain '%s' was started here meanwhile; stop one of them (what "
+                    "this one wrote since the final cycle is not on the replica)",
+                    job->failover_standby != NULL ? job->failover_standby : "the domain",
+                    job->failover_cycle, job->epoch, job->domain);
+        g_warning("relationship '%s': %s", job->id, job->error->message);
+        if (task != NULL)
+            g_task_return_error(task, g_error_copy(job->error));
+        g_clear_object(&task);
+        return;
+    }
     if (job->ok) {
         json_object *obj = json_object_new_object();
 
@@ -1989,7 +2173,7 @@ vr_scheduler_failover_done(VrSchedulerJob *job)
         job->paused = false;
         job->epoch = job->failover_epoch;
         job->failover_cycle = job->result.cycle;
-        if (!vr_scheduler_guard_domain(job, &local)) {
+        if (!vr_scheduler_guard_domain(job, VR_SCHEDULER_MARKER_OLD_PRIMARY, &local)) {
             g_warning("relationship '%s': %s: nothing keeps it from starting here", job->id,
                       local->message);
             json_object_object_add(obj, "warning", json_object_new_string(local->message));
@@ -2003,6 +2187,8 @@ vr_scheduler_failover_done(VrSchedulerJob *job)
                 .peer = job->failover_identity,
                 .cycle = job->failover_cycle,
                 .epoch = job->epoch,
+                .disks = (const char *const *)job->disks,
+                .digests = job->result.digests,
             };
 
             if (!job->scheduler->reverse_func(&reverse, job->scheduler->reverse_data, &local)) {
@@ -2061,7 +2247,12 @@ vr_scheduler_failover_done(VrSchedulerJob *job)
             json_object_put(obj);
     } else {
         g_warning("relationship '%s': planned failover failed: %s", job->id, job->error->message);
-        if (job->failover_off) {
+        if (job->failover_off && !job->failover_unknown && vr_scheduler_domain_active(job)) {
+            /* Started again meanwhile (a refusal, then a start): replicate it as before. */
+            job->paused = false;
+            vr_scheduler_save_state(job);
+            vr_scheduler_schedule(job, 0);
+        } else if (job->failover_off) {
             /* Shut off: no cycles until it starts again (the hook's "started" resumes). */
             job->paused = true;
             vr_scheduler_save_state(job);

@@ -164,6 +164,10 @@ typedef struct {
     const char *peer;   /* the new primary's certificate identity */
     uint64_t cycle;     /* the final cycle: the point both sides hold */
     uint64_t epoch;     /* the relationship's epoch after the failover */
+    /* The final cycle's disks (targets) and, in that order, the stream digest of each
+     * (uint8_t[32]): a failback adopts the overlay it ran on as that point. */
+    const char *const *disks;
+    const GArray *digests;
 } VrSchedulerReverse;
 
 typedef bool (*VrSchedulerReverseFunc)(const VrSchedulerReverse *reverse, gpointer user_data,
@@ -189,6 +193,9 @@ void vr_scheduler_forget(VrScheduler *scheduler, const char *id);
 
 /* The marker state of a primary's own domain after a planned failover away. */
 #define VR_SCHEDULER_MARKER_OLD_PRIMARY "old-primary"
+/* The same marker from the shutdown of a planned failover until the replica's answer is
+ * known (the libvirt hook refuses both). */
+#define VR_SCHEDULER_MARKER_FAILING_OVER "failing-over"
 
 /* Whether a cycle of @id runs now. */
 bool vr_scheduler_is_running(VrScheduler *scheduler, const char *id);

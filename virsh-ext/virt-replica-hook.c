@@ -73,7 +73,8 @@
 #define VR_HOOK_STANDBY_ELEMENT "standby"
 #define VR_HOOK_STANDBY_REPLICA "replica"
 /* The marker of a primary's own domain after a planned failover away (docs/failover.md). */
-#define VR_HOOK_STANDBY_OLD_PRIMARY "old-primary"
+#define VR_HOOK_STANDBY_OLD_PRIMARY  "old-primary"
+#define VR_HOOK_STANDBY_FAILING_OVER "failing-over"
 
 /* The errors of a notification, each logged once, in main(). */
 #define VR_HOOK_ERROR (vr_hook_error_quark())
@@ -312,6 +313,16 @@ vr_hook_prepare(const char *name, const VrHookInput *input)
         return 1;
     }
     vr_hook_domain_parse(&domain, input->bytes);
+    if (domain.standby && g_strcmp0(domain.state, VR_HOOK_STANDBY_FAILING_OVER) == 0) {
+        g_autofree char *relationship = vr_hook_printable(domain.relationship);
+
+        vr_hook_warn("refusing to start domain '%s': a planned failover of it to its replica "
+                     "host is under way or ended without an answer (relationship '%s', state "
+                     "'%s'); run 'virt-replica replica-planned-failover %s' again to finish or "
+                     "settle it",
+                     shown, relationship, VR_HOOK_STANDBY_FAILING_OVER, shown);
+        return 1;
+    }
     if (domain.standby && g_strcmp0(domain.state, VR_HOOK_STANDBY_OLD_PRIMARY) == 0) {
         g_autofree char *relationship = vr_hook_printable(domain.relationship);
 

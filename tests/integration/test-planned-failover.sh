@@ -32,7 +32,7 @@ transfer=$1
 daemon_bin=$2
 cli=$3
 hook_bin=$4
-tests=36
+tests=46
 
 tap_work_dir vrplanned
 pids=()
@@ -198,28 +198,47 @@ check "the next reverse cycle carries 1 MiB too" test "$(field 'j["bytes"]')" = 
 
 # --- failback: a planned failover on B runs the domain on A again ---------------------------
 tap_guest_write "$dom-replica" 0x88 16M 1M
-out=$(rcli replica-planned-failover "$dom-replica" --shutdown-timeout 2 --force 2>&1)
-check "failback: replica-planned-failover on B --force: exit 0" test $? = 0
+status "$work/replica.sock"
+back=$(($(field 'j["last_cycle"]["seq"]') + 1)) # B's final cycle
+inode=$(stat -c %i "$disk/failover.qcow2")
+out=$(rcli replica-planned-failover "$dom-replica" --shutdown-timeout 2 --force --reverse 2>&1)
+check "failback: replica-planned-failover on B --force --reverse: exit 0" test $? = 0
 diag "$out"
 check "A's domain $dom runs again, B's is shut off" \
     test "$(state_of "$dom")" = running -a "$(state_of "$dom-replica")" = "shut off"
-check "A's disk equals B's final disk: every write of both hosts (0x11 .. 0x88)" \
-    same "$disk_a/failover.qcow2" "$disk/failover.qcow2"
-check "and it reads B's last write (0x88 at 16M) and A's (0x55 at 4M)" \
+check "B's overlay is its point $back now, not a copy (same inode), and equals A's disk" \
+    test ! -e "$disk/failover.qcow2" -a "$(stat -c %i "$disk/rp-$back.qcow2")" = "$inode" -a \
+    "$(same "$disk_a/failover.qcow2" "$disk/rp-$back.qcow2" && echo same)" = same
+check "A's disk reads B's last write (0x88 at 16M) and A's (0x55 at 4M)" \
     test "$(qemu-io -r -U -f qcow2 -c 'read -P 0x88 16M 1M' -c 'read -P 0x55 4M 1M' \
         "$disk_a/failover.qcow2" 2>&1 | grep -c 'read 1048576/1048576')" = 2
-status "$work/replica.sock"
-check "B: FailedOver at epoch 3" test "$(field 'j["state"]')" = FailedOver -a "$(field 'j["epoch"]')" = 3
+check "B's point $back is root's, 0600, on the chain of its old points (qemu-img check)" \
+    test "$(stat -c %u:%a "$disk/rp-$back.qcow2")" = 0:600 -a \
+    -n "$(qemu-img info -U "$disk/rp-$back.qcow2" | grep -E '^backing file: rp-[0-9]+\.qcow2')" \
+    -a "$(qemu-img check -U "$disk/rp-$back.qcow2" >/dev/null 2>&1 && echo ok)" = ok
 status "$work/primary.sock"
-check "A: FailedOver at epoch 3 (it runs the domain)" \
-    test "$(field 'j["state"]')" = FailedOver -a "$(field 'j["epoch"]')" = 3
+check "A: role primary again, Replicating at epoch 3, last cycle $back" \
+    test "$(field 'j["role"]')" = primary -a "$(field 'j["state"]')" = Replicating \
+    -a "$(field 'j["epoch"]')" = 3 -a "$(field 'j["last_cycle"]["seq"]')" = "$back"
+status "$work/replica.sock"
+check "B: role replica again, Replicating at epoch 3" \
+    test "$(field 'j["role"]')" = replica -a "$(field 'j["state"]')" = Replicating \
+    -a "$(field 'j["epoch"]')" = 3
 xml=$(virsh -q -c qemu:///system dumpxml --inactive "$dom-replica")
-check "B's domain carries the marker 'old-primary' at epoch 3" \
-    test -n "$(grep -E "standby .*state=.old-primary." <<<"$xml" | grep -E "epoch=.3.")"
+check "B's domain is the standby again: disk on B's overlay path, marker 'replica' at epoch 3" \
+    test -n "$(grep -F "$disk/failover.qcow2" <<<"$xml")" -a \
+    -n "$(grep -E "standby .*state=.replica." <<<"$xml" | grep -E "epoch=.3.")"
 hook_prepare "$dom-replica"
-check "the libvirt hook refuses to start it (exit 1, split brain named)" \
-    test $? = 1 -a -n "$(grep -F 'split the brain' <<<"$out")"
+check "the libvirt hook refuses to start B's domain (exit 1)" \
+    test $? = 1 -a -n "$(grep -F 'starts only through a failover' <<<"$out")"
 diag "$out"
+tap_guest_write "$dom" 0x99 20M 1M
+body=$(pcli replica-sync "$dom" --json 2>&1)
+check "A's first cycle $((back + 1)) after the failback carries exactly the 1 MiB A wrote" \
+    test "$(field 'j["seq"]')" = $((back + 1)) -a "$(field 'j["bytes"]')" = 1048576
+diag "$body"
+check "B's point $((back + 1)) equals A's disk" \
+    same "$disk/rp-$((back + 1)).qcow2" "$disk_a/failover.qcow2"
 
 # --- replica-reverse after an unplanned failover ------------------------------------------
 tap_domain_start "$dom2" || exit 1
@@ -268,11 +287,49 @@ check "A's point $point equals B's disk" same "$disk2_a/rp-$point.qcow2" "$disk2
 status "$work/replica.sock" "$rel2"
 check "B replicates (state Replicating) after the resync" test "$(field 'j["state"]')" = Replicating
 
-# --- replica-disable on B removes the guard of its old domain -----------------------------------
-check "replica-disable of the failed-over relationship on B" quiet rcli replica-disable "$rel"
-hook_prepare "$dom-replica"
-check "the marker 'old-primary' is gone: the hook lets $dom-replica start" \
-    test $? = 0 -a -z "$(virsh -q -c qemu:///system dumpxml --inactive "$dom-replica" | grep -F old-primary)"
+# --- a failback without --reverse: B's domain is guarded, replica-disable removes the guard --------
+tap_guest_write "$dom2-replica" 0x55 4M 1M
+# First the answer is lost: A (the replica here) fails over, then dies before it answers
+# (a failpoint). B cannot know what happened: its domain stays shut off and guarded.
+tap_daemon_stop primary
+VR_FAILPOINT=failover-answer:exit tap_daemon_start primary "$work/primary.conf" || exit 1
+out=$(rcli replica-planned-failover "$dom2-replica" --shutdown-timeout 2 --force 2>&1)
+rc=$?
+diag "$out"
+wait "$primary_pid" 2>/dev/null
+check "the answer lost: exit 1, the outcome 'not known', B's domain stays shut off" \
+    test "$rc" = 1 -a -n "$(grep -F 'whether it failed over is not known' <<<"$out")" \
+    -a "$(state_of "$dom2-replica")" = "shut off"
+xml=$(virsh -q -c qemu:///system dumpxml --inactive "$dom2-replica")
+hook_prepare "$dom2-replica"
+check "B's domain carries the marker 'failing-over' with its final cycle; the hook refuses it" \
+    test $? = 1 -a -n "$(grep -E "standby .*state=.failing-over." <<<"$xml" | grep -E 'final=.[0-9]+:vda=[0-9a-f]{64}.')" \
+    -a -n "$(grep -F 'ended without an answer' <<<"$out")"
+tap_daemon_start primary "$work/primary.conf" || exit 1
+# Run again: the same final cycle goes again (the replica refuses new cycles once failed
+# over), and the replica's answer to the repeated request settles it.
+out=$(rcli replica-planned-failover "$dom2-replica" --shutdown-timeout 2 --force 2>&1)
+check "failback without --reverse: A's $dom2 runs again with B's last write, B's is shut off" \
+    test $? = 0 -a "$(state_of "$dom2")" = running -a "$(state_of "$dom2-replica")" = "shut off" \
+    -a "$(qemu-io -r -U -f qcow2 -c 'read -P 0x55 4M 1M' "$disk2_a/failover.qcow2" 2>&1 |
+        grep -c 'read 1048576/1048576')" = 1
+diag "$out"
+status "$work/replica.sock" "$rel2"
+check "B: FailedOver at epoch 3" test "$(field 'j["state"]')" = FailedOver -a "$(field 'j["epoch"]')" = 3
+status "$work/primary.sock" "$rel2"
+check "A: FailedOver at epoch 3 (it runs the domain)" \
+    test "$(field 'j["state"]')" = FailedOver -a "$(field 'j["epoch"]')" = 3
+xml=$(virsh -q -c qemu:///system dumpxml --inactive "$dom2-replica")
+check "B's domain carries the marker 'old-primary' at epoch 3" \
+    test -n "$(grep -E "standby .*state=.old-primary." <<<"$xml" | grep -E "epoch=.3.")"
+hook_prepare "$dom2-replica"
+check "the libvirt hook refuses to start it (exit 1, split brain named)" \
+    test $? = 1 -a -n "$(grep -F 'split the brain' <<<"$out")"
+diag "$out"
+check "replica-disable of the failed-over relationship on B" quiet rcli replica-disable "$rel2"
+hook_prepare "$dom2-replica"
+check "the marker 'old-primary' is gone: the hook lets $dom2-replica start" \
+    test $? = 0 -a -z "$(virsh -q -c qemu:///system dumpxml --inactive "$dom2-replica" | grep -F old-primary)"
 
 [ "$failures" = 0 ] || diag "A's log:" "$(tail -n 40 "$work/primary.err")" \
     "B's log:" "$(tail -n 40 "$work/replica.err")"

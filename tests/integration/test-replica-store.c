@@ -1558,6 +1558,157 @@ test_import(Fixture *fx, gconstpointer data)
     assert_point(fx, 2, "rp-1.qcow2");
 }
 
+/* ---- adoption of an overlay (failback with reverse replication) ---------------------- */
+
+#define ADOPT_OVERLAY "failover.qcow2"
+
+/*
+ * ADOPT_OVERLAY in the store, as a failover leaves it: an overlay of rp-2.qcow2 (by its
+ * relative name) that a domain wrote 1 MiB of 0x5a into at 5 MiB; model-@cycle.raw is model
+ * 2 with the same write. (transfer full: the overlay's path)
+ */
+static char *
+make_overlay(Fixture *fx, uint64_t cycle)
+{
+    char *overlay = g_build_filename(fx->dir, ADOPT_OVERLAY, NULL);
+    g_autofree char *model = model_path(fx, cycle);
+    g_autofree char *from = model_path(fx, 2);
+    const char *create[] = { "qemu-img", "create", "-q",         "-f",    "qcow2", "-F",
+                             "qcow2",    "-b",     "rp-2.qcow2", overlay, NULL };
+    const char *write[] = {
+        "qemu-io", "-f", "qcow2", "-c", "write -q -P 0x5a 5M 1M", overlay, NULL
+    };
+    const char *copy[] = { "cp", "--sparse=always", from, model, NULL };
+    const char *write_model[] = { "qemu-io", "-f", "raw", "-c", "write -q -P 0x5a 5M 1M",
+                                  model,     NULL };
+
+    g_free(vr_test_run(create));
+    g_free(vr_test_run(write));
+    g_free(vr_test_run(copy));
+    g_free(vr_test_run(write_model));
+    return overlay;
+}
+
+static void
+test_adopt(Fixture *fx, gconstpointer data)
+{
+    const Cycle cycle8 = { 2, 7, 8, DISK_SIZE, 0, 7, CYCLE_OPS(third_ops) };
+    g_autoptr(GError) error = NULL;
+    g_autofree char *overlay = NULL;
+    g_autofree char *image = NULL;
+    g_autofree char *listing = NULL;
+    uint8_t digest[VR_WIRE_DIGEST_SIZE];
+    uint8_t chain[VR_REPLICA_CHAIN_SIZE];
+    const VrReplicaPoint *points;
+    GStatBuf before, after;
+    guint n;
+
+    if (g_test_failed() || fx->dir == NULL || vr_test_skip_without("qemu-io"))
+        return;
+    setup_two_points(fx);
+    apply_cycle(fx, &cycle3); /* after the overlay's base: it goes */
+    overlay = make_overlay(fx, 7);
+
+    /* Refused, nothing changed: not after the base; not an overlay of a point. */
+    g_assert_false(vr_replica_store_adopt(fx->store, ADOPT_OVERLAY, 2, 2, NULL, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT);
+    g_clear_error(&error);
+    g_assert_false(vr_replica_store_adopt(fx->store, "rp-1.qcow2", 2, 9, NULL, &error));
+    g_assert_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_CONFLICT);
+    g_clear_error(&error);
+    assert_cycles(fx, "1 2 3");
+    listing = vr_test_list_dir(fx->dir);
+    g_assert_cmpstr(listing, ==, "failover.qcow2 manifest.json rp-1.qcow2 rp-2.qcow2 rp-3.qcow2");
+    g_clear_pointer(&listing, g_free);
+
+    memset(digest, 0xab, sizeof(digest));
+    g_assert_no_errno(g_stat(overlay, &before));
+    g_assert_true(vr_replica_store_adopt(fx->store, ADOPT_OVERLAY, 2, 7, digest, &error));
+    g_assert_no_error(error);
+    /* Point 3 went (it was after the base); the overlay is point 7: the same file. */
+    assert_only(fx, "1 2 7");
+    image = vr_replica_store_image_path(fx->store, 7);
+    g_assert_no_errno(g_stat(image, &after));
+    g_assert_cmpuint(after.st_ino, ==, before.st_ino);
+    g_assert_cmpuint(after.st_mode & 07777, ==, 0600);
+    assert_point(fx, 7, "rp-2.qcow2");
+    assert_point(fx, 2, "rp-1.qcow2");
+    points = vr_replica_store_points(fx->store, &n);
+    g_assert_cmpuint(points[2].epoch, ==, 2);
+    g_assert_cmpmem(points[2].digest, sizeof(digest), digest, sizeof(digest));
+    vr_replica_point_chain(points[1].chain, digest, chain);
+    g_assert_cmpmem(points[2].chain, sizeof(chain), chain, sizeof(chain));
+    /* Done already: nothing more (the failback's retry). */
+    g_assert_true(vr_replica_store_adopt(fx->store, ADOPT_OVERLAY, 2, 7, digest, &error));
+    g_assert_no_error(error);
+
+    /* It stays across an open, the next cycle applies on it, retention merges it. */
+    store_reopen(fx);
+    assert_only(fx, "1 2 7");
+    apply_cycle(fx, &cycle8);
+    assert_point(fx, 8, "rp-7.qcow2");
+    retain(fx, 0);
+    assert_only(fx, "8");
+    assert_point(fx, 8, NULL);
+    assert_chain_valid(fx);
+    listing = vr_test_list_dir(fx->dir);
+    g_test_message("after retention: %s", listing);
+}
+
+static bool
+crash_adopt(VrReplicaStore *store, gpointer data, GError **error)
+{
+    return vr_replica_store_adopt(store, ADOPT_OVERLAY, 2, 7, NULL, error);
+}
+
+/* Every persistence step of an adoption, in order. */
+static const char *const adopt_failpoints[] = { "adopt-link", "adopt-tmp", "adopt",
+                                                "adopt-unlink" };
+
+static void
+test_adopt_crash(Fixture *fx, gconstpointer data)
+{
+    const char *failpoint = data;
+    bool published = strcmp(failpoint, "adopt") == 0 || strcmp(failpoint, "adopt-unlink") == 0;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *overlay = NULL;
+    g_autofree char *model = NULL;
+    g_autofree char *listing = NULL;
+    char spec[64];
+
+    if (skip_without_failpoints() || g_test_failed() || fx->dir == NULL ||
+        vr_test_skip_without("qemu-io"))
+        return;
+    g_snprintf(spec, sizeof(spec), "%s:exit", failpoint);
+    setup_two_points(fx);
+    overlay = make_overlay(fx, 7);
+    model = model_path(fx, 7);
+    g_clear_pointer(&fx->store, vr_replica_store_free);
+
+    crash_at(fx, spec, crash_adopt, NULL);
+
+    /* The old state (the overlay whole, no point 7) or the new one (point 7 listed). */
+    fx->store = store_open(fx);
+    assert_cycles(fx, published ? "1 2 7" : "1 2");
+    listing = vr_test_list_dir(fx->dir);
+    g_assert_cmpstr(listing, ==,
+                    published ? "failover.qcow2 manifest.json rp-1.qcow2 rp-2.qcow2 rp-7.qcow2"
+                              : "failover.qcow2 manifest.json rp-1.qcow2 rp-2.qcow2");
+    {
+        const char *argv[] = { "qemu-img", "compare", "-f",  "qcow2", "-F",
+                               "raw",      overlay,   model, NULL };
+
+        g_free(vr_test_run(argv));
+    }
+    /* The adoption asked again: made, or finished. */
+    g_assert_true(vr_replica_store_adopt(fx->store, ADOPT_OVERLAY, 2, 7, NULL, &error));
+    g_assert_no_error(error);
+    assert_only(fx, "1 2 7");
+    assert_point(fx, 7, "rp-2.qcow2");
+    store_reopen(fx);
+    assert_only(fx, "1 2 7");
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1590,6 +1741,13 @@ main(int argc, char **argv)
     ADD("/replica-store/sweep", test_sweep, NULL);
     ADD("/replica-store/no-space", test_no_space, NULL);
     ADD("/replica-store/import", test_import, NULL);
+    ADD("/replica-store/adopt", test_adopt, NULL);
+    for (guint i = 0; i < G_N_ELEMENTS(adopt_failpoints); i++) {
+        g_autofree char *path =
+            g_strdup_printf("/replica-store/adopt-crash/%s", adopt_failpoints[i]);
+
+        ADD(path, test_adopt_crash, (gpointer)adopt_failpoints[i]);
+    }
 #undef ADD
 
     return g_test_run();
