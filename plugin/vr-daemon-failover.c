@@ -115,20 +115,25 @@ vr_daemon_failover_adopt(VrDaemonPlanned *planned, const char *relationship, jso
     }
     /* The final cycle is the acknowledged one the first reverse cycle builds on. */
     if (!vr_state_stats(planned->state, relationship, 0, &stats, error))
-        return false;
+        goto rollback;
     if (stats.last_ok_cycle != cycle) {
         VrStateCycle row = { .cycle = cycle, .result = VR_STATE_CYCLE_OK };
 
         row.started_ms = row.finished_ms = g_get_real_time() / 1000;
         if (!vr_state_cycle_add(planned->state, relationship, &row, error))
-            return false;
+            goto rollback;
     }
-    if (!vr_scheduler_adopt(planned->scheduler, relationship, error)) {
-        /* Back to the replica role's row: the failover's cancel expects it. */
-        vr_state_relationship_put(planned->state, old, NULL);
-        return false;
-    }
+    if (!vr_scheduler_adopt(planned->scheduler, relationship, error))
+        goto rollback;
     return true;
+
+rollback:
+    /* Back to the replica role's row on every failure: the failover's cancel expects it. */
+    if (!vr_state_relationship_put(planned->state, old, NULL))
+        g_warning("relationship '%s': cannot restore its replica row after a failed reverse "
+                  "set-up",
+                  relationship);
+    return false;
 }
 
 bool

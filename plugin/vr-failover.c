@@ -141,6 +141,28 @@ vr_failover_error_code(const GError *error, guint *status)
     return "failed";
 }
 
+/*
+ * The storage root of a relationship's stores: the one its first cycle was stored under,
+ * as the replica sink records it in the relationship's config ("storage_root"), so that a
+ * failover still finds its points after the primary's authorization entry was removed or
+ * changed (the worst day: the lost primary is no longer trusted). Relationships recorded
+ * before that fall back to the authorization table. (transfer full)
+ */
+static char *
+vr_failover_storage_root(VrFailover *failover, const char *peer, json_object *config,
+                         GError **error)
+{
+    const char *recorded = config != NULL ? vr_json_get_string(config, "storage_root") : NULL;
+    g_autofree char *root = NULL;
+    g_autofree char *group = NULL;
+
+    if (recorded != NULL && g_path_is_absolute(recorded))
+        return g_strdup(recorded);
+    if (!vr_authz_lookup(failover->authz, peer, &root, &group, error))
+        return NULL;
+    return g_steal_pointer(&root);
+}
+
 VrFailover *
 vr_failover_new(const VrFailoverConfig *config)
 {
@@ -161,14 +183,14 @@ vr_failover_new(const VrFailoverConfig *config)
         VrStateRelationship *rel = list->pdata[i];
         g_autoptr(json_object) cfg = json_tokener_parse(rel->config != NULL ? rel->config : "{}");
         g_autofree char *root = NULL;
-        g_autofree char *group = NULL;
         json_object *test, *disks, *point;
 
         if (cfg == NULL || !json_object_object_get_ex(cfg, "test_failover", &test) ||
             !json_object_object_get_ex(test, "disks", &disks) ||
             !json_object_object_get_ex(test, "point", &point))
             continue;
-        if (!vr_authz_lookup(failover->authz, rel->peer, &root, &group, &local)) {
+        root = vr_failover_storage_root(failover, rel->peer, cfg, &local);
+        if (root == NULL) {
             g_debug("test failover of '%s': its points are not held: %s", rel->id, local->message);
             g_clear_error(&local);
             continue;
@@ -311,7 +333,6 @@ vr_failover_job_new(VrFailover *failover, const char *name, GError **error)
     g_autoptr(GPtrArray) targets = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GPtrArray) files = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GError) local = NULL;
-    g_autofree char *group = NULL;
 
     job->rel = vr_failover_find(failover, name, error);
     if (job->rel == NULL)
@@ -329,7 +350,8 @@ vr_failover_job_new(VrFailover *failover, const char *name, GError **error)
             json_object_put(job->config);
         job->config = json_object_new_object();
     }
-    if (!vr_authz_lookup(failover->authz, job->rel->peer, &job->root, &group, &local)) {
+    job->root = vr_failover_storage_root(failover, job->rel->peer, job->config, &local);
+    if (job->root == NULL) {
         vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED,
                          "the storage root of relationship '%s' (primary '%s') is unknown: %s",
                          job->rel->id, job->rel->peer, local->message);
@@ -1406,8 +1428,19 @@ vr_failover_start_planned(VrFailover *failover, const char *relationship, uint64
             (uint64_t)json_object_get_uint64(value) == cycle &&
             json_object_object_get_ex(record, "previous_epoch", &value) &&
             (uint64_t)json_object_get_uint64(value) == epoch) {
-            json_object *result =
-                vr_failover_result(job, virDomainGetName(job->standby), cycle, false);
+            json_object *result;
+
+            /* A crash after the state and before the start: it starts now. */
+            if (job->standby != NULL && virDomainIsActive(job->standby) != 1 &&
+                virDomainCreate(job->standby) < 0) {
+                vr_failover_fail(error, VR_FAILOVER_ERROR_FAILED,
+                                 "relationship '%s' failed over to cycle %" PRIu64
+                                 ", but its standby '%s' does not run and cannot start: %s",
+                                 job->rel->id, cycle, virDomainGetName(job->standby),
+                                 virGetLastErrorMessage());
+                return NULL;
+            }
+            result = vr_failover_result(job, virDomainGetName(job->standby), cycle, false);
 
             json_object_object_add(result, "planned", json_object_new_boolean(true));
             return result;

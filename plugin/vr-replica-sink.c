@@ -18,6 +18,8 @@
 #include "vr-hashlist.h"
 #include "vr-replica-hashes.h"
 #include "vr-replica-sink.h"
+
+#include "vr-qmp-json.h"
 #include "vr-replica-store.h"
 #include "vr-standby.h"
 #include "vr-state.h"
@@ -766,8 +768,12 @@ vr_replica_sink_state_relationship(VrReplicaSinkStream *stream, GError **error)
     g_autoptr(GError) local = NULL;
     char uuid[37];
 
+    g_autoptr(json_object) config = NULL;
+
     rel = vr_state_relationship_get(state, stream->key.relationship, &local);
-    if (rel != NULL && rel->epoch == stream->key.epoch && g_strcmp0(rel->peer, stream->peer) == 0)
+    config = rel != NULL && rel->config != NULL ? json_tokener_parse(rel->config) : NULL;
+    if (rel != NULL && rel->epoch == stream->key.epoch && g_strcmp0(rel->peer, stream->peer) == 0 &&
+        config != NULL && g_strcmp0(vr_json_get_string(config, "storage_root"), stream->root) == 0)
         return true;
     if (rel == NULL && !g_error_matches(local, VR_STATE_ERROR, VR_STATE_ERROR_NOT_FOUND)) {
         g_propagate_error(error, g_steal_pointer(&local));
@@ -792,6 +798,14 @@ vr_replica_sink_state_relationship(VrReplicaSinkStream *stream, GError **error)
     g_free(rel->peer);
     rel->peer = g_strdup(stream->peer);
     rel->epoch = stream->key.epoch;
+    /* Where its stores are, for a failover whatever becomes of the authorization entry. */
+    if (config == NULL || !json_object_is_type(config, json_type_object)) {
+        g_clear_pointer(&config, json_object_put);
+        config = json_object_new_object();
+    }
+    json_object_object_add(config, "storage_root", json_object_new_string(stream->root));
+    g_free(rel->config);
+    rel->config = g_strdup(json_object_to_json_string_ext(config, JSON_C_TO_STRING_PLAIN));
     return vr_state_relationship_put(state, rel, error);
 }
 

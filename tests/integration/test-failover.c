@@ -520,9 +520,27 @@ test_unplanned(Fixture *fx, gconstpointer data)
     g_assert_cmpstr(list, ==, "1 2 3 4");
     upload_ok(fx, 4, 5);
 
-    /* To an older point (2), by the standby's name; then complete. */
-    g_clear_pointer(&result, json_object_put);
-    result = failover_ok(fx, fx->standby_name, "2", false);
+    /*
+     * To an older point (2), by the standby's name, through a failover whose authorization
+     * table lost the primary's entry meanwhile (the worst day: the lost primary is no longer
+     * trusted): the storage root recorded with the relationship still leads to its points.
+     * Then complete.
+     */
+    {
+        g_autoptr(VrAuthz) none = vr_authz_new_table();
+        VrFailover *trusted = g_steal_pointer(&fx->failover);
+
+        fx->failover = vr_failover_new(&(VrFailoverConfig){
+            .state = fx->r.state,
+            .sink = fx->r.sink,
+            .authz = none,
+            .conn = fx->conn,
+        });
+        g_clear_pointer(&result, json_object_put);
+        result = failover_ok(fx, fx->standby_name, "2", false);
+        vr_failover_free(fx->failover);
+        fx->failover = trusted;
+    }
     g_assert_true(active(fx, fx->standby_name));
     assert_equals_point(fx, overlay, 2);
     assert_guest_reads(fx, fx->standby_name, 2);
