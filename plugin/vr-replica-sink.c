@@ -620,6 +620,36 @@ vr_replica_sink_check_failover(VrReplicaSink *sink, const VrReceiverKey *key, GE
     return true;
 }
 
+/*
+ * Whether the primary may send the domain XML of @relationship (PUT /v1/domains): not while
+ * it is failed over here (fenced, or FailedOver in the state), and not when this host is its
+ * primary now (reverse replication): the standby running here, or the domain this host
+ * replicates, must not be redefined from the old primary's XML. 409 otherwise.
+ */
+static bool
+vr_replica_sink_domain_allowed(VrReplicaSink *sink, const char *relationship, GError **error)
+{
+    g_autoptr(VrStateRelationship) rel = NULL;
+
+    if (sink->state != NULL)
+        rel = vr_state_relationship_get(sink->state, relationship, NULL);
+    if (g_hash_table_contains(sink->fenced, relationship) ||
+        (rel != NULL && g_strcmp0(rel->state, "FailedOver") == 0)) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
+                    "relationship '%s' is failed over on this replica: its domain XML is refused",
+                    relationship);
+        return false;
+    }
+    if (rel != NULL && rel->role == VR_STATE_ROLE_PRIMARY) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
+                    "relationship '%s' is replicated from this host now (reverse replication): "
+                    "its domain XML is refused",
+                    relationship);
+        return false;
+    }
+    return true;
+}
+
 /* A stream whose apply a failover aborted: its cycle is refused as begin() would (409). */
 static bool
 vr_replica_sink_fenced_error(VrReplicaSinkStream *stream, GError **error)
@@ -1478,6 +1508,9 @@ vr_replica_sink_domain(const char *relationship, const VrReceiverPeer *peer, con
     if (!vr_authz_check_name("relationship", relationship, error))
         return false;
     g_strlcpy(key.relationship, relationship, sizeof(key.relationship));
+    /* A primary that failed over away (or whose role was reversed) defines nothing here. */
+    if (!vr_replica_sink_domain_allowed(sink, relationship, error))
+        return false;
     rel_path = g_build_filename(peer->storage_root, relationship, NULL);
     /* Checked before anything is made: a refused XML leaves no trace. */
     if (!vr_replica_sink_domain_check(relationship, rel_path, xml, len, &name, &targets, error))

@@ -495,6 +495,18 @@ test_unplanned(Fixture *fx, gconstpointer data)
     g_assert_cmpuint(st.st_uid, !=, 0); /* QEMU's user (libvirt-qemu on Debian) */
     /* The primary is refused; after a restart (no fence in memory) by the state. */
     upload_refused(fx, 1, 4, 5, "failed over");
+    /* Its domain XML too: the running standby is not redefined from the old primary's. */
+    {
+        g_autoptr(virDomain) dom = virDomainLookupByName(fx->conn, fx->name);
+        g_autofree char *primary_xml =
+            virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+
+        g_assert_false(vr_test_put_domain(pki, "client-ok", fx->r.server_policy, fx->r.port, "r1",
+                                          primary_xml, &error));
+        g_assert_nonnull(error);
+        g_assert_nonnull(strstr(error->message, "its domain XML is refused"));
+        g_clear_error(&error);
+    }
     vr_replica_sink_unfence(fx->r.sink, "r1");
     upload_refused(fx, 1, 4, 5, "in state FailedOver");
     vr_replica_sink_fence(fx->r.sink, "r1");
