@@ -26,6 +26,12 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(virNetwork, virNetworkFree)
 #define VR_FAILOVER_NET_AGENT_S 5
 /* How long one command may run in the guest (ms). */
 #define VR_FAILOVER_NET_EXEC_MS 10000
+/*
+ * How long one attempt (ping to the last guest-exec-status) may take in its worker thread
+ * (seconds): a guest that answers each command slowly, or never ends its commands, cannot
+ * keep a thread for 5 commands x 10 s x its NICs.
+ */
+#define VR_FAILOVER_NET_ATTEMPT_S 60
 
 /* ---- libxml2 helpers ------------------------------------------------------------------ */
 
@@ -388,16 +394,49 @@ struct _VrFailoverNet {
     GPtrArray *watchers; /* VrNetWatcher */
 };
 
+typedef struct _VrNetToken VrNetToken;
+
+/*
+ * A watcher runs its attempts one at a time in a worker thread (GTask): the agent's
+ * commands block for up to 5 s each, and the daemon's main context (the receiver, the API)
+ * must not wait for a guest. The outcome of each attempt is applied on the main context.
+ */
 typedef struct {
     VrFailoverNet *net;
     char uuid[VIR_UUID_STRING_BUFLEN];
     char *name;
     char *relationship;
     char *record;
-    gint64 deadline;   /* monotonic, µs */
-    GSource *source;   /* on the caller's thread-default main context */
-    GPtrArray *ifaces; /* VrConfigInterface, copies: a request's are gone after the start */
+    gint64 deadline;      /* monotonic, µs */
+    GSource *source;      /* the next attempt's timer, on the caller's thread-default context */
+    GPtrArray *ifaces;    /* VrConfigInterface, copies: a request's are gone after the start */
+    GCancellable *cancel; /* of the running attempt: the watcher is freed */
+    VrNetToken *token;
 } VrNetWatcher;
+
+/*
+ * What an attempt's completion holds of its watcher: the watcher may be freed (a newer
+ * failover of the relationship, vr_failover_net_free()) while its thread runs. Touched on
+ * the main context only.
+ */
+struct _VrNetToken {
+    gint ref;
+    VrNetWatcher *watcher; /* NULL: freed */
+};
+
+static VrNetToken *
+vr_net_token_ref(VrNetToken *token)
+{
+    token->ref++;
+    return token;
+}
+
+static void
+vr_net_token_unref(VrNetToken *token)
+{
+    if (--token->ref == 0)
+        g_free(token);
+}
 
 static void
 vr_net_iface_free(gpointer data)
@@ -440,6 +479,11 @@ vr_net_watcher_free(gpointer data)
         g_source_destroy(w->source);
         g_source_unref(w->source);
     }
+    /* A running attempt ends at its next agent command; its completion finds no watcher. */
+    g_cancellable_cancel(w->cancel);
+    g_object_unref(w->cancel);
+    w->token->watcher = NULL;
+    vr_net_token_unref(w->token);
     if (w->ifaces != NULL)
         g_ptr_array_unref(w->ifaces);
     g_free(w->name);
@@ -551,14 +595,35 @@ typedef enum {
     VR_NET_IP_WAIT, /* the agent does not answer (yet) */
 } VrNetIpStep;
 
-/* The agent's "return" of @command (JSON text), or NULL with @why. (transfer full) */
+/*
+ * An attempt of failover TCP/IP, in its worker thread: its end (monotonic, µs) and the
+ * cancellation of its watcher.
+ */
+typedef struct {
+    gint64 limit;
+    GCancellable *cancel;
+} VrNetBudget;
+
+/*
+ * The agent's "return" of @command (JSON text), or NULL with @why. Not sent once @budget
+ * is spent. Blocks for up to VR_FAILOVER_NET_AGENT_S: worker threads only. (transfer full)
+ */
 static json_object *
-vr_net_agent(virDomainPtr dom, const char *command, char **why)
+vr_net_agent(virDomainPtr dom, const char *command, const VrNetBudget *budget, char **why)
 {
-    g_autofree char *reply = virDomainQemuAgentCommand(dom, command, VR_FAILOVER_NET_AGENT_S, 0);
+    g_autofree char *reply = NULL;
     g_autoptr(json_object) obj = NULL;
     json_object *ret = NULL;
 
+    if (g_cancellable_is_cancelled(budget->cancel)) {
+        *why = g_strdup("stopped (the daemon stops, or a newer failover replaced this one)");
+        return NULL;
+    }
+    if (g_get_monotonic_time() >= budget->limit) {
+        *why = g_strdup_printf("the attempt took more than %d s", VR_FAILOVER_NET_ATTEMPT_S);
+        return NULL;
+    }
+    reply = virDomainQemuAgentCommand(dom, command, VR_FAILOVER_NET_AGENT_S, 0);
     if (reply == NULL) {
         *why = g_strdup(virGetLastErrorMessage());
         return NULL;
@@ -573,7 +638,7 @@ vr_net_agent(virDomainPtr dom, const char *command, char **why)
 
 /* @argv run in the guest by guest-exec; its exit code (-1: it did not run) and stderr. */
 static int
-vr_net_exec(virDomainPtr dom, char **argv, char **err_out)
+vr_net_exec(virDomainPtr dom, char **argv, const VrNetBudget *budget, char **err_out)
 {
     g_autoptr(json_object) cmd = json_object_new_object();
     g_autoptr(json_object) ret = NULL;
@@ -590,7 +655,8 @@ vr_net_exec(virDomainPtr dom, char **argv, char **err_out)
     json_object_object_add(args, "capture-output", json_object_new_boolean(true));
     json_object_object_add(cmd, "execute", json_object_new_string("guest-exec"));
     json_object_object_add(cmd, "arguments", args);
-    ret = vr_net_agent(dom, json_object_to_json_string_ext(cmd, JSON_C_TO_STRING_PLAIN), &why);
+    ret = vr_net_agent(dom, json_object_to_json_string_ext(cmd, JSON_C_TO_STRING_PLAIN), budget,
+                       &why);
     if (ret == NULL || !json_object_object_get_ex(ret, "pid", &pid)) {
         *err_out = g_strdup_printf("guest-exec failed: %s", why != NULL ? why : "no pid");
         return -1;
@@ -603,7 +669,7 @@ vr_net_exec(virDomainPtr dom, char **argv, char **err_out)
         json_object *exited = NULL, *code = NULL, *err = NULL;
 
         g_clear_pointer(&why, g_free);
-        status = vr_net_agent(dom, status_cmd, &why);
+        status = vr_net_agent(dom, status_cmd, budget, &why);
         if (status == NULL) {
             *err_out = g_strdup_printf("guest-exec-status failed: %s", why);
             return -1;
@@ -760,10 +826,11 @@ vr_net_set(json_object *guest_ip, const char *state, const char *reason)
 
 /*
  * One attempt at failover TCP/IP for @ifaces of @dom: WAIT while the agent does not
- * answer, else DONE with @guest_ip's state and reason set and its "interfaces".
+ * answer, else DONE with @guest_ip's state and reason set and its "interfaces". Blocks on
+ * the agent (worker threads only) until @budget is spent at most.
  */
 static VrNetIpStep
-vr_net_ip_try(virDomainPtr dom, GPtrArray *ifaces, json_object *guest_ip)
+vr_net_ip_try(virDomainPtr dom, GPtrArray *ifaces, const VrNetBudget *budget, json_object *guest_ip)
 {
     g_autofree char *channel = vr_guest_agent_channel_state(dom);
     g_autofree char *why = NULL;
@@ -781,7 +848,7 @@ vr_net_ip_try(virDomainPtr dom, GPtrArray *ifaces, json_object *guest_ip)
         vr_net_set(guest_ip, VR_FAILOVER_NET_IP_NOT_APPLIED, reason);
         return VR_NET_IP_WAIT;
     }
-    ping = vr_net_agent(dom, "{\"execute\":\"guest-ping\"}", &why);
+    ping = vr_net_agent(dom, "{\"execute\":\"guest-ping\"}", budget, &why);
     if (ping == NULL) {
         g_autofree char *reason = g_strdup_printf("the guest agent does not answer: %s", why);
 
@@ -789,7 +856,7 @@ vr_net_ip_try(virDomainPtr dom, GPtrArray *ifaces, json_object *guest_ip)
         return VR_NET_IP_WAIT;
     }
     g_clear_pointer(&why, g_free);
-    osinfo = vr_net_agent(dom, "{\"execute\":\"guest-get-osinfo\"}", &why);
+    osinfo = vr_net_agent(dom, "{\"execute\":\"guest-get-osinfo\"}", budget, &why);
     if (osinfo == NULL || !json_object_object_get_ex(osinfo, "kernel-name", &kernel) ||
         g_strcmp0(json_object_get_string(kernel), "Linux") != 0) {
         g_autofree char *reason = g_strdup_printf(
@@ -800,7 +867,7 @@ vr_net_ip_try(virDomainPtr dom, GPtrArray *ifaces, json_object *guest_ip)
         return VR_NET_IP_DONE;
     }
     g_clear_pointer(&why, g_free);
-    list = vr_net_agent(dom, "{\"execute\":\"guest-network-get-interfaces\"}", &why);
+    list = vr_net_agent(dom, "{\"execute\":\"guest-network-get-interfaces\"}", budget, &why);
     out = json_object_new_array();
     json_object_object_add(guest_ip, "interfaces", out);
     for (guint i = 0; i < ifaces->len; i++) {
@@ -827,7 +894,7 @@ vr_net_ip_try(virDomainPtr dom, GPtrArray *ifaces, json_object *guest_ip)
             char **argv = argvs->pdata[c];
             g_autofree char *err = NULL;
             g_autofree char *line = g_strjoinv(" ", argv);
-            int code = vr_net_exec(dom, argv, &err);
+            int code = vr_net_exec(dom, argv, budget, &err);
             json_object *item = json_object_new_object();
 
             json_object_object_add(item, "command", json_object_new_string(line));
@@ -873,38 +940,64 @@ vr_net_record_state(VrFailoverNet *net, const char *relationship, const char *re
         g_debug("failover TCP/IP of '%s' not recorded: %s", relationship, local->message);
 }
 
-static gboolean
-vr_net_watch(gpointer data)
+/* One attempt of a watcher, in its worker thread: copies of what it needs, and the outcome. */
+typedef struct {
+    virConnectPtr conn; /* a reference: the watcher may go first */
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    GPtrArray *ifaces;     /* the watcher's, a reference (never changed) */
+    json_object *guest_ip; /* the outcome, made by the thread */
+    bool done;             /* DONE, or the domain stopped */
+} VrNetAttempt;
+
+static void
+vr_net_attempt_free(gpointer data)
 {
-    VrNetWatcher *w = data;
-    VrFailoverNet *net = w->net;
-    g_autoptr(virDomain) dom = virDomainLookupByUUIDString(net->conn, w->uuid);
-    g_autoptr(json_object) network = json_object_new_object();
-    json_object *guest_ip = json_object_new_object();
-    bool done;
+    VrNetAttempt *a = data;
 
-    json_object_object_add(network, "guest_ip", guest_ip);
+    virConnectClose(a->conn);
+    g_ptr_array_unref(a->ifaces);
+    if (a->guest_ip != NULL)
+        json_object_put(a->guest_ip);
+    g_free(a);
+}
+
+/* The worker thread: the domain (libvirt connections are thread-safe) and the agent. */
+static void
+vr_net_attempt_run(GTask *task, gpointer source, gpointer task_data, GCancellable *cancel)
+{
+    VrNetAttempt *a = task_data;
+    VrNetBudget budget = {
+        .limit = g_get_monotonic_time() + (gint64)VR_FAILOVER_NET_ATTEMPT_S * G_USEC_PER_SEC,
+        .cancel = cancel,
+    };
+    g_autoptr(virDomain) dom = virDomainLookupByUUIDString(a->conn, a->uuid);
+
+    (void)source;
+    a->guest_ip = json_object_new_object();
     if (dom == NULL || virDomainIsActive(dom) != 1) {
-        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_NOT_APPLIED,
+        vr_net_set(a->guest_ip, VR_FAILOVER_NET_IP_NOT_APPLIED,
                    "the domain stopped before its guest agent answered");
-        done = true;
+        a->done = true;
     } else {
-        done = vr_net_ip_try(dom, w->ifaces, guest_ip) == VR_NET_IP_DONE ||
-               g_get_monotonic_time() >= w->deadline;
+        a->done = vr_net_ip_try(dom, a->ifaces, &budget, a->guest_ip) == VR_NET_IP_DONE;
     }
-    if (!done)
-        return G_SOURCE_CONTINUE;
-    {
-        json_object *state = NULL, *reason = NULL;
+    g_task_return_boolean(task, TRUE);
+}
 
-        json_object_object_get_ex(guest_ip, "state", &state);
-        json_object_object_get_ex(guest_ip, "reason", &reason);
-        if (g_strcmp0(json_object_get_string(state), VR_FAILOVER_NET_IP_APPLIED) == 0)
-            g_info("failover TCP/IP of '%s' applied in the guest", w->name);
-        else
-            g_message("failover TCP/IP of '%s' %s: %s", w->name, json_object_get_string(state),
-                      json_object_get_string(reason));
-    }
+/* The final outcome @guest_ip of @w: logged, recorded, and the watcher freed. */
+static void
+vr_net_watch_finish(VrNetWatcher *w, json_object *guest_ip)
+{
+    VrFailoverNet *net = w->net;
+    json_object *state = NULL, *reason = NULL;
+
+    json_object_object_get_ex(guest_ip, "state", &state);
+    json_object_object_get_ex(guest_ip, "reason", &reason);
+    if (g_strcmp0(json_object_get_string(state), VR_FAILOVER_NET_IP_APPLIED) == 0)
+        g_info("failover TCP/IP of '%s' applied in the guest", w->name);
+    else
+        g_message("failover TCP/IP of '%s' %s: %s", w->name, json_object_get_string(state),
+                  json_object_get_string(reason));
     {
         /* The whole "network" member: the mapping of the start stays beside it. */
         g_autoptr(GError) local = NULL;
@@ -922,6 +1015,54 @@ vr_net_watch(gpointer data)
         }
     }
     g_ptr_array_remove(net->watchers, w);
+}
+
+static gboolean vr_net_watch(gpointer data);
+
+/* An attempt ended: on the main context, its outcome, or the next attempt in 2 s. */
+static void
+vr_net_attempt_done(GObject *source, GAsyncResult *result, gpointer data)
+{
+    VrNetToken *token = data;
+    VrNetWatcher *w = token->watcher;
+    VrNetAttempt *a = g_task_get_task_data(G_TASK(result));
+
+    /* Taken here: the thread may drop the task's last reference, json-c's are not atomic. */
+    g_autoptr(json_object) guest_ip = g_steal_pointer(&a->guest_ip);
+
+    (void)source;
+    if (w != NULL) {
+        if (a->done || g_get_monotonic_time() >= w->deadline) {
+            vr_net_watch_finish(w, guest_ip);
+        } else {
+            w->source = g_timeout_source_new_seconds(VR_FAILOVER_NET_RETRY_S);
+            g_source_set_callback(w->source, vr_net_watch, w, NULL);
+            g_source_attach(w->source, g_main_context_get_thread_default());
+        }
+    }
+    vr_net_token_unref(token);
+}
+
+/* The next attempt of @w, in a worker thread (one at a time: the next starts when it ends). */
+static gboolean
+vr_net_watch(gpointer data)
+{
+    VrNetWatcher *w = data;
+    VrNetAttempt *a = g_new0(VrNetAttempt, 1);
+    g_autoptr(GTask) task = NULL;
+
+    if (w->source != NULL) {
+        g_source_unref(w->source);
+        w->source = NULL;
+    }
+    a->conn = w->net->conn;
+    virConnectRef(a->conn);
+    memcpy(a->uuid, w->uuid, sizeof(a->uuid));
+    a->ifaces = g_ptr_array_ref(w->ifaces);
+    task = g_task_new(NULL, w->cancel, vr_net_attempt_done, vr_net_token_ref(w->token));
+    g_task_set_source_tag(task, vr_net_watch);
+    g_task_set_task_data(task, a, vr_net_attempt_free);
+    g_task_run_in_thread(task, vr_net_attempt_run);
     return G_SOURCE_REMOVE;
 }
 
@@ -945,44 +1086,58 @@ vr_failover_net_guest_ip(VrFailoverNet *net, virDomainPtr dom, const char *relat
 
         vr_net_set(guest_ip, VR_FAILOVER_NET_IP_NOT_APPLIED, reason);
         g_message("failover TCP/IP of '%s' not applied: %s", virDomainGetName(dom), reason);
-    } else if (vr_net_ip_try(dom, ifaces, guest_ip) == VR_NET_IP_WAIT) {
-        if (wait == 0) {
-            json_object *reason = NULL;
+    } else if (!g_str_equal(channel, "connected") && wait == 0) {
+        g_autofree char *reason =
+            g_strdup_printf("no guest agent answers (channel org.qemu.guest_agent.0: %s)", channel);
 
-            json_object_object_get_ex(guest_ip, "reason", &reason);
-            g_message("failover TCP/IP of '%s' not applied: %s", virDomainGetName(dom),
-                      json_object_get_string(reason));
+        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_NOT_APPLIED, reason);
+        g_message("failover TCP/IP of '%s' not applied: %s", virDomainGetName(dom), reason);
+    } else {
+        /*
+         * The agent is asked in a worker thread, never here: a guest must not hold the
+         * failover's answer (nor the main context) for its commands. A connected channel
+         * is tried at once; the outcome goes into the state database.
+         */
+        bool connected = g_str_equal(channel, "connected");
+        VrNetWatcher *w = g_new0(VrNetWatcher, 1);
+        g_autofree char *reason = connected ? g_strdup("the guest agent is being asked (channel "
+                                                       "org.qemu.guest_agent.0: connected)")
+                                            : g_strdup_printf("no guest agent answers (channel "
+                                                              "org.qemu.guest_agent.0: %s)",
+                                                              channel);
+        g_autofree char *why =
+            wait > 0 ? g_strdup_printf("%s; retried every %d s for %u s", reason,
+                                       VR_FAILOVER_NET_RETRY_S, wait)
+                     : g_strdup_printf("%s; the outcome is recorded in the state database", reason);
+
+        /* A watcher of an earlier failover of this relationship has nothing to do. */
+        for (guint i = net->watchers->len; i-- > 0;) {
+            VrNetWatcher *old = net->watchers->pdata[i];
+
+            if (g_str_equal(old->relationship, relationship) && g_str_equal(old->record, record))
+                g_ptr_array_remove_index(net->watchers, i);
+        }
+        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_PENDING, why);
+        w->net = net;
+        virDomainGetUUIDString(dom, w->uuid);
+        w->name = g_strdup(virDomainGetName(dom));
+        w->relationship = g_strdup(relationship);
+        w->record = g_strdup(record);
+        w->deadline = g_get_monotonic_time() + (gint64)wait * G_USEC_PER_SEC;
+        w->ifaces = g_ptr_array_new_with_free_func(vr_net_iface_free);
+        for (guint i = 0; i < ifaces->len; i++)
+            g_ptr_array_add(w->ifaces, vr_net_iface_copy(ifaces->pdata[i]));
+        w->cancel = g_cancellable_new();
+        w->token = g_new0(VrNetToken, 1);
+        w->token->ref = 1;
+        w->token->watcher = w;
+        g_ptr_array_add(net->watchers, w);
+        if (connected) {
+            vr_net_watch(w);
         } else {
-            VrNetWatcher *w = g_new0(VrNetWatcher, 1);
-
-            /* A watcher of an earlier failover of this relationship has nothing to do. */
-            for (guint i = net->watchers->len; i-- > 0;) {
-                VrNetWatcher *old = net->watchers->pdata[i];
-
-                if (g_str_equal(old->relationship, relationship) &&
-                    g_str_equal(old->record, record))
-                    g_ptr_array_remove_index(net->watchers, i);
-            }
-            json_object *reason = NULL;
-            g_autofree char *why = NULL;
-
-            json_object_object_get_ex(guest_ip, "reason", &reason);
-            why = g_strdup_printf("%s; retried every %d s for %u s", json_object_get_string(reason),
-                                  VR_FAILOVER_NET_RETRY_S, wait);
-            vr_net_set(guest_ip, VR_FAILOVER_NET_IP_PENDING, why);
-            w->net = net;
-            virDomainGetUUIDString(dom, w->uuid);
-            w->name = g_strdup(virDomainGetName(dom));
-            w->relationship = g_strdup(relationship);
-            w->record = g_strdup(record);
-            w->deadline = g_get_monotonic_time() + (gint64)wait * G_USEC_PER_SEC;
-            w->ifaces = g_ptr_array_new_with_free_func(vr_net_iface_free);
-            for (guint i = 0; i < ifaces->len; i++)
-                g_ptr_array_add(w->ifaces, vr_net_iface_copy(ifaces->pdata[i]));
             w->source = g_timeout_source_new_seconds(VR_FAILOVER_NET_RETRY_S);
             g_source_set_callback(w->source, vr_net_watch, w, NULL);
             g_source_attach(w->source, g_main_context_get_thread_default());
-            g_ptr_array_add(net->watchers, w);
         }
     }
     vr_net_record_state(net, relationship, record, virDomainGetName(dom), report);

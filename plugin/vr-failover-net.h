@@ -24,11 +24,13 @@
  *    dns, pushed through qemu-guest-agent (libvirt's virDomainQemuAgentCommand) into a
  *    Linux guest, with guest-exec of the guest's own `ip` (and `resolvectl` for DNS): see
  *    vr_failover_net_guest_commands(). Nothing configured: nothing happens. No agent
- *    channel in the domain: "not-applied" at once. An agent channel that is not connected
- *    yet (the guest boots): "pending", and a watcher on the caller's main context retries
- *    every 2 s up to [replica] guest-agent-wait seconds, then records "applied",
- *    "failed" or "not-applied" with the reason in the relationship's failover record of
- *    the state database. The failover itself never fails because of this step.
+ *    channel in the domain: "not-applied" at once. Otherwise "pending", and a watcher
+ *    asks the agent: each attempt (all its agent commands, 60 s at most) runs in a worker
+ *    thread (GTask), one at a time, never on the caller's main context, which only applies
+ *    each outcome; a connected channel is tried at once, else every 2 s, up to [replica]
+ *    guest-agent-wait seconds, then it records "applied", "failed" or "not-applied" with
+ *    the reason in the relationship's failover record of the state database. The failover
+ *    itself never fails because of this step.
  *
  * Called from the daemon's main context only, as vr-failover.h. The warnings of step 1 and
  * an outcome of step 2 that is not "applied" are logged with g_message() (the journal's
