@@ -486,28 +486,30 @@ typedef struct {
     SoupServerMessage *msg;
 } VrDaemonSync;
 
+/* The answer of a paused request whose work ended: @body, or @error (both may be NULL when
+ * the daemon stops: the API server goes next, the client sees its connection closed). */
+static void
+vr_daemon_sync_answer(VrDaemonSync *sync, json_object *body, const GError *error)
+{
+    if (!sync->daemon->stopping) {
+        if (body != NULL)
+            vr_daemon_reply_json(sync->msg, SOUP_STATUS_OK, body);
+        else
+            vr_daemon_reply_scheduler_error(sync->msg, error);
+        soup_server_message_unpause(sync->msg);
+    }
+    g_object_unref(sync->msg);
+    g_free(sync);
+}
+
 static void
 vr_daemon_sync_done(GObject *source, GAsyncResult *result, gpointer data)
 {
-    VrDaemonSync *sync = data;
     g_autoptr(GError) error = NULL;
-    g_autoptr(json_object) body = NULL;
-
     /* No scheduler needed (it may be gone already). */
-    body = vr_scheduler_sync_finish(NULL, result, &error);
-    if (sync->daemon->stopping) {
-        /* The API server goes next: the client sees its connection closed. */
-        g_object_unref(sync->msg);
-        g_free(sync);
-        return;
-    }
-    if (body != NULL)
-        vr_daemon_reply_json(sync->msg, SOUP_STATUS_OK, body);
-    else
-        vr_daemon_reply_scheduler_error(sync->msg, error);
-    soup_server_message_unpause(sync->msg);
-    g_object_unref(sync->msg);
-    g_free(sync);
+    g_autoptr(json_object) body = vr_scheduler_sync_finish(NULL, result, &error);
+
+    vr_daemon_sync_answer(data, body, error);
 }
 
 static void
@@ -538,23 +540,10 @@ vr_daemon_post_action(VrDaemon *daemon, SoupServerMessage *msg, const char *name
 static void
 vr_daemon_planned_done(GObject *source, GAsyncResult *result, gpointer data)
 {
-    VrDaemonSync *sync = data;
     g_autoptr(GError) error = NULL;
-    g_autoptr(json_object) body = NULL;
+    g_autoptr(json_object) body = vr_scheduler_planned_failover_finish(NULL, result, &error);
 
-    body = vr_scheduler_planned_failover_finish(NULL, result, &error);
-    if (sync->daemon->stopping) {
-        g_object_unref(sync->msg);
-        g_free(sync);
-        return;
-    }
-    if (body != NULL)
-        vr_daemon_reply_json(sync->msg, SOUP_STATUS_OK, body);
-    else
-        vr_daemon_reply_scheduler_error(sync->msg, error);
-    soup_server_message_unpause(sync->msg);
-    g_object_unref(sync->msg);
-    g_free(sync);
+    vr_daemon_sync_answer(data, body, error);
 }
 
 /*

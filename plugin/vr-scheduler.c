@@ -579,12 +579,11 @@ vr_scheduler_make_workdir(const char *workdir, GError **error)
     return false;
 }
 
-/* An online cycle. Worker thread. */
-static void
-vr_scheduler_worker(VrSchedulerJob *job, VrScheduler *scheduler)
+/* What every kind of cycle of @job runs with (a final or planned one: nothing more). */
+static VrPrimaryConfig
+vr_scheduler_primary_config(VrScheduler *scheduler, VrSchedulerJob *job, const char *workdir)
 {
-    g_autofree char *workdir = vr_scheduler_workdir(scheduler, job);
-    VrPrimaryConfig config = {
+    return (VrPrimaryConfig){
         .conn = scheduler->conn,
         .domain = job->domain,
         .relationship = job->id,
@@ -592,14 +591,22 @@ vr_scheduler_worker(VrSchedulerJob *job, VrScheduler *scheduler)
         .disks = (const char *const *)job->disks,
         .workdir = workdir,
         .sender = job->sender,
-        .allow_resync = true,
-        .resync = job->cycle_resync,
-        .app_consistent = job->want_app_consistent,
-        .export_dir = job->cycle_export ? job->export_dir : NULL,
-        .base_exported = job->awaiting_import,
     };
+}
+
+/* An online cycle. Worker thread. */
+static void
+vr_scheduler_worker(VrSchedulerJob *job, VrScheduler *scheduler)
+{
+    g_autofree char *workdir = vr_scheduler_workdir(scheduler, job);
+    VrPrimaryConfig config = vr_scheduler_primary_config(scheduler, job, workdir);
     g_autofree char *identity = job->cycle_export ? vr_scheduler_identity(scheduler) : NULL;
 
+    config.allow_resync = true;
+    config.resync = job->cycle_resync;
+    config.app_consistent = job->want_app_consistent;
+    config.export_dir = job->cycle_export ? job->export_dir : NULL;
+    config.base_exported = job->awaiting_import;
     if (!vr_scheduler_make_workdir(workdir, &job->error)) {
         job->ok = false;
     } else if (job->cycle_export && identity == NULL) {
@@ -632,15 +639,7 @@ static void
 vr_scheduler_final_worker(VrSchedulerJob *job, VrScheduler *scheduler)
 {
     g_autofree char *workdir = vr_scheduler_workdir(scheduler, job);
-    VrPrimaryConfig config = {
-        .conn = scheduler->conn,
-        .domain = job->domain,
-        .relationship = job->id,
-        .epoch = job->epoch,
-        .disks = (const char *const *)job->disks,
-        .workdir = workdir,
-        .sender = job->sender,
-    };
+    VrPrimaryConfig config = vr_scheduler_primary_config(scheduler, job, workdir);
     gint64 deadline = g_get_monotonic_time() + VR_SCHEDULER_STOP_WAIT;
     virDomainPtr dom = virDomainLookupByName(scheduler->conn, job->domain);
     int state = VIR_DOMAIN_NOSTATE;
@@ -1951,15 +1950,7 @@ vr_scheduler_planned_worker(VrSchedulerJob *job, VrScheduler *scheduler)
     g_autofree char *request = NULL;
     g_autofree char *reply = NULL;
     g_autoptr(json_object) answer = NULL;
-    VrPrimaryConfig config = {
-        .conn = scheduler->conn,
-        .domain = job->domain,
-        .relationship = job->id,
-        .epoch = job->epoch,
-        .disks = (const char *const *)job->disks,
-        .workdir = workdir,
-        .sender = job->sender,
-    };
+    VrPrimaryConfig config = vr_scheduler_primary_config(scheduler, job, workdir);
     virDomainPtr dom = virDomainLookupByName(scheduler->conn, job->domain);
     uint64_t base = job->acked;
     json_object *value;
