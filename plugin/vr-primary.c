@@ -752,6 +752,23 @@ vr_primary_run(VrPrimaryRun *run, GError **error)
     return true;
 }
 
+/* What every run (online or of a shut-off domain) starts with; vr_primary_run_clear() undoes it. */
+static void
+vr_primary_run_init(VrPrimaryRun *run, const VrPrimaryConfig *config, uint64_t base_cycle,
+                    uint64_t target_cycle, VrPrimaryProgressFunc progress, gpointer progress_data,
+                    GCancellable *cancellable)
+{
+    run->config = config;
+    run->base = base_cycle;
+    run->target = target_cycle;
+    run->progress = progress;
+    run->progress_data = progress_data;
+    run->cancellable = cancellable;
+    run->n_disks = g_strv_length((char **)config->disks);
+    run->state = g_new0(VrPrimaryDisk, run->n_disks);
+    run->prefix = g_strdup_printf("vr-%s-", config->relationship);
+}
+
 static void
 vr_primary_run_clear(VrPrimaryRun *run)
 {
@@ -820,15 +837,8 @@ vr_primary_run_cycle(const VrPrimaryConfig *config, uint64_t base_cycle, uint64_
                     config->domain, base_cycle);
         return false;
     }
-    run.config = config;
-    run.base = base_cycle;
-    run.target = target_cycle;
-    run.progress = progress;
-    run.progress_data = progress_data;
-    run.cancellable = cancellable;
-    run.n_disks = g_strv_length((char **)config->disks);
-    run.state = g_new0(VrPrimaryDisk, run.n_disks);
-    run.prefix = g_strdup_printf("vr-%s-", config->relationship);
+    vr_primary_run_init(&run, config, base_cycle, target_cycle, progress, progress_data,
+                        cancellable);
 
     /* The QMP client iterates a context of its own on this thread (vr-qmp-client.h). */
     context = g_main_context_new();
@@ -1338,15 +1348,8 @@ vr_primary_run_offline_cycle(const VrPrimaryConfig *config, uint64_t base_cycle,
                     target_cycle, config->domain);
         return false;
     }
-    run.config = config;
-    run.base = base_cycle;
-    run.target = target_cycle;
-    run.progress = progress;
-    run.progress_data = progress_data;
-    run.cancellable = cancellable;
-    run.n_disks = g_strv_length((char **)config->disks);
-    run.state = g_new0(VrPrimaryDisk, run.n_disks);
-    run.prefix = g_strdup_printf("vr-%s-", config->relationship);
+    vr_primary_run_init(&run, config, base_cycle, target_cycle, progress, progress_data,
+                        cancellable);
     images = g_new0(VrPrimaryImage, run.n_disks);
 
     vr_primary_report(&run, VR_PRIMARY_PHASE_CUT, 0, 0, 0, 0);

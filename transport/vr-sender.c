@@ -1115,6 +1115,38 @@ vr_sender_on_wrote_body(SoupMessage *msg, gpointer user_data)
     *(bool *)user_data = true;
 }
 
+/*
+ * The outcome of a non-success @status of a small request (the domain XML, a failover)
+ * besides 409, which each request words itself: 404, 507, a 5xx that may pass (retried; a
+ * 500 too unless @final_500), or a refusal.
+ */
+static VrSenderOutcome
+vr_sender_refused(VrSenderUpload *call, guint status, const char *reason, bool final_500,
+                  GError **error)
+{
+    switch (status) {
+    case SOUP_STATUS_NOT_FOUND:
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NOT_FOUND,
+                    "the replica refused %s: 404 %s", call->uri, reason);
+        return VR_SENDER_FAILED;
+    case SOUP_STATUS_INSUFFICIENT_STORAGE:
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NO_SPACE,
+                    "the replica is out of space: %s", reason);
+        return VR_SENDER_FAILED;
+    default:
+        break;
+    }
+    if (SOUP_STATUS_IS_SERVER_ERROR(status) && status != SOUP_STATUS_NOT_IMPLEMENTED &&
+        (!final_500 || status != SOUP_STATUS_INTERNAL_SERVER_ERROR)) {
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
+                    "the replica failed: %u %s", status, reason);
+        return status == SOUP_STATUS_SERVICE_UNAVAILABLE ? VR_SENDER_BUSY : VR_SENDER_RETRY;
+    }
+    g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED, "the replica refused %s: %u %s",
+                call->uri, status, reason);
+    return VR_SENDER_FAILED;
+}
+
 /* One PUT of the domain XML (@data, a GBytes). */
 static VrSenderOutcome
 vr_sender_put_domain_attempt(VrSenderUpload *call, SoupSession *session, gpointer data,
@@ -1153,25 +1185,9 @@ vr_sender_put_domain_attempt(VrSenderUpload *call, SoupSession *session, gpointe
         g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT, "the replica refused %s: %s",
                     call->uri, reason);
         return VR_SENDER_FAILED;
-    case SOUP_STATUS_NOT_FOUND:
-        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NOT_FOUND,
-                    "the replica refused %s: 404 %s", call->uri, reason);
-        return VR_SENDER_FAILED;
-    case SOUP_STATUS_INSUFFICIENT_STORAGE:
-        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NO_SPACE,
-                    "the replica is out of space: %s", reason);
-        return VR_SENDER_FAILED;
     default:
-        break;
+        return vr_sender_refused(call, status, reason, false, error);
     }
-    if (SOUP_STATUS_IS_SERVER_ERROR(status) && status != SOUP_STATUS_NOT_IMPLEMENTED) {
-        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
-                    "the replica failed: %u %s", status, reason);
-        return status == SOUP_STATUS_SERVICE_UNAVAILABLE ? VR_SENDER_BUSY : VR_SENDER_RETRY;
-    }
-    g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED, "the replica refused %s: %u %s",
-                call->uri, status, reason);
-    return VR_SENDER_FAILED;
 }
 
 bool
@@ -1247,23 +1263,10 @@ vr_sender_post_failover_attempt(VrSenderUpload *call, SoupSession *session, gpoi
     case SOUP_STATUS_CONFLICT:
         g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT, "%s", reason);
         return VR_SENDER_FAILED;
-    case SOUP_STATUS_NOT_FOUND:
-        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NOT_FOUND,
-                    "the replica refused %s: 404 %s", call->uri, reason);
-        return VR_SENDER_FAILED;
     default:
-        break;
+        /* A 500 is the failover's own failure (undone on the replica): final, not retried. */
+        return vr_sender_refused(call, status, reason, true, error);
     }
-    if (SOUP_STATUS_IS_SERVER_ERROR(status) && status != SOUP_STATUS_NOT_IMPLEMENTED &&
-        status != SOUP_STATUS_INTERNAL_SERVER_ERROR) {
-        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
-                    "the replica failed: %u %s", status, reason);
-        return status == SOUP_STATUS_SERVICE_UNAVAILABLE ? VR_SENDER_BUSY : VR_SENDER_RETRY;
-    }
-    /* A 500 is the failover's own failure (undone on the replica): final, not retried. */
-    g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED, "the replica refused %s: %u %s",
-                call->uri, status, reason);
-    return VR_SENDER_FAILED;
 }
 
 bool
