@@ -23,7 +23,8 @@ check() {
     shift
     if "$@"; then tap_ok "$what"; else tap_fail "$what"; fi
 }
-diag() { printf '%s\n' "$@" | sed '/^$/d; s/^/# /'; }
+# diag LINE...: TAP comments, also on stderr, which is what meson shows of a failed test.
+diag() { printf '%s\n' "$@" | sed '/^$/d; s/^/# /' | tee /dev/stderr; }
 skip_all() {
     echo "1..0 # SKIP $1"
     exit 0
@@ -54,9 +55,28 @@ tap_make_pki() {
     esac
 }
 
-# tap_free_port: a TCP port free on 127.0.0.1 now.
+# tap_free_port VAR: sets VAR to a TCP port that is free on 127.0.0.1 and reserved for this
+# test until it exits. The port is below the kernel's ephemeral range (32768 and up), so no
+# outgoing connection and no other bind(0) can take it meanwhile, and it is locked (flock on
+# a file under /tmp/vr-test-ports, held by this shell) against the tests running beside this
+# one. A port handed out by bind(0) and bound later by the daemon was taken in between once.
 tap_free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    local p fd dir=${TMPDIR:-/tmp}/vr-test-ports
+    mkdir -p "$dir"
+    for _ in $(seq 500); do
+        p=$((20000 + RANDOM % 12000))
+        exec {fd}>"$dir/$p" || continue
+        if flock -n "$fd" && python3 -c 'import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()' "$p" 2>/dev/null; then
+            printf -v "$1" %s "$p"
+            return 0
+        fi
+        exec {fd}>&-
+    done
+    echo "tap_free_port: no free port in 20000-31999" >&2
+    return 1
 }
 
 # tap_api SOCKET METHOD PATH [BODY]: a request to a virt-replicad API socket (vr-api.py);

@@ -47,7 +47,7 @@ fi
 command -v python3 >/dev/null || skip_all "python3 is needed (JSON checks)"
 
 rsock=$work/replica.sock
-port=$(tap_free_port)
+tap_free_port port || exit 1
 mkdir -p "$work/dc1" "$work/store1" "$work/store2"
 
 # replica_conf EXTRA...: the replica's configuration, [replica] lines then EXTRA lines.

@@ -48,7 +48,7 @@ command -v python3 >/dev/null || skip_all "python3 is needed (JSON checks)"
 rsock=$work/replica.sock
 psock=$work/primary.sock
 mkdir -p "$work/storage"
-port=$(tap_free_port)
+tap_free_port port || exit 1
 
 # The replica role; libvirt unreachable, so the primary role is off.
 cat >"$work/replica.conf" <<EOF

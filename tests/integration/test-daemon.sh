@@ -35,7 +35,7 @@ state=$work/state
 storage=$work/storage
 mkdir -p "$storage"
 # A free port on loopback for the replica receiver.
-port=$(tap_free_port)
+tap_free_port port || exit 1
 
 cat >"$work/replica.conf" <<EOF
 [daemon]

@@ -34,7 +34,7 @@ tap_need_libvirt || skip_all "$tap_no_libvirt"
 pki=$work/pki
 tap_make_pki "$pki"
 
-port=$(tap_free_port)
+tap_free_port port || exit 1
 # A replica host and a primary host; both daemons reach the one libvirtd, so the standby
 # gets its own name ("%n-replica").
 tap_pair_conf

@@ -39,7 +39,7 @@ tap_need_libvirt || skip_all "$tap_no_libvirt"
 pki=$work/pki
 tap_make_pki "$pki"
 
-port=$(tap_free_port)
+tap_free_port port || exit 1
 tap_pair_conf
 
 api() { tap_api "$@"; }

@@ -38,7 +38,7 @@ tap_need_libvirt || skip_all "$tap_no_libvirt"
 pki=$work/pki
 tap_make_pki "$pki"
 
-port=$(tap_free_port)
+tap_free_port port || exit 1
 tap_pair_conf
 # Networks at failover and failover TCP/IP (docs/failover.md): the NIC's network is mapped
 # to one this host lacks; its address cannot be pushed (no guest agent).

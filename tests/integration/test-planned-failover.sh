@@ -50,8 +50,8 @@ tap_need_libvirt || skip_all "$tap_no_libvirt"
 pki=$work/pki
 tap_make_pki "$pki"
 
-port=$(tap_free_port)
-port_a=$(tap_free_port)
+tap_free_port port || exit 1
+tap_free_port port_a || exit 1
 tap_pair_conf
 # Both hosts in both roles: certificates with both EKUs, and A's replica role.
 sed -i "s|$pki/server-ok|$pki/both-replica|g" "$work/replica.conf"
