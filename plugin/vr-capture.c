@@ -99,6 +99,7 @@ struct _VrCaptureCycle {
     /* Spools are written as wire streams directly (vr_capture_cycle_set_stream()). */
     char *stream_relationship; /* NULL: spools (vr-spool.h) */
     uint64_t stream_epoch;
+    VrSenderFeed *stream_feed; /* follows the next stream (vr_capture_cycle_set_feed()), or NULL */
 };
 
 /* ---- names -------------------------------------------------------------------------- */
@@ -409,6 +410,12 @@ vr_capture_cycle_set_stream(VrCaptureCycle *cycle, const char *relationship, uin
     g_free(cycle->stream_relationship);
     cycle->stream_relationship = g_strdup(relationship);
     cycle->stream_epoch = epoch;
+}
+
+void
+vr_capture_cycle_set_feed(VrCaptureCycle *cycle, VrSenderFeed *feed)
+{
+    cycle->stream_feed = feed;
 }
 
 void
@@ -1356,9 +1363,11 @@ vr_capture_spool_new(VrCaptureCycle *cycle, VrCaptureCycleDisk *d, uint32_t flag
     header.cycle = cycle->cycle;
     if (cycle->stream_relationship != NULL) {
         VrShipIdentity id = { cycle->stream_relationship, cycle->stream_epoch };
+        VrSenderFeed *feed = g_steal_pointer(&cycle->stream_feed); /* this stream's only */
 
         writer->stream = vr_ship_writer_new(path, &header, &id, error);
-        return writer->stream != NULL;
+        return writer->stream != NULL &&
+               (feed == NULL || vr_ship_writer_set_feed(writer->stream, feed, error));
     }
     writer->spool = vr_spool_writer_new(path, &header, error);
     return writer->spool != NULL;

@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "vr-qmp-client.h"
+#include "vr-sender.h"
 #include "vr-spool.h"
 
 G_BEGIN_DECLS
@@ -189,6 +190,14 @@ bool vr_capture_cycle_spool_resync(VrCaptureCycle *cycle, guint index, const cha
  * stream, sync it again): the records are encoded as they are read.
  */
 void vr_capture_cycle_set_stream(VrCaptureCycle *cycle, const char *relationship, uint64_t epoch);
+
+/*
+ * The stream of the next spool (with vr_capture_cycle_set_stream()) is uploaded while it is
+ * written: its writer tells @feed (borrowed) as vr_ship_writer_set_feed() says. For that
+ * spool only; a spool that fails before its stream exists leaves @feed untouched (the caller
+ * fails it).
+ */
+void vr_capture_cycle_set_feed(VrCaptureCycle *cycle, VrSenderFeed *feed);
 
 /*
  * Progress of a spool: called on the spooling thread after each chunk taken, with the disk

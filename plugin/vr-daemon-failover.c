@@ -136,22 +136,38 @@ rollback:
     return false;
 }
 
-bool
-vr_daemon_failover_reverse(const VrSchedulerReverse *reverse, gpointer user_data, GError **error)
+/* The reverse set-up of the scheduler's planned failover ended: its boolean task. */
+static void
+vr_daemon_failover_reverse_done(GObject *source, GAsyncResult *result, gpointer data)
+{
+    GTask *task = data;
+    g_autoptr(GError) error = NULL;
+    json_object *answer = vr_failover_reverse_adopt_finish(NULL, result, &error);
+
+    if (answer == NULL)
+        g_task_return_error(task, g_steal_pointer(&error));
+    else
+        g_task_return_boolean(task, TRUE);
+    json_object_put(answer);
+    g_object_unref(task);
+}
+
+void
+vr_daemon_failover_reverse(const VrSchedulerReverse *reverse, gpointer user_data,
+                           GAsyncReadyCallback callback, gpointer callback_data)
 {
     VrDaemonPlanned *planned = user_data;
-    json_object *result;
+    GTask *task = g_task_new(NULL, NULL, callback, callback_data);
 
     if (planned->failover == NULL) {
-        g_set_error(error, VR_FAILOVER_ERROR, VR_FAILOVER_ERROR_FAILED,
-                    "this host has no replica role with libvirt");
-        return false;
+        g_task_return_new_error(task, VR_FAILOVER_ERROR, VR_FAILOVER_ERROR_FAILED,
+                                "this host has no replica role with libvirt");
+        g_object_unref(task);
+        return;
     }
-    result = vr_failover_reverse_adopt(planned->failover, reverse->relationship, reverse->domain,
-                                       reverse->peer, reverse->cycle, reverse->epoch,
-                                       reverse->disks, reverse->digests, error);
-    json_object_put(result);
-    return result != NULL;
+    vr_failover_reverse_adopt_async(planned->failover, reverse->relationship, reverse->domain,
+                                    reverse->peer, reverse->cycle, reverse->epoch, reverse->disks,
+                                    reverse->digests, vr_daemon_failover_reverse_done, task);
 }
 
 bool
@@ -428,39 +444,78 @@ vr_daemon_failover_reverse_here(VrDaemonPlanned *planned, VrStateRelationship *r
     return g_steal_pointer(&result);
 }
 
-/* The old primary, back: its relationship becomes the replica role's, its disk the seed. */
-static json_object *
-vr_daemon_failover_reverse_accept(VrDaemonPlanned *planned, VrStateRelationship *rel,
-                                  json_object *request, GError **error)
+/* A request of replica-reverse --accept whose copies run: what its end needs. */
+typedef struct {
+    VrDaemonPlanned *planned;
+    char *relationship;
+} VrDaemonAccept;
+
+/* The old primary's reverse set-up ended: the scheduler lets go, the request's answer. */
+static void
+vr_daemon_failover_accept_done(GObject *source, GAsyncResult *result, gpointer data)
 {
-    g_autoptr(GError) local = NULL;
+    GTask *task = data;
+    VrDaemonAccept *accept = g_task_get_task_data(task);
+    GError *error = NULL;
+    json_object *answer = vr_failover_reverse_adopt_finish(NULL, result, &error);
+
+    if (answer == NULL) {
+        g_task_return_error(task, error);
+        g_object_unref(task);
+        return;
+    }
+    if (accept->planned->scheduler != NULL)
+        vr_scheduler_forget(accept->planned->scheduler, accept->relationship);
+    json_object_object_add(answer, "role", json_object_new_string("replica"));
+    json_object_object_add(answer, "state", json_object_new_string("Replicating"));
+    g_task_return_pointer(task, answer, vr_json_free);
+    g_object_unref(task);
+}
+
+static void
+vr_daemon_accept_free(gpointer data)
+{
+    VrDaemonAccept *accept = data;
+
+    g_free(accept->relationship);
+    g_free(accept);
+}
+
+/*
+ * The old primary, back: its relationship becomes the replica role's, its disk the seed.
+ * Ends @task (its copies run in the background), or false with @error, @task untouched.
+ */
+static bool
+vr_daemon_failover_reverse_accept(VrDaemonPlanned *planned, VrStateRelationship *rel,
+                                  json_object *request, GTask *task, GError **error)
+{
+    VrDaemonAccept *accept;
     g_autofree char *peer = NULL;
-    json_object *result;
     uint64_t epoch = rel->epoch;
 
-    if (planned->failover == NULL)
-        return vr_daemon_failover_reverse_failed(
+    if (planned->failover == NULL) {
+        vr_daemon_failover_reverse_failed(
             error, VR_FAILOVER_ERROR_CONFLICT,
             "this host has no replica role: the old primary becomes the replica");
-    if (planned->scheduler != NULL && vr_scheduler_is_running(planned->scheduler, rel->id))
-        return vr_daemon_failover_reverse_failed(error, VR_FAILOVER_ERROR_CONFLICT,
-                                                 "a cycle of '%s' runs: try again when it ended",
-                                                 rel->id);
+        return false;
+    }
+    if (planned->scheduler != NULL && vr_scheduler_is_running(planned->scheduler, rel->id)) {
+        vr_daemon_failover_reverse_failed(error, VR_FAILOVER_ERROR_CONFLICT,
+                                          "a cycle of '%s' runs: try again when it ended", rel->id);
+        return false;
+    }
     /* The new primary's certificate identity: by default the name this host sent to. */
     peer = g_strdup(vr_json_get_string(request, "primary") != NULL
                         ? vr_json_get_string(request, "primary")
                         : rel->peer);
-    result = vr_failover_reverse_adopt(planned->failover, rel->id, rel->domain_name, peer,
-                                       VR_REPLICA_STORE_SEED_CYCLE, epoch, NULL, NULL, &local);
-    if (result == NULL) {
-        g_propagate_error(error, g_steal_pointer(&local));
-        return NULL;
-    }
-    if (planned->scheduler != NULL)
-        vr_scheduler_forget(planned->scheduler, rel->id);
-    json_object_object_add(result, "role", json_object_new_string("replica"));
-    json_object_object_add(result, "state", json_object_new_string("Replicating"));
-    return result;
+    accept = g_new0(VrDaemonAccept, 1);
+    accept->planned = planned;
+    accept->relationship = g_strdup(rel->id);
+    g_task_set_task_data(task, accept, vr_daemon_accept_free);
+    vr_failover_reverse_adopt_async(planned->failover, rel->id, rel->domain_name, peer,
+                                    VR_REPLICA_STORE_SEED_CYCLE, epoch, NULL, NULL,
+                                    vr_daemon_failover_accept_done, task);
+    return true;
 }
 
 /* Whether @name is the domain @rel failed over to (its standby on this host). */
@@ -474,9 +529,11 @@ vr_daemon_failover_is_standby(const VrStateRelationship *rel, const char *name)
            g_strcmp0(vr_json_get_string(record, "domain"), name) == 0;
 }
 
-json_object *
-vr_daemon_failover_reverse_request(VrDaemonPlanned *planned, const char *name, json_object *request,
-                                   GError **error)
+/* The synchronous part of vr_daemon_failover_reverse_request_async(): NULL with @error
+ * when it failed, or the answer, or NULL without error when @task goes on (--accept). */
+static json_object *
+vr_daemon_failover_reverse_dispatch(VrDaemonPlanned *planned, const char *name,
+                                    json_object *request, GTask *task, GError **error)
 {
     g_autoptr(GPtrArray) list = vr_state_relationship_list(planned->state, error);
     json_object *accept = NULL;
@@ -503,7 +560,9 @@ vr_daemon_failover_reverse_request(VrDaemonPlanned *planned, const char *name, j
                 return vr_daemon_failover_reverse_failed(
                     error, VR_FAILOVER_ERROR_CONFLICT,
                     "'%s' is not replicated from this host: --accept is for the old primary", name);
-            return vr_daemon_failover_reverse_accept(planned, rel, request, error);
+            /* NULL either way: @error set, or the set-up ends @task later. */
+            vr_daemon_failover_reverse_accept(planned, rel, request, task, error);
+            return NULL;
         }
         if (rel->role != VR_STATE_ROLE_REPLICA)
             return vr_daemon_failover_reverse_failed(
@@ -515,4 +574,47 @@ vr_daemon_failover_reverse_request(VrDaemonPlanned *planned, const char *name, j
     }
     return vr_daemon_failover_reverse_failed(error, VR_FAILOVER_ERROR_NOT_FOUND,
                                              "no replication of '%s' on this host", name);
+}
+
+void
+vr_daemon_failover_reverse_request_async(VrDaemonPlanned *planned, const char *name,
+                                         json_object *request, GAsyncReadyCallback callback,
+                                         gpointer user_data)
+{
+    GTask *task = g_task_new(NULL, NULL, callback, user_data);
+    GError *error = NULL;
+    json_object *result = vr_daemon_failover_reverse_dispatch(planned, name, request, task, &error);
+
+    if (result != NULL)
+        g_task_return_pointer(task, result, vr_json_free);
+    else if (error != NULL)
+        g_task_return_error(task, error);
+    else
+        return; /* the reverse set-up's end returns it */
+    g_object_unref(task);
+}
+
+json_object *
+vr_daemon_failover_reverse_request_finish(GAsyncResult *result, GError **error)
+{
+    return g_task_propagate_pointer(G_TASK(result), error);
+}
+
+/* ---- reverse set-ups resumed at start ------------------------------------------------------ */
+
+/* A resumed set-up ended well: the relationship's row is the replica role's now. */
+static void
+vr_daemon_failover_resumed(const char *relationship, gpointer user_data)
+{
+    VrDaemonPlanned *planned = user_data;
+
+    if (planned->scheduler != NULL)
+        vr_scheduler_forget(planned->scheduler, relationship);
+}
+
+void
+vr_daemon_failover_resume(VrDaemonPlanned *planned)
+{
+    if (planned->failover != NULL)
+        vr_failover_reverse_resume(planned->failover, vr_daemon_failover_resumed, planned);
 }

@@ -56,10 +56,11 @@ json_object *vr_daemon_failover_planned(const char *relationship, const char *pe
 
 /*
  * The scheduler's reverse handler (VrSchedulerReverseFunc, @user_data the VrDaemonPlanned):
- * this host, the old primary, becomes the replica (vr_failover_reverse_adopt()).
+ * this host, the old primary, becomes the replica (vr_failover_reverse_adopt_async(): the
+ * copies in the background, @callback on the main context when it ended).
  */
-bool vr_daemon_failover_reverse(const VrSchedulerReverse *reverse, gpointer user_data,
-                                GError **error);
+void vr_daemon_failover_reverse(const VrSchedulerReverse *reverse, gpointer user_data,
+                                GAsyncReadyCallback callback, gpointer callback_data);
 
 /*
  * POST /v1/relationships/{x}/reverse (replica-reverse, docs/failover.md): on a host that
@@ -68,9 +69,21 @@ bool vr_daemon_failover_reverse(const VrSchedulerReverse *reverse, gpointer user
  * hash resynchronization first. On the old primary, {"accept": true, "primary": identity}
  * (the identity defaults to the relationship's server name): its shut-off domain becomes
  * the standby, its disk the seed (point 1 at its epoch), the relationship the replica
- * role's. Errors of VR_FAILOVER_ERROR. (transfer full)
+ * role's; that copy runs in the background (the main loop goes on) and @callback gets the
+ * answer when it ended; a second --accept of the same relationship meanwhile fails with
+ * VR_FAILOVER_ERROR_BUSY. The result of _finish() (transfer full), or NULL with an error of
+ * VR_FAILOVER_ERROR. Called from the main context.
  */
-json_object *vr_daemon_failover_reverse_request(VrDaemonPlanned *planned, const char *name,
-                                                json_object *request, GError **error);
+void vr_daemon_failover_reverse_request_async(VrDaemonPlanned *planned, const char *name,
+                                              json_object *request, GAsyncReadyCallback callback,
+                                              gpointer user_data);
+json_object *vr_daemon_failover_reverse_request_finish(GAsyncResult *result, GError **error);
+
+/*
+ * At the daemon's start, once the scheduler's reverse handler is set: the reverse set-ups
+ * that a stop interrupted are finished (vr_failover_reverse_resume()); the scheduler lets go
+ * of each relationship whose set-up ended well. Nothing without the replica role.
+ */
+void vr_daemon_failover_resume(VrDaemonPlanned *planned);
 
 G_END_DECLS

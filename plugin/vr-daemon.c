@@ -467,12 +467,41 @@ vr_daemon_post_relationship(VrDaemon *daemon, SoupServerMessage *msg)
         soup_server_message_set_status(msg, SOUP_STATUS_CREATED, NULL);
 }
 
+/*
+ * Whether the relationship @name is becoming the replica here (the reverse set-up copies
+ * its disks): then @msg is answered 409 busy, no @what: a cycle would read the seed's image,
+ * a disable or planned failover would be undone by the set-up's end.
+ */
+static bool
+vr_daemon_reverse_busy(VrDaemon *daemon, SoupServerMessage *msg, const char *name, const char *what)
+{
+    g_autoptr(VrStateRelationship) rel = vr_daemon_find(daemon, name, NULL);
+
+    if (rel == NULL || !vr_failover_reverse_running(daemon->failover, rel->id))
+        return false;
+    vr_daemon_reply_error(msg, SOUP_STATUS_CONFLICT, "busy",
+                          "'%s' is becoming the replica of its relationship (its disks are "
+                          "being copied): no %s",
+                          name, what);
+    return true;
+}
+
+/* The scheduler's VrSchedulerReversingFunc: no cycle of a relationship being reversed. */
+static bool
+vr_daemon_reversing(const char *id, gpointer user_data)
+{
+    VrDaemon *daemon = user_data;
+
+    return vr_failover_reverse_running(daemon->failover, id);
+}
+
 static void
 vr_daemon_delete_relationship(VrDaemon *daemon, SoupServerMessage *msg, const char *name)
 {
     g_autoptr(GError) error = NULL;
 
-    if (!vr_daemon_primary_role(daemon, msg))
+    if (!vr_daemon_primary_role(daemon, msg) ||
+        vr_daemon_reverse_busy(daemon, msg, name, "disable"))
         return;
     if (!vr_scheduler_disable(daemon->scheduler, name, &error)) {
         vr_daemon_reply_scheduler_error(msg, error);
@@ -518,7 +547,9 @@ vr_daemon_post_action(VrDaemon *daemon, SoupServerMessage *msg, const char *name
 {
     g_autoptr(GError) error = NULL;
 
-    if (!vr_daemon_primary_role(daemon, msg))
+    /* The old primary becomes the replica (its disks are copied): no cycle of it meanwhile,
+     * else the scheduler could not let go of it at the end. */
+    if (!vr_daemon_primary_role(daemon, msg) || vr_daemon_reverse_busy(daemon, msg, name, action))
         return;
     if (strcmp(action, "sync") == 0) {
         VrDaemonSync *sync = g_new0(VrDaemonSync, 1);
@@ -557,7 +588,8 @@ vr_daemon_post_planned_failover(VrDaemon *daemon, SoupServerMessage *msg, const 
     SoupMessageBody *body = soup_server_message_get_request_body(msg);
     VrDaemonSync *sync;
 
-    if (!vr_daemon_primary_role(daemon, msg))
+    if (!vr_daemon_primary_role(daemon, msg) ||
+        vr_daemon_reverse_busy(daemon, msg, name, "planned failover"))
         return;
     if (body->length == 0)
         request = json_object_new_object();
@@ -582,26 +614,58 @@ vr_daemon_post_planned_failover(VrDaemon *daemon, SoupServerMessage *msg, const 
                                         sync);
 }
 
-/* POST /v1/relationships/{x}/reverse: replica-reverse (vr-daemon-failover.h). */
+/* The end of a paused replica-reverse request (the seed copies of --accept ran meanwhile). */
+static void
+vr_daemon_reverse_done(GObject *source, GAsyncResult *result, gpointer data)
+{
+    VrDaemonSync *sync = data;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(json_object) body = vr_daemon_failover_reverse_request_finish(result, &error);
+    const char *name = g_object_get_data(G_OBJECT(sync->msg), "vr-reverse-name");
+
+    if (body == NULL)
+        g_warning("reverse of '%s': %s", name, error->message);
+    /* The daemon stops: the API server goes next, the client sees its connection closed. */
+    if (!sync->daemon->stopping) {
+        if (body != NULL) {
+            vr_daemon_reply_json(sync->msg, SOUP_STATUS_OK, body);
+        } else {
+            guint status;
+            const char *code = vr_failover_error_code(error, &status);
+
+            vr_daemon_reply_error(sync->msg, status, code, "%s", error->message);
+        }
+        soup_server_message_unpause(sync->msg);
+    }
+    g_object_unref(sync->msg);
+    g_free(sync);
+}
+
+/*
+ * POST /v1/relationships/{x}/reverse: replica-reverse (vr-daemon-failover.h), answered when
+ * it is done: --accept copies every disk first, in the background.
+ */
 static void
 vr_daemon_post_reverse(VrDaemon *daemon, SoupServerMessage *msg, const char *name)
 {
     g_autoptr(json_object) request = NULL;
-    g_autoptr(json_object) result = NULL;
-    g_autoptr(GError) error = NULL;
+    VrDaemonSync *sync;
 
     if ((request = vr_daemon_request_json(msg)) == NULL)
         return;
-    result = vr_daemon_failover_reverse_request(&daemon->planned, name, request, &error);
-    if (result == NULL) {
-        guint status;
-        const char *code = vr_failover_error_code(error, &status);
-
-        g_warning("reverse of '%s': %s", name, error->message);
-        vr_daemon_reply_error(msg, status, code, "%s", error->message);
+    /* No new set-up once the daemon stops: nothing would wait for its copies to end. */
+    if (daemon->stopping) {
+        vr_daemon_reply_error(msg, SOUP_STATUS_SERVICE_UNAVAILABLE, "busy",
+                              "the daemon stops: try again when it runs again");
         return;
     }
-    vr_daemon_reply_json(msg, SOUP_STATUS_OK, result);
+    sync = g_new0(VrDaemonSync, 1);
+    sync->daemon = daemon;
+    sync->msg = g_object_ref(msg);
+    g_object_set_data_full(G_OBJECT(msg), "vr-reverse-name", g_strdup(name), g_free);
+    soup_server_message_pause(msg);
+    vr_daemon_failover_reverse_request_async(&daemon->planned, name, request,
+                                             vr_daemon_reverse_done, sync);
 }
 
 /* POST /v1/imports: replica-import (vr-daemon-import.h). */
@@ -1061,6 +1125,10 @@ vr_daemon_new(VrConfig *config, GError **error)
     if (daemon->scheduler != NULL)
         vr_scheduler_set_reverse_handler(daemon->scheduler, vr_daemon_failover_reverse,
                                          &daemon->planned);
+    if (daemon->scheduler != NULL)
+        vr_scheduler_set_reversing_func(daemon->scheduler, vr_daemon_reversing, daemon);
+    /* Reverse set-ups a stop interrupted end once the loop runs (vr-daemon-failover.h). */
+    vr_daemon_failover_resume(&daemon->planned);
     g_info("started: API on '%s', state in '%s'%s", daemon->socket_path, db,
            daemon->receiver != NULL ? ", replica role on" : "");
     return g_steal_pointer(&daemon);
@@ -1102,9 +1170,14 @@ vr_daemon_free(VrDaemon *daemon)
     daemon->stopping = true;
     /* Before the context is iterated below: a running import is aborted, not finished. */
     g_clear_pointer(&daemon->imports, vr_daemon_imports_free);
+    /* The reverse set-ups' copies are killed, their ends run now (a planned failover's in
+     * the scheduler among them), while everything they use is still here. */
+    vr_failover_reverse_stop(daemon->failover);
     /* Running cycles end (their teardown runs) before anything they use goes; the waiting
      * syncs' callbacks run now, while the daemon is still here. */
     g_clear_pointer(&daemon->scheduler, vr_scheduler_free);
+    /* A set-up's end that runs from here on must not reach the freed scheduler. */
+    daemon->planned.scheduler = NULL;
     while (g_main_context_iteration(context, FALSE))
         ;
     /* The receiver first: it aborts its transfers into the sink's stores. */

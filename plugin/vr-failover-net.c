@@ -32,6 +32,13 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(virNetwork, virNetworkFree)
  * keep a thread for 5 commands x 10 s x its NICs.
  */
 #define VR_FAILOVER_NET_ATTEMPT_S 60
+/*
+ * A pending push is resumed at most this many times by daemon starts: a push that kills
+ * the daemon (or a daemon killed again and again meanwhile) is given up, not retried forever.
+ */
+#define VR_FAILOVER_NET_RESUME_MAX 3
+/* The kind of a pending push's intent in the state database: this and the record's name. */
+#define VR_FAILOVER_NET_INTENT "guest-ip:"
 
 /* ---- libxml2 helpers ------------------------------------------------------------------ */
 
@@ -412,6 +419,7 @@ typedef struct {
     GPtrArray *ifaces;    /* VrConfigInterface, copies: a request's are gone after the start */
     GCancellable *cancel; /* of the running attempt: the watcher is freed */
     VrNetToken *token;
+    json_object *resumed; /* {"count", "time"} when a daemon start resumed it, else NULL */
 } VrNetWatcher;
 
 /*
@@ -486,6 +494,8 @@ vr_net_watcher_free(gpointer data)
     vr_net_token_unref(w->token);
     if (w->ifaces != NULL)
         g_ptr_array_unref(w->ifaces);
+    if (w->resumed != NULL)
+        json_object_put(w->resumed);
     g_free(w->name);
     g_free(w->relationship);
     g_free(w->record);
@@ -940,6 +950,68 @@ vr_net_record_state(VrFailoverNet *net, const char *relationship, const char *re
         g_debug("failover TCP/IP of '%s' not recorded: %s", relationship, local->message);
 }
 
+/* ---- the intent: a pending push survives a daemon restart ------------------------------ */
+
+static char *
+vr_net_intent_kind(const char *record)
+{
+    return g_strconcat(VR_FAILOVER_NET_INTENT, record, NULL);
+}
+
+static void
+vr_net_intent_delete(VrFailoverNet *net, const char *relationship, const char *record)
+{
+    g_autofree char *kind = vr_net_intent_kind(record);
+    g_autoptr(GError) local = NULL;
+
+    if (net->state != NULL && !vr_state_intent_delete(net->state, relationship, kind, &local))
+        g_debug("failover TCP/IP of '%s': its intent stays: %s", relationship, local->message);
+}
+
+/*
+ * The intent of @w's push, before its first attempt: what a daemon start needs to resume
+ * it (docs/failover.md, "Failover TCP/IP"): the domain, the interfaces' settings (a
+ * request's are gone after the start), the end of the wait (wall clock), the resumes so far.
+ */
+static void
+vr_net_intent_put(VrFailoverNet *net, const VrNetWatcher *w, int64_t deadline, int64_t resumes)
+{
+    g_autoptr(json_object) data = json_object_new_object();
+    g_autoptr(GError) local = NULL;
+    g_autofree char *kind = vr_net_intent_kind(w->record);
+    json_object *ifaces = json_object_new_array();
+
+    if (net->state == NULL)
+        return;
+    json_object_object_add(data, "domain", json_object_new_string(w->name));
+    json_object_object_add(data, "uuid", json_object_new_string(w->uuid));
+    json_object_object_add(data, "deadline", json_object_new_int64(deadline));
+    json_object_object_add(data, "resumes", json_object_new_int64(resumes));
+    json_object_object_add(data, "interfaces", ifaces);
+    for (guint i = 0; i < w->ifaces->len; i++) {
+        const VrConfigInterface *iface = w->ifaces->pdata[i];
+        const char *pairs[][2] = {
+            { "mac", iface->mac },
+            { "ipv4", iface->ipv4 },
+            { "ipv4-gateway", iface->ipv4_gateway },
+            { "ipv6", iface->ipv6 },
+            { "ipv6-gateway", iface->ipv6_gateway },
+            { "dns", iface->dns },
+        };
+        json_object *item = json_object_new_object();
+
+        for (guint k = 0; k < G_N_ELEMENTS(pairs); k++) {
+            if (pairs[k][1] != NULL)
+                json_object_object_add(item, pairs[k][0], json_object_new_string(pairs[k][1]));
+        }
+        json_object_array_add(ifaces, item);
+    }
+    if (!vr_state_intent_put(net->state, w->relationship, kind,
+                             json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN), &local))
+        g_warning("failover TCP/IP of '%s': a restart of the daemon will not resume it: %s",
+                  w->name, local->message);
+}
+
 /* One attempt of a watcher, in its worker thread: copies of what it needs, and the outcome. */
 typedef struct {
     virConnectPtr conn; /* a reference: the watcher may go first */
@@ -1008,12 +1080,16 @@ vr_net_watch_finish(VrNetWatcher *w, json_object *guest_ip)
             rel != NULL ? json_tokener_parse(rel->config != NULL ? rel->config : "{}") : NULL;
         json_object *rec = NULL, *recorded = NULL;
 
+        if (w->resumed != NULL)
+            json_object_object_add(guest_ip, "resumed", json_object_get(w->resumed));
         if (config != NULL && json_object_object_get_ex(config, w->record, &rec) &&
             json_object_object_get_ex(rec, "network", &recorded)) {
             json_object_object_add(recorded, "guest_ip", json_object_get(guest_ip));
             vr_net_record_state(net, w->relationship, w->record, w->name, recorded);
         }
     }
+    /* Recorded: nothing is left for a daemon start to resume. */
+    vr_net_intent_delete(net, w->relationship, w->record);
     g_ptr_array_remove(net->watchers, w);
 }
 
@@ -1066,6 +1142,61 @@ vr_net_watch(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
+/* The watcher and the intent of an earlier push under @record of @relationship: gone. */
+static void
+vr_net_forget(VrFailoverNet *net, const char *relationship, const char *record)
+{
+    for (guint i = net->watchers->len; i-- > 0;) {
+        VrNetWatcher *old = net->watchers->pdata[i];
+
+        if (g_str_equal(old->relationship, relationship) && g_str_equal(old->record, record))
+            g_ptr_array_remove_index(net->watchers, i);
+    }
+    vr_net_intent_delete(net, relationship, record);
+}
+
+/*
+ * A watcher for the push into @dom of @ifaces (copied), recorded under @record of
+ * @relationship, for @wait seconds (from now: a resumed one gets what is left); its intent
+ * stored first. @connected: the first attempt at once, else in 2 s. @resumed (transfer
+ * full, or NULL): the resume it comes from.
+ */
+static void
+vr_net_watcher_start(VrFailoverNet *net, virDomainPtr dom, const char *relationship,
+                     const char *record, GPtrArray *ifaces, gint64 wait, bool connected,
+                     json_object *resumed)
+{
+    VrNetWatcher *w = g_new0(VrNetWatcher, 1);
+    json_object *count = NULL;
+
+    /* The caller forgot the earlier watcher and intent of @record (once per push). */
+    w->net = net;
+    virDomainGetUUIDString(dom, w->uuid);
+    w->name = g_strdup(virDomainGetName(dom));
+    w->relationship = g_strdup(relationship);
+    w->record = g_strdup(record);
+    w->deadline = g_get_monotonic_time() + wait * G_USEC_PER_SEC;
+    w->ifaces = g_ptr_array_new_with_free_func(vr_net_iface_free);
+    for (guint i = 0; i < ifaces->len; i++)
+        g_ptr_array_add(w->ifaces, vr_net_iface_copy(ifaces->pdata[i]));
+    w->cancel = g_cancellable_new();
+    w->token = g_new0(VrNetToken, 1);
+    w->token->ref = 1;
+    w->token->watcher = w;
+    w->resumed = resumed;
+    g_ptr_array_add(net->watchers, w);
+    json_object_object_get_ex(resumed, "count", &count);
+    vr_net_intent_put(net, w, g_get_real_time() / G_USEC_PER_SEC + wait,
+                      count != NULL ? json_object_get_int64(count) : 0);
+    if (connected) {
+        vr_net_watch(w);
+    } else {
+        w->source = g_timeout_source_new_seconds(VR_FAILOVER_NET_RETRY_S);
+        g_source_set_callback(w->source, vr_net_watch, w, NULL);
+        g_source_attach(w->source, g_main_context_get_thread_default());
+    }
+}
+
 void
 vr_failover_net_guest_ip(VrFailoverNet *net, virDomainPtr dom, const char *relationship,
                          const char *record, json_object *report)
@@ -1075,6 +1206,8 @@ vr_failover_net_guest_ip(VrFailoverNet *net, virDomainPtr dom, const char *relat
     json_object *guest_ip = json_object_new_object();
     guint wait = net->config != NULL ? net->config->replica.guest_agent_wait : 0;
 
+    /* A push of an earlier failover of this relationship has nothing to do any more. */
+    vr_net_forget(net, relationship, record);
     json_object_object_add(report, "guest_ip", guest_ip);
     if (ifaces->len == 0) {
         vr_net_set(guest_ip, VR_FAILOVER_NET_IP_NONE,
@@ -1099,7 +1232,6 @@ vr_failover_net_guest_ip(VrFailoverNet *net, virDomainPtr dom, const char *relat
          * is tried at once; the outcome goes into the state database.
          */
         bool connected = g_str_equal(channel, "connected");
-        VrNetWatcher *w = g_new0(VrNetWatcher, 1);
         g_autofree char *reason = connected ? g_strdup("the guest agent is being asked (channel "
                                                        "org.qemu.guest_agent.0: connected)")
                                             : g_strdup_printf("no guest agent answers (channel "
@@ -1110,37 +1242,164 @@ vr_failover_net_guest_ip(VrFailoverNet *net, virDomainPtr dom, const char *relat
                                        VR_FAILOVER_NET_RETRY_S, wait)
                      : g_strdup_printf("%s; the outcome is recorded in the state database", reason);
 
-        /* A watcher of an earlier failover of this relationship has nothing to do. */
-        for (guint i = net->watchers->len; i-- > 0;) {
-            VrNetWatcher *old = net->watchers->pdata[i];
-
-            if (g_str_equal(old->relationship, relationship) && g_str_equal(old->record, record))
-                g_ptr_array_remove_index(net->watchers, i);
-        }
         vr_net_set(guest_ip, VR_FAILOVER_NET_IP_PENDING, why);
-        w->net = net;
-        virDomainGetUUIDString(dom, w->uuid);
-        w->name = g_strdup(virDomainGetName(dom));
-        w->relationship = g_strdup(relationship);
-        w->record = g_strdup(record);
-        w->deadline = g_get_monotonic_time() + (gint64)wait * G_USEC_PER_SEC;
-        w->ifaces = g_ptr_array_new_with_free_func(vr_net_iface_free);
-        for (guint i = 0; i < ifaces->len; i++)
-            g_ptr_array_add(w->ifaces, vr_net_iface_copy(ifaces->pdata[i]));
-        w->cancel = g_cancellable_new();
-        w->token = g_new0(VrNetToken, 1);
-        w->token->ref = 1;
-        w->token->watcher = w;
-        g_ptr_array_add(net->watchers, w);
-        if (connected) {
-            vr_net_watch(w);
-        } else {
-            w->source = g_timeout_source_new_seconds(VR_FAILOVER_NET_RETRY_S);
-            g_source_set_callback(w->source, vr_net_watch, w, NULL);
-            g_source_attach(w->source, g_main_context_get_thread_default());
-        }
+        vr_net_watcher_start(net, dom, relationship, record, ifaces, wait, connected, NULL);
     }
     vr_net_record_state(net, relationship, record, virDomainGetName(dom), report);
+}
+
+/* ---- resuming after a restart ------------------------------------------------------------ */
+
+/* The interfaces of an intent's data, as the configuration would give them. */
+static GPtrArray *
+vr_net_intent_ifaces(json_object *data)
+{
+    GPtrArray *out = g_ptr_array_new_with_free_func(vr_net_iface_free);
+    json_object *list = NULL;
+
+    json_object_object_get_ex(data, "interfaces", &list);
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        json_object *item = json_object_array_get_idx(list, i);
+        VrConfigInterface *iface = g_new0(VrConfigInterface, 1);
+
+        iface->mac = g_strdup(vr_json_get_string(item, "mac"));
+        iface->ipv4 = g_strdup(vr_json_get_string(item, "ipv4"));
+        iface->ipv4_gateway = g_strdup(vr_json_get_string(item, "ipv4-gateway"));
+        iface->ipv6 = g_strdup(vr_json_get_string(item, "ipv6"));
+        iface->ipv6_gateway = g_strdup(vr_json_get_string(item, "ipv6-gateway"));
+        iface->dns = g_strdup(vr_json_get_string(item, "dns"));
+        if (iface->mac == NULL)
+            vr_net_iface_free(iface);
+        else
+            g_ptr_array_add(out, iface);
+    }
+    return out;
+}
+
+/*
+ * The guest_ip of @record of @relationship for domain @name replaced by @guest_ip (the
+ * mapping of the start stays beside it). False: no such record (failed back, cancelled).
+ */
+static bool
+vr_net_record_guest_ip(VrFailoverNet *net, const char *relationship, const char *record,
+                       const char *name, json_object *guest_ip)
+{
+    g_autoptr(VrStateRelationship) rel = vr_state_relationship_get(net->state, relationship, NULL);
+    g_autoptr(json_object) config =
+        rel != NULL ? json_tokener_parse(rel->config != NULL ? rel->config : "{}") : NULL;
+    json_object *rec = NULL, *network = NULL;
+
+    if (config == NULL || !json_object_object_get_ex(config, record, &rec) ||
+        g_strcmp0(vr_json_get_string(rec, "domain"), name) != 0)
+        return false;
+    if (!json_object_object_get_ex(rec, "network", &network)) {
+        network = json_object_new_object();
+        json_object_object_add(rec, "network", network);
+    }
+    json_object_object_add(network, "guest_ip", json_object_get(guest_ip));
+    vr_net_record_state(net, relationship, record, name, network);
+    return true;
+}
+
+/* One intent left by the daemon before this start: resumed, or abandoned with a reason. */
+static void
+vr_net_resume_one(VrFailoverNet *net, const VrStateIntent *intent)
+{
+    const char *record = intent->kind + strlen(VR_FAILOVER_NET_INTENT);
+    g_autoptr(json_object) data = json_tokener_parse(intent->data);
+    g_autoptr(json_object) guest_ip = json_object_new_object();
+    g_autoptr(json_object) resumed = json_object_new_object();
+    g_autoptr(virDomain) dom = NULL;
+    g_autoptr(GPtrArray) ifaces = NULL;
+    g_autofree char *reason = NULL;
+    g_autofree char *channel = NULL;
+    const char *name = vr_json_get_string(data, "domain");
+    const char *uuid = vr_json_get_string(data, "uuid");
+    json_object *value = NULL;
+    int64_t resumes = 0, deadline = 0, now = g_get_real_time() / G_USEC_PER_SEC;
+
+    if (json_object_object_get_ex(data, "resumes", &value))
+        resumes = json_object_get_int64(value);
+    if (json_object_object_get_ex(data, "deadline", &value))
+        deadline = json_object_get_int64(value);
+    if (name == NULL || uuid == NULL) {
+        g_warning("failover TCP/IP of relationship '%s': its intent does not parse; dropped",
+                  intent->relationship);
+        vr_net_intent_delete(net, intent->relationship, record);
+        return;
+    }
+    dom = virDomainLookupByUUIDString(net->conn, uuid);
+    json_object_object_add(resumed, "count", json_object_new_int64(resumes + 1));
+    json_object_object_add(resumed, "time", json_object_new_int64(now));
+    if (dom == NULL || virDomainIsActive(dom) != 1)
+        reason = g_strdup_printf("the daemon restarted while it was pending, and domain '%s' no "
+                                 "longer runs",
+                                 name);
+    else if (resumes >= VR_FAILOVER_NET_RESUME_MAX)
+        reason = g_strdup_printf("the daemon restarted %" G_GINT64_FORMAT " times while it was "
+                                 "pending: given up",
+                                 resumes + 1);
+    if (reason != NULL) {
+        vr_net_set(guest_ip, VR_FAILOVER_NET_IP_ABANDONED, reason);
+        json_object_object_add(guest_ip, "resumed", json_object_get(resumed));
+        if (!vr_net_record_guest_ip(net, intent->relationship, record, name, guest_ip))
+            g_message("failover TCP/IP of '%s' abandoned: %s; its %s is over (failed back or "
+                      "cancelled)",
+                      name, reason, record);
+        else
+            g_message("failover TCP/IP of '%s' abandoned: %s", name, reason);
+        vr_net_intent_delete(net, intent->relationship, record);
+        return;
+    }
+    /*
+     * Running: it is the failed-over domain while the record still names it, or the
+     * relationship does (a planned failover with reverse replication made the row the
+     * primary role's: no record, the outcome is logged only, as before the restart).
+     */
+    vr_net_set(guest_ip, VR_FAILOVER_NET_IP_PENDING,
+               "resumed after a restart of the daemon: the guest agent is asked again until "
+               "the wait that began at the failover ends");
+    json_object_object_add(guest_ip, "resumed", json_object_get(resumed));
+    if (!vr_net_record_guest_ip(net, intent->relationship, record, name, guest_ip)) {
+        g_autoptr(VrStateRelationship) rel =
+            vr_state_relationship_get(net->state, intent->relationship, NULL);
+
+        if (rel == NULL || g_strcmp0(rel->domain_name, name) != 0) {
+            g_message("failover TCP/IP of '%s' abandoned: the daemon restarted while it was "
+                      "pending, and its %s is over (failed back or cancelled)",
+                      name, record);
+            vr_net_intent_delete(net, intent->relationship, record);
+            return;
+        }
+    }
+    ifaces = vr_net_intent_ifaces(data);
+    channel = vr_guest_agent_channel_state(dom);
+    g_message(
+        "failover TCP/IP of '%s' resumed after a restart of the daemon (resume %" G_GINT64_FORMAT
+        ", %" G_GINT64_FORMAT " s of its wait left)",
+        name, resumes + 1, MAX(deadline - now, 0));
+    /* The intent is written again by the watcher, as for a push of a failover. */
+    vr_net_forget(net, intent->relationship, record);
+    vr_net_watcher_start(net, dom, intent->relationship, record, ifaces, MAX(deadline - now, 0),
+                         g_strcmp0(channel, "connected") == 0, g_steal_pointer(&resumed));
+}
+
+void
+vr_failover_net_resume(VrFailoverNet *net)
+{
+    g_autoptr(GError) local = NULL;
+    g_autoptr(GPtrArray) list = NULL;
+
+    if (net->state == NULL || net->conn == NULL)
+        return;
+    list = vr_state_intent_list(net->state, VR_FAILOVER_NET_INTENT, &local);
+    if (list == NULL) {
+        g_warning("failover TCP/IP pushes pending at the last stop are not resumed: %s",
+                  local->message);
+        return;
+    }
+    for (guint i = 0; i < list->len; i++)
+        vr_net_resume_one(net, list->pdata[i]);
 }
 
 json_object *

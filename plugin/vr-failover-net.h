@@ -60,6 +60,8 @@ G_BEGIN_DECLS
 #define VR_FAILOVER_NET_IP_APPLIED     "applied"
 #define VR_FAILOVER_NET_IP_FAILED      "failed"
 #define VR_FAILOVER_NET_IP_NOT_APPLIED "not-applied"
+/* A pending push the daemon's start could not resume (the domain stopped meanwhile). */
+#define VR_FAILOVER_NET_IP_ABANDONED "abandoned"
 
 /* Whether @kind ("network" or "bridge") @name can be connected to on this host. */
 typedef bool (*VrFailoverNetExistsFunc)(const char *kind, const char *name, gpointer data);
@@ -89,7 +91,10 @@ typedef struct _VrFailoverNet VrFailoverNet;
  * no failover TCP/IP. (transfer full)
  */
 VrFailoverNet *vr_failover_net_new(const VrConfig *config, virConnectPtr conn, VrState *state);
-/* Stops the watchers (what they have not recorded stays "pending" in the state). */
+/*
+ * Stops the watchers: what they have not recorded stays "pending" in the state, with its
+ * intent (vr_failover_net_resume()).
+ */
 void vr_failover_net_free(VrFailoverNet *net);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrFailoverNet, vr_failover_net_free)
 
@@ -130,6 +135,18 @@ void vr_failover_net_set_request(VrFailoverNet *net, const VrConfig *request);
  */
 void vr_failover_net_guest_ip(VrFailoverNet *net, virDomainPtr dom, const char *relationship,
                               const char *record, json_object *report);
+
+/*
+ * At the daemon's start: each push that was pending when the daemon last stopped (its
+ * intent in the state database, written before the first attempt and removed with the
+ * outcome) is resumed when its domain runs and its failover record (or, after a planned
+ * failover with reverse replication, the relationship's row) still names it: "guest_ip"
+ * becomes "pending" again with "resumed": {"count", "time"}, the watcher asks the agent for
+ * what is left of the wait (one attempt at least), and the outcome keeps "resumed". A domain
+ * that no longer runs, or a push resumed 3 times already: "abandoned" with the reason;
+ * neither naming it any more (failed back, cancelled): the intent is dropped with a notice.
+ */
+void vr_failover_net_resume(VrFailoverNet *net);
 
 /*
  * For the relationship status: {"failover": NETWORK, "test_failover": NETWORK} from the

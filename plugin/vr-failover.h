@@ -54,6 +54,7 @@
 
 #include <stdbool.h>
 
+#include <gio/gio.h>
 #include <glib.h>
 #include <json-c/json.h>
 #include <libvirt/libvirt.h>
@@ -74,6 +75,7 @@ typedef enum {
     VR_FAILOVER_ERROR_CONFLICT,  /* the relationship's state does not allow it (named) */
     VR_FAILOVER_ERROR_INVALID,   /* a bad argument (a point that is not a cycle number) */
     VR_FAILOVER_ERROR_FAILED,    /* libvirt, qemu-img, a store or the state failed */
+    VR_FAILOVER_ERROR_BUSY,      /* a reverse set-up of the relationship runs (409 busy) */
 } VrFailoverErrorCode;
 
 /* The relationship states a failover sets (VrStateRelationship.state). */
@@ -82,6 +84,9 @@ typedef enum {
 /* The standby marker's states besides VR_STANDBY_STATE_REPLICA. */
 #define VR_FAILOVER_MARKER_FAILED_OVER "failed-over"
 #define VR_FAILOVER_MARKER_TEST        "test"
+/* The guard of a domain whose reverse set-up runs (the scheduler's VR_SCHEDULER_MARKER_OLD_PRIMARY:
+ * the hook refuses to start it). */
+#define VR_FAILOVER_MARKER_OLD_PRIMARY "old-primary"
 /* Overlay names in a disk's directory. */
 #define VR_FAILOVER_OVERLAY      "failover.qcow2"
 #define VR_FAILOVER_TEST_OVERLAY "test-failover.qcow2"
@@ -100,9 +105,17 @@ typedef struct {
 typedef struct _VrFailover VrFailover;
 
 /*
- * Holds again the points of the test failovers the state database records (they survive a
- * daemon restart). A relationship whose stores cannot be opened is skipped (debug
- * message). (transfer full)
+ * First reconciles, for every replica relationship, its standby and test copy in libvirt
+ * with its row (a crash between a define and the state's write: failpoints
+ * failover-overlays, failover-defined, failover-recorded, failover-cancel-defined,
+ * failover-test-defined, failover-test-started, failover-test-cancel-undefined): forward
+ * when the domain runs or its overlays are whole, else back, each at warning
+ * (docs/failover.md, "Crash and restart"); never a standby the hook lets start while the
+ * row receives. Then holds again
+ * the points of the test failovers the state database records (they survive a daemon
+ * restart), and resumes the failover TCP/IP pushes that were pending at the last stop
+ * (vr_failover_net_resume()). A relationship whose standby or stores cannot be found is
+ * skipped (debug message). Call it before the receiver runs. (transfer full)
  */
 VrFailover *vr_failover_new(const VrFailoverConfig *config);
 void vr_failover_free(VrFailover *failover);
@@ -139,18 +152,75 @@ json_object *vr_failover_start_planned(VrFailover *failover, const char *relatio
  * the shut-off domain @domain becomes the standby of @relationship, replicated from @peer
  * (the new primary's certificate identity, authorized here). Each disk's store beneath the
  * peer's storage root gets point @cycle of @epoch: a copy of the domain's own closed image
- * (vr_replica_store_seed_cycle()), or, on a failback, when the disk is that store's failover
- * overlay (this host was the replica and failed over), the overlay itself, adopted without a
- * copy (vr_replica_store_adopt(), with the digest @digests gives the disk: @digest_disks
- * names the disks in its order; both may be NULL). Then the domain is redefined as the
- * standby (same name and UUID, disks on the stores' failover overlay paths, marker "replica"
- * at @epoch: the hook refuses to start it), and the relationship is recorded with the replica
- * role at @epoch. The result: {"relationship", "standby", "point", "epoch"}. (transfer full)
+ * (vr_replica_store_seed_cycle_cancellable()), or, on a failback, when the disk is that
+ * store's failover overlay (this host was the replica and failed over), the overlay itself,
+ * adopted without a copy (vr_replica_store_adopt(), with the digest @digests gives the disk:
+ * @digest_disks names the disks in its order; both may be NULL). Then the domain is
+ * redefined as the standby (same name and UUID, disks on the stores' failover overlay paths,
+ * marker "replica" at @epoch: the hook refuses to start it), and the relationship is
+ * recorded with the replica role at @epoch. The result: {"relationship", "standby", "point",
+ * "epoch"}. (transfer full)
+ *
+ * The copies (whole disks: minutes for big ones) run in a worker thread; the checks before
+ * them and everything after them run on the calling (main) context, where @callback gets
+ * the result. Meanwhile the sink takes none of the relationship's cycles (one being
+ * received is aborted: fenced, unfenced at the end or left as it was before on a failure;
+ * a new one is answered 503 busy: vr_replica_sink_set_busy()) and each seeded store is the
+ * worker's alone (its directory's flock). One set-up per relationship at a time: another one
+ * meanwhile fails at once with BUSY, and so does any once vr_failover_reverse_stop() began.
+ * Its intent is recorded first (a failure to record it fails the request), then the domain
+ * is guarded (marker VR_FAILOVER_MARKER_OLD_PRIMARY: the hook refuses to start it). A store
+ * that holds points already is CONFLICT (never a base taken from an older image), except a
+ * seed of this same set-up that a stop interrupted while its image is still unchanged.
+ * After the copies, a domain that runs or a row that changed (disabled, failed over) is
+ * CONFLICT. A failure ends the set-up for good (the domain's marker of before back, the
+ * intent removed), but a cancel by vr_failover_reverse_stop() (G_IO_ERROR_CANCELLED) keeps
+ * both for the next start. Its arguments are copied: they need not outlive the call.
+ * Called from the main context only.
  */
-json_object *vr_failover_reverse_adopt(VrFailover *failover, const char *relationship,
-                                       const char *domain, const char *peer, uint64_t cycle,
-                                       uint64_t epoch, const char *const *digest_disks,
-                                       const GArray *digests, GError **error);
+void vr_failover_reverse_adopt_async(VrFailover *failover, const char *relationship,
+                                     const char *domain, const char *peer, uint64_t cycle,
+                                     uint64_t epoch, const char *const *digest_disks,
+                                     const GArray *digests, GAsyncReadyCallback callback,
+                                     gpointer user_data);
+json_object *vr_failover_reverse_adopt_finish(VrFailover *failover, GAsyncResult *result,
+                                              GError **error);
+
+/* A resumed reverse set-up of @relationship ended well (vr_failover_reverse_resume()). */
+typedef void (*VrFailoverResumedFunc)(const char *relationship, gpointer user_data);
+
+/*
+ * At the daemon's start, after the receiver and the scheduler exist but before the main
+ * loop runs: each reverse set-up that a stop interrupted is run again from its intent (the
+ * state database, kind "reverse": written by vr_failover_reverse_adopt_async() before the
+ * first disk, removed when the set-up ended well) with the same arguments. Every step is
+ * idempotent: a disk already seeded (its only point is the cycle and epoch asked, and its
+ * image's identity is still the one the intent records) or adopted
+ * (vr_replica_store_adopt() finishes an adoption after its commit point) is skipped, the
+ * standby's definition and the row are written again. @func runs on the main context for
+ * each set-up that ended well (the daemon's scheduler lets go of the relationship); a
+ * failure is logged and its intent removed (as a request answered with an error), a cancel
+ * keeps it for the next start; an intent older than the relationship's epoch is dropped.
+ * Returns how many set-ups were started.
+ */
+guint vr_failover_reverse_resume(VrFailover *failover, VrFailoverResumedFunc func,
+                                 gpointer user_data);
+
+/* Whether a reverse set-up of @relationship runs (@failover may be NULL: no). */
+bool vr_failover_reverse_running(VrFailover *failover, const char *relationship);
+
+/*
+ * Cancel every reverse set-up under way and wait until each has ended (the daemon stops):
+ * a copy that runs is killed and removed; the disks seeded before it keep their point (a
+ * copy of their image as it was), nothing else is published; each request fails with
+ * G_IO_ERROR_CANCELLED (its callback runs from here), and the next start resumes the set-up
+ * (its intent and the domain's guard stay: vr_failover_reverse_resume()). From the call on,
+ * a new set-up fails at once (BUSY); one that starts from a callback meanwhile is cancelled
+ * too. The wait is short: the worker stops at its next step (a failpoint
+ * "seed-copied:sleep" may hold it that long). Acquires and iterates the main context;
+ * NULL-safe. vr_failover_free() does it too.
+ */
+void vr_failover_reverse_stop(VrFailover *failover);
 
 /*
  * vr_failover_start() with the failover TCP/IP of the request, @interfaces ({"MAC":

@@ -12,7 +12,8 @@
 
 #ifdef VR_FAILPOINTS
 
-/* The action VR_FAILPOINT gives @name ("exit", "kill"), or NULL when it does not arm it. */
+/* The action VR_FAILPOINT gives @name ("exit", "kill", "sleep"), or NULL when it does not arm
+ * it. */
 static const char *
 vr_failpoint_action(const char *name)
 {
@@ -23,7 +24,7 @@ vr_failpoint_action(const char *name)
     if (spec == NULL || strncmp(spec, name, len) != 0 || spec[len] != ':')
         return NULL;
     spec += len + 1;
-    if (strcmp(spec, "exit") == 0 || strcmp(spec, "kill") == 0)
+    if (strcmp(spec, "exit") == 0 || strcmp(spec, "kill") == 0 || strcmp(spec, "sleep") == 0)
         return spec;
     return NULL;
 }
@@ -42,6 +43,10 @@ vr_failpoint(const char *name)
     if (action == NULL)
         return;
     g_debug("failpoint '%s': %s", name, action);
+    if (strcmp(action, "sleep") == 0) {
+        g_usleep(VR_FAILPOINT_SLEEP_SECONDS * G_USEC_PER_SEC);
+        return;
+    }
     if (strcmp(action, "kill") == 0)
         kill(getpid(), SIGKILL);
     _exit(VR_FAILPOINT_EXIT_STATUS);

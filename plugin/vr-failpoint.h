@@ -12,6 +12,9 @@
  *                               no flush of stdio, as if it had been killed there
  *   VR_FAILPOINT=<name>:kill    the process sends itself SIGKILL there (a real kill -9:
  *                               the parent sees the signal, not an exit status)
+ *   VR_FAILPOINT=<name>:sleep   the thread that reaches the step sleeps
+ *                               VR_FAILPOINT_SLEEP_SECONDS, then goes on: a slow step
+ *                               (a big copy) made observable in a test, nothing else
  *
  * An unarmed failpoint costs one getenv(); an unknown action never fires.
  *
@@ -28,6 +31,9 @@ G_BEGIN_DECLS
 /* The exit status of a process stopped at a failpoint (EX_TEMPFAIL). */
 #define VR_FAILPOINT_EXIT_STATUS 75
 
+/* How long the action "sleep" delays its step. */
+#define VR_FAILPOINT_SLEEP_SECONDS 4
+
 #ifdef VR_FAILPOINTS
 
 /* True: this build has failpoints. */
@@ -40,7 +46,8 @@ vr_failpoints_built(void)
 /* True when VR_FAILPOINT arms @name (so a caller can first make the step well-defined). */
 bool vr_failpoint_armed(const char *name);
 
-/* Return at once, unless VR_FAILPOINT arms @name: then stop the process as it says. */
+/* Return at once, unless VR_FAILPOINT arms @name: then stop the process (or sleep) as it
+ * says. */
 void vr_failpoint(const char *name);
 
 #else /* !VR_FAILPOINTS */

@@ -133,7 +133,17 @@ vr_primary_progress_fraction(const VrPrimaryProgress *progress)
     if (progress->phase == VR_PRIMARY_PHASE_CUT || progress->n_disks == 0)
         return 0.0;
     within = progress->total > 0 ? MIN((double)progress->done / (double)progress->total, 1.0) : 0.0;
-    within = ((progress->phase == VR_PRIMARY_PHASE_SEND ? 1.0 : 0.0) + within) / 2.0;
+    if (progress->phase == VR_PRIMARY_PHASE_SEND && progress->read_total > 0) {
+        /*
+         * The upload follows the read of the same disk: what is sent is a part of what is
+         * written so far, itself the read's part of the stream.
+         */
+        double read = MIN((double)progress->read_done / (double)progress->read_total, 1.0);
+
+        within = (read + read * within) / 2.0;
+    } else {
+        within = ((progress->phase == VR_PRIMARY_PHASE_SEND ? 1.0 : 0.0) + within) / 2.0;
+    }
     return MIN(((double)progress->disk + within) / (double)progress->n_disks, 1.0);
 }
 
@@ -534,8 +544,8 @@ vr_primary_stream_path(VrPrimaryRun *run, guint index)
  * is, checksummed record by record, and no second pass re-reads and re-writes it.
  */
 static bool
-vr_primary_read_disk(VrPrimaryRun *run, VrCaptureCycle *cycle, guint cycle_index, guint index,
-                     GError **error)
+vr_primary_read_disk_with(VrPrimaryRun *run, VrCaptureCycle *cycle, guint cycle_index, guint index,
+                          VrCaptureProgress on_read, gpointer on_read_data, GError **error)
 {
     VrPrimaryDisk *state = &run->state[index];
     g_autofree char *stream = vr_primary_stream_path(run, index);
@@ -544,9 +554,8 @@ vr_primary_read_disk(VrPrimaryRun *run, VrCaptureCycle *cycle, guint cycle_index
     bool ok;
 
     vr_capture_cycle_set_stream(cycle, run->config->relationship, run->config->epoch);
-    if (run->progress != NULL)
-        vr_capture_cycle_set_progress(cycle, vr_primary_on_read, run);
-    vr_primary_report(run, VR_PRIMARY_PHASE_READ, index, 0, 0, 0);
+    if (on_read != NULL)
+        vr_capture_cycle_set_progress(cycle, on_read, on_read_data);
     if (run->resync && !state->resync_whole)
         ok = vr_capture_cycle_spool_resync(cycle, cycle_index, state->hashes, stream, &totals,
                                            error);
@@ -568,6 +577,16 @@ vr_primary_read_disk(VrPrimaryRun *run, VrCaptureCycle *cycle, guint cycle_index
     return vr_primary_stream_digest(stream, &state->totals, state->digest, error);
 }
 
+/* As vr_primary_read_disk_with(), reporting the read (phase read). */
+static bool
+vr_primary_read_disk(VrPrimaryRun *run, VrCaptureCycle *cycle, guint cycle_index, guint index,
+                     GError **error)
+{
+    vr_primary_report(run, VR_PRIMARY_PHASE_READ, index, 0, 0, 0);
+    return vr_primary_read_disk_with(run, cycle, cycle_index, index,
+                                     run->progress != NULL ? vr_primary_on_read : NULL, run, error);
+}
+
 /* Read every disk's changes into its stream, then tear the fleece down at once. */
 static bool
 vr_primary_spool(VrPrimaryRun *run, GError **error)
@@ -581,6 +600,206 @@ vr_primary_spool(VrPrimaryRun *run, GError **error)
         }
     }
     vr_capture_cycle_end(run->cycle);
+    return true;
+}
+
+/* Disk @index's stream was uploaded: account for it. */
+static void
+vr_primary_shipped(VrPrimaryRun *run, guint index)
+{
+    VrPrimaryDisk *state = &run->state[index];
+    const VrShipTotals *totals = &state->totals;
+
+    /*
+     * Committed before this run sent a byte: by an earlier run of this same cycle that
+     * failed after the replica published it (a lost 204, another disk that failed). The
+     * replica's point is that earlier cut, not this one.
+     */
+    state->replayed = state->stats.already_committed && state->stats.body_bytes == 0;
+    run->bytes += totals->data_bytes + totals->zero_bytes;
+    run->wire_bytes += totals->stream_bytes;
+    g_debug("cycle %" PRIu64 " of '%s', disk '%s': %" PRIu64 " bytes in %" PRIu64
+            " stream bytes, %u requests%s",
+            run->target, run->config->domain, run->config->disks[index],
+            totals->data_bytes + totals->zero_bytes, totals->stream_bytes, state->stats.requests,
+            state->replayed ? ", published by an earlier run" : "");
+}
+
+/* ---- the read and the upload, overlapped ---------------------------------------------- */
+
+/*
+ * The upload thread of vr_primary_pipeline(): each disk's stream in disk order, each while
+ * the read writes it (vr_sender_upload_feed()), the next only once the replica published
+ * the one before. Progress is reported from both threads, one report at a time (@lock):
+ * the read's until the upload of the disk has begun, then the upload's, which carry the
+ * read of the same disk as far as it got.
+ */
+typedef struct {
+    VrPrimaryRun *run;
+    VrSenderFeed **feeds; /* one per disk */
+    GError *error;        /* the first failure of the upload */
+    gint done;            /* the thread is finished */
+    gint failed;          /* @error is set */
+    GMutex lock;          /* the reports, and what follows */
+    guint disk;           /* being uploaded (n_disks: none any more) */
+    bool started;         /* a byte of disk @disk went out */
+    guint reading;        /* the disk being read (n_disks: none any more) */
+    uint64_t read_done;   /* its offset reached */
+    uint64_t read_total;  /* its virtual size */
+} VrPrimaryUploader;
+
+/* Upload thread: the upload's progress, with the read of the same disk (docs/api.md). */
+static void
+vr_primary_uploader_on_send(uint64_t offset, uint64_t total, gpointer data)
+{
+    VrPrimaryUploader *up = data;
+    VrPrimaryRun *run = up->run;
+    bool complete = false;
+    uint64_t written = vr_sender_feed_get_size(up->feeds[up->disk], &complete);
+
+    g_mutex_lock(&up->lock);
+    up->started = true;
+    run->where = (VrPrimaryProgress){
+        .phase = VR_PRIMARY_PHASE_SEND,
+        .disk = up->disk,
+        .n_disks = run->n_disks,
+        .done = offset,
+        /*
+         * The stream's size, or while it is written what is known of it: the bytes written
+         * so far and the END record still to come. So done reaches total only at the end.
+         */
+        .total = complete ? written : MAX(written, total) + VR_PRIMARY_END_SIZE,
+        .bytes = offset,
+        .read_done = up->reading == up->disk ? up->read_done : 0,
+        .read_total = up->reading == up->disk ? up->read_total : 0,
+    };
+    if (run->progress != NULL)
+        run->progress(&run->where, run->progress_data);
+    g_mutex_unlock(&up->lock);
+}
+
+/* Reading thread: the read's progress, reported while the upload of its disk has not begun. */
+static void
+vr_primary_uploader_on_read(uint64_t offset, uint64_t size, uint64_t bytes, gpointer data)
+{
+    VrPrimaryUploader *up = data;
+    VrPrimaryRun *run = up->run;
+
+    g_mutex_lock(&up->lock);
+    up->read_done = offset;
+    up->read_total = size;
+    if (!(up->started && up->disk < run->n_disks) && run->progress != NULL)
+        vr_primary_report(run, VR_PRIMARY_PHASE_READ, up->reading, offset, size, bytes);
+    g_mutex_unlock(&up->lock);
+}
+
+static gpointer
+vr_primary_uploader_run(gpointer data)
+{
+    VrPrimaryUploader *up = data;
+    VrPrimaryRun *run = up->run;
+
+    for (guint i = 0; i < run->n_disks; i++) {
+        g_mutex_lock(&up->lock);
+        up->disk = i;
+        up->started = false;
+        g_mutex_unlock(&up->lock);
+        if (!vr_sender_upload_feed(run->config->sender, up->feeds[i], vr_primary_uploader_on_send,
+                                   up, &run->state[i].stats, run->cancellable, &up->error)) {
+            g_prefix_error(&up->error, "upload of disk '%s': ", run->config->disks[i]);
+            g_atomic_int_set(&up->failed, 1);
+            break;
+        }
+        g_debug("cycle %" PRIu64 " of '%s': disk '%s' published", run->target, run->config->domain,
+                run->config->disks[i]);
+    }
+    g_mutex_lock(&up->lock);
+    up->disk = run->n_disks;
+    g_mutex_unlock(&up->lock);
+    g_atomic_int_set(&up->done, 1);
+    return NULL;
+}
+
+/*
+ * Read every disk into its stream, as vr_primary_spool() does, while a thread uploads each
+ * stream as it is written, as vr_primary_ship() does after it: the cycle takes about the
+ * longer of the two passes rather than their sum (docs/bench-cycle.md). The order of the
+ * uploads is the disks' order, and the cycle is done only when the replica published every
+ * disk, as before. A read that fails stops the upload before the stream's END record (the
+ * replica publishes nothing of it); an upload that fails stops the reads at the next disk.
+ */
+static bool
+vr_primary_pipeline(VrPrimaryRun *run, GError **error)
+{
+    g_autofree VrSenderFeed **feeds = g_new0(VrSenderFeed *, run->n_disks);
+    VrPrimaryUploader up = { .run = run, .feeds = feeds };
+    g_autoptr(GError) local = NULL;
+    GThread *thread;
+    bool ok = true;
+    bool upload_failed = false; /* the reads stopped because the upload failed */
+
+    g_mutex_init(&up.lock);
+    for (guint i = 0; i < run->n_disks; i++)
+        feeds[i] = vr_sender_feed_new();
+    thread = g_thread_new("vr-upload", vr_primary_uploader_run, &up);
+    for (guint i = 0; i < run->n_disks; i++) {
+        if (g_atomic_int_get(&up.failed)) {
+            upload_failed = true;
+            ok = false;
+            break;
+        }
+        if (vr_primary_cancelled(run, &local)) {
+            ok = false;
+            break;
+        }
+        g_mutex_lock(&up.lock);
+        up.reading = i;
+        up.read_done = up.read_total = 0;
+        g_mutex_unlock(&up.lock);
+        vr_primary_uploader_on_read(0, 0, 0, &up);
+        vr_capture_cycle_set_feed(run->cycle, feeds[i]);
+        ok = vr_primary_read_disk_with(run, run->cycle, i, i, vr_primary_uploader_on_read, &up,
+                                       &local);
+        vr_capture_cycle_set_feed(run->cycle, NULL);
+        if (!ok) {
+            g_prefix_error(&local, "cannot read disk '%s': ", run->config->disks[i]);
+            break;
+        }
+    }
+    g_mutex_lock(&up.lock);
+    up.reading = run->n_disks;
+    g_mutex_unlock(&up.lock);
+    if (ok) {
+        vr_capture_cycle_end(run->cycle);
+    } else {
+        /* the upload stops before any END record it has not sent: nothing more is published */
+        for (guint i = 0; i < run->n_disks; i++)
+            vr_sender_feed_fail(feeds[i]);
+    }
+    g_thread_join(thread);
+    g_mutex_clear(&up.lock);
+    for (guint i = 0; i < run->n_disks; i++) {
+        g_autofree char *stream = vr_primary_stream_path(run, i);
+
+        vr_sender_feed_free(feeds[i]);
+        g_unlink(stream);
+    }
+    /*
+     * What failed first: a read (then the upload stopped because the read failed its feed),
+     * or the upload (then the reads stopped at the next disk, or the read that ran finished).
+     */
+    if (local != NULL && !upload_failed) {
+        g_clear_error(&up.error);
+        g_propagate_error(error, g_steal_pointer(&local));
+        return false;
+    }
+    if (up.error != NULL) {
+        g_propagate_error(error, up.error);
+        return false;
+    }
+    for (guint i = 0; i < run->n_disks; i++)
+        vr_primary_shipped(run, i);
+    run->finished_ms = vr_primary_now_ms();
     return true;
 }
 
@@ -612,19 +831,7 @@ vr_primary_ship(VrPrimaryRun *run, GError **error)
             g_prefix_error(error, "upload of disk '%s': ", run->config->disks[i]);
             return false;
         }
-        /*
-         * Committed before this run sent a byte: by an earlier run of this same cycle that
-         * failed after the replica published it (a lost 204, another disk that failed). The
-         * replica's point is that earlier cut, not this one.
-         */
-        state->replayed = state->stats.already_committed && state->stats.body_bytes == 0;
-        run->bytes += totals.data_bytes + totals.zero_bytes;
-        run->wire_bytes += totals.stream_bytes;
-        g_debug("cycle %" PRIu64 " of '%s', disk '%s': %" PRIu64 " bytes in %" PRIu64
-                " stream bytes, %u requests%s",
-                run->target, run->config->domain, run->config->disks[i],
-                totals.data_bytes + totals.zero_bytes, totals.stream_bytes, state->stats.requests,
-                state->replayed ? ", published by an earlier run" : "");
+        vr_primary_shipped(run, i);
     }
     run->finished_ms = vr_primary_now_ms();
     return true;
@@ -735,9 +942,15 @@ vr_primary_run(VrPrimaryRun *run, GError **error)
     }
 
     vr_primary_report(run, VR_PRIMARY_PHASE_CUT, 0, 0, 0, 0);
-    if (vr_primary_cancelled(run, error) || !vr_primary_cut(run, error) ||
-        !vr_primary_spool(run, error) || !vr_primary_ship(run, error))
+    if (vr_primary_cancelled(run, error) || !vr_primary_cut(run, error))
         return false;
+    if (run->export != NULL) {
+        /* the initial copy on external media: nothing is uploaded */
+        if (!vr_primary_spool(run, error) || !vr_primary_ship(run, error))
+            return false;
+    } else if (!vr_primary_pipeline(run, error)) {
+        return false;
+    }
 
     if (run->export != NULL && !vr_primary_export_commit(run, error))
         return false;

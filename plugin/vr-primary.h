@@ -1,8 +1,9 @@
 /*
  * vr-primary.h: one replication cycle of a libvirt domain, on the primary
  *
- * Everything one cycle does, start to end, synchronously on the calling thread (the
- * daemon runs it in a worker thread per relationship, one cycle at a time):
+ * Everything one cycle does, start to end, synchronously on the calling thread but for the
+ * uploads, which run in a thread of their own beside the reads (the daemon runs a cycle in a
+ * worker thread per relationship, one cycle at a time):
  *
  *   1. connect to the domain's QMP monitor through libvirt (vr_qmp_channel_libvirt_new),
  *      resolve every replicated disk (its target dev) to its QEMU node from the live XML
@@ -16,8 +17,9 @@
  *      read (vr_capture_cycle_set_stream(): the stream is the cycle's local copy, with
  *      the spool's rules, and no second pass re-encodes it), then end the cycle at once
  *      (fleece torn down);
- *   4. upload each stream (vr_sender); only when the replica acknowledged every disk (204:
- *      published) is the cycle done;
+ *   4. upload each stream (vr_sender), in disk order, while step 3 writes it (an upload
+ *      thread follows each stream file as it grows: vr_sender_upload_feed()); only when the
+ *      replica acknowledged every disk (204: published) is the cycle done;
  *      with @export_dir (the initial copy on external media, vr-export.h) the streams and a
  *      manifest are written there instead, and the cycle is done once the manifest is;
  *   5. acknowledge: vr_capture_ack() removes the bitmaps older than B(@target_cycle);
@@ -99,7 +101,10 @@ typedef struct {
 
 void vr_primary_result_clear(VrPrimaryResult *result);
 
-/* Where a cycle is: each disk is read (into its wire stream), then sent, one after another. */
+/*
+ * Where a cycle is: each disk is read (into its wire stream) and sent; the upload of a disk
+ * follows its read as the stream is written, so SEND may come while the disk is still read.
+ */
 typedef enum {
     VR_PRIMARY_PHASE_CUT,  /* connect, check the tracking, fetch hash lists, cut */
     VR_PRIMARY_PHASE_READ, /* read disk @disk into its wire stream */
@@ -113,9 +118,19 @@ typedef struct {
     uint64_t done;  /* READ: the disk offset reached; SEND: stream bytes sent */
     uint64_t total; /* READ: the disk's virtual size; SEND: the stream's size */
     uint64_t bytes; /* READ: disk bytes taken so far (zeroes too); SEND: as @done */
+    /*
+     * SEND while the same disk is still being read (the upload follows the read): the read's
+     * disk offset reached and the disk's virtual size; @total is then the stream written so
+     * far. Both 0 once that read is done (or when nothing overlaps).
+     */
+    uint64_t read_done;
+    uint64_t read_total;
 } VrPrimaryProgress;
 
-/* Called on the cycle's thread, often (after each chunk): keep it cheap. */
+/*
+ * Called often (after each chunk): keep it cheap. From the cycle's thread, or during the
+ * reads and uploads of an online cycle from its upload thread too, never two at a time.
+ */
 typedef void (*VrPrimaryProgressFunc)(const VrPrimaryProgress *progress, gpointer user_data);
 
 /* The fraction of the whole cycle that @progress stands for, in [0, 1]. */

@@ -81,6 +81,7 @@ struct _VrReplicaSink {
     GHashTable *standby_defined;
     GError *standby_error;
     GHashTable *fenced; /* relationships failed over here (vr_replica_sink_fence()) */
+    GHashTable *busy;   /* relationships whose stores are set up (vr_replica_sink_set_busy()) */
     /* A planned failover's request (vr_replica_sink_set_failover_handler()), or NULL. */
     VrReplicaSinkFailoverFunc failover;
     gpointer failover_data;
@@ -136,6 +137,7 @@ vr_replica_sink_new(VrAuthz *authz, GError **error)
     sink->disks = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, vr_replica_sink_disk_free);
     sink->standby_defined = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     sink->fenced = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    sink->busy = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     return sink;
 }
 
@@ -150,6 +152,7 @@ vr_replica_sink_free(VrReplicaSink *sink)
     g_hash_table_unref(sink->standby_defined);
     g_clear_error(&sink->standby_error);
     g_hash_table_unref(sink->fenced);
+    g_hash_table_unref(sink->busy);
     g_free(sink->name_rule);
     g_free(sink);
 }
@@ -594,6 +597,14 @@ vr_replica_sink_check_failover(VrReplicaSink *sink, const VrReceiverKey *key, GE
 {
     g_autoptr(VrStateRelationship) rel = NULL;
 
+    /* Soon this host's replica (a reverse set-up copies its disks): 503, the primary waits. */
+    if (g_hash_table_contains(sink->busy, key->relationship)) {
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_BUSY,
+                    "relationship '%s' is being set up as this host's replica (its disks are "
+                    "copied): cycle %" PRIu64 " later",
+                    key->relationship, key->target_cycle);
+        return false;
+    }
     if (g_hash_table_contains(sink->fenced, key->relationship)) {
         g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
                     "relationship '%s' is failed over on this replica: cycle %" PRIu64
@@ -650,6 +661,61 @@ vr_replica_sink_domain_allowed(VrReplicaSink *sink, const char *relationship, GE
     return true;
 }
 
+/*
+ * Whether the state's row of @relationship (keyed by the id alone) is @peer's: rows of
+ * different primaries, or of this host's own primary role, must never mix under one id.
+ * With @role, a row of role primary (this host replicates the relationship to another:
+ * reverse replication) is refused, CONFLICT (409). A replica row is @peer's when it names
+ * @peer, or when its storage root is @peer's: the same relationship directory, whose owner
+ * file gave @peer's trust group (vr_replica_sink_authorize()), as when a primary host of one
+ * trust group takes over the relationship (the row then names it from its next cycle).
+ * Else FORBIDDEN (403): another primary's relationship of the same id. The row's storage
+ * root is the one its config records, or the authorization entry of its primary. No row,
+ * or no state database: nothing to check. @what names the request for the message.
+ */
+static bool
+vr_replica_sink_check_row(VrReplicaSink *sink, const char *relationship, const VrReceiverPeer *peer,
+                          bool role, const char *what, GError **error)
+{
+    g_autoptr(VrStateRelationship) rel = NULL;
+    g_autoptr(json_object) config = NULL;
+    g_autofree char *root = NULL;
+    g_autofree char *group = NULL;
+    const char *recorded;
+
+    if (sink->state != NULL)
+        rel = vr_state_relationship_get(sink->state, relationship, NULL);
+    if (rel == NULL)
+        return true;
+    if (rel->role == VR_STATE_ROLE_PRIMARY) {
+        if (!role)
+            return true;
+        g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_CONFLICT,
+                    "relationship '%s' is replicated from this host to '%s' (role primary "
+                    "here): %s is refused",
+                    relationship, rel->peer, what);
+        return false;
+    }
+    if (g_strcmp0(rel->peer, peer->name) == 0)
+        return true;
+    config = json_tokener_parse(rel->config != NULL ? rel->config : "{}");
+    recorded = config != NULL && json_object_is_type(config, json_type_object)
+                   ? vr_json_get_string(config, "storage_root")
+                   : NULL;
+    if (recorded != NULL)
+        root = g_strdup(recorded);
+    else if (rel->peer != NULL)
+        vr_authz_lookup(sink->authz, rel->peer, &root, &group, NULL);
+    if (root != NULL && g_strcmp0(root, peer->storage_root) == 0)
+        return true;
+    g_set_error(error, VR_RECEIVER_ERROR, VR_RECEIVER_ERROR_FORBIDDEN,
+                "relationship '%s' is replicated here from primary '%s' (storage '%s'): primary "
+                "'%s' (trust group '%s', storage '%s') may not write to it: %s is refused",
+                relationship, rel->peer != NULL ? rel->peer : "?", root != NULL ? root : "unknown",
+                peer->name, peer->group, peer->storage_root, what);
+    return false;
+}
+
 /* A stream whose apply a failover aborted: its cycle is refused as begin() would (409). */
 static bool
 vr_replica_sink_fenced_error(VrReplicaSinkStream *stream, GError **error)
@@ -667,12 +733,14 @@ vr_replica_sink_begin(const VrReceiverKey *key, const VrReceiverPeer *peer, gpoi
 {
     VrReplicaSink *sink = user_data;
     g_autoptr(GError) local = NULL;
+    g_autofree char *what = g_strdup_printf("cycle %" PRIu64, key->target_cycle);
     VrReplicaSinkStream *stream;
     VrReplicaSinkDisk *disk;
 
     if (!vr_authz_check_name("relationship", key->relationship, error) ||
         !vr_authz_check_name("disk", key->disk, error) ||
-        !vr_replica_sink_check_failover(sink, key, error))
+        !vr_replica_sink_check_failover(sink, key, error) ||
+        !vr_replica_sink_check_row(sink, key->relationship, peer, true, what, error))
         return NULL;
     disk = vr_replica_sink_disk_get(sink, key, peer, true, error);
     if (disk == NULL)
@@ -1508,8 +1576,10 @@ vr_replica_sink_domain(const char *relationship, const VrReceiverPeer *peer, con
     if (!vr_authz_check_name("relationship", relationship, error))
         return false;
     g_strlcpy(key.relationship, relationship, sizeof(key.relationship));
-    /* A primary that failed over away (or whose role was reversed) defines nothing here. */
-    if (!vr_replica_sink_domain_allowed(sink, relationship, error))
+    /* A primary that failed over away (or whose role was reversed) defines nothing here,
+     * nor one whose relationship of that id is not the one replicated here. */
+    if (!vr_replica_sink_domain_allowed(sink, relationship, error) ||
+        !vr_replica_sink_check_row(sink, relationship, peer, true, "its domain XML", error))
         return false;
     rel_path = g_build_filename(peer->storage_root, relationship, NULL);
     /* Checked before anything is made: a refused XML leaves no trace. */
@@ -1549,7 +1619,10 @@ vr_replica_sink_failover(const char *relationship, const VrReceiverPeer *peer, c
     }
     g_strlcpy(key.relationship, relationship, sizeof(key.relationship));
     rel_fd = vr_replica_sink_rel_open(sink, &key, peer, false, error);
-    if (rel_fd < 0)
+    /* Not the role: after a failover with reverse replication the row is this host's primary
+     * one, and the same request again gets the same answer. */
+    if (rel_fd < 0 ||
+        !vr_replica_sink_check_row(sink, relationship, peer, false, "its failover", error))
         return false;
     tok = json_tokener_new();
     json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
@@ -1676,6 +1749,21 @@ void
 vr_replica_sink_unfence(VrReplicaSink *sink, const char *relationship)
 {
     g_hash_table_remove(sink->fenced, relationship);
+}
+
+bool
+vr_replica_sink_is_fenced(VrReplicaSink *sink, const char *relationship)
+{
+    return g_hash_table_contains(sink->fenced, relationship);
+}
+
+void
+vr_replica_sink_set_busy(VrReplicaSink *sink, const char *relationship, bool busy)
+{
+    if (busy)
+        g_hash_table_add(sink->busy, g_strdup(relationship));
+    else
+        g_hash_table_remove(sink->busy, relationship);
 }
 
 VrReplicaStore *

@@ -15,6 +15,11 @@
  * 403). One VrReplicaStore stays open per disk directory for the sink's lifetime, and one
  * stream per disk is applied at a time (another one gets 409).
  *
+ * With a state database, begin() and domain() also check the relationship's row (keyed by
+ * the id alone): a row of role primary is 409, a replica row that names neither the peer nor
+ * the peer's storage root is another primary's relationship, 403 (docs/replica-store.md,
+ * "Trust groups").
+ *
  * begin() decides before any body byte: trust group, then the store's check, so a replay of
  * a published cycle (same epoch, base and target) is answered 204 and a wrong base 409. The
  * store's apply begins at the stream's BEGIN record, which brings the identity; store errors
@@ -133,6 +138,17 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrReplicaSink, vr_replica_sink_free)
  */
 void vr_replica_sink_fence(VrReplicaSink *sink, const char *relationship);
 void vr_replica_sink_unfence(VrReplicaSink *sink, const char *relationship);
+
+/* Whether vr_replica_sink_fence() refuses @relationship now. */
+bool vr_replica_sink_is_fenced(VrReplicaSink *sink, const char *relationship);
+
+/*
+ * Reverse replication (vr_failover_reverse_adopt_async()): while this host's stores of
+ * @relationship are set up (@busy), every cycle of it is answered VR_RECEIVER_ERROR_BUSY
+ * (503 with Retry-After: the new primary's upload waits and tries again, no failure counted)
+ * before any other check, the fence's 409 included; then the checks as before.
+ */
+void vr_replica_sink_set_busy(VrReplicaSink *sink, const char *relationship, bool busy);
 
 /*
  * The store of disk @disk of @relationship beneath the storage root @root (names as on the

@@ -13,8 +13,10 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <gio/gio.h>
 #include <libnbd.h>
 
 #include "vr-failpoint.h"
@@ -199,26 +201,97 @@ vr_replica_unlink(VrReplicaStore *store, const char *name, GError **error)
     return true;
 }
 
+static bool vr_replica_run_cancellable(const char *const *argv, const char *what,
+                                       GCancellable *cancellable, GError **error);
+
 /* Run @argv (qemu-img) to completion; its stderr becomes the error. */
 static bool
 vr_replica_run(const char *const *argv, const char *what, GError **error)
 {
-    g_autoptr(GError) local = NULL;
-    g_autofree char *err = NULL;
-    g_autofree char *line = NULL;
-    int status = 0;
+    return vr_replica_run_cancellable(argv, what, NULL, error);
+}
 
-    if (!g_spawn_sync(
-            NULL, (char **)argv, NULL,
-            G_SPAWN_SEARCH_PATH | G_SPAWN_STDIN_FROM_DEV_NULL | G_SPAWN_STDOUT_TO_DEV_NULL,
-            vr_qemu_child_setup, GINT_TO_POINTER(getpid()), NULL, &err, &status, &local)) {
+/*
+ * vr_replica_run() that @cancellable (NULL: none) stops: then the tool gets SIGKILL, is
+ * reaped, and the error is G_IO_ERROR_CANCELLED. Its stderr is read while it runs, so that a
+ * chatty tool never blocks on a full pipe. Any other early end of that read (a poll or read
+ * error) kills the tool too before it is reaped: the wait never outlasts it.
+ */
+static bool
+vr_replica_run_cancellable(const char *const *argv, const char *what, GCancellable *cancellable,
+                           GError **error)
+{
+    g_autoptr(GError) local = NULL;
+    g_autoptr(GString) err = g_string_new(NULL);
+    g_autofree char *line = NULL;
+    GPollFD fds[2];
+    GPid pid = 0;
+    int err_fd = -1;
+    int status = 0;
+    guint nfds = 1;
+    bool cancelled = false;
+    bool eof = false;
+
+    if (g_cancellable_set_error_if_cancelled(cancellable, error))
+        return false;
+    if (!g_spawn_async_with_pipes(NULL, (char **)argv, NULL,
+                                  G_SPAWN_SEARCH_PATH | G_SPAWN_STDIN_FROM_DEV_NULL |
+                                      G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_DO_NOT_REAP_CHILD,
+                                  vr_qemu_child_setup, GINT_TO_POINTER(getpid()), &pid, NULL, NULL,
+                                  &err_fd, &local)) {
         g_set_error(error, VR_REPLICA_STORE_ERROR, VR_REPLICA_STORE_ERROR_FAILED,
                     "cannot run '%s' to %s: %s", argv[0], what, local->message);
         return false;
     }
+    fds[0] = (GPollFD){ .fd = err_fd, .events = G_IO_IN | G_IO_HUP | G_IO_ERR };
+    /* Without a pollable cancellable (none, or no fd left), it is checked every 200 ms. */
+    if (cancellable != NULL && g_cancellable_make_pollfd(cancellable, &fds[1]))
+        nfds = 2;
+    /* Until its stderr closes: it exited (or was killed). */
+    for (;;) {
+        char buf[4096];
+        ssize_t got;
+
+        if (g_poll(fds, cancelled ? 1 : nfds, nfds == 2 || cancellable == NULL ? -1 : 200) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (!cancelled && g_cancellable_is_cancelled(cancellable)) {
+            cancelled = true;
+            kill(pid, SIGKILL);
+        }
+        if (fds[0].revents == 0)
+            continue;
+        got = read(err_fd, buf, sizeof(buf));
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            eof = got == 0;
+            break;
+        }
+        /* The end is what names the failure: keep at most the last 64 KiB. */
+        if (err->len > 65536)
+            g_string_erase(err, 0, (gssize)(err->len - 32768));
+        g_string_append_len(err, buf, got);
+    }
+    /* The read ended early (not at its end of file): the tool goes, else the wait hangs. */
+    if (!eof && !cancelled)
+        kill(pid, SIGKILL);
+    if (nfds == 2)
+        g_cancellable_release_fd(cancellable);
+    close(err_fd);
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    g_spawn_close_pid(pid);
+    if (cancelled) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED, "'%s' was stopped to %s: cancelled",
+                    argv[0], what);
+        return false;
+    }
     if (g_spawn_check_wait_status(status, &local))
         return true;
-    line = vr_qemu_one_line(err);
+    line = vr_qemu_one_line(err->str);
     g_set_error(error, VR_REPLICA_STORE_ERROR,
                 strstr(line, g_strerror(ENOSPC)) != NULL ? VR_REPLICA_STORE_ERROR_NO_SPACE
                                                          : VR_REPLICA_STORE_ERROR_FAILED,
@@ -228,23 +301,18 @@ vr_replica_run(const char *const *argv, const char *what, GError **error)
 
 /* ---- the manifest ----------------------------------------------------------------- */
 
-static void
-vr_replica_add_hex(json_object *obj, const char *key, const uint8_t *bytes, size_t len)
+void
+vr_replica_hex_encode(const uint8_t *bytes, size_t len, char *hex)
 {
-    g_autofree char *hex = g_malloc(len * 2 + 1);
-
     for (size_t i = 0; i < len; i++)
         g_snprintf(hex + i * 2, 3, "%02x", bytes[i]);
-    json_object_object_add(obj, key, json_object_new_string(hex));
+    hex[len * 2] = '\0';
 }
 
-/* Member @key of @obj: exactly @len bytes in lower-case hexadecimal. */
-static bool
-vr_replica_get_hex(json_object *obj, const char *key, uint8_t *bytes, size_t len)
+bool
+vr_replica_hex_decode(const char *hex, size_t hex_len, uint8_t *bytes, size_t len)
 {
-    const char *hex = vr_json_get_string(obj, key);
-
-    if (hex == NULL || strlen(hex) != len * 2)
+    if (hex == NULL || hex_len != len * 2)
         return false;
     for (size_t i = 0; i < len; i++) {
         int hi = g_ascii_xdigit_value(hex[i * 2]);
@@ -255,6 +323,24 @@ vr_replica_get_hex(json_object *obj, const char *key, uint8_t *bytes, size_t len
         bytes[i] = (uint8_t)(hi << 4 | lo);
     }
     return true;
+}
+
+static void
+vr_replica_add_hex(json_object *obj, const char *key, const uint8_t *bytes, size_t len)
+{
+    g_autofree char *hex = g_malloc(len * 2 + 1);
+
+    vr_replica_hex_encode(bytes, len, hex);
+    json_object_object_add(obj, key, json_object_new_string(hex));
+}
+
+/* Member @key of @obj: exactly @len bytes in lower-case hexadecimal. */
+static bool
+vr_replica_get_hex(json_object *obj, const char *key, uint8_t *bytes, size_t len)
+{
+    const char *hex = vr_json_get_string(obj, key);
+
+    return hex != NULL && vr_replica_hex_decode(hex, strlen(hex), bytes, len);
 }
 
 void
@@ -1781,6 +1867,16 @@ bool
 vr_replica_store_seed_cycle(VrReplicaStore *store, const char *image, const char *format,
                             uint64_t epoch, uint64_t cycle, uint64_t *cycle_out, GError **error)
 {
+    return vr_replica_store_seed_cycle_cancellable(store, image, format, epoch, cycle, NULL,
+                                                   cycle_out, error);
+}
+
+bool
+vr_replica_store_seed_cycle_cancellable(VrReplicaStore *store, const char *image,
+                                        const char *format, uint64_t epoch, uint64_t cycle,
+                                        GCancellable *cancellable, uint64_t *cycle_out,
+                                        GError **error)
+{
     g_autofree char *name = vr_replica_image_name(cycle);
     g_autofree char *path = g_build_filename(store->dir, name, NULL);
     g_autofree char *what = NULL;
@@ -1819,7 +1915,11 @@ vr_replica_store_seed_cycle(VrReplicaStore *store, const char *image, const char
     /* A copy: the administrator's image is only read, and the seed is a fresh image whose
      * zero blocks stay unallocated (convert skips them). */
     what = g_strdup_printf("copy '%s' into '%s'", image, name);
-    if (!vr_replica_run(argv, what, error) ||
+    if (!vr_replica_run_cancellable(argv, what, cancellable, error))
+        goto fail;
+    /* Copied, not durable, not listed: a crash or a cancel from here removes the copy. */
+    vr_failpoint("seed-copied");
+    if ((cancellable != NULL && g_cancellable_set_error_if_cancelled(cancellable, error)) ||
         !vr_replica_image_header(store, name, NULL, &point.virtual_size, error) ||
         !vr_replica_fsync_at(store, name, error) || !vr_replica_fsync_at(store, ".", error))
         goto fail;
@@ -1842,6 +1942,9 @@ vr_replica_store_seed_cycle(VrReplicaStore *store, const char *image, const char
     g_checksum_update(sum, (const guchar *)nonce, sizeof(nonce));
     g_checksum_get_digest(sum, point.digest, &len);
     vr_replica_point_chain(NULL, point.digest, point.chain);
+    /* The last moment a cancel stops the seed: the publication is its commit point. */
+    if (cancellable != NULL && g_cancellable_set_error_if_cancelled(cancellable, error))
+        goto fail;
     if (!vr_replica_store_publish(store, &point, &renamed, error)) {
         if (renamed)
             return false; /* listed: the image is the store's now */

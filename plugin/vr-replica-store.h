@@ -41,6 +41,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <gio/gio.h>
 #include <glib.h>
 
 #include "vr-wire.h"
@@ -84,6 +85,18 @@ typedef struct {
 
 /* @chain of a point made by a stream with @digest on a point with @base_chain (NULL: none,
  * for FULL). */
+/*
+ * @len bytes as lower-case hexadecimal into @hex (room for 2 * @len + 1: NUL-terminated),
+ * as the manifest, the state database's intents and the failover markers write digests.
+ */
+void vr_replica_hex_encode(const uint8_t *bytes, size_t len, char *hex);
+
+/*
+ * @hex_len characters at @hex, exactly 2 * @len lower-case hexadecimal digits, into @bytes;
+ * false (@bytes undefined) for anything else.
+ */
+bool vr_replica_hex_decode(const char *hex, size_t hex_len, uint8_t *bytes, size_t len);
+
 void vr_replica_point_chain(const uint8_t *base_chain, const uint8_t digest[VR_WIRE_DIGEST_SIZE],
                             uint8_t chain_out[VR_REPLICA_CHAIN_SIZE]);
 
@@ -253,6 +266,20 @@ bool vr_replica_store_seed(VrReplicaStore *store, const char *image, const char 
 bool vr_replica_store_seed_cycle(VrReplicaStore *store, const char *image, const char *format,
                                  uint64_t epoch, uint64_t cycle, uint64_t *cycle_out,
                                  GError **error);
+
+/*
+ * vr_replica_store_seed_cycle() that @cancellable (NULL: none) stops: qemu-img gets SIGKILL
+ * and the copy is removed, or, once copied, the seed stops before the next slow step (the
+ * fsyncs) or before the publication, its commit point; the error is then
+ * G_IO_ERROR_CANCELLED and the store is as before, empty. Failpoint "seed-copied": the copy
+ * is written, neither durable nor listed. For a worker thread: the store is used by that one
+ * thread until this returns (nothing else may use it meanwhile), and the thread lives until
+ * then (qemu-img dies with it).
+ */
+bool vr_replica_store_seed_cycle_cancellable(VrReplicaStore *store, const char *image,
+                                             const char *format, uint64_t epoch, uint64_t cycle,
+                                             GCancellable *cancellable, uint64_t *cycle_out,
+                                             GError **error);
 
 /*
  * Publish @name, a file in the store's directory, as point @cycle of @epoch without a copy:

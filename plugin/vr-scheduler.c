@@ -19,6 +19,7 @@
 #include "vr-primary.h"
 #include "vr-qmp-json.h"
 #include "vr-rate-limit.h"
+#include "vr-replica-store.h"
 #include "vr-standby.h"
 #include "vr-tls-policy.h"
 #include "vr-wire.h"
@@ -56,6 +57,8 @@ struct _VrScheduler {
     GSource *pending_timer;              /* measures the pending bytes */
     VrSchedulerReverseFunc reverse_func; /* vr_scheduler_set_reverse_handler() */
     gpointer reverse_data;
+    VrSchedulerReversingFunc reversing_func; /* vr_scheduler_set_reversing_func() */
+    gpointer reversing_data;
 };
 
 struct _VrSchedulerJob {
@@ -129,6 +132,7 @@ struct _VrSchedulerJob {
     guint shutdown_timeout;  /* seconds */
     bool force;              /* destroy a guest that does not shut down in time */
     bool failed_over;        /* state FailedOver: the replica runs the domain, no cycles */
+    bool forget_pending;     /* vr_scheduler_forget() while a cycle ran: it goes at its end */
     uint64_t failover_cycle; /* the final cycle the replica failed over to */
     char *failover_standby;  /* the replica's domain that runs now */
     /* Set by the failover's worker, read by its completion. */
@@ -510,7 +514,7 @@ vr_scheduler_progress_reset(VrSchedulerJob *job)
  * The cycle's progress, for the status: the phase and the figures as they come, and a rate
  * smoothed over samples of at least half a second. A new pass starts the rate again: a read
  * from a local disk and a send held to a bandwidth limit go at very different speeds.
- * Worker thread.
+ * Worker thread, or the upload thread of its cycle (vr-primary.h): under progress_lock.
  */
 static void
 vr_scheduler_on_progress(const VrPrimaryProgress *progress, gpointer data)
@@ -706,12 +710,28 @@ vr_scheduler_save_state(VrSchedulerJob *job)
  * initial copy not done or not imported yet, a resync pending) there is none: the domain's
  * next start goes on from where it is.
  */
+/* Whether a reverse set-up of @job's relationship runs here: no cycle of it meanwhile. */
+static bool
+vr_scheduler_reversing(VrSchedulerJob *job)
+{
+    VrScheduler *scheduler = job->scheduler;
+
+    return job->forget_pending || (scheduler->reversing_func != NULL &&
+                                   scheduler->reversing_func(job->id, scheduler->reversing_data));
+}
+
 static void
 vr_scheduler_start_final(VrSchedulerJob *job)
 {
     /* A planned failover reads the final cycle itself. */
     if (job->failover_task != NULL || job->failed_over)
         return;
+    /* Its disks are being copied into the stores it becomes the replica of: its image is
+     * the seed, no cycle reads it; tried again one period later. */
+    if (vr_scheduler_reversing(job)) {
+        vr_scheduler_schedule(job, job->frequency);
+        return;
+    }
     if (job->acked == 0 || job->resync_next || job->awaiting_import || job->export_dir != NULL) {
         g_info("relationship '%s': domain '%s' shut off; no final cycle (%s)", job->id, job->domain,
                job->resync_next ? "a resynchronization is pending"
@@ -783,7 +803,7 @@ vr_scheduler_start_cycle(VrSchedulerJob *job)
     if (job->running || job->suspended || job->refused || job->failed_over ||
         job->failover_task != NULL)
         return;
-    if (job->migrating) {
+    if (job->migrating || vr_scheduler_reversing(job)) {
         vr_scheduler_schedule(job, job->frequency);
         return;
     }
@@ -864,6 +884,14 @@ vr_scheduler_cycle_done(VrSchedulerJob *job)
     }
     job->running = false;
     job->cycle_final = false;
+    if (job->forget_pending) {
+        /* The row is another role's now (vr_scheduler_forget()): nothing of this cycle is
+         * recorded over it; the waiting syncs get its answer. */
+        vr_scheduler_answer_waiters(job);
+        g_info("relationship '%s': no longer replicated from this host", job->id);
+        g_hash_table_remove(scheduler->jobs, job->id);
+        return;
+    }
     if (final) {
         job->final_ok = job->ok;
         job->final_retry =
@@ -1139,6 +1167,15 @@ vr_scheduler_progress_json(VrScheduler *scheduler, const char *id)
     json_object_object_add(obj, "done", json_object_new_uint64(progress.done));
     json_object_object_add(obj, "total", json_object_new_uint64(progress.total));
     json_object_object_add(obj, "bytes", json_object_new_uint64(progress.bytes));
+    if (progress.phase == VR_PRIMARY_PHASE_SEND) {
+        /* The upload follows the read of the same disk: how far that read is (1: done). */
+        double read = progress.read_total > 0
+                          ? MIN((double)progress.read_done / (double)progress.read_total, 1.0)
+                          : 1.0;
+
+        g_snprintf(text, sizeof(text), "%.4f", read);
+        json_object_object_add(obj, "read_fraction", json_object_new_double_s(read, text));
+    }
     /* Four decimals, not json-c's seventeen digits. */
     g_snprintf(text, sizeof(text), "%.4f", fraction);
     json_object_object_add(obj, "fraction", json_object_new_double_s(fraction, text));
@@ -1597,8 +1634,21 @@ vr_scheduler_forget(VrScheduler *scheduler, const char *id)
 {
     VrSchedulerJob *job = g_hash_table_lookup(scheduler->jobs, id);
 
-    if (job == NULL || job->running || job->failover_task != NULL || job->waiters != NULL)
+    if (job == NULL || job->failover_task != NULL)
         return;
+    if (job->running) {
+        /* Goes when the cycle ended (vr_scheduler_cycle_done()); none starts meanwhile. */
+        job->forget_pending = true;
+        vr_scheduler_cancel_timer(job);
+        return;
+    }
+    /* Syncs waiting for a cycle that no longer comes. */
+    for (GList *l = job->waiters; l != NULL; l = l->next) {
+        g_task_return_new_error(l->data, VR_SCHEDULER_ERROR, VR_SCHEDULER_ERROR_CYCLE_FAILED,
+                                "relationship '%s' is no longer replicated from this host", id);
+        g_object_unref(l->data);
+    }
+    g_clear_pointer(&job->waiters, g_list_free);
     g_info("relationship '%s': no longer replicated from this host", id);
     g_hash_table_remove(scheduler->jobs, id);
 }
@@ -1609,6 +1659,14 @@ vr_scheduler_set_reverse_handler(VrScheduler *scheduler, VrSchedulerReverseFunc 
 {
     scheduler->reverse_func = func;
     scheduler->reverse_data = user_data;
+}
+
+void
+vr_scheduler_set_reversing_func(VrScheduler *scheduler, VrSchedulerReversingFunc func,
+                                gpointer user_data)
+{
+    scheduler->reversing_func = func;
+    scheduler->reversing_data = user_data;
 }
 
 VrScheduler *
@@ -1747,10 +1805,10 @@ vr_scheduler_final_record(VrSchedulerJob *job)
     for (guint i = 0; job->disks[i] != NULL && i < job->result.digests->len; i++) {
         const uint8_t *digest =
             &g_array_index(job->result.digests, uint8_t, i * VR_WIRE_DIGEST_SIZE);
+        char hex[VR_WIRE_DIGEST_SIZE * 2 + 1];
 
-        g_string_append_printf(text, "%s%s=", i > 0 ? "," : "", job->disks[i]);
-        for (guint b = 0; b < VR_WIRE_DIGEST_SIZE; b++)
-            g_string_append_printf(text, "%02x", digest[b]);
+        vr_replica_hex_encode(digest, VR_WIRE_DIGEST_SIZE, hex);
+        g_string_append_printf(text, "%s%s=%s", i > 0 ? "," : "", job->disks[i], hex);
     }
     return g_string_free(text, FALSE);
 }
@@ -1802,15 +1860,9 @@ vr_scheduler_final_recorded(VrSchedulerJob *job, virDomainPtr dom, VrPrimaryResu
             vr_primary_result_clear(result);
             return false;
         }
-        for (guint b = 0; b < VR_WIRE_DIGEST_SIZE; b++) {
-            int hi = g_ascii_xdigit_value(hex[1 + 2 * b]);
-            int lo = g_ascii_xdigit_value(hex[2 + 2 * b]);
-
-            if (hi < 0 || lo < 0) {
-                vr_primary_result_clear(result);
-                return false;
-            }
-            digest[b] = (uint8_t)(hi << 4 | lo);
+        if (!vr_replica_hex_decode(hex + 1, strlen(hex + 1), digest, VR_WIRE_DIGEST_SIZE)) {
+            vr_primary_result_clear(result);
+            return false;
         }
         g_array_append_vals(result->digests, digest, 1);
     }
@@ -1908,8 +1960,7 @@ vr_scheduler_failover_request(VrSchedulerJob *job)
             &g_array_index(job->result.digests, uint8_t, i * VR_WIRE_DIGEST_SIZE);
         char hex[VR_WIRE_DIGEST_SIZE * 2 + 1];
 
-        for (guint b = 0; b < VR_WIRE_DIGEST_SIZE; b++)
-            g_snprintf(hex + b * 2, 3, "%02x", digest[b]);
+        vr_replica_hex_encode(digest, VR_WIRE_DIGEST_SIZE, hex);
         json_object_object_add(digests, job->disks[i], json_object_new_string(hex));
     }
     json_object_object_add(obj, "cycle", json_object_new_uint64(job->result.cycle));
@@ -2111,6 +2162,68 @@ vr_scheduler_failover_begin(VrSchedulerJob *job)
     g_thread_pool_push(job->scheduler->pool, job, NULL);
 }
 
+/* A planned failover's answer that waits for the reverse handler. */
+typedef struct {
+    VrSchedulerToken *token;
+    char *id;
+    json_object *obj; /* the answer so far (a "warning" maybe) */
+} VrSchedulerReverseWait;
+
+/*
+ * The reverse handler ended (VrSchedulerReverseFunc): the planned failover's answer, and on
+ * success the relationship leaves this scheduler. Nothing but a message once the scheduler
+ * is gone (its free answered the request).
+ */
+static void
+vr_scheduler_reverse_done(GObject *source, GAsyncResult *result, gpointer data)
+{
+    VrSchedulerReverseWait *wait = data;
+    VrScheduler *scheduler = wait->token->scheduler;
+    VrSchedulerJob *job = scheduler != NULL ? g_hash_table_lookup(scheduler->jobs, wait->id) : NULL;
+    GTask *task = job != NULL ? g_steal_pointer(&job->failover_task) : NULL;
+    json_object *obj = g_steal_pointer(&wait->obj);
+    g_autoptr(GError) local = NULL;
+
+    if (!g_task_propagate_boolean(G_TASK(result), &local)) {
+        g_prefix_error(&local, "failed over to the replica host (state FailedOver), "
+                               "but this host could not become its replica: ");
+        g_warning("relationship '%s': %s", wait->id, local->message);
+        json_object_put(obj);
+        if (task != NULL)
+            g_task_return_error(task, g_steal_pointer(&local));
+    } else if (job == NULL) {
+        json_object_put(obj);
+    } else {
+        g_info("relationship '%s': reversed: '%s' replicates to this host, domain '%s' is "
+               "its standby here (epoch %" PRIu64 ")",
+               job->id, job->failover_identity, job->domain, job->epoch);
+        json_object_object_add(obj, "relationship", json_object_new_string(job->id));
+        json_object_object_add(obj, "domain", json_object_new_string(job->domain));
+        json_object_object_add(obj, "cycle", json_object_new_uint64(job->failover_cycle));
+        json_object_object_add(obj, "epoch", json_object_new_uint64(job->epoch));
+        json_object_object_add(obj, "state", json_object_new_string("FailedOver"));
+        json_object_object_add(
+            obj, "standby",
+            job->failover_standby != NULL ? json_object_new_string(job->failover_standby) : NULL);
+        json_object_object_add(obj, "bytes", json_object_new_uint64(job->result.bytes));
+        json_object_object_add(obj, "forced", json_object_new_boolean(job->failover_forced));
+        json_object_object_add(obj, "reverse", json_object_new_boolean(true));
+        json_object_object_add(obj, "reverse_primary",
+                               json_object_new_string(job->failover_identity));
+        if (task != NULL)
+            g_task_return_pointer(task, obj, vr_scheduler_json_free);
+        else
+            json_object_put(obj);
+        g_clear_object(&task);
+        /* The row is the replica role's now: this scheduler lets go of it. */
+        g_hash_table_remove(scheduler->jobs, wait->id);
+    }
+    g_clear_object(&task);
+    vr_scheduler_token_unref(wait->token);
+    g_free(wait->id);
+    g_free(wait);
+}
+
 /* The planned failover's outcome: the state database, the guard, the request's answer. */
 static void
 vr_scheduler_failover_done(VrSchedulerJob *job)
@@ -2182,40 +2295,17 @@ vr_scheduler_failover_done(VrSchedulerJob *job)
                 .digests = job->result.digests,
             };
 
-            if (!job->scheduler->reverse_func(&reverse, job->scheduler->reverse_data, &local)) {
-                g_prefix_error(&local, "failed over to the replica host (state FailedOver), "
-                                       "but this host could not become its replica: ");
-                g_warning("relationship '%s': %s", job->id, local->message);
-                json_object_put(obj);
-                if (task != NULL)
-                    g_task_return_error(task, g_steal_pointer(&local));
-                g_clear_object(&task);
-                return;
-            }
-            g_info("relationship '%s': reversed: '%s' replicates to this host, domain '%s' is "
-                   "its standby here (epoch %" PRIu64 ")",
-                   job->id, job->failover_identity, job->domain, job->epoch);
-            json_object_object_add(obj, "relationship", json_object_new_string(job->id));
-            json_object_object_add(obj, "domain", json_object_new_string(job->domain));
-            json_object_object_add(obj, "cycle", json_object_new_uint64(job->failover_cycle));
-            json_object_object_add(obj, "epoch", json_object_new_uint64(job->epoch));
-            json_object_object_add(obj, "state", json_object_new_string("FailedOver"));
-            json_object_object_add(obj, "standby",
-                                   job->failover_standby != NULL
-                                       ? json_object_new_string(job->failover_standby)
-                                       : NULL);
-            json_object_object_add(obj, "bytes", json_object_new_uint64(job->result.bytes));
-            json_object_object_add(obj, "forced", json_object_new_boolean(job->failover_forced));
-            json_object_object_add(obj, "reverse", json_object_new_boolean(true));
-            json_object_object_add(obj, "reverse_primary",
-                                   json_object_new_string(job->failover_identity));
-            if (task != NULL)
-                g_task_return_pointer(task, obj, vr_scheduler_json_free);
-            else
-                json_object_put(obj);
-            g_clear_object(&task);
-            /* The row is the replica role's now: this scheduler lets go of it. */
-            g_hash_table_remove(job->scheduler->jobs, job->id);
+            VrSchedulerReverseWait *wait = g_new0(VrSchedulerReverseWait, 1);
+
+            /* The answer waits for the reverse set-up (a copy of every disk, in the
+             * background); the request stays the job's meanwhile, so no other one starts. */
+            g_atomic_int_inc(&job->scheduler->token->ref);
+            wait->token = job->scheduler->token;
+            wait->id = g_strdup(job->id);
+            wait->obj = obj;
+            job->failover_task = g_steal_pointer(&task);
+            job->scheduler->reverse_func(&reverse, job->scheduler->reverse_data,
+                                         vr_scheduler_reverse_done, wait);
             return;
         }
         g_info("relationship '%s': planned failover done: '%s' runs on the replica host from "

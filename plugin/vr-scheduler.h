@@ -170,12 +170,30 @@ typedef struct {
     const GArray *digests;
 } VrSchedulerReverse;
 
-typedef bool (*VrSchedulerReverseFunc)(const VrSchedulerReverse *reverse, gpointer user_data,
-                                       GError **error);
+/*
+ * The reverse handler: it may take long (a copy of every disk), so it runs in the
+ * background and completes @callback (@callback_data) on the main context with a GTask
+ * whose value is a boolean (g_task_propagate_boolean(): false with the error). @reverse is
+ * valid during the call only. The planned failover's answer waits for it.
+ */
+typedef void (*VrSchedulerReverseFunc)(const VrSchedulerReverse *reverse, gpointer user_data,
+                                       GAsyncReadyCallback callback, gpointer callback_data);
 
 /* Set the function that makes this host the replica after a planned failover --reverse. */
 void vr_scheduler_set_reverse_handler(VrScheduler *scheduler, VrSchedulerReverseFunc func,
                                       gpointer user_data);
+
+/* Whether this host's reverse set-up of relationship @id runs (vr_failover_reverse_running()). */
+typedef bool (*VrSchedulerReversingFunc)(const char *id, gpointer user_data);
+
+/*
+ * Set the predicate that holds back the cycles of a relationship whose reverse set-up runs
+ * (its disks are being copied into the stores it becomes the replica of): no cycle, no
+ * final cycle starts for it meanwhile, not even from a timer; it is tried again one period
+ * later.
+ */
+void vr_scheduler_set_reversing_func(VrScheduler *scheduler, VrSchedulerReversingFunc func,
+                                     gpointer user_data);
 
 /*
  * Adopt the relationship @id that the state database now records with the primary role
@@ -187,7 +205,10 @@ bool vr_scheduler_adopt(VrScheduler *scheduler, const char *id, GError **error);
 
 /*
  * Let go of @id without touching the state database (its row is another role's now: the
- * old primary accepted to become the replica). Nothing when no job or a cycle runs.
+ * old primary accepted to become the replica). Nothing when there is no job or the
+ * scheduler's own planned failover holds it (it lets go itself). When a cycle runs, the
+ * job goes when that cycle ended (none starts meanwhile): its sync waiters get its answer,
+ * nothing of it is recorded over the row; sync requests waiting without a cycle fail.
  */
 void vr_scheduler_forget(VrScheduler *scheduler, const char *id);
 

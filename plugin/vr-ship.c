@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "vr-sender.h"
 #include "vr-ship.h"
 #include "vr-spool.h"
 #include "vr-wire.h"
@@ -164,6 +165,8 @@ struct _VrShipWriter {
     int fd;          /* of the ".part" file; -1 once closed */
     bool renamed;    /* the ".part" file became @path */
     bool finished;
+    uint64_t written;   /* bytes of the file written so far */
+    VrSenderFeed *feed; /* told of every write, or NULL (borrowed) */
 };
 
 VrShipWriter *
@@ -214,13 +217,37 @@ vr_ship_writer_new(const char *stream_path, const VrSpoolHeader *header, const V
     return g_steal_pointer(&writer);
 }
 
-/* Write the buffer out once it holds enough (or always, with @all). */
+/*
+ * Write the buffer out once it holds enough (or always, with @all), and tell the feed; but
+ * not of the last write (@all: the rest, with the END record), which it learns only once the
+ * file is durable (vr_ship_writer_finish()).
+ */
 static bool
 vr_ship_writer_drain(VrShipWriter *writer, bool all, GError **error)
 {
-    if (writer->out->len < (all ? 1 : VR_SHIP_FLUSH_SIZE))
+    uint64_t len = writer->out->len;
+
+    if (len < (all ? 1 : VR_SHIP_FLUSH_SIZE))
         return true;
-    return vr_ship_flush(writer->fd, writer->out, writer->part_path, error);
+    if (!vr_ship_flush(writer->fd, writer->out, writer->part_path, error))
+        return false;
+    writer->written += len;
+    if (writer->feed != NULL && !all)
+        vr_sender_feed_grow(writer->feed, writer->written);
+    return true;
+}
+
+bool
+vr_ship_writer_set_feed(VrShipWriter *writer, VrSenderFeed *feed, GError **error)
+{
+    g_return_val_if_fail(writer->feed == NULL && writer->fd >= 0 && !writer->finished, false);
+    if (!vr_sender_feed_attach(feed, writer->fd, error)) {
+        g_prefix_error(error, "'%s': ", writer->part_path);
+        return false;
+    }
+    writer->feed = feed;
+    vr_sender_feed_grow(feed, writer->written);
+    return true;
 }
 
 bool
@@ -260,6 +287,11 @@ vr_ship_writer_finish(VrShipWriter *writer, VrShipTotals *totals, GError **error
     if (!vr_ship_sync_dir(writer->path, error))
         return false;
     writer->finished = true;
+    if (writer->feed != NULL) {
+        /* the END record goes out only now: a stream the replica commits is complete here */
+        vr_sender_feed_grow(writer->feed, writer->written);
+        vr_sender_feed_complete(writer->feed);
+    }
     if (totals != NULL) {
         vr_wire_encoder_get_totals(writer->encoder, &wire_totals);
         *totals = (VrShipTotals){
@@ -278,6 +310,8 @@ vr_ship_writer_free(VrShipWriter *writer)
 {
     if (writer == NULL)
         return;
+    if (writer->feed != NULL && !writer->finished)
+        vr_sender_feed_fail(writer->feed); /* its upload stops before the END record */
     if (writer->fd >= 0)
         close(writer->fd);
     /* Ours either way when unfinished: the ".part" we created, or the stream it became. */

@@ -18,6 +18,7 @@
 
 #include <glib.h>
 
+#include "vr-sender.h"
 #include "vr-spool.h"
 
 G_BEGIN_DECLS
@@ -88,6 +89,13 @@ bool vr_ship_writer_add_data(VrShipWriter *writer, uint64_t offset, const void *
 bool vr_ship_writer_add_zero(VrShipWriter *writer, uint64_t offset, uint64_t len, GError **error);
 /* @totals may be NULL. */
 bool vr_ship_writer_finish(VrShipWriter *writer, VrShipTotals *totals, GError **error);
+/*
+ * Upload the stream while it is written (vr_sender_upload_feed()): @feed (borrowed, it must
+ * outlive @writer) gets the file and then the size after every write; the END record only
+ * once vr_ship_writer_finish() made the stream durable under its name, and then the feed is
+ * complete. A writer freed unfinished fails the feed, so its upload never sends END.
+ */
+bool vr_ship_writer_set_feed(VrShipWriter *writer, VrSenderFeed *feed, GError **error);
 void vr_ship_writer_free(VrShipWriter *writer);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrShipWriter, vr_ship_writer_free)
 

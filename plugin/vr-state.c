@@ -75,6 +75,19 @@ static const char vr_state_schema_v2[] =
     "  created INTEGER NOT NULL"
     ") STRICT;";
 
+/*
+ * Version 3: the intents, work that a daemon restart must resume (a failover TCP/IP push
+ * still pending, a reverse set-up begun). The step from version 2.
+ */
+static const char vr_state_schema_v3[] =
+    "CREATE TABLE intents ("
+    "  relationship TEXT NOT NULL REFERENCES relationships (id) ON DELETE CASCADE,"
+    "  kind TEXT NOT NULL CHECK (kind <> ''),"
+    "  data TEXT NOT NULL CHECK (json_type(data) = 'object'),"
+    "  created INTEGER NOT NULL,"
+    "  PRIMARY KEY (relationship, kind)"
+    ") STRICT;";
+
 /* ---- errors and statements ---------------------------------------------------------- */
 
 static bool
@@ -196,6 +209,9 @@ vr_state_migrate(VrState *state, GError **error)
         goto fail;
     if (version < 2 &&
         !vr_state_exec(state, vr_state_schema_v2, "upgrade the schema to version 2", error))
+        goto fail;
+    if (version < 3 &&
+        !vr_state_exec(state, vr_state_schema_v3, "upgrade the schema to version 3", error))
         goto fail;
     set_version = g_strdup_printf("PRAGMA user_version = %d", VR_STATE_SCHEMA_VERSION);
     if (!vr_state_exec(state, set_version, "set the schema version", error) ||
@@ -771,6 +787,99 @@ vr_state_authz_list(VrState *state, GError **error)
     }
     if (rc != SQLITE_DONE) {
         vr_state_sqlite_error(state, error, "list the authorization entries");
+        return NULL;
+    }
+    return g_steal_pointer(&list);
+}
+
+/* ---- intents ------------------------------------------------------------------------- */
+
+void
+vr_state_intent_free(VrStateIntent *intent)
+{
+    if (intent == NULL)
+        return;
+    g_free(intent->relationship);
+    g_free(intent->kind);
+    g_free(intent->data);
+    g_free(intent);
+}
+
+bool
+vr_state_intent_put(VrState *state, const char *relationship, const char *kind, const char *data,
+                    GError **error)
+{
+    g_autoptr(sqlite3_stmt) stmt = NULL;
+    g_autoptr(json_object) obj = data != NULL ? json_tokener_parse(data) : NULL;
+    int rc;
+
+    if (kind == NULL || kind[0] == '\0' || !json_object_is_type(obj, json_type_object))
+        return vr_state_invalid(error,
+                                "intent '%s' of relationship '%s': a kind and a JSON "
+                                "object are required",
+                                kind != NULL ? kind : "", relationship);
+    stmt = vr_state_prepare(state,
+                            "INSERT INTO intents (relationship, kind, data, created)"
+                            " VALUES (?1, ?2, ?3, ?4)"
+                            " ON CONFLICT (relationship, kind) DO UPDATE SET data = ?3",
+                            error);
+    if (stmt == NULL)
+        return false;
+    sqlite3_bind_text(stmt, 1, relationship, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 3, data, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(stmt, 4, vr_state_now());
+    rc = sqlite3_step(stmt);
+    if (rc == SQLITE_DONE)
+        return true;
+    if (sqlite3_extended_errcode(state->db) == SQLITE_CONSTRAINT_FOREIGNKEY) {
+        g_set_error(error, VR_STATE_ERROR, VR_STATE_ERROR_NOT_FOUND,
+                    "state database '%s': no relationship '%s' for intent '%s'", state->path,
+                    relationship, kind);
+        return false;
+    }
+    return vr_state_sqlite_error(state, error, "store an intent");
+}
+
+bool
+vr_state_intent_delete(VrState *state, const char *relationship, const char *kind, GError **error)
+{
+    g_autoptr(sqlite3_stmt) stmt =
+        vr_state_prepare(state, "DELETE FROM intents WHERE relationship = ?1 AND kind = ?2", error);
+
+    if (stmt == NULL)
+        return false;
+    sqlite3_bind_text(stmt, 1, relationship, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, kind, -1, SQLITE_STATIC);
+    return vr_state_step_done(state, stmt, "remove an intent", error);
+}
+
+GPtrArray *
+vr_state_intent_list(VrState *state, const char *kind_prefix, GError **error)
+{
+    g_autoptr(sqlite3_stmt) stmt =
+        vr_state_prepare(state,
+                         "SELECT relationship, kind, data, created FROM intents"
+                         " WHERE substr(kind, 1, length(?1)) = ?1 ORDER BY relationship, kind",
+                         error);
+    g_autoptr(GPtrArray) list =
+        g_ptr_array_new_with_free_func((GDestroyNotify)vr_state_intent_free);
+    int rc;
+
+    if (stmt == NULL)
+        return NULL;
+    sqlite3_bind_text(stmt, 1, kind_prefix != NULL ? kind_prefix : "", -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        VrStateIntent *i = g_new0(VrStateIntent, 1);
+
+        i->relationship = g_strdup((const char *)sqlite3_column_text(stmt, 0));
+        i->kind = g_strdup((const char *)sqlite3_column_text(stmt, 1));
+        i->data = g_strdup((const char *)sqlite3_column_text(stmt, 2));
+        i->created = sqlite3_column_int64(stmt, 3);
+        g_ptr_array_add(list, i);
+    }
+    if (rc != SQLITE_DONE) {
+        vr_state_sqlite_error(state, error, "list the intents");
         return NULL;
     }
     return g_steal_pointer(&list);

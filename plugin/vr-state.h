@@ -46,10 +46,10 @@ typedef enum {
 
 /*
  * The schema version this code writes. 1: relationships, cycles, recovery points; 2: the
- * replica's authorization entries made through the API. Older databases are upgraded step
- * by step in one transaction when they are opened.
+ * replica's authorization entries made through the API; 3: the intents. Older databases are
+ * upgraded step by step in one transaction when they are opened.
  */
-#define VR_STATE_SCHEMA_VERSION 2
+#define VR_STATE_SCHEMA_VERSION 3
 
 typedef struct _VrState VrState;
 
@@ -184,5 +184,41 @@ bool vr_state_authz_delete(VrState *state, const char *pattern, GError **error);
 
 /* Every entry, in the order they were added. (transfer full: a GPtrArray of VrStateAuthz) */
 GPtrArray *vr_state_authz_list(VrState *state, GError **error);
+
+/* ---- intents ------------------------------------------------------------------------ */
+
+/*
+ * Work begun that a daemon restart must finish (docs/state.md, "Intents"): one row per
+ * relationship and kind, its data a JSON object the owner of the kind defines. Stored
+ * before the work begins, removed when it ended; the daemon's start resumes what is left.
+ * A relationship's intents go with it (vr_state_relationship_delete()).
+ */
+typedef struct {
+    char *relationship;
+    char *kind;      /* e.g. "reverse", "guest-ip:failover" */
+    char *data;      /* a JSON object */
+    int64_t created; /* wall-clock seconds of the first put; set by the store */
+} VrStateIntent;
+
+void vr_state_intent_free(VrStateIntent *intent);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrStateIntent, vr_state_intent_free)
+
+/*
+ * Store (or replace) the intent @kind of @relationship with @data (a JSON object text),
+ * durably. NOT_FOUND without such a relationship, INVALID for an empty kind or data that is
+ * not an object.
+ */
+bool vr_state_intent_put(VrState *state, const char *relationship, const char *kind,
+                         const char *data, GError **error);
+
+/* Remove the intent @kind of @relationship; none is no error. */
+bool vr_state_intent_delete(VrState *state, const char *relationship, const char *kind,
+                            GError **error);
+
+/*
+ * The intents whose kind begins with @kind_prefix ("" or NULL: all), by relationship and
+ * kind. (transfer full: a GPtrArray of VrStateIntent)
+ */
+GPtrArray *vr_state_intent_list(VrState *state, const char *kind_prefix, GError **error);
 
 G_END_DECLS

@@ -11,6 +11,12 @@
  * sent "Expect: 100-continue"; otherwise libsoup reads (here: drains) the declared body
  * first.
  *
+ * A stream sent while it is written comes as a chunked body with "VR-Length: unknown": its
+ * END record ends it, its size is checked as the bytes come (413 in the middle of the body),
+ * and a reply before the end of a chunked body is written on the connection taken from
+ * libsoup (vr_receiver_cut_later()), which is then closed, since libsoup would otherwise read
+ * the whole body first and a chunked one need not end.
+ *
  * An upload (one stream, keyed by the URL) outlives its requests: a request that ends early
  * (the connection dropped) leaves it open for resume_timeout_s, and the next PUT that starts
  * at the offset it reached continues it with the same decoder and sink handle. A committed
@@ -47,6 +53,8 @@
 #define VR_RECEIVER_HEADER_STATE    "VR-State"
 #define VR_RECEIVER_HEADER_CYCLE    "VR-Cycle"
 #define VR_RECEIVER_HEADER_EPOCH    "VR-Epoch"
+/* VR-Length of a stream sent while it is written: it ends with its END record. */
+#define VR_RECEIVER_LENGTH_UNKNOWN "unknown"
 /* A hash list goes out in pieces of this size, at most this many read ahead of the socket. */
 #define VR_RECEIVER_HASHES_CHUNK (256 * 1024)
 #define VR_RECEIVER_HASHES_AHEAD 2
@@ -83,12 +91,20 @@ struct _VrReceiverUpload {
     VrReceiver *receiver;
     char *id; /* the key in receiver->uploads */
     VrReceiverKey key;
-    char *peer;      /* the primary that started it: only it may continue it */
-    uint64_t length; /* the stream's size (VR-Length) */
-    uint64_t offset; /* stream bytes fed to the decoder so far */
+    char *peer;        /* the primary that started it: only it may continue it */
+    uint64_t length;   /* the stream's size (VR-Length), once known */
+    bool length_known; /* false: "VR-Length: unknown", the stream ends with its END record */
+    uint64_t offset;   /* stream bytes fed to the decoder so far */
     VrWireDecoder *decoder;
     gpointer handle; /* the sink's, from begin until commit or abort */
     bool committed;
+    /*
+     * Refused during a body (413: a stream of unknown length grew past max_body_size): the
+     * status and reason a HEAD or a PUT past offset 0 gets, so that a sender whose connection
+     * was cut learns why; a PUT at offset 0 starts the stream again.
+     */
+    guint refused;
+    char *refused_reason;
     VrReceiverTransfer *owner; /* the request feeding it now, or NULL */
     GSource *expiry;           /* while no request owns it */
     int64_t released;          /* monotonic time it lost its request (for eviction) */
@@ -104,6 +120,9 @@ struct _VrReceiverTransfer {
     GSource *wait_timeout; /* while waiting */
     GError *error;         /* the first failure; nothing more is fed after it */
     guint status;          /* the reply for @error */
+    bool chunked;          /* a body of unknown length: after a failure, drained up to a bound */
+    uint64_t received;     /* body bytes of this request */
+    bool cut;              /* its reply is being sent on a connection taken from libsoup */
 };
 
 static void vr_receiver_next_turn(VrReceiver *receiver);
@@ -168,12 +187,20 @@ vr_receiver_set_header_u64(SoupServerMessage *msg, const char *name, uint64_t va
     soup_message_headers_replace(soup_server_message_get_response_headers(msg), name, text);
 }
 
-/* Where an upload stands: VR-Offset, VR-Length and VR-State on @msg's reply. */
+/*
+ * Where an upload stands: VR-Offset, VR-Length (the number, or "unknown" while a stream sent
+ * without a length has not reached its END) and VR-State on @msg's reply.
+ */
 static void
 vr_receiver_set_upload_headers(SoupServerMessage *msg, const VrReceiverUpload *upload)
 {
     vr_receiver_set_header_u64(msg, VR_RECEIVER_HEADER_OFFSET, upload->offset);
-    vr_receiver_set_header_u64(msg, VR_RECEIVER_HEADER_LENGTH, upload->length);
+    if (upload->length_known) {
+        vr_receiver_set_header_u64(msg, VR_RECEIVER_HEADER_LENGTH, upload->length);
+    } else {
+        soup_message_headers_replace(soup_server_message_get_response_headers(msg),
+                                     VR_RECEIVER_HEADER_LENGTH, VR_RECEIVER_LENGTH_UNKNOWN);
+    }
     soup_message_headers_replace(soup_server_message_get_response_headers(msg),
                                  VR_RECEIVER_HEADER_STATE,
                                  upload->committed ? "committed" : "receiving");
@@ -204,9 +231,10 @@ vr_receiver_upload_drop(VrReceiverUpload *upload)
         g_source_unref(upload->expiry);
     }
     vr_wire_decoder_free(upload->decoder);
-    if (!upload->committed)
+    if (!upload->committed && upload->refused == 0)
         receiver->open_uploads--;
     g_hash_table_remove(receiver->uploads, upload->id); /* frees the id */
+    g_free(upload->refused_reason);
     g_free(upload->peer);
     g_free(upload);
 }
@@ -292,6 +320,174 @@ vr_receiver_transfer_fail(VrReceiverTransfer *transfer, guint status, GError *er
     transfer->status = status;
     if (transfer->upload != NULL)
         vr_receiver_upload_drop(transfer->upload);
+}
+
+/*
+ * After a reply on a connection taken from libsoup: what the client still sends is read and
+ * dropped for a while before the connection closes ("lingering close"), since closing a
+ * socket that has unread bytes resets it, and the client then loses the reply it has not
+ * read yet. Bounded: VR_RECEIVER_LINGER_BYTES or VR_RECEIVER_LINGER_S, whichever comes first.
+ */
+#define VR_RECEIVER_LINGER_BYTES (1024 * 1024)
+#define VR_RECEIVER_LINGER_S     2
+
+typedef struct {
+    GIOStream *stream;
+    GCancellable *cancel; /* by the timer */
+    GSource *timer;
+    uint64_t drained;
+    uint8_t buf[16384];
+} VrReceiverLinger;
+
+static gboolean
+vr_receiver_linger_expired(gpointer data)
+{
+    VrReceiverLinger *linger = data;
+
+    g_cancellable_cancel(linger->cancel);
+    return G_SOURCE_REMOVE;
+}
+
+static void
+vr_receiver_linger_read(GObject *source, GAsyncResult *result, gpointer data)
+{
+    VrReceiverLinger *linger = data;
+    gssize n = g_input_stream_read_finish(G_INPUT_STREAM(source), result, NULL);
+
+    if (n > 0 && linger->drained + (uint64_t)n < VR_RECEIVER_LINGER_BYTES &&
+        !g_cancellable_is_cancelled(linger->cancel)) {
+        linger->drained += (uint64_t)n;
+        g_input_stream_read_async(G_INPUT_STREAM(source), linger->buf, sizeof(linger->buf),
+                                  G_PRIORITY_DEFAULT, linger->cancel, vr_receiver_linger_read,
+                                  linger);
+        return;
+    }
+    g_source_destroy(linger->timer);
+    g_source_unref(linger->timer);
+    g_io_stream_close(linger->stream, NULL, NULL);
+    g_object_unref(linger->stream);
+    g_object_unref(linger->cancel);
+    g_free(linger);
+}
+
+/* Read and drop what the client of @stream (transfer full) still sends, a while; then close. */
+static void
+vr_receiver_linger(VrReceiver *receiver, GIOStream *stream)
+{
+    VrReceiverLinger *linger = g_new0(VrReceiverLinger, 1);
+
+    linger->stream = stream;
+    linger->cancel = g_cancellable_new();
+    linger->timer = g_timeout_source_new_seconds(VR_RECEIVER_LINGER_S);
+    g_source_set_callback(linger->timer, vr_receiver_linger_expired, linger, NULL);
+    g_source_attach(linger->timer, receiver->context);
+    g_input_stream_read_async(g_io_stream_get_input_stream(stream), linger->buf,
+                              sizeof(linger->buf), G_PRIORITY_DEFAULT, linger->cancel,
+                              vr_receiver_linger_read, linger);
+}
+
+/* Append "Name: value\r\n" to @data (a GString). */
+static void
+vr_receiver_cut_header(const char *name, const char *value, gpointer data)
+{
+    g_string_append_printf(data, "%s: %s\r\n", name, value);
+}
+
+/* A reply to send on a connection taken from libsoup (vr_receiver_cut_later()). */
+typedef struct {
+    VrReceiver *receiver; /* a reference */
+    SoupServerMessage *msg;
+} VrReceiverCut;
+
+/*
+ * The reply of @data's message (its status, response headers and text body) is written on
+ * the connection taken from libsoup, which is then closed after a lingering read, without
+ * reading any more of the request's body: libsoup 3.2 answers a request only after its whole
+ * body, and a chunked body has no end the receiver knows of.
+ */
+static gboolean
+vr_receiver_cut(gpointer data)
+{
+    VrReceiverCut *cut = data;
+    SoupServerMessage *msg = cut->msg;
+    SoupMessageBody *body = soup_server_message_get_response_body(msg);
+    g_autoptr(GBytes) text = soup_message_body_flatten(body);
+    g_autoptr(GString) reply = g_string_new(NULL);
+    guint status = soup_server_message_get_status(msg);
+    GIOStream *stream;
+
+    g_string_append_printf(reply, "HTTP/1.1 %u %s\r\n", status, soup_status_get_phrase(status));
+    soup_message_headers_remove(soup_server_message_get_response_headers(msg), "Content-Length");
+    soup_message_headers_remove(soup_server_message_get_response_headers(msg), "Connection");
+    soup_message_headers_foreach(soup_server_message_get_response_headers(msg),
+                                 vr_receiver_cut_header, reply);
+    g_string_append_printf(reply,
+                           "Content-Length: %" G_GSIZE_FORMAT "\r\nConnection: close\r\n\r\n",
+                           g_bytes_get_size(text));
+    g_string_append_len(reply, g_bytes_get_data(text, NULL), (gssize)g_bytes_get_size(text));
+    g_debug("reply %u, the request body cut", status);
+    /* frees a transfer with the message's io: its turn goes to the next request */
+    stream = soup_server_message_steal_connection(msg);
+    if (stream != NULL) {
+        /* small: it fits the socket's buffer, and the socket has the I/O timeout */
+        g_output_stream_write_all(g_io_stream_get_output_stream(stream), reply->str, reply->len,
+                                  NULL, NULL, NULL);
+        g_output_stream_flush(g_io_stream_get_output_stream(stream), NULL, NULL);
+        if (!cut->receiver->closed) {
+            vr_receiver_linger(cut->receiver, stream);
+        } else {
+            g_io_stream_close(stream, NULL, NULL);
+            g_object_unref(stream);
+        }
+    }
+    g_object_unref(msg);
+    vr_receiver_unref(cut->receiver);
+    g_free(cut);
+    return G_SOURCE_REMOVE;
+}
+
+/*
+ * Send @msg's reply (already set) now and close the connection, from an idle of @receiver's
+ * context: not from got-chunk or a handler itself, whose caller (libsoup's read loop) still
+ * uses the message's io after them. The message is paused meanwhile, so no more body is read.
+ */
+static void
+vr_receiver_cut_later(VrReceiver *receiver, SoupServerMessage *msg)
+{
+    GSource *idle = g_idle_source_new();
+    VrReceiverCut *cut = g_new0(VrReceiverCut, 1);
+
+    cut->receiver = g_rc_box_acquire(receiver);
+    cut->msg = g_object_ref(msg);
+    soup_server_message_pause(msg);
+    g_source_set_callback(idle, vr_receiver_cut, cut, NULL);
+    g_source_attach(idle, receiver->context);
+    g_source_unref(idle);
+}
+
+/*
+ * @transfer's stream of unknown length passed the maximum size: refuse it with @status now,
+ * in the middle of its body. The upload is aborted but remembered as refused for
+ * resume_timeout_s, so that HEAD tells a sender whose connection was cut why; the body is
+ * not read any further.
+ */
+static void
+vr_receiver_transfer_refuse(VrReceiverTransfer *transfer, guint status, GError *error)
+{
+    VrReceiverUpload *upload = transfer->upload;
+
+    transfer->error = error;
+    transfer->status = status;
+    vr_receiver_upload_abort(upload);
+    g_clear_pointer(&upload->decoder, vr_wire_decoder_free);
+    upload->refused = status;
+    upload->refused_reason = g_strdup(error->message);
+    upload->receiver->open_uploads--;
+    transfer->upload = NULL;
+    vr_receiver_upload_release(upload);
+    transfer->cut = true;
+    vr_receiver_reply(transfer->msg, status, error->message);
+    vr_receiver_cut_later(transfer->receiver, transfer->msg);
 }
 
 /* A turn to read a body frees: wake the oldest waiting request. */
@@ -521,8 +717,40 @@ vr_receiver_on_got_chunk(SoupServerMessage *msg, GBytes *chunk, gpointer user_da
     gsize len = 0;
     const void *data = g_bytes_get_data(chunk, &len);
 
-    if (transfer->error != NULL || upload == NULL)
-        return; /* the rest of a failed or superseded body is read and dropped */
+    transfer->received += len;
+    if (transfer->error != NULL || upload == NULL) {
+        /*
+         * The rest of a failed or superseded body is read and dropped; a chunked one only up
+         * to the maximum stream size, then the reply goes out and the connection closes.
+         */
+        if (transfer->chunked && !transfer->cut &&
+            transfer->received > transfer->receiver->max_body_size) {
+            transfer->cut = true;
+            if (transfer->error != NULL)
+                vr_receiver_reply(msg, transfer->status, transfer->error->message);
+            else
+                vr_receiver_reply(msg, SOUP_STATUS_CONFLICT,
+                                  "a later request took this upload over: this one was dropped");
+            vr_receiver_cut_later(transfer->receiver, msg);
+        }
+        return;
+    }
+    if (!upload->length_known && (len > upload->receiver->max_body_size ||
+                                  upload->offset > upload->receiver->max_body_size - len)) {
+        g_set_error(&error, G_IO_ERROR, G_IO_ERROR_MESSAGE_TOO_LARGE,
+                    "the stream is larger than the limit of %" G_GUINT64_FORMAT " bytes",
+                    upload->receiver->max_body_size);
+        vr_receiver_transfer_refuse(transfer, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, error);
+        return;
+    }
+    if (upload->length_known && len > upload->length - upload->offset) {
+        /* a chunked body continuing a stream whose length is declared */
+        g_set_error(&error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "the body goes past the stream's length of %" G_GUINT64_FORMAT " bytes",
+                    upload->length);
+        vr_receiver_transfer_fail(transfer, SOUP_STATUS_BAD_REQUEST, error);
+        return;
+    }
     if (!vr_wire_decoder_feed(upload->decoder, data, len, vr_receiver_on_record, upload, &error)) {
         vr_receiver_transfer_fail(transfer, vr_receiver_status_for(error), error);
         return;
@@ -913,6 +1141,10 @@ vr_receiver_head(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverK
         vr_receiver_reply(msg, SOUP_STATUS_NOT_FOUND, "no upload of this stream is open");
         return;
     }
+    if (upload->refused != 0) {
+        vr_receiver_reply(msg, upload->refused, upload->refused_reason);
+        return;
+    }
     vr_receiver_set_upload_headers(msg, upload);
     soup_server_message_set_status(msg, SOUP_STATUS_OK, NULL);
 }
@@ -941,7 +1173,8 @@ vr_receiver_make_room(VrReceiver *receiver, const char *peer)
     while (g_hash_table_iter_next(&iter, NULL, &value)) {
         VrReceiverUpload *upload = value;
 
-        if (upload->committed || upload->owner != NULL || strcmp(upload->peer, peer) != 0)
+        if (upload->committed || upload->refused != 0 || upload->owner != NULL ||
+            strcmp(upload->peer, peer) != 0)
             continue;
         if (oldest == NULL || upload->released < oldest->released)
             oldest = upload;
@@ -986,28 +1219,48 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
     g_autofree char *reason = NULL;
     VrReceiverUpload *upload = g_hash_table_lookup(receiver->uploads, id);
     VrReceiverTransfer *transfer;
-    uint64_t offset, length;
-    goffset body;
+    SoupEncoding encoding = soup_message_headers_get_encoding(headers);
+    /* "VR-Length: unknown": the stream is sent while it is written; its END record ends it */
+    bool unknown = g_strcmp0(soup_message_headers_get_one(headers, VR_RECEIVER_HEADER_LENGTH),
+                             VR_RECEIVER_LENGTH_UNKNOWN) == 0;
+    uint64_t offset, length = 0;
+    goffset body = -1;
     gpointer handle;
 
-    if (soup_message_headers_get_encoding(headers) != SOUP_ENCODING_CONTENT_LENGTH) {
-        vr_receiver_reply(msg, SOUP_STATUS_LENGTH_REQUIRED, "a Content-Length is required");
+    if (encoding != SOUP_ENCODING_CONTENT_LENGTH &&
+        !(encoding == SOUP_ENCODING_CHUNKED && unknown)) {
+        vr_receiver_reply(msg, SOUP_STATUS_LENGTH_REQUIRED,
+                          "a Content-Length is required (a chunked body only with VR-Length: "
+                          "unknown)");
         return NULL;
     }
-    body = soup_message_headers_get_content_length(headers);
-    if (!vr_receiver_header_u64(headers, VR_RECEIVER_HEADER_LENGTH, true, 0, &length, &error) ||
+    if (encoding == SOUP_ENCODING_CONTENT_LENGTH)
+        body = soup_message_headers_get_content_length(headers);
+    if ((!unknown &&
+         !vr_receiver_header_u64(headers, VR_RECEIVER_HEADER_LENGTH, true, 0, &length, &error)) ||
         !vr_receiver_header_u64(headers, VR_RECEIVER_HEADER_OFFSET, false, 0, &offset, &error)) {
         vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, error->message);
         return NULL;
     }
-    if (length > receiver->max_body_size) {
+    if (unknown) {
+        /* The size is checked as the bytes come; a declared body that cannot fit, at once. */
+        if (offset > receiver->max_body_size ||
+            (body > 0 && (uint64_t)body > receiver->max_body_size - offset)) {
+            reason =
+                g_strdup_printf("a body of %" G_GINT64_FORMAT " bytes at offset %" G_GUINT64_FORMAT
+                                " is larger than the limit of %" G_GUINT64_FORMAT,
+                                (gint64)body, offset, receiver->max_body_size);
+            vr_receiver_reply(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, reason);
+            return NULL;
+        }
+    } else if (length > receiver->max_body_size) {
         reason = g_strdup_printf("the stream of %" G_GUINT64_FORMAT
                                  " bytes is larger than the limit of %" G_GUINT64_FORMAT,
                                  length, receiver->max_body_size);
         vr_receiver_reply(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, reason);
         return NULL;
     }
-    if (body < 0 || offset > length || (uint64_t)body > length - offset) {
+    if (!unknown && (body < 0 || offset > length || (uint64_t)body > length - offset)) {
         reason = g_strdup_printf("a body of %" G_GINT64_FORMAT " bytes at offset %" G_GUINT64_FORMAT
                                  " does not fit in a stream of %" G_GUINT64_FORMAT " bytes",
                                  (gint64)body, offset, length);
@@ -1019,6 +1272,11 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
         /* Only the primary that started an upload continues it, or starts it again. */
         vr_receiver_reply(msg, offset == 0 ? SOUP_STATUS_CONFLICT : SOUP_STATUS_FORBIDDEN,
                           "another primary is uploading this stream");
+        return NULL;
+    }
+    if (upload != NULL && upload->refused != 0 && offset != 0) {
+        /* Refused during an earlier body: the sender whose connection was cut learns why. */
+        vr_receiver_reply(msg, upload->refused, upload->refused_reason);
         return NULL;
     }
     if (upload != NULL && upload->committed) {
@@ -1054,11 +1312,13 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
         upload->key = *key;
         upload->peer = g_strdup(peer->name);
         upload->length = length;
+        upload->length_known = !unknown;
         upload->decoder = vr_wire_decoder_new();
         upload->handle = handle;
         g_hash_table_insert(receiver->uploads, upload->id, upload);
         receiver->open_uploads++;
-    } else if (upload == NULL || upload->offset != offset || upload->length != length) {
+    } else if (upload == NULL || upload->offset != offset ||
+               (!unknown && upload->length_known && upload->length != length)) {
         if (upload == NULL) {
             reason = g_strdup_printf("no upload of this stream is open: start at offset 0");
             soup_message_headers_replace(soup_server_message_get_response_headers(msg),
@@ -1076,11 +1336,16 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
         }
         vr_receiver_reply(msg, SOUP_STATUS_CONFLICT, reason);
         return NULL;
+    } else if (!unknown && !upload->length_known) {
+        /* A stream sent while it was written, resumed once complete: its length is known now. */
+        upload->length = length;
+        upload->length_known = true;
     }
 
     transfer = g_new0(VrReceiverTransfer, 1);
     transfer->receiver = g_rc_box_acquire(receiver);
     transfer->msg = msg;
+    transfer->chunked = encoding == SOUP_ENCODING_CHUNKED;
     vr_receiver_upload_take(upload, transfer);
     g_object_set_data_full(G_OBJECT(msg), "vr-receiver-transfer", transfer,
                            (GDestroyNotify)vr_receiver_transfer_free);
@@ -1105,8 +1370,8 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
 
 /* Headers are in: method, policy, authorization, route; then the resource's method. */
 static void
-vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char *path,
-                          GHashTable *query, gpointer user_data)
+vr_receiver_route(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
+                  gpointer user_data)
 {
     VrReceiver *receiver = user_data;
     g_autoptr(GError) error = NULL;
@@ -1163,6 +1428,10 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
                                          "GET");
             vr_receiver_reply(msg, SOUP_STATUS_METHOD_NOT_ALLOWED,
                               "a hash list is only read (GET)");
+        } else if (soup_message_headers_get_encoding(
+                       soup_server_message_get_request_headers(msg)) == SOUP_ENCODING_CHUNKED) {
+            vr_receiver_reply(msg, SOUP_STATUS_LENGTH_REQUIRED,
+                              "a chunked body is not taken here: a Content-Length is required");
         } else {
             vr_receiver_get_hashes(receiver, msg, &key, &who);
         }
@@ -1221,6 +1490,25 @@ vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char
         g_signal_connect(msg, "got-chunk", G_CALLBACK(vr_receiver_on_got_chunk), transfer);
 }
 
+/*
+ * The early handler: route the request; a reply it got before a chunked body (a refusal) is
+ * sent at once and the connection closed, unless the client waits for "100 Continue" (then
+ * libsoup answers before the body, which is never sent): libsoup would otherwise read the
+ * whole body first, and a chunked one need not end.
+ */
+static void
+vr_receiver_early_handler(SoupServer *server, SoupServerMessage *msg, const char *path,
+                          GHashTable *query, gpointer user_data)
+{
+    SoupMessageHeaders *headers = soup_server_message_get_request_headers(msg);
+
+    vr_receiver_route(server, msg, path, query, user_data);
+    if (soup_server_message_get_status(msg) != 0 &&
+        soup_message_headers_get_encoding(headers) == SOUP_ENCODING_CHUNKED &&
+        (soup_message_headers_get_expectations(headers) & SOUP_EXPECTATION_CONTINUE) == 0)
+        vr_receiver_cut_later(user_data, msg);
+}
+
 /* The body is complete: finish and commit the upload, or say where it stands; or a domain XML. */
 static void
 vr_receiver_handler(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
@@ -1254,13 +1542,22 @@ vr_receiver_handler(SoupServer *server, SoupServerMessage *msg, const char *path
                           "a later request took this upload over: this one was dropped");
         return;
     }
-    if (upload->offset < upload->length) {
-        /* A part of the stream: the next request continues from here. */
+    if (upload->length_known ? upload->offset < upload->length
+                             : !vr_wire_decoder_is_done(upload->decoder)) {
+        /*
+         * A part of the stream (of a stream without a length: a body that ended before its
+         * END record, which publishes nothing): the next request continues from here.
+         */
         transfer->upload = NULL;
         vr_receiver_upload_release(upload);
         vr_receiver_set_upload_headers(msg, upload);
         soup_server_message_set_status(msg, SOUP_STATUS_ACCEPTED, NULL);
         return;
+    }
+    if (!upload->length_known) {
+        /* END arrived and ended the body: the stream's length is known at last. */
+        upload->length = upload->offset;
+        upload->length_known = true;
     }
     if (!vr_wire_decoder_finish(upload->decoder, &error) ||
         !upload->receiver->sink->commit(upload->handle, &error)) {

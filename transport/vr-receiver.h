@@ -2,18 +2,19 @@
  * vr-receiver.h: the replica's HTTPS receive endpoint (libsoup 3, mutual TLS only)
  *
  * One resource per stream, /v1/cycles/{relationship}/{disk}/{epoch}/{base}/{target}: PUT
- * uploads the wire stream (vr-wire.h), or the rest of it from an offset; HEAD tells how
- * much of it the receiver holds. The body is streamed into the decoder chunk by chunk
- * (never accumulated) and handed to a sink record by record. An upload cut by a dropped
- * connection stays open for a while and resumes at the offset the receiver reached; a
- * request that sends bytes the receiver already has (libsoup resending a PUT) is harmless.
- * GET /v1/hashes/{relationship}/{disk} serves the hash list of the disk's latest recovery
- * point, a file the sink names, streamed from the file in pieces (for a resync). PUT
- * /v1/domains/{relationship} hands the primary's domain XML (at most VR_RECEIVER_DOMAIN_MAX
- * bytes, collected in memory) to the sink, which defines the standby domain from it. POST
- * /v1/failover/{relationship} (a planned failover's last step: a JSON object of at most
- * VR_RECEIVER_FAILOVER_MAX bytes) goes to the sink's failover(), whose JSON answer is the
- * reply (200).
+ * uploads the wire stream (vr-wire.h), or the rest of it from an offset, with a declared
+ * length or, for a stream still being written, chunked with "VR-Length: unknown" (its END
+ * record ends it); HEAD tells how much of it the receiver holds. The body is streamed into
+ * the decoder chunk by chunk (never accumulated) and handed to a sink record by record. An
+ * upload cut by a dropped connection stays open for a while and resumes at the offset the
+ * receiver reached; a request that sends bytes the receiver already has (libsoup resending
+ * a PUT) is harmless. GET /v1/hashes/{relationship}/{disk} serves the hash list of the
+ * disk's latest recovery point, a file the sink names, streamed from the file in pieces
+ * (for a resync). PUT /v1/domains/{relationship} hands the primary's domain XML (at most
+ * VR_RECEIVER_DOMAIN_MAX bytes, collected in memory) to the sink, which defines the standby
+ * domain from it. POST /v1/failover/{relationship} (a planned failover's last step: a JSON
+ * object of at most VR_RECEIVER_FAILOVER_MAX bytes) goes to the sink's failover(), whose
+ * JSON answer is the reply (200).
  *
  * The client's certificate goes through the certificate policy (vr-tls-policy.h) in the
  * TLS handshake and again on every request, then through authorization (vr-authz.h). At

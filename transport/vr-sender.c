@@ -7,6 +7,8 @@
  * HEAD for the offset, and PUT the rest. The body is a GInputStream over the file that
  * reads at most VR_SENDER_BLOCK bytes per call at the offset it stands at, taking tokens
  * from the bandwidth limits first: memory stays a few blocks, whatever the stream's size.
+ * A stream still being written (VrSenderFeed) is sent as a chunked body of unknown length:
+ * the body reads what is written and waits for more until the writer completes the stream.
  *
  * Never through a proxy: the replication network is direct (and libproxy's lookup can stall
  * a thread on WPAD).
@@ -57,6 +59,152 @@ struct _VrSender {
     guint io_timeout_s;
 };
 
+/* ---- a stream file being written --------------------------------------------------------- */
+
+struct _VrSenderFeed {
+    GMutex lock;
+    GCond cond;    /* signalled at every change */
+    int fd;        /* -1 until attached */
+    uint64_t size; /* bytes written, all final */
+    bool complete; /* @size is the stream's size */
+    bool failed;   /* the writer gave up */
+};
+
+VrSenderFeed *
+vr_sender_feed_new(void)
+{
+    VrSenderFeed *feed = g_new0(VrSenderFeed, 1);
+
+    g_mutex_init(&feed->lock);
+    g_cond_init(&feed->cond);
+    feed->fd = -1;
+    return feed;
+}
+
+void
+vr_sender_feed_free(VrSenderFeed *feed)
+{
+    if (feed == NULL)
+        return;
+    if (feed->fd >= 0)
+        close(feed->fd);
+    g_mutex_clear(&feed->lock);
+    g_cond_clear(&feed->cond);
+    g_free(feed);
+}
+
+bool
+vr_sender_feed_attach(VrSenderFeed *feed, int fd, GError **error)
+{
+    /* the same file, readable whatever @fd's mode (a writer's is often write-only) */
+    g_autofree char *self = g_strdup_printf("/proc/self/fd/%d", fd);
+    int copy = open(self, O_RDONLY | O_CLOEXEC);
+
+    if (copy < 0) {
+        int errsv = errno;
+
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv),
+                    "cannot open the stream file for reading: %s", g_strerror(errsv));
+        return false;
+    }
+    g_mutex_lock(&feed->lock);
+    g_assert(feed->fd < 0);
+    feed->fd = copy;
+    g_cond_broadcast(&feed->cond);
+    g_mutex_unlock(&feed->lock);
+    return true;
+}
+
+void
+vr_sender_feed_grow(VrSenderFeed *feed, uint64_t size)
+{
+    g_mutex_lock(&feed->lock);
+    feed->size = MAX(feed->size, size);
+    g_cond_broadcast(&feed->cond);
+    g_mutex_unlock(&feed->lock);
+}
+
+void
+vr_sender_feed_complete(VrSenderFeed *feed)
+{
+    g_mutex_lock(&feed->lock);
+    feed->complete = true;
+    g_cond_broadcast(&feed->cond);
+    g_mutex_unlock(&feed->lock);
+}
+
+void
+vr_sender_feed_fail(VrSenderFeed *feed)
+{
+    g_mutex_lock(&feed->lock);
+    feed->failed = true;
+    g_cond_broadcast(&feed->cond);
+    g_mutex_unlock(&feed->lock);
+}
+
+bool
+vr_sender_feed_is_complete(VrSenderFeed *feed)
+{
+    bool complete;
+
+    g_mutex_lock(&feed->lock);
+    complete = feed->complete && !feed->failed;
+    g_mutex_unlock(&feed->lock);
+    return complete;
+}
+
+uint64_t
+vr_sender_feed_get_size(VrSenderFeed *feed, bool *complete)
+{
+    uint64_t size;
+
+    g_mutex_lock(&feed->lock);
+    size = feed->size;
+    *complete = feed->complete && !feed->failed;
+    g_mutex_unlock(&feed->lock);
+    return size;
+}
+
+/* The size written so far and whether it is final, without waiting; false: the writer gave up. */
+static bool
+vr_sender_feed_peek(VrSenderFeed *feed, uint64_t *size, bool *complete, GError **error)
+{
+    bool failed;
+
+    g_mutex_lock(&feed->lock);
+    *size = feed->size;
+    *complete = feed->complete;
+    failed = feed->failed;
+    g_mutex_unlock(&feed->lock);
+    if (failed) {
+        g_set_error_literal(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID,
+                            "the stream's writer gave up");
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Wait until more than @beyond bytes are written or the stream is complete (a writer that
+ * gives up, or @cancellable, fail it); then as vr_sender_feed_peek().
+ */
+static bool
+vr_sender_feed_wait(VrSenderFeed *feed, uint64_t beyond, GCancellable *cancellable, uint64_t *size,
+                    bool *complete, GError **error)
+{
+    g_mutex_lock(&feed->lock);
+    while (!feed->failed && !feed->complete && feed->size <= beyond) {
+        if (g_cancellable_is_cancelled(cancellable))
+            break;
+        /* woken by the writer, or every 50 ms to look at @cancellable */
+        g_cond_wait_until(&feed->cond, &feed->lock, g_get_monotonic_time() + 50000);
+    }
+    g_mutex_unlock(&feed->lock);
+    if (g_cancellable_set_error_if_cancelled(cancellable, error))
+        return false;
+    return vr_sender_feed_peek(feed, size, complete, error);
+}
+
 /* ---- the request body: a file from an offset, throttled --------------------------------- */
 
 /*
@@ -80,6 +228,12 @@ typedef struct {
     VrSenderProgress progress;
     gpointer progress_data;
     uint64_t *sent; /* counts every byte handed out */
+    /*
+     * A stream being written (NULL: a complete file): @length is what is written so far, and
+     * the body ends (chunked) when the writer completed the stream and all of it went out.
+     */
+    VrSenderFeed *feed;
+    bool eof; /* the whole stream went out */
 } VrSenderBody;
 
 typedef struct {
@@ -180,14 +334,45 @@ vr_sender_body_pread(VrSenderBody *body, void *buffer, gsize count, GError **err
     return (gssize)n;
 }
 
+/*
+ * A stream being written, all of what is written sent: wait for more (@block) or say what
+ * is: 1 more is written, 0 the stream is complete and sent, -1 @error (WOULD_BLOCK when
+ * !@block and nothing more is written yet).
+ */
+static int
+vr_sender_body_follow(VrSenderBody *body, bool block, GCancellable *cancellable, GError **error)
+{
+    bool complete = false;
+    uint64_t size;
+
+    if (block ? !vr_sender_feed_wait(body->feed, body->pos, cancellable, &size, &complete, error)
+              : !vr_sender_feed_peek(body->feed, &size, &complete, error))
+        return -1;
+    body->length = MAX(body->length, size);
+    if (body->pos < body->length)
+        return 1;
+    if (complete) {
+        body->eof = true;
+        return 0;
+    }
+    g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK, "the stream is being written");
+    return -1;
+}
+
 static gssize
 vr_sender_body_read(GInputStream *stream, void *buffer, gsize count, GCancellable *cancellable,
                     GError **error)
 {
     VrSenderBody *body = (VrSenderBody *)stream;
     int64_t wait;
+    int more;
 
-    if (body->pos >= body->length || count == 0)
+    if (count == 0)
+        return 0;
+    if (body->feed != NULL && body->pos >= body->length &&
+        (more = vr_sender_body_follow(body, true, cancellable, error)) <= 0)
+        return more;
+    if (body->pos >= body->length)
         return 0;
     wait = vr_sender_body_grant(body, count);
     if (wait > 0 && !vr_sender_sleep(wait, cancellable, error))
@@ -200,8 +385,14 @@ vr_sender_body_read_nonblocking(GPollableInputStream *stream, void *buffer, gsiz
                                 GError **error)
 {
     VrSenderBody *body = (VrSenderBody *)stream;
+    int more;
 
-    if (body->pos >= body->length || count == 0)
+    if (count == 0)
+        return 0;
+    if (body->feed != NULL && body->pos >= body->length &&
+        (more = vr_sender_body_follow(body, false, NULL, error)) <= 0)
+        return more;
+    if (body->pos >= body->length)
         return 0;
     if (vr_sender_body_grant(body, count) > 0) {
         g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK, "rate limited");
@@ -215,6 +406,12 @@ vr_sender_body_is_readable(GPollableInputStream *stream)
 {
     VrSenderBody *body = (VrSenderBody *)stream;
 
+    if (body->feed != NULL && body->pos >= body->length) {
+        bool complete;
+
+        /* all of what is written went out: readable once there is more, or the end */
+        return vr_sender_feed_get_size(body->feed, &complete) > body->pos || complete;
+    }
     return body->granted == 0 || body->ready_at <= g_get_monotonic_time();
 }
 
@@ -224,8 +421,14 @@ vr_sender_body_create_source(GPollableInputStream *stream, GCancellable *cancell
     VrSenderBody *body = (VrSenderBody *)stream;
     g_autoptr(GSource) base = g_pollable_source_new(G_OBJECT(stream));
 
-    /* A file is always readable: the source fires at once, or when the limits allow. */
-    g_source_set_ready_time(base, vr_sender_body_is_readable(stream) ? 0 : body->ready_at);
+    /*
+     * A file is always readable: the source fires at once, or when the limits allow; a stream
+     * being written is looked at again every 10 ms while all of it went out.
+     */
+    if (body->feed != NULL && body->pos >= body->length)
+        g_source_set_ready_time(base, g_get_monotonic_time() + 10000);
+    else
+        g_source_set_ready_time(base, vr_sender_body_is_readable(stream) ? 0 : body->ready_at);
     return g_pollable_source_new_full(stream, base, cancellable);
 }
 
@@ -279,7 +482,9 @@ vr_sender_body_init(VrSenderBody *body)
 typedef struct {
     VrSender *sender;
     int fd;
-    uint64_t length;
+    uint64_t length;    /* a stream being written: what is written so far, until complete */
+    VrSenderFeed *feed; /* the stream is being written, or NULL */
+    bool whole;         /* the receiver takes no chunked body (411): wait for the whole stream */
     char *uri;
     VrSenderProgress progress;
     gpointer progress_data;
@@ -436,8 +641,9 @@ vr_sender_send(VrSenderUpload *upload, SoupSession *session, SoupMessage *msg,
     if (reply == NULL)
         return NULL;
     vr_sender_note_retry_after(upload, msg);
-    return vr_sender_read_reason(upload, session, reply, body != NULL && body->pos < body->length,
-                                 error);
+    return vr_sender_read_reason(
+        upload, session, reply,
+        body != NULL && (body->feed != NULL ? !body->eof : body->pos < body->length), error);
 }
 
 typedef enum {
@@ -480,6 +686,12 @@ vr_sender_probe(VrSenderUpload *upload, SoupSession *session, uint64_t *offset, 
         upload->stats->already_committed = true;
         return VR_SENDER_DONE;
     }
+    if (upload->feed != NULL) {
+        bool complete;
+
+        if (!vr_sender_feed_peek(upload->feed, &upload->length, &complete, error))
+            return VR_SENDER_FAILED;
+    }
     if (!vr_sender_reply_u64(msg, "VR-Offset", offset) || *offset > upload->length)
         *offset = 0;
     return VR_SENDER_AGAIN;
@@ -497,7 +709,20 @@ vr_sender_put(VrSenderUpload *upload, SoupSession *session, uint64_t *offset, GE
     char text[24];
     uint64_t at;
     guint status;
+    bool growing = false;
 
+    if (upload->feed != NULL) {
+        bool complete;
+
+        if (upload->whole ? !vr_sender_feed_wait(upload->feed, G_MAXUINT64, upload->cancellable,
+                                                 &upload->length, &complete, error)
+                          : !vr_sender_feed_peek(upload->feed, &upload->length, &complete, error))
+            return VR_SENDER_FAILED;
+        growing = !complete;
+        if (complete)
+            upload->stats->stream_bytes = upload->length;
+    }
+    body->feed = growing ? upload->feed : NULL;
     body->fd = upload->fd;
     body->pos = *offset;
     body->length = upload->length;
@@ -508,18 +733,24 @@ vr_sender_put(VrSenderUpload *upload, SoupSession *session, uint64_t *offset, GE
     g_snprintf(text, sizeof(text), "%" G_GUINT64_FORMAT, *offset);
     soup_message_headers_replace(headers, "VR-Offset", text);
     g_snprintf(text, sizeof(text), "%" G_GUINT64_FORMAT, upload->length);
-    soup_message_headers_replace(headers, "VR-Length", text);
+    /* Being written: its length is unknown, the body chunked; the END record ends the stream. */
+    soup_message_headers_replace(headers, "VR-Length", growing ? "unknown" : text);
     soup_message_headers_set_expectations(headers, SOUP_EXPECTATION_CONTINUE);
     soup_message_set_request_body(msg, "application/vnd.virt-replica.stream", stream,
-                                  (gssize)(upload->length - *offset));
+                                  growing ? -1 : (gssize)(upload->length - *offset));
+    if (growing)
+        soup_message_headers_set_encoding(headers, SOUP_ENCODING_CHUNKED);
     upload->stats->requests++;
     if (*offset > 0) {
         upload->stats->resumes++;
         upload->stats->resumed_at = *offset;
     }
-    g_debug("PUT %s from offset %" G_GUINT64_FORMAT, upload->uri, *offset);
+    g_debug("PUT %s from offset %" G_GUINT64_FORMAT "%s", upload->uri, *offset,
+            growing ? " while it is written" : "");
 
     reason = vr_sender_send(upload, session, msg, body, error);
+    if (growing)
+        upload->length = MAX(upload->length, body->length);
     if (reason == NULL)
         return VR_SENDER_RETRY;
     status = soup_message_get_status(msg);
@@ -546,6 +777,13 @@ vr_sender_put(VrSenderUpload *upload, SoupSession *session, uint64_t *offset, GE
         g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NO_SPACE,
                     "the replica is out of space: %s", reason);
         return VR_SENDER_FAILED;
+    case SOUP_STATUS_LENGTH_REQUIRED:
+        if (!growing)
+            break;
+        /* A replica from before streams of unknown length: send it whole once it is written. */
+        g_debug("%s takes no chunked body: the stream goes once it is complete", upload->uri);
+        upload->whole = true;
+        return VR_SENDER_AGAIN;
     default:
         break;
     }
@@ -629,23 +867,121 @@ vr_sender_session_new(VrSender *sender)
         "max-conns-per-host", 1, "proxy-resolver", NULL, NULL);
 }
 
-bool
-vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progress,
-                      gpointer progress_data, VrSenderStats *stats, GCancellable *cancellable,
-                      GError **error)
+/*
+ * The attempts of @upload (its fd, length or feed, progress and stats set) of the stream
+ * @identity names, until it is committed or a final error.
+ */
+static bool
+vr_sender_upload_run(VrSender *sender, VrSenderUpload *upload, const VrWireIdentity *identity,
+                     GError **error)
 {
     g_autoptr(GMainContext) context = g_main_context_new();
     g_autoptr(SoupSession) session = NULL;
     g_autoptr(GError) last = NULL;
-    VrSenderStats local_stats;
-    VrWireIdentity identity;
-    VrSenderUpload upload = { 0 };
-    struct stat st;
+    GCancellable *cancellable = upload->cancellable;
+    VrSenderStats *stats = upload->stats;
     uint64_t offset = 0;
     guint failures = 0;
     guint busy = 0;
     bool probe = false;
     bool ok = false;
+
+    upload->sender = sender;
+    upload->uri =
+        g_strdup_printf("https://%s:%u/v1/cycles/%s/%s/%" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT
+                        "/%" G_GUINT64_FORMAT,
+                        sender->server_name, sender->port, identity->relationship, identity->disk,
+                        identity->epoch, identity->base_cycle, identity->target_cycle);
+
+    g_main_context_push_thread_default(context);
+    session = vr_sender_session_new(sender);
+    for (guint requests = 0; requests < sender->max_attempts * 2;) {
+        VrSenderOutcome outcome;
+
+        g_clear_error(&last);
+        requests++;
+        if (probe)
+            outcome = vr_sender_probe(upload, session, &offset, &last);
+        else
+            outcome = vr_sender_put(upload, session, &offset, &last);
+        if (upload->tls_error != NULL) {
+            g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CERTIFICATE,
+                        "the certificate of replica %s was refused: %s", sender->server_name,
+                        upload->tls_error->message);
+            goto out;
+        }
+        if (g_cancellable_set_error_if_cancelled(cancellable, error))
+            goto out;
+        switch (outcome) {
+        case VR_SENDER_DONE:
+            if (upload->feed != NULL) {
+                bool complete = false;
+
+                /* a stream being written is complete once the receiver committed it */
+                if (vr_sender_feed_peek(upload->feed, &upload->length, &complete, NULL) && complete)
+                    stats->stream_bytes = upload->length;
+            }
+            ok = true;
+            goto out;
+        case VR_SENDER_AGAIN:
+            probe = false;
+            continue;
+        case VR_SENDER_FAILED:
+            g_propagate_error(error, g_steal_pointer(&last));
+            goto out;
+        case VR_SENDER_BUSY:
+            /* not a failure: the replica queues; wait as it says, a bounded number of times */
+            if (++busy > VR_SENDER_MAX_BUSY)
+                break;
+            stats->busy++;
+            requests--;
+            g_debug("the replica is busy (%u): %s", busy, last->message);
+            if (!vr_sender_sleep(vr_sender_retry_after_us(upload->retry_after), cancellable, error))
+                goto out;
+            continue;
+        case VR_SENDER_RETRY:
+            break;
+        }
+        if (upload->feed != NULL) {
+            uint64_t size;
+            bool complete;
+
+            /* the writer gave up (what failed the body): there is nothing to retry */
+            if (!vr_sender_feed_peek(upload->feed, &size, &complete, error))
+                goto out;
+        }
+        failures++;
+        g_debug("attempt %u of %s failed: %s", failures, upload->uri, last->message);
+        if (failures >= sender->max_attempts)
+            break;
+        if (!vr_sender_sleep(vr_sender_backoff_us(sender, failures), cancellable, error))
+            goto out;
+        probe = true;
+        /* a fresh connection: the old one may be half dead */
+        soup_session_abort(session);
+    }
+    g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
+                "failed to upload to %s after %u failed attempts; the last: %s", upload->uri,
+                failures, last != NULL ? last->message : "too many conflicting offsets");
+
+out:
+    g_clear_object(&session);
+    g_main_context_pop_thread_default(context);
+    g_clear_error(&upload->tls_error);
+    g_clear_pointer(&upload->uri, g_free);
+    return ok;
+}
+
+bool
+vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progress,
+                      gpointer progress_data, VrSenderStats *stats, GCancellable *cancellable,
+                      GError **error)
+{
+    VrSenderStats local_stats;
+    VrWireIdentity identity;
+    VrSenderUpload upload = { 0 };
+    struct stat st;
+    bool ok;
 
     if (stats == NULL)
         stats = &local_stats;
@@ -667,80 +1003,50 @@ vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progr
         close(upload.fd);
         return false;
     }
-    upload.sender = sender;
-    upload.uri =
-        g_strdup_printf("https://%s:%u/v1/cycles/%s/%s/%" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT
-                        "/%" G_GUINT64_FORMAT,
-                        sender->server_name, sender->port, identity.relationship, identity.disk,
-                        identity.epoch, identity.base_cycle, identity.target_cycle);
     upload.progress = progress;
     upload.progress_data = progress_data;
     upload.stats = stats;
     upload.cancellable = cancellable;
-
-    g_main_context_push_thread_default(context);
-    session = vr_sender_session_new(sender);
-    for (guint requests = 0; requests < sender->max_attempts * 2;) {
-        VrSenderOutcome outcome;
-
-        g_clear_error(&last);
-        requests++;
-        if (probe)
-            outcome = vr_sender_probe(&upload, session, &offset, &last);
-        else
-            outcome = vr_sender_put(&upload, session, &offset, &last);
-        if (upload.tls_error != NULL) {
-            g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CERTIFICATE,
-                        "the certificate of replica %s was refused: %s", sender->server_name,
-                        upload.tls_error->message);
-            goto out;
-        }
-        if (g_cancellable_set_error_if_cancelled(cancellable, error))
-            goto out;
-        switch (outcome) {
-        case VR_SENDER_DONE:
-            ok = true;
-            goto out;
-        case VR_SENDER_AGAIN:
-            probe = false;
-            continue;
-        case VR_SENDER_FAILED:
-            g_propagate_error(error, g_steal_pointer(&last));
-            goto out;
-        case VR_SENDER_BUSY:
-            /* not a failure: the replica queues; wait as it says, a bounded number of times */
-            if (++busy > VR_SENDER_MAX_BUSY)
-                break;
-            stats->busy++;
-            requests--;
-            g_debug("the replica is busy (%u): %s", busy, last->message);
-            if (!vr_sender_sleep(vr_sender_retry_after_us(upload.retry_after), cancellable, error))
-                goto out;
-            continue;
-        case VR_SENDER_RETRY:
-            break;
-        }
-        failures++;
-        g_debug("attempt %u of %s failed: %s", failures, upload.uri, last->message);
-        if (failures >= sender->max_attempts)
-            break;
-        if (!vr_sender_sleep(vr_sender_backoff_us(sender, failures), cancellable, error))
-            goto out;
-        probe = true;
-        /* a fresh connection: the old one may be half dead */
-        soup_session_abort(session);
-    }
-    g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_UNREACHABLE,
-                "failed to upload to %s after %u failed attempts; the last: %s", upload.uri,
-                failures, last != NULL ? last->message : "too many conflicting offsets");
-
-out:
-    g_clear_object(&session);
-    g_main_context_pop_thread_default(context);
-    g_clear_error(&upload.tls_error);
-    g_free(upload.uri);
+    ok = vr_sender_upload_run(sender, &upload, &identity, error);
     close(upload.fd);
     return ok;
+}
+
+bool
+vr_sender_upload_feed(VrSender *sender, VrSenderFeed *feed, VrSenderProgress progress,
+                      gpointer progress_data, VrSenderStats *stats, GCancellable *cancellable,
+                      GError **error)
+{
+    VrSenderStats local_stats;
+    VrWireIdentity identity;
+    VrSenderUpload upload = { 0 };
+    bool complete;
+
+    if (stats == NULL)
+        stats = &local_stats;
+    memset(stats, 0, sizeof(*stats));
+    /* The BEGIN record names the resource: wait for it (and so for the file). */
+    if (!vr_sender_feed_wait(feed, VR_WIRE_HEADER_SIZE + VR_WIRE_IDENTITY_SIZE - 1, cancellable,
+                             &upload.length, &complete, error))
+        return false;
+    g_mutex_lock(&feed->lock);
+    upload.fd = feed->fd;
+    g_mutex_unlock(&feed->lock);
+    if (upload.fd < 0) {
+        g_set_error_literal(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID,
+                            "the stream's writer completed it without a file");
+        return false;
+    }
+    if (complete)
+        stats->stream_bytes = upload.length;
+    if (!vr_sender_read_identity(upload.fd, upload.length, &identity, error))
+        return false;
+    upload.feed = feed;
+    upload.progress = progress;
+    upload.progress_data = progress_data;
+    upload.stats = stats;
+    upload.cancellable = cancellable;
+    return vr_sender_upload_run(sender, &upload, &identity, error);
 }
 
 /* ---- hash lists ------------------------------------------------------------------------- */

@@ -7,9 +7,11 @@
  * limits. After a dropped connection, a timeout or a 5xx reply it waits (exponential
  * backoff with jitter), asks the receiver how much it holds (HEAD), and sends the rest from
  * there. A refusal (400, 403, 409, 413, 507) or a certificate the policy rejects is final
- * and is not retried. It also fetches the hash list of a disk's latest recovery point on the
- * replica (GET /v1/hashes/...) into a file, for a resync, and sends the primary's domain XML
- * (PUT /v1/domains/...), from which the replica defines the standby domain.
+ * and is not retried. A stream may also be uploaded while it is written (VrSenderFeed,
+ * vr_sender_upload_feed()): chunked, with "VR-Length: unknown". It also fetches the hash
+ * list of a disk's latest recovery point on the replica (GET /v1/hashes/...) into a file,
+ * for a resync, and sends the primary's domain XML (PUT /v1/domains/...), from which the
+ * replica defines the standby domain.
  *
  * The replica is named by its DNS name (the URL's host and the identity the certificate
  * policy checks) and may be reached at another address, the replica's address on the
@@ -93,6 +95,44 @@ typedef void (*VrSenderProgress)(uint64_t offset, uint64_t total, gpointer user_
  * receiver committed it (true), or a final error. @stats (optional) is filled either way.
  */
 bool vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progress,
+                           gpointer progress_data, VrSenderStats *stats, GCancellable *cancellable,
+                           GError **error);
+
+/*
+ * A stream file that is uploaded while it is written (vr_sender_upload_feed()): the writer
+ * says how far the file is written and when it is complete; the upload follows it. Every
+ * call may come from any thread.
+ */
+typedef struct _VrSenderFeed VrSenderFeed;
+
+/* (transfer full) */
+VrSenderFeed *vr_sender_feed_new(void);
+/* NULL-safe; only once no upload uses it any more. */
+void vr_sender_feed_free(VrSenderFeed *feed);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VrSenderFeed, vr_sender_feed_free)
+/* The writer: the stream file is open at @fd (opened again for reading: @fd stays the caller's). */
+bool vr_sender_feed_attach(VrSenderFeed *feed, int fd, GError **error);
+/* The writer: the file holds @size bytes now, every one of them final. */
+void vr_sender_feed_grow(VrSenderFeed *feed, uint64_t size);
+/* The writer: the stream is complete at the size last given, and durable. */
+void vr_sender_feed_complete(VrSenderFeed *feed);
+/* The writer gave up: an upload following it stops (VR_SENDER_ERROR_INVALID). */
+void vr_sender_feed_fail(VrSenderFeed *feed);
+/* Whether the writer completed the stream (true) or gave up (false), once it did either. */
+bool vr_sender_feed_is_complete(VrSenderFeed *feed);
+/* The bytes written so far; *@complete: whether that is the stream's size. */
+uint64_t vr_sender_feed_get_size(VrSenderFeed *feed, bool *complete);
+
+/*
+ * Upload the wire stream the writer of @feed writes, as vr_sender_upload_file() does, while
+ * it is written: it waits for the file (vr_sender_feed_attach()) and its BEGIN record, then
+ * each PUT made before the stream is complete has a chunked body and "VR-Length: unknown",
+ * and sends what is written, waiting for more until the writer completes it; the receiver
+ * sees the end at the END record. A PUT made once the stream is complete (a retry) declares
+ * its length as vr_sender_upload_file() does. Retries resume by offset either way. @progress
+ * gets the bytes written so far as its total until the stream is complete.
+ */
+bool vr_sender_upload_feed(VrSender *sender, VrSenderFeed *feed, VrSenderProgress progress,
                            gpointer progress_data, VrSenderStats *stats, GCancellable *cancellable,
                            GError **error);
 

@@ -1053,6 +1053,12 @@ vr_wire_decoder_feed(VrWireDecoder *decoder, const void *data, size_t len, VrWir
 }
 
 bool
+vr_wire_decoder_is_done(VrWireDecoder *decoder)
+{
+    return decoder->state == VR_WIRE_DECODER_DONE;
+}
+
+bool
 vr_wire_decoder_finish(VrWireDecoder *decoder, GError **error)
 {
     GError *owned = NULL;

@@ -202,6 +202,12 @@ bool vr_wire_decoder_feed(VrWireDecoder *decoder, const void *data, size_t len,
  */
 bool vr_wire_decoder_finish(VrWireDecoder *decoder, GError **error);
 
+/*
+ * Whether END was verified and delivered (and nothing failed since): a stream of unknown
+ * length ends there. Changes nothing; finish() still decides.
+ */
+bool vr_wire_decoder_is_done(VrWireDecoder *decoder);
+
 /* The identity from BEGIN, or NULL before it. (transfer none) */
 const VrWireIdentity *vr_wire_decoder_get_identity(VrWireDecoder *decoder);
 /* What was verified and delivered so far. */

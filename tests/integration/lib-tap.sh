@@ -130,7 +130,8 @@ tap_need_libvirt() {
 
 # tap_domain_start NAME: a running libvirt domain NAME (KVM when usable, else TCG; TCG with
 # VR_TEST_ACCEL=tcg) with a 64 MiB qcow2 disk vda ($work/NAME.qcow2) and no OS; the disk's
-# qdev for HMP qemu-io in $qdev. Remove it with tap_domain_remove.
+# qdev for HMP qemu-io in $qdev. Remove it with tap_domain_remove. An optional second argument
+# is more XML for its <devices> (an interface, a channel).
 tap_domain_start() {
     local accel=qemu
     [ -w /dev/kvm ] && [ "${VR_TEST_ACCEL:-auto}" != tcg ] && accel=kvm
@@ -146,6 +147,7 @@ tap_domain_start() {
       <source file='$work/$1.qcow2'/>
       <target dev='vda' bus='virtio'/>
     </disk>
+    ${2:-}
     <memballoon model='none'/>
   </devices>
 </domain>

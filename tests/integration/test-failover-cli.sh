@@ -170,7 +170,7 @@ check "the primary's sync is accepted again" quiet pcli replica-sync "$dom"
 all=$(points)
 older=$(awk '{print $(NF - 1)}' <<<"$all")
 kept=$(awk -v p="$older" '{ s = ""; for (i = 1; i <= NF; i++) if ($i <= p) s = s (s ? " " : "") $i; print s }' <<<"$all")
-body=$(rcli replica-failover "$dom-replica" --point "$older" --json 2>&1)
+body=$(rcli replica-failover "$dom-replica" --point "$older" --json 2>>"$work/cli.err")
 check "replica-failover --point $older --json (points: $all): the standby runs on it" \
     test "$(field 'j["point"]')" = "$older" -a "$(state_of "$dom-replica")" = running
 check "the standby's disk equals point $older" same "$disk/failover.qcow2" "$older"

@@ -575,6 +575,104 @@ test_no_agent_channel(Fixture *fx, gconstpointer data)
     g_assert_no_error(error);
 }
 
+/* The intents of failover TCP/IP in the state database. */
+static guint
+guest_ip_intents(Fixture *fx)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GPtrArray) list = vr_state_intent_list(fx->state, "guest-ip:", &error);
+
+    g_assert_no_error(error);
+    return list->len;
+}
+
+/* A new VrFailover on the same state, as a daemon's start makes it (the old one is gone). */
+static void
+failover_restart(Fixture *fx)
+{
+    g_clear_pointer(&fx->failover, vr_failover_free);
+    fx->failover = vr_failover_new(&(VrFailoverConfig){
+        .state = fx->state,
+        .sink = fx->sink,
+        .authz = fx->authz,
+        .conn = fx->conn,
+        .test_network = fx->config->replica.test_network,
+        .config = fx->config,
+    });
+}
+
+/*
+ * A restart while failover TCP/IP is pending: its intent is in the state database until the
+ * outcome is; the next VrFailover resumes it ("pending" with "resumed": {"count": 1}) and
+ * records the final outcome (no agent: "not-applied") with "resumed", the intent gone. Then
+ * a push whose domain stopped before the restart: "abandoned", with the reason.
+ */
+static void
+test_resume(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(json_object) result = NULL;
+    g_autoptr(json_object) recorded = NULL;
+    g_autoptr(GError) error = NULL;
+    gint64 deadline;
+
+    if (fx->conn == NULL)
+        return;
+    upload_first_cycle(fx);
+    result = vr_failover_start(fx->failover, "r1", NULL, false, &error);
+    g_assert_no_error(error);
+    g_assert_cmpstr(member(result, "network.guest_ip.state"), ==, VR_FAILOVER_NET_IP_PENDING);
+    g_assert_cmpuint(guest_ip_intents(fx), ==, 1);
+
+    /* The daemon stops before the outcome: pending, and its intent, stay. */
+    failover_restart(fx);
+    recorded = recorded_network(fx, "failover");
+    g_test_message("resumed: %s", json_object_to_json_string(recorded));
+    g_assert_cmpstr(member(recorded, "guest_ip.state"), ==, VR_FAILOVER_NET_IP_PENDING);
+    g_assert_cmpstr(member(recorded, "guest_ip.resumed.count"), ==, "1");
+    g_assert_nonnull(strstr(member(recorded, "guest_ip.reason"), "resumed after a restart"));
+    g_assert_nonnull(member(recorded, "interfaces.0.source")); /* the mapping stays */
+    g_assert_cmpuint(guest_ip_intents(fx), ==, 1);
+
+    /* What is left of guest-agent-wait (4 s), then the outcome, as without the restart. */
+    deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+    while (g_strcmp0(member(recorded, "guest_ip.state"), VR_FAILOVER_NET_IP_PENDING) == 0 &&
+           g_get_monotonic_time() < deadline) {
+        g_main_context_iteration(NULL, TRUE);
+        g_clear_pointer(&recorded, json_object_put);
+        recorded = recorded_network(fx, "failover");
+    }
+    g_test_message("outcome: %s", json_object_to_json_string(recorded));
+    g_assert_cmpstr(member(recorded, "guest_ip.state"), ==, VR_FAILOVER_NET_IP_NOT_APPLIED);
+    g_assert_nonnull(strstr(member(recorded, "guest_ip.reason"), "no guest agent answers"));
+    g_assert_cmpstr(member(recorded, "guest_ip.resumed.count"), ==, "1");
+    g_assert_cmpuint(guest_ip_intents(fx), ==, 0);
+    g_clear_pointer(&result, json_object_put);
+    result = vr_failover_cancel(fx->failover, "r1", false, &error);
+    g_assert_no_error(error);
+
+    /* Pending again; the domain stops while no daemon runs: abandoned at the start. */
+    g_clear_pointer(&result, json_object_put);
+    result = vr_failover_start(fx->failover, "r1", NULL, false, &error);
+    g_assert_no_error(error);
+    g_assert_cmpstr(member(result, "network.guest_ip.state"), ==, VR_FAILOVER_NET_IP_PENDING);
+    g_clear_pointer(&fx->failover, vr_failover_free);
+    {
+        g_autoptr(virDomain) dom = virDomainLookupByName(fx->conn, fx->standby_name);
+
+        g_assert_cmpint(virDomainDestroy(dom), ==, 0);
+    }
+    failover_restart(fx);
+    g_clear_pointer(&recorded, json_object_put);
+    recorded = recorded_network(fx, "failover");
+    g_test_message("abandoned: %s", json_object_to_json_string(recorded));
+    g_assert_cmpstr(member(recorded, "guest_ip.state"), ==, VR_FAILOVER_NET_IP_ABANDONED);
+    g_assert_nonnull(strstr(member(recorded, "guest_ip.reason"), "no longer runs"));
+    g_assert_cmpuint(guest_ip_intents(fx), ==, 0);
+    g_clear_pointer(&result, json_object_put);
+    result = vr_failover_cancel(fx->failover, "r1", false, &error);
+    g_assert_no_error(error);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -590,6 +688,7 @@ main(int argc, char **argv)
     ADD("unplanned", test_unplanned);
     ADD("test", test_test_failover);
     ADD("no-agent-channel", test_no_agent_channel);
+    ADD("resume", test_resume);
 #undef ADD
 
     rc = g_test_run();

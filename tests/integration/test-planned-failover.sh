@@ -186,14 +186,14 @@ diag "$out"
 qdev=$(virsh -q -c qemu:///system qemu-monitor-command "$dom-replica" '{"execute":"query-block"}' |
     python3 -c 'import json,sys; print([b["qdev"] for b in json.load(sys.stdin)["return"] if b.get("inserted")][0])')
 tap_guest_write "$dom-replica" 0x66 8M 1M
-body=$(rcli replica-sync "$dom-replica" --json 2>&1)
+body=$(rcli replica-sync "$dom-replica" --json 2>>"$work/cli.err")
 check "the first reverse cycle $((final + 1)) carries exactly the 1 MiB B wrote" \
     test "$(field 'j["seq"]')" = $((final + 1)) -a "$(field 'j["bytes"]')" = 1048576
 diag "$body"
 check "A's point $((final + 1)) equals B's disk" \
     same "$disk_a/rp-$((final + 1)).qcow2" "$disk/failover.qcow2"
 tap_guest_write "$dom-replica" 0x77 12M 1M
-body=$(rcli replica-sync "$dom-replica" --json 2>&1)
+body=$(rcli replica-sync "$dom-replica" --json 2>>"$work/cli.err")
 check "the next reverse cycle carries 1 MiB too" test "$(field 'j["bytes"]')" = 1048576
 
 # --- failback: a planned failover on B runs the domain on A again ---------------------------
@@ -233,7 +233,7 @@ check "the libvirt hook refuses to start B's domain (exit 1)" \
     test $? = 1 -a -n "$(grep -F 'starts only through a failover' <<<"$out")"
 diag "$out"
 tap_guest_write "$dom" 0x99 20M 1M
-body=$(pcli replica-sync "$dom" --json 2>&1)
+body=$(pcli replica-sync "$dom" --json 2>>"$work/cli.err")
 check "A's first cycle $((back + 1)) after the failback carries exactly the 1 MiB A wrote" \
     test "$(field 'j["seq"]')" = $((back + 1)) -a "$(field 'j["bytes"]')" = 1048576
 diag "$body"
@@ -278,7 +278,7 @@ diag "$out"
 qdev=$(virsh -q -c qemu:///system qemu-monitor-command "$dom2-replica" '{"execute":"query-block"}' |
     python3 -c 'import json,sys; print([b["qdev"] for b in json.load(sys.stdin)["return"] if b.get("inserted")][0])')
 tap_guest_write "$dom2-replica" 0x44 3M 1M
-body=$(rcli replica-sync "$dom2-replica" --json 2>&1)
+body=$(rcli replica-sync "$dom2-replica" --json 2>>"$work/cli.err")
 check "the first reverse cycle is a resync of exactly the 2 MiB that differ (A's 0x33, B's 0x44)" \
     test "$(field 'j["bytes"]')" = 2097152
 diag "$body"

@@ -758,6 +758,71 @@ stop_replica(gpointer data)
     replica_stop(data);
 }
 
+/*
+ * The upload of a disk's stream overlaps its read: while the capture still reads the disk,
+ * the stream's first megabytes have gone out (phase send, with the read not done) and the
+ * replica's receiver is reading the PUT's body; the point is right, and done reaches total
+ * only at the very end of each stream.
+ */
+typedef struct {
+    Fixture *fx;
+    uint64_t sent_during_read; /* the most sent while the same disk was still being read */
+    guint receiving;           /* bodies the receiver read then (vr_receiver_get_load()) */
+    guint ends;                /* reports with done == total (a stream complete) */
+    bool send_before_read_end;
+} Overlap;
+
+static void
+overlap_progress(const VrPrimaryProgress *progress, gpointer user_data)
+{
+    Overlap *o = user_data;
+
+    if (progress->phase != VR_PRIMARY_PHASE_SEND)
+        return;
+    g_assert_cmpuint(progress->done, <=, progress->total);
+    if (progress->total > 0 && progress->done == progress->total)
+        o->ends++;
+    if (progress->read_total > 0 && progress->read_done < progress->read_total &&
+        progress->done > o->sent_during_read) {
+        guint active = 0, queued = 0;
+
+        o->send_before_read_end = true;
+        o->sent_during_read = progress->done;
+        /* the receiver runs in its own thread: a snapshot of two counters */
+        vr_receiver_get_load(o->fx->r.receiver, &active, &queued);
+        o->receiving = MAX(o->receiving, active);
+    }
+}
+
+static void
+test_overlap(Fixture *fx, gconstpointer data)
+{
+    Overlap o = { fx };
+    CycleOptions opt = { .progress = overlap_progress, .progress_data = &o };
+    VrPrimaryResult r = { 0 };
+
+    if (fx->client == NULL)
+        return;
+    guest_write(fx, 0, 0, MiB, 0x61);
+    run_cycle_ok(fx, &(CycleOptions){ 0 }, 0, 1, &r);
+    published(fx);
+    vr_primary_result_clear(&r);
+
+    guest_write_random(fx, 0, 8 * MiB, 48 * MiB);
+    run_cycle_ok(fx, &opt, 1, 2, &r);
+    g_test_message("sent while the disk was read: %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
+                   " stream bytes; the receiver was reading %u bodies then",
+                   o.sent_during_read, r.wire_bytes, o.receiving);
+    g_assert_true(o.send_before_read_end);
+    g_assert_cmpuint(o.sent_during_read, >=, MiB);
+    g_assert_cmpuint(o.receiving, ==, 1);
+    g_assert_cmpuint(o.ends, ==, 1);
+    g_assert_cmpuint(r.bytes, ==, 48 * MiB);
+    assert_cycle(fx, &r);
+    assert_clean(fx);
+    vr_primary_result_clear(&r);
+}
+
 /* The replica goes away in the middle of the upload: nothing is lost, the retry works. */
 static void
 test_upload_fails(Fixture *fx, gconstpointer data)
@@ -1443,6 +1508,7 @@ main(int argc, char **argv)
     ADD("two-disks", test_two_disks, 2);
     ADD("stale-epoch", test_stale_epoch, 1);
     ADD("upload-fails", test_upload_fails, 1);
+    ADD("overlap", test_overlap, 1);
     ADD("resync", test_resync, 1);
     ADD("resync-new-disk", test_resync_new_disk, 2);
     ADD("partial", test_partial, 2);

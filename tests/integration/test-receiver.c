@@ -10,6 +10,7 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -2625,6 +2626,535 @@ test_domain_no_turn(Fixture *fx, gconstpointer data)
     g_assert_cmpint(fx->sink.commits, ==, 0);
 }
 
+/* ---- streams of unknown length: sent while they are written -------------------------------- */
+
+/* A writer: copies @src into @dst a piece at a time, as the primary's capture writes a stream. */
+typedef struct {
+    const char *src;
+    char *dst;
+    VrSenderFeed *feed;
+    _Atomic uint64_t *produced; /* bytes written so far, read by the sink */
+    guint piece;                /* bytes per write */
+    guint pause_ms;             /* between writes */
+    bool give_up;               /* stop at half and fail the feed */
+} Writer;
+
+static gpointer
+writer_run(gpointer data)
+{
+    Writer *w = data;
+    g_autofree char *contents = NULL;
+    g_autoptr(GError) error = NULL;
+    gsize len = 0;
+    int fd;
+
+    g_assert_true(g_file_get_contents(w->src, &contents, &len, NULL));
+    fd = open(w->dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_true(vr_sender_feed_attach(w->feed, fd, &error));
+    for (gsize done = 0; done < len;) {
+        gsize n = MIN(w->piece, len - done);
+
+        if (w->give_up && done >= len / 2) {
+            vr_sender_feed_fail(w->feed);
+            close(fd);
+            return NULL;
+        }
+        g_assert_cmpint(write(fd, contents + done, n), ==, (gssize)n);
+        done += n;
+        atomic_store(w->produced, (uint64_t)done);
+        vr_sender_feed_grow(w->feed, done);
+        g_usleep(w->pause_ms * 1000);
+    }
+    g_assert_cmpint(fdatasync(fd), ==, 0);
+    close(fd);
+    vr_sender_feed_complete(w->feed);
+    return NULL;
+}
+
+/* Upload @w's stream with a VrSender while @w writes it, as @o says. */
+static bool
+send_growing(Fixture *fx, const SendOptions *o, Writer *w, VrSenderStats *stats, GError **error)
+{
+    Send send = send_new(fx, o, w->dst);
+    GThread *writer;
+    GThread *sender;
+    bool ok;
+
+    send.feed = w->feed;
+    sender = g_thread_new("sender", vr_test_upload_run, &send);
+    writer = g_thread_new("writer", writer_run, w);
+    ok = vr_test_upload_wait(&send, sender);
+    g_thread_join(writer);
+    if (stats != NULL)
+        *stats = send.stats;
+    if (!ok)
+        g_propagate_error(error, send.error);
+    return ok;
+}
+
+/*
+ * A stream uploaded while it is written: one chunked PUT with "VR-Length: unknown", taken and
+ * committed once its END arrived; the first DATA record reached the sink long before the
+ * writer was done (the upload overlaps the writing).
+ */
+static void
+test_growing_upload(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *src = NULL;
+    g_autoptr(VrSenderFeed) feed = vr_sender_feed_new();
+    _Atomic uint64_t produced = 0;
+    VrSenderStats stats;
+    uint64_t size;
+    Writer w = { .feed = feed, .produced = &produced, .piece = 256 * 1024, .pause_ms = 5 };
+
+    if (skip_without_pki())
+        return;
+    src = stream_file_big("big.vrw", "vda", 8, 0, &size); /* 32 MiB */
+    w.src = src;
+    w.dst = vr_test_path("growing.vrw");
+    fx->sink.produced = &produced;
+    g_assert_true(
+        send_growing(fx, &(SendOptions){ .client_cert = "client-ok" }, &w, &stats, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(fx->sink.begins, ==, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+    g_assert_cmpint(fx->sink.aborts, ==, 0);
+    g_assert_cmpuint(fx->sink.data_records, ==, 8);
+    g_assert_cmpuint(fx->sink.end_records, ==, 1);
+    g_assert_cmpuint(stats.requests, ==, 1);
+    g_assert_cmpuint(stats.resumes, ==, 0);
+    g_assert_cmpuint(stats.body_bytes, ==, size);
+    g_test_message("first DATA record at %" G_GINT64_FORMAT " of %" G_GUINT64_FORMAT
+                   " bytes written",
+                   fx->sink.first_data_at, size);
+    g_assert_cmpint(fx->sink.first_data_at, >, 0);
+    g_assert_cmpint(fx->sink.first_data_at, <, (gint64)(size / 2));
+    g_free(w.dst);
+}
+
+/* A writer that gives up: the upload stops, nothing is committed. */
+static void
+test_growing_give_up(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *src = NULL;
+    g_autoptr(VrSenderFeed) feed = vr_sender_feed_new();
+    _Atomic uint64_t produced = 0;
+    uint64_t size;
+    Writer w = { .feed = feed, .produced = &produced, .piece = 1024 * 1024, .give_up = true };
+
+    if (skip_without_pki())
+        return;
+    src = stream_file_big("big.vrw", "vda", 4, 0, &size);
+    w.src = src;
+    w.dst = vr_test_path("growing.vrw");
+    g_assert_false(
+        send_growing(fx, &(SendOptions){ .client_cert = "client-ok" }, &w, NULL, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID);
+    g_assert_cmpint(fx->sink.commits, ==, 0);
+    g_assert_false(vr_sender_feed_is_complete(feed));
+    g_free(w.dst);
+}
+
+/*
+ * The connection is cut (a proxy, after 10 MiB) while the stream is still being written: the
+ * sender asks for the offset and goes on from there, and the receiver decodes every record
+ * once and commits once.
+ */
+static void
+test_growing_resume(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *src = NULL;
+    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
+    g_autoptr(VrSenderFeed) feed = vr_sender_feed_new();
+    _Atomic uint64_t produced = 0;
+    Proxy proxy = { 0 };
+    VrSenderStats stats;
+    uint64_t size;
+    Writer w = { .feed = feed, .produced = &produced, .piece = 256 * 1024, .pause_ms = 10 };
+
+    if (skip_without_pki())
+        return;
+    src = stream_file_big("big.vrw", "vda", 8, 0, &size); /* 32 MiB, written in about 1.3 s */
+    w.src = src;
+    w.dst = vr_test_path("growing.vrw");
+    fx->sink.produced = &produced;
+    proxy.listener = g_socket_listener_new();
+    proxy.port = g_socket_listener_add_any_inet_port(proxy.listener, NULL, &error);
+    g_assert_no_error(error);
+    proxy.target = fx->port;
+    proxy.cancel = g_cancellable_new();
+    proxy.cut_after = 10 * MiB;
+    proxy.thread = g_thread_new("proxy", proxy_run, &proxy);
+
+    g_assert_true(send_growing(
+        fx, &(SendOptions){ .client_cert = "client-ok", .connect = loopback, .port = proxy.port },
+        &w, &stats, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(g_atomic_int_get(&proxy.cuts), ==, 1);
+    g_assert_cmpuint(stats.resumes, ==, 1);
+    g_assert_cmpuint(stats.resumed_at, >, 4 * MiB);
+    g_assert_cmpuint(stats.resumed_at, <=, 10 * MiB);
+    g_assert_cmpuint(stats.stream_bytes, ==, size);
+    g_assert_cmpint(fx->sink.begins, ==, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+    g_assert_cmpint(fx->sink.aborts, ==, 0);
+    g_assert_cmpuint(fx->sink.data_records, ==, 8);
+    g_assert_cmpuint(fx->sink.data_bytes, ==, 8ull * BIG_RECORD);
+
+    g_cancellable_cancel(proxy.cancel);
+    g_thread_join(proxy.thread);
+    g_socket_listener_close(proxy.listener);
+    g_object_unref(proxy.listener);
+    g_object_unref(proxy.cancel);
+    g_free(w.dst);
+}
+
+/*
+ * A stream of unknown length that grows past the maximum (8 MiB here) is refused with 413 in
+ * the middle of its body, without the rest being read; the sender's error is final (REFUSED,
+ * 413: from the reply, or from HEAD when the cut connection lost it) and nothing is committed.
+ */
+static void
+test_growing_too_large(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *src = NULL;
+    g_autoptr(VrSenderFeed) feed = vr_sender_feed_new();
+    _Atomic uint64_t produced = 0;
+    VrSenderStats stats;
+    uint64_t size;
+    Writer w = { .feed = feed, .produced = &produced, .piece = 1024 * 1024, .pause_ms = 1 };
+
+    if (skip_without_pki())
+        return;
+    src = stream_file_big("big.vrw", "vda", 8, 0, &size); /* 32 MiB */
+    w.src = src;
+    w.dst = vr_test_path("growing.vrw");
+    g_assert_false(
+        send_growing(fx, &(SendOptions){ .client_cert = "client-ok" }, &w, &stats, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, "413"));
+    g_assert_cmpint(fx->sink.commits, ==, 0);
+    g_assert_cmpint(fx->sink.aborts, ==, 1);
+    g_assert_cmpuint(fx->sink.delivered, <=, 8 * MiB);
+    /* one PUT, and at most a HEAD after it: never started again */
+    g_assert_cmpuint(stats.requests, ==, 1);
+    g_free(w.dst);
+}
+
+/* A chunked PUT, sent from a thread of its own (as the sender does: synchronous libsoup). */
+typedef struct {
+    Fixture *fx;
+    const char *method; /* NULL: PUT */
+    const char *path;
+    GBytes *body;
+    const char *vr_length;
+    uint64_t offset;
+    bool expect;
+    const char *header;
+    /* out */
+    guint status;
+    char *value;
+    gint done;
+} ChunkedPut;
+
+/*
+ * The client certificate on the connection before the handshake: libsoup's own way deadlocks
+ * a synchronous send (docs/protocol.md, "libsoup 3.2 notes").
+ */
+static void
+chunked_put_on_network_event(SoupMessage *msg, GSocketClientEvent event, GIOStream *connection,
+                             gpointer user_data)
+{
+    if (event == G_SOCKET_CLIENT_TLS_HANDSHAKING && G_IS_TLS_CONNECTION(connection))
+        g_tls_connection_set_certificate(G_TLS_CONNECTION(connection), user_data);
+}
+
+static gpointer
+chunked_put_run(gpointer data)
+{
+    ChunkedPut *c = data;
+    g_autoptr(GMainContext) context = g_main_context_new();
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(SoupMessage) msg = NULL;
+    g_autofree char *uri = g_strconcat(c->fx->base, c->path, NULL);
+    g_autofree char *cert_path = pki_path("client-ok.pem");
+    g_autofree char *key_path = pki_path("client-ok-key.pem");
+    g_autoptr(GTlsCertificate) cert = NULL;
+    g_autoptr(GInputStream) stream = g_memory_input_stream_new_from_bytes(c->body);
+    g_autoptr(GInputStream) reply = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GCancellable) now = g_cancellable_new();
+    g_autofree char *at = g_strdup_printf("%" G_GUINT64_FORMAT, c->offset);
+    SoupMessageHeaders *headers;
+    char text[512];
+    gsize got = 0;
+
+    g_main_context_push_thread_default(context);
+    session = client_session_new();
+    msg = soup_message_new(c->method != NULL ? c->method : SOUP_METHOD_PUT, uri);
+    headers = soup_message_get_request_headers(msg);
+    cert = g_tls_certificate_new_from_files(cert_path, key_path, &error);
+    g_assert_no_error(error);
+    g_signal_connect(msg, "network-event", G_CALLBACK(chunked_put_on_network_event), cert);
+    g_signal_connect(msg, "accept-certificate", G_CALLBACK(client_accept_certificate), c->fx);
+    soup_message_set_request_body(msg, "application/octet-stream", stream, -1);
+    soup_message_headers_set_encoding(headers, SOUP_ENCODING_CHUNKED);
+    if (c->vr_length != NULL)
+        soup_message_headers_replace(headers, "VR-Length", c->vr_length);
+    soup_message_headers_replace(headers, "VR-Offset", at);
+    if (c->expect)
+        soup_message_headers_set_expectations(headers, SOUP_EXPECTATION_CONTINUE);
+    reply = soup_session_send(session, msg, NULL, &error);
+    if (reply != NULL) {
+        c->status = soup_message_get_status(msg);
+        g_input_stream_read_all(reply, text, sizeof(text) - 1, &got, NULL, NULL);
+        text[got] = '\0';
+        g_test_message("chunked %s %s: %u %s", soup_message_get_method(msg), c->path, c->status,
+                       text);
+        if (c->header != NULL) {
+            c->value = g_strdup(
+                soup_message_headers_get_one(soup_message_get_response_headers(msg), c->header));
+        }
+        /* as the sender does: libsoup 3.2 would read on from a connection that cannot be reused */
+        g_cancellable_cancel(now);
+        g_input_stream_close(reply, now, NULL);
+    } else {
+        g_test_message("chunked PUT %s failed: %s", c->path, error->message);
+    }
+    soup_session_abort(session);
+    g_clear_object(&reply);
+    g_clear_object(&msg);
+    g_clear_object(&session);
+    g_main_context_pop_thread_default(context);
+    g_atomic_int_set(&c->done, 1);
+    g_main_context_wakeup(NULL);
+    return NULL;
+}
+
+/*
+ * A replica from before streams of unknown length (emulated: a SoupServer that answers a
+ * chunked PUT 411 before its body, as such a receiver did, and takes a body of declared
+ * length): the sender waits for the whole stream and sends it with its length, once.
+ */
+typedef struct {
+    _Atomic uint64_t *produced;
+    uint64_t size;              /* the stream's */
+    guint chunked;              /* chunked PUTs seen (answered 411) */
+    guint whole;                /* PUTs with a Content-Length */
+    uint64_t produced_at_whole; /* what was written when the whole PUT came */
+    bool decoded;               /* its body decoded to the END record */
+} OldReceiver;
+
+static bool
+old_receiver_record(const VrWireRecord *record, gpointer user_data, GError **error)
+{
+    return true;
+}
+
+static void
+old_receiver_early(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
+                   gpointer user_data)
+{
+    OldReceiver *old = user_data;
+    SoupMessageHeaders *headers = soup_server_message_get_request_headers(msg);
+
+    if (soup_message_headers_get_encoding(headers) != SOUP_ENCODING_CONTENT_LENGTH) {
+        old->chunked++;
+        soup_server_message_set_status(msg, SOUP_STATUS_LENGTH_REQUIRED, NULL);
+        return;
+    }
+    old->whole++;
+    old->produced_at_whole = atomic_load(old->produced);
+}
+
+static void
+old_receiver_handler(SoupServer *server, SoupServerMessage *msg, const char *path,
+                     GHashTable *query, gpointer user_data)
+{
+    OldReceiver *old = user_data;
+    g_autoptr(GBytes) body = NULL;
+    g_autoptr(VrWireDecoder) decoder = vr_wire_decoder_new();
+    g_autoptr(GError) error = NULL;
+    gsize len = 0;
+    const void *data;
+
+    if (soup_server_message_get_status(msg) != 0)
+        return;
+    body = soup_message_body_flatten(soup_server_message_get_request_body(msg));
+    data = g_bytes_get_data(body, &len);
+    old->decoded = len == old->size &&
+                   vr_wire_decoder_feed(decoder, data, len, old_receiver_record, NULL, &error) &&
+                   vr_wire_decoder_finish(decoder, &error);
+    soup_server_message_set_status(
+        msg, old->decoded ? SOUP_STATUS_NO_CONTENT : SOUP_STATUS_BAD_REQUEST, NULL);
+}
+
+static void
+test_growing_old_receiver(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *src = NULL;
+    g_autofree char *cert_path = pki_path("server-ok.pem");
+    g_autofree char *key_path = pki_path("server-ok-key.pem");
+    g_autoptr(GTlsCertificate) cert = NULL;
+    g_autoptr(SoupServer) server = NULL;
+    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
+    g_autoptr(GSocketAddress) address = NULL;
+    g_autoptr(VrSenderFeed) feed = vr_sender_feed_new();
+    _Atomic uint64_t produced = 0;
+    OldReceiver old = { .produced = &produced };
+    VrSenderStats stats;
+    GSList *uris;
+    guint16 port;
+    Writer w = { .feed = feed, .produced = &produced, .piece = 256 * 1024, .pause_ms = 5 };
+
+    if (skip_without_pki())
+        return;
+    src = stream_file_big("big.vrw", "vda", 2, 0, &old.size); /* 8 MiB */
+    w.src = src;
+    w.dst = vr_test_path("growing.vrw");
+    cert = g_tls_certificate_new_from_files(cert_path, key_path, &error);
+    g_assert_no_error(error);
+    server = soup_server_new("tls-certificate", cert, NULL);
+    soup_server_add_early_handler(server, NULL, old_receiver_early, &old, NULL);
+    soup_server_add_handler(server, NULL, old_receiver_handler, &old, NULL);
+    address = g_inet_socket_address_new(loopback, 0);
+    g_assert_true(soup_server_listen(server, address, SOUP_SERVER_LISTEN_HTTPS, &error));
+    g_assert_no_error(error);
+    uris = soup_server_get_uris(server);
+    port = (guint16)g_uri_get_port(uris->data);
+    g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
+
+    g_assert_true(send_growing(fx, &(SendOptions){ .client_cert = "client-ok", .port = port }, &w,
+                               &stats, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(old.chunked, ==, 1);
+    g_assert_cmpuint(old.whole, ==, 1);
+    g_assert_cmpuint(old.produced_at_whole, ==, old.size); /* sent once it was all written */
+    g_assert_true(old.decoded);
+    g_assert_cmpuint(stats.requests, ==, 2);
+    g_assert_cmpuint(stats.stream_bytes, ==, old.size);
+    g_free(w.dst);
+}
+
+/* PUT @body chunked to @path with @vr_length and @offset: the status (0: failed), @header. */
+static guint
+client_put_chunked(Fixture *fx, const char *path, GBytes *body, const char *vr_length,
+                   uint64_t offset, bool expect, const char *header, char **value_out)
+{
+    ChunkedPut c = { .fx = fx,
+                     .path = path,
+                     .body = body,
+                     .vr_length = vr_length,
+                     .offset = offset,
+                     .expect = expect,
+                     .header = header };
+    GThread *thread = g_thread_new("chunked", chunked_put_run, &c);
+
+    while (!g_atomic_int_get(&c.done))
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(thread);
+    if (value_out != NULL)
+        *value_out = g_steal_pointer(&c.value);
+    g_free(c.value);
+    return c.status;
+}
+
+/*
+ * Chunked bodies by hand: a stream cut before its END (the body ends there) publishes
+ * nothing and is answered 202 with its offset and "VR-Length: unknown"; the rest, chunked
+ * again from that offset, completes and commits it. A chunked PUT without "VR-Length:
+ * unknown", and chunked bodies for a domain XML, a failover and a hash list, are 411.
+ */
+static void
+test_chunked(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(GBytes) body = NULL;
+    g_autoptr(GBytes) head = NULL;
+    g_autoptr(GBytes) rest = NULL;
+    g_autofree char *value = NULL;
+    g_autofree char *length = NULL;
+    g_autofree char *cut_text = NULL;
+    g_autofree char *size_text = NULL;
+    gsize size, cut;
+
+    if (skip_without_pki())
+        return;
+    fx->take_domains = true;
+    fixture_restart(fx);
+    session = client_session_new();
+    body = stream_small("vda");
+    size = g_bytes_get_size(body);
+    cut = size - 10; /* inside the END record */
+    head = g_bytes_new_from_bytes(body, 0, cut);
+    rest = g_bytes_new_from_bytes(body, cut, size - cut);
+    cut_text = g_strdup_printf("%" G_GSIZE_FORMAT, cut);
+    size_text = g_strdup_printf("%" G_GSIZE_FORMAT, size);
+
+    g_assert_cmpuint(
+        client_put_chunked(fx, PATH_VDA, head, "unknown", 0, true, "VR-Offset", &value), ==,
+        SOUP_STATUS_ACCEPTED);
+    g_assert_cmpstr(value, ==, cut_text);
+    g_assert_cmpint(fx->sink.commits, ==, 0);
+    g_assert_cmpint(fx->sink.aborts, ==, 0);
+    g_assert_cmpuint(
+        client_request(fx, session, SOUP_METHOD_HEAD, PATH_VDA, "VR-Length", &length, NULL), ==,
+        SOUP_STATUS_OK);
+    g_assert_cmpstr(length, ==, "unknown");
+    /* the rest from another offset: 409 with where it stands */
+    g_clear_pointer(&value, g_free);
+    g_assert_cmpuint(
+        client_put_chunked(fx, PATH_VDA, rest, "unknown", 5, true, "VR-Offset", &value), ==,
+        SOUP_STATUS_CONFLICT);
+    g_assert_cmpstr(value, ==, cut_text);
+    g_assert_cmpuint(client_put_chunked(fx, PATH_VDA, rest, "unknown", cut, true, NULL, NULL), ==,
+                     SOUP_STATUS_NO_CONTENT);
+    g_assert_cmpint(fx->sink.begins, ==, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+    g_assert_cmpuint(fx->sink.data_bytes, ==, 104 * 1024);
+    g_clear_pointer(&length, g_free);
+    g_assert_cmpuint(
+        client_request(fx, session, SOUP_METHOD_HEAD, PATH_VDA, "VR-Length", &length, NULL), ==,
+        SOUP_STATUS_OK);
+    g_assert_cmpstr(length, ==, size_text);
+
+    /* chunked without "VR-Length: unknown", with and without Expect: 411, nothing reaches the sink
+     */
+    for (int expect = 0; expect < 2; expect++) {
+        g_assert_cmpuint(
+            client_put_chunked(fx, "/v1/cycles/r1/vdb/1/0/1", body, NULL, 0, expect, NULL, NULL),
+            ==, SOUP_STATUS_LENGTH_REQUIRED);
+        g_assert_cmpuint(client_put_chunked(fx, "/v1/cycles/r1/vdb/1/0/1", body, G_STRINGIFY(1000),
+                                            0, expect, NULL, NULL),
+                         ==, SOUP_STATUS_LENGTH_REQUIRED);
+        g_assert_cmpuint(
+            client_put_chunked(fx, "/v1/domains/r1", body, "unknown", 0, expect, NULL, NULL), ==,
+            SOUP_STATUS_LENGTH_REQUIRED);
+    }
+    /* a hash list is read without a body: a chunked one is 411 too */
+    for (int expect = 0; expect < 2; expect++) {
+        ChunkedPut c = { .fx = fx,
+                         .method = SOUP_METHOD_GET,
+                         .path = "/v1/hashes/r1/vda",
+                         .body = body,
+                         .expect = expect };
+        GThread *thread = g_thread_new("chunked", chunked_put_run, &c);
+
+        while (!g_atomic_int_get(&c.done))
+            g_main_context_iteration(NULL, TRUE);
+        g_thread_join(thread);
+        g_assert_cmpuint(c.status, ==, SOUP_STATUS_LENGTH_REQUIRED);
+    }
+    g_assert_cmpint(fx->sink.begins, ==, 1);
+    g_assert_cmpint(fx->sink.domain_calls, ==, 0);
+}
+
 /* ---- main ----------------------------------------------------------------------------- */
 
 #define ADD(path, limit, func)                                                           \
@@ -2667,6 +3197,12 @@ main(int argc, char **argv)
     ADD("domain/put", 0, test_domain_put);
     ADD("domain/none", 0, test_domain_none);
     ADD("domain/no-turn", 0, test_domain_no_turn);
+    ADD("growing/upload", 0, test_growing_upload);
+    ADD("growing/give-up", 0, test_growing_give_up);
+    ADD("growing/resume", 0, test_growing_resume);
+    ADD("growing/too-large", 8 * MiB, test_growing_too_large);
+    ADD("growing/old-receiver", 0, test_growing_old_receiver);
+    ADD("chunked", 0, test_chunked);
 
     return vr_test_run_pki(pki, pki_skip_why);
 }

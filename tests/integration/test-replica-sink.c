@@ -1453,6 +1453,100 @@ test_domain_state(Fixture *fx, gconstpointer data)
     g_assert_cmpuint(rel->epoch, ==, 1);
 }
 
+/*
+ * The state's rows are keyed by the relationship id alone: a cycle or a domain XML of r1
+ * from primary3 (trust group b, a storage root of its own) is refused 403 while r1 is
+ * primary1's here, and leaves nothing in primary3's root nor in the row; primary.example,
+ * of primary1's trust group and storage root, takes the relationship over (the row names
+ * it). A relationship whose row here is of role primary (reverse replication) refuses
+ * cycles and its domain XML, 409.
+ */
+static void
+test_state_row_owner(Fixture *fx, gconstpointer data)
+{
+    const Cycle r5 = { "r5", 1, 0, 1, CYCLE_OPS(full_ops) };
+    /* Not a stream primary1 sent: the receiver answers that one itself (409). */
+    const Cycle other = { "r1", 1, 0, 5, CYCLE_OPS(full_ops) };
+    g_autofree char *root_b = g_build_filename(fx->r.work, "root-b", NULL);
+    g_autofree char *rel_b = g_build_filename(root_b, "r1", NULL);
+    g_autofree char *xml = domain_xml("web", "64");
+    g_autofree char *path1 = NULL;
+    g_autofree char *path2 = NULL;
+    g_autofree char *path5 = NULL;
+    g_autoptr(VrStateRelationship) rel = NULL;
+    g_autoptr(GError) error = NULL;
+    VrSenderStats stats;
+
+    if (fx->r.receiver == NULL)
+        return;
+    fixture_stop(fx);
+    g_assert_no_errno(g_mkdir(root_b, 0700));
+    vr_authz_free(fx->r.authz);
+    fx->r.authz = vr_authz_new_table();
+    g_assert_true(vr_authz_add(fx->r.authz, "primary1", fx->r.root, "a", &error));
+    g_assert_true(vr_authz_add(fx->r.authz, "primary.example", fx->r.root, "a", &error));
+    g_assert_true(vr_authz_add(fx->r.authz, "primary3", root_b, "b", &error));
+    g_assert_no_error(error);
+    vr_test_replica_open_state(&fx->r);
+    fx->r.port = 0;
+    fixture_start(fx);
+
+    upload_ok(fx, &cycle1); /* r1 is primary1's: its row names it */
+    path1 = stream_prepare(fx, &other, false, NULL);
+    g_assert_false(upload(fx, "client-later-revoked", path1, &stats, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, ": 403 relationship 'r1' is replicated here from "
+                                            "primary 'primary1'"));
+    g_assert_nonnull(strstr(error->message, "primary 'primary3' (trust group 'b'"));
+    g_assert_cmpuint(stats.body_bytes, ==, 0);
+    g_clear_error(&error);
+    g_assert_false(put_domain(fx, "client-later-revoked", "r1", xml, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, ": 403 relationship 'r1' is replicated here from "
+                                            "primary 'primary1'"));
+    g_assert_nonnull(strstr(error->message, "its domain XML is refused"));
+    g_clear_error(&error);
+    g_assert_false(g_file_test(rel_b, G_FILE_TEST_EXISTS));
+    rel = vr_state_relationship_get(fx->r.state, "r1", &error);
+    g_assert_no_error(error);
+    g_assert_cmpstr(rel->peer, ==, "primary1");
+    g_clear_pointer(&rel, vr_state_relationship_free);
+
+    /* Another host of primary1's trust group and storage: the same relationship. */
+    path2 = stream_prepare(fx, &cycle2, false, NULL);
+    g_assert_true(upload(fx, "both-primary", path2, &stats, &error));
+    g_assert_no_error(error);
+    assert_cycles(fx, "r1", "1 2");
+    rel = vr_state_relationship_get(fx->r.state, "r1", &error);
+    g_assert_no_error(error);
+    g_assert_cmpstr(rel->peer, ==, "primary.example");
+    g_clear_pointer(&rel, vr_state_relationship_free);
+
+    /* r5 is replicated from this host (role primary): neither a cycle nor a domain XML. */
+    rel = g_new0(VrStateRelationship, 1);
+    rel->id = g_strdup("r5");
+    rel->role = VR_STATE_ROLE_PRIMARY;
+    rel->domain_name = g_strdup("web5");
+    rel->domain_uuid = g_strdup("3f1c1c9e-1b5e-4c1a-9d8e-2a7f0e5b6c4d");
+    rel->peer = g_strdup("replica.example");
+    rel->epoch = 1;
+    rel->state = g_strdup("Replicating");
+    rel->config = g_strdup("{}");
+    g_assert_true(vr_state_relationship_put(fx->r.state, rel, &error));
+    g_assert_no_error(error);
+    path5 = stream_prepare(fx, &r5, false, NULL);
+    g_assert_false(upload(fx, "client-ok", path5, &stats, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT);
+    g_assert_nonnull(strstr(error->message, "relationship 'r5' is replicated from this host to "
+                                            "'replica.example' (role primary here): cycle 1 is "
+                                            "refused"));
+    g_clear_error(&error);
+    g_assert_false(put_domain(fx, "client-ok", "r5", xml, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_CONFLICT);
+    g_clear_error(&error);
+    assert_cycles(fx, "r5", "");
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1479,6 +1573,7 @@ main(int argc, char **argv)
     ADD("domain/trust-groups", test_domain_trust_groups);
     ADD("domain/symlink", test_domain_symlink);
     ADD("domain/state", test_domain_state);
+    ADD("state/row-owner", test_state_row_owner);
 #undef ADD
 
     return vr_test_run_pki(pki, pki_skip_why);

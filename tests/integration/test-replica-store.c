@@ -993,6 +993,109 @@ test_seed(Fixture *fx, gconstpointer data)
     assert_point(fx, 2, "rp-1.qcow2");
 }
 
+static gpointer
+seed_cancel_later(gpointer data)
+{
+    g_usleep(300 * 1000);
+    g_cancellable_cancel(data);
+    return NULL;
+}
+
+/* A seed of @copy that a thread cancels 300 ms in: cancelled within @max_us, store empty. */
+static void
+seed_cancelled(Fixture *fx, const char *copy, gint64 max_us)
+{
+    g_autoptr(GCancellable) cancellable = g_cancellable_new();
+    g_autoptr(GError) error = NULL;
+    g_autofree char *list = NULL;
+    GThread *thread = g_thread_new("cancel", seed_cancel_later, cancellable);
+    gint64 start = g_get_monotonic_time();
+    bool ok = vr_replica_store_seed_cycle_cancellable(fx->store, copy, "raw", 1, 5, cancellable,
+                                                      NULL, &error);
+    gint64 took = g_get_monotonic_time() - start;
+    guint n = 1;
+
+    g_thread_join(thread);
+    g_assert_false(ok);
+    g_assert_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+    g_test_message("%s (after %" G_GINT64_FORMAT " ms)", error->message, took / 1000);
+    g_assert_cmpint(took, <, max_us);
+    vr_replica_store_points(fx->store, &n);
+    g_assert_cmpuint(n, ==, 0);
+    list = vr_test_list_dir(fx->dir);
+    g_assert_cmpstr(list, ==, "");
+}
+
+/*
+ * A seed stopped by its cancellable (the daemon stops during a reverse set-up): cancelled
+ * before, nothing runs; while the real qemu-img copies (slowed to 64 KiB/s by its own
+ * `convert -r`, which a two-line wrapper first in PATH adds), it is killed within a second
+ * and the copy removed; in the window after the copy (failpoint "seed-copied:sleep", in a
+ * -Dfailpoints build), the copy is removed too. Each leaves the store empty; then a seed
+ * succeeds as cycle 5.
+ */
+static void
+test_seed_cancel(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GCancellable) cancelled = g_cancellable_new();
+    g_autoptr(GByteArray) old = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *copy = NULL;
+    g_autofree char *real = g_find_program_in_path("qemu-img");
+    g_autofree char *bin = NULL;
+    g_autofree char *wrapper = NULL;
+    g_autofree char *script = NULL;
+    g_autofree char *path = g_strdup(g_getenv("PATH"));
+    g_autofree char *slow_path = NULL;
+    g_autofree char *list = NULL;
+
+    if (g_test_failed() || fx->dir == NULL)
+        return;
+    g_assert_nonnull(real);
+    fx->store = store_open(fx);
+    old = cycle_prepare(fx, &cycle1);
+    copy = model_path(fx, 1);
+
+    g_cancellable_cancel(cancelled);
+    g_assert_false(vr_replica_store_seed_cycle_cancellable(fx->store, copy, "raw", 1, 5, cancelled,
+                                                           NULL, &error));
+    g_assert_error(error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+    g_clear_error(&error);
+    list = vr_test_list_dir(fx->dir);
+    g_assert_cmpstr(list, ==, "");
+
+    /* qemu-img killed while it copies 12 MiB of data at 64 KiB/s. */
+    bin = g_build_filename(fx->models, "bin", NULL);
+    g_assert_no_errno(g_mkdir(bin, 0700));
+    wrapper = g_build_filename(bin, "qemu-img", NULL);
+    script = g_strdup_printf("#!/bin/sh\n"
+                             "[ \"$1\" = convert ] && shift && exec '%s' convert -r 65536 \"$@\"\n"
+                             "exec '%s' \"$@\"\n",
+                             real, real);
+    g_assert_true(
+        g_file_set_contents_full(wrapper, script, -1, G_FILE_SET_CONTENTS_NONE, 0700, NULL));
+    slow_path = g_strconcat(bin, ":", path, NULL);
+    g_setenv("PATH", slow_path, TRUE);
+    seed_cancelled(fx, copy, G_USEC_PER_SEC);
+    g_setenv("PATH", path, TRUE);
+
+    /* Copied, then cancelled before it is made durable. */
+    if (vr_failpoints_built()) {
+        g_setenv("VR_FAILPOINT", "seed-copied:sleep", TRUE);
+        seed_cancelled(fx, copy, (VR_FAILPOINT_SLEEP_SECONDS + 2) * G_USEC_PER_SEC);
+        g_unsetenv("VR_FAILPOINT");
+    } else {
+        g_test_message("no failpoints in this build: the window after the copy is not tested");
+    }
+
+    g_clear_object(&cancelled);
+    cancelled = g_cancellable_new();
+    g_assert_true(vr_replica_store_seed_cycle_cancellable(fx->store, copy, "raw", 1, 5, cancelled,
+                                                          NULL, &error));
+    g_assert_no_error(error);
+    assert_only(fx, "5");
+}
+
 /* ---- spaced retention ---------------------------------------------------------------- */
 
 /*
@@ -1734,6 +1837,7 @@ main(int argc, char **argv)
         ADD(path, test_retain_crash, GUINT_TO_POINTER(i));
     }
     ADD("/replica-store/seed", test_seed, NULL);
+    ADD("/replica-store/seed-cancel", test_seed_cancel, NULL);
     g_test_add_func("/replica-store/retain-select", test_retain_select);
     ADD("/replica-store/retain-spaced", test_retain_spaced, NULL);
     ADD("/replica-store/retain-spaced-crash", test_retain_spaced_crash, NULL);

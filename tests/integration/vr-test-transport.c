@@ -114,7 +114,9 @@ vr_test_upload_run(gpointer data)
         vr_test_sender_new(up->pki, up->client_cert, up->policy, up->connect, up->port, up->limit,
                            up->max_attempts, up->io_timeout_s, &up->error);
 
-    if (sender != NULL)
+    if (sender != NULL && up->feed != NULL)
+        up->ok = vr_sender_upload_feed(sender, up->feed, NULL, NULL, &up->stats, NULL, &up->error);
+    else if (sender != NULL)
         up->ok = vr_sender_upload_file(sender, up->path, NULL, NULL, &up->stats, NULL, &up->error);
     g_atomic_int_set(&up->done, 1);
     g_main_context_wakeup(NULL);

@@ -55,6 +55,7 @@ typedef struct {
     guint max_attempts; /* 0: 3 */
     guint io_timeout_s; /* 0: 10 */
     const char *path;   /* the stream file */
+    VrSenderFeed *feed; /* or NULL; else the stream is uploaded while it is written */
     /* out */
     VrSenderStats stats;
     GError *error;

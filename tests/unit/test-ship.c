@@ -703,6 +703,67 @@ test_write_error(Fixture *fx, gconstpointer data)
     assert_no_output(fx);
 }
 
+/* ---- a writer followed by an upload (vr_ship_writer_set_feed()) ----------------------- */
+
+/*
+ * The feed gets the file and every megabyte the writer writes, in order and no more than the
+ * file holds; the rest with the END record only after finish() (the stream is durable under
+ * its name by then), and then it is complete; a writer freed unfinished fails its feed.
+ */
+static void
+test_writer_feed(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrSenderFeed) feed = vr_sender_feed_new();
+    g_autoptr(VrSenderFeed) dropped = vr_sender_feed_new();
+    g_autofree uint8_t *buf = g_malloc(VR_WIRE_MAX_DATA);
+    VrSpoolHeader h = make_header(0, 1, 2, 64 * MIB);
+    VrShipIdentity id = { "r1", 1 };
+    VrShipTotals totals;
+    VrShipWriter *writer;
+    struct stat st;
+    uint64_t last = 0, size;
+    bool complete;
+
+    for (gsize i = 0; i < VR_WIRE_MAX_DATA; i++)
+        buf[i] = (uint8_t)g_test_rand_int(); /* incompressible: the stream grows as fed */
+    writer = vr_ship_writer_new(fx->stream, &h, &id, &error);
+    g_assert_no_error(error);
+    g_assert_true(vr_ship_writer_set_feed(writer, feed, &error));
+    g_assert_no_error(error);
+    for (guint i = 0; i < 8; i++) {
+        g_assert_true(vr_ship_writer_add_data(writer, (uint64_t)i * VR_WIRE_MAX_DATA, buf,
+                                              VR_WIRE_MAX_DATA, &error));
+        size = vr_sender_feed_get_size(feed, &complete);
+        g_assert_false(complete);
+        g_assert_cmpuint(size, >=, last);
+        g_assert_cmpint(stat(fx->part, &st), ==, 0);
+        g_assert_cmpuint(size, ==, (uint64_t)st.st_size); /* every byte given is in the file */
+        last = size;
+    }
+    g_assert_cmpuint(last, >=, 7 * (uint64_t)VR_WIRE_MAX_DATA);
+    g_assert_true(vr_ship_writer_finish(writer, &totals, &error));
+    g_assert_no_error(error);
+    size = vr_sender_feed_get_size(feed, &complete);
+    g_assert_true(complete);
+    g_assert_true(vr_sender_feed_is_complete(feed));
+    g_assert_cmpuint(size, ==, totals.stream_bytes);
+    g_assert_true(g_file_test(fx->stream, G_FILE_TEST_IS_REGULAR));
+    vr_ship_writer_free(writer);
+
+    /* unfinished: the feed fails, the file goes */
+    g_unlink(fx->stream);
+    writer = vr_ship_writer_new(fx->stream, &h, &id, &error);
+    g_assert_no_error(error);
+    g_assert_true(vr_ship_writer_set_feed(writer, dropped, &error));
+    g_assert_true(vr_ship_writer_add_data(writer, 0, buf, VR_WIRE_MAX_DATA, &error));
+    vr_ship_writer_free(writer);
+    vr_sender_feed_get_size(dropped, &complete);
+    g_assert_false(complete);
+    g_assert_false(vr_sender_feed_is_complete(dropped));
+    assert_no_output(fx);
+}
+
 /* ---- memory ------------------------------------------------------------------------- */
 
 #define MEMORY_SPOOL_SIZE (256 * MIB)
@@ -822,6 +883,7 @@ main(int argc, char **argv)
     ADD("/ship/error/no-directory", test_no_directory, NULL);
     ADD("/ship/error/write-error", test_write_error, NULL);
     ADD("/ship/memory-bounded", test_memory_bounded, NULL);
+    ADD("/ship/writer/feed", test_writer_feed, NULL);
 #undef ADD
 
     return g_test_run();

@@ -105,7 +105,7 @@ put_relationship(VrState *state, const char *id, uint64_t epoch, const char *sta
     g_assert_no_error(error);
 }
 
-/* A new database: mode 0600, WAL, synchronous FULL per connection, schema version 2. */
+/* A new database: mode 0600, WAL, synchronous FULL per connection, schema version 3. */
 static void
 test_create(Fixture *fx, gconstpointer data)
 {
@@ -121,10 +121,10 @@ test_create(Fixture *fx, gconstpointer data)
     mode = query_text(fx, "PRAGMA journal_mode");
     g_assert_cmpstr(mode, ==, "wal");
     version = query_text(fx, "PRAGMA user_version");
-    g_assert_cmpstr(version, ==, "2");
+    g_assert_cmpstr(version, ==, "3");
     tables = query_text(fx, "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_schema "
                             "WHERE type = 'table' ORDER BY name)");
-    g_assert_cmpstr(tables, ==, "authorizations cycles recovery_points relationships");
+    g_assert_cmpstr(tables, ==, "authorizations cycles intents recovery_points relationships");
 
     /* Opening again keeps the schema (and what is in it). */
     put_relationship(state, "r1", 1, "Replicating");
@@ -395,11 +395,11 @@ test_version(Fixture *fx, gconstpointer data)
     VrState *state = state_open(fx);
 
     vr_state_free(state);
-    exec_sql(fx, "PRAGMA user_version = 3");
+    exec_sql(fx, "PRAGMA user_version = 4");
     g_assert_null(vr_state_open(fx->path, &error));
     g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_VERSION);
     g_assert_nonnull(strstr(error->message, fx->path));
-    g_assert_nonnull(strstr(error->message, "schema version 3"));
+    g_assert_nonnull(strstr(error->message, "schema version 4"));
 }
 
 static void
@@ -487,11 +487,11 @@ test_upgrade_v1(Fixture *fx, gconstpointer data)
 
     put_relationship(state, "r1", 1, "Replicating");
     g_clear_pointer(&state, vr_state_free);
-    /* Exactly version 1's schema: version 2 only added this table. */
-    exec_sql(fx, "DROP TABLE authorizations; PRAGMA user_version = 1");
+    /* Exactly version 1's schema: versions 2 and 3 only added these tables. */
+    exec_sql(fx, "DROP TABLE intents; DROP TABLE authorizations; PRAGMA user_version = 1");
     state = state_open(fx);
     version = query_text(fx, "PRAGMA user_version");
-    g_assert_cmpstr(version, ==, "2");
+    g_assert_cmpstr(version, ==, "3");
     sql = query_text(fx, "SELECT sql FROM sqlite_schema WHERE name = 'authorizations'");
     g_assert_nonnull(strstr(sql, "STRICT"));
     list = vr_state_relationship_list(state, &error);
@@ -501,6 +501,95 @@ test_upgrade_v1(Fixture *fx, gconstpointer data)
     list = vr_state_authz_list(state, &error);
     g_assert_no_error(error);
     g_assert_cmpuint(list->len, ==, 0);
+}
+
+/* A version 2 database (before the intents) is upgraded in place, its entries kept. */
+static void
+test_upgrade_v2(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrState) state = state_open(fx);
+    g_autoptr(GPtrArray) list = NULL;
+    g_autofree char *version = NULL;
+    g_autofree char *sql = NULL;
+    VrStateAuthz a = { (char *)"*.dc2.example", (char *)"/srv/b", (char *)"g2", 0 };
+
+    put_relationship(state, "r1", 1, "Replicating");
+    g_assert_true(vr_state_authz_add(state, &a, &error));
+    g_clear_pointer(&state, vr_state_free);
+    /* Exactly version 2's schema: version 3 only added this table. */
+    exec_sql(fx, "DROP TABLE intents; PRAGMA user_version = 2");
+    state = state_open(fx);
+    version = query_text(fx, "PRAGMA user_version");
+    g_assert_cmpstr(version, ==, "3");
+    sql = query_text(fx, "SELECT sql FROM sqlite_schema WHERE name = 'intents'");
+    g_assert_nonnull(strstr(sql, "STRICT"));
+    list = vr_state_authz_list(state, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(list->len, ==, 1);
+    g_clear_pointer(&list, g_ptr_array_unref);
+    list = vr_state_intent_list(state, NULL, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(list->len, ==, 0);
+}
+
+/*
+ * Intents: one per relationship and kind (a put replaces its data, keeps its time), listed
+ * by kind prefix, kept across opens, gone with their relationship; a missing relationship
+ * is NOT_FOUND, data that is not an object INVALID; deleting none is no error.
+ */
+static void
+test_intents(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrState) state = state_open(fx);
+    g_autoptr(GPtrArray) list = NULL;
+    const VrStateIntent *i;
+
+    put_relationship(state, "r1", 1, "Replicating");
+    put_relationship(state, "r2", 1, "Replicating");
+    g_assert_true(vr_state_intent_put(state, "r1", "reverse", "{\"cycle\": 4}", &error));
+    g_assert_true(vr_state_intent_put(state, "r1", "guest-ip:failover", "{}", &error));
+    g_assert_true(vr_state_intent_put(state, "r2", "guest-ip:test_failover", "{}", &error));
+    g_assert_true(vr_state_intent_put(state, "r1", "reverse", "{\"cycle\": 5}", &error));
+    g_assert_no_error(error);
+
+    g_assert_false(vr_state_intent_put(state, "nosuch", "reverse", "{}", &error));
+    g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_NOT_FOUND);
+    g_clear_error(&error);
+    g_assert_false(vr_state_intent_put(state, "r1", "reverse", "[1]", &error));
+    g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_INVALID);
+    g_clear_error(&error);
+    g_assert_false(vr_state_intent_put(state, "r1", "", "{}", &error));
+    g_assert_error(error, VR_STATE_ERROR, VR_STATE_ERROR_INVALID);
+    g_clear_error(&error);
+
+    g_clear_pointer(&state, vr_state_free);
+    state = state_open(fx);
+    list = vr_state_intent_list(state, "guest-ip:", &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(list->len, ==, 2);
+    i = list->pdata[0];
+    g_assert_cmpstr(i->relationship, ==, "r1");
+    g_assert_cmpstr(i->kind, ==, "guest-ip:failover");
+    i = list->pdata[1];
+    g_assert_cmpstr(i->relationship, ==, "r2");
+    g_clear_pointer(&list, g_ptr_array_unref);
+    list = vr_state_intent_list(state, "reverse", &error);
+    g_assert_cmpuint(list->len, ==, 1);
+    i = list->pdata[0];
+    g_assert_cmpstr(i->data, ==, "{\"cycle\": 5}");
+    g_assert_cmpint(i->created, >, 0);
+    g_clear_pointer(&list, g_ptr_array_unref);
+
+    g_assert_true(vr_state_intent_delete(state, "r1", "reverse", &error));
+    g_assert_true(vr_state_intent_delete(state, "r1", "reverse", &error));
+    g_assert_no_error(error);
+    g_assert_true(vr_state_relationship_delete(state, "r2", &error));
+    list = vr_state_intent_list(state, NULL, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(list->len, ==, 1);
+    g_assert_cmpstr(((VrStateIntent *)list->pdata[0])->kind, ==, "guest-ip:failover");
 }
 
 /* The API's authorization entries: stored in order, kept across opens, one per pattern. */
@@ -567,6 +656,8 @@ main(int argc, char **argv)
     ADD("points", test_points);
     ADD("version", test_version);
     ADD("upgrade-v1", test_upgrade_v1);
+    ADD("upgrade-v2", test_upgrade_v2);
+    ADD("intents", test_intents);
     ADD("authz", test_authz);
     ADD("corrupt", test_corrupt);
     ADD("kill", test_kill);
