@@ -1465,35 +1465,24 @@ vr_failover_overlay_written(const char *path)
 }
 
 /*
- * Whether any disk of @job has overlay @name, or its .tmp, that holds data of its own
- * (vr_failover_overlay_written()): a guest's writes, or a file that is no fresh overlay.
+ * Whether any disk of @job has overlay @name, or its .tmp; with @written, only one that
+ * holds data of its own (vr_failover_overlay_written()): a guest's writes, or a file that is
+ * no fresh overlay.
  */
 static bool
-vr_failover_overlays_written(VrFailoverJob *job, const char *name)
+vr_failover_overlays_find(VrFailoverJob *job, const char *name, bool written)
 {
     for (guint d = 0; d < job->disks->len; d++) {
         VrFailoverDisk *disk = job->disks->pdata[d];
         g_autofree char *path = g_build_filename(disk->dir, name, NULL);
         g_autofree char *tmp = g_strconcat(path, ".tmp", NULL);
+        const char *files[] = { path, tmp };
 
-        if ((g_file_test(path, G_FILE_TEST_EXISTS) && vr_failover_overlay_written(path)) ||
-            (g_file_test(tmp, G_FILE_TEST_EXISTS) && vr_failover_overlay_written(tmp)))
-            return true;
-    }
-    return false;
-}
-
-/* Whether any disk of @job has overlay @name, or its .tmp. */
-static bool
-vr_failover_overlays_exist(VrFailoverJob *job, const char *name)
-{
-    for (guint d = 0; d < job->disks->len; d++) {
-        VrFailoverDisk *disk = job->disks->pdata[d];
-        g_autofree char *path = g_build_filename(disk->dir, name, NULL);
-        g_autofree char *tmp = g_strconcat(path, ".tmp", NULL);
-
-        if (g_file_test(path, G_FILE_TEST_EXISTS) || g_file_test(tmp, G_FILE_TEST_EXISTS))
-            return true;
+        for (guint f = 0; f < G_N_ELEMENTS(files); f++) {
+            if (g_file_test(files[f], G_FILE_TEST_EXISTS) &&
+                (!written || vr_failover_overlay_written(files[f])))
+                return true;
+        }
     }
     return false;
 }
@@ -1576,7 +1565,7 @@ vr_failover_reconcile_standby(VrFailover *failover, VrFailoverJob *job)
         if (!marker_failed && !running) {
             /* Both say replica; overlays a failover left before its define go, unless one
              * holds data of its own: that one is no throwaway, it is never removed here. */
-            if (!vr_failover_overlays_exist(job, VR_FAILOVER_OVERLAY))
+            if (!vr_failover_overlays_find(job, VR_FAILOVER_OVERLAY, false))
                 return;
             for (guint d = 0; d < job->disks->len; d++) {
                 VrFailoverDisk *disk = job->disks->pdata[d];
@@ -1643,7 +1632,7 @@ vr_failover_reconcile_standby(VrFailover *failover, VrFailoverJob *job)
      * whose point is not known (a block job or a rebase rewrote the backing name, a read
      * error) may hold the failed-over guest's data: nothing is touched then.
      */
-    if (vr_failover_overlays_written(job, VR_FAILOVER_OVERLAY)) {
+    if (vr_failover_overlays_find(job, VR_FAILOVER_OVERLAY, true)) {
         g_warning("relationship '%s' is FailedOver at epoch %" PRIu64 " and its standby '%s' "
                   "is off, but its failover overlays hold written data this host cannot "
                   "attribute to a point: left as they are; complete or cancel the failover",
@@ -1704,7 +1693,7 @@ vr_failover_reconcile_test(VrFailover *failover, VrFailoverJob *job)
             g_warning("relationship '%s': %s", job->rel->id, local->message);
         return;
     }
-    if (!recorded && !ours && !vr_failover_overlays_exist(job, VR_FAILOVER_TEST_OVERLAY))
+    if (!recorded && !ours && !vr_failover_overlays_find(job, VR_FAILOVER_TEST_OVERLAY, false))
         return;
     g_warning("relationship '%s': the test failover %s (copy '%s' %s): removed", job->rel->id,
               recorded ? "the state database records is gone" : "a crash interrupted", copy_name,

@@ -2163,6 +2163,22 @@ vr_scheduler_failover_begin(VrSchedulerJob *job)
 }
 
 /* A planned failover's answer that waits for the reverse handler. */
+/* The members of a planned failover's answer (docs/api.md) that @job knows, into @obj. */
+static void
+vr_scheduler_failover_answer(const VrSchedulerJob *job, json_object *obj)
+{
+    json_object_object_add(obj, "relationship", json_object_new_string(job->id));
+    json_object_object_add(obj, "domain", json_object_new_string(job->domain));
+    json_object_object_add(obj, "cycle", json_object_new_uint64(job->failover_cycle));
+    json_object_object_add(obj, "epoch", json_object_new_uint64(job->epoch));
+    json_object_object_add(obj, "state", json_object_new_string("FailedOver"));
+    json_object_object_add(
+        obj, "standby",
+        job->failover_standby != NULL ? json_object_new_string(job->failover_standby) : NULL);
+    json_object_object_add(obj, "bytes", json_object_new_uint64(job->result.bytes));
+    json_object_object_add(obj, "forced", json_object_new_boolean(job->failover_forced));
+}
+
 typedef struct {
     VrSchedulerToken *token;
     char *id;
@@ -2197,16 +2213,7 @@ vr_scheduler_reverse_done(GObject *source, GAsyncResult *result, gpointer data)
         g_info("relationship '%s': reversed: '%s' replicates to this host, domain '%s' is "
                "its standby here (epoch %" PRIu64 ")",
                job->id, job->failover_identity, job->domain, job->epoch);
-        json_object_object_add(obj, "relationship", json_object_new_string(job->id));
-        json_object_object_add(obj, "domain", json_object_new_string(job->domain));
-        json_object_object_add(obj, "cycle", json_object_new_uint64(job->failover_cycle));
-        json_object_object_add(obj, "epoch", json_object_new_uint64(job->epoch));
-        json_object_object_add(obj, "state", json_object_new_string("FailedOver"));
-        json_object_object_add(
-            obj, "standby",
-            job->failover_standby != NULL ? json_object_new_string(job->failover_standby) : NULL);
-        json_object_object_add(obj, "bytes", json_object_new_uint64(job->result.bytes));
-        json_object_object_add(obj, "forced", json_object_new_boolean(job->failover_forced));
+        vr_scheduler_failover_answer(job, obj);
         json_object_object_add(obj, "reverse", json_object_new_boolean(true));
         json_object_object_add(obj, "reverse_primary",
                                json_object_new_string(job->failover_identity));
@@ -2312,16 +2319,7 @@ vr_scheduler_failover_done(VrSchedulerJob *job)
                "cycle %" PRIu64 " (epoch %" PRIu64 "); domain '%s' stays shut off here",
                job->id, job->failover_standby != NULL ? job->failover_standby : "?",
                job->failover_cycle, job->epoch, job->domain);
-        json_object_object_add(obj, "relationship", json_object_new_string(job->id));
-        json_object_object_add(obj, "domain", json_object_new_string(job->domain));
-        json_object_object_add(obj, "cycle", json_object_new_uint64(job->failover_cycle));
-        json_object_object_add(obj, "epoch", json_object_new_uint64(job->epoch));
-        json_object_object_add(obj, "state", json_object_new_string("FailedOver"));
-        json_object_object_add(
-            obj, "standby",
-            job->failover_standby != NULL ? json_object_new_string(job->failover_standby) : NULL);
-        json_object_object_add(obj, "bytes", json_object_new_uint64(job->result.bytes));
-        json_object_object_add(obj, "forced", json_object_new_boolean(job->failover_forced));
+        vr_scheduler_failover_answer(job, obj);
         if (task != NULL)
             g_task_return_pointer(task, obj, vr_scheduler_json_free);
         else

@@ -217,6 +217,28 @@ point-interval = 0
 CONF
 }
 
+# tap_both_roles_conf: tap_pair_conf for two hosts that each take both roles, as after a
+# failover with reverse replication: ports $port (B, the replica) and $port_a (A, the
+# primary, whose replica role listens as primary.example into $work/storage-a) reserved
+# here, certificates with both key purposes. Both files end in their [replica] group.
+tap_both_roles_conf() {
+    tap_free_port port && tap_free_port port_a && tap_pair_conf || return 1
+    sed -i "s|$pki/server-ok|$pki/both-replica|g" "$work/replica.conf"
+    sed -i "s|$pki/client-ok|$pki/both-primary|g" "$work/primary.conf"
+    mkdir -p "$work/storage-a" && chmod 0711 "$work/storage-a" || return 1
+    cat >>"$work/primary.conf" <<CONF
+
+[replica]
+enabled = true
+listen = address:127.0.0.1
+port = $port_a
+server-name = primary.example
+allow-any = true
+default-storage = $work/storage-a
+point-interval = 0
+CONF
+}
+
 # tap_field EXPR: a Python expression over the JSON document in $body (as `j`), printed;
 # empty when it fails.
 tap_field() {

@@ -50,24 +50,8 @@ tap_need_libvirt || skip_all "$tap_no_libvirt"
 pki=$work/pki
 tap_make_pki "$pki"
 
-tap_free_port port || exit 1
-tap_free_port port_a || exit 1
-tap_pair_conf
 # Both hosts in both roles: certificates with both EKUs, and A's replica role.
-sed -i "s|$pki/server-ok|$pki/both-replica|g" "$work/replica.conf"
-sed -i "s|$pki/client-ok|$pki/both-primary|g" "$work/primary.conf"
-mkdir -p "$work/storage-a" && chmod 0711 "$work/storage-a"
-cat >>"$work/primary.conf" <<CONF
-
-[replica]
-enabled = true
-listen = address:127.0.0.1
-port = $port_a
-server-name = primary.example
-allow-any = true
-default-storage = $work/storage-a
-point-interval = 0
-CONF
+tap_both_roles_conf || exit 1
 
 field() { tap_field "$1"; }
 pcli() { "$cli" --socket "$work/primary.sock" "$@"; }
