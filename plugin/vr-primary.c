@@ -120,6 +120,14 @@ vr_primary_phase_name(VrPrimaryPhase phase)
     return "cut";
 }
 
+double
+vr_primary_progress_read_fraction(const VrPrimaryProgress *progress)
+{
+    if (progress->phase != VR_PRIMARY_PHASE_SEND || progress->read_total == 0)
+        return progress->phase == VR_PRIMARY_PHASE_SEND ? 1.0 : 0.0;
+    return MIN((double)progress->read_done / (double)progress->read_total, 1.0);
+}
+
 /*
  * Each disk weighs the same, and within it each of its two passes: the read (encoded into
  * the stream as it goes) and the send take about as long as each other on a fast link
@@ -138,7 +146,7 @@ vr_primary_progress_fraction(const VrPrimaryProgress *progress)
          * The upload follows the read of the same disk: what is sent is a part of what is
          * written so far, itself the read's part of the stream.
          */
-        double read = MIN((double)progress->read_done / (double)progress->read_total, 1.0);
+        double read = vr_primary_progress_read_fraction(progress);
 
         within = (read + read * within) / 2.0;
     } else {
@@ -627,6 +635,13 @@ vr_primary_shipped(VrPrimaryRun *run, guint index)
 
 /* ---- the read and the upload, overlapped ---------------------------------------------- */
 
+/* What failed first in vr_primary_pipeline(): its error is the run's. */
+enum {
+    VR_PRIMARY_FIRST_NONE,
+    VR_PRIMARY_FIRST_READ,
+    VR_PRIMARY_FIRST_UPLOAD,
+};
+
 /*
  * The upload thread of vr_primary_pipeline(): each disk's stream in disk order, each while
  * the read writes it (vr_sender_upload_feed()), the next only once the replica published
@@ -637,9 +652,11 @@ vr_primary_shipped(VrPrimaryRun *run, guint index)
 typedef struct {
     VrPrimaryRun *run;
     VrSenderFeed **feeds; /* one per disk */
+    GCancellable *reads;  /* stops the read (its writes, vr_sender_feed_check()) */
     GError *error;        /* the first failure of the upload */
     gint done;            /* the thread is finished */
     gint failed;          /* @error is set */
+    gint first;           /* VR_PRIMARY_FIRST_*, set once (atomic) */
     GMutex lock;          /* the reports, and what follows */
     guint disk;           /* being uploaded (n_disks: none any more) */
     bool started;         /* a byte of disk @disk went out */
@@ -693,6 +710,13 @@ vr_primary_uploader_on_read(uint64_t offset, uint64_t size, uint64_t bytes, gpoi
     g_mutex_unlock(&up->lock);
 }
 
+/* The run's cancellable fired: so does the reads' (vr_primary_pipeline()). */
+static void
+vr_primary_cancel_reads(GCancellable *cancellable, gpointer data)
+{
+    g_cancellable_cancel(data);
+}
+
 static gpointer
 vr_primary_uploader_run(gpointer data)
 {
@@ -708,6 +732,13 @@ vr_primary_uploader_run(gpointer data)
                                    up, &run->state[i].stats, run->cancellable, &up->error)) {
             g_prefix_error(&up->error, "upload of disk '%s': ", run->config->disks[i]);
             g_atomic_int_set(&up->failed, 1);
+            /*
+             * The root cause, unless a read failed first (its feed failed this upload); the
+             * read that runs stops now rather than read the rest of its disk for nothing.
+             */
+            g_atomic_int_compare_and_exchange(&up->first, VR_PRIMARY_FIRST_NONE,
+                                              VR_PRIMARY_FIRST_UPLOAD);
+            g_cancellable_cancel(up->reads);
             break;
         }
         g_debug("cycle %" PRIu64 " of '%s': disk '%s' published", run->target, run->config->domain,
@@ -726,25 +757,34 @@ vr_primary_uploader_run(gpointer data)
  * longer of the two passes rather than their sum (docs/bench-cycle.md). The order of the
  * uploads is the disks' order, and the cycle is done only when the replica published every
  * disk, as before. A read that fails stops the upload before the stream's END record (the
- * replica publishes nothing of it); an upload that fails stops the reads at the next disk.
+ * replica publishes nothing of it); an upload that fails stops the read at once (its own
+ * cancellable, which the run's also fires, makes the stream's next write fail). The error is
+ * the first failure's: the other one follows from it.
  */
 static bool
 vr_primary_pipeline(VrPrimaryRun *run, GError **error)
 {
     g_autofree VrSenderFeed **feeds = g_new0(VrSenderFeed *, run->n_disks);
-    VrPrimaryUploader up = { .run = run, .feeds = feeds };
+    g_autoptr(GCancellable) reads = g_cancellable_new();
+    VrPrimaryUploader up = { .run = run, .feeds = feeds, .reads = reads };
     g_autoptr(GError) local = NULL;
     GThread *thread;
+    gulong chained = 0;
     bool ok = true;
-    bool upload_failed = false; /* the reads stopped because the upload failed */
 
     g_mutex_init(&up.lock);
-    for (guint i = 0; i < run->n_disks; i++)
+    /* at once if the run is cancelled already */
+    if (run->cancellable != NULL) {
+        chained = g_cancellable_connect(run->cancellable, G_CALLBACK(vr_primary_cancel_reads),
+                                        reads, NULL);
+    }
+    for (guint i = 0; i < run->n_disks; i++) {
         feeds[i] = vr_sender_feed_new();
+        vr_sender_feed_set_cancellable(feeds[i], reads);
+    }
     thread = g_thread_new("vr-upload", vr_primary_uploader_run, &up);
     for (guint i = 0; i < run->n_disks; i++) {
         if (g_atomic_int_get(&up.failed)) {
-            upload_failed = true;
             ok = false;
             break;
         }
@@ -766,6 +806,8 @@ vr_primary_pipeline(VrPrimaryRun *run, GError **error)
             break;
         }
     }
+    if (local != NULL)
+        g_atomic_int_compare_and_exchange(&up.first, VR_PRIMARY_FIRST_NONE, VR_PRIMARY_FIRST_READ);
     g_mutex_lock(&up.lock);
     up.reading = run->n_disks;
     g_mutex_unlock(&up.lock);
@@ -777,6 +819,7 @@ vr_primary_pipeline(VrPrimaryRun *run, GError **error)
             vr_sender_feed_fail(feeds[i]);
     }
     g_thread_join(thread);
+    g_cancellable_disconnect(run->cancellable, chained);
     g_mutex_clear(&up.lock);
     for (guint i = 0; i < run->n_disks; i++) {
         g_autofree char *stream = vr_primary_stream_path(run, i);
@@ -786,9 +829,9 @@ vr_primary_pipeline(VrPrimaryRun *run, GError **error)
     }
     /*
      * What failed first: a read (then the upload stopped because the read failed its feed),
-     * or the upload (then the reads stopped at the next disk, or the read that ran finished).
+     * or the upload (then the read that ran stopped, or the reads stopped at the next disk).
      */
-    if (local != NULL && !upload_failed) {
+    if (local != NULL && g_atomic_int_get(&up.first) == VR_PRIMARY_FIRST_READ) {
         g_clear_error(&up.error);
         g_propagate_error(error, g_steal_pointer(&local));
         return false;

@@ -135,6 +135,11 @@ typedef void (*VrPrimaryProgressFunc)(const VrPrimaryProgress *progress, gpointe
 
 /* The fraction of the whole cycle that @progress stands for, in [0, 1]. */
 double vr_primary_progress_fraction(const VrPrimaryProgress *progress);
+/*
+ * In phase send, how far the read of the same disk is, in [0, 1] (1: read, or not followed);
+ * 0 in the other phases.
+ */
+double vr_primary_progress_read_fraction(const VrPrimaryProgress *progress);
 
 /* "cut", "read", "send" (docs/api.md). */
 const char *vr_primary_phase_name(VrPrimaryPhase phase);

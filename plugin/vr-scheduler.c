@@ -1169,9 +1169,7 @@ vr_scheduler_progress_json(VrScheduler *scheduler, const char *id)
     json_object_object_add(obj, "bytes", json_object_new_uint64(progress.bytes));
     if (progress.phase == VR_PRIMARY_PHASE_SEND) {
         /* The upload follows the read of the same disk: how far that read is (1: done). */
-        double read = progress.read_total > 0
-                          ? MIN((double)progress.read_done / (double)progress.read_total, 1.0)
-                          : 1.0;
+        double read = vr_primary_progress_read_fraction(&progress);
 
         g_snprintf(text, sizeof(text), "%.4f", read);
         json_object_object_add(obj, "read_fraction", json_object_new_double_s(read, text));

@@ -27,6 +27,13 @@ vr_ship_error_quark(void)
  * this plus one record (64 bytes of header and at most VR_WIRE_MAX_DATA of payload).
  */
 #define VR_SHIP_FLUSH_SIZE (1024 * 1024)
+/*
+ * A stream being uploaded while it is written (a feed) is also written out when a record
+ * comes this long after the last write, however little the buffer holds: a slow read (slow
+ * storage, long stretches of few records) would otherwise leave the upload's connection
+ * silent past the receiver's I/O timeout (60 s by default), which closes it.
+ */
+#define VR_SHIP_FEED_INTERVAL_US (10 * G_USEC_PER_SEC)
 
 /* One spool record is one wire record: a spool DATA record never needs to be split. */
 G_STATIC_ASSERT(VR_SPOOL_MAX_RECORD <= VR_WIRE_MAX_DATA);
@@ -167,6 +174,7 @@ struct _VrShipWriter {
     bool finished;
     uint64_t written;   /* bytes of the file written so far */
     VrSenderFeed *feed; /* told of every write, or NULL (borrowed) */
+    int64_t fed_at;     /* monotonic time the feed last grew */
 };
 
 VrShipWriter *
@@ -218,22 +226,34 @@ vr_ship_writer_new(const char *stream_path, const VrSpoolHeader *header, const V
 }
 
 /*
- * Write the buffer out once it holds enough (or always, with @all), and tell the feed; but
- * not of the last write (@all: the rest, with the END record), which it learns only once the
- * file is durable (vr_ship_writer_finish()).
+ * Write the buffer out once it holds enough (or always, with @all; with a feed, also
+ * VR_SHIP_FEED_INTERVAL_US after the last write), and tell the feed; but not of the last
+ * write (@all: the rest, with the END record), which it learns only once the file is durable
+ * (vr_ship_writer_finish()).
  */
 static bool
 vr_ship_writer_drain(VrShipWriter *writer, bool all, GError **error)
 {
     uint64_t len = writer->out->len;
+    int64_t now = 0;
 
-    if (len < (all ? 1 : VR_SHIP_FLUSH_SIZE))
+    /* the upload that follows the stream failed, or the run was cancelled: the read stops */
+    if (writer->feed != NULL && !all && !vr_sender_feed_check(writer->feed, error))
+        return false;
+    if (len == 0)
+        return true;
+    if (writer->feed != NULL && !all)
+        now = g_get_monotonic_time();
+    if (len < VR_SHIP_FLUSH_SIZE && !all &&
+        (writer->feed == NULL || now - writer->fed_at < VR_SHIP_FEED_INTERVAL_US))
         return true;
     if (!vr_ship_flush(writer->fd, writer->out, writer->part_path, error))
         return false;
     writer->written += len;
-    if (writer->feed != NULL && !all)
+    if (writer->feed != NULL && !all) {
         vr_sender_feed_grow(writer->feed, writer->written);
+        writer->fed_at = now;
+    }
     return true;
 }
 
@@ -246,6 +266,7 @@ vr_ship_writer_set_feed(VrShipWriter *writer, VrSenderFeed *feed, GError **error
         return false;
     }
     writer->feed = feed;
+    writer->fed_at = g_get_monotonic_time();
     vr_sender_feed_grow(feed, writer->written);
     return true;
 }

@@ -91,9 +91,13 @@ bool vr_ship_writer_add_zero(VrShipWriter *writer, uint64_t offset, uint64_t len
 bool vr_ship_writer_finish(VrShipWriter *writer, VrShipTotals *totals, GError **error);
 /*
  * Upload the stream while it is written (vr_sender_upload_feed()): @feed (borrowed, it must
- * outlive @writer) gets the file and then the size after every write; the END record only
+ * outlive @writer) gets the file and then the size after every write (every 1 MiB, or at a
+ * record that comes 10 s after the last write, so that a slow read keeps the upload's
+ * connection busy); the END record only
  * once vr_ship_writer_finish() made the stream durable under its name, and then the feed is
- * complete. A writer freed unfinished fails the feed, so its upload never sends END.
+ * complete. A writer freed unfinished fails the feed, so its upload never sends END; once
+ * the feed's cancellable fires (vr_sender_feed_set_cancellable()), adding a record fails
+ * (G_IO_ERROR_CANCELLED), so the read that writes the stream stops.
  */
 bool vr_ship_writer_set_feed(VrShipWriter *writer, VrSenderFeed *feed, GError **error);
 void vr_ship_writer_free(VrShipWriter *writer);

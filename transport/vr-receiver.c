@@ -55,6 +55,8 @@
 #define VR_RECEIVER_HEADER_EPOCH    "VR-Epoch"
 /* VR-Length of a stream sent while it is written: it ends with its END record. */
 #define VR_RECEIVER_LENGTH_UNKNOWN "unknown"
+/* The reply of a request whose upload a later request (a resend, a resume) continues. */
+#define VR_RECEIVER_TAKEN_OVER "a later request took this upload over: this one was dropped"
 /* A hash list goes out in pieces of this size, at most this many read ahead of the socket. */
 #define VR_RECEIVER_HASHES_CHUNK (256 * 1024)
 #define VR_RECEIVER_HASHES_AHEAD 2
@@ -82,8 +84,12 @@ struct _VrReceiver {
     GQueue waiting;      /* VrReceiverTransfer, paused until a turn frees */
     guint queue_timeout_s;
     guint max_open_uploads;
-    guint open_uploads; /* uploads not committed yet, with or without a request */
-    bool closed;        /* vr_receiver_free() ran; transfers still hold a reference */
+    guint open_uploads;    /* uploads not committed yet, with or without a request */
+    guint refused_uploads; /* uploads kept only to tell HEAD why they were refused */
+    guint lingering;       /* connections read and dropped before they close */
+    GList *lingers;        /* VrReceiverLinger, for vr_receiver_free() */
+    GList *cuts;           /* GSource: cut replies not written yet (vr_receiver_cut_later()) */
+    bool closed;           /* vr_receiver_free() ran; transfers still hold a reference */
 };
 
 /* One stream, across the requests that upload it. */
@@ -127,6 +133,7 @@ struct _VrReceiverTransfer {
 
 static void vr_receiver_next_turn(VrReceiver *receiver);
 static void vr_receiver_unref(VrReceiver *receiver);
+static void vr_receiver_cut_later(VrReceiver *receiver, SoupServerMessage *msg);
 
 /* ---- errors and replies ----------------------------------------------------------------- */
 
@@ -160,6 +167,20 @@ vr_receiver_status_for(const GError *error)
         error->domain == VR_WIRE_ERROR)
         return SOUP_STATUS_BAD_REQUEST;
     return SOUP_STATUS_INTERNAL_SERVER_ERROR;
+}
+
+/*
+ * The reason of a 413: a stream of @offset + @len bytes (@at_least: of unknown length, that
+ * many so far) passes the maximum stream size. (transfer full)
+ */
+static char *
+vr_receiver_too_large(const VrReceiver *receiver, uint64_t offset, uint64_t len, bool at_least)
+{
+    uint64_t size = offset > G_MAXUINT64 - len ? G_MAXUINT64 : offset + len;
+
+    return g_strdup_printf("the stream of %s%" G_GUINT64_FORMAT
+                           " bytes is larger than the limit of %" G_GUINT64_FORMAT,
+                           at_least ? "at least " : "", size, receiver->max_body_size);
 }
 
 /* Reply @status with a one-line text/plain body; a 503 says when to try again. */
@@ -208,6 +229,25 @@ vr_receiver_set_upload_headers(SoupServerMessage *msg, const VrReceiverUpload *u
 
 /* ---- uploads ---------------------------------------------------------------------------- */
 
+/*
+ * @transfer no longer feeds its upload: a later request continues the stream, or starts it
+ * again. A body of declared length is read and dropped to its end, then answered 409; a
+ * chunked one need not end, so it is answered 409 now and its connection cut, rather than
+ * read and dropped, holding a turn, for as long as its sender sends (not after a failure of
+ * its own, which is answered already, nor once the receiver is freed).
+ */
+static void
+vr_receiver_transfer_detach(VrReceiverTransfer *transfer)
+{
+    transfer->upload = NULL;
+    if (!transfer->chunked || transfer->cut || transfer->error != NULL ||
+        transfer->receiver->closed)
+        return;
+    transfer->cut = true;
+    vr_receiver_reply(transfer->msg, SOUP_STATUS_CONFLICT, VR_RECEIVER_TAKEN_OVER);
+    vr_receiver_cut_later(transfer->receiver, transfer->msg);
+}
+
 static void
 vr_receiver_upload_abort(VrReceiverUpload *upload)
 {
@@ -224,7 +264,7 @@ vr_receiver_upload_drop(VrReceiverUpload *upload)
     g_debug("upload %s dropped at %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " bytes%s",
             upload->id, upload->offset, upload->length, upload->committed ? " (committed)" : "");
     if (upload->owner != NULL)
-        upload->owner->upload = NULL;
+        vr_receiver_transfer_detach(upload->owner);
     vr_receiver_upload_abort(upload);
     if (upload->expiry != NULL) {
         g_source_destroy(upload->expiry);
@@ -233,6 +273,8 @@ vr_receiver_upload_drop(VrReceiverUpload *upload)
     vr_wire_decoder_free(upload->decoder);
     if (!upload->committed && upload->refused == 0)
         receiver->open_uploads--;
+    if (upload->refused != 0)
+        receiver->refused_uploads--;
     g_hash_table_remove(receiver->uploads, upload->id); /* frees the id */
     g_free(upload->refused_reason);
     g_free(upload->peer);
@@ -268,7 +310,7 @@ vr_receiver_upload_take(VrReceiverUpload *upload, VrReceiverTransfer *transfer)
     if (upload->owner != NULL) {
         /* A connection that died unnoticed, or a resent request: the newer one wins. */
         g_debug("upload %s: an older request is detached", upload->id);
-        upload->owner->upload = NULL;
+        vr_receiver_transfer_detach(upload->owner);
     }
     if (upload->expiry != NULL) {
         g_source_destroy(upload->expiry);
@@ -330,8 +372,11 @@ vr_receiver_transfer_fail(VrReceiverTransfer *transfer, guint status, GError *er
  */
 #define VR_RECEIVER_LINGER_BYTES (1024 * 1024)
 #define VR_RECEIVER_LINGER_S     2
+/* At most this many at once: beyond, a connection is closed at once (its reply may be lost). */
+#define VR_RECEIVER_LINGER_MAX 16
 
 typedef struct {
+    VrReceiver *receiver; /* a reference */
     GIOStream *stream;
     GCancellable *cancel; /* by the timer */
     GSource *timer;
@@ -367,6 +412,9 @@ vr_receiver_linger_read(GObject *source, GAsyncResult *result, gpointer data)
     g_io_stream_close(linger->stream, NULL, NULL);
     g_object_unref(linger->stream);
     g_object_unref(linger->cancel);
+    linger->receiver->lingering--;
+    linger->receiver->lingers = g_list_remove(linger->receiver->lingers, linger);
+    vr_receiver_unref(linger->receiver);
     g_free(linger);
 }
 
@@ -374,8 +422,19 @@ vr_receiver_linger_read(GObject *source, GAsyncResult *result, gpointer data)
 static void
 vr_receiver_linger(VrReceiver *receiver, GIOStream *stream)
 {
-    VrReceiverLinger *linger = g_new0(VrReceiverLinger, 1);
+    VrReceiverLinger *linger;
 
+    if (receiver->lingering >= VR_RECEIVER_LINGER_MAX) {
+        /* many refused chunked requests at once: their connections are not worth more */
+        g_debug("%u connections linger already: this one is closed at once", receiver->lingering);
+        g_io_stream_close(stream, NULL, NULL);
+        g_object_unref(stream);
+        return;
+    }
+    linger = g_new0(VrReceiverLinger, 1);
+    linger->receiver = g_rc_box_acquire(receiver);
+    receiver->lingering++;
+    receiver->lingers = g_list_prepend(receiver->lingers, linger);
     linger->stream = stream;
     linger->cancel = g_cancellable_new();
     linger->timer = g_timeout_source_new_seconds(VR_RECEIVER_LINGER_S);
@@ -397,13 +456,54 @@ vr_receiver_cut_header(const char *name, const char *value, gpointer data)
 typedef struct {
     VrReceiver *receiver; /* a reference */
     SoupServerMessage *msg;
+    GSource *idle;
 } VrReceiverCut;
+
+/* The idle of @data is gone (it ran, or vr_receiver_free() destroyed it). */
+static void
+vr_receiver_cut_free(gpointer data)
+{
+    VrReceiverCut *cut = data;
+
+    cut->receiver->cuts = g_list_remove(cut->receiver->cuts, cut->idle);
+    g_source_unref(cut->idle);
+    g_object_unref(cut->msg);
+    vr_receiver_unref(cut->receiver);
+    g_free(cut);
+}
+
+/* A cut reply being written: then the lingering close. */
+typedef struct {
+    VrReceiver *receiver; /* a reference */
+    GIOStream *stream;
+    GBytes *reply;
+} VrReceiverCutWrite;
+
+static void
+vr_receiver_cut_written(GObject *source, GAsyncResult *result, gpointer data)
+{
+    VrReceiverCutWrite *write = data;
+    g_autoptr(GError) error = NULL;
+
+    if (!g_output_stream_write_all_finish(G_OUTPUT_STREAM(source), result, NULL, &error))
+        g_debug("the cut reply was not written: %s", error->message);
+    if (error == NULL && !write->receiver->closed) {
+        vr_receiver_linger(write->receiver, write->stream);
+    } else {
+        g_io_stream_close(write->stream, NULL, NULL);
+        g_object_unref(write->stream);
+    }
+    g_bytes_unref(write->reply);
+    vr_receiver_unref(write->receiver);
+    g_free(write);
+}
 
 /*
  * The reply of @data's message (its status, response headers and text body) is written on
  * the connection taken from libsoup, which is then closed after a lingering read, without
  * reading any more of the request's body: libsoup 3.2 answers a request only after its whole
- * body, and a chunked body has no end the receiver knows of.
+ * body, and a chunked body has no end the receiver knows of. The write is asynchronous: a
+ * client that does not read blocks nothing (the socket's I/O timeout ends it).
  */
 static gboolean
 vr_receiver_cut(gpointer data)
@@ -429,21 +529,17 @@ vr_receiver_cut(gpointer data)
     /* frees a transfer with the message's io: its turn goes to the next request */
     stream = soup_server_message_steal_connection(msg);
     if (stream != NULL) {
-        /* small: it fits the socket's buffer, and the socket has the I/O timeout */
-        g_output_stream_write_all(g_io_stream_get_output_stream(stream), reply->str, reply->len,
-                                  NULL, NULL, NULL);
-        g_output_stream_flush(g_io_stream_get_output_stream(stream), NULL, NULL);
-        if (!cut->receiver->closed) {
-            vr_receiver_linger(cut->receiver, stream);
-        } else {
-            g_io_stream_close(stream, NULL, NULL);
-            g_object_unref(stream);
-        }
+        VrReceiverCutWrite *write = g_new0(VrReceiverCutWrite, 1);
+
+        write->receiver = g_rc_box_acquire(cut->receiver);
+        write->stream = stream;
+        write->reply = g_string_free_to_bytes(g_steal_pointer(&reply));
+        g_output_stream_write_all_async(g_io_stream_get_output_stream(stream),
+                                        g_bytes_get_data(write->reply, NULL),
+                                        g_bytes_get_size(write->reply), G_PRIORITY_DEFAULT, NULL,
+                                        vr_receiver_cut_written, write);
     }
-    g_object_unref(msg);
-    vr_receiver_unref(cut->receiver);
-    g_free(cut);
-    return G_SOURCE_REMOVE;
+    return G_SOURCE_REMOVE; /* vr_receiver_cut_free() */
 }
 
 /*
@@ -454,28 +550,49 @@ vr_receiver_cut(gpointer data)
 static void
 vr_receiver_cut_later(VrReceiver *receiver, SoupServerMessage *msg)
 {
-    GSource *idle = g_idle_source_new();
     VrReceiverCut *cut = g_new0(VrReceiverCut, 1);
 
     cut->receiver = g_rc_box_acquire(receiver);
     cut->msg = g_object_ref(msg);
+    cut->idle = g_idle_source_new();
     soup_server_message_pause(msg);
-    g_source_set_callback(idle, vr_receiver_cut, cut, NULL);
-    g_source_attach(idle, receiver->context);
-    g_source_unref(idle);
+    g_source_set_callback(cut->idle, vr_receiver_cut, cut, vr_receiver_cut_free);
+    receiver->cuts = g_list_prepend(receiver->cuts, cut->idle);
+    g_source_attach(cut->idle, receiver->context);
 }
 
 /*
- * @transfer's stream of unknown length passed the maximum size: refuse it with @status now,
- * in the middle of its body. The upload is aborted but remembered as refused for
- * resume_timeout_s, so that HEAD tells a sender whose connection was cut why; the body is
- * not read any further.
+ * @transfer's chunked body failed (its stream of unknown length passed the maximum size, the
+ * sink failed, the stream is invalid): refuse it with @status now, in the middle of its body.
+ * The upload is aborted but remembered as refused for resume_timeout_s, so that HEAD tells a
+ * sender whose connection was cut why (507 and 4xx are final there); the body is not read any
+ * further, since it need not end and the sender would read and send all of it for nothing.
  */
 static void
 vr_receiver_transfer_refuse(VrReceiverTransfer *transfer, guint status, GError *error)
 {
     VrReceiverUpload *upload = transfer->upload;
+    VrReceiver *receiver = transfer->receiver;
 
+    /*
+     * Kept refused entries are bounded as open uploads are (max_open_uploads): beyond, the
+     * one refused longest ago is forgotten (its sender's HEAD then gets 404).
+     */
+    if (receiver->refused_uploads >= receiver->max_open_uploads) {
+        VrReceiverUpload *oldest = NULL;
+        GHashTableIter iter;
+        gpointer value;
+
+        g_hash_table_iter_init(&iter, receiver->uploads);
+        while (g_hash_table_iter_next(&iter, NULL, &value)) {
+            VrReceiverUpload *other = value;
+
+            if (other->refused != 0 && (oldest == NULL || other->released < oldest->released))
+                oldest = other;
+        }
+        if (oldest != NULL)
+            vr_receiver_upload_drop(oldest);
+    }
     transfer->error = error;
     transfer->status = status;
     vr_receiver_upload_abort(upload);
@@ -483,11 +600,26 @@ vr_receiver_transfer_refuse(VrReceiverTransfer *transfer, guint status, GError *
     upload->refused = status;
     upload->refused_reason = g_strdup(error->message);
     upload->receiver->open_uploads--;
+    upload->receiver->refused_uploads++;
     transfer->upload = NULL;
     vr_receiver_upload_release(upload);
     transfer->cut = true;
     vr_receiver_reply(transfer->msg, status, error->message);
     vr_receiver_cut_later(transfer->receiver, transfer->msg);
+}
+
+/*
+ * @transfer (with its upload) failed in the middle of its body: a body of declared length is
+ * read to its end and then answered (vr_receiver_transfer_fail()); a chunked one is refused
+ * at once (vr_receiver_transfer_refuse()).
+ */
+static void
+vr_receiver_transfer_stop(VrReceiverTransfer *transfer, guint status, GError *error)
+{
+    if (transfer->chunked && !transfer->cut && transfer->upload != NULL)
+        vr_receiver_transfer_refuse(transfer, status, error);
+    else
+        vr_receiver_transfer_fail(transfer, status, error);
 }
 
 /* A turn to read a body frees: wake the oldest waiting request. */
@@ -720,8 +852,10 @@ vr_receiver_on_got_chunk(SoupServerMessage *msg, GBytes *chunk, gpointer user_da
     transfer->received += len;
     if (transfer->error != NULL || upload == NULL) {
         /*
-         * The rest of a failed or superseded body is read and dropped; a chunked one only up
-         * to the maximum stream size, then the reply goes out and the connection closes.
+         * The rest of a failed or superseded body of declared length is read and dropped. A
+         * chunked one was cut when it failed or was taken over (vr_receiver_transfer_stop(),
+         * vr_receiver_upload_take()); should any come before the cut, it stops at the
+         * maximum stream size as well.
          */
         if (transfer->chunked && !transfer->cut &&
             transfer->received > transfer->receiver->max_body_size) {
@@ -729,17 +863,17 @@ vr_receiver_on_got_chunk(SoupServerMessage *msg, GBytes *chunk, gpointer user_da
             if (transfer->error != NULL)
                 vr_receiver_reply(msg, transfer->status, transfer->error->message);
             else
-                vr_receiver_reply(msg, SOUP_STATUS_CONFLICT,
-                                  "a later request took this upload over: this one was dropped");
+                vr_receiver_reply(msg, SOUP_STATUS_CONFLICT, VR_RECEIVER_TAKEN_OVER);
             vr_receiver_cut_later(transfer->receiver, msg);
         }
         return;
     }
     if (!upload->length_known && (len > upload->receiver->max_body_size ||
                                   upload->offset > upload->receiver->max_body_size - len)) {
-        g_set_error(&error, G_IO_ERROR, G_IO_ERROR_MESSAGE_TOO_LARGE,
-                    "the stream is larger than the limit of %" G_GUINT64_FORMAT " bytes",
-                    upload->receiver->max_body_size);
+        g_autofree char *reason =
+            vr_receiver_too_large(upload->receiver, upload->offset, len, true);
+
+        g_set_error_literal(&error, G_IO_ERROR, G_IO_ERROR_MESSAGE_TOO_LARGE, reason);
         vr_receiver_transfer_refuse(transfer, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, error);
         return;
     }
@@ -748,11 +882,11 @@ vr_receiver_on_got_chunk(SoupServerMessage *msg, GBytes *chunk, gpointer user_da
         g_set_error(&error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
                     "the body goes past the stream's length of %" G_GUINT64_FORMAT " bytes",
                     upload->length);
-        vr_receiver_transfer_fail(transfer, SOUP_STATUS_BAD_REQUEST, error);
+        vr_receiver_transfer_stop(transfer, SOUP_STATUS_BAD_REQUEST, error);
         return;
     }
     if (!vr_wire_decoder_feed(upload->decoder, data, len, vr_receiver_on_record, upload, &error)) {
-        vr_receiver_transfer_fail(transfer, vr_receiver_status_for(error), error);
+        vr_receiver_transfer_stop(transfer, vr_receiver_status_for(error), error);
         return;
     }
     upload->offset += len;
@@ -1201,8 +1335,31 @@ vr_receiver_wait_expired(gpointer data)
         vr_receiver_upload_release(upload);
     }
     vr_receiver_reply_busy(transfer->msg, "every transfer slot of this replica is busy");
-    soup_server_message_unpause(transfer->msg);
+    if (transfer->chunked && (soup_message_headers_get_expectations(
+                                  soup_server_message_get_request_headers(transfer->msg)) &
+                              SOUP_EXPECTATION_CONTINUE) == 0) {
+        /*
+         * Without "Expect: 100-continue" libsoup would read the whole body before the 503,
+         * without a turn, and a chunked body need not end: the reply goes out now, cut.
+         */
+        transfer->cut = true;
+        vr_receiver_cut_later(receiver, transfer->msg);
+    } else {
+        soup_server_message_unpause(transfer->msg);
+    }
     return G_SOURCE_REMOVE;
+}
+
+/*
+ * A PUT declaring @length (@unknown: "VR-Length: unknown") names another stream than
+ * @upload: only when both lengths are known; a stream sent while it was written and resumed
+ * with its length (or the reverse) is the same stream, and an offset that differs is told as
+ * the receiver's offset, not as a restart.
+ */
+static bool
+vr_receiver_length_differs(const VrReceiverUpload *upload, bool unknown, uint64_t length)
+{
+    return !unknown && upload->length_known && upload->length != length;
 }
 
 /*
@@ -1242,21 +1399,15 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
         vr_receiver_reply(msg, SOUP_STATUS_BAD_REQUEST, error->message);
         return NULL;
     }
-    if (unknown) {
-        /* The size is checked as the bytes come; a declared body that cannot fit, at once. */
-        if (offset > receiver->max_body_size ||
-            (body > 0 && (uint64_t)body > receiver->max_body_size - offset)) {
-            reason =
-                g_strdup_printf("a body of %" G_GINT64_FORMAT " bytes at offset %" G_GUINT64_FORMAT
-                                " is larger than the limit of %" G_GUINT64_FORMAT,
-                                (gint64)body, offset, receiver->max_body_size);
-            vr_receiver_reply(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, reason);
-            return NULL;
-        }
-    } else if (length > receiver->max_body_size) {
-        reason = g_strdup_printf("the stream of %" G_GUINT64_FORMAT
-                                 " bytes is larger than the limit of %" G_GUINT64_FORMAT,
-                                 length, receiver->max_body_size);
+    /*
+     * The size: declared, or for a stream of unknown length checked as the bytes come (a
+     * declared body that cannot fit, at once).
+     */
+    if (unknown ? offset > receiver->max_body_size ||
+                      (body > 0 && (uint64_t)body > receiver->max_body_size - offset)
+                : length > receiver->max_body_size) {
+        reason = unknown ? vr_receiver_too_large(receiver, offset, (uint64_t)MAX(body, 0), true)
+                         : vr_receiver_too_large(receiver, 0, length, false);
         vr_receiver_reply(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, reason);
         return NULL;
     }
@@ -1318,12 +1469,12 @@ vr_receiver_put(VrReceiver *receiver, SoupServerMessage *msg, const VrReceiverKe
         g_hash_table_insert(receiver->uploads, upload->id, upload);
         receiver->open_uploads++;
     } else if (upload == NULL || upload->offset != offset ||
-               (!unknown && upload->length_known && upload->length != length)) {
+               vr_receiver_length_differs(upload, unknown, length)) {
         if (upload == NULL) {
             reason = g_strdup_printf("no upload of this stream is open: start at offset 0");
             soup_message_headers_replace(soup_server_message_get_response_headers(msg),
                                          VR_RECEIVER_HEADER_OFFSET, "0");
-        } else if (upload->length != length) {
+        } else if (vr_receiver_length_differs(upload, unknown, length)) {
             reason = g_strdup_printf("the open upload of this stream is %" G_GUINT64_FORMAT
                                      " bytes long, not %" G_GUINT64_FORMAT ": start at offset 0",
                                      upload->length, length);
@@ -1538,8 +1689,7 @@ vr_receiver_handler(SoupServer *server, SoupServerMessage *msg, const char *path
     }
     upload = transfer->upload;
     if (upload == NULL) {
-        vr_receiver_reply(msg, SOUP_STATUS_CONFLICT,
-                          "a later request took this upload over: this one was dropped");
+        vr_receiver_reply(msg, SOUP_STATUS_CONFLICT, VR_RECEIVER_TAKEN_OVER);
         return;
     }
     if (upload->length_known ? upload->offset < upload->length
@@ -1664,6 +1814,15 @@ vr_receiver_free(VrReceiver *receiver)
     if (receiver == NULL)
         return;
     receiver->closed = true;
+    /*
+     * Replies not cut yet are dropped with their messages (the server goes below); lingering
+     * connections close at their next iteration rather than after their timer. A cut reply
+     * being written completes, or fails, on the context and is then closed.
+     */
+    while (receiver->cuts != NULL)
+        g_source_destroy(receiver->cuts->data); /* vr_receiver_cut_free() unlinks it */
+    for (GList *l = receiver->lingers; l != NULL; l = l->next)
+        g_cancellable_cancel(((VrReceiverLinger *)l->data)->cancel);
     /* Every upload, open or interrupted, is aborted; requests still alive drop their part. */
     while (g_hash_table_size(receiver->uploads) > 0) {
         g_hash_table_iter_init(&iter, receiver->uploads);

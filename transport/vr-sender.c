@@ -63,11 +63,12 @@ struct _VrSender {
 
 struct _VrSenderFeed {
     GMutex lock;
-    GCond cond;    /* signalled at every change */
-    int fd;        /* -1 until attached */
-    uint64_t size; /* bytes written, all final */
-    bool complete; /* @size is the stream's size */
-    bool failed;   /* the writer gave up */
+    GCond cond;         /* signalled at every change */
+    int fd;             /* -1 until attached */
+    uint64_t size;      /* bytes written, all final */
+    bool complete;      /* @size is the stream's size */
+    bool failed;        /* the writer gave up */
+    GCancellable *stop; /* the reading side's (vr_sender_feed_set_cancellable()), or NULL */
 };
 
 VrSenderFeed *
@@ -88,6 +89,7 @@ vr_sender_feed_free(VrSenderFeed *feed)
         return;
     if (feed->fd >= 0)
         close(feed->fd);
+    g_clear_object(&feed->stop);
     g_mutex_clear(&feed->lock);
     g_cond_clear(&feed->cond);
     g_free(feed);
@@ -142,14 +144,54 @@ vr_sender_feed_fail(VrSenderFeed *feed)
     g_mutex_unlock(&feed->lock);
 }
 
+void
+vr_sender_feed_set_cancellable(VrSenderFeed *feed, GCancellable *cancellable)
+{
+    g_mutex_lock(&feed->lock);
+    g_set_object(&feed->stop, cancellable);
+    g_mutex_unlock(&feed->lock);
+}
+
+bool
+vr_sender_feed_check(VrSenderFeed *feed, GError **error)
+{
+    bool stopped;
+
+    g_mutex_lock(&feed->lock);
+    stopped = feed->stop != NULL && g_cancellable_is_cancelled(feed->stop);
+    g_mutex_unlock(&feed->lock);
+    if (stopped) {
+        g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_CANCELLED, "the stream's upload stopped");
+        return false;
+    }
+    return true;
+}
+
+/*
+ * The one reading of the writer's state: the bytes written so far; *@complete: the writer
+ * completed the stream and did not give up, so that is its size; returns false when the
+ * writer gave up (*@complete is false then).
+ */
+static bool
+vr_sender_feed_state(VrSenderFeed *feed, uint64_t *size, bool *complete)
+{
+    bool failed;
+
+    g_mutex_lock(&feed->lock);
+    *size = feed->size;
+    failed = feed->failed;
+    *complete = feed->complete && !failed;
+    g_mutex_unlock(&feed->lock);
+    return !failed;
+}
+
 bool
 vr_sender_feed_is_complete(VrSenderFeed *feed)
 {
+    uint64_t size;
     bool complete;
 
-    g_mutex_lock(&feed->lock);
-    complete = feed->complete && !feed->failed;
-    g_mutex_unlock(&feed->lock);
+    vr_sender_feed_state(feed, &size, &complete);
     return complete;
 }
 
@@ -158,25 +200,15 @@ vr_sender_feed_get_size(VrSenderFeed *feed, bool *complete)
 {
     uint64_t size;
 
-    g_mutex_lock(&feed->lock);
-    size = feed->size;
-    *complete = feed->complete && !feed->failed;
-    g_mutex_unlock(&feed->lock);
+    vr_sender_feed_state(feed, &size, complete);
     return size;
 }
 
-/* The size written so far and whether it is final, without waiting; false: the writer gave up. */
+/* As vr_sender_feed_state(), with an error when the writer gave up. */
 static bool
 vr_sender_feed_peek(VrSenderFeed *feed, uint64_t *size, bool *complete, GError **error)
 {
-    bool failed;
-
-    g_mutex_lock(&feed->lock);
-    *size = feed->size;
-    *complete = feed->complete;
-    failed = feed->failed;
-    g_mutex_unlock(&feed->lock);
-    if (failed) {
+    if (!vr_sender_feed_state(feed, size, complete)) {
         g_set_error_literal(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID,
                             "the stream's writer gave up");
         return false;
@@ -184,22 +216,40 @@ vr_sender_feed_peek(VrSenderFeed *feed, uint64_t *size, bool *complete, GError *
     return true;
 }
 
+/* @cancellable fired: wake the waits of the feed @data (vr_sender_feed_wait()). */
+static void
+vr_sender_feed_on_cancelled(GCancellable *cancellable, gpointer data)
+{
+    VrSenderFeed *feed = data;
+
+    g_mutex_lock(&feed->lock);
+    g_cond_broadcast(&feed->cond);
+    g_mutex_unlock(&feed->lock);
+}
+
 /*
  * Wait until more than @beyond bytes are written or the stream is complete (a writer that
- * gives up, or @cancellable, fail it); then as vr_sender_feed_peek().
+ * gives up, or @cancellable, fail it); then as vr_sender_feed_peek(). Woken by the writer or
+ * by @cancellable's signal (under the lock, so no wakeup is lost between the check and the
+ * wait), never by polling.
  */
 static bool
 vr_sender_feed_wait(VrSenderFeed *feed, uint64_t beyond, GCancellable *cancellable, uint64_t *size,
                     bool *complete, GError **error)
 {
+    /* before the lock: the handler runs at once, taking it, when @cancellable has fired */
+    gulong handler = cancellable != NULL
+                         ? g_cancellable_connect(
+                               cancellable, G_CALLBACK(vr_sender_feed_on_cancelled), feed, NULL)
+                         : 0;
+
     g_mutex_lock(&feed->lock);
-    while (!feed->failed && !feed->complete && feed->size <= beyond) {
-        if (g_cancellable_is_cancelled(cancellable))
-            break;
-        /* woken by the writer, or every 50 ms to look at @cancellable */
-        g_cond_wait_until(&feed->cond, &feed->lock, g_get_monotonic_time() + 50000);
-    }
+    while (!feed->failed && !feed->complete && feed->size <= beyond &&
+           !g_cancellable_is_cancelled(cancellable))
+        g_cond_wait(&feed->cond, &feed->lock);
     g_mutex_unlock(&feed->lock);
+    /* after the lock: it waits for a handler that runs */
+    g_cancellable_disconnect(cancellable, handler);
     if (g_cancellable_set_error_if_cancelled(cancellable, error))
         return false;
     return vr_sender_feed_peek(feed, size, complete, error);
@@ -670,6 +720,13 @@ vr_sender_probe(VrSenderUpload *upload, SoupSession *session, uint64_t *offset, 
         *offset = 0;
         return VR_SENDER_AGAIN;
     }
+    if (status == SOUP_STATUS_INSUFFICIENT_STORAGE) {
+        /* an upload the receiver refused in its body for want of space: as a PUT's 507 */
+        g_set_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NO_SPACE,
+                    "the replica is out of space: %s",
+                    reason[0] != '\0' ? reason : soup_message_get_reason_phrase(msg));
+        return VR_SENDER_FAILED;
+    }
     if (status != SOUP_STATUS_OK) {
         bool later = SOUP_STATUS_IS_SERVER_ERROR(status);
 
@@ -881,6 +938,7 @@ vr_sender_upload_run(VrSender *sender, VrSenderUpload *upload, const VrWireIdent
     GCancellable *cancellable = upload->cancellable;
     VrSenderStats *stats = upload->stats;
     uint64_t offset = 0;
+    uint64_t reached = 0; /* the furthest offset the receiver confirmed */
     guint failures = 0;
     guint busy = 0;
     bool probe = false;
@@ -924,6 +982,17 @@ vr_sender_upload_run(VrSender *sender, VrSenderUpload *upload, const VrWireIdent
             ok = true;
             goto out;
         case VR_SENDER_AGAIN:
+            if (offset > reached) {
+                /*
+                 * The receiver holds more than before the last failure: the budget is for
+                 * failures in a row, so that a long upload (a stream sent while a slow read
+                 * writes it) that loses its connection a few times, moving on each time, goes
+                 * on.
+                 */
+                reached = offset;
+                failures = 0;
+                requests = 0;
+            }
             probe = false;
             continue;
         case VR_SENDER_FAILED:
@@ -972,43 +1041,62 @@ out:
     return ok;
 }
 
+/*
+ * The setup both uploads share: the stream in @fd (borrowed; the file @path, for errors, or
+ * NULL), @length bytes of it written so far (all of it without @feed), named by its BEGIN
+ * record; then the attempts.
+ */
+static bool
+vr_sender_upload_fd(VrSender *sender, int fd, const char *path, uint64_t length, VrSenderFeed *feed,
+                    VrSenderProgress progress, gpointer progress_data, VrSenderStats *stats,
+                    GCancellable *cancellable, GError **error)
+{
+    VrWireIdentity identity;
+    VrSenderUpload upload = {
+        .fd = fd,
+        .length = length,
+        .feed = feed,
+        .progress = progress,
+        .progress_data = progress_data,
+        .stats = stats,
+        .cancellable = cancellable,
+    };
+
+    if (!vr_sender_read_identity(fd, length, &identity, error)) {
+        if (path != NULL)
+            g_prefix_error(error, "'%s': ", path);
+        return false;
+    }
+    return vr_sender_upload_run(sender, &upload, &identity, error);
+}
+
 bool
 vr_sender_upload_file(VrSender *sender, const char *path, VrSenderProgress progress,
                       gpointer progress_data, VrSenderStats *stats, GCancellable *cancellable,
                       GError **error)
 {
     VrSenderStats local_stats;
-    VrWireIdentity identity;
-    VrSenderUpload upload = { 0 };
     struct stat st;
     bool ok;
+    int fd;
 
     if (stats == NULL)
         stats = &local_stats;
     memset(stats, 0, sizeof(*stats));
-    upload.fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (upload.fd < 0 || fstat(upload.fd, &st) < 0) {
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0) {
         int errsv = errno;
 
         g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "failed to open '%s': %s",
                     path, g_strerror(errsv));
-        if (upload.fd >= 0)
-            close(upload.fd);
+        if (fd >= 0)
+            close(fd);
         return false;
     }
-    upload.length = (uint64_t)st.st_size;
-    stats->stream_bytes = upload.length;
-    if (!vr_sender_read_identity(upload.fd, upload.length, &identity, error)) {
-        g_prefix_error(error, "'%s': ", path);
-        close(upload.fd);
-        return false;
-    }
-    upload.progress = progress;
-    upload.progress_data = progress_data;
-    upload.stats = stats;
-    upload.cancellable = cancellable;
-    ok = vr_sender_upload_run(sender, &upload, &identity, error);
-    close(upload.fd);
+    stats->stream_bytes = (uint64_t)st.st_size;
+    ok = vr_sender_upload_fd(sender, fd, path, (uint64_t)st.st_size, NULL, progress, progress_data,
+                             stats, cancellable, error);
+    close(fd);
     return ok;
 }
 
@@ -1018,35 +1106,29 @@ vr_sender_upload_feed(VrSender *sender, VrSenderFeed *feed, VrSenderProgress pro
                       GError **error)
 {
     VrSenderStats local_stats;
-    VrWireIdentity identity;
-    VrSenderUpload upload = { 0 };
+    uint64_t length;
     bool complete;
+    int fd;
 
     if (stats == NULL)
         stats = &local_stats;
     memset(stats, 0, sizeof(*stats));
     /* The BEGIN record names the resource: wait for it (and so for the file). */
     if (!vr_sender_feed_wait(feed, VR_WIRE_HEADER_SIZE + VR_WIRE_IDENTITY_SIZE - 1, cancellable,
-                             &upload.length, &complete, error))
+                             &length, &complete, error))
         return false;
     g_mutex_lock(&feed->lock);
-    upload.fd = feed->fd;
+    fd = feed->fd;
     g_mutex_unlock(&feed->lock);
-    if (upload.fd < 0) {
+    if (fd < 0) {
         g_set_error_literal(error, VR_SENDER_ERROR, VR_SENDER_ERROR_INVALID,
                             "the stream's writer completed it without a file");
         return false;
     }
     if (complete)
-        stats->stream_bytes = upload.length;
-    if (!vr_sender_read_identity(upload.fd, upload.length, &identity, error))
-        return false;
-    upload.feed = feed;
-    upload.progress = progress;
-    upload.progress_data = progress_data;
-    upload.stats = stats;
-    upload.cancellable = cancellable;
-    return vr_sender_upload_run(sender, &upload, &identity, error);
+        stats->stream_bytes = length;
+    return vr_sender_upload_fd(sender, fd, NULL, length, feed, progress, progress_data, stats,
+                               cancellable, error);
 }
 
 /* ---- hash lists ------------------------------------------------------------------------- */

@@ -118,6 +118,14 @@ void vr_sender_feed_grow(VrSenderFeed *feed, uint64_t size);
 void vr_sender_feed_complete(VrSenderFeed *feed);
 /* The writer gave up: an upload following it stops (VR_SENDER_ERROR_INVALID). */
 void vr_sender_feed_fail(VrSenderFeed *feed);
+/*
+ * The reading side's stop: once @cancellable (a reference is kept; NULL: none) fires, the
+ * stream is wanted no more (its upload failed, the run was cancelled), and the writer, which
+ * asks vr_sender_feed_check() before its writes, stops. Set before the writer starts.
+ */
+void vr_sender_feed_set_cancellable(VrSenderFeed *feed, GCancellable *cancellable);
+/* The writer: false (G_IO_ERROR_CANCELLED) once the feed's cancellable fired. */
+bool vr_sender_feed_check(VrSenderFeed *feed, GError **error);
 /* Whether the writer completed the stream (true) or gave up (false), once it did either. */
 bool vr_sender_feed_is_complete(VrSenderFeed *feed);
 /* The bytes written so far; *@complete: whether that is the stream's size. */

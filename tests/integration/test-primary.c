@@ -721,6 +721,72 @@ test_stale_epoch(Fixture *fx, gconstpointer data)
     vr_primary_result_clear(&r);
 }
 
+/*
+ * The most of the disk the read took (phase read), whatever else happens. Each report of
+ * the read (one a chunk taken, about 1 MiB here) waits 30 ms on the reading thread: a read
+ * of 48 MiB then takes well over a second, so the replica's refusal comes back while it runs
+ * however fast the emulated disk is.
+ */
+static void
+read_extent_progress(const VrPrimaryProgress *progress, gpointer user_data)
+{
+    uint64_t *most = user_data;
+
+    if (progress->phase == VR_PRIMARY_PHASE_READ && progress->bytes > 0) {
+        *most = MAX(*most, progress->bytes);
+        g_usleep(30000);
+    }
+}
+
+/*
+ * The replica refuses the upload (a stale epoch) while the disk is read: the read stops
+ * too, at once, instead of reading the whole disk with the fleece alive; the error is the
+ * upload's (the root cause), not the stopped read's; the next try from the same base works.
+ */
+static void
+test_upload_refused_stops_read(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    uint64_t most = 0;
+    CycleOptions opt = { .epoch = 2 };
+    VrPrimaryResult r = { 0 };
+
+    if (fx->client == NULL)
+        return;
+    guest_write(fx, 0, 0, MiB, 0x63);
+    run_cycle_ok(fx, &opt, 0, 1, &r);
+    published(fx);
+    vr_primary_result_clear(&r);
+
+    guest_write_random(fx, 0, 8 * MiB, 48 * MiB);
+    opt.epoch = 1;
+    opt.progress = read_extent_progress;
+    opt.progress_data = &most;
+    g_assert_false(run_cycle_with(fx, &opt, 1, 2, &r, &error));
+    g_test_message("read %" G_GUINT64_FORMAT " of 48 MiB before the cycle failed: %s", most,
+                   error->message);
+    g_assert_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_REFUSED);
+    g_assert_nonnull(strstr(error->message, "upload of disk 'vda'"));
+    g_assert_nonnull(strstr(error->message, "stale epoch 1"));
+    g_assert_cmpuint(most, <, 24 * MiB);
+    assert_clean(fx);
+    assert_cycles(fx, 0, "1");
+    {
+        g_autofree char *left = bitmaps(fx, 0);
+
+        g_assert_true(g_str_has_prefix(left, "1"));
+    }
+
+    opt = (CycleOptions){ .epoch = 2 };
+    run_cycle_ok(fx, &opt, 1, 2, &r);
+    g_assert_cmpuint(r.bytes, ==, dirty_bytes(fx));
+    g_assert_cmpuint(r.bytes, ==, 48 * MiB);
+    assert_cycle(fx, &r);
+    vr_primary_result_clear(&r);
+}
+
+static void cancel(gpointer data);
+
 /* Progress: once @after bytes of the stream numbered @stream (from 0) went out, @func. */
 typedef struct {
     Fixture *fx;
@@ -995,6 +1061,98 @@ test_partial(Fixture *fx, gconstpointer data)
     /* vda's digest is the replica's business: this run did not send that stream */
     for (guint j = 0; j < VR_WIRE_DIGEST_SIZE; j++)
         g_assert_cmpuint(g_array_index(r.digests, uint8_t, j), ==, 0);
+    assert_bitmaps(fx, "2");
+    assert_clean(fx);
+    published(fx);
+    vr_primary_result_clear(&r);
+
+    run_cycle_ok(fx, &(CycleOptions){ 0 }, 2, 3, &r);
+    /* a superset: what B(1) recorded on vda (2 granules), nothing on vdb */
+    g_assert_cmpuint(r.bytes, ==, 2 * GRANULARITY);
+    assert_cycle(fx, &r);
+    vr_primary_result_clear(&r);
+}
+
+/*
+ * test_partial_read()'s progress: Interrupt's, with the reported read of disk 1 slowed to
+ * 150 ms a report (about 7 s for its 48 MiB): the upload of disk 1, which fires the cancel,
+ * starts in that time after the replica published disk 0, on a loaded machine too (at 30 ms
+ * a report, a slow replica let the read end first once). @most is how far disk 1's read got:
+ * the bytes its reports took, and the offset the upload's reports carry while they hold the
+ * read's back.
+ */
+typedef struct {
+    Interrupt in;
+    uint64_t most; /* of disk 1 read */
+} PartialRead;
+
+static void
+partial_read_progress(const VrPrimaryProgress *progress, gpointer user_data)
+{
+    PartialRead *p = user_data;
+
+    if (progress->disk == 1 && progress->phase == VR_PRIMARY_PHASE_SEND)
+        p->most = MAX(p->most, progress->read_done);
+    if (progress->disk == 1 && progress->phase == VR_PRIMARY_PHASE_READ && progress->bytes > 0) {
+        p->most = MAX(p->most, progress->bytes);
+        g_usleep(150000);
+    }
+    interrupt_progress(progress, &p->in);
+}
+
+/*
+ * As test_partial, but the cycle stops in the read of the second disk (cancelled while its
+ * upload follows the read) after the first disk was published: the retry from the same base
+ * finds the first disk published (a replay) and keeps that earlier cut, B(base) was kept,
+ * and the writes between the two cuts reach the replica with the next cycle.
+ */
+static void
+test_partial_read(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GCancellable) cancellable = g_cancellable_new();
+    g_autofree uint8_t *first_cut = g_malloc(DISK_SIZE);
+    PartialRead p = { .in = { fx, 1, 0, cancel, cancellable } };
+    CycleOptions opt = { .progress = partial_read_progress,
+                         .progress_data = &p,
+                         .cancellable = cancellable };
+    VrPrimaryResult r = { 0 };
+
+    if (fx->client == NULL)
+        return;
+    guest_write(fx, 0, 0, MiB, 0x96);
+    guest_write(fx, 1, 0, MiB, 0x97);
+    run_cycle_ok(fx, &(CycleOptions){ 0 }, 0, 1, &r);
+    assert_cycle(fx, &r);
+    published(fx);
+    vr_primary_result_clear(&r);
+
+    guest_write(fx, 0, 5 * MiB, GRANULARITY, 0x98);
+    guest_write_random(fx, 1, 8 * MiB, 48 * MiB);
+    memcpy(first_cut, fx->disks[0].model, DISK_SIZE);
+    g_assert_false(run_cycle_with(fx, &opt, 1, 2, &r, &error));
+    g_assert_true(p.in.fired);
+    g_test_message("stopped after %" G_GUINT64_FORMAT " bytes of vdb read: %s", p.most,
+                   error->message);
+    g_assert_error(error, VR_PRIMARY_ERROR, VR_PRIMARY_ERROR_CANCELLED);
+    g_assert_nonnull(strstr(error->message, "disk 'vdb'"));
+    g_assert_cmpuint(p.most, <, 24 * MiB); /* stopped in the read (48 MiB, from 8 MiB) */
+    assert_cycles(fx, 0, "1 2");
+    assert_cycles(fx, 1, "1");
+    assert_clean(fx);
+    for (guint i = 0; i < 2; i++) {
+        g_autofree char *left = bitmaps(fx, i);
+
+        g_assert_true(g_str_has_prefix(left, "1")); /* B(base) is kept */
+    }
+
+    /* Between the two cuts. */
+    guest_write(fx, 0, 7 * MiB, GRANULARITY, 0x99);
+    run_cycle_ok(fx, &(CycleOptions){ 0 }, 1, 2, &r);
+    assert_cycles(fx, 0, "1 2");
+    assert_cycles(fx, 1, "1 2");
+    assert_point_is(fx, 0, 2, first_cut); /* the earlier cut, kept */
+    assert_point_is(fx, 1, 2, fx->disks[1].model);
     assert_bitmaps(fx, "2");
     assert_clean(fx);
     published(fx);
@@ -1509,9 +1667,11 @@ main(int argc, char **argv)
     ADD("stale-epoch", test_stale_epoch, 1);
     ADD("upload-fails", test_upload_fails, 1);
     ADD("overlap", test_overlap, 1);
+    ADD("upload-refused", test_upload_refused_stops_read, 1);
     ADD("resync", test_resync, 1);
     ADD("resync-new-disk", test_resync_new_disk, 2);
     ADD("partial", test_partial, 2);
+    ADD("partial-read", test_partial_read, 2);
     ADD("errors", test_errors, 1);
     ADD("offline/final", test_offline, 2);
     ADD("offline/unclean", test_offline_unclean, 1);

@@ -31,6 +31,7 @@
 
 /* the stream of identity_init(): relationship r1, epoch 1, cycles 0..1 */
 #define PATH_VDA "/v1/cycles/r1/vda/1/0/1"
+#define PATH_VDB "/v1/cycles/r1/vdb/1/0/1"
 
 static char *pki;          /* where make-pki.sh wrote the PKI, or NULL */
 static char *pki_skip_why; /* why every test skips */
@@ -1365,7 +1366,8 @@ typedef struct {
     GSocketListener *listener;
     guint16 port;
     guint16 target;
-    uint64_t cut_after; /* client-to-server bytes of the first connection before the cut */
+    uint64_t cut_after;    /* client-to-server bytes of the first connection before the cut */
+    guint cut_connections; /* how many connections are cut, the first ones (0: the first) */
     _Atomic uint64_t forwarded;
     gint cuts;
     GThread *thread;
@@ -1378,6 +1380,7 @@ typedef struct {
     Proxy *proxy;
     bool upstream; /* client to server */
     bool cut;      /* this connection is cut */
+    uint64_t forwarded;
 } Pipe;
 
 static gpointer
@@ -1392,9 +1395,9 @@ proxy_pump(gpointer data)
         if (n <= 0)
             break;
         if (p->cut) {
-            uint64_t total = atomic_fetch_add(&p->proxy->forwarded, (uint64_t)n) + (uint64_t)n;
-
-            if (total >= p->proxy->cut_after) {
+            atomic_fetch_add(&p->proxy->forwarded, (uint64_t)n);
+            p->forwarded += (uint64_t)n;
+            if (p->forwarded >= p->proxy->cut_after) {
                 g_atomic_int_inc(&p->proxy->cuts);
                 break;
             }
@@ -1458,8 +1461,9 @@ proxy_run(gpointer data)
         c = g_new0(ProxyConnection, 1);
         c->client = client;
         c->server = server;
-        c->up = (Pipe){ g_socket_connection_get_socket(client),
-                        g_socket_connection_get_socket(server), proxy, true, n == 0 };
+        c->up =
+            (Pipe){ g_socket_connection_get_socket(client), g_socket_connection_get_socket(server),
+                    proxy, true, n < MAX(proxy->cut_connections, 1) };
         c->down = (Pipe){ g_socket_connection_get_socket(server),
                           g_socket_connection_get_socket(client), proxy, false, false };
         g_thread_unref(g_thread_new("proxy-connection", proxy_connection_run, c));
@@ -1519,6 +1523,53 @@ test_sender_resume(Fixture *fx, gconstpointer data)
     g_assert_cmpuint(fx->sink.data_bytes, ==, 8ull * BIG_RECORD);
 
     g_cancellable_cancel(proxy.cancel); /* its accept returns */
+    g_thread_join(proxy.thread);
+    g_socket_listener_close(proxy.listener);
+    g_object_unref(proxy.listener);
+    g_object_unref(proxy.cancel);
+}
+
+/*
+ * The connection drops more times than max_attempts (3), but each attempt moves the upload
+ * on: the sender's budget is for failures in a row, so it goes on to the end (a long read
+ * with a few stalls must not fail its cycle).
+ */
+static void
+test_sender_resume_progress(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+    g_autoptr(GInetAddress) loopback = g_inet_address_new_from_string("127.0.0.1");
+    Proxy proxy = { 0 };
+    VrSenderStats stats;
+    uint64_t size;
+
+    if (skip_without_pki())
+        return;
+    path = stream_file_big("big.vrw", "vda", 8, 0, &size); /* 32 MiB */
+    proxy.listener = g_socket_listener_new();
+    proxy.port = g_socket_listener_add_any_inet_port(proxy.listener, NULL, &error);
+    g_assert_no_error(error);
+    proxy.target = fx->port;
+    proxy.cancel = g_cancellable_new();
+    proxy.cut_after = 6 * MiB;
+    proxy.cut_connections = 4;
+    proxy.thread = g_thread_new("proxy", proxy_run, &proxy);
+
+    g_assert_true(send_file(fx,
+                            &(SendOptions){ .client_cert = "client-ok",
+                                            .connect = loopback,
+                                            .port = proxy.port,
+                                            .max_attempts = 3 },
+                            path, &stats, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(g_atomic_int_get(&proxy.cuts), ==, 4);
+    g_assert_cmpuint(stats.resumes, ==, 4);
+    g_assert_cmpint(fx->sink.begins, ==, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+    g_assert_cmpuint(fx->sink.data_bytes, ==, 8ull * BIG_RECORD);
+
+    g_cancellable_cancel(proxy.cancel);
     g_thread_join(proxy.thread);
     g_socket_listener_close(proxy.listener);
     g_object_unref(proxy.listener);
@@ -2846,6 +2897,42 @@ test_growing_too_large(Fixture *fx, gconstpointer data)
     g_free(w.dst);
 }
 
+/*
+ * The sink fails on the stream's first record (507, out of space) while the stream is still
+ * being written: the chunked body is refused at once, not read and dropped to its end, and
+ * the sender's error is final (NO_SPACE: from the reply, or from HEAD when the cut connection
+ * lost it), after a small part of the stream went out.
+ */
+static void
+test_growing_no_space(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *src = NULL;
+    g_autoptr(VrSenderFeed) feed = vr_sender_feed_new();
+    _Atomic uint64_t produced = 0;
+    VrSenderStats stats;
+    uint64_t size;
+    Writer w = { .feed = feed, .produced = &produced, .piece = 1024 * 1024, .pause_ms = 20 };
+
+    if (skip_without_pki())
+        return;
+    src = stream_file_big("big.vrw", "vda", 8, 0, &size); /* 32 MiB, written in about 0.7 s */
+    w.src = src;
+    w.dst = vr_test_path("growing.vrw");
+    fx->sink.fail_record = true;
+    g_assert_false(
+        send_growing(fx, &(SendOptions){ .client_cert = "client-ok" }, &w, &stats, &error));
+    g_assert_error(error, VR_SENDER_ERROR, VR_SENDER_ERROR_NO_SPACE);
+    g_assert_cmpint(fx->sink.begins, ==, 1);
+    g_assert_cmpint(fx->sink.commits, ==, 0);
+    g_assert_cmpint(fx->sink.aborts, ==, 1);
+    g_assert_cmpuint(stats.requests, ==, 1);
+    g_test_message("%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " bytes sent", stats.body_bytes,
+                   size);
+    g_assert_cmpuint(stats.body_bytes, <, size / 2);
+    g_free(w.dst);
+}
+
 /* A chunked PUT, sent from a thread of its own (as the sender does: synchronous libsoup). */
 typedef struct {
     Fixture *fx;
@@ -2855,6 +2942,7 @@ typedef struct {
     const char *vr_length;
     uint64_t offset;
     bool expect;
+    bool declared; /* a body of declared length (Content-Length), not chunked */
     const char *header;
     /* out */
     guint status;
@@ -2902,8 +2990,10 @@ chunked_put_run(gpointer data)
     g_assert_no_error(error);
     g_signal_connect(msg, "network-event", G_CALLBACK(chunked_put_on_network_event), cert);
     g_signal_connect(msg, "accept-certificate", G_CALLBACK(client_accept_certificate), c->fx);
-    soup_message_set_request_body(msg, "application/octet-stream", stream, -1);
-    soup_message_headers_set_encoding(headers, SOUP_ENCODING_CHUNKED);
+    soup_message_set_request_body(msg, "application/octet-stream", stream,
+                                  c->declared ? (gssize)g_bytes_get_size(c->body) : -1);
+    if (!c->declared)
+        soup_message_headers_set_encoding(headers, SOUP_ENCODING_CHUNKED);
     if (c->vr_length != NULL)
         soup_message_headers_replace(headers, "VR-Length", c->vr_length);
     soup_message_headers_replace(headers, "VR-Offset", at);
@@ -3155,6 +3245,254 @@ test_chunked(Fixture *fx, gconstpointer data)
     g_assert_cmpint(fx->sink.domain_calls, ==, 0);
 }
 
+/*
+ * An upload started as a stream of unknown length, continued with its length declared at a
+ * wrong offset (and the reverse): 409 with the receiver's offset, not "start at offset 0"
+ * (one side's length is unknown: the lengths are not compared); then the right offset
+ * completes it.
+ */
+static void
+test_chunked_resume_declared(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GBytes) body = NULL;
+    g_autoptr(GBytes) head = NULL;
+    g_autoptr(GBytes) rest = NULL;
+    g_autofree char *value = NULL;
+    g_autofree char *cut_text = NULL;
+    g_autofree char *size_text = NULL;
+    gsize size, cut;
+
+    if (skip_without_pki())
+        return;
+    body = stream_small("vda");
+    size = g_bytes_get_size(body);
+    cut = size / 2;
+    head = g_bytes_new_from_bytes(body, 0, cut);
+    rest = g_bytes_new_from_bytes(body, cut, size - cut);
+    cut_text = g_strdup_printf("%" G_GSIZE_FORMAT, cut);
+    size_text = g_strdup_printf("%" G_GSIZE_FORMAT, size);
+
+    /* started without a length, continued with one */
+    g_assert_cmpuint(
+        client_put_chunked(fx, PATH_VDA, head, "unknown", 0, true, "VR-Offset", &value), ==,
+        SOUP_STATUS_ACCEPTED);
+    g_assert_cmpstr(value, ==, cut_text);
+    {
+        ChunkedPut c = { .fx = fx,
+                         .path = PATH_VDA,
+                         .body = rest,
+                         .vr_length = size_text,
+                         .offset = 5,
+                         .expect = true,
+                         .declared = true,
+                         .header = "VR-Offset" };
+        GThread *thread = g_thread_new("declared", chunked_put_run, &c);
+
+        while (!g_atomic_int_get(&c.done))
+            g_main_context_iteration(NULL, TRUE);
+        g_thread_join(thread);
+        g_assert_cmpuint(c.status, ==, SOUP_STATUS_CONFLICT);
+        g_assert_cmpstr(c.value, ==, cut_text);
+        g_free(c.value);
+        c = (ChunkedPut){ .fx = fx,
+                          .path = PATH_VDA,
+                          .body = rest,
+                          .vr_length = size_text,
+                          .offset = cut,
+                          .expect = true,
+                          .declared = true };
+        thread = g_thread_new("declared", chunked_put_run, &c);
+        while (!g_atomic_int_get(&c.done))
+            g_main_context_iteration(NULL, TRUE);
+        g_thread_join(thread);
+        g_assert_cmpuint(c.status, ==, SOUP_STATUS_NO_CONTENT);
+    }
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+
+    /* started with a length (a part of it), continued without one at a wrong offset */
+    {
+        g_autoptr(GBytes) other = stream_small("vdb");
+        g_autoptr(GBytes) other_head = g_bytes_new_from_bytes(other, 0, cut);
+        g_autoptr(GBytes) other_rest = g_bytes_new_from_bytes(other, cut, size - cut);
+        ChunkedPut c = { .fx = fx,
+                         .path = PATH_VDB,
+                         .body = other_head,
+                         .vr_length = size_text,
+                         .expect = true,
+                         .declared = true };
+        GThread *thread = g_thread_new("declared", chunked_put_run, &c);
+
+        /* a body shorter than the stream: 202, the upload stays open at its offset */
+        while (!g_atomic_int_get(&c.done))
+            g_main_context_iteration(NULL, TRUE);
+        g_thread_join(thread);
+        g_assert_cmpuint(c.status, ==, SOUP_STATUS_ACCEPTED);
+        g_clear_pointer(&value, g_free);
+        g_assert_cmpuint(
+            client_put_chunked(fx, PATH_VDB, other_rest, "unknown", 5, true, "VR-Offset", &value),
+            ==, SOUP_STATUS_CONFLICT);
+        g_assert_cmpstr(value, ==, cut_text);
+        g_assert_cmpuint(
+            client_put_chunked(fx, PATH_VDB, other_rest, "unknown", cut, true, NULL, NULL), ==,
+            SOUP_STATUS_NO_CONTENT);
+    }
+    g_assert_cmpint(fx->sink.begins, ==, 2);
+    g_assert_cmpint(fx->sink.commits, ==, 2);
+}
+
+/* A chunked PUT without "Expect: 100-continue": its headers and one chunk, then silence. */
+typedef struct {
+    Fixture *fx;
+    char reply[64]; /* the first bytes of the reply, within 10 s */
+    gint done;
+} SilentChunked;
+
+static gpointer
+silent_chunked_run(gpointer data)
+{
+    static const char head[] = "PUT " PATH_VDB " HTTP/1.1\r\nHost: replica.example\r\n"
+                               "Transfer-Encoding: chunked\r\nVR-Length: unknown\r\n\r\n"
+                               "4\r\nVRW1\r\n";
+    SilentChunked *silent = data;
+    g_autoptr(GSocketClient) client = g_socket_client_new();
+    g_autoptr(GSocketConnection) conn = NULL;
+    g_autoptr(GError) error = NULL;
+    gsize got = 0;
+
+    g_socket_client_set_tls(client, TRUE);
+    g_socket_client_set_timeout(client, 10);
+    g_signal_connect(client, "event", G_CALLBACK(raw_event), silent->fx);
+    conn = g_socket_client_connect_to_uri(client, silent->fx->base, 443, NULL, &error);
+    g_assert_no_error(error);
+    g_assert_true(g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)), head,
+                                            strlen(head), NULL, NULL, &error));
+    g_input_stream_read_all(g_io_stream_get_input_stream(G_IO_STREAM(conn)), silent->reply,
+                            sizeof(silent->reply) - 1, &got, NULL, &error);
+    silent->reply[got] = '\0';
+    g_test_message("reply to a silent chunked PUT: %s (%s)", silent->reply,
+                   error != NULL ? error->message : "no error");
+    g_io_stream_close(G_IO_STREAM(conn), NULL, NULL);
+    g_atomic_int_set(&silent->done, 1);
+    g_main_context_wakeup(NULL);
+    return NULL;
+}
+
+/*
+ * A chunked PUT sent without "Expect: 100-continue" waits for a turn past queue_timeout_s:
+ * its 503 goes out at once on a cut connection, not after a body that need not end (which
+ * would be read, without a turn, until the client stops).
+ */
+static void
+test_chunked_queue_timeout(Fixture *fx, gconstpointer data)
+{
+    Holder holder = { .fx = fx };
+    SilentChunked silent = { .fx = fx };
+    GThread *thread;
+    GThread *client;
+    gint64 start;
+
+    if (skip_without_pki())
+        return;
+    fx->max_active = 1;
+    fx->queue_timeout_s = 1;
+    fixture_restart(fx);
+    fx->sink.multi = true;
+    thread = g_thread_new("holder", holder_run, &holder);
+    wait_for_load(fx, 1);
+    start = g_get_monotonic_time();
+    client = g_thread_new("silent", silent_chunked_run, &silent);
+    while (!g_atomic_int_get(&silent.done))
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(client);
+    g_test_message("answered after %" G_GINT64_FORMAT " ms",
+                   (g_get_monotonic_time() - start) / 1000);
+    g_assert_true(g_str_has_prefix(silent.reply, "HTTP/1.1 503 "));
+    g_assert_cmpint(g_get_monotonic_time() - start, <, 5 * G_USEC_PER_SEC);
+    g_atomic_int_set(&holder.release, 1);
+    while (!g_atomic_int_get(&holder.done))
+        g_main_context_iteration(NULL, TRUE);
+    g_thread_join(thread);
+    wait_for_load(fx, 0);
+}
+
+/*
+ * A stream started again at offset 0 (or resumed) by a later request while an earlier chunked
+ * request still sends it: the earlier one is answered 409 and its connection cut at once,
+ * not read and dropped to its end; its sender then finds the stream committed (HEAD).
+ */
+static void
+test_growing_taken_over(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autofree char *src = NULL;
+    g_autoptr(VrSenderFeed) feed = vr_sender_feed_new();
+    g_autoptr(GBytes) small = stream_small("vda");
+    _Atomic uint64_t produced = 0;
+    Send send;
+    GThread *writer;
+    GThread *sender;
+    uint64_t size;
+    Writer w = { .feed = feed, .produced = &produced, .piece = 256 * 1024, .pause_ms = 40 };
+
+    if (skip_without_pki())
+        return;
+    src = stream_file_big("big.vrw", "vda", 8, 0, &size); /* 32 MiB, written in about 5 s */
+    w.src = src;
+    w.dst = vr_test_path("growing.vrw");
+    fx->sink.produced = &produced;
+    send = send_new(fx, &(SendOptions){ .client_cert = "client-ok" }, w.dst);
+    send.feed = feed;
+    sender = g_thread_new("sender", vr_test_upload_run, &send);
+    writer = g_thread_new("writer", writer_run, &w);
+    while (fx->sink.data_records == 0)
+        g_main_context_iteration(NULL, TRUE);
+    /* the same stream again from offset 0, whole: it is committed */
+    g_assert_cmpuint(client_put_chunked(fx, PATH_VDA, small, "unknown", 0, true, NULL, NULL), ==,
+                     SOUP_STATUS_NO_CONTENT);
+    g_assert_true(vr_test_upload_wait(&send, sender));
+    g_thread_join(writer);
+    g_test_message("the first upload sent %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
+                   " bytes, %u requests",
+                   send.stats.body_bytes, size, send.stats.requests);
+    g_assert_true(send.stats.already_committed);
+    g_assert_cmpuint(send.stats.body_bytes, <, size / 2);
+    g_assert_cmpint(fx->sink.begins, ==, 2);
+    g_assert_cmpint(fx->sink.commits, ==, 1);
+    g_assert_cmpint(fx->sink.aborts, ==, 1);
+    g_free(w.dst);
+}
+
+/*
+ * Refused streams are remembered for HEAD (the sink out of space at the first record of a
+ * chunked body: 507), but no more of them than max_open_uploads: beyond, the one refused
+ * longest ago is forgotten (404), the later one still tells its status.
+ */
+static void
+test_chunked_refused_bound(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(SoupSession) session = NULL;
+    g_autoptr(GBytes) vda = stream_small("vda");
+    g_autoptr(GBytes) vdb = stream_small("vdb");
+
+    if (skip_without_pki())
+        return;
+    fx->max_open_uploads = 1;
+    fixture_restart(fx);
+    fx->sink.fail_record = true;
+    session = client_session_new();
+    client_put_chunked(fx, PATH_VDA, vda, "unknown", 0, true, NULL, NULL);
+    g_assert_cmpuint(client_request(fx, session, SOUP_METHOD_HEAD, PATH_VDA, NULL, NULL, NULL), ==,
+                     SOUP_STATUS_INSUFFICIENT_STORAGE);
+    client_put_chunked(fx, PATH_VDB, vdb, "unknown", 0, true, NULL, NULL);
+    g_assert_cmpuint(client_request(fx, session, SOUP_METHOD_HEAD, PATH_VDB, NULL, NULL, NULL), ==,
+                     SOUP_STATUS_INSUFFICIENT_STORAGE);
+    g_assert_cmpuint(client_request(fx, session, SOUP_METHOD_HEAD, PATH_VDA, NULL, NULL, NULL), ==,
+                     SOUP_STATUS_NOT_FOUND);
+    g_assert_cmpint(fx->sink.begins, ==, 2);
+    g_assert_cmpint(fx->sink.aborts, ==, 2);
+    g_assert_cmpint(fx->sink.commits, ==, 0);
+}
+
 /* ---- main ----------------------------------------------------------------------------- */
 
 #define ADD(path, limit, func)                                                           \
@@ -3185,6 +3523,7 @@ main(int argc, char **argv)
     ADD("sender/refused", 0, test_sender_refused);
     ADD("sender/unreachable", 0, test_sender_unreachable);
     ADD("sender/resume", 0, test_sender_resume);
+    ADD("sender/resume-progress", 0, test_sender_resume_progress);
     ADD("tls/matrix-clients", 0, test_matrix_clients);
     ADD("tls/matrix-servers", 0, test_matrix_servers);
     ADD("tls/no-revocation", 0, test_matrix_no_revocation);
@@ -3201,8 +3540,13 @@ main(int argc, char **argv)
     ADD("growing/give-up", 0, test_growing_give_up);
     ADD("growing/resume", 0, test_growing_resume);
     ADD("growing/too-large", 8 * MiB, test_growing_too_large);
+    ADD("growing/no-space", 0, test_growing_no_space);
     ADD("growing/old-receiver", 0, test_growing_old_receiver);
     ADD("chunked", 0, test_chunked);
+    ADD("chunked/resume-declared", 0, test_chunked_resume_declared);
+    ADD("chunked/queue-timeout", 0, test_chunked_queue_timeout);
+    ADD("chunked/refused-bound", 0, test_chunked_refused_bound);
+    ADD("growing/taken-over", 0, test_growing_taken_over);
 
     return vr_test_run_pki(pki, pki_skip_why);
 }

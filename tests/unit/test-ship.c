@@ -764,6 +764,44 @@ test_writer_feed(Fixture *fx, gconstpointer data)
     assert_no_output(fx);
 }
 
+/*
+ * A slow read: a small record that comes 10 s after the last write is written out at once
+ * with what the buffer holds, and the feed told, so that the upload's connection does not
+ * sit silent past the receiver's I/O timeout; a record that comes sooner waits for 1 MiB.
+ */
+static void
+test_writer_feed_slow(Fixture *fx, gconstpointer data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(VrSenderFeed) feed = vr_sender_feed_new();
+    VrSpoolHeader h = make_header(0, 1, 2, 64 * MIB);
+    VrShipIdentity id = { "r1", 1 };
+    VrShipWriter *writer;
+    struct stat st;
+    uint64_t size;
+    bool complete;
+
+    writer = vr_ship_writer_new(fx->stream, &h, &id, &error);
+    g_assert_no_error(error);
+    g_assert_true(vr_ship_writer_set_feed(writer, feed, &error));
+    g_assert_no_error(error);
+    g_assert_true(vr_ship_writer_add_zero(writer, 0, MIB, &error));
+    g_assert_cmpuint(vr_sender_feed_get_size(feed, &complete), ==, 0); /* buffered */
+    g_usleep(10 * G_USEC_PER_SEC + 100000);
+    g_assert_true(vr_ship_writer_add_zero(writer, 2 * MIB, MIB, &error));
+    g_assert_no_error(error);
+    size = vr_sender_feed_get_size(feed, &complete);
+    g_assert_false(complete);
+    g_assert_cmpuint(size, >, 0);
+    g_assert_cmpint(stat(fx->part, &st), ==, 0);
+    g_assert_cmpuint(size, ==, (uint64_t)st.st_size);
+    /* and the next record, right after, waits in the buffer again */
+    g_assert_true(vr_ship_writer_add_zero(writer, 4 * MIB, MIB, &error));
+    g_assert_cmpuint(vr_sender_feed_get_size(feed, &complete), ==, size);
+    vr_ship_writer_free(writer);
+    assert_no_output(fx);
+}
+
 /* ---- memory ------------------------------------------------------------------------- */
 
 #define MEMORY_SPOOL_SIZE (256 * MIB)
@@ -884,6 +922,7 @@ main(int argc, char **argv)
     ADD("/ship/error/write-error", test_write_error, NULL);
     ADD("/ship/memory-bounded", test_memory_bounded, NULL);
     ADD("/ship/writer/feed", test_writer_feed, NULL);
+    ADD("/ship/writer/feed-slow", test_writer_feed_slow, NULL);
 #undef ADD
 
     return g_test_run();
