@@ -61,6 +61,12 @@ typedef struct {
     char *copy_name;     /* <name>-replica-test */
     GPtrArray *networks; /* virNetworkPtr: <name>-a, -b, -dr, -tst */
     GPtrArray *domains;
+    /*
+     * The failovers' thread-default context, as the daemon has one of its own: libvirt's
+     * event thread (vr_qmp_libvirt_event_loop_start()) iterates the global default one, and
+     * would run the watchers' timers and outcomes there, concurrently with the test.
+     */
+    GMainContext *context;
 } Fixture;
 
 static void
@@ -201,6 +207,8 @@ fixture_setup(Fixture *fx, gconstpointer data)
     uris = vr_receiver_get_uris(fx->receiver);
     fx->port = (guint16)g_uri_get_port(uris->data);
     g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
+    fx->context = g_main_context_new();
+    g_main_context_push_thread_default(fx->context);
     fx->failover = vr_failover_new(&(VrFailoverConfig){
         .state = fx->state,
         .sink = fx->sink,
@@ -224,7 +232,10 @@ fixture_setup(Fixture *fx, gconstpointer data)
             .xml = primary_xml,
         };
 
+        /* The receiver's sources are the global default context's: it was made there. */
+        g_main_context_pop_thread_default(fx->context);
         g_assert_true(vr_test_domain_wait(&put, g_thread_new("domain", vr_test_domain_run, &put)));
+        g_main_context_push_thread_default(fx->context);
         g_assert_no_error(put.error);
     }
 }
@@ -233,6 +244,13 @@ static void
 fixture_teardown(Fixture *fx, gconstpointer data)
 {
     g_clear_pointer(&fx->failover, vr_failover_free);
+    if (fx->context != NULL) {
+        /* The completions of attempts still running come here: run them out. */
+        while (g_main_context_iteration(fx->context, FALSE))
+            ;
+        g_main_context_pop_thread_default(fx->context);
+        g_clear_pointer(&fx->context, g_main_context_unref);
+    }
     g_clear_pointer(&fx->receiver, vr_receiver_free);
     g_clear_pointer(&fx->sink, vr_replica_sink_free);
     for (guint i = 0; fx->conn != NULL && i < fx->domains->len; i++) {
@@ -301,7 +319,10 @@ upload_first_cycle(Fixture *fx)
     g_assert_true(g_file_set_contents(path, (const char *)out->data, out->len, &error));
     g_assert_no_error(error);
     send.path = path;
+    /* As in fixture_setup(): the receiver's I/O runs under the global default context. */
+    g_main_context_pop_thread_default(fx->context);
     g_assert_true(vr_test_upload_wait(&send, g_thread_new("sender", vr_test_upload_run, &send)));
+    g_main_context_push_thread_default(fx->context);
     g_assert_no_error(send.error);
 }
 
@@ -437,7 +458,7 @@ test_unplanned(Fixture *fx, gconstpointer data)
         if (g_strcmp0(member(recorded, "guest_ip.state"), VR_FAILOVER_NET_IP_PENDING) != 0 ||
             g_get_monotonic_time() > deadline)
             break;
-        g_main_context_iteration(NULL, TRUE);
+        g_main_context_iteration(fx->context, TRUE);
     }
     g_assert_cmpstr(member(recorded, "guest_ip.state"), ==, VR_FAILOVER_NET_IP_NOT_APPLIED);
     g_assert_nonnull(strstr(member(recorded, "guest_ip.reason"), "no guest agent answers"));
@@ -637,7 +658,7 @@ test_resume(Fixture *fx, gconstpointer data)
     deadline = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
     while (g_strcmp0(member(recorded, "guest_ip.state"), VR_FAILOVER_NET_IP_PENDING) == 0 &&
            g_get_monotonic_time() < deadline) {
-        g_main_context_iteration(NULL, TRUE);
+        g_main_context_iteration(fx->context, TRUE);
         g_clear_pointer(&recorded, json_object_put);
         recorded = recorded_network(fx, "failover");
     }
